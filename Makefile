@@ -1,0 +1,52 @@
+# Two commands matter: `make demo` (install, then run the whole pipeline on
+# synthetic data) and `make test` (install, then lint and run every test).
+# Both create .venv on first use; nothing else is needed but Python 3.10+ and make.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check
+STAMP_RUN  := $(VENV)/.installed-run
+STAMP_TEST := $(VENV)/.installed-test
+
+.PHONY: demo test lint format bench install clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+$(STAMP_RUN): pyproject.toml | $(PY)
+	$(PIP) install --quiet -e .
+	touch $@
+
+$(STAMP_TEST): pyproject.toml | $(PY)
+	$(PIP) install --quiet -e ".[dev,onnx,backends]"
+	touch $@ $(STAMP_RUN)
+
+install: $(STAMP_RUN)
+
+demo: $(STAMP_RUN)
+	$(VENV)/bin/unet demo
+
+lint: $(STAMP_TEST)
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+format: $(STAMP_TEST)
+	$(VENV)/bin/ruff check --fix src tests benchmarks
+	$(VENV)/bin/ruff format src tests benchmarks
+
+# The whole suite under TensorFlow (the default backend), then the model
+# subset (-m backend) under JAX and PyTorch.
+test: lint
+	$(PY) -m pytest
+	KERAS_BACKEND=jax   $(PY) -m pytest -m backend -p no:cacheprovider -q
+	KERAS_BACKEND=torch $(PY) -m pytest -m backend -p no:cacheprovider -q
+
+bench: $(STAMP_TEST)
+	$(PIP) install --quiet -e ".[bench]"
+	$(PY) benchmarks/speed.py
+	$(PY) benchmarks/accuracy.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,120 @@
+"""Atomic writes: a killed run never leaves a half-written file or folder.
+
+Every output goes to a temporary name in the destination's own folder (same
+file system) and is moved into place with :func:`os.replace`, which is atomic
+on POSIX and Windows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from unet_lowered.errors import UnetError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; move it onto ``path`` if the block succeeds.
+
+    Args:
+        path: The final file path.
+        suffix: Suffix of the temporary name (default: the suffix of ``path``, so that
+            libraries which pick a format from the extension, e.g. ``model.save``, still work).
+
+    Yields:
+        The temporary path to write to. It is removed if the block raises.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=path.suffix if suffix is None else suffix, dir=path.parent
+    )
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically and return the path."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically and return the path."""
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON to ``path`` atomically and return the path."""
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def save_with(path: str | os.PathLike, save: Callable[[Path], Any]) -> Path:
+    """Call ``save(tmp_path)`` and move the result onto ``path`` atomically.
+
+    For writers that take a path themselves, e.g. ``save_with(p, model.save)``.
+    """
+    with atomic_path(path) as tmp:
+        save(tmp)
+    return Path(path)
+
+
+@contextlib.contextmanager
+def atomic_dir(dest: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Build a folder under a temporary name beside ``dest``, then rename it to ``dest``.
+
+    Args:
+        dest: The final folder.
+        overwrite: Replace an existing ``dest``. Without it an existing ``dest`` is an error.
+
+    Yields:
+        The temporary folder to fill. It is deleted if the block raises, so a failed or
+        killed run never leaves a half-built ``dest`` (a killed run may leave the
+        hidden ``.<name>.tmp-*`` folder, which the next run removes).
+
+    Raises:
+        UnetError: ``dest`` exists and ``overwrite`` is false.
+    """
+    dest = Path(dest)
+    if dest.exists() and not overwrite:
+        raise UnetError(f"{dest} already exists; pass --overwrite to replace it or choose another folder")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    for stale in dest.parent.glob(f".{dest.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        yield tmp
+        if dest.exists():
+            old = dest.with_name(f".{dest.name}.tmp-old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(dest, old)
+            os.replace(tmp, dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _json_default(obj: Any) -> Any:
+    """Make NumPy scalars/arrays and paths JSON-serialisable."""
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
