@@ -1,0 +1,100 @@
+"""Intensity and size preprocessing shared by training, evaluation and prediction.
+
+One function, :func:`model_input`, turns a decoded image (any size, 8 or 16 bit,
+gray or RGB) into what the network sees, so training and inference can never
+drift apart:
+
+1. channels converted to what the model was trained on (1 gray or 3 RGB);
+2. optional CLAHE (contrast-limited adaptive histogram equalisation);
+3. scaled to ``[0, 1]`` by the image's own minimum and maximum, so a 12-bit X-ray
+   stored in 16 bits looks the same as its 8-bit export;
+4. resized (area interpolation when shrinking, linear when enlarging);
+5. standardised per image to zero mean and unit variance (robust to the
+   brightness and contrast differences between scanners and hospitals).
+
+Training inserts augmentation between steps 4 and 5 (:func:`to_unit` and
+:func:`standardize` are public for that).
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from unet_lowered.images import to_channels
+
+
+def to_unit(image: np.ndarray) -> np.ndarray:
+    """Scale an image to float32 in ``[0, 1]`` by its own min and max; shape ``(H, W, C)``."""
+    x = image.astype(np.float32)
+    if x.ndim == 2:
+        x = x[:, :, None]
+    lo, hi = float(x.min()), float(x.max())
+    if hi > lo:
+        x = (x - lo) / (hi - lo)
+    else:
+        x = np.zeros_like(x)
+    return x
+
+
+def apply_clahe(image: np.ndarray, clip_limit: float = 2.0, grid: int = 8) -> np.ndarray:
+    """CLAHE on a gray image or on the lightness of an RGB image; dtype kept (uint8/uint16)."""
+    op = cv2.createCLAHE(clipLimit=clip_limit, tileGridSize=(grid, grid))
+    if image.ndim == 2:
+        return op.apply(image)
+    if image.dtype != np.uint8:
+        image = (image.astype(np.float32) / np.iinfo(image.dtype).max * 255).round().astype(np.uint8)
+    lab = cv2.cvtColor(image, cv2.COLOR_RGB2LAB)
+    lab[:, :, 0] = op.apply(lab[:, :, 0])
+    return cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
+
+
+def resize_image(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize an ``(H, W, C)`` float image to ``size = (height, width)``; channels kept."""
+    h, w = size
+    if x.shape[:2] == (h, w):
+        return x
+    shrink = h * w < x.shape[0] * x.shape[1]
+    out = cv2.resize(x, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+    return out.reshape(h, w, -1)
+
+
+def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize a label mask with nearest-neighbour interpolation (labels stay labels)."""
+    h, w = size
+    if mask.shape[:2] == (h, w):
+        return mask
+    return cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)
+
+
+def standardize(x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """Per-image zero mean, unit variance (over all pixels and channels); float32."""
+    x = x.astype(np.float32, copy=False)
+    return (x - x.mean()) / max(float(x.std()), eps)
+
+
+def model_input(
+    image: np.ndarray,
+    channels: int,
+    size: tuple[int, int] | None,
+    clahe: bool = False,
+) -> np.ndarray:
+    """Turn a decoded image into the network's input.
+
+    Args:
+        image: ``(H, W)`` or ``(H, W, 3)`` uint8/uint16 array from
+            :func:`unet_lowered.images.read_image`.
+        channels: 1 or 3, as the model was trained.
+        size: ``(height, width)`` to resize to, or None to keep the size (tiling).
+        clahe: Apply CLAHE first.
+
+    Returns:
+        float32 array of shape ``(height, width, channels)``, standardised.
+    """
+    image = to_channels(image, channels)
+    if clahe:
+        image = apply_clahe(image)
+    x = to_unit(image)
+    if size is not None:
+        x = resize_image(x, size)
+    return standardize(x)
