@@ -1,0 +1,330 @@
+"""The U-Net of Ronneberger et al. (2015, arXiv:1505.04597, Fig. 1) on Keras 3.
+
+:func:`unet` builds the network at any width; 25% of the paper (16-32-64-128-256
+filters) is the default. The output is logits (no final activation), so it runs on
+every Keras backend and is exported unchanged. :func:`output_size`,
+:func:`valid_input_sizes` and :func:`nearest_valid_sizes` say which input sizes the
+network takes; :func:`model_info` counts parameters and FLOPs from the layers.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+from keras import layers
+
+from unet_lowered.errors import UnetError
+
+PAPER_BASE_FILTERS = 64
+"""Filters of the first level in the paper (64-128-256-512-1024); ``width=1.0``."""
+
+DEFAULT_BASE_FILTERS = 16
+"""Our default: 25% of the paper's width, 16-32-64-128-256 filters."""
+
+PADDINGS = ("same", "valid")
+UPSAMPLINGS = ("transpose", "bilinear")
+
+
+def unet(
+    input_shape: Sequence[int | None] = (None, None, 1),
+    *,
+    num_classes: int = 1,
+    base_filters: int | None = None,
+    width: float | None = None,
+    depth: int = 4,
+    padding: str = "same",
+    dropout: float = 0.0,
+    batch_norm: bool = False,
+    upsampling: str = "transpose",
+    name: str = "unet",
+) -> keras.Model:
+    """Build the U-Net of Fig. 1 of the paper as a Functional model that outputs logits.
+
+    Each level of the contracting path is two 3x3 convolutions + ReLU, then a 2x2 max
+    pool that halves the size; the filters double per level. Each level of the expanding
+    path is a 2x2 up-convolution that doubles the size and halves the filters, a
+    concatenation with the matching skip (centre-cropped with ``padding="valid"``) and two
+    3x3 convolutions + ReLU. A final 1x1 convolution maps to ``num_classes`` logits; it
+    computes in float32 even under a ``mixed_bfloat16`` policy. Weights are He-normal.
+
+    Dropout: the paper puts dropout "at the end of the contracting path" without giving
+    a rate. Here ``dropout`` is applied once, to the bottleneck features, and is off by
+    default: our 25%-width network has 1/16 of the paper's parameters and is trained
+    with strong augmentation; pass ``dropout=0.5`` for the paper's setting.
+
+    Args:
+        input_shape: ``(H, W, C)``; ``H`` and ``W`` may be ``None`` (any valid size).
+        num_classes: 1 for one binary logit map (sigmoid), N > 1 for N-class logits
+            (softmax).
+        base_filters: Filters of the first level (default 16); doubled per level.
+        width: Alternative to ``base_filters``, a fraction of the paper's 64 filters
+            (``0.25`` = 16, ``1.0`` = the paper). Give one of the two, not both.
+        depth: Number of 2x2 poolings (the paper: 4).
+        padding: ``"same"`` (output size = input size; H, W multiples of ``2**depth``) or
+            ``"valid"`` (the paper: unpadded convolutions, 572x572 in, 388x388 out).
+        dropout: Dropout rate at the end of the contracting path (0 = none).
+        batch_norm: Batch normalisation after every 3x3 convolution (not in the paper).
+        upsampling: ``"transpose"`` (the paper's 2x2 up-convolution) or ``"bilinear"``
+            (bilinear 2x upsampling then a 2x2 convolution, same parameter count).
+        name: Model name; layer names are ``enc{level}_*``, ``bottleneck_*``,
+            ``dec{level}_*`` and ``logits``.
+
+    Returns:
+        A ``keras.Model`` mapping ``(B, H, W, C)`` to logits ``(B, h, w, num_classes)``
+        with ``h = output_size(H, depth, padding)``.
+
+    Raises:
+        UnetError: An option is out of range, or ``H``/``W`` is a size the network
+            cannot take (the message names the nearest valid sizes).
+    """
+    filters = _base_filters(base_filters, width)
+    _check_options(input_shape, num_classes, depth, padding, dropout, upsampling)
+    for size in input_shape[:2]:
+        if size is not None:
+            output_size(size, depth, padding)  # raises with the nearest valid sizes
+
+    inputs = keras.Input(shape=tuple(input_shape), name="image")  # (B, H, W, C)
+    x, skips = inputs, []
+    for level in range(1, depth + 1):  # contracting path
+        # level l: (B, H/2^(l-1), W/2^(l-1), 16*2^(l-1)) with "same"; 4 px less with "valid"
+        x = _conv_block(x, filters * 2 ** (level - 1), padding, batch_norm, f"enc{level}")
+        skips.append(x)
+        x = layers.MaxPooling2D(2, name=f"enc{level}_pool")(x)
+    # bottleneck: (B, H/2^depth, W/2^depth, 16*2^depth) = (B, H/16, W/16, 256) by default
+    x = _conv_block(x, filters * 2**depth, padding, batch_norm, "bottleneck")
+    if dropout > 0:
+        x = layers.Dropout(dropout, name="bottleneck_dropout")(x)
+    for level in range(depth, 0, -1):  # expanding path, skips consumed in reverse
+        # level l: (B, H/2^(l-1), W/2^(l-1), 16*2^(l-1)) again, after the skip is joined
+        x = _up(x, filters * 2 ** (level - 1), upsampling, f"dec{level}")
+        skip = skips[level - 1]
+        if padding == "valid":  # skip is larger by a fixed margin: 4 px per side at the bottom
+            crop = 6 * 2 ** (depth - level + 1) - 8
+            skip = layers.Cropping2D(crop, name=f"dec{level}_crop")(skip)
+        x = layers.Concatenate(name=f"dec{level}_concat")([skip, x])
+        x = _conv_block(x, filters * 2 ** (level - 1), padding, batch_norm, f"dec{level}")
+    # logits: (B, H, W, num_classes); float32 so mixed precision never rounds the output
+    outputs = layers.Conv2D(
+        num_classes, 1, kernel_initializer="he_normal", dtype="float32", name="logits"
+    )(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def _conv_block(x: Any, filters: int, padding: str, batch_norm: bool, name: str) -> Any:
+    """Two 3x3 convolutions, each followed by (batch norm and) ReLU."""
+    for i in (1, 2):
+        conv = layers.Conv2D(
+            filters,
+            3,
+            padding=padding,
+            use_bias=not batch_norm,  # BN's offset replaces the bias
+            kernel_initializer="he_normal",
+            name=f"{name}_conv{i}",
+        )
+        x = conv(x)
+        if batch_norm:
+            x = layers.BatchNormalization(name=f"{name}_bn{i}")(x)
+        x = layers.ReLU(name=f"{name}_relu{i}")(x)
+    return x
+
+
+def _up(x: Any, filters: int, upsampling: str, name: str) -> Any:
+    """Double the size and set the filters: a 2x2 up-convolution or bilinear + 2x2 conv."""
+    if upsampling == "transpose":
+        return layers.Conv2DTranspose(
+            filters, 2, strides=2, kernel_initializer="he_normal", name=f"{name}_upconv"
+        )(x)
+    x = layers.UpSampling2D(2, interpolation="bilinear", name=f"{name}_upsample")(x)
+    return layers.Conv2D(
+        filters, 2, padding="same", kernel_initializer="he_normal", name=f"{name}_upconv"
+    )(x)
+
+
+def _base_filters(base_filters: int | None, width: float | None) -> int:
+    """Resolve ``base_filters``/``width`` to the filters of the first level."""
+    if base_filters is not None and width is not None:
+        raise UnetError(
+            f"give base_filters ({base_filters}) or width ({width}), not both: "
+            f"width {width} means base_filters = round({PAPER_BASE_FILTERS} * width)"
+        )
+    if width is not None:
+        base_filters = round(PAPER_BASE_FILTERS * width)
+        if base_filters < 1:
+            raise UnetError(f"width {width} gives no filters; use a width of at least 1/64")
+    base_filters = DEFAULT_BASE_FILTERS if base_filters is None else base_filters
+    if base_filters < 1:
+        raise UnetError(f"base_filters must be at least 1, got {base_filters}")
+    return base_filters
+
+
+def _check_options(
+    input_shape: Sequence[int | None],
+    num_classes: int,
+    depth: int,
+    padding: str,
+    dropout: float,
+    upsampling: str,
+) -> None:
+    """Raise :class:`UnetError` with a message saying how to fix any invalid option."""
+    if len(input_shape) != 3 or input_shape[2] is None or input_shape[2] < 1:
+        raise UnetError(f"input_shape must be (H, W, C) with C >= 1, got {tuple(input_shape)}")
+    if num_classes < 1:
+        raise UnetError(f"num_classes must be 1 (binary) or more, got {num_classes}")
+    if depth < 1:
+        raise UnetError(f"depth (the number of poolings) must be at least 1, got {depth}")
+    if padding not in PADDINGS:
+        raise UnetError(f"unknown padding {padding!r}; use one of: {', '.join(PADDINGS)}")
+    if not 0 <= dropout < 1:
+        raise UnetError(f"dropout must be in [0, 1), got {dropout}")
+    if upsampling not in UPSAMPLINGS:
+        raise UnetError(f"unknown upsampling {upsampling!r}; use one of: {', '.join(UPSAMPLINGS)}")
+
+
+# ---------------------------------------------------------------- sizes
+
+
+def _output_size_or_none(size: int, depth: int, padding: str) -> int | None:
+    """Follow one spatial size through the network; ``None`` if some layer cannot take it."""
+    if padding == "same":
+        return size if size >= 1 and size % 2**depth == 0 else None
+    for _ in range(depth):  # two 3x3 convs (-4), then a 2x2 pool that needs an even size
+        size -= 4
+        if size < 2 or size % 2:
+            return None
+        size //= 2
+    size -= 4  # bottleneck
+    for _ in range(depth):  # 2x2 up-conv (x2), then two 3x3 convs (-4)
+        if size < 1:
+            return None
+        size = 2 * size - 4
+    return size if size >= 1 else None
+
+
+def output_size(
+    input_size: int | Sequence[int], depth: int = 4, padding: str = "same"
+) -> int | tuple[int, ...]:
+    """The output size for an input size: one side, or ``(H, W)``.
+
+    Args:
+        input_size: Input height or width in pixels, or ``(H, W)``.
+        depth: Number of poolings.
+        padding: ``"same"`` or ``"valid"``.
+
+    Returns:
+        The output size (an int, or a tuple for a tuple): ``input_size`` with
+        ``"same"``; smaller with ``"valid"`` (572 -> 388 at depth 4).
+
+    Raises:
+        UnetError: The network cannot take ``input_size``; the message names the
+            nearest sizes it can take.
+    """
+    if not isinstance(input_size, numbers.Integral):
+        return tuple(output_size(int(s), depth, padding) for s in input_size)
+    input_size = int(input_size)
+    if padding not in PADDINGS:
+        raise UnetError(f"unknown padding {padding!r}; use one of: {', '.join(PADDINGS)}")
+    out = _output_size_or_none(input_size, depth, padding)
+    if out is None:
+        near = " or ".join(str(s) for s in nearest_valid_sizes(input_size, depth, padding))
+        why = (
+            f"a multiple of {2**depth}"
+            if padding == "same"
+            else "one whose every pooling input is even"
+        )
+        raise UnetError(
+            f"input size {input_size} does not fit a depth-{depth} U-Net with {padding!r} "
+            f"padding (it needs {why}); the nearest valid sizes are {near}: "
+            "resize or crop the images to one of them"
+        )
+    return out
+
+
+def valid_input_sizes(depth: int = 4, padding: str = "same", up_to: int = 1024) -> list[int]:
+    """All input sizes up to ``up_to`` that the network takes, smallest first.
+
+    With ``"same"`` these are the multiples of ``2**depth``; with ``"valid"`` they are
+    ``2**depth * (b + 4) - 4`` for bottleneck input sizes ``b`` large enough that the
+    output is not empty (..., 556, 572, 588, ... at depth 4).
+    """
+    return [s for s in range(1, up_to + 1) if _output_size_or_none(s, depth, padding)]
+
+
+def nearest_valid_sizes(size: int, depth: int = 4, padding: str = "same") -> list[int]:
+    """The valid input sizes just below and just above ``size`` (one if ``size`` is valid).
+
+    There may be none below a very small ``size``; the list then holds only the
+    smallest valid size.
+    """
+    if _output_size_or_none(size, depth, padding):
+        return [size]
+    below = next(
+        (s for s in range(size - 1, 0, -1) if _output_size_or_none(s, depth, padding)), None
+    )
+    above = next(
+        s for s in range(max(size, 1) + 1, 2**31) if _output_size_or_none(s, depth, padding)
+    )
+    return [s for s in (below, above) if s is not None]
+
+
+# ---------------------------------------------------------------- size of the network
+
+
+def model_info(model: keras.Model, input_size: Sequence[int]) -> dict[str, Any]:
+    """Parameters and forward FLOPs of a model for one image of a given size.
+
+    FLOPs are ``2 * multiply-accumulates`` of the convolution and dense layers, read
+    from each layer's kernel and output shape (the work that matters for a matmul
+    throughput comparison). Bias, ReLU, batch norm, pooling, upsampling and
+    concatenation are not counted (about 0.3% more for the default U-Net).
+
+    Args:
+        model: A Functional model with one image input, e.g. from :func:`unet`.
+        input_size: ``(H, W)`` of the image.
+
+    Returns:
+        ``{"params", "trainable_params", "flops", "gflops", "input_shape",
+        "output_shape"}``; shapes are per image (no batch axis).
+
+    Raises:
+        UnetError: The model cannot take an image of that size.
+    """
+    config = model.get_config()
+    layer0 = config["layers"][0]["config"]
+    channels = layer0["batch_shape"][-1]
+    layer0["batch_shape"] = [1, *input_size, channels]
+    try:
+        # Same architecture with a fixed input size, so every layer's output shape is known.
+        fixed = keras.Model.from_config(config)
+    except ValueError as e:
+        raise UnetError(
+            f"the model cannot take a {input_size[0]}x{input_size[1]} input: {e}"
+        ) from e
+    macs = 0
+    for layer in fixed.layers:
+        if isinstance(layer, layers.Conv2DTranspose):  # each input pixel scatters the kernel
+            macs += _prod(layer.input.shape[1:-1]) * _prod(layer.kernel.shape)
+        elif isinstance(layer, (layers.Conv2D, layers.Dense)):
+            macs += _prod(layer.output.shape[1:-1]) * _prod(layer.kernel.shape)
+    return {
+        "params": model.count_params(),
+        "trainable_params": sum(_prod(w.shape) for w in model.trainable_weights),
+        "flops": 2 * macs,
+        "gflops": 2 * macs / 1e9,
+        "input_shape": tuple(fixed.input.shape[1:]),
+        "output_shape": tuple(fixed.output.shape[1:]),
+    }
+
+
+def count_flops(model: keras.Model, input_size: Sequence[int]) -> int:
+    """Forward FLOPs (2 x multiply-accumulates) for one ``(H, W)`` image; see :func:`model_info`."""
+    return model_info(model, input_size)["flops"]
+
+
+def _prod(shape: Sequence[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
