@@ -65,6 +65,33 @@ def _root(
 # (commands for synth.py / demo.py go here)
 
 
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Argument(help="Folder to create (Kaggle layout).")],
+    count: Annotated[int, typer.Option(help="Training images, each with a lung mask.")] = 200,
+    test_count: Annotated[int, typer.Option(help="Test images (no masks).")] = 20,
+    size: Annotated[int, typer.Option(help="Side of the square images in pixels.")] = 256,
+    seed: Annotated[int, typer.Option(help="Seed; the same seed gives the same files.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+) -> None:
+    """Make a synthetic chest-X-ray data set with exact lung masks (no data or internet needed).
+
+    Writes OUT/train_images/<id>/images/<id>.png, OUT/train_images/<id>/masks/<id>.png
+    (0/255) and OUT/test_images/<id>/<id>.png, 8-bit gray: the layout `unet prepare` reads.
+    """
+    import time
+
+    from unet_lowered.synth import make_dataset
+
+    start = time.perf_counter()
+    path = make_dataset(out, count, test_count, size, seed, overwrite)
+    ms = (time.perf_counter() - start) * 1000 / (count + test_count)
+    typer.echo(
+        f"wrote {count} training and {test_count} test images ({size}x{size}) to {path} "
+        f"({ms:.1f} ms/image)"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; user errors become one line on stderr and exit status 1."""
     try:
