@@ -15,6 +15,8 @@ The pixel count is read from the file header and checked against ``max_pixels``
 from __future__ import annotations
 
 import os
+import struct
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,9 +32,7 @@ DEFAULT_MAX_PIXELS = 100_000_000
 FORMATS = ("png", "jpeg", "tiff", "bmp", "dicom")
 """Image formats :func:`sniff_format` recognises."""
 
-IMAGE_SUFFIXES = frozenset(
-    {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom"}
-)
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom"})
 """File suffixes that usually hold images (used to pick files in folders; content decides)."""
 
 JUNK_NAMES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini", "Icon\r"})
@@ -101,13 +101,17 @@ def read_header(path: str | os.PathLike) -> ImageHeader:
         return ImageHeader(
             "dicom", int(ds.Columns), int(ds.Rows), int(getattr(ds, "SamplesPerPixel", 1)), 16
         )
+    if fmt == "png":
+        return _png_header(path)
     from PIL import Image, UnidentifiedImageError
 
     Image.MAX_IMAGE_PIXELS = None  # we apply our own limit in read_image
     try:
-        with Image.open(path) as im:
-            width, height = im.size
-            mode = im.mode
+        with warnings.catch_warnings():  # damaged files make PIL warn before it fails
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                width, height = im.size
+                mode = im.mode
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise UnetError(f"{path}: corrupt or unreadable {fmt.upper()} header ({e})") from None
     channels = {"1": 1, "L": 1, "P": 3, "LA": 2, "PA": 4, "RGB": 3, "RGBA": 4, "CMYK": 3}.get(
@@ -143,8 +147,8 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if image is None or image.size == 0:
         raise UnetError(f"{path}: the {header.format.upper()} data is corrupt or truncated")
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[:, :, 0]
+    if image.ndim == 3 and (image.shape[2] == 1 or header.channels == 2):
+        image = image[:, :, 0]  # gray (+ alpha, which OpenCV expands to BGRA)
     if image.ndim == 3:
         code = cv2.COLOR_BGRA2RGB if image.shape[2] == 4 else cv2.COLOR_BGR2RGB
         image = cv2.cvtColor(image, code)
@@ -200,6 +204,22 @@ def iter_files(folder: str | os.PathLike, recursive: bool = True) -> list[Path]:
     else:
         out = [p for p in folder.iterdir() if p.is_file() and _keep(p.name)]
     return sorted(out)
+
+
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}
+"""PNG colour type -> channels (3 = palette, decoded to RGB)."""
+
+
+def _png_header(path: Path) -> ImageHeader:
+    """Read a PNG's IHDR chunk directly (PIL reports 16-bit RGB PNGs as 8-bit ``RGB``)."""
+    with open(path, "rb") as f:
+        head = f.read(29)
+    if len(head) < 29 or head[12:16] != b"IHDR":
+        raise UnetError(f"{path}: corrupt PNG header (no IHDR chunk); re-save the file")
+    width, height, depth, colour = struct.unpack(">IIBB", head[16:26])
+    if colour not in _PNG_CHANNELS or depth not in (1, 2, 4, 8, 16) or not width or not height:
+        raise UnetError(f"{path}: corrupt PNG header ({width}x{height}, colour type {colour})")
+    return ImageHeader("png", width, height, _PNG_CHANNELS[colour], 16 if depth == 16 else 8)
 
 
 def _keep(name: str) -> bool:
