@@ -50,7 +50,65 @@ def _root(
 
 
 # ---------------------------------------------------------------- model: model-info, export
-# (commands for model.py / export.py go here)
+
+
+@app.command("model-info")
+def model_info(
+    width: Annotated[
+        list[float] | None,
+        typer.Option(
+            help="Fraction of the paper's width (1.0 = 64..1024 filters); repeat for more rows."
+        ),
+    ] = None,
+    size: Annotated[int, typer.Option(help="Input height and width in pixels.")] = 256,
+    depth: Annotated[int, typer.Option(help="Number of 2x2 poolings.")] = 4,
+    padding: Annotated[str, typer.Option(help="same or valid (the paper).")] = "same",
+    channels: Annotated[int, typer.Option(help="Input channels.")] = 1,
+    classes: Annotated[int, typer.Option(help="Output classes (1 = binary).")] = 1,
+) -> None:
+    """Print parameters and forward GFLOP per image of the U-Net at one or more widths.
+
+    FLOPs are 2 x the multiply-accumulates of the convolutions, counted from the layers.
+    Example: unet model-info --width 0.25 --width 0.5 --width 1 --size 256
+    """
+    from unet_lowered.model import widths_table
+
+    typer.echo(widths_table(width or [0.25], size, depth, padding, channels, classes), nl=False)
+
+
+@app.command()
+def export(
+    model: Annotated[
+        Path, typer.Argument(help="A .keras file or a run folder (uses RUN/model.keras).")
+    ],
+    format: Annotated[str, typer.Option("--format", "-f", help="onnx or saved_model.")] = "onnx",
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Output .onnx file or SavedModel folder [default: beside the model].",
+        ),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
+    check: Annotated[
+        bool, typer.Option(help="Run the export on random input and compare it with Keras.")
+    ] = True,
+) -> None:
+    """Export a trained model to ONNX or a TensorFlow SavedModel for serving without Keras.
+
+    The exported model takes float32 images (B, H, W, C), preprocessed as for training,
+    and returns logits (B, h, w, classes). ONNX needs: pip install 'unet-lowered[onnx]'.
+    """
+    from unet_lowered.export import export_model
+
+    result = export_model(model, format, out, overwrite=overwrite, check=check)
+    diff = result["max_abs_diff"]
+    checked = "not checked" if diff is None else f"max |export - keras| = {diff:.2g}"
+    typer.echo(
+        f"wrote {result['path']} ({format}; input {result['input_shape']} float32, "
+        f"logits {result['output_shape']}; {checked})"
+    )
 
 
 # ---------------------------------------------------------------- train, evaluate, plot

@@ -328,3 +328,44 @@ def _prod(shape: Sequence[int]) -> int:
     for d in shape:
         n *= int(d)
     return n
+
+
+def widths_table(
+    widths: Sequence[float] = (0.25, 0.5, 1.0),
+    size: int = 256,
+    depth: int = 4,
+    padding: str = "same",
+    channels: int = 1,
+    num_classes: int = 1,
+) -> str:
+    """A Markdown table of parameters and forward GFLOP per image for U-Nets of several widths.
+
+    Args:
+        widths: Fractions of the paper's width (``1.0`` = 64..1024 filters).
+        size: Input height and width in pixels.
+        depth, padding, channels, num_classes: As for :func:`unet`.
+
+    Returns:
+        The table, one row per width, ending with a newline.
+
+    Raises:
+        UnetError: ``size`` does not fit the network, or an option is invalid.
+    """
+    out = output_size(size, depth, padding)
+    rows = [
+        f"| width | filters | parameters | GFLOP per {size}x{size} image (output {out}x{out}) |",
+        "|---|---|---:|---:|",
+    ]
+    for width in widths:
+        model = unet(
+            (size, size, channels),
+            num_classes=num_classes,
+            width=width,
+            depth=depth,
+            padding=padding,
+        )
+        info = model_info(model, (size, size))
+        base = _base_filters(None, width)
+        filters = "-".join(str(base * 2**i) for i in range(depth + 1))
+        rows.append(f"| {width:g} | {filters} | {info['params']:,} | {info['gflops']:.2f} |")
+    return "\n".join(rows) + "\n"
