@@ -1,0 +1,395 @@
+"""Data augmentation for segmentation: one random transform applied to an image and its mask.
+
+Everything here is a pure NumPy/OpenCV function of its arguments and an explicit
+``numpy.random.Generator``, so the same seed gives the same result on any machine
+and the functions can be tested without a model.
+
+Arrays follow the training pipeline's convention (:mod:`unet_lowered.data`):
+
+* image: float32 ``(H, W, C)`` in ``[0, 1]`` (after :func:`preprocess.to_unit` and
+  resizing; standardisation comes *after* augmentation);
+* mask: uint8 ``(H, W)`` labels (0/1 or class indices);
+* weight (optional): float32 ``(H, W)`` per-pixel loss weights that move with the mask.
+
+Geometric transforms (rotation, scale, shift and the paper's elastic deformation) are
+folded into a single resampling: the affine part is one 2x3 matrix, and when elastic
+deformation is on, the dense displacement field is composed with that matrix into one
+``cv2.remap`` coordinate map. The image is interpolated linearly, mask and weight map
+with nearest neighbour (labels stay labels), all with reflected borders
+(``BORDER_REFLECT_101``), so image and mask stay aligned pixel for pixel.
+
+Note on intensity: brightness and contrast are global linear changes, which per-image
+standardisation (:func:`preprocess.standardize`, applied after augmentation) undoes
+exactly; they only matter through the clipping to ``[0, 1]`` that follows them
+(saturated highlights and shadows). Gamma is non-linear and survives standardisation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+from unet_lowered.errors import UnetError
+
+_BORDER = cv2.BORDER_REFLECT_101
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Which augmentations run and their ranges. Defaults suit chest X-rays.
+
+    Each group has an on/off switch; inside a group a neutral range (0, or ``(1, 1)``)
+    turns one transform off. Random values are drawn uniformly from the ranges
+    (gamma log-uniformly, so darker and lighter are equally likely).
+
+    Attributes:
+        flip_lr: Flip left-right with probability 0.5. Off by default: chest X-rays
+            have a fixed anatomy (heart on the image's right).
+        flip_ud: Flip upside-down with probability 0.5.
+        affine: Random rotation, scale and shift (one affine warp).
+        rotation: Maximum rotation in degrees (uniform in ``[-rotation, rotation]``).
+        scale: ``(low, high)`` zoom factor range (> 1 enlarges).
+        shift: Maximum shift as a fraction of width and height, drawn per axis.
+        elastic: Elastic deformation as in Ronneberger et al. (2015): random
+            displacement vectors on a coarse grid, interpolated bicubically to every pixel.
+        elastic_grid: Points per side of the coarse grid (the paper: 3).
+        elastic_sigma: Standard deviation of the grid displacements in pixels of the
+            working image (the paper: 10).
+        intensity: Brightness, contrast and gamma changes (image only).
+        brightness: Maximum additive change (uniform in ``[-brightness, brightness]``).
+        contrast: ``(low, high)`` factor range, applied around the image mean.
+        gamma: ``(low, high)`` exponent range (``x ** gamma``).
+        noise: Add Gaussian noise.
+        noise_std: Maximum noise standard deviation (uniform in ``[0, noise_std]``).
+        blur: Gaussian blur.
+        blur_sigma: ``(low, high)`` blur sigma range in pixels.
+    """
+
+    flip_lr: bool = False
+    flip_ud: bool = False
+    affine: bool = True
+    rotation: float = 10.0
+    scale: tuple[float, float] = (0.9, 1.1)
+    shift: float = 0.08
+    elastic: bool = True
+    elastic_grid: int = 3
+    elastic_sigma: float = 10.0
+    intensity: bool = True
+    brightness: float = 0.1
+    contrast: tuple[float, float] = (0.8, 1.2)
+    gamma: tuple[float, float] = (0.7, 1.5)
+    noise: bool = False
+    noise_std: float = 0.03
+    blur: bool = False
+    blur_sigma: tuple[float, float] = (0.1, 1.0)
+
+    def __post_init__(self) -> None:
+        for name in ("scale", "contrast", "gamma", "blur_sigma"):
+            value = getattr(self, name)
+            try:
+                low, high = (float(v) for v in value)
+            except (TypeError, ValueError):
+                raise UnetError(
+                    f"augmentation option {name}={value!r} must be a (low, high) pair"
+                ) from None
+            if not 0 <= low <= high:
+                raise UnetError(
+                    f"augmentation option {name}=({low}, {high}) must satisfy 0 <= low <= high"
+                )
+            if name in ("scale", "gamma") and low <= 0:
+                raise UnetError(f"augmentation option {name}=({low}, {high}) must be positive")
+            object.__setattr__(self, name, (low, high))
+        for name in ("rotation", "shift", "elastic_sigma", "brightness", "noise_std"):
+            if float(getattr(self, name)) < 0:
+                raise UnetError(f"augmentation option {name}={getattr(self, name)} must be >= 0")
+        if self.shift >= 0.5:
+            raise UnetError(f"augmentation option shift={self.shift} must be below 0.5")
+        if int(self.elastic_grid) < 2:
+            raise UnetError(
+                f"augmentation option elastic_grid={self.elastic_grid} must be at least 2"
+            )
+
+    @classmethod
+    def off(cls) -> AugmentConfig:
+        """A configuration that changes nothing (every group switched off)."""
+        return cls(
+            flip_lr=False,
+            flip_ud=False,
+            affine=False,
+            elastic=False,
+            intensity=False,
+            noise=False,
+            blur=False,
+        )
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> AugmentConfig:
+        """Build from a mapping (e.g. a config file); missing keys keep their defaults.
+
+        Raises:
+            UnetError: An unknown key (the message lists the valid ones) or a bad value.
+        """
+        valid = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(values) - set(valid))
+        if unknown:
+            raise UnetError(
+                f"unknown augmentation option(s) {', '.join(unknown)}; "
+                f"valid options: {', '.join(valid)}"
+            )
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict (ranges as lists), the inverse of :meth:`from_dict`."""
+        return {
+            k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+        }
+
+
+def augment(
+    image: np.ndarray,
+    mask: np.ndarray,
+    rng: np.random.Generator,
+    cfg: AugmentConfig,
+    weight: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Apply one random augmentation to an image and, identically, to its mask.
+
+    Order: flips, one geometric warp (affine composed with elastic), intensity
+    (gamma, contrast, brightness, then clip to ``[0, 1]``), blur, noise.
+
+    Args:
+        image: float ``(H, W, C)`` in ``[0, 1]``.
+        mask: uint8 ``(H, W)`` labels.
+        rng: The source of randomness (seed it for reproducible results).
+        cfg: What to apply.
+        weight: Optional float ``(H, W)`` weight map, transformed like the mask.
+
+    Returns:
+        ``(image, mask)`` or, when ``weight`` is given, ``(image, mask, weight)``:
+        new arrays of float32 ``(H, W, C)``, uint8 ``(H, W)`` and float32 ``(H, W)``.
+
+    Raises:
+        ValueError: Shapes of image, mask and weight do not agree.
+    """
+    if image.ndim != 3 or mask.shape != image.shape[:2]:
+        raise ValueError(
+            f"augment expects image (H, W, C) and mask (H, W) of the same size, "
+            f"got {image.shape} and {mask.shape}"
+        )
+    if weight is not None and weight.shape != mask.shape:
+        raise ValueError(f"weight map {weight.shape} must have the mask's shape {mask.shape}")
+    image = image.astype(np.float32)  # a copy: callers' arrays are never modified
+    mask = mask.copy()
+    if weight is not None:
+        weight = weight.astype(np.float32)
+
+    flips = []
+    if cfg.flip_lr and rng.random() < 0.5:
+        flips.append(1)
+    if cfg.flip_ud and rng.random() < 0.5:
+        flips.append(0)
+    if flips:
+        image = np.ascontiguousarray(np.flip(image, axis=flips))
+        mask = np.ascontiguousarray(np.flip(mask, axis=flips))
+        if weight is not None:
+            weight = np.ascontiguousarray(np.flip(weight, axis=flips))
+
+    h, w = mask.shape
+    matrix = random_affine((h, w), rng, cfg) if cfg.affine else None
+    field = elastic_field((h, w), rng, cfg.elastic_grid, cfg.elastic_sigma) if cfg.elastic else None
+    if matrix is not None or field is not None:
+        image, mask, weight = warp(image, mask, matrix, field, weight)
+
+    if cfg.intensity:
+        image = random_intensity(image, rng, cfg)
+    if cfg.blur:
+        sigma = rng.uniform(*cfg.blur_sigma)
+        if sigma > 0:
+            image = cv2.GaussianBlur(image, (0, 0), sigma, borderType=_BORDER).reshape(image.shape)
+    if cfg.noise:
+        std = rng.uniform(0.0, cfg.noise_std)
+        image = np.clip(image + rng.normal(0.0, std, image.shape).astype(np.float32), 0, 1)
+
+    if weight is None:
+        return image, mask
+    return image, mask, weight
+
+
+def random_affine(
+    shape: tuple[int, int], rng: np.random.Generator, cfg: AugmentConfig
+) -> np.ndarray:
+    """Draw a rotation, scale and shift about the image centre as one 2x3 matrix.
+
+    Args:
+        shape: ``(height, width)``.
+        rng: Random generator.
+        cfg: Supplies ``rotation`` (degrees), ``scale`` (range) and ``shift`` (fraction).
+
+    Returns:
+        float64 ``(2, 3)`` forward matrix (source pixel -> output pixel), as
+        ``cv2.warpAffine`` takes it.
+    """
+    h, w = shape
+    angle = rng.uniform(-cfg.rotation, cfg.rotation)
+    zoom = rng.uniform(*cfg.scale)
+    tx, ty = rng.uniform(-cfg.shift, cfg.shift, size=2) * (w, h)
+    matrix = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), angle, zoom)
+    matrix[:, 2] += (tx, ty)
+    return matrix
+
+
+@functools.lru_cache(maxsize=32)
+def cubic_weights(n: int, points: int) -> np.ndarray:
+    """Matrix that interpolates ``points`` evenly spaced samples to ``n`` pixels bicubically.
+
+    The first and last samples sit on the first and last pixel (corner aligned), so
+    a 3-point grid has its points at both edges and the centre. Keys' cubic kernel
+    (a = -0.5, as in bicubic image resizing) passes exactly through the samples;
+    beyond the ends the samples are extended linearly, so linear ramps are
+    reproduced exactly everywhere.
+
+    Args:
+        n: Output length in pixels.
+        points: Number of grid samples (>= 2).
+
+    Returns:
+        float64 ``(n, points)`` matrix ``W``; ``W @ samples`` gives the n values
+        (cached and read-only).
+    """
+    u = np.arange(n) * ((points - 1) / max(n - 1, 1))
+    base = np.minimum(np.floor(u).astype(int), points - 2)
+    out = np.zeros((n, points))
+    rows = np.arange(n)
+    last = points - 1
+    for k in range(-1, 3):
+        idx = base + k
+        t = np.abs(u - idx)
+        wk = np.where(
+            t <= 1,
+            1.5 * t**3 - 2.5 * t**2 + 1,
+            np.where(t < 2, -0.5 * t**3 + 2.5 * t**2 - 4 * t + 2, 0.0),
+        )
+        # A virtual sample j steps beyond an end is that end plus j times the end slope.
+        before = np.maximum(-idx, 0)
+        after = np.maximum(idx - last, 0)
+        inside = np.clip(idx, 0, last)
+        np.add.at(out, (rows, inside), wk * (1 + before + after))
+        np.add.at(out, (rows, np.full(n, 1)), -wk * before)
+        np.add.at(out, (rows, np.full(n, last - 1)), -wk * after)
+    out.flags.writeable = False
+    return out
+
+
+@functools.lru_cache(maxsize=32)
+def _pixel_grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Read-only float32 ``(H, W)`` column and row coordinates (cached per size)."""
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    xs.flags.writeable = False
+    ys.flags.writeable = False
+    return xs, ys
+
+
+def elastic_field(
+    shape: tuple[int, int], rng: np.random.Generator, grid: int = 3, sigma: float = 10.0
+) -> np.ndarray:
+    """The paper's smooth random deformation: Gaussian displacements on a coarse grid.
+
+    Displacement vectors with standard deviation ``sigma`` pixels are drawn on a
+    ``grid x grid`` lattice spanning the image (corners included) and interpolated
+    bicubically to every pixel.
+
+    Args:
+        shape: ``(height, width)``.
+        rng: Random generator.
+        grid: Lattice points per side (the paper: 3).
+        sigma: Standard deviation of the lattice displacements in pixels (the paper: 10).
+
+    Returns:
+        float32 ``(2, H, W)``: displacement in x (columns) and in y (rows); output pixel
+        ``(y, x)`` samples the input at ``(y + d[1], x + d[0])``.
+    """
+    h, w = shape
+    coarse = rng.normal(0.0, sigma, size=(2, grid, grid))
+    wy, wx = cubic_weights(h, grid), cubic_weights(w, grid)
+    return (wy @ coarse @ wx.T).astype(np.float32)
+
+
+def warp(
+    image: np.ndarray,
+    mask: np.ndarray,
+    matrix: np.ndarray | None,
+    field: np.ndarray | None = None,
+    weight: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Resample image, mask and weight map with one geometric transform.
+
+    The output pixel ``p`` takes the input at ``A^-1 (p + d(p))``: the elastic
+    displacement ``d`` (if any) is applied in output coordinates and then mapped back
+    through the inverse of the affine ``A`` (if any), so both cost a single resampling.
+
+    Args:
+        image: float32 ``(H, W, C)``; linear interpolation.
+        mask: uint8 ``(H, W)``; nearest neighbour.
+        matrix: ``(2, 3)`` forward affine matrix, or None.
+        field: ``(2, H, W)`` displacement from :func:`elastic_field`, or None.
+        weight: float32 ``(H, W)`` or None; nearest neighbour, like the mask.
+
+    Returns:
+        ``(image, mask, weight)`` warped (weight None when not given).
+    """
+    h, w = mask.shape
+    c = image.shape[2]
+    if field is None and matrix is None:
+        return image, mask, weight
+    if field is None:
+
+        def resample(a: np.ndarray, interpolation: int) -> np.ndarray:
+            return cv2.warpAffine(a, matrix, (w, h), flags=interpolation, borderMode=_BORDER)
+
+    else:
+        xs, ys = _pixel_grid(h, w)
+        xs = xs + field[0]
+        ys = ys + field[1]
+        if matrix is not None:
+            inv = cv2.invertAffineTransform(matrix).astype(np.float32)
+            xs, ys = (
+                inv[0, 0] * xs + inv[0, 1] * ys + inv[0, 2],
+                inv[1, 0] * xs + inv[1, 1] * ys + inv[1, 2],
+            )
+
+        def resample(a: np.ndarray, interpolation: int) -> np.ndarray:
+            return cv2.remap(a, xs, ys, interpolation, borderMode=_BORDER)
+
+    image = resample(image, cv2.INTER_LINEAR).reshape(h, w, c)
+    mask = resample(mask, cv2.INTER_NEAREST)
+    if weight is not None:
+        weight = resample(weight, cv2.INTER_NEAREST)
+    return image, mask, weight
+
+
+def random_intensity(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
+    """Random gamma, then contrast about the mean, then brightness; clipped to ``[0, 1]``.
+
+    Args:
+        image: float32 ``(H, W, C)`` in ``[0, 1]``.
+        rng: Random generator.
+        cfg: Supplies ``gamma``, ``contrast`` and ``brightness``.
+
+    Returns:
+        float32 ``(H, W, C)`` in ``[0, 1]``.
+    """
+    lo, hi = cfg.gamma
+    gamma = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+    contrast = rng.uniform(*cfg.contrast)
+    brightness = rng.uniform(-cfg.brightness, cfg.brightness)
+    x = np.clip(image, 0.0, 1.0)
+    if gamma != 1.0:
+        x = np.power(x, np.float32(gamma))
+    mean = np.float32(x.mean())
+    x = (x - mean) * np.float32(contrast) + (mean + np.float32(brightness))
+    return np.clip(x, 0.0, 1.0, out=x)

@@ -1,0 +1,242 @@
+"""Augmentation: image and mask stay aligned, identity is exact, results are reproducible."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import cv2
+import numpy as np
+import pytest
+
+from unet_lowered.augment import (
+    AugmentConfig,
+    augment,
+    cubic_weights,
+    elastic_field,
+    random_intensity,
+    warp,
+)
+from unet_lowered.errors import UnetError
+
+GEOMETRY_ONLY = AugmentConfig(intensity=False)
+
+
+def shapes_mask(h: int = 96, w: int = 112) -> np.ndarray:
+    """A disk and a rectangle (labels 1 and 2) away from the borders."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    mask = np.zeros((h, w), np.uint8)
+    mask[(yy - h // 2) ** 2 + (xx - w // 3) ** 2 < (h // 4) ** 2] = 1
+    mask[h // 5 : h // 3, w // 2 : w - w // 6] = 2
+    return mask
+
+
+def render(mask: np.ndarray, channels: int) -> np.ndarray:
+    """The mask's foreground drawn as a float image in [0, 1] with ``channels`` channels."""
+    image = (mask > 0).astype(np.float32)[:, :, None]
+    return np.repeat(image, channels, axis=2)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        GEOMETRY_ONLY,
+        AugmentConfig(intensity=False, elastic=False),
+        AugmentConfig(intensity=False, affine=False),
+        AugmentConfig(intensity=False, flip_lr=True, flip_ud=True, rotation=30, shift=0.2),
+    ],
+    ids=["affine+elastic", "affine", "elastic", "flips+strong-affine"],
+)
+def test_image_and_mask_stay_aligned(cfg: AugmentConfig, channels: int) -> None:
+    mask = shapes_mask()
+    image = render(mask, channels)
+    for seed in range(8):
+        out_image, out_mask = augment(image, mask, np.random.default_rng(seed), cfg)
+        assert out_image.shape == image.shape and out_image.dtype == np.float32
+        assert out_mask.shape == mask.shape and out_mask.dtype == np.uint8
+        assert set(np.unique(out_mask)) <= {0, 1, 2}  # labels stay labels
+        # The linearly interpolated rendering, thresholded, must agree with the
+        # nearest-neighbour mask except for a few pixels right on object borders.
+        # (A one-pixel shift of this mask disagrees on 1.1% of the pixels.)
+        foreground = out_mask > 0
+        mismatch = (out_image[..., 0] > 0.5) != foreground
+        assert mismatch.mean() < 0.004, (seed, mismatch.mean())
+        border = cv2.morphologyEx(
+            foreground.astype(np.uint8), cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8)
+        )
+        assert not np.any(mismatch & (border == 0)), seed
+        for c in range(1, channels):
+            np.testing.assert_array_equal(out_image[..., c], out_image[..., 0])
+
+
+def test_one_pixel_shift_would_be_detected() -> None:
+    foreground = shapes_mask() > 0
+    assert np.mean(np.roll(foreground, 1, axis=1) != foreground) > 0.01
+
+
+def test_weight_map_moves_with_the_mask() -> None:
+    mask = shapes_mask()
+    weight = 1.0 + 4.0 * mask.astype(np.float32)  # a weight that encodes the label
+    image = render(mask, 1)
+    for seed in range(5):
+        _, out_mask, out_weight = augment(
+            image, mask, np.random.default_rng(seed), AugmentConfig(flip_ud=True), weight=weight
+        )
+        assert out_weight.dtype == np.float32
+        np.testing.assert_array_equal(out_weight, 1.0 + 4.0 * out_mask)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_off_config_is_exact_identity(channels: int) -> None:
+    rng = np.random.default_rng(3)
+    image = rng.random((40, 50, channels), dtype=np.float32)
+    mask = rng.integers(0, 3, (40, 50), dtype=np.uint8)
+    weight = rng.random((40, 50), dtype=np.float32)
+    out_image, out_mask, out_weight = augment(image, mask, rng, AugmentConfig.off(), weight)
+    np.testing.assert_array_equal(out_image, image)
+    np.testing.assert_array_equal(out_mask, mask)
+    np.testing.assert_array_equal(out_weight, weight)
+    assert out_image is not image and out_mask is not mask  # never the caller's arrays
+
+
+def test_neutral_ranges_are_identity_too() -> None:
+    rng = np.random.default_rng(4)
+    image = rng.random((32, 32, 1), dtype=np.float32)
+    mask = (image[..., 0] > 0.5).astype(np.uint8)
+    cfg = AugmentConfig(
+        rotation=0, scale=(1, 1), shift=0, elastic=False, brightness=0, contrast=(1, 1),
+        gamma=(1, 1),
+    )  # fmt: skip
+    out_image, out_mask = augment(image, mask, rng, cfg)
+    np.testing.assert_allclose(out_image, image, atol=1e-6)
+    np.testing.assert_array_equal(out_mask, mask)
+
+
+@pytest.mark.parametrize(
+    ("cfg", "axis"),
+    [
+        (dataclasses.replace(AugmentConfig.off(), flip_lr=True), 1),
+        (dataclasses.replace(AugmentConfig.off(), flip_ud=True), 0),
+    ],
+    ids=["left-right", "up-down"],
+)
+def test_flips_are_exact(cfg: AugmentConfig, axis: int) -> None:
+    image = np.arange(4 * 5 * 3, dtype=np.float32).reshape(4, 5, 3) / 60
+    mask = np.arange(20, dtype=np.uint8).reshape(4, 5)
+    flipped = 0
+    for seed in range(20):
+        out_image, out_mask = augment(image, mask, np.random.default_rng(seed), cfg)
+        if np.array_equal(out_mask, mask):
+            np.testing.assert_array_equal(out_image, image)
+        else:
+            flipped += 1
+            np.testing.assert_array_equal(out_mask, np.flip(mask, axis))
+            np.testing.assert_array_equal(out_image, np.flip(image, axis))
+    assert 3 <= flipped <= 17  # probability one half
+
+
+def test_same_seed_same_result_and_other_seed_differs() -> None:
+    cfg = AugmentConfig(noise=True, blur=True, flip_ud=True)
+    rng = np.random.default_rng(0)
+    image = rng.random((64, 64, 1), dtype=np.float32)
+    mask = (image[..., 0] > 0.5).astype(np.uint8)
+    a = augment(image, mask, np.random.default_rng(7), cfg)
+    b = augment(image, mask, np.random.default_rng(7), cfg)
+    c = augment(image, mask, np.random.default_rng(8), cfg)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    assert not np.array_equal(a[0], c[0])
+
+
+def test_intensity_stays_in_unit_range_and_touches_only_the_image() -> None:
+    rng = np.random.default_rng(1)
+    image = rng.random((30, 30, 3), dtype=np.float32)
+    mask = (image[..., 0] > 0.5).astype(np.uint8)
+    cfg = AugmentConfig(affine=False, elastic=False, noise=True, blur=True)
+    for seed in range(10):
+        out_image, out_mask = augment(image, mask, np.random.default_rng(seed), cfg)
+        assert 0.0 <= out_image.min() and out_image.max() <= 1.0
+        np.testing.assert_array_equal(out_mask, mask)
+
+
+def test_gamma_known_answer() -> None:
+    image = np.full((2, 2, 1), 0.25, np.float32)
+    image[0, 0] = 1.0
+    cfg = AugmentConfig(brightness=0.0, contrast=(1, 1), gamma=(2, 2))
+    out = random_intensity(image, np.random.default_rng(0), cfg)
+    np.testing.assert_allclose(out[..., 0], [[1.0, 0.0625], [0.0625, 0.0625]], rtol=1e-6)
+
+
+def test_pure_rotation_by_180_degrees_is_a_double_flip() -> None:
+    image = np.random.default_rng(0).random((9, 11, 1), dtype=np.float32)
+    mask = (image[..., 0] * 3).astype(np.uint8)
+    matrix = cv2.getRotationMatrix2D((5.0, 4.0), 180, 1.0)
+    out_image, out_mask, _ = warp(image, mask, matrix)
+    np.testing.assert_allclose(out_image, image[::-1, ::-1], atol=1e-5)
+    np.testing.assert_array_equal(out_mask, mask[::-1, ::-1])
+
+
+def test_cubic_weights_interpolate_the_grid_exactly() -> None:
+    w = cubic_weights(9, 3)
+    np.testing.assert_allclose(w.sum(axis=1), 1.0)  # partition of unity
+    np.testing.assert_allclose(w[[0, 4, 8]], np.eye(3), atol=1e-12)  # corners and centre
+    ramp = w @ np.array([0.0, 1.0, 2.0])
+    np.testing.assert_allclose(ramp, np.linspace(0, 2, 9), atol=1e-12)  # linear is exact
+
+
+def test_elastic_displacement_statistics() -> None:
+    rng = np.random.default_rng(0)
+    h, w = 33, 41
+    fields = np.stack([elastic_field((h, w), rng, grid=3, sigma=10.0) for _ in range(4000)])
+    assert fields.shape == (4000, 2, h, w) and fields.dtype == np.float32
+    grid_points = fields[:, :, [0, 16, 32]][:, :, :, [0, 20, 40]]  # the 3x3 lattice
+    assert abs(grid_points.std() - 10.0) < 0.3
+    assert abs(grid_points.mean()) < 0.3
+    # Between lattice points the field is a smooth blend: smaller spread, never larger.
+    spread = fields.std(axis=0)
+    assert spread.min() > 5.0 and spread.max() < 10.5
+    # Smooth: neighbouring pixels move almost together.
+    step = np.abs(np.diff(fields, axis=3)).mean()
+    assert step < 1.0
+
+
+def test_elastic_sigma_zero_is_identity() -> None:
+    field = elastic_field((16, 16), np.random.default_rng(0), sigma=0.0)
+    np.testing.assert_array_equal(field, 0.0)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"scale": (1.1, 0.9)}, "scale=(1.1, 0.9) must satisfy 0 <= low <= high"),
+        ({"gamma": (0.0, 1.0)}, "gamma=(0.0, 1.0) must be positive"),
+        ({"rotation": -5}, "rotation=-5 must be >= 0"),
+        ({"shift": 0.6}, "shift=0.6 must be below 0.5"),
+        ({"elastic_grid": 1}, "elastic_grid=1 must be at least 2"),
+        ({"contrast": 3}, "contrast=3 must be a (low, high) pair"),
+        ({"rotate": 5}, "unknown augmentation option(s) rotate; valid options: flip_lr"),
+    ],
+)
+def test_bad_options_are_refused_with_a_helpful_message(values: dict, message: str) -> None:
+    with pytest.raises(UnetError) as err:
+        AugmentConfig.from_dict(values)
+    assert message in str(err.value)
+
+
+def test_config_dict_round_trip() -> None:
+    cfg = AugmentConfig(flip_ud=True, scale=[0.8, 1.25])
+    assert cfg.scale == (0.8, 1.25)
+    assert AugmentConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.to_dict()["scale"] == [0.8, 1.25]
+
+
+def test_defaults_suit_chest_xrays() -> None:
+    cfg = AugmentConfig()
+    assert not cfg.flip_lr and cfg.affine and cfg.elastic and cfg.intensity
+    assert (cfg.rotation, cfg.scale, cfg.shift) == (10.0, (0.9, 1.1), 0.08)
+    assert (cfg.elastic_grid, cfg.elastic_sigma) == (3, 10.0)
+
+
+def test_mismatched_shapes_are_refused() -> None:
+    with pytest.raises(ValueError, match="same size"):
+        augment(np.zeros((4, 4, 1), np.float32), np.zeros((4, 5), np.uint8), None, AugmentConfig())
