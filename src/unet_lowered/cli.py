@@ -118,6 +118,99 @@ def export(
 # ---------------------------------------------------------------- predict
 # (commands for predict.py go here)
 
+_MODE_HELP = (
+    "resize: predict at the training size and resize the probabilities back; tile: "
+    "overlap-tile at the native resolution (large images, crop-trained runs); "
+    "auto: tile for crop-trained runs, else resize."
+)
+
+
+@app.command()
+def predict(
+    run: Annotated[Path, typer.Argument(help="Run folder written by `unet train`.")],
+    inputs: Annotated[
+        list[str], typer.Argument(help="Image files, folders or glob patterns (quoted).")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (not an input folder).")],
+    recursive: Annotated[
+        bool, typer.Option("--recursive", "-r", help="Walk folders (and ** globs) recursively.")
+    ] = False,
+    mode: Annotated[str, typer.Option(help=_MODE_HELP)] = "auto",
+    tta: Annotated[
+        bool, typer.Option("--tta", help="Average over flips (and 90-degree rotations).")
+    ] = False,
+    threshold: Annotated[
+        float | None, typer.Option(help="Foreground probability threshold [default: the run's].")
+    ] = None,
+    keep_largest: Annotated[
+        int | None, typer.Option(help="Keep the N largest objects (2 for lungs).")
+    ] = None,
+    fill_holes: Annotated[
+        bool, typer.Option("--fill-holes", help="Fill holes inside objects.")
+    ] = False,
+    min_area: Annotated[int, typer.Option(help="Remove objects under this many pixels.")] = 0,
+    save_prob: Annotated[
+        str | None, typer.Option(help="Also save probabilities: png (8-bit) or npy (float32).")
+    ] = None,
+    overlay: Annotated[
+        bool, typer.Option("--overlay", help="Also save <id>_overlay.png (tint + outline).")
+    ] = False,
+    overlap: Annotated[float, typer.Option(help="Tile overlap, fraction of the tile.")] = 0.25,
+    batch_size: Annotated[
+        int, typer.Option(help="Images (resize) or tiles (tile) per network call.")
+    ] = 4,
+    keep_going: Annotated[
+        bool,
+        typer.Option(
+            "--keep-going",
+            help="Exit 0 even if some inputs failed (they are still reported and listed).",
+        ),
+    ] = False,
+    max_pixels: Annotated[
+        int, typer.Option(help="Refuse images with more pixels than this.")
+    ] = 100_000_000,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Segment images with a trained run; masks at each image's original size.
+
+    Writes OUT/<id>.png (0/255, or label values for multi-class runs),
+    optional <id>_prob.png/.npy and <id>_overlay.png, and OUT/predictions.csv.
+    Reads PNG (8/16-bit), JPEG, TIFF, BMP and DICOM (pip install 'unet-lowered[dicom]').
+    Unreadable files are reported and skipped; the others are still predicted, and the
+    exit status is 1 at the end if any failed (0 with --keep-going, unless all failed).
+    Example: unet predict runs/lungs scans/ --out masks/ --keep-largest 2 --fill-holes --overlay
+    """
+    from unet_lowered.predict import PredictOptions, exit_status, predict_files
+
+    options = PredictOptions(
+        mode=mode,
+        tta=tta,
+        overlap=overlap,
+        batch_size=batch_size,
+        threshold=threshold,
+        keep_largest=keep_largest,
+        fill_holes=fill_holes,
+        min_area=min_area,
+        max_pixels=max_pixels,
+    )
+    report = predict_files(
+        run,
+        inputs,
+        out,
+        options,
+        recursive=recursive,
+        save_prob=save_prob,
+        save_overlay=overlay,
+        progress=progress,
+    )
+    total = len(report.written) + len(report.failed)
+    typer.echo(f"wrote {len(report.written)} mask(s) to {out} (table: {report.csv_path})")
+    if report.failed:
+        typer.echo(f"{len(report.failed)} of {total} inputs failed (listed above and in the table)", err=True)
+    code = exit_status(report, keep_going)
+    if code:
+        raise typer.Exit(code)
+
 
 # ---------------------------------------------------------------- synth, demo
 # (commands for synth.py / demo.py go here)

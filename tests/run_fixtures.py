@@ -1,0 +1,65 @@
+"""Tiny run folders for the predict/evaluate tests (no training needed).
+
+``bright_model`` is a one-layer network with a known answer: its logit is ten times
+the standardised input, so it marks as foreground every pixel brighter than the
+image's mean. On a bright disk over a dark background that is exactly the disk.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+
+def bright_model(image_size: int = 32, channels: int = 1, num_classes: int = 1):
+    """``logit_k = 10 * k * mean_c(z)``: foreground = brighter than average (class 1 for K=1)."""
+    import keras
+
+    inputs = keras.Input((image_size, image_size, channels), name="image")
+    outputs = keras.layers.Conv2D(num_classes, 1, name="logits")(inputs)
+    model = keras.Model(inputs, outputs)
+    kernel = np.zeros((1, 1, channels, num_classes), np.float32)
+    # one class: 10*z; K classes: class k gets 10*k*z, so bright pixels go to the last class
+    for k in range(num_classes):
+        kernel[0, 0, :, k] = 10.0 * (k if num_classes > 1 else 1) / channels
+    model.get_layer("logits").set_weights([kernel, np.zeros(num_classes, np.float32)])
+    return model
+
+
+def make_run(run_dir: Path, model, **config: Any) -> Path:
+    """Write ``model.keras`` and ``config.json`` (contract keys, overridable) into ``run_dir``."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    model.save(run_dir / "model.keras")
+    h, w, c = model.input_shape[1:]
+    values = {
+        "image_size": [h, w],
+        "channels": c,
+        "num_classes": model.output_shape[-1],
+        "threshold": 0.5,
+        "clahe": False,
+        "input_mode": "resize",
+        "padding": "same",
+        "depth": 2,
+        "label_values": None,
+    }
+    values.update(config)
+    (run_dir / "config.json").write_text(json.dumps(values))
+    return run_dir
+
+
+def disk_image(
+    height: int, width: int, dtype=np.uint8, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """A bright disk on a dark noisy background and its mask; ``(image, bool mask)``."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    cy, cx, r = height * 0.45, width * 0.55, min(height, width) * 0.3
+    mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+    top = np.iinfo(dtype).max
+    image = np.where(mask, 0.8 * top, 0.15 * top) + rng.normal(0, 0.02 * top, mask.shape)
+    image = cv2.GaussianBlur(image, (0, 0), 1.0)
+    return np.clip(image, 0, top).astype(dtype), mask
