@@ -23,6 +23,7 @@ never writes into the input folders, and reports unreadable files without stoppi
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import glob
 import io
@@ -498,7 +499,7 @@ def predict_files(
     per_call = options.batch_size if mode == "resize" else 1  # tile mode batches tiles instead
     console = _console()
     try:
-        with _progress(console, len(files), progress) as advance:
+        with progress_bar(len(files), progress, console=console) as advance:
             for chunk in _chunks(list(zip(ids, files, strict=True)), per_call):
                 started = time.perf_counter()
                 loaded = []
@@ -609,34 +610,30 @@ def _console() -> Any:
     return Console(stderr=True)
 
 
-class _progress:
-    """A rich progress bar as a context manager that yields an ``advance()`` function."""
+@contextlib.contextmanager
+def progress_bar(
+    total: int, enabled: bool = True, label: str = "predicting", console: Any = None
+) -> Iterator[Callable[[], None]]:
+    """A rich progress bar (on stderr by default); yields the function that advances it.
 
-    def __init__(self, console: Any, total: int, enabled: bool) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
+    Args:
+        total: Number of steps.
+        enabled: Show it (False: advancing does nothing visible).
+        label: Text before the bar.
+        console: A rich console (default: a new one on stderr).
+    """
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
-        self.bar = Progress(
-            TextColumn("predicting"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=console,
-            disable=not enabled,
-        )
-        self.task = self.bar.add_task("predict", total=total)
-
-    def __enter__(self) -> Callable[[], None]:
-        self.bar.__enter__()
-        return lambda: self.bar.advance(self.task)
-
-    def __exit__(self, *exc: object) -> None:
-        self.bar.__exit__(*exc)
+    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console or _console(), disable=not enabled) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda: bar.advance(task)
 
 
 def exit_status(report: PredictReport, keep_going: bool) -> int:
@@ -667,5 +664,6 @@ __all__ = [
     "predict_images",
     "probability_fn",
     "probs_to_mask",
+    "progress_bar",
     "resolve_mode",
 ]
