@@ -227,6 +227,11 @@ def test_one_hot_y_true_is_rejected():
         L.bce_loss(np.zeros((1, 4, 4, 3), np.float32), np.zeros((1, 4, 4, 3)), 3)
 
 
+def test_y_true_without_channel_axis_is_rejected():
+    with pytest.raises(UnetError, match=r"add the channel axis"):
+        L.dice_loss(np.zeros((1, 4, 4), np.float32), np.zeros((1, 4, 4, 1), np.float32))
+
+
 def test_channel_mismatch_is_reported():
     with pytest.raises(UnetError, match=r"outputs 1 channels but .* num_classes=3"):
         L.bce_loss(batch(A), np.zeros((1, 4, 4, 1), np.float32), 3)
@@ -425,9 +430,15 @@ def test_metric_sample_weight_weights_images():
 
 
 @pytest.mark.parametrize(
-    ("name", "num_classes"), [("bce+dice", 1), ("weighted-bce", 1), ("ce+dice", 3)]
+    ("name", "num_classes", "policy"),
+    [
+        ("bce+dice", 1, "float32"),
+        ("weighted-bce", 1, "float32"),
+        ("ce+dice", 3, "float32"),
+        ("focal", 1, "mixed_bfloat16"),
+    ],
 )
-def test_fit_logs_dice_and_val_dice(name, num_classes):
+def test_fit_logs_dice_and_val_dice(name, num_classes, policy):
     rng = np.random.default_rng(5)
     x = rng.normal(size=(4, 8, 8, 1)).astype(np.float32)
     labels = rng.integers(0, max(num_classes, 2), (4, 8, 8, 1)).astype(np.float32)
@@ -435,7 +446,8 @@ def test_fit_logs_dice_and_val_dice(name, num_classes):
     if L.needs_weight_map(name):
         y = np.concatenate([labels, rng.uniform(1, 3, labels.shape).astype(np.float32)], -1)
     inputs = keras.Input((8, 8, 1))
-    model = keras.Model(inputs, keras.layers.Conv2D(num_classes, 3, padding="same")(inputs))
+    conv = keras.layers.Conv2D(num_classes, 3, padding="same", dtype=policy)
+    model = keras.Model(inputs, conv(inputs))
     model.compile(
         optimizer="adam",
         loss=L.get_loss(name, num_classes),

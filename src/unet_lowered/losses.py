@@ -62,6 +62,11 @@ def _check_num_classes(num_classes: int) -> int:
 def _split_true(y_true: Any) -> tuple[Any, Any]:
     """Split ``y_true`` into its target ``(B, H, W)`` and weight map ``(B, H, W)`` or None."""
     y_true = ops.convert_to_tensor(y_true)
+    if len(y_true.shape) != 4:
+        raise UnetError(
+            f"y_true must be (B, H, W, 1) or (B, H, W, 2), got shape {tuple(y_true.shape)}; "
+            "add the channel axis (mask[..., None])"
+        )
     channels = y_true.shape[-1]
     if channels not in (None, 1, 2):
         raise UnetError(
@@ -76,6 +81,8 @@ def _split_true(y_true: Any) -> tuple[Any, Any]:
 def _logits(y_pred: Any, num_classes: int) -> Any:
     """Cast logits to float32 and check their channel count against ``num_classes``."""
     logits = ops.cast(y_pred, "float32")
+    if len(logits.shape) != 4:
+        raise UnetError(f"logits must be (B, H, W, C), got shape {tuple(logits.shape)}")
     channels = logits.shape[-1]
     if channels is not None and channels != num_classes:
         raise UnetError(
