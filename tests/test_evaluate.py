@@ -133,6 +133,11 @@ def test_read_truth_label_values(tmp_path: Path) -> None:
         read_truth(tmp_path / "m.png", config, 10**6)
     images.write_png(tmp_path / "ok.png", np.array([[0, 100], [200, 0]], np.uint8))
     np.testing.assert_array_equal(read_truth(tmp_path / "ok.png", config, 10**6), [[0, 1], [2, 0]])
+    images.write_png(tmp_path / "idx.png", np.array([[0, 1], [2, 0]], np.uint8))  # prepared
+    np.testing.assert_array_equal(read_truth(tmp_path / "idx.png", config, 10**6), [[0, 1], [2, 0]])
+    images.write_png(tmp_path / "nine.png", np.array([[0, 9]], np.uint8))
+    with pytest.raises(UnetError, match=r"mask value 9 is not a class index 0\.\.2 and the run"):
+        read_truth(tmp_path / "nine.png", {"num_classes": 3}, 10**6)
 
 
 def test_mask_of_another_size_is_refused(run: Path, tmp_path: Path) -> None:

@@ -51,9 +51,9 @@ def read_truth(path: Path, config: dict[str, Any], max_pixels: int) -> np.ndarra
     """Read a mask as training reads it: bool foreground (one class) or class indices.
 
     One class: a colour mask becomes its per-pixel maximum (gray stored as RGB its
-    one channel) and non-zero is foreground. Several classes: the run's
-    ``label_values`` map stored values to class indices (values already ``< K`` are
-    indices when the run recorded no map).
+    one channel) and non-zero is foreground. Several classes: a mask whose values are
+    all below ``K`` holds class indices (as ``unet prepare --classes`` writes them);
+    otherwise the run's ``label_values`` map the original values to class indices.
 
     Raises:
         UnetError: Unreadable mask, a colour mask for a multi-class run, or a value that
@@ -70,14 +70,14 @@ def read_truth(path: Path, config: dict[str, Any], max_pixels: int) -> np.ndarra
             raise UnetError(f"{path}: a colour mask cannot hold class labels; use a label image")
     if num_classes == 1:
         return mask > 0
+    if mask.max(initial=0) < num_classes:  # class indices already (`unet prepare --classes`)
+        return mask.astype(np.int32)
     values = config.get("label_values")
     if not values:
-        if mask.max(initial=0) >= num_classes:
-            raise UnetError(
-                f"{path}: mask value {int(mask.max())} is not a class index 0..{num_classes - 1} "
-                "and the run records no label_values"
-            )
-        return mask.astype(np.int32)
+        raise UnetError(
+            f"{path}: mask value {int(mask.max())} is not a class index 0..{num_classes - 1} "
+            "and the run records no label_values"
+        )
     table = np.asarray(values)
     index = np.minimum(np.searchsorted(table, mask), len(table) - 1)
     if not np.array_equal(table[index], mask):
