@@ -46,7 +46,130 @@ def _root(
 
 
 # ---------------------------------------------------------------- data: prepare, check
-# (commands for convert.py go here)
+
+_LayoutOpt = Annotated[
+    str,
+    typer.Option(
+        help="Source layout: auto, kaggle, instances (= dsb2018), flat or montgomery.",
+    ),
+]
+_ImagesDirOpt = Annotated[
+    Path | None,
+    typer.Option(help="Flat layout: the image folder, relative to the data folder."),
+]
+_MasksDirOpt = Annotated[
+    Path | None,
+    typer.Option(help="Flat layout: the mask folder (masks pair with images by file stem)."),
+]
+_ForegroundOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Mask values that count as foreground, e.g. 255, 1,2 or 1-3 "
+        "[default: the higher of two values; non-zero for label images].",
+    ),
+]
+_ClassesOpt = Annotated[
+    bool,
+    typer.Option(
+        "--classes",
+        help="Multi-class masks: keep the label values as classes 0..K-1 "
+        "(the map goes into dataset.json).",
+    ),
+]
+_MaxPixelsOpt = Annotated[
+    int, typer.Option(help="Refuse images with more pixels than this, before decoding them.")
+]
+_StrictOpt = Annotated[
+    bool,
+    typer.Option(
+        "--strict", help="Fail on any problem, even an empty mask (default: skip bad pairs)."
+    ),
+]
+
+
+@app.command("prepare")
+def prepare_cmd(
+    src: Annotated[Path, typer.Argument(help="The data set folder; it is never written to.")],
+    dest: Annotated[Path, typer.Argument(help="The output folder (must not lie inside SRC).")],
+    layout: _LayoutOpt = "auto",
+    images_dir: _ImagesDirOpt = None,
+    masks_dir: _MasksDirOpt = None,
+    foreground: _ForegroundOpt = None,
+    classes: _ClassesOpt = False,
+    max_pixels: _MaxPixelsOpt = 100_000_000,
+    strict: _StrictOpt = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace DEST if it exists.")
+    ] = False,
+) -> None:
+    """Convert a data set into the canonical layout that training reads.
+
+    Writes DEST/train/images/<id>.png, DEST/train/masks/<id>.png (0/255, or 0..K-1 with
+    --classes), DEST/test/<id>.png and DEST/dataset.json. Recognises the Kaggle layout
+    (train_images/<id>/images|masks), DSB2018 instance masks (<id>/masks/*.png, merged),
+    flat images/ + masks/ folders (also image/ + label/, masks named <id>_mask...) and
+    Montgomery leftMask/ + rightMask/ (merged). Bad pairs are skipped and listed; exit
+    status 0 if at least one good pair remains (--strict: 1 on any problem).
+
+    Example: unet prepare data/raw data/prepared
+    """
+    from unet_lowered.convert import DatasetError, prepare, print_report
+
+    try:
+        report = prepare(
+            src,
+            dest,
+            layout=layout,
+            images_dir=images_dir,
+            masks_dir=masks_dir,
+            overwrite=overwrite,
+            strict=strict,
+            foreground=foreground,
+            classes=classes,
+            max_pixels=max_pixels,
+            progress=True,
+        )
+    except DatasetError as e:
+        print_report(e.report)
+        raise
+    print_report(report)
+
+
+@app.command("check")
+def check_cmd(
+    path: Annotated[Path, typer.Argument(help="A source data set or a prepared folder.")],
+    layout: _LayoutOpt = "auto",
+    images_dir: _ImagesDirOpt = None,
+    masks_dir: _MasksDirOpt = None,
+    foreground: _ForegroundOpt = None,
+    classes: _ClassesOpt = False,
+    max_pixels: _MaxPixelsOpt = 100_000_000,
+    strict: _StrictOpt = False,
+) -> None:
+    """Validate a data set (source or prepared) as prepare would, without writing anything.
+
+    Prints the same summary and problem list as prepare. Exit status 0 if at least one
+    good pair exists (--strict: only if there is no problem at all), else 1.
+
+    Example: unet check data/raw --strict
+    """
+    from unet_lowered.convert import check, print_report
+
+    report = check(
+        path,
+        layout=layout,
+        images_dir=images_dir,
+        masks_dir=masks_dir,
+        foreground=foreground,
+        classes=classes,
+        max_pixels=max_pixels,
+        progress=True,
+    )
+    print_report(report)
+    if not report.pairs:
+        raise UnetError(f"{path}: no usable image/mask pair")
+    if not report.ok(strict):
+        raise UnetError(f"{path}: {len(report.problems)} problem(s) and --strict is set")
 
 
 # ---------------------------------------------------------------- model: model-info, export

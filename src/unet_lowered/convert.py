@@ -711,7 +711,8 @@ def print_report(report: Report, console: Any = None, max_lines: int = 200) -> N
     console = console or Console()
     counts = report.counts()
     mode = report.mode if report.label_values is None else f"classes {report.label_values}"
-    console.print(escape(f"{report.source}: layout {report.layout}, masks {mode}"), highlight=False)
+    header = f"{report.source}: layout {report.layout}, masks {mode}"
+    console.print(escape(header), highlight=False, soft_wrap=True)
     table = Table("", "count", "what", title=None)
     table.add_row("train pairs", str(counts["train"]), "image + mask (train/)")
     if counts["val"]:
@@ -730,4 +731,4 @@ def print_report(report: Report, console: Any = None, max_lines: int = 200) -> N
         where = f" (all are in {report.dest / DATASET_JSON})" if report.dest else ""
         console.print(f"... and {more} more problem(s){where}", highlight=False)
     if report.dest is not None:
-        console.print(escape(f"wrote {report.dest}"), highlight=False)
+        console.print(escape(f"wrote {report.dest}"), highlight=False, soft_wrap=True)

@@ -317,17 +317,21 @@ def _image_files(scan: Scan, files: list[Path]) -> list[Path]:
     return kept
 
 
-def _by_stem(scan: Scan, files: list[Path]) -> dict[str, Path]:
-    """Map stem -> file; a stem seen twice (``a.png`` and ``a.jpg``) is a ``duplicate_id``."""
+def _by_stem(scan: Scan, files: list[Path]) -> dict[str, Path | None]:
+    """Map stem -> file; a stem seen twice (``a.png`` and ``a.jpg``) is a ``duplicate_id``.
+
+    Duplicated stems map to None, so that their masks are not reported again as orphans.
+    """
     groups: dict[str, list[Path]] = {}
     for f in files:
         groups.setdefault(f.stem, []).append(f)
-    out = {}
+    out: dict[str, Path | None] = {}
     for stem, group in groups.items():
         if len(group) == 1:
             out[stem] = group[0]
         else:
             _duplicate(scan, stem, group)
+            out[stem] = None
     return out
 
 
@@ -485,7 +489,8 @@ def _scan_flat(scan: Scan) -> None:
                 scan.note("test_masks", mask_dir, "masks of the test split ignored")
             files, _ = _listdir(image_dir if image_dir is not None else folder)
             for stem, f in _by_stem(scan, _image_files(scan, files)).items():
-                scan.items.append(Item(stem, split, f))
+                if f is not None:
+                    scan.items.append(Item(stem, split, f))
         else:
             _scan_flat_pair(scan, split, image_dir, mask_dir)
 
@@ -525,6 +530,8 @@ def _scan_flat_pair(scan: Scan, split: str, image_dir: Path, mask_dir: Path) -> 
             masks.setdefault(id_, []).append(f)
     for id_, image in images.items():
         found = masks.get(id_, [])
+        if image is None:
+            continue  # duplicate id, reported
         if len(found) > 1:
             _duplicate(scan, id_, found)
         elif not found:
@@ -575,6 +582,8 @@ def _scan_montgomery(scan: Scan) -> None:
                 half[id_] = f
         halves.append(half)
     for id_, image in images.items():
+        if image is None:
+            continue  # duplicate id, reported
         left, right = halves[0].get(id_), halves[1].get(id_)
         if left is None or right is None:
             missing = " and ".join(
