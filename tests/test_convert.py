@@ -415,6 +415,33 @@ def test_palette_and_gray_alpha_png_are_reencoded(src, tmp_path):
     assert read(tmp_path / "out/train/images/la.png").tolist() == [[90] * 5] * 4
 
 
+def test_dicom_image_becomes_16_bit_png(src, tmp_path):
+    pytest.importorskip("pydicom")
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, generate_uid()
+    ds.Rows, ds.Columns = 6, 8
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = (gray(1, dtype=np.uint16) >> 4).tobytes()
+    (src / "images").mkdir()
+    ds.save_as(src / "images" / "scan.dcm", enforce_file_format=True)
+    png(src / "masks" / "scan.png", box())
+    freeze(src)
+    (entry,) = convert.prepare(src, tmp_path / "out").pairs
+    assert (entry.format, entry.copied, entry.bit_depth, entry.channels) == ("dicom", False, 16, 1)
+    written = read(tmp_path / "out/train/images/scan.png")
+    assert written.dtype == np.uint16
+    assert np.array_equal(written, convert.images.read_image(src / "images" / "scan.dcm"))
+
+
 def test_format_recognised_by_content_not_suffix(src, tmp_path):
     png(src / "images" / "x.png", gray(1))
     os.rename(src / "images" / "x.png", src / "images" / "x.jpg")  # a PNG named .jpg
