@@ -236,7 +236,10 @@ def check(
     """
     found = scan(path, layout, images_dir, masks_dir)
     if found.layout == "prepared" and foreground is None and not classes:
-        classes = load_dataset_json(found.root).get("mode") == "classes"
+        try:
+            classes = load_dataset_json(found.root).get("mode") == "classes"
+        except UnetError:
+            pass  # a damaged dataset.json: check the files as a plain flat folder
     return _convert(found, None, _options(foreground, classes, max_pixels), progress)
 
 

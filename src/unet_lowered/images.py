@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,8 @@ import numpy as np
 
 from unet_lowered import atomic
 from unet_lowered.errors import UnetError
+
+_WARNINGS_LOCK = threading.Lock()
 
 DEFAULT_MAX_PIXELS = 100_000_000
 """Images with more pixels than this (100 megapixels) are refused before decoding."""
@@ -107,7 +110,9 @@ def read_header(path: str | os.PathLike) -> ImageHeader:
 
     Image.MAX_IMAGE_PIXELS = None  # we apply our own limit in read_image
     try:
-        with warnings.catch_warnings():  # damaged files make PIL warn before it fails
+        # Damaged files make PIL warn before it fails. catch_warnings swaps a process-wide
+        # filter list, so threads (prepare decodes in parallel) must take turns here.
+        with _WARNINGS_LOCK, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(path) as im:
                 width, height = im.size
