@@ -493,8 +493,11 @@ def _parallel(fn: Callable[[Item], Any], items: Sequence[Item]) -> Iterator[Any]
     if WORKERS <= 1 or len(items) < 2:
         yield from map(fn, items)
         return
-    with ThreadPoolExecutor(max_workers=WORKERS) as pool:
+    pool = ThreadPoolExecutor(max_workers=WORKERS)
+    try:
         yield from pool.map(fn, items)
+    finally:  # on Ctrl-C or an error, drop the queued items instead of finishing them all
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _convert_item(

@@ -538,7 +538,7 @@ def _scan_flat_pair(scan: Scan, split: str, image_dir: Path, mask_dir: Path) -> 
             scan.problem(
                 "missing_mask",
                 image,
-                f"image has no mask {scan.rel(mask_dir)}/{id_}.* (or _mask...)",
+                f"image has no mask; expected {scan.rel(mask_dir)}/{id_}.png (or {id_}_mask.png...)",
             )
         else:
             scan.items.append(Item(id_, split, image, (found[0],)))
