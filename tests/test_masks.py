@@ -104,7 +104,7 @@ def test_anti_aliased_png_mask_is_near_binary():
     ],
 )
 def test_many_valued_non_binary_mask_is_refused(photo):
-    with pytest.raises(masks.MaskValuesError, match="distinct values .* not near-binary"):
+    with pytest.raises(masks.MaskValuesError, match=r"distinct values .* not near-binary"):
         masks.binarize(photo)
 
 
