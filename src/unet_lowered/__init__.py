@@ -11,6 +11,8 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 # TensorFlow's C++ start-up chatter (oneDNN notices, CPU feature lines) is noise for a CLI user.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# OpenCV prints "[ WARN ]" lines for corrupt files; we report those files ourselves, once.
+os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 
 __version__ = "0.1.0"
 
