@@ -12,8 +12,11 @@ from unet_lowered.augment import (
     AugmentConfig,
     augment,
     cubic_weights,
+    elastic_displacements,
     elastic_field,
+    random_affine,
     random_intensity,
+    sampling_maps,
     warp,
 )
 from unet_lowered.errors import UnetError
@@ -198,6 +201,33 @@ def test_elastic_displacement_statistics() -> None:
     # Smooth: neighbouring pixels move almost together.
     step = np.abs(np.diff(fields, axis=3)).mean()
     assert step < 1.0
+
+
+@pytest.mark.parametrize("with_affine", [False, True])
+def test_sampling_maps_equal_the_dense_composition(with_affine: bool) -> None:
+    h, w = 37, 52
+    rng = np.random.default_rng(5)
+    matrix = random_affine((h, w), rng, AugmentConfig(rotation=20)) if with_affine else None
+    field = elastic_field((h, w), np.random.default_rng(9), 3, 10.0)
+    coarse = elastic_displacements(np.random.default_rng(9), 3, 10.0)
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
+    px, py = xs + field[0], ys + field[1]
+    if matrix is not None:
+        inv = cv2.invertAffineTransform(matrix)
+        px, py = (
+            inv[0, 0] * px + inv[0, 1] * py + inv[0, 2],
+            inv[1, 0] * px + inv[1, 1] * py + inv[1, 2],
+        )
+    map_x, map_y = sampling_maps((h, w), matrix, coarse)
+    assert map_x.dtype == np.float32 and map_x.shape == (h, w)
+    np.testing.assert_allclose(map_x, px, atol=1e-3)
+    np.testing.assert_allclose(map_y, py, atol=1e-3)
+
+
+def test_sampling_maps_without_transform_are_the_pixel_grid() -> None:
+    map_x, map_y = sampling_maps((3, 4), None, np.zeros((2, 3, 3)))
+    np.testing.assert_array_equal(map_x, [[0, 1, 2, 3]] * 3)
+    np.testing.assert_array_equal(map_y, [[0] * 4, [1] * 4, [2] * 4])
 
 
 def test_elastic_sigma_zero_is_identity() -> None:

@@ -201,9 +201,11 @@ def augment(
 
     h, w = mask.shape
     matrix = random_affine((h, w), rng, cfg) if cfg.affine else None
-    field = elastic_field((h, w), rng, cfg.elastic_grid, cfg.elastic_sigma) if cfg.elastic else None
-    if matrix is not None or field is not None:
-        image, mask, weight = warp(image, mask, matrix, field, weight)
+    coarse = (
+        elastic_displacements(rng, cfg.elastic_grid, cfg.elastic_sigma) if cfg.elastic else None
+    )
+    if matrix is not None or coarse is not None:
+        image, mask, weight = warp(image, mask, matrix, coarse, weight)
 
     if cfg.intensity:
         image = random_intensity(image, rng, cfg)
@@ -285,23 +287,28 @@ def cubic_weights(n: int, points: int) -> np.ndarray:
     return out
 
 
-@functools.lru_cache(maxsize=32)
-def _pixel_grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    """Read-only float32 ``(H, W)`` column and row coordinates (cached per size)."""
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
-    xs.flags.writeable = False
-    ys.flags.writeable = False
-    return xs, ys
+def elastic_displacements(
+    rng: np.random.Generator, grid: int = 3, sigma: float = 10.0
+) -> np.ndarray:
+    """Random displacement vectors on a coarse lattice (the paper: 3x3, 10 px std).
+
+    Returns:
+        float64 ``(2, grid, grid)``: x then y displacements in pixels, Gaussian with
+        standard deviation ``sigma``.
+    """
+    return rng.normal(0.0, sigma, size=(2, grid, grid))
 
 
 def elastic_field(
     shape: tuple[int, int], rng: np.random.Generator, grid: int = 3, sigma: float = 10.0
 ) -> np.ndarray:
-    """The paper's smooth random deformation: Gaussian displacements on a coarse grid.
+    """The paper's smooth random deformation as a dense displacement field.
 
     Displacement vectors with standard deviation ``sigma`` pixels are drawn on a
-    ``grid x grid`` lattice spanning the image (corners included) and interpolated
-    bicubically to every pixel.
+    ``grid x grid`` lattice spanning the image (corners included, see
+    :func:`elastic_displacements`) and interpolated bicubically to every pixel
+    (:func:`cubic_weights`). :func:`augment` applies the same field without building
+    it (:func:`sampling_maps`); this function is for inspection and tests.
 
     Args:
         shape: ``(height, width)``.
@@ -311,32 +318,78 @@ def elastic_field(
 
     Returns:
         float32 ``(2, H, W)``: displacement in x (columns) and in y (rows); output pixel
-        ``(y, x)`` samples the input at ``(y + d[1], x + d[0])``.
+        ``(y, x)`` samples the input at ``(y + d[1], x + d[0])`` (before the affine part).
     """
     h, w = shape
-    coarse = rng.normal(0.0, sigma, size=(2, grid, grid))
-    wy, wx = cubic_weights(h, grid), cubic_weights(w, grid)
-    return (wy @ coarse @ wx.T).astype(np.float32)
+    coarse = elastic_displacements(rng, grid, sigma)
+    return (cubic_weights(h, grid) @ coarse @ cubic_weights(w, grid).T).astype(np.float32)
+
+
+def sampling_maps(
+    shape: tuple[int, int], matrix: np.ndarray | None, coarse: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Where each output pixel samples the input: ``A^-1 (p + d(p))``, for ``cv2.remap``.
+
+    ``d`` is the bicubic interpolation of the coarse displacements, ``Wy @ C @ Wx.T``
+    (see :func:`elastic_field`), and ``A`` the forward affine matrix. Both the
+    pixel grid and ``d`` are sums of outer products, so the whole map is one small
+    product ``U @ Q @ V.T`` of ``(H, g+2)``, ``(g+2, g+2)`` and ``(g+2, W)`` matrices:
+    no dense intermediate fields are built.
+
+    Args:
+        shape: ``(height, width)``.
+        matrix: ``(2, 3)`` forward affine matrix, or None (identity).
+        coarse: ``(2, g, g)`` lattice displacements (x then y) in pixels, or None.
+
+    Returns:
+        float32 ``(H, W)`` maps of source x (column) and y (row) coordinates.
+    """
+    h, w = shape
+    inv = (
+        np.array([[1.0, 0, 0], [0, 1.0, 0]])
+        if matrix is None
+        else cv2.invertAffineTransform(matrix)
+    )
+    g = 0 if coarse is None else coarse.shape[1]
+    u = np.empty((h, g + 2))
+    v = np.empty((w, g + 2))
+    u[:, g], u[:, g + 1] = 1.0, np.arange(h)  # rows: constant, y
+    v[:, g], v[:, g + 1] = np.arange(w), 1.0  # columns: x, constant
+    if g:
+        u[:, :g] = cubic_weights(h, g)
+        v[:, :g] = cubic_weights(w, coarse.shape[2])
+    maps = []
+    for a0, a1, a2 in inv:
+        q = np.zeros((g + 2, g + 2))
+        if g:
+            q[:g, :g] = a0 * coarse[0] + a1 * coarse[1]
+        q[g, g] = a0  # a0 * x
+        q[g + 1, g + 1] = a1  # a1 * y
+        q[g, g + 1] = a2  # constant
+        maps.append((u @ q @ v.T).astype(np.float32))
+    return maps[0], maps[1]
 
 
 def warp(
     image: np.ndarray,
     mask: np.ndarray,
     matrix: np.ndarray | None,
-    field: np.ndarray | None = None,
+    coarse: np.ndarray | None = None,
     weight: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Resample image, mask and weight map with one geometric transform.
 
     The output pixel ``p`` takes the input at ``A^-1 (p + d(p))``: the elastic
     displacement ``d`` (if any) is applied in output coordinates and then mapped back
-    through the inverse of the affine ``A`` (if any), so both cost a single resampling.
+    through the inverse of the affine ``A`` (if any), so both cost a single resampling
+    (``cv2.warpAffine`` without elastic, ``cv2.remap`` with it).
 
     Args:
         image: float32 ``(H, W, C)``; linear interpolation.
         mask: uint8 ``(H, W)``; nearest neighbour.
         matrix: ``(2, 3)`` forward affine matrix, or None.
-        field: ``(2, H, W)`` displacement from :func:`elastic_field`, or None.
+        coarse: ``(2, g, g)`` elastic lattice displacements in pixels (see
+            :func:`elastic_field`), or None.
         weight: float32 ``(H, W)`` or None; nearest neighbour, like the mask.
 
     Returns:
@@ -344,23 +397,15 @@ def warp(
     """
     h, w = mask.shape
     c = image.shape[2]
-    if field is None and matrix is None:
+    if coarse is None and matrix is None:
         return image, mask, weight
-    if field is None:
+    if coarse is None:
 
         def resample(a: np.ndarray, interpolation: int) -> np.ndarray:
             return cv2.warpAffine(a, matrix, (w, h), flags=interpolation, borderMode=_BORDER)
 
     else:
-        xs, ys = _pixel_grid(h, w)
-        xs = xs + field[0]
-        ys = ys + field[1]
-        if matrix is not None:
-            inv = cv2.invertAffineTransform(matrix).astype(np.float32)
-            xs, ys = (
-                inv[0, 0] * xs + inv[0, 1] * ys + inv[0, 2],
-                inv[1, 0] * xs + inv[1, 1] * ys + inv[1, 2],
-            )
+        xs, ys = sampling_maps((h, w), matrix, coarse)
 
         def resample(a: np.ndarray, interpolation: int) -> np.ndarray:
             return cv2.remap(a, xs, ys, interpolation, borderMode=_BORDER)

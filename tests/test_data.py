@@ -1,0 +1,518 @@
+"""Input pipeline: pairing by stem, split, cache, batches, weight maps, mask guards."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from conftest import shared_dataset
+from unet_lowered import data as D
+from unet_lowered.augment import AugmentConfig
+from unet_lowered.errors import UnetError
+from unet_lowered.images import write_png
+from unet_lowered.preprocess import standardize
+
+
+def make_pair(
+    root: Path,
+    ident: str,
+    size: tuple[int, int] = (24, 32),
+    rgb: bool = False,
+    mask_values: tuple[int, ...] = (0, 255),
+    mask_name: str | None = None,
+    seed: int = 0,
+) -> None:
+    """Write images/<id>.png and masks/<mask_name or id>.png: a gradient and a box."""
+    h, w = size
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, (h, w, 3) if rgb else (h, w), dtype=np.uint8)
+    mask = np.full((h, w), mask_values[0], np.uint8)
+    for k, value in enumerate(mask_values[1:], 1):
+        mask[k * h // 8 : (k + 2) * h // 8, w // 4 : 3 * w // 4] = value
+    write_png(root / "images" / f"{ident}.png", image)
+    write_png(root / "masks" / f"{mask_name or ident}.png", mask)
+
+
+def make_prepared(tmp: Path, ids: list[str], meta: dict | None = None, **kwargs: object) -> Path:
+    root = tmp / "prepared"
+    for k, ident in enumerate(ids):
+        make_pair(root / "train", ident, seed=k, **kwargs)
+    if meta is not None:
+        (root / "dataset.json").write_text(json.dumps(meta))
+    return root
+
+
+def ids_of(n: int) -> list[str]:
+    return [f"case{k:03d}" for k in range(n)]
+
+
+def stub_weight(mask: np.ndarray) -> np.ndarray:
+    """Stands in for weightmap.weight_map: a weight that encodes the label."""
+    return 1.0 + 9.0 * mask.astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- pairing
+
+
+def test_pairs_by_stem_not_by_sorted_lists(tmp_path: Path) -> None:
+    root = tmp_path / "flat"
+    # Sorted, the masks come as a0_mask, a_mask: pairing two sorted lists would swap them.
+    make_pair(root, "a", mask_name="a_mask")
+    make_pair(root, "a0", mask_name="a0_mask")
+    make_pair(root, "c10", mask_name="c10-mask")
+    make_pair(root, "d", mask_name="d")
+    data = D.load_prepared(root)
+    assert data.ids == ["a", "a0", "c10", "d"]
+    assert {i: p.name for i, p in data.masks.items()} == {
+        "a": "a_mask.png",
+        "a0": "a0_mask.png",
+        "c10": "c10-mask.png",
+        "d": "d.png",
+    }
+    assert data.image_dir == root / "images"
+
+
+def test_prepared_layout_is_found_under_train(tmp_path: Path) -> None:
+    root = make_prepared(tmp_path, ids_of(3), meta={})
+    data = D.load_prepared(root)
+    assert data.image_dir == root / "train" / "images"
+    assert data.ids == ids_of(3)
+    assert data.notes == []
+
+
+def test_unmatched_ids_are_named(tmp_path: Path) -> None:
+    root = tmp_path / "flat"
+    make_pair(root, "a")
+    make_pair(root, "b", mask_name="zz")
+    make_pair(root, "c")
+    (root / "masks" / "c.png").unlink()
+    with pytest.raises(UnetError) as err:
+        D.load_prepared(root)
+    message = str(err.value)
+    assert "2 image(s) without a mask (b, c)" in message
+    assert "1 mask(s) without an image (zz)" in message
+    assert str(root) in message
+
+
+def test_duplicate_ids_are_refused(tmp_path: Path) -> None:
+    root = tmp_path / "flat"
+    make_pair(root, "a")
+    shutil.copy(root / "images" / "a.png", root / "images" / "a.tif")
+    with pytest.raises(UnetError, match=r"a\.png and a\.tif have the same id 'a'"):
+        D.load_prepared(root)
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        (lambda p: None, "no such data folder"),
+        (lambda p: p.mkdir(), r"no train/images \+ train/masks"),
+        (lambda p: ((p / "images").mkdir(parents=True), (p / "masks").mkdir()), "no images"),
+    ],
+    ids=["missing", "no-subfolders", "empty"],
+)
+def test_unusable_folders_say_what_to_do(tmp_path: Path, setup, message: str) -> None:
+    root = tmp_path / "data"
+    setup(root)
+    with pytest.raises(UnetError, match=message):
+        D.load_prepared(root)
+
+
+def test_missing_dataset_json_is_a_note_and_junk_is_ignored(tmp_path: Path) -> None:
+    root = tmp_path / "flat"
+    make_pair(root, "a")
+    (root / "images" / "README.txt").write_text("notes")
+    (root / "images" / ".DS_Store").write_text("junk")
+    data = D.load_prepared(root)
+    assert data.ids == ["a"]
+    assert any("no dataset.json" in n for n in data.notes)
+    assert any("ignored 1 non-image file(s) (README.txt)" in n for n in data.notes)
+
+
+def test_corrupt_dataset_json_is_an_error(tmp_path: Path) -> None:
+    root = make_prepared(tmp_path, ids_of(2))
+    (root / "dataset.json").write_text("{not json")
+    with pytest.raises(UnetError, match=r"dataset\.json: unreadable"):
+        D.load_prepared(root)
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [
+        {"ids": {"case000": {"split": "val"}, "case001": {"split": "train"}}},
+        {"pairs": [{"id": "case000", "split": "validation"}, {"id": "case001", "split": "train"}]},
+        {"splits": {"train": ["case001", "case002"], "val": ["case000"]}},
+    ],
+    ids=["dict-records", "list-records", "splits-mapping"],
+)
+def test_split_recorded_in_dataset_json_is_used(tmp_path: Path, meta: dict) -> None:
+    root = make_prepared(tmp_path, ids_of(3), meta=meta)
+    data = D.load_prepared(root)
+    split = data.split(0.5, seed=123)
+    assert split["val"] == ["case000"]
+    assert "case001" in split["train"]
+    seeded = data.split(0.5, seed=123, use_recorded=False)
+    assert seeded == dict(zip(("train", "val"), D.split_ids(data.ids, 0.5, 123), strict=True))
+
+
+@pytest.mark.parametrize(
+    ("meta", "values", "classes"),
+    [
+        ({}, None, 1),
+        ({"label_values": [0, 255]}, [0, 255], 1),
+        ({"label_map": {"0": 0, "100": 1, "200": 2}}, [0, 100, 200], 3),
+        ({"labels": [0, 1, 2, 3]}, [0, 1, 2, 3], 4),
+        ({"labels": {"background": 0, "lung": 1}}, None, 1),  # names: not original values
+    ],
+)
+def test_label_map(tmp_path: Path, meta: dict, values: list | None, classes: int) -> None:
+    data = D.load_prepared(make_prepared(tmp_path, ids_of(1), meta=meta))
+    assert data.label_values == values
+    assert data.num_classes == classes
+
+
+# ----------------------------------------------------------------------------- split
+
+
+def test_split_is_deterministic_disjoint_and_complete() -> None:
+    ids = ids_of(200)
+    train, val = D.split_ids(ids, 0.15, seed=0)
+    assert len(val) == 30 and len(train) == 170
+    assert set(train).isdisjoint(val) and set(train) | set(val) == set(ids)
+    assert train == sorted(train) and val == sorted(val)
+    shuffled = list(reversed(ids))
+    assert D.split_ids(shuffled, 0.15, seed=0) == (train, val)  # input order is irrelevant
+    assert D.split_ids(ids, 0.15, seed=1)[1] != val
+
+
+@pytest.mark.parametrize(
+    ("n", "fraction", "n_val"), [(2, 0.15, 1), (10, 0.0, 0), (10, 0.25, 2), (3, 0.9, 2)]
+)
+def test_split_sizes(n: int, fraction: float, n_val: int) -> None:
+    train, val = D.split_ids(ids_of(n), fraction, seed=0)
+    assert (len(train), len(val)) == (n - n_val, n_val)
+
+
+@pytest.mark.parametrize("fraction", [-0.1, 1.0])
+def test_split_refuses_bad_fractions(fraction: float) -> None:
+    with pytest.raises(UnetError, match=r"val-fraction must be in \[0, 1\)"):
+        D.split_ids(ids_of(4), fraction, seed=0)
+
+
+# ----------------------------------------------------------------------------- cache and batches
+
+
+@pytest.mark.parametrize(("rgb", "channels"), [(False, 1), (True, 3)])
+def test_batches_shapes_dtypes_and_values(tmp_path: Path, rgb: bool, channels: int) -> None:
+    data = D.load_prepared(make_prepared(tmp_path, ids_of(5), meta={}, rgb=rgb))
+    assert data.channels == channels
+    cache = D.SampleCache(data, channels=channels, image_size=16)
+    seq = D.SegmentationSequence(cache, data.ids, 2, augment=AugmentConfig(), shuffle=True)
+    assert len(seq) == 3
+    x, y = seq[0]
+    assert x.shape == (2, 16, 16, channels) and x.dtype == np.float32
+    assert y.shape == (2, 16, 16, 1) and y.dtype == np.float32
+    assert set(np.unique(y)) <= {0.0, 1.0}
+    np.testing.assert_allclose(x.mean(axis=(1, 2, 3)), 0.0, atol=1e-5)  # standardised
+    np.testing.assert_allclose(x.std(axis=(1, 2, 3)), 1.0, atol=1e-3)
+    assert seq[2][0].shape[0] == 1  # the last batch holds the rest
+    with pytest.raises(IndexError):
+        seq[3]
+
+
+def test_validation_batches_are_the_cached_samples_in_order(tmp_path: Path) -> None:
+    data = D.load_prepared(make_prepared(tmp_path, ids_of(3), meta={}))
+    cache = D.SampleCache(data, channels=1, image_size=(12, 20))
+    seq = D.SegmentationSequence(cache, ["case002", "case000"], 4)
+    x, y = seq[0]
+    for k, ident in enumerate(["case002", "case000"]):
+        image, mask, _ = cache.sample(ident)
+        np.testing.assert_array_equal(x[k], standardize(image))
+        np.testing.assert_array_equal(y[k, ..., 0], mask)
+    seq.on_epoch_begin()
+    np.testing.assert_array_equal(seq[0][0], x)  # the same every epoch
+
+
+def test_cache_matches_the_shared_preprocessing(tmp_path: Path) -> None:
+    from unet_lowered.images import read_image
+    from unet_lowered.preprocess import model_input, resize_mask
+
+    data = D.load_prepared(make_prepared(tmp_path, ids_of(1), meta={}, size=(40, 30)))
+    cache = D.SampleCache(data, channels=1, image_size=(20, 16), clahe=True)
+    image, mask, weight = cache.sample("case000")
+    expected = model_input(read_image(data.images["case000"]), 1, (20, 16), clahe=True)
+    np.testing.assert_allclose(standardize(image), expected, atol=2e-4)  # 16-bit storage
+    raw = resize_mask(read_image(data.masks["case000"]), (20, 16))
+    np.testing.assert_array_equal(mask, raw > 0)
+    assert weight is None
+    assert cache.mask_values == [0, 255]
+    assert cache.nbytes == 20 * 16 * 2 + 20 * 16  # uint16 image + uint8 mask
+
+
+def test_mixed_sizes_in_resize_mode(tmp_path: Path) -> None:
+    root = tmp_path / "flat"
+    for k, size in enumerate([(40, 60), (17, 23), (64, 64)]):
+        make_pair(root, f"s{k}", size=size, seed=k)
+    data = D.load_prepared(root)
+    cache = D.SampleCache(data, channels=1, image_size=32)
+    x, y = D.SegmentationSequence(cache, data.ids, 3, augment=AugmentConfig())[0]
+    assert x.shape == (3, 32, 32, 1) and y.shape == (3, 32, 32, 1)
+
+
+def test_mixed_sizes_in_crop_mode_keep_full_size_and_pad_small_images(tmp_path: Path) -> None:
+    root = tmp_path / "flat"
+    sizes = [(40, 60), (17, 23), (64, 64)]
+    for k, size in enumerate(sizes):
+        make_pair(root, f"s{k}", size=size, seed=k)
+    data = D.load_prepared(root)
+    cache = D.SampleCache(data, channels=3, image_size=24, input_mode="crop")
+    for k, size in enumerate(sizes):
+        assert cache.sample(f"s{k}")[0].shape == (*size, 3)
+    train = D.SegmentationSequence(cache, data.ids, 3, augment=AugmentConfig(), shuffle=True)
+    x, y = train[0]
+    assert x.shape == (3, 24, 24, 3) and y.shape == (3, 24, 24, 1)
+    val = D.SegmentationSequence(cache, data.ids, 3)
+    np.testing.assert_array_equal(val[0][1], val[0][1])
+    val.on_epoch_begin()
+    first = val[0]
+    val.on_epoch_begin()
+    np.testing.assert_array_equal(val[0][0], first[0])  # fixed validation crops
+
+
+def test_random_crop_keeps_image_and_mask_aligned() -> None:
+    image = np.arange(10 * 12, dtype=np.float32).reshape(10, 12, 1)
+    mask = np.arange(10 * 12, dtype=np.uint8).reshape(10, 12)
+    weight = image[..., 0] * 2
+    for seed in range(5):
+        out_image, out_mask, out_weight = D.random_crop(
+            image, mask, (4, 5), np.random.default_rng(seed), weight
+        )
+        assert out_image.shape == (4, 5, 1)
+        np.testing.assert_array_equal(out_image[..., 0], out_mask)
+        np.testing.assert_array_equal(out_weight, 2 * out_image[..., 0])
+
+
+def test_random_crop_pads_by_reflection() -> None:
+    image = np.arange(3, dtype=np.float32).reshape(1, 3, 1) * np.ones((3, 1, 1), np.float32)
+    mask = image[..., 0].astype(np.uint8)
+    out_image, out_mask, _ = D.random_crop(image, mask, (3, 7), np.random.default_rng(0))
+    np.testing.assert_array_equal(out_mask[0], [2, 1, 0, 1, 2, 1, 0])  # reflect, edge kept once
+    np.testing.assert_array_equal(out_image[..., 0], out_mask)
+
+
+def test_weight_channel_moves_with_the_mask(tmp_path: Path) -> None:
+    data = D.load_prepared(make_prepared(tmp_path, ids_of(4), meta={}))
+    cache = D.SampleCache(data, channels=1, image_size=16, weight_fn=stub_weight)
+    seq = D.SegmentationSequence(
+        cache, data.ids, 4, augment=AugmentConfig(flip_ud=True), shuffle=True
+    )
+    _, y = seq[0]
+    assert y.shape == (4, 16, 16, 2)
+    np.testing.assert_array_equal(y[..., 1], 1.0 + 9.0 * y[..., 0])
+    assert cache.nbytes == 4 * 16 * 16 * (2 + 1 + 2)
+
+
+def test_weight_maps_need_binary_masks(tmp_path: Path) -> None:
+    data = D.load_prepared(make_prepared(tmp_path, ids_of(1), meta={}))
+    with pytest.raises(UnetError, match="need binary masks"):
+        D.SampleCache(data, channels=1, image_size=8, num_classes=3, weight_fn=stub_weight)
+
+
+@pytest.mark.parametrize(
+    ("stored", "num_classes", "expected"),
+    [
+        ((0, 1, 2), 3, {0, 1, 2}),  # already class indices
+        ((0, 100, 200), 3, {0, 1, 2}),  # mapped in ascending order
+        ((0, 100, 200), 1, {0, 1}),  # binary: non-zero is foreground
+    ],
+)
+def test_multiclass_targets(tmp_path: Path, stored: tuple, num_classes: int, expected: set) -> None:
+    data = D.load_prepared(make_prepared(tmp_path, ids_of(2), meta={}, mask_values=stored))
+    cache = D.SampleCache(data, channels=1, image_size=16, num_classes=num_classes)
+    _, y = D.SegmentationSequence(cache, data.ids, 2)[0]
+    assert set(np.unique(y).tolist()) == expected
+    assert cache.mask_values == list(stored)
+
+
+def test_too_many_mask_values_for_the_classes(tmp_path: Path) -> None:
+    data = D.load_prepared(make_prepared(tmp_path, ids_of(1), meta={}, mask_values=(0, 5, 9, 12)))
+    with pytest.raises(UnetError, match=r"4 distinct values \(0, 5, 9, 12\) but num_classes is 3"):
+        D.SampleCache(data, channels=1, image_size=16, num_classes=3)
+
+
+def test_mask_size_mismatch_names_the_file(tmp_path: Path) -> None:
+    root = tmp_path / "flat"
+    make_pair(root, "a", size=(20, 20))
+    write_png(root / "masks" / "a.png", np.zeros((10, 20), np.uint8))
+    data = D.load_prepared(root)
+    with pytest.raises(UnetError, match=r"a\.png: mask is 20x10 but its image a\.png is 20x20"):
+        D.SampleCache(data, channels=1, image_size=8)
+
+
+def test_lazy_cache_gives_the_same_samples(tmp_path: Path) -> None:
+    data = D.load_prepared(make_prepared(tmp_path, ids_of(3), meta={}))
+    eager = D.SampleCache(data, channels=1, image_size=16, weight_fn=stub_weight)
+    lazy = D.SampleCache(data, channels=1, image_size=16, weight_fn=stub_weight, max_bytes=100)
+    assert lazy.lazy and not eager.lazy
+    assert "over the cache limit" in lazy.notes[0]
+    assert lazy.foreground == eager.foreground
+    for ident in data.ids:
+        for a, b in zip(eager.sample(ident), lazy.sample(ident), strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_sequence_is_reproducible_and_resumable(tmp_path: Path) -> None:
+    data = D.load_prepared(make_prepared(tmp_path, ids_of(6), meta={}))
+    cache = D.SampleCache(data, channels=1, image_size=16)
+
+    def seq(**kw):
+        return D.SegmentationSequence(
+            cache, data.ids, 4, augment=AugmentConfig(), shuffle=True, seed=3, **kw
+        )
+
+    a, b = seq(), seq(workers=2)
+    for i in range(len(a)):
+        for u, v in zip(a[i], b[i], strict=True):
+            np.testing.assert_array_equal(u, v)
+    epoch0 = a[0][0]
+    # What Keras does: on_epoch_end once before training, on_epoch_begin before each epoch.
+    a.on_epoch_end()
+    for epoch in range(3):
+        a.on_epoch_begin()
+        assert a.epoch == epoch
+        a.on_epoch_end()
+    resumed = seq(epoch=2)
+    resumed.on_epoch_begin()
+    assert resumed.epoch == 2
+    for u, v in zip(a[1], resumed[1], strict=True):
+        np.testing.assert_array_equal(u, v)
+    assert not np.array_equal(a[0][0], epoch0)  # another epoch, other order and augmentation
+    assert sorted(a._order) == sorted(data.ids)
+    # A callback may set the epoch itself; the next on_epoch_begin keeps it.
+    a.set_epoch(0)
+    a.on_epoch_begin()
+    np.testing.assert_array_equal(a[0][0], epoch0)
+
+
+def test_fit_trains_on_each_epochs_own_batches(tmp_path: Path) -> None:
+    import keras
+
+    data = D.load_prepared(make_prepared(tmp_path, ids_of(4), meta={}))
+    cache = D.SampleCache(data, channels=1, image_size=8)
+    train = D.SegmentationSequence(cache, data.ids, 2, augment=AugmentConfig(), shuffle=True)
+    expected = {(e, i): train_batch(train, e, i) for e in range(1, 3) for i in range(2)}
+    seen: list[np.ndarray] = []
+
+    class Spy(keras.layers.Layer):
+        def call(self, x):
+            if not isinstance(x, keras.KerasTensor):
+                seen.append(keras.ops.convert_to_numpy(x))
+            return x
+
+    model = keras.Sequential([keras.Input((8, 8, 1)), Spy(), keras.layers.Conv2D(1, 1)])
+    model.compile("sgd", "mse", run_eagerly=True)
+    train.set_epoch(1)
+    model.fit(
+        train, epochs=3, initial_epoch=1, shuffle=False, verbose=0, callbacks=[D.EpochSync(train)]
+    )
+    assert len(seen) == 4
+    for got, key in zip(seen, sorted(expected), strict=True):
+        np.testing.assert_array_equal(got, expected[key])
+
+
+def train_batch(seq: D.SegmentationSequence, epoch: int, index: int) -> np.ndarray:
+    seq.set_epoch(epoch)
+    return seq[index][0]
+
+
+def test_target_size_crops_the_targets_at_the_centre(tmp_path: Path) -> None:
+    data = D.load_prepared(make_prepared(tmp_path, ids_of(2), meta={}))
+    cache = D.SampleCache(data, channels=1, image_size=16)
+    full = D.SegmentationSequence(cache, data.ids, 2)[0][1]
+    x, y = D.SegmentationSequence(cache, data.ids, 2, target_size=(8, 10))[0]
+    assert x.shape == (2, 16, 16, 1) and y.shape == (2, 8, 10, 1)
+    np.testing.assert_array_equal(y, full[:, 4:12, 3:13])
+
+
+def test_sequence_refuses_bad_arguments(tmp_path: Path) -> None:
+    data = D.load_prepared(make_prepared(tmp_path, ids_of(2), meta={}))
+    cache = D.SampleCache(data, channels=1, image_size=16)
+    with pytest.raises(UnetError, match="not in the cache: nope"):
+        D.SegmentationSequence(cache, ["nope"])
+    with pytest.raises(UnetError, match="empty split"):
+        D.SegmentationSequence(cache, [])
+    with pytest.raises(UnetError, match="must fit in the input size 16x16"):
+        D.SegmentationSequence(cache, data.ids, target_size=(20, 8))
+
+
+def test_drop_remainder(tmp_path: Path) -> None:
+    data = D.load_prepared(make_prepared(tmp_path, ids_of(5), meta={}))
+    cache = D.SampleCache(data, channels=1, image_size=8)
+    assert len(D.SegmentationSequence(cache, data.ids, 2, drop_remainder=True)) == 2
+    assert len(D.SegmentationSequence(cache, data.ids, 8, drop_remainder=True)) == 1
+
+
+def test_make_sequences_from_train_settings(tmp_path: Path) -> None:
+    data = D.load_prepared(make_prepared(tmp_path, ids_of(5), meta={}))
+    cfg = SimpleNamespace(
+        image_size=16, batch_size=2, seed=0, rotate=5.0, scale=0.2, loss="bce+dice"
+    )
+    train, val = D.make_sequences(data, data.split(0.4, 0), cfg, epoch=3)
+    assert train.augment.rotation == 5.0 and train.augment.scale == (0.8, 1.2)
+    assert train.epoch == 3 and train.shuffle and val.augment is None
+    assert train.cache is val.cache and len(val.ids) == 2
+    assert train[0][0].shape == (2, 16, 16, 1)
+
+
+# ----------------------------------------------------------------------------- guards
+
+
+@pytest.mark.parametrize(
+    ("fractions", "expected"),
+    [
+        ({"a": 0.3, "b": 0.2}, []),
+        ({"a": 0.0, "b": 0.0}, ["all 2 masks are empty"]),
+        ({"a": 0.0, "b": 0.3, "c": 0.3}, ["1 of 3 masks are empty (a)"]),
+        ({"a": 0.0005, "b": 0.3}, ["1 of 2 masks have less than 0.1% foreground (a)"]),
+        ({"a": 0.99, "b": 0.3}, ["1 of 2 masks are more than 95% foreground (a); are they inv"]),
+        ({"a": 0.005, "b": 0.004}, ["foreground covers only 0.45% of the pixels on average"]),
+        ({"a": 0.9, "b": 0.8}, ["foreground covers 85% of the pixels on average"]),
+    ],
+)
+def test_mask_warnings(fractions: dict, expected: list[str]) -> None:
+    warnings = D.mask_warnings(fractions)
+    assert len(warnings) == len(expected)
+    for line, start in zip(warnings, expected, strict=True):
+        assert line.startswith(start), line
+
+
+def test_mask_warnings_from_cache_and_from_files(tmp_path: Path) -> None:
+    data = D.load_prepared(make_prepared(tmp_path, ids_of(2), meta={}, mask_values=(0,)))
+    cache = D.SampleCache(data, channels=1, image_size=8)
+    assert D.mask_warnings(cache)[0].startswith("all 2 masks are empty")
+    assert D.mask_warnings(data, ["case001"])[0].startswith("all 1 masks are empty")
+    assert D.foreground_fractions(cache) == {"case000": 0.0, "case001": 0.0}
+
+
+@pytest.mark.realdata
+def test_jsrt_lungs_pipeline(tmp_path: Path) -> None:
+    source = shared_dataset("jsrt-lungs") / "train_images"
+    root = tmp_path / "jsrt"
+    for case in sorted(source.iterdir())[:40]:
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        (root / "masks").mkdir(parents=True, exist_ok=True)
+        shutil.copy(case / "images" / f"{case.name}.png", root / "images")
+        shutil.copy(case / "masks" / f"{case.name}.png", root / "masks")
+    data = D.load_prepared(root)
+    assert len(data.ids) == 40 and data.channels == 1
+    cache = D.SampleCache(data, channels=1, image_size=128)
+    assert cache.mask_values == [0, 255]
+    assert D.mask_warnings(cache) == []
+    assert 0.15 < np.mean(list(cache.foreground.values())) < 0.45  # two lungs
+    x, y = D.SegmentationSequence(cache, data.ids, 8, augment=AugmentConfig(), shuffle=True)[0]
+    assert x.shape == (8, 128, 128, 1) and y.shape == (8, 128, 128, 1)
