@@ -48,7 +48,8 @@ def unet(
     path is a 2x2 up-convolution that doubles the size and halves the filters, a
     concatenation with the matching skip (centre-cropped with ``padding="valid"``) and two
     3x3 convolutions + ReLU. A final 1x1 convolution maps to ``num_classes`` logits; it
-    computes in float32 even under a ``mixed_bfloat16`` policy. Weights are He-normal.
+    computes in float32 even under a ``mixed_bfloat16`` policy. Weights are He-normal
+    (Keras' truncated normal with the paper's variance ``2 / fan_in``).
 
     Dropout: the paper puts dropout "at the end of the contracting path" without giving
     a rate. Here ``dropout`` is applied once, to the bottleneck features, and is off by
