@@ -168,6 +168,7 @@ def test_split_recorded_in_dataset_json_is_used(tmp_path: Path, meta: dict) -> N
         ({"label_map": {"0": 0, "100": 1, "200": 2}}, [0, 100, 200], 3),
         ({"labels": [0, 1, 2, 3]}, [0, 1, 2, 3], 4),
         ({"labels": {"background": 0, "lung": 1}}, None, 1),  # names: not original values
+        ({"num_classes": 2, "label_values": [0, 255]}, [0, 255], 2),  # as `unet prepare` says
     ],
 )
 def test_label_map(tmp_path: Path, meta: dict, values: list | None, classes: int) -> None:
@@ -282,6 +283,19 @@ def test_mixed_sizes_in_crop_mode_keep_full_size_and_pad_small_images(tmp_path: 
     first = val[0]
     val.on_epoch_begin()
     np.testing.assert_array_equal(val[0][0], first[0])  # fixed validation crops
+
+
+def test_crop_before_conversion_equals_crop_after(tmp_path: Path) -> None:
+    data = D.load_prepared(make_prepared(tmp_path, ids_of(1), meta={}, size=(40, 50)))
+    cache = D.SampleCache(
+        data, channels=1, image_size=(16, 24), input_mode="crop", weight_fn=stub_weight
+    )
+    full = cache.sample("case000")
+    cropped = cache.sample("case000", crop_rng=np.random.default_rng(4))
+    expected = D.random_crop(full[0], full[1], (16, 24), np.random.default_rng(4), full[2])
+    for a, b in zip(cropped, expected, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert cropped[0].dtype == np.float32 and cropped[2].dtype == np.float32
 
 
 def test_random_crop_keeps_image_and_mask_aligned() -> None:

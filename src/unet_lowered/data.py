@@ -109,7 +109,11 @@ class PreparedData:
 
     @property
     def num_classes(self) -> int:
-        """1 (binary, sigmoid) unless the label map has more than two classes."""
+        """``num_classes`` from ``dataset.json``; else 1 (binary) unless the label map has
+        more than two classes."""
+        recorded = self.meta.get("num_classes")
+        if isinstance(recorded, int) and not isinstance(recorded, bool) and recorded >= 1:
+            return recorded
         if self.label_values is not None and len(self.label_values) > 2:
             return len(self.label_values)
         return 1
@@ -516,22 +520,33 @@ class SampleCache:
                 a.nbytes for d in (self._images, self._masks, self._weights) for a in d.values()
             )
 
-    def sample(self, ident: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    def sample(
+        self, ident: str, crop_rng: np.random.Generator | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """One sample as new arrays, ready for augmentation.
+
+        Args:
+            ident: The id.
+            crop_rng: In ``crop`` mode, take a random ``image_size`` window chosen by this
+                generator (:func:`random_crop`, before the conversion to float, so large
+                images cost little); None for the whole image.
 
         Returns:
             image float32 ``(H, W, C)`` in ``[0, 1]``, mask uint8 ``(H, W)`` (0/1 or class
             indices), weight float32 ``(H, W)`` or None. ``(H, W)`` is the training size in
-            ``resize`` mode and the image's own size in ``crop`` mode.
+            ``resize`` mode or with ``crop_rng``, else the image's own size.
         """
         if self.lazy:
             image, raw = self._decode_raw(ident)
             mask = self._to_target(raw)
             weight = self._weight(mask) if self.weight_fn is not None else None
         else:
-            image, mask = self._images[ident], self._masks[ident].copy()
+            image, mask = self._images[ident], self._masks[ident]
             weight = self._weights.get(ident)
+        if crop_rng is not None and self.input_mode == "crop":
+            image, mask, weight = random_crop(image, mask, self.image_size, crop_rng, weight)
         image = image.astype(np.float32) * np.float32(1 / 65535)
+        mask = mask.copy()  # never hand out the cached array
         if weight is not None:
             weight = weight.astype(np.float32)
         return image, mask, weight
@@ -785,9 +800,7 @@ class SegmentationSequence(keras.utils.PyDataset):
 
     def _example(self, ident: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """Augmented image ``(H, W, C)`` in ``[0, 1]`` and target ``(h, w, 1 or 2)``."""
-        image, mask, weight = self.cache.sample(ident)
-        if self.cache.input_mode == "crop":
-            image, mask, weight = random_crop(image, mask, self.cache.image_size, rng, weight)
+        image, mask, weight = self.cache.sample(ident, crop_rng=rng)
         if self.augment is not None:
             image, mask, *rest = augment(image, mask, rng, self.augment, weight)
             weight = rest[0] if rest else None
