@@ -128,6 +128,9 @@ class PreparedData:
     ) -> dict[str, list[str]]:
         """Train/validation ids: the split in ``dataset.json`` if it has one, else seeded.
 
+        A recorded split counts when it names at least one validation id; ids it does
+        not mention then go to training.
+
         Args:
             val_fraction: Fraction of ids for validation (seeded split only).
             seed: Seed of the split (seeded split only).
@@ -139,7 +142,7 @@ class PreparedData:
         if use_recorded and any(s == "val" for s in self.recorded_split.values()):
             ids = self.ids
             return {
-                "train": [i for i in ids if self.recorded_split.get(i) == "train"],
+                "train": [i for i in ids if self.recorded_split.get(i) != "val"],
                 "val": [i for i in ids if self.recorded_split.get(i) == "val"],
             }
         train, val = split_ids(self.ids, val_fraction, seed)
