@@ -58,6 +58,8 @@ FORWARD_CASES = [
     # valid, depth 2: 60 -conv-> 56 -pool-> 28 -> 24 -> 12 -> 8 (bottleneck) -up-> 16 -> 12
     #   -up-> 24 -> 20
     ({"depth": 2, "padding": "valid"}, 1, (60, 60), (20, 20)),
+    # valid, depth 3: 108 -> 104 -> 52 -> 48 -> 24 -> 20 -> 10 -> 6 -> 12 -> 8 -> 16 -> 12 -> 24 -> 20
+    ({"depth": 3, "padding": "valid"}, 1, (108, 92), (20, 4)),
     pytest.param(
         {"depth": 2, "padding": "valid", "num_classes": 3},
         3,

@@ -89,25 +89,31 @@ def unet(
 
     inputs = keras.Input(shape=tuple(input_shape), name="image")  # (B, H, W, C)
     x, skips = inputs, []
-    for level in range(1, depth + 1):  # contracting path
-        # level l: (B, H/2^(l-1), W/2^(l-1), 16*2^(l-1)) with "same"; 4 px less with "valid"
+    # Contracting path, level l = 1..depth, F = filters (16; the paper 64):
+    #   (B, H/2^(l-1), W/2^(l-1), F*2^(l-1)): 256x256x16, 128x128x32, 64x64x64, 32x32x128;
+    #   "valid" loses 4 px per level: the paper's 568x568x64, 280x280x128, 136x136x256, 64x64x512
+    for level in range(1, depth + 1):
         x = _conv_block(x, filters * 2 ** (level - 1), padding, batch_norm, f"enc{level}")
         skips.append(x)
         x = layers.MaxPooling2D(2, name=f"enc{level}_pool")(x)
-    # bottleneck: (B, H/2^depth, W/2^depth, 16*2^depth) = (B, H/16, W/16, 256) by default
+    # Bottleneck: (B, H/2^depth, W/2^depth, F*2^depth): 16x16x256; the paper's 28x28x1024
     x = _conv_block(x, filters * 2**depth, padding, batch_norm, "bottleneck")
     if dropout > 0:
         x = layers.Dropout(dropout, name="bottleneck_dropout")(x)
-    for level in range(depth, 0, -1):  # expanding path, skips consumed in reverse
-        # level l: (B, H/2^(l-1), W/2^(l-1), 16*2^(l-1)) again, after the skip is joined
+    # Expanding path, level l = depth..1, skips consumed in reverse: up-conv to F*2^(l-1)
+    #   filters at twice the size, concatenate the skip, two convs: (B, H/2^(l-1), W/2^(l-1),
+    #   F*2^(l-1)) again; the paper's 52x52x512, 100x100x256, 196x196x128, 388x388x64
+    for level in range(depth, 0, -1):
         x = _up(x, filters * 2 ** (level - 1), upsampling, f"dec{level}")
         skip = skips[level - 1]
-        if padding == "valid":  # skip is larger by a fixed margin: 4 px per side at the bottom
+        if padding == "valid":
+            # The skip is larger by 12 * 2^j - 16 px, j = levels below, whatever the input
+            # size: crop 4, 16, 40, 88 px per side (the paper's 64 -> 56, ..., 568 -> 392).
             crop = 6 * 2 ** (depth - level + 1) - 8
             skip = layers.Cropping2D(crop, name=f"dec{level}_crop")(skip)
         x = layers.Concatenate(name=f"dec{level}_concat")([skip, x])
         x = _conv_block(x, filters * 2 ** (level - 1), padding, batch_norm, f"dec{level}")
-    # logits: (B, H, W, num_classes); float32 so mixed precision never rounds the output
+    # Logits: (B, h, w, num_classes), h = output_size(H); float32 even under mixed precision
     outputs = layers.Conv2D(
         num_classes, 1, kernel_initializer="he_normal", dtype="float32", name="logits"
     )(x)
