@@ -54,7 +54,7 @@ def unet(
     Dropout: the paper puts dropout "at the end of the contracting path" without giving
     a rate. Here ``dropout`` is applied once, to the bottleneck features, and is off by
     default: our 25%-width network has 1/16 of the paper's parameters and is trained
-    with strong augmentation; pass ``dropout=0.5`` for the paper's setting.
+    with strong augmentation. ``dropout=0.5`` is the usual choice for the paper's network.
 
     Args:
         input_shape: ``(H, W, C)``; ``H`` and ``W`` may be ``None`` (any valid size).
