@@ -215,7 +215,8 @@ def augment(
             image = cv2.GaussianBlur(image, (0, 0), sigma, borderType=_BORDER).reshape(image.shape)
     if cfg.noise:
         std = rng.uniform(0.0, cfg.noise_std)
-        image = np.clip(image + rng.normal(0.0, std, image.shape).astype(np.float32), 0, 1)
+        noise = rng.standard_normal(image.shape, dtype=np.float32) * np.float32(std)
+        image = np.clip(image + noise, 0.0, 1.0)
 
     if weight is None:
         return image, mask
