@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional  # noqa: F401  (Optional: typer needs it on Python 3.10)
+from typing import Annotated
 
 import typer
 
@@ -238,6 +238,157 @@ def export(
 # (commands for train.py / evaluate.py / plots.py go here)
 
 
+@app.command()
+def train(
+    data: Annotated[
+        Path | None,
+        typer.Argument(help="Prepared folder (from `unet prepare`); omit with --resume."),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to write.")] = Path(
+        "runs/unet"
+    ),
+    config: Annotated[
+        Path | None, typer.Option(help="YAML/JSON file of settings; flags override it.")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the run in --out from its last epoch.")
+    ] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder.")] = False,
+    image_size: Annotated[
+        int | None, typer.Option(help="Training input size (square) [default: 256].")
+    ] = None,
+    crop: Annotated[
+        bool | None,
+        typer.Option(
+            "--crop/--resize",
+            help="Random crops of --image-size instead of resizing [default: resize].",
+        ),
+    ] = None,
+    clahe: Annotated[
+        bool | None, typer.Option("--clahe/--no-clahe", help="CLAHE first [default: off].")
+    ] = None,
+    val_fraction: Annotated[
+        float | None, typer.Option(help="Share of ids held out for validation [default: 0.15].")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Seed for split, init, augmentation [default: 0].")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs [default: 40].")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Batch size [default: 8].")] = None,
+    loss: Annotated[
+        str | None,
+        typer.Option(help="bce+dice | bce | dice | focal | weighted-bce [default: bce+dice]."),
+    ] = None,
+    optimizer: Annotated[
+        str | None, typer.Option(help="adam | sgd (momentum 0.99, the paper) [default: adam].")
+    ] = None,
+    learning_rate: Annotated[
+        float | None, typer.Option("--lr", help="Learning rate [default: 1e-3 adam, 1e-2 sgd].")
+    ] = None,
+    schedule: Annotated[
+        str | None, typer.Option(help="cosine | plateau | none [default: cosine].")
+    ] = None,
+    patience: Annotated[
+        int | None, typer.Option(help="Early stopping patience on val Dice [default: 15].")
+    ] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(
+            help="auto | float32 | mixed_bfloat16 (auto: bf16 on CPUs with AVX512-BF16/AMX) [default: auto]."
+        ),
+    ] = None,
+    base_filters: Annotated[
+        int | None, typer.Option(help="Filters at the first level; 64 = paper [default: 16].")
+    ] = None,
+    depth: Annotated[int | None, typer.Option(help="Number of poolings [default: 4].")] = None,
+    padding: Annotated[
+        str | None, typer.Option(help="same | valid (the paper) [default: same].")
+    ] = None,
+    batch_norm: Annotated[
+        bool | None, typer.Option("--batch-norm/--no-batch-norm", help="[default: off].")
+    ] = None,
+    dropout: Annotated[
+        float | None,
+        typer.Option(help="Dropout at the end of the contracting path; paper 0.5 [default: 0]."),
+    ] = None,
+    flip_lr: Annotated[
+        bool | None,
+        typer.Option("--flip-lr/--no-flip-lr", help="Left-right flips [default: off]."),
+    ] = None,
+    flip_ud: Annotated[
+        bool | None, typer.Option("--flip-ud/--no-flip-ud", help="Up-down flips [default: off].")
+    ] = None,
+    rotate: Annotated[
+        float | None, typer.Option(help="Max rotation, degrees [default: 10].")
+    ] = None,
+    scale: Annotated[
+        float | None, typer.Option(help="Max relative scale change [default: 0.1].")
+    ] = None,
+    shift: Annotated[
+        float | None, typer.Option(help="Max shift, fraction of size [default: 0.08].")
+    ] = None,
+    elastic: Annotated[
+        bool | None,
+        typer.Option("--elastic/--no-elastic", help="Paper's elastic deformation [default: on]."),
+    ] = None,
+    intensity: Annotated[
+        bool | None,
+        typer.Option("--intensity/--no-intensity", help="Brightness/contrast/gamma [default: on]."),
+    ] = None,
+    overfit_batch: Annotated[
+        bool | None,
+        typer.Option(
+            "--overfit-batch", help="Train and validate on one batch: shows the setup can learn."
+        ),
+    ] = None,
+) -> None:
+    """Train the U-Net on a prepared folder; writes model, config, history, metrics to --out."""
+    from unet_lowered import config as config_mod
+    from unet_lowered import train as train_mod
+
+    overrides = {
+        "image_size": image_size,
+        "input_mode": None if crop is None else ("crop" if crop else "resize"),
+        "clahe": clahe,
+        "val_fraction": val_fraction,
+        "seed": seed,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "loss": loss,
+        "optimizer": optimizer,
+        "learning_rate": learning_rate,
+        "schedule": schedule,
+        "patience": patience,
+        "precision": precision,
+        "base_filters": base_filters,
+        "depth": depth,
+        "padding": padding,
+        "batch_norm": batch_norm,
+        "dropout": dropout,
+        "flip_lr": flip_lr,
+        "flip_ud": flip_ud,
+        "rotate": rotate,
+        "scale": scale,
+        "shift": shift,
+        "elastic": elastic,
+        "intensity": intensity,
+        "overfit_batch": overfit_batch,
+    }
+    if resume:
+        if any(v is not None for v in overrides.values()) or config is not None:
+            raise UnetError(
+                "--resume continues a run with its own settings; drop the other options"
+            )
+        metrics = train_mod.train(None, out, resume=True)
+    else:
+        cfg = config_mod.resolve(config, overrides)
+        metrics = train_mod.train(data, out, cfg, overwrite=overwrite)
+    typer.echo(
+        f"best validation Dice {metrics['val_dice']:.4f} at epoch {metrics['best_epoch']} "
+        f"({metrics['train_time_s']:.0f} s); run folder: {out}"
+    )
+
+
 # ---------------------------------------------------------------- predict
 # (commands for predict.py go here)
 
@@ -426,8 +577,46 @@ def synth(
     )
 
 
+_KERAS_COMMANDS = frozenset(
+    {"train", "evaluate", "predict", "plot", "export", "model-info", "demo"}
+)
+
+
+def _import_keras_quietly() -> None:
+    """Import Keras and its backend with file descriptor 2 silenced.
+
+    TensorFlow's C++ start-up notices (absl, oneDNN) ignore ``TF_CPP_MIN_LOG_LEVEL``; they
+    are noise for a CLI user. If the import fails, what it printed is shown with the error.
+    """
+    import os
+    import tempfile
+
+    if "keras" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import keras
+
+            if keras.backend.backend() == "tensorflow":
+                import tensorflow  # noqa: F401
+        except BaseException:
+            os.dup2(saved, 2)
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; user errors become one line on stderr and exit status 1."""
+    args = sys.argv[1:] if argv is None else argv
+    if args and args[0] in _KERAS_COMMANDS and "--help" not in args:
+        _import_keras_quietly()
     try:
         app(args=argv, prog_name="unet")
     except UnetError as e:

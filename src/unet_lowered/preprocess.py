@@ -43,7 +43,9 @@ def apply_clahe(image: np.ndarray, clip_limit: float = 2.0, grid: int = 8) -> np
     if image.ndim == 2:
         return op.apply(image)
     if image.dtype != np.uint8:
-        image = (image.astype(np.float32) / np.iinfo(image.dtype).max * 255).round().astype(np.uint8)
+        image = (
+            (image.astype(np.float32) / np.iinfo(image.dtype).max * 255).round().astype(np.uint8)
+        )
     lab = cv2.cvtColor(image, cv2.COLOR_RGB2LAB)
     lab[:, :, 0] = op.apply(lab[:, :, 0])
     return cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)

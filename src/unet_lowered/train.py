@@ -1,0 +1,422 @@
+"""``unet train``: fit the U-Net on a prepared folder and write a self-describing run folder.
+
+The run folder layout is documented in :mod:`unet_lowered.runs`. Checkpoints are
+written atomically at the end of every epoch, so a run killed at any moment can
+be continued with ``unet train --resume RUN``: the model, optimiser state, epoch
+counter, split and settings all come from the folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from unet_lowered import atomic, runs
+from unet_lowered.config import TrainConfig, from_dict
+from unet_lowered.errors import UnetError
+
+
+def cpu_supports_bf16() -> bool:
+    """True if the CPU has native bfloat16 arithmetic (AVX512-BF16 or AMX)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str) -> str:
+    """``auto`` means mixed_bfloat16 on TensorFlow with a bf16-capable CPU, else float32."""
+    if precision != "auto":
+        return precision
+    import keras
+
+    if keras.backend.backend() == "tensorflow" and cpu_supports_bf16():
+        return "mixed_bfloat16"
+    return "float32"
+
+
+def train(
+    data: str | os.PathLike | None,
+    out: str | os.PathLike,
+    cfg: TrainConfig | None = None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    verbose: int | str | None = None,
+) -> dict[str, Any]:
+    """Train a U-Net and write the run folder.
+
+    Args:
+        data: A prepared folder (``train/images``, ``train/masks``, ``dataset.json``) or any
+            folder with ``images/`` and ``masks/``. Ignored (read from the run) when resuming.
+        out: The run folder to create (or to continue, with ``resume``).
+        cfg: Settings; defaults if None. Ignored when resuming (the run's are used).
+        resume: Continue the run in ``out`` from its last completed epoch.
+        overwrite: Replace an existing run folder (fresh runs only).
+        verbose: Keras ``fit`` verbosity; None: a progress bar on a terminal, one line per
+            epoch otherwise (logs stay readable).
+
+    Returns:
+        The contents of ``metrics.json``.
+
+    Raises:
+        UnetError: Bad data folder, an existing run folder without ``overwrite``, or nothing
+            to resume.
+    """
+    from unet_lowered import data as data_mod
+    from unet_lowered.losses import DiceMetric, IoUMetric, get_loss
+    from unet_lowered.model import output_size, unet
+
+    out = Path(out)
+    if verbose is None:
+        import sys
+
+        verbose = 1 if sys.stdout.isatty() else 2
+    if resume:
+        run_cfg, split, state, data = _load_resume(out)
+        cfg = from_dict(run_cfg)
+    else:
+        cfg = (cfg or TrainConfig()).validate()
+        if data is None:
+            raise UnetError("no data folder given; pass the folder written by `unet prepare`")
+        _start_run_folder(out, overwrite)
+        state = {"epoch": 0, "best": -1.0, "best_epoch": None}
+        split = None
+    data = Path(data)
+
+    keras.utils.set_random_seed(cfg.seed)
+    _deterministic_ops()
+    precision = resolve_precision(cfg.precision)
+    keras.mixed_precision.set_global_policy(precision)
+    try:
+        dataset = data_mod.load_prepared(data)
+        if split is None:
+            split = dataset.split(cfg.val_fraction, cfg.seed)
+            if cfg.overfit_batch:
+                first = split["train"][: cfg.batch_size]
+                split = {"train": first, "val": first}
+        _check_split(split, data)
+        size = (cfg.image_size, cfg.image_size)
+        num_classes = dataset.num_classes
+        out_hw = output_size(size, cfg.depth, cfg.padding)
+        train_seq, val_seq = data_mod.make_sequences(
+            dataset,
+            split,
+            cfg,
+            augment=not cfg.overfit_batch,
+            output_size=out_hw,
+            epoch=state["epoch"],
+        )
+        for message in data_mod.mask_warnings(dataset, split["train"]):
+            _warn(message)
+
+        run_config = _run_config(cfg, dataset, data, precision, size)
+        if not resume:
+            atomic.write_json(out / runs.CONFIG_FILE, run_config)
+            atomic.write_json(out / runs.SPLIT_FILE, split)
+
+        if resume:
+            model = keras.saving.load_model(out / runs.LAST_FILE, compile=True, safe_mode=True)
+        else:
+            model = unet(
+                input_shape=(*size, dataset.channels),
+                num_classes=num_classes,
+                base_filters=cfg.base_filters,
+                depth=cfg.depth,
+                padding=cfg.padding,
+                dropout=cfg.dropout,
+                batch_norm=cfg.batch_norm,
+                upsampling=cfg.upsampling,
+            )
+            model.compile(
+                optimizer=_optimizer(cfg, steps=len(train_seq)),
+                loss=get_loss(cfg.loss, num_classes),
+                metrics=[DiceMetric(num_classes=num_classes), IoUMetric(num_classes=num_classes)],
+            )
+
+        callbacks = _callbacks(out, cfg, state, val_seq, resume)
+        started = time.perf_counter()
+        t_images = _ImageCounter(cfg.batch_size)
+        remaining = cfg.epochs - state["epoch"]
+        if remaining <= 0:
+            _warn(f"{out}: all {cfg.epochs} epochs are already done; nothing to resume")
+        else:
+            model.fit(
+                train_seq,
+                validation_data=val_seq,
+                epochs=cfg.epochs,
+                initial_epoch=state["epoch"],
+                callbacks=[data_mod.EpochSync(train_seq), *callbacks, t_images],
+                shuffle=False,  # the sequence shuffles itself, seeded by (seed, epoch)
+                verbose=verbose,
+            )
+        elapsed = time.perf_counter() - started
+        metrics = _final_metrics(out, cfg, elapsed, t_images, precision)
+        atomic.write_json(out / runs.METRICS_FILE, metrics)
+        return metrics
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+# ----------------------------------------------------------------------------- run folder
+
+
+def _start_run_folder(out: Path, overwrite: bool) -> None:
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise UnetError(
+                f"{out} already exists; pass --overwrite to replace it, --resume to continue it, "
+                "or choose another --out"
+            )
+        if not (out / runs.CONFIG_FILE).is_file():
+            raise UnetError(
+                f"{out} is not a run folder (no {runs.CONFIG_FILE}); refusing to overwrite it"
+            )
+        import shutil
+
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _load_resume(out: Path) -> tuple[dict, dict, dict, str]:
+    for name in (runs.CONFIG_FILE, runs.SPLIT_FILE, runs.STATE_FILE, runs.LAST_FILE):
+        if not (out / name).is_file():
+            raise UnetError(
+                f"{out / name}: missing; nothing to resume (the run never finished an epoch); "
+                "start it again without --resume"
+            )
+    run_cfg = json.loads((out / runs.CONFIG_FILE).read_text())
+    split = json.loads((out / runs.SPLIT_FILE).read_text())
+    state = json.loads((out / runs.STATE_FILE).read_text())
+    return run_cfg, split, state, run_cfg["data"]
+
+
+def _check_split(split: dict[str, list[str]], data: Path) -> None:
+    if not split["train"]:
+        raise UnetError(f"{data}: no training images left after the validation split")
+    if not split["val"]:
+        raise UnetError(
+            f"{data}: the validation split is empty; raise --val-fraction or add images"
+        )
+
+
+def _run_config(
+    cfg: TrainConfig, dataset, data: Path, precision: str, size: tuple[int, int]
+) -> dict[str, Any]:
+    import keras
+
+    import unet_lowered
+
+    values = cfg.to_dict()
+    values.pop("extra")
+    values.update(
+        image_size=list(size),
+        channels=dataset.channels,
+        num_classes=dataset.num_classes,
+        label_values=dataset.label_values,
+        learning_rate=cfg.lr,
+        precision_resolved=precision,
+        data=str(data.resolve()),
+        backend=keras.backend.backend(),
+        keras_version=keras.__version__,
+        unet_lowered_version=unet_lowered.__version__,
+    )
+    return values
+
+
+def _final_metrics(
+    out: Path, cfg: TrainConfig, elapsed: float, counter, precision: str
+) -> dict[str, Any]:
+    state = (
+        json.loads((out / runs.STATE_FILE).read_text()) if (out / runs.STATE_FILE).is_file() else {}
+    )
+    rows = _read_history(out / runs.HISTORY_FILE)
+    best = None
+    if rows:
+        best = max(rows, key=lambda r: float(r.get("val_dice", "nan") or "nan"))
+    metrics: dict[str, Any] = {
+        "epochs_completed": state.get("epoch", 0),
+        "best_epoch": state.get("best_epoch"),
+        "val_dice": float(best["val_dice"]) if best else None,
+        "val_iou": float(best["val_iou"]) if best and "val_iou" in best else None,
+        "val_dice_note": "mean per-image Dice on the validation split, at the training size",
+        "train_time_s": round(elapsed, 2),
+        "images_per_s": round(counter.images / counter.seconds, 2) if counter.seconds else None,
+        "precision": precision,
+        "platform": platform.platform(),
+    }
+    return metrics
+
+
+def _read_history(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# ----------------------------------------------------------------------------- fitting
+
+
+def _deterministic_ops() -> None:
+    """Ask TensorFlow for deterministic kernels (same seed, same result on CPU)."""
+    import keras
+
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+
+
+def _optimizer(cfg: TrainConfig, steps: int):
+    import keras
+
+    if cfg.schedule == "cosine":
+        lr: Any = keras.optimizers.schedules.CosineDecay(
+            cfg.lr, decay_steps=max(1, cfg.epochs * steps), alpha=0.01
+        )
+    else:
+        lr = cfg.lr
+    if cfg.optimizer == "sgd":
+        # The paper: high momentum (0.99) so that many earlier samples shape each update.
+        return keras.optimizers.SGD(learning_rate=lr, momentum=0.99)
+    return keras.optimizers.Adam(learning_rate=lr)
+
+
+def _callbacks(out: Path, cfg: TrainConfig, state: dict, val_seq, resume: bool) -> list:
+    import keras
+
+    callbacks: list = [
+        _Checkpoint(out, state),
+        _History(out / runs.HISTORY_FILE, keep=resume),
+        _Guard(val_seq, cfg.threshold),
+        keras.callbacks.EarlyStopping(
+            monitor="val_dice", mode="max", patience=cfg.patience, verbose=1
+        ),
+    ]
+    if cfg.schedule == "plateau":
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor="val_dice", mode="max", factor=0.5, patience=max(2, cfg.patience // 3)
+            )
+        )
+    if keras.backend.backend() == "tensorflow":
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(out / "logs"), write_graph=False))
+    return callbacks
+
+
+class _Checkpoint(keras.callbacks.Callback):
+    """Save last.keras (+ optimiser) every epoch and model.keras on a new best val_dice."""
+
+    def __init__(self, out: Path, state: dict):
+        super().__init__()
+        self.out = out
+        self.state = dict(state)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        score = float(logs.get("val_dice", float("nan")))
+        atomic.save_with(self.out / runs.LAST_FILE, self.model.save)
+        if math.isfinite(score) and score > self.state["best"]:
+            self.state.update(best=score, best_epoch=epoch + 1)
+            atomic.save_with(self.out / runs.MODEL_FILE, self.model.save)
+        self.state["epoch"] = epoch + 1
+        # state.json last: a crash before it only repeats this epoch on resume.
+        atomic.write_json(self.out / runs.STATE_FILE, self.state)
+
+
+class _History(keras.callbacks.Callback):
+    """history.csv rewritten atomically after every epoch (kept and extended on resume)."""
+
+    def __init__(self, path: Path, keep: bool):
+        super().__init__()
+        self.path = path
+        self.rows = _read_history(path) if keep else []
+
+    def on_epoch_end(self, epoch, logs=None):
+        row: dict[str, Any] = {"epoch": epoch + 1}
+        row.update({k: f"{float(v):.6g}" for k, v in (logs or {}).items()})
+        lr = self.model.optimizer.learning_rate
+        row["lr"] = f"{float(keras.ops.convert_to_numpy(lr)):.6g}"
+        self.rows = [r for r in self.rows if int(r["epoch"]) < epoch + 1] + [row]
+        keys: list[str] = []
+        for r in self.rows:
+            keys += [k for k in r if k not in keys]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic.write_text(self.path, buf.getvalue())
+
+
+class _Guard(keras.callbacks.Callback):
+    """Warn about the classic failure: NaN loss, or a constant ("all black") prediction."""
+
+    def __init__(self, val_seq, threshold: float):
+        super().__init__()
+        self.val_seq = val_seq
+        self.threshold = threshold
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            _warn(
+                "the loss is NaN/inf; training stopped. Lower --learning-rate, "
+                "or try --precision float32"
+            )
+            self.model.stop_training = True
+            return
+        if epoch < 1 or len(self.val_seq) == 0:
+            return
+        x = self.val_seq[0][0]
+        logits = keras.ops.convert_to_numpy(self.model(x, training=False)).astype(np.float32)
+        if logits.shape[-1] == 1:
+            pred = logits[..., 0] > math.log(self.threshold / (1 - self.threshold))
+        else:
+            pred = logits.argmax(-1) > 0
+        if not pred.any() or pred.all():
+            _warn(
+                f"epoch {epoch + 1}: the model predicts "
+                f"{'all background' if not pred.any() else 'all foreground'} on validation. "
+                "Check that the masks are right (`unet check DATA`), try --overfit-batch, "
+                "or train longer"
+            )
+
+
+class _ImageCounter(keras.callbacks.Callback):
+    """Training images per second over the fit, input pipeline included, validation excluded."""
+
+    def __init__(self, batch_size: int):
+        super().__init__()
+        self.batch_size = batch_size
+        self.images = 0
+        self.seconds = 0.0
+        self._t = 0.0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._t = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seconds += time.perf_counter() - self._t
+        self.images += self.batch_size
+
+
+def _warn(message: str) -> None:
+    """A visible warning for the user (stderr), not a Python warning that tests turn into errors."""
+    import sys
+
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+__all__ = ["cpu_supports_bf16", "resolve_precision", "train"]
