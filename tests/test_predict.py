@@ -22,6 +22,7 @@ from unet_lowered.predict import (
     predict_files,
     predict_image,
     resolve_mode,
+    resolve_tta,
 )
 from unet_lowered.preprocess import model_input
 
@@ -69,13 +70,29 @@ def test_tile_mode_known_answer(loaded) -> None:
     np.testing.assert_allclose(p, expected, atol=1e-5)
 
 
-def test_tta_of_an_equivariant_model_changes_nothing(loaded) -> None:
+@pytest.mark.parametrize("mode", ["resize", "tile"])
+@pytest.mark.parametrize("which", ["lr", "flips", "dihedral"])
+def test_tta_of_an_equivariant_model_changes_nothing(loaded, mode: str, which: str) -> None:
     model, config = loaded
     image, _ = disk_image(50, 40)
-    plain = predict_image(model, image, config, mode="resize")
-    np.testing.assert_allclose(
-        predict_image(model, image, config, mode="resize", tta=True), plain, atol=1e-5
-    )
+    plain = predict_image(model, image, config, mode=mode)
+    with_tta = predict_image(model, image, config, mode=mode, tta=True, tta_transforms=which)
+    np.testing.assert_allclose(with_tta, plain, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("flip_lr", "flip_ud", "expected"),
+    [(True, True, "flips"), (True, False, "lr"), (False, True, "ud")],
+)
+def test_auto_tta_uses_the_flips_the_run_trained_with(flip_lr, flip_ud, expected) -> None:
+    assert resolve_tta("auto", {"flip_lr": flip_lr, "flip_ud": flip_ud}) == expected
+    assert resolve_tta("dihedral", {"flip_lr": flip_lr}) == "dihedral"
+
+
+def test_auto_tta_refuses_a_run_trained_without_flips(loaded) -> None:
+    model, config = loaded
+    with pytest.raises(UnetError, match=r"the run was trained without flips .* --tta-transforms"):
+        predict_image(model, disk_image(20, 20)[0], config, tta=True)
 
 
 def test_colour_image_on_a_gray_run_and_gray_on_a_colour_run(tmp_path: Path, loaded) -> None:
@@ -414,6 +431,8 @@ def test_cli_predict_exit_status_and_keep_going(
         "--mode",
         "tile",
         "--tta",
+        "--tta-transforms",
+        "flips",
         "--keep-largest",
         "2",
         "--fill-holes",

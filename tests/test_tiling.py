@@ -175,31 +175,43 @@ def _apply(k: int, flip: bool, a: np.ndarray) -> np.ndarray:
     return np.rot90(a, k, axes=(1, 2))
 
 
-def test_tta_is_exactly_equivariant_on_a_symmetric_input() -> None:
+@pytest.mark.parametrize("which", ["lr", "ud", "flips", "dihedral"])
+def test_tta_is_exactly_equivariant_on_a_symmetric_input(which: str) -> None:
     yy, xx = np.mgrid[0:32, 0:32]
     disk = (((yy - 15.5) ** 2 + (xx - 15.5) ** 2) < 100).astype(np.float32)
     x = disk[None, :, :, None] * 4
-    for k, flip in tta_transforms(True):
+    group = tta_transforms(which)
+    for k, flip in group:
         np.testing.assert_array_equal(_apply(k, flip, x), x)  # the input is symmetric
     plain = position_model(x)
-    assert not np.array_equal(plain[:, :, ::-1], plain)  # the model alone breaks the symmetry
-    y = tta_predict(x, position_model)
-    for k, flip in tta_transforms(True):
+    assert not any(np.array_equal(_apply(k, f, plain), plain) for k, f in group[1:])
+    y = tta_predict(x, position_model, which)
+    for k, flip in group:  # ...and so is the TTA output, to the last bit
         np.testing.assert_array_equal(_apply(k, flip, y), y)
 
 
-@pytest.mark.parametrize(("shape", "rotations"), [((2, 24, 24, 1), True), ((1, 24, 40, 3), False)])
-def test_tta_commutes_with_every_transform(shape: tuple[int, ...], rotations: bool) -> None:
+@pytest.mark.parametrize("which", ["lr", "ud", "flips", "dihedral"])
+@pytest.mark.parametrize("shape", [(2, 24, 24, 1), (1, 24, 40, 3)])
+def test_tta_commutes_with_every_transform(which: str, shape: tuple[int, ...]) -> None:
     x = np.random.default_rng(3).integers(0, 50, size=shape).astype(np.float32)
-    y = tta_predict(x, position_model, rotations=rotations)
-    for k, flip in tta_transforms(rotations):
+    y = tta_predict(x, position_model, which)
+    for k, flip in tta_transforms(which, square=shape[1] == shape[2]):
         np.testing.assert_array_equal(
-            tta_predict(_apply(k, flip, x), position_model, rotations=rotations), _apply(k, flip, y)
+            tta_predict(_apply(k, flip, x), position_model, which), _apply(k, flip, y)
         )
 
 
-@pytest.mark.parametrize(("shape", "calls"), [((1, 16, 16, 1), 8), ((1, 16, 20, 1), 4)])
-def test_tta_uses_rotations_only_for_square_inputs(shape: tuple[int, ...], calls: int) -> None:
+@pytest.mark.parametrize(
+    ("which", "shape", "calls"),
+    [
+        ("dihedral", (1, 16, 16, 1), 8),
+        ("dihedral", (1, 16, 20, 1), 4),  # no 90-degree turns for non-square inputs
+        ("flips", (1, 16, 16, 1), 4),
+        ("lr", (1, 16, 16, 1), 2),
+        ("ud", (1, 16, 20, 1), 2),
+    ],
+)
+def test_tta_group_sizes(which: str, shape: tuple[int, ...], calls: int) -> None:
     seen: list[tuple[int, ...]] = []
 
     def model(b: np.ndarray) -> np.ndarray:
@@ -207,7 +219,7 @@ def test_tta_uses_rotations_only_for_square_inputs(shape: tuple[int, ...], calls
         return b + 1
 
     x = np.random.default_rng(4).normal(size=shape).astype(np.float32)
-    np.testing.assert_allclose(tta_predict(x, model), x + 1, atol=1e-6)
+    np.testing.assert_allclose(tta_predict(x, model, which), x + 1, atol=1e-6)
     assert len(seen) == calls and all(s == shape for s in seen)
 
 
@@ -217,6 +229,8 @@ def test_tta_inside_tiling_reconstructs() -> None:
     np.testing.assert_allclose(y, x + 1, atol=1e-5)
 
 
-def test_tta_rejects_a_single_image() -> None:
+def test_tta_rejects_bad_arguments() -> None:
     with pytest.raises(ValueError, match=r"x must be a \(B, H, W, C\) batch"):
         tta_predict(np.zeros((8, 8, 1)), plus_one)
+    with pytest.raises(ValueError, match="TTA transforms must be one of lr, ud, flips, dihedral"):
+        tta_predict(np.zeros((1, 8, 8, 1)), plus_one, "rot")

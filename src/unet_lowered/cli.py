@@ -397,6 +397,10 @@ _MODE_HELP = (
     "overlap-tile at the native resolution (large images, crop-trained runs); "
     "auto: tile for crop-trained runs, else resize."
 )
+_TTA_HELP = (
+    "With --tta: auto (the flips the run was trained with; an error if none), lr, ud, "
+    "flips, or dihedral (flips + 90-degree rotations)."
+)
 
 
 @app.command()
@@ -411,8 +415,9 @@ def predict(
     ] = False,
     mode: Annotated[str, typer.Option(help=_MODE_HELP)] = "auto",
     tta: Annotated[
-        bool, typer.Option("--tta", help="Average over flips (and 90-degree rotations).")
+        bool, typer.Option("--tta", help="Test-time augmentation: average over flips.")
     ] = False,
+    tta_transforms: Annotated[str, typer.Option(help=_TTA_HELP)] = "auto",
     threshold: Annotated[
         float | None, typer.Option(help="Foreground probability threshold [default: the run's].")
     ] = None,
@@ -459,6 +464,7 @@ def predict(
     options = PredictOptions(
         mode=mode,
         tta=tta,
+        tta_transforms=tta_transforms,
         overlap=overlap,
         batch_size=batch_size,
         threshold=threshold,
@@ -504,8 +510,9 @@ def evaluate(
     ] = "all",
     mode: Annotated[str, typer.Option(help=_MODE_HELP)] = "auto",
     tta: Annotated[
-        bool, typer.Option("--tta", help="Average over flips (and 90-degree rotations).")
+        bool, typer.Option("--tta", help="Test-time augmentation: average over flips.")
     ] = False,
+    tta_transforms: Annotated[str, typer.Option(help=_TTA_HELP)] = "auto",
     threshold: Annotated[
         float | None, typer.Option(help="Foreground probability threshold [default: the run's].")
     ] = None,
@@ -536,6 +543,7 @@ def evaluate(
     options = PredictOptions(
         mode=mode,
         tta=tta,
+        tta_transforms=tta_transforms,
         overlap=overlap,
         batch_size=batch_size,
         threshold=threshold,

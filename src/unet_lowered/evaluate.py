@@ -19,6 +19,7 @@ Outputs (into ``RUN/eval/`` unless told otherwise), each written atomically:
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -140,7 +141,7 @@ def evaluate_run(
     config = run.config
     model = run.model()
     mode = resolve_mode(options.mode, config)
-    options = PredictOptions(**{**options.__dict__, "mode": mode})
+    options = dataclasses.replace(options, mode=mode)
     per_call = options.batch_size if mode == "resize" else 1
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()

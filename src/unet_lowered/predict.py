@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import glob
 import io
 import os
@@ -42,13 +43,16 @@ from unet_lowered import atomic, images
 from unet_lowered.errors import UnetError
 from unet_lowered.postprocess import clean_mask, count_components, to_mask
 from unet_lowered.preprocess import model_input, to_unit
-from unet_lowered.tiling import BLENDS, predict_tiled, tta_predict
+from unet_lowered.tiling import BLENDS, TTA_SETS, predict_tiled, tta_predict
 
 MODES = ("auto", "resize", "tile")
 """Values of ``--mode``."""
 
 PROB_FORMATS = ("png", "npy")
 """Values of ``--save-prob``."""
+
+TTA_CHOICES = ("auto", *TTA_SETS)
+"""Values of ``--tta-transforms``."""
 
 CSV_FILE = "predictions.csv"
 CSV_COLUMNS = (
@@ -75,7 +79,9 @@ class PredictOptions:
 
     Attributes:
         mode: ``"auto"``, ``"resize"`` or ``"tile"`` (see the module docstring).
-        tta: Average over flips (and 90-degree rotations for square tiles).
+        tta: Average the probabilities over flips (and 90-degree rotations).
+        tta_transforms: Which: ``"auto"`` (the flips the run was trained with, see
+            :func:`resolve_tta`), ``"lr"``, ``"ud"``, ``"flips"`` or ``"dihedral"``.
         overlap: Tile overlap as a fraction of the tile, in ``[0, 1)``.
         blend: Tile blending weights: ``"gaussian"``, ``"linear"`` or ``"constant"``.
         batch_size: Images (resize mode) or tiles (tile mode) per network call.
@@ -88,6 +94,7 @@ class PredictOptions:
 
     mode: str = "auto"
     tta: bool = False
+    tta_transforms: str = "auto"
     overlap: float = 0.25
     blend: str = "gaussian"
     batch_size: int = 4
@@ -101,6 +108,11 @@ class PredictOptions:
         """Raise :class:`UnetError` naming the valid values of any bad option."""
         if self.mode not in MODES:
             raise UnetError(f"unknown --mode {self.mode!r}; use one of: {', '.join(MODES)}")
+        if self.tta_transforms not in TTA_CHOICES:
+            raise UnetError(
+                f"unknown --tta-transforms {self.tta_transforms!r}; use one of: "
+                f"{', '.join(TTA_CHOICES)}"
+            )
         if self.blend not in BLENDS:
             raise UnetError(f"unknown --blend {self.blend!r}; use one of: {', '.join(BLENDS)}")
         if not 0 <= self.overlap < 1:
@@ -128,6 +140,33 @@ def resolve_mode(mode: str, config: dict[str, Any]) -> str:
     if mode == "auto":
         return "tile" if config.get("input_mode") == "crop" else "resize"
     return mode
+
+
+def resolve_tta(which: str, config: dict[str, Any]) -> str:
+    """The TTA transform group; ``"auto"`` takes the flips the run was trained with.
+
+    ``"auto"``: ``"flips"`` if the run was trained with left-right and up-down flips,
+    ``"lr"`` or ``"ud"`` with one of them. 90-degree rotations are never chosen
+    automatically (training rotates by a few degrees only); ask for ``"dihedral"``.
+
+    Raises:
+        UnetError: ``"auto"`` for a run trained without flips: flipped images are new to
+            such a model and averaging over them lowers its accuracy (measured on JSRT
+            lungs: Dice 0.974 without TTA, 0.969 with left-right flips, 0.815 with all 8).
+    """
+    if which not in TTA_CHOICES:
+        raise UnetError(f"unknown --tta-transforms {which!r}; use one of: {', '.join(TTA_CHOICES)}")
+    if which != "auto":
+        return which
+    lr, ud = bool(config.get("flip_lr")), bool(config.get("flip_ud"))
+    if lr or ud:
+        return "flips" if lr and ud else "lr" if lr else "ud"
+    raise UnetError(
+        "--tta: the run was trained without flips (flip_lr and flip_ud are off in its "
+        "config.json), so flipped images are new to the model and test-time augmentation "
+        "lowers its accuracy (JSRT lungs: Dice 0.974 -> 0.969 with left-right flips); "
+        "drop --tta, or force it with --tta-transforms lr|ud|flips|dihedral"
+    )
 
 
 def _image_size(config: dict[str, Any]) -> tuple[int, int]:
@@ -174,13 +213,14 @@ def _channels(model: Any, config: dict[str, Any]) -> int:
 
 
 def probability_fn(
-    model: Any, config: dict[str, Any], tta: bool = False
+    model: Any, config: dict[str, Any], tta: str | None = None
 ) -> Callable[[np.ndarray], np.ndarray]:
     """The model as a ``(B, h, w, C) -> (B, h', w', K)`` probability function.
 
     Logits become probabilities with a sigmoid (``num_classes`` 1) or a softmax over the
-    classes; with ``tta`` the probabilities are averaged over flips (and rotations for
-    square tiles, see :func:`unet_lowered.tiling.tta_predict`).
+    classes; with ``tta`` (``"lr"``, ``"ud"``, ``"flips"`` or ``"dihedral"``) the
+    probabilities are averaged over that group of transforms
+    (:func:`unet_lowered.tiling.tta_predict`).
     """
     from scipy.special import expit, softmax
 
@@ -191,7 +231,7 @@ def probability_fn(
         return expit(logits) if num_classes == 1 else softmax(logits, axis=-1)
 
     if tta:
-        return lambda batch: tta_predict(batch, probs)
+        return lambda batch: tta_predict(batch, probs, tta)
     return probs
 
 
@@ -219,7 +259,9 @@ def predict_images(
     clahe = bool(config.get("clahe", False))
     size = _image_size(config)
     out_tile, margin = _geometry(model, config)
-    fn = probability_fn(model, config, options.tta)
+    fn = probability_fn(
+        model, config, resolve_tta(options.tta_transforms, config) if options.tta else None
+    )
 
     def tiled(x: np.ndarray) -> np.ndarray:
         return predict_tiled(
@@ -252,7 +294,8 @@ def predict_image(
         config: The run's ``config.json``.
         mode: ``"auto"``, ``"resize"`` or ``"tile"``.
         tta: Test-time augmentation over flips (and rotations).
-        **tiling: ``overlap``, ``blend`` or ``batch_size`` (see :class:`PredictOptions`).
+        **tiling: ``tta_transforms``, ``overlap``, ``blend`` or ``batch_size`` (see
+            :class:`PredictOptions`).
 
     Returns:
         float32 ``(H, W, num_classes)`` probabilities.
@@ -492,7 +535,7 @@ def predict_files(
     ids = make_ids(files)
     model, config = _load(run_dir)
     mode = resolve_mode(options.mode, config)
-    options = PredictOptions(**{**options.__dict__, "mode": mode})
+    options = dataclasses.replace(options, mode=mode)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = PredictReport(out_dir)
     rows: list[dict[str, Any]] = []
@@ -666,4 +709,5 @@ __all__ = [
     "probs_to_mask",
     "progress_bar",
     "resolve_mode",
+    "resolve_tta",
 ]
