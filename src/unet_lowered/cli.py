@@ -389,6 +389,19 @@ def train(
     )
 
 
+@app.command()
+def plot(
+    run: Annotated[Path, typer.Argument(help="Run folder written by `unet train`.")],
+    samples: Annotated[int, typer.Option(help="Validation images in samples.png.")] = 4,
+    worst: Annotated[int, typer.Option(help="Cases in worst.png (needs `unet evaluate`).")] = 4,
+) -> None:
+    """Save loss/Dice curves, validation samples and the worst evaluated cases as PNG in RUN."""
+    from unet_lowered.plots import plot_run
+
+    for path in plot_run(run, samples=samples, worst=worst):
+        typer.echo(f"wrote {path}")
+
+
 # ---------------------------------------------------------------- predict
 # (commands for predict.py go here)
 

@@ -298,8 +298,10 @@ def _callbacks(out: Path, cfg: TrainConfig, state: dict, val_seq, resume: bool) 
     import keras
 
     callbacks: list = [
-        _Checkpoint(out, state),
+        # history.csv before the checkpoint: state.json is written last of all, so a run
+        # killed at any point resumes from an epoch whose history row is on disk.
         _History(out / runs.HISTORY_FILE, keep=resume),
+        _Checkpoint(out, state),
         _Guard(val_seq, cfg.threshold),
         keras.callbacks.EarlyStopping(
             monitor="val_dice", mode="max", patience=cfg.patience, verbose=1

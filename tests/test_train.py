@@ -1,0 +1,258 @@
+"""unet train: artefacts, settings, reproducibility, resume after SIGKILL, guards, real data."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import shared_dataset
+from unet_lowered import config as config_mod
+from unet_lowered.cli import app
+from unet_lowered.errors import UnetError
+
+TINY = {
+    "image_size": 32,
+    "base_filters": 4,
+    "depth": 2,
+    "batch_size": 4,
+    "epochs": 2,
+    "precision": "float32",
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    """A prepared folder of 16 synthetic 64x64 chest X-rays (Kaggle layout -> prepare)."""
+    from unet_lowered.convert import prepare
+    from unet_lowered.synth import make_dataset
+
+    root = tmp_path_factory.mktemp("tiny")
+    make_dataset(root / "kaggle", count=16, test_count=2, size=64, seed=1)
+    prepare(root / "kaggle", root / "prepared")
+    return root / "prepared"
+
+
+def _train(data: Path, out: Path, **settings):
+    from unet_lowered.train import train
+
+    cfg = config_mod.resolve(None, {**TINY, **settings})
+    return train(data, out, cfg, verbose=0)
+
+
+def _history(run: Path) -> list[dict[str, str]]:
+    with open(run / "history.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_train_writes_every_artefact(tiny_data: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    metrics = _train(tiny_data, run)
+    for name in ("model.keras", "last.keras", "config.json", "split.json", "state.json"):
+        assert (run / name).is_file(), name
+    assert any((run / "logs").rglob("*")), "TensorBoard logs missing"
+    config = json.loads((run / "config.json").read_text())
+    assert config["image_size"] == [32, 32]
+    assert config["channels"] == 1
+    assert config["num_classes"] == 1
+    assert config["threshold"] == 0.5
+    assert config["loss"] == "bce+dice"
+    split = json.loads((run / "split.json").read_text())
+    assert set(split["train"]).isdisjoint(split["val"])
+    assert len(split["train"]) + len(split["val"]) == 16
+    assert len(split["val"]) == round(16 * 0.15)  # 2 of 16
+    rows = _history(run)
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert {"loss", "dice", "iou", "val_loss", "val_dice", "val_iou", "lr"} <= set(rows[0])
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved == metrics
+    assert saved["epochs_completed"] == 2
+    assert saved["val_dice"] == pytest.approx(max(float(r["val_dice"]) for r in rows), abs=1e-5)
+    assert saved["images_per_s"] > 0
+    # No temporary files left behind by the atomic writes.
+    assert not [p for p in run.iterdir() if p.name.startswith(".")]
+
+
+def test_same_seed_same_split_and_dice(tiny_data: Path, tmp_path: Path) -> None:
+    a = _train(tiny_data, tmp_path / "a", seed=3)
+    b = _train(tiny_data, tmp_path / "b", seed=3)
+    c_split = json.loads(((tmp_path / "a") / "split.json").read_text())
+    assert c_split == json.loads(((tmp_path / "b") / "split.json").read_text())
+    assert a["val_dice"] == pytest.approx(b["val_dice"], abs=1e-6)
+    rows_a, rows_b = _history(tmp_path / "a"), _history(tmp_path / "b")
+    for ra, rb in zip(rows_a, rows_b, strict=True):
+        assert float(ra["val_loss"]) == pytest.approx(float(rb["val_loss"]), abs=1e-6)
+
+
+def test_other_seed_other_split(tiny_data: Path) -> None:
+    from unet_lowered.data import load_prepared
+
+    data = load_prepared(tiny_data)
+    assert data.split(0.25, 0) != data.split(0.25, 1)
+    assert data.split(0.25, 0) == data.split(0.25, 0)
+
+
+def test_resume_after_sigkill_finishes_all_epochs(tiny_data: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    epochs = 8
+    cmd = [sys.executable, "-m", "unet_lowered", "train", str(tiny_data), "--out", str(run)]
+    cmd += ["--epochs", str(epochs), "--image-size", "64", "--base-filters", "8"]
+    cmd += ["--depth", "3", "--precision", "float32", "--batch-size", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = run / "state.json"
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if state.is_file() and json.loads(state.read_text())["epoch"] >= 1:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "training ended before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    done = json.loads(state.read_text())["epoch"]
+    assert 1 <= done < epochs
+    result = CliRunner().invoke(app, ["train", "--resume", "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(state.read_text())["epoch"] == epochs
+    assert [int(r["epoch"]) for r in _history(run)] == list(range(1, epochs + 1))
+    assert json.loads((run / "metrics.json").read_text())["epochs_completed"] == epochs
+
+
+def test_resume_of_finished_run_trains_nothing_more(tiny_data: Path, tmp_path: Path) -> None:
+    from unet_lowered.train import train
+
+    run = tmp_path / "run"
+    _train(tiny_data, run, epochs=1)
+    metrics = train(None, run, resume=True, verbose=0)
+    assert metrics["epochs_completed"] == 1
+    assert len(_history(run)) == 1
+
+
+def test_overfit_batch_learns(tiny_data: Path, tmp_path: Path) -> None:
+    metrics = _train(
+        tiny_data,
+        tmp_path / "run",
+        overfit_batch=True,
+        epochs=60,
+        image_size=64,
+        base_filters=8,
+        learning_rate=3e-3,
+        schedule="none",
+        patience=100,
+    )
+    assert metrics["val_dice"] > 0.9
+
+
+def test_existing_run_needs_overwrite(tiny_data: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    _train(tiny_data, run, epochs=1)
+    with pytest.raises(UnetError, match="already exists; pass --overwrite"):
+        _train(tiny_data, run, epochs=1)
+    result = CliRunner().invoke(app, ["train", str(tiny_data), "--out", str(run)])
+    assert result.exit_code == 1
+
+
+def test_resume_without_a_run_is_a_clear_error(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["train", "--resume", "--out", str(tmp_path / "none")])
+    assert result.exit_code == 1
+    assert "nothing to resume" in str(result.exception) or "nothing to resume" in result.output
+
+
+def test_empty_masks_warn(tmp_path: Path, capsys) -> None:
+    from unet_lowered.images import write_png
+
+    for split_dir in ("images", "masks"):
+        (tmp_path / "data" / "train" / split_dir).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        write_png(tmp_path / "data/train/images" / f"{i}.png", rng.integers(0, 255, (32, 32), np.uint8))
+        write_png(tmp_path / "data/train/masks" / f"{i}.png", np.zeros((32, 32), np.uint8))
+    _train(tmp_path / "data", tmp_path / "run", epochs=2)
+    err = capsys.readouterr().err
+    assert "masks are empty" in err
+
+
+def _constant_model(logit: float):
+    import keras
+
+    inputs = keras.Input((8, 8, 1))
+    outputs = keras.layers.Lambda(lambda x: x * 0.0 + logit)(inputs)
+    return keras.Model(inputs, outputs)
+
+
+@pytest.mark.parametrize(("logit", "words"), [(-5.0, "all background"), (5.0, "all foreground")])
+def test_guard_warns_on_constant_prediction(logit: float, words: str, capsys) -> None:
+    from unet_lowered.train import _Guard
+
+    x = np.random.default_rng(0).normal(size=(2, 8, 8, 1)).astype(np.float32)
+    guard = _Guard([(x, np.zeros_like(x))], threshold=0.5)
+    guard.set_model(_constant_model(logit))
+    guard.on_epoch_end(1, {"loss": 0.3})
+    assert f"predicts {words} on validation" in capsys.readouterr().err
+
+
+def test_guard_stops_on_nan_loss(capsys) -> None:
+    from unet_lowered.train import _Guard
+
+    model = _constant_model(0.0)
+    guard = _Guard([], threshold=0.5)
+    guard.set_model(model)
+    guard.on_epoch_end(0, {"loss": float("nan")})
+    assert model.stop_training is True
+    assert "the loss is NaN" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"loss": "dcie"}, "loss 'dcie' is not known; use one of: bce+dice, bce, dice"),
+        ({"optimizer": "rmsprop"}, "use one of: adam, sgd"),
+        ({"val_fraction": 1.5}, "val-fraction must be in [0, 1)"),
+        ({"epochs": 0}, "epochs must be at least 1"),
+    ],
+)
+def test_bad_settings_name_the_valid_values(overrides, message) -> None:
+    with pytest.raises(UnetError) as e:
+        config_mod.resolve(None, overrides)
+    assert message in str(e.value)
+
+
+def test_config_file_then_flags(tmp_path: Path) -> None:
+    path = tmp_path / "cfg.yaml"
+    path.write_text("epochs: 7\nimage-size: 128\nloss: dice\n")
+    cfg = config_mod.resolve(path, {"epochs": 3, "seed": None})
+    assert (cfg.epochs, cfg.image_size, cfg.loss, cfg.seed) == (3, 128, "dice", 0)
+    (tmp_path / "bad.json").write_text('{"epoch": 3}')
+    with pytest.raises(UnetError, match="unknown setting 'epoch'; valid settings: .*epochs"):
+        config_mod.resolve(tmp_path / "bad.json")
+
+
+def test_resume_refuses_other_options(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["train", "--resume", "--out", str(tmp_path), "--epochs", "3"])
+    assert result.exit_code == 1
+    assert "drop the other options" in str(result.exception) + result.output
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_jsrt_few_epochs_well_above_chance(tmp_path: Path) -> None:
+    from unet_lowered.convert import prepare
+
+    prepare(shared_dataset("jsrt-lungs"), tmp_path / "jsrt")
+    metrics = _train(
+        tmp_path / "jsrt", tmp_path / "run", image_size=128, base_filters=16, depth=4, epochs=3
+    )
+    # Chance level (all foreground) is a Dice of about 0.45 on these images.
+    assert metrics["val_dice"] > 0.85
