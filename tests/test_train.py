@@ -177,7 +177,9 @@ def test_empty_masks_warn(tmp_path: Path, capsys) -> None:
         (tmp_path / "data" / "train" / split_dir).mkdir(parents=True)
     rng = np.random.default_rng(0)
     for i in range(8):
-        write_png(tmp_path / "data/train/images" / f"{i}.png", rng.integers(0, 255, (32, 32), np.uint8))
+        write_png(
+            tmp_path / "data/train/images" / f"{i}.png", rng.integers(0, 255, (32, 32), np.uint8)
+        )
         write_png(tmp_path / "data/train/masks" / f"{i}.png", np.zeros((32, 32), np.uint8))
     _train(tmp_path / "data", tmp_path / "run", epochs=2)
     err = capsys.readouterr().err
@@ -235,7 +237,7 @@ def test_config_file_then_flags(tmp_path: Path) -> None:
     cfg = config_mod.resolve(path, {"epochs": 3, "seed": None})
     assert (cfg.epochs, cfg.image_size, cfg.loss, cfg.seed) == (3, 128, "dice", 0)
     (tmp_path / "bad.json").write_text('{"epoch": 3}')
-    with pytest.raises(UnetError, match="unknown setting 'epoch'; valid settings: .*epochs"):
+    with pytest.raises(UnetError, match=r"unknown setting 'epoch'; valid settings: .*epochs"):
         config_mod.resolve(tmp_path / "bad.json")
 
 
