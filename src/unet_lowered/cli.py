@@ -572,6 +572,28 @@ def evaluate(
 
 
 @app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Demo folder.")] = Path("runs/demo"),
+    count: Annotated[int, typer.Option(help="Synthetic training pairs.")] = 160,
+    size: Annotated[int, typer.Option(help="Image size in pixels.")] = 128,
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 12,
+    seed: Annotated[int, typer.Option(help="Seed for data and training.")] = 0,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace --out even if it is not an earlier demo's folder.")
+    ] = False,
+) -> None:
+    """Whole pipeline on synthetic chest X-rays: synth, prepare, train, evaluate, predict, plot.
+
+    Needs no data and no internet; takes a few minutes on 2 CPU cores. Re-running replaces
+    the previous demo folder.
+    """
+    from unet_lowered.demo import DemoSettings, run_demo
+
+    settings = DemoSettings(count=count, size=size, epochs=epochs, seed=seed)
+    run_demo(out, settings, overwrite=overwrite, echo=typer.echo)
+
+
+@app.command()
 def synth(
     out: Annotated[Path, typer.Argument(help="Folder to create (Kaggle layout).")],
     count: Annotated[int, typer.Option(help="Training images, each with a lung mask.")] = 200,
