@@ -145,7 +145,7 @@ def _case(model, run, image_dir: Path, mask_dir: Path, case_id: str, dice, predi
     image = read_image(image_dir / f"{case_id}.png")
     truth = read_image(mask_dir / f"{case_id}.png") > 0
     probs = predict_image(model, image, run.config)
-    pred = probs[..., 0] > run.threshold if probs.shape[-1] == 1 else probs.argmax(-1) > 0
+    pred = probs[..., 0] >= run.threshold if probs.shape[-1] == 1 else probs.argmax(-1) > 0
     if truth.ndim == 3:
         truth = truth.any(-1)
     return case_id, image, truth, pred, dice
