@@ -1,0 +1,182 @@
+"""Accuracy of the default settings on the real data sets beside the project.
+
+For each data set: ``unet prepare`` into a temporary folder, ``unet train`` with the
+default settings (only the data and output folder given, unless ``--epochs``), then
+``unet evaluate --split val`` at the original image size. Prints one table and
+appends it, with date and machine, to ``benchmarks/RESULTS.md``.
+
+* ``jsrt``: ../shared/data/jsrt-lungs, lung Dice/IoU per image (mean, median, worst);
+* ``dsb``: ../shared/data/dsb2018/stage1_train, foreground (nuclei) Dice;
+* ``isbi``: ../shared/data/isbi2012, foreground (cell interior) IoU and the
+  foreground-restricted Rand error of the cells separated by predicted membranes, as in
+  the ISBI 2012 challenge and the U-Net paper.
+
+    .venv/bin/python benchmarks/accuracy.py                 # all three (about 20-30 min)
+    .venv/bin/python benchmarks/accuracy.py --datasets jsrt  # only the chest X-rays
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+SOURCES = {
+    "jsrt": SHARED / "jsrt-lungs",
+    "dsb": SHARED / "dsb2018" / "stage1_train",
+    "isbi": SHARED / "isbi2012",
+}
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def run_one(name: str, work: Path, epochs: int | None) -> dict:
+    """Prepare, train with defaults, evaluate on the validation split; return the figures."""
+    from unet_lowered import config as config_mod
+    from unet_lowered.convert import prepare
+    from unet_lowered.evaluate import evaluate_run
+    from unet_lowered.train import train
+
+    src = SOURCES[name]
+    if not src.is_dir():
+        return {"dataset": name, "skipped": f"{src} is absent"}
+    data = work / f"{name}-data"
+    run = work / f"{name}-run"
+    prepare(src, data, overwrite=True)
+    cfg = config_mod.resolve(None, {"epochs": epochs})
+    t0 = time.perf_counter()
+    metrics = train(data, run, cfg)
+    train_s = time.perf_counter() - t0
+    summary = evaluate_run(run, data, split="val", progress=False)
+    rows = _rows(run / "eval" / "per_image.csv")
+    dice = [float(r["dice"]) for r in rows]
+    iou = [float(r["iou"]) for r in rows]
+    result = {
+        "dataset": name,
+        "n_val": len(rows),
+        "val_dice_train_size": metrics["val_dice"],
+        "dice_mean": statistics.fmean(dice),
+        "dice_median": statistics.median(dice),
+        "dice_worst": min(dice),
+        "iou_mean": statistics.fmean(iou),
+        "train_s": train_s,
+        "epochs": metrics["epochs_completed"],
+        "images_per_s": metrics["images_per_s"],
+        "precision": metrics["precision"],
+        "worst_ids": [w["id"] for w in summary["worst"][:3]],
+    }
+    if name == "isbi":
+        result["rand_error"] = _isbi_rand_error(run, data, rows)
+    return result
+
+
+def _rows(path: Path) -> list[dict]:
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _isbi_rand_error(run: Path, data: Path, rows: list[dict]) -> float:
+    """Mean foreground-restricted Rand error of the cells (4-connected) over validation slices."""
+    from unet_lowered import metrics, runs
+    from unet_lowered.images import read_image
+    from unet_lowered.predict import predict_image
+
+    loaded = runs.load_run(run)
+    model = loaded.model()
+    errors = []
+    for row in rows:
+        image = read_image(data / "train" / "images" / f"{row['id']}.png")
+        truth = read_image(data / "train" / "masks" / f"{row['id']}.png") > 0
+        probs = predict_image(model, image, loaded.config)
+        pred = probs[..., 0] >= loaded.threshold
+        errors.append(
+            metrics.rand_error(metrics.label_components(truth), metrics.label_components(pred))
+        )
+    return statistics.fmean(errors)
+
+
+def table(results: list[dict]) -> str:
+    lines = [
+        "| data set | val images | Dice mean | Dice median | Dice worst | IoU mean | Rand error | "
+        "train time | epochs | train img/s | precision |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in results:
+        if "skipped" in r:
+            lines.append(f"| {r['dataset']} | skipped: {r['skipped']} |" + " |" * 9)
+            continue
+        rand = f"{r['rand_error']:.4f}" if "rand_error" in r else "-"
+        lines.append(
+            f"| {r['dataset']} | {r['n_val']} | {r['dice_mean']:.4f} | {r['dice_median']:.4f} | "
+            f"{r['dice_worst']:.4f} | {r['iou_mean']:.4f} | {rand} | {r['train_s'] / 60:.1f} min | "
+            f"{r['epochs']} | {r['images_per_s']:.1f} | {r['precision']} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--datasets", default="jsrt,dsb,isbi", help="comma-separated: jsrt,dsb,isbi"
+    )
+    parser.add_argument("--epochs", type=int, default=None, help="override the default epochs")
+    parser.add_argument("--no-append", action="store_true", help="do not append to RESULTS.md")
+    args = parser.parse_args(argv)
+    names = [n.strip() for n in args.datasets.split(",") if n.strip()]
+    unknown = set(names) - set(SOURCES)
+    if unknown:
+        parser.error(f"unknown data sets: {', '.join(sorted(unknown))}; use jsrt, dsb, isbi")
+
+    import unet_lowered  # noqa: F401  (default Keras backend)
+
+    results = []
+    with tempfile.TemporaryDirectory(prefix="unet-accuracy-") as tmp:
+        for name in names:
+            print(f"== {name}", flush=True)
+            results.append(run_one(name, Path(tmp), args.epochs))
+            print(json.dumps(results[-1], indent=1), flush=True)
+    text = table(results)
+    print(text)
+    if not args.no_append:
+        stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+        header = (
+            f"\n## Accuracy, {stamp}, {cpu_name()}, {_cores()} cores\n\n"
+            "Default settings (`unet train DATA --out RUN`"
+            + (f" --epochs {args.epochs}" if args.epochs else "")
+            + "), validation split, scored by `unet evaluate --split val` at the original "
+            "image size. Command: `python benchmarks/accuracy.py"
+            + (f" --datasets {args.datasets}" if args.datasets != "jsrt,dsb,isbi" else "")
+            + (f" --epochs {args.epochs}" if args.epochs else "")
+            + "`\n\n"
+        )
+        with open(ROOT / "benchmarks" / "RESULTS.md", "a") as f:
+            f.write(header + text + "\n")
+    return 0
+
+
+def _cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
