@@ -415,6 +415,26 @@ _TTA_HELP = (
     "flips, or dihedral (flips + 90-degree rotations)."
 )
 
+# Prediction options shared by `predict` and `evaluate` (one definition, one help text).
+_Mode = Annotated[str, typer.Option(help=_MODE_HELP)]
+_Tta = Annotated[bool, typer.Option("--tta", help="Test-time augmentation: average over flips.")]
+_TtaTransforms = Annotated[str, typer.Option(help=_TTA_HELP)]
+_Threshold = Annotated[
+    float | None, typer.Option(help="Foreground probability threshold [default: the run's].")
+]
+_KeepLargest = Annotated[int | None, typer.Option(help="Keep the N largest objects (2 for lungs).")]
+_FillHoles = Annotated[bool, typer.Option("--fill-holes", help="Fill holes inside objects.")]
+_MinArea = Annotated[int, typer.Option(help="Remove objects under this many pixels.")]
+_Overlap = Annotated[float, typer.Option(help="Tile overlap, fraction of the tile.")]
+_BatchSize = Annotated[int, typer.Option(help="Images (resize) or tiles (tile) per network call.")]
+
+
+def _predict_options(**kwargs):
+    """PredictOptions from the shared prediction flags (imported lazily: keeps --help fast)."""
+    from unet_lowered.predict import PredictOptions
+
+    return PredictOptions(**kwargs)
+
 
 @app.command()
 def predict(
@@ -426,31 +446,21 @@ def predict(
     recursive: Annotated[
         bool, typer.Option("--recursive", "-r", help="Walk folders (and ** globs) recursively.")
     ] = False,
-    mode: Annotated[str, typer.Option(help=_MODE_HELP)] = "auto",
-    tta: Annotated[
-        bool, typer.Option("--tta", help="Test-time augmentation: average over flips.")
-    ] = False,
-    tta_transforms: Annotated[str, typer.Option(help=_TTA_HELP)] = "auto",
-    threshold: Annotated[
-        float | None, typer.Option(help="Foreground probability threshold [default: the run's].")
-    ] = None,
-    keep_largest: Annotated[
-        int | None, typer.Option(help="Keep the N largest objects (2 for lungs).")
-    ] = None,
-    fill_holes: Annotated[
-        bool, typer.Option("--fill-holes", help="Fill holes inside objects.")
-    ] = False,
-    min_area: Annotated[int, typer.Option(help="Remove objects under this many pixels.")] = 0,
+    mode: _Mode = "auto",
+    tta: _Tta = False,
+    tta_transforms: _TtaTransforms = "auto",
+    threshold: _Threshold = None,
+    keep_largest: _KeepLargest = None,
+    fill_holes: _FillHoles = False,
+    min_area: _MinArea = 0,
     save_prob: Annotated[
         str | None, typer.Option(help="Also save probabilities: png (8-bit) or npy (float32).")
     ] = None,
     overlay: Annotated[
         bool, typer.Option("--overlay", help="Also save <id>_overlay.png (tint + outline).")
     ] = False,
-    overlap: Annotated[float, typer.Option(help="Tile overlap, fraction of the tile.")] = 0.25,
-    batch_size: Annotated[
-        int, typer.Option(help="Images (resize) or tiles (tile) per network call.")
-    ] = 4,
+    overlap: _Overlap = 0.25,
+    batch_size: _BatchSize = 4,
     keep_going: Annotated[
         bool,
         typer.Option(
@@ -472,9 +482,9 @@ def predict(
     exit status is 1 at the end if any failed (0 with --keep-going, unless all failed).
     Example: unet predict runs/lungs scans/ --out masks/ --keep-largest 2 --fill-holes --overlay
     """
-    from unet_lowered.predict import PredictOptions, exit_status, predict_files
+    from unet_lowered.predict import exit_status, predict_files
 
-    options = PredictOptions(
+    options = _predict_options(
         mode=mode,
         tta=tta,
         tta_transforms=tta_transforms,
@@ -521,25 +531,15 @@ def evaluate(
         str,
         typer.Option(help="all, or only the run's val (or train) ids from RUN/split.json."),
     ] = "all",
-    mode: Annotated[str, typer.Option(help=_MODE_HELP)] = "auto",
-    tta: Annotated[
-        bool, typer.Option("--tta", help="Test-time augmentation: average over flips.")
-    ] = False,
-    tta_transforms: Annotated[str, typer.Option(help=_TTA_HELP)] = "auto",
-    threshold: Annotated[
-        float | None, typer.Option(help="Foreground probability threshold [default: the run's].")
-    ] = None,
-    keep_largest: Annotated[
-        int | None, typer.Option(help="Keep the N largest objects (2 for lungs).")
-    ] = None,
-    fill_holes: Annotated[
-        bool, typer.Option("--fill-holes", help="Fill holes inside objects.")
-    ] = False,
-    min_area: Annotated[int, typer.Option(help="Remove objects under this many pixels.")] = 0,
-    overlap: Annotated[float, typer.Option(help="Tile overlap, fraction of the tile.")] = 0.25,
-    batch_size: Annotated[
-        int, typer.Option(help="Images (resize) or tiles (tile) per network call.")
-    ] = 4,
+    mode: _Mode = "auto",
+    tta: _Tta = False,
+    tta_transforms: _TtaTransforms = "auto",
+    threshold: _Threshold = None,
+    keep_largest: _KeepLargest = None,
+    fill_holes: _FillHoles = False,
+    min_area: _MinArea = 0,
+    overlap: _Overlap = 0.25,
+    batch_size: _BatchSize = 4,
     progress: Annotated[bool, typer.Option(help="Show a progress bar and the table.")] = True,
 ) -> None:
     """Score a run on images with masks at their original size; write per_image.csv and summary.json.
@@ -551,9 +551,8 @@ def evaluate(
     Example: unet evaluate runs/lungs data/jsrt --split val --keep-largest 2 --fill-holes
     """
     from unet_lowered.evaluate import evaluate_run
-    from unet_lowered.predict import PredictOptions
 
-    options = PredictOptions(
+    options = _predict_options(
         mode=mode,
         tta=tta,
         tta_transforms=tta_transforms,
