@@ -258,3 +258,12 @@ def test_jsrt_few_epochs_well_above_chance(tmp_path: Path) -> None:
     )
     # Chance level (all foreground) is a Dice of about 0.45 on these images.
     assert metrics["val_dice"] > 0.85
+
+
+def test_bad_data_leaves_no_run_folder(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app, ["train", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run")]
+    )
+    assert result.exit_code == 1
+    assert "no such data folder" in str(result.exception)
+    assert not (tmp_path / "run").exists()

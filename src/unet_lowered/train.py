@@ -14,6 +14,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -90,7 +91,7 @@ def train(
         cfg = (cfg or TrainConfig()).validate()
         if data is None:
             raise UnetError("no data folder given; pass the folder written by `unet prepare`")
-        _start_run_folder(out, overwrite)
+        _check_run_folder(out, overwrite)
         state = {"epoch": 0, "best": -1.0, "best_epoch": None}
         split = None
     data = Path(data)
@@ -100,16 +101,18 @@ def train(
     precision = resolve_precision(cfg.precision)
     keras.mixed_precision.set_global_policy(precision)
     try:
-        dataset = data_mod.load_prepared(data)
+        dataset = data_mod.load_prepared(data)  # bad data fails here, before RUN is touched
+        size = (cfg.image_size, cfg.image_size)
+        out_hw = output_size(size, cfg.depth, cfg.padding)
+        if not resume:
+            _start_run_folder(out, overwrite)
         if split is None:
             split = dataset.split(cfg.val_fraction, cfg.seed)
             if cfg.overfit_batch:
                 first = split["train"][: cfg.batch_size]
                 split = {"train": first, "val": first}
         _check_split(split, data)
-        size = (cfg.image_size, cfg.image_size)
         num_classes = dataset.num_classes
-        out_hw = output_size(size, cfg.depth, cfg.padding)
         train_seq, val_seq = data_mod.make_sequences(
             dataset,
             split,
@@ -172,7 +175,8 @@ def train(
 # ----------------------------------------------------------------------------- run folder
 
 
-def _start_run_folder(out: Path, overwrite: bool) -> None:
+def _check_run_folder(out: Path, overwrite: bool) -> None:
+    """Refuse to replace an existing folder unless asked, and never one that is not a run."""
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise UnetError(
@@ -183,8 +187,12 @@ def _start_run_folder(out: Path, overwrite: bool) -> None:
             raise UnetError(
                 f"{out} is not a run folder (no {runs.CONFIG_FILE}); refusing to overwrite it"
             )
-        import shutil
 
+
+def _start_run_folder(out: Path, overwrite: bool) -> None:
+    """An empty run folder at ``out`` (an old run there is removed when ``overwrite``)."""
+    _check_run_folder(out, overwrite)
+    if out.exists() and any(out.iterdir()):
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
 
