@@ -273,7 +273,7 @@ def train(
     seed: Annotated[
         int | None, typer.Option(help="Seed for split, init, augmentation [default: 0].")
     ] = None,
-    epochs: Annotated[int | None, typer.Option(help="Epochs [default: 40].")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs [default: 30].")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Batch size [default: 8].")] = None,
     loss: Annotated[
         str | None,

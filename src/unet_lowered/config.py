@@ -49,7 +49,7 @@ class TrainConfig:
     dropout: float = 0.0
     upsampling: str = "transpose"
     # optimisation
-    epochs: int = 40
+    epochs: int = 30
     batch_size: int = 8
     loss: str = "bce+dice"
     optimizer: str = "adam"
