@@ -309,7 +309,9 @@ def train(
     ] = None,
     dropout: Annotated[
         float | None,
-        typer.Option(help="Dropout at the end of the contracting path; paper 0.5 [default: 0]."),
+        typer.Option(
+            help="Dropout at the end of the contracting path (0.5 is usual) [default: 0]."
+        ),
     ] = None,
     flip_lr: Annotated[
         bool | None,
