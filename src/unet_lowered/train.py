@@ -15,6 +15,7 @@ import math
 import os
 import platform
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -40,8 +41,6 @@ def resolve_precision(precision: str) -> str:
     """``auto`` means mixed_bfloat16 on TensorFlow with a bf16-capable CPU, else float32."""
     if precision != "auto":
         return precision
-    import keras
-
     if keras.backend.backend() == "tensorflow" and cpu_supports_bf16():
         return "mixed_bfloat16"
     return "float32"
@@ -81,8 +80,6 @@ def train(
 
     out = Path(out)
     if verbose is None:
-        import sys
-
         verbose = 1 if sys.stdout.isatty() else 2
     if resume:
         run_cfg, split, state, data = _load_resume(out)
@@ -150,7 +147,7 @@ def train(
 
         callbacks = _callbacks(out, cfg, state, val_seq, resume)
         started = time.perf_counter()
-        t_images = _ImageCounter(cfg.batch_size)
+        t_images = _ImageCounter(cfg.batch_size, len(split["train"]))
         remaining = cfg.epochs - state["epoch"]
         if remaining <= 0:
             _warn(f"{out}: all {cfg.epochs} epochs are already done; nothing to resume")
@@ -165,7 +162,7 @@ def train(
                 verbose=verbose,
             )
         elapsed = time.perf_counter() - started
-        metrics = _final_metrics(out, cfg, elapsed, t_images, precision)
+        metrics = _final_metrics(out, elapsed, t_images, precision)
         atomic.write_json(out / runs.METRICS_FILE, metrics)
         return metrics
     finally:
@@ -204,9 +201,15 @@ def _load_resume(out: Path) -> tuple[dict, dict, dict, str]:
                 f"{out / name}: missing; nothing to resume (the run never finished an epoch); "
                 "start it again without --resume"
             )
-    run_cfg = json.loads((out / runs.CONFIG_FILE).read_text())
-    split = json.loads((out / runs.SPLIT_FILE).read_text())
-    state = json.loads((out / runs.STATE_FILE).read_text())
+    loaded = []
+    for name in (runs.CONFIG_FILE, runs.SPLIT_FILE, runs.STATE_FILE):
+        try:
+            loaded.append(json.loads((out / name).read_text()))
+        except (OSError, json.JSONDecodeError) as e:
+            raise UnetError(f"{out / name}: unreadable ({e}); the run cannot be resumed") from None
+    run_cfg, split, state = loaded
+    if "data" not in run_cfg:
+        raise UnetError(f"{out / runs.CONFIG_FILE}: no 'data' entry; the run cannot be resumed")
     return run_cfg, split, state, run_cfg["data"]
 
 
@@ -222,8 +225,6 @@ def _check_split(split: dict[str, list[str]], data: Path) -> None:
 def _run_config(
     cfg: TrainConfig, dataset, data: Path, precision: str, size: tuple[int, int]
 ) -> dict[str, Any]:
-    import keras
-
     import unet_lowered
 
     values = cfg.to_dict()
@@ -244,27 +245,25 @@ def _run_config(
 
 
 def _final_metrics(
-    out: Path, cfg: TrainConfig, elapsed: float, counter, precision: str
+    out: Path, elapsed: float, counter: _ImageCounter, precision: str
 ) -> dict[str, Any]:
-    state = (
-        json.loads((out / runs.STATE_FILE).read_text()) if (out / runs.STATE_FILE).is_file() else {}
-    )
-    rows = _read_history(out / runs.HISTORY_FILE)
-    best = None
-    if rows:
-        best = max(rows, key=lambda r: float(r.get("val_dice", "nan") or "nan"))
-    metrics: dict[str, Any] = {
+    """metrics.json: the scores of the epoch saved as model.keras, time and throughput."""
+    state_path = out / runs.STATE_FILE
+    state = json.loads(state_path.read_text()) if state_path.is_file() else {}
+    best_epoch = state.get("best_epoch")
+    rows = [r for r in _read_history(out / runs.HISTORY_FILE) if int(r["epoch"]) == best_epoch]
+    best = rows[0] if rows else {}
+    return {
         "epochs_completed": state.get("epoch", 0),
-        "best_epoch": state.get("best_epoch"),
-        "val_dice": float(best["val_dice"]) if best else None,
-        "val_iou": float(best["val_iou"]) if best and "val_iou" in best else None,
+        "best_epoch": best_epoch,
+        "val_dice": float(best["val_dice"]) if "val_dice" in best else None,
+        "val_iou": float(best["val_iou"]) if "val_iou" in best else None,
         "val_dice_note": "mean per-image Dice on the validation split, at the training size",
         "train_time_s": round(elapsed, 2),
         "images_per_s": round(counter.images / counter.seconds, 2) if counter.seconds else None,
         "precision": precision,
         "platform": platform.platform(),
     }
-    return metrics
 
 
 def _read_history(path: Path) -> list[dict[str, str]]:
@@ -279,8 +278,6 @@ def _read_history(path: Path) -> list[dict[str, str]]:
 
 def _deterministic_ops() -> None:
     """Ask TensorFlow for deterministic kernels (same seed, same result on CPU)."""
-    import keras
-
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
@@ -288,8 +285,6 @@ def _deterministic_ops() -> None:
 
 
 def _optimizer(cfg: TrainConfig, steps: int):
-    import keras
-
     if cfg.schedule == "cosine":
         lr: Any = keras.optimizers.schedules.CosineDecay(
             cfg.lr, decay_steps=max(1, cfg.epochs * steps), alpha=0.01
@@ -303,8 +298,6 @@ def _optimizer(cfg: TrainConfig, steps: int):
 
 
 def _callbacks(out: Path, cfg: TrainConfig, state: dict, val_seq, resume: bool) -> list:
-    import keras
-
     callbacks: list = [
         # history.csv before the checkpoint: state.json is written last of all, so a run
         # killed at any point resumes from an epoch whose history row is on disk.
@@ -407,9 +400,10 @@ class _Guard(keras.callbacks.Callback):
 class _ImageCounter(keras.callbacks.Callback):
     """Training images per second over the fit, input pipeline included, validation excluded."""
 
-    def __init__(self, batch_size: int):
+    def __init__(self, batch_size: int, n_images: int):
         super().__init__()
         self.batch_size = batch_size
+        self.n_images = n_images
         self.images = 0
         self.seconds = 0.0
         self._t = 0.0
@@ -419,13 +413,12 @@ class _ImageCounter(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         self.seconds += time.perf_counter() - self._t
-        self.images += self.batch_size
+        # The last batch of an epoch may be partial.
+        self.images += min(self.batch_size, self.n_images - batch * self.batch_size)
 
 
 def _warn(message: str) -> None:
     """A visible warning for the user (stderr), not a Python warning that tests turn into errors."""
-    import sys
-
     print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
