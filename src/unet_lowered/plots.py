@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 from pathlib import Path
 
@@ -114,15 +115,13 @@ def plot_run(run_dir: str | os.PathLike, samples: int = 4, worst: int = 4) -> li
     Returns:
         The PNG files written.
     """
-    from unet_lowered.predict import predict_image
-
     run = runs.load_run(run_dir)
     written = [plot_curves(run.dir / runs.HISTORY_FILE, run.dir / "curves.png")]
     model = run.model()
     val_ids = run.split().get("val", [])[:samples]
     image_dir, mask_dir = _data_dirs(run)
     if val_ids and image_dir is not None:
-        cases = [_case(model, run, image_dir, mask_dir, i, None, predict_image) for i in val_ids]
+        cases = [_case(model, run, image_dir, mask_dir, i, None) for i in val_ids]
         written.append(plot_cases(cases, run.dir / "samples.png", "validation samples"))
     per_image = run.dir / "eval" / "per_image.csv"
     if per_image.is_file():
@@ -130,7 +129,7 @@ def plot_run(run_dir: str | os.PathLike, samples: int = 4, worst: int = 4) -> li
             rows = sorted(csv.DictReader(f), key=lambda r: float(r["dice"]))[:worst]
         eval_dirs = _eval_dirs(run.dir / "eval", image_dir, mask_dir)
         cases = [
-            _case(model, run, *eval_dirs, r["id"], float(r["dice"]), predict_image)
+            _case(model, run, *eval_dirs, r["id"], float(r["dice"]))
             for r in rows
             if (eval_dirs[0] / f"{r['id']}.png").is_file()
         ]
@@ -141,11 +140,14 @@ def plot_run(run_dir: str | os.PathLike, samples: int = 4, worst: int = 4) -> li
     return written
 
 
-def _case(model, run, image_dir: Path, mask_dir: Path, case_id: str, dice, predict_image):
+def _case(model, run, image_dir: Path, mask_dir: Path, case_id: str, dice):
+    """One row of a case figure, predicted exactly as `unet predict` does by default."""
+    from unet_lowered.predict import PredictOptions, predict_image, probs_to_mask
+
     image = read_image(image_dir / f"{case_id}.png")
     truth = read_image(mask_dir / f"{case_id}.png") > 0
     probs = predict_image(model, image, run.config)
-    pred = probs[..., 0] >= run.threshold if probs.shape[-1] == 1 else probs.argmax(-1) > 0
+    pred = probs_to_mask(probs, run.config, PredictOptions()) > 0
     if truth.ndim == 3:
         truth = truth.any(-1)
     return case_id, image, truth, pred, dice
@@ -164,8 +166,6 @@ def _data_dirs(run: runs.Run) -> tuple[Path | None, Path | None]:
 
 def _eval_dirs(eval_dir: Path, image_dir, mask_dir) -> tuple[Path, Path]:
     """The folders the last evaluation read (recorded in summary.json), else the run's data."""
-    import json
-
     summary = eval_dir / "summary.json"
     if summary.is_file():
         info = json.loads(summary.read_text())
