@@ -241,6 +241,48 @@ def test_config_file_then_flags(tmp_path: Path) -> None:
         config_mod.resolve(tmp_path / "bad.json")
 
 
+@pytest.mark.parametrize(
+    ("sizes", "depth", "padding", "expected"),
+    [
+        ([(224, 224)] * 5, 4, "same", 224),  # JSRT: its own size, no resampling
+        ([(2048, 2048), (2500, 2048), (1024, 1024)], 4, "same", 256),  # large: capped
+        ([(100, 60), (100, 90), (120, 100)], 4, "same", 96),  # median 100 -> 96
+        ([(200, 300)], 4, "same", 256),  # the longer side counts
+        ([(40, 40)], 4, "same", 32),
+        ([(10, 10)], 4, "same", 16),  # below the smallest valid size: the smallest
+        ([(1024, 1024)], 4, "valid", 252),  # largest valid-padding size <= 256
+    ],
+)
+def test_auto_image_size(sizes, depth, padding, expected) -> None:
+    from unet_lowered.model import output_size
+    from unet_lowered.train import resolve_image_size
+
+    size = resolve_image_size(sizes, depth, padding)
+    assert size == expected
+    output_size(size, depth, padding)  # the network takes it
+
+
+def test_auto_image_size_is_the_default_and_recorded(tiny_data: Path, tmp_path: Path) -> None:
+    settings = {k: v for k, v in TINY.items() if k != "image_size"}
+    cfg = config_mod.resolve(None, {**settings, "epochs": 1})
+    assert cfg.image_size is None
+    from unet_lowered.train import train
+
+    train(tiny_data, tmp_path / "run", cfg, verbose=0)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["image_size"] == [64, 64]  # the synthetic images' own size
+    assert cfg.image_size is None  # the caller's settings are not changed
+
+
+def test_config_file_may_say_auto(tmp_path: Path) -> None:
+    path = tmp_path / "cfg.yaml"
+    path.write_text("image-size: auto\n")
+    assert config_mod.resolve(path).image_size is None
+    path.write_text("image-size: big\n")
+    with pytest.raises(UnetError, match="image-size must be a whole number, got 'big'"):
+        config_mod.resolve(path)
+
+
 def test_resume_refuses_other_options(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["train", "--resume", "--out", str(tmp_path), "--epochs", "3"])
     assert result.exit_code == 1

@@ -255,7 +255,11 @@ def train(
     ] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder.")] = False,
     image_size: Annotated[
-        int | None, typer.Option(help="Training input size (square) [default: 256].")
+        int | None,
+        typer.Option(
+            help="Training input size (square) [default: auto: the images' own size up to "
+            "256, rounded down to a multiple of 16; larger images are resized to 256]."
+        ),
     ] = None,
     crop: Annotated[
         bool | None,

@@ -36,7 +36,7 @@ class TrainConfig:
     """
 
     # data
-    image_size: int = 256
+    image_size: int | None = None  # None: auto (see resolve_image_size)
     input_mode: str = "resize"
     clahe: bool = False
     val_fraction: float = 0.15
@@ -92,7 +92,15 @@ class TrainConfig:
                 )
         if not 0.0 <= self.val_fraction < 1.0:
             raise UnetError(f"val-fraction must be in [0, 1), got {self.val_fraction}")
+        if self.image_size == "auto":  # a config file may spell the default out
+            self.image_size = None
         for name in ("image_size", "epochs", "batch_size", "base_filters", "depth"):
+            if name == "image_size" and self.image_size is None:
+                continue
+            if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
+                raise UnetError(
+                    f"{name.replace('_', '-')} must be a whole number, got {getattr(self, name)!r}"
+                )
             if getattr(self, name) < 1:
                 raise UnetError(
                     f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}"

@@ -123,6 +123,12 @@ class PreparedData:
         """3 if any image is true colour, else 1 (gray, or gray stored as RGB)."""
         return infer_channels(self.images.values())
 
+    def image_sizes(self, ids: Iterable[str]) -> list[tuple[int, int]]:
+        """``(height, width)`` of the images of ``ids``, read from the file headers."""
+        return [
+            (h.height, h.width) for h in (imageio.read_header(self.images[i]) for i in ids)
+        ]
+
     def split(
         self, val_fraction: float, seed: int, use_recorded: bool = True
     ) -> dict[str, list[str]]:
