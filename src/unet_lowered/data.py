@@ -125,9 +125,7 @@ class PreparedData:
 
     def image_sizes(self, ids: Iterable[str]) -> list[tuple[int, int]]:
         """``(height, width)`` of the images of ``ids``, read from the file headers."""
-        return [
-            (h.height, h.width) for h in (imageio.read_header(self.images[i]) for i in ids)
-        ]
+        return [(h.height, h.width) for h in (imageio.read_header(self.images[i]) for i in ids)]
 
     def split(
         self, val_fraction: float, seed: int, use_recorded: bool = True

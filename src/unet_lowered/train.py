@@ -51,9 +51,7 @@ AUTO_SIZE_CAP = 256
 """``--image-size auto`` trains at the images' own size up to this many pixels a side."""
 
 
-def resolve_image_size(
-    sizes: list[tuple[int, int]], depth: int = 4, padding: str = "same"
-) -> int:
+def resolve_image_size(sizes: list[tuple[int, int]], depth: int = 4, padding: str = "same") -> int:
     """The training size ``--image-size auto`` picks for images of these ``(H, W)`` sizes.
 
     The median of the images' longer sides, capped at :data:`AUTO_SIZE_CAP`, rounded
