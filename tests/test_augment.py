@@ -108,7 +108,7 @@ def test_neutral_ranges_are_identity_too() -> None:
     mask = (image[..., 0] > 0.5).astype(np.uint8)
     cfg = AugmentConfig(
         rotation=0, scale=(1, 1), shift=0, elastic=False, brightness=0, contrast=(1, 1),
-        gamma=(1, 1),
+        gamma=(1, 1), clahe_p=0.0,
     )  # fmt: skip
     out_image, out_mask = augment(image, mask, rng, cfg)
     np.testing.assert_allclose(out_image, image, atol=1e-6)
@@ -165,9 +165,36 @@ def test_intensity_stays_in_unit_range_and_touches_only_the_image() -> None:
 def test_gamma_known_answer() -> None:
     image = np.full((2, 2, 1), 0.25, np.float32)
     image[0, 0] = 1.0
-    cfg = AugmentConfig(brightness=0.0, contrast=(1, 1), gamma=(2, 2))
+    cfg = AugmentConfig(brightness=0.0, contrast=(1, 1), gamma=(2, 2), clahe_p=0.0)
     out = random_intensity(image, np.random.default_rng(0), cfg)
     np.testing.assert_allclose(out[..., 0], [[1.0, 0.0625], [0.0625, 0.0625]], rtol=1e-6)
+
+
+def test_local_contrast_stretches_each_tile_more_with_a_higher_clip_limit() -> None:
+    from unet_lowered.augment import local_contrast
+
+    # A dim ramp in [0.2, 0.3]: inside one 32-px tile its range grows with the clip limit
+    # (about 0.012 -> 0.02 at 1 -> 0.035 at 3); the result stays in [0, 1].
+    ramp = np.tile(np.linspace(0.2, 0.3, 256, dtype=np.float32), (256, 1))[..., None]
+    tile_range = [np.ptp(local_contrast(ramp, c)[128, :32, 0]) for c in (1.0, 2.0, 3.0)]
+    assert np.ptp(ramp[128, :32, 0]) < tile_range[0] < tile_range[1] < tile_range[2]
+    assert tile_range[2] > 2.5 * np.ptp(ramp[128, :32, 0])
+    out = local_contrast(ramp, 3.0)
+    assert out.shape == ramp.shape and out.dtype == np.float32
+    assert 0.0 <= out.min() and out.max() <= 1.0
+    flat = np.full((64, 64, 1), 0.5, np.float32)
+    assert np.ptp(local_contrast(flat, 2.0)) == 0.0  # nothing to equalise
+
+
+def test_clahe_probability_one_always_applies_it() -> None:
+    from unet_lowered.augment import local_contrast
+
+    image = np.tile(np.linspace(0.2, 0.3, 256, dtype=np.float32), (256, 1))[..., None]
+    kw = {"brightness": 0.0, "contrast": (1, 1), "gamma": (1, 1), "clahe_clip": (2, 2)}
+    plain = random_intensity(image, np.random.default_rng(0), AugmentConfig(clahe_p=0.0, **kw))
+    always = random_intensity(image, np.random.default_rng(0), AugmentConfig(clahe_p=1.0, **kw))
+    np.testing.assert_allclose(plain, image)
+    np.testing.assert_allclose(always, local_contrast(image, 2.0))
 
 
 def test_pure_rotation_by_180_degrees_is_a_double_flip() -> None:
@@ -240,6 +267,8 @@ def test_elastic_sigma_zero_is_identity() -> None:
     [
         ({"scale": (1.1, 0.9)}, "scale=(1.1, 0.9) must satisfy 0 <= low <= high"),
         ({"gamma": (0.0, 1.0)}, "gamma=(0.0, 1.0) must be positive"),
+        ({"clahe_p": 1.5}, "clahe_p=1.5 must be in [0, 1]"),
+        ({"clahe_clip": (3.0, 1.0)}, "clahe_clip=(3.0, 1.0) must satisfy 0 <= low <= high"),
         ({"rotation": -5}, "rotation=-5 must be >= 0"),
         ({"shift": 0.6}, "shift=0.6 must be below 0.5"),
         ({"elastic_grid": 1}, "elastic_grid=1 must be at least 2"),

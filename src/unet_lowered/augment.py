@@ -60,10 +60,14 @@ class AugmentConfig:
         elastic_grid: Points per side of the coarse grid (the paper: 3).
         elastic_sigma: Standard deviation of the grid displacements in pixels of the
             working image (the paper: 10).
-        intensity: Brightness, contrast and gamma changes (image only).
+        intensity: Brightness, contrast and gamma changes, and sometimes local contrast
+            equalisation (image only).
         brightness: Maximum additive change (uniform in ``[-brightness, brightness]``).
         contrast: ``(low, high)`` factor range, applied around the image mean.
         gamma: ``(low, high)`` exponent range (``x ** gamma``).
+        clahe_p: Probability of CLAHE (8x8 tiles) before the other intensity changes:
+            many scanners deliver X-rays with such local contrast processing applied.
+        clahe_clip: ``(low, high)`` CLAHE clip-limit range.
         noise: Add Gaussian noise.
         noise_std: Maximum noise standard deviation (uniform in ``[0, noise_std]``).
         blur: Gaussian blur.
@@ -83,13 +87,15 @@ class AugmentConfig:
     brightness: float = 0.1
     contrast: tuple[float, float] = (0.8, 1.2)
     gamma: tuple[float, float] = (0.7, 1.5)
+    clahe_p: float = 0.25
+    clahe_clip: tuple[float, float] = (1.0, 3.0)
     noise: bool = False
     noise_std: float = 0.03
     blur: bool = False
     blur_sigma: tuple[float, float] = (0.1, 1.0)
 
     def __post_init__(self) -> None:
-        for name in ("scale", "contrast", "gamma", "blur_sigma"):
+        for name in ("scale", "contrast", "gamma", "blur_sigma", "clahe_clip"):
             value = getattr(self, name)
             try:
                 low, high = (float(v) for v in value)
@@ -107,6 +113,8 @@ class AugmentConfig:
         for name in ("rotation", "shift", "elastic_sigma", "brightness", "noise_std"):
             if float(getattr(self, name)) < 0:
                 raise UnetError(f"augmentation option {name}={getattr(self, name)} must be >= 0")
+        if not 0.0 <= float(self.clahe_p) <= 1.0:
+            raise UnetError(f"augmentation option clahe_p={self.clahe_p} must be in [0, 1]")
         if self.shift >= 0.5:
             raise UnetError(f"augmentation option shift={self.shift} must be below 0.5")
         if int(self.elastic_grid) < 2:
@@ -419,12 +427,13 @@ def warp(
 
 
 def random_intensity(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
-    """Random gamma, then contrast about the mean, then brightness; clipped to ``[0, 1]``.
+    """Sometimes CLAHE, then random gamma, contrast about the mean and brightness; clipped
+    to ``[0, 1]``.
 
     Args:
         image: float32 ``(H, W, C)`` in ``[0, 1]``.
         rng: Random generator.
-        cfg: Supplies ``gamma``, ``contrast`` and ``brightness``.
+        cfg: Supplies ``clahe_p``, ``clahe_clip``, ``gamma``, ``contrast`` and ``brightness``.
 
     Returns:
         float32 ``(H, W, C)`` in ``[0, 1]``.
@@ -434,8 +443,31 @@ def random_intensity(image: np.ndarray, rng: np.random.Generator, cfg: AugmentCo
     contrast = rng.uniform(*cfg.contrast)
     brightness = rng.uniform(-cfg.brightness, cfg.brightness)
     x = np.clip(image, 0.0, 1.0)
+    if cfg.clahe_p > 0 and rng.random() < cfg.clahe_p:
+        x = local_contrast(x, rng.uniform(*cfg.clahe_clip))
     if gamma != 1.0:
         x = np.power(x, np.float32(gamma))
     mean = np.float32(x.mean())
     x = (x - mean) * np.float32(contrast) + (mean + np.float32(brightness))
     return np.clip(x, 0.0, 1.0, out=x)
+
+
+def local_contrast(image: np.ndarray, clip_limit: float, grid: int = 8) -> np.ndarray:
+    """CLAHE on each channel of a float ``(H, W, C)`` image in ``[0, 1]``.
+
+    The image passes through 8 bits, as most post-processed X-rays do (OpenCV's CLAHE
+    on 16-bit data spreads each tile's histogram over 65536 bins, so its clip limit
+    has almost no effect).
+
+    Args:
+        image: float32 ``(H, W, C)`` in ``[0, 1]``.
+        clip_limit: CLAHE clip limit (1 changes little, 3 is strong).
+        grid: Tiles per side.
+
+    Returns:
+        float32 ``(H, W, C)`` in ``[0, 1]``.
+    """
+    op = cv2.createCLAHE(clipLimit=float(clip_limit), tileGridSize=(grid, grid))
+    u8 = np.rint(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
+    out = np.stack([op.apply(u8[..., c]) for c in range(u8.shape[-1])], axis=-1)
+    return out.astype(np.float32) * np.float32(1.0 / 255.0)
