@@ -21,7 +21,7 @@ from unet_lowered.augment import (
 )
 from unet_lowered.errors import UnetError
 
-GEOMETRY_ONLY = AugmentConfig(intensity=False)
+GEOMETRY_ONLY = AugmentConfig(intensity=False, noise=False)
 
 
 def shapes_mask(h: int = 96, w: int = 112) -> np.ndarray:
@@ -44,9 +44,11 @@ def render(mask: np.ndarray, channels: int) -> np.ndarray:
     "cfg",
     [
         GEOMETRY_ONLY,
-        AugmentConfig(intensity=False, elastic=False),
-        AugmentConfig(intensity=False, affine=False),
-        AugmentConfig(intensity=False, flip_lr=True, flip_ud=True, rotation=30, shift=0.2),
+        AugmentConfig(intensity=False, noise=False, elastic=False),
+        AugmentConfig(intensity=False, noise=False, affine=False),
+        AugmentConfig(
+            intensity=False, noise=False, flip_lr=True, flip_ud=True, rotation=30, shift=0.2
+        ),
     ],
     ids=["affine+elastic", "affine", "elastic", "flips+strong-affine"],
 )
@@ -108,7 +110,7 @@ def test_neutral_ranges_are_identity_too() -> None:
     mask = (image[..., 0] > 0.5).astype(np.uint8)
     cfg = AugmentConfig(
         rotation=0, scale=(1, 1), shift=0, elastic=False, brightness=0, contrast=(1, 1),
-        gamma=(1, 1), clahe_p=0.0,
+        gamma=(1, 1), clahe_p=0.0, noise=False,
     )  # fmt: skip
     out_image, out_mask = augment(image, mask, rng, cfg)
     np.testing.assert_allclose(out_image, image, atol=1e-6)

@@ -529,3 +529,15 @@ def test_jsrt_lungs_pipeline(tmp_path: Path) -> None:
     assert 0.15 < np.mean(list(cache.foreground.values())) < 0.45  # two lungs
     x, y = D.SegmentationSequence(cache, data.ids, 8, augment=AugmentConfig(), shuffle=True)[0]
     assert x.shape == (8, 128, 128, 1) and y.shape == (8, 128, 128, 1)
+
+
+def test_augment_config_follows_the_train_settings() -> None:
+    from unet_lowered.config import TrainConfig
+
+    cfg = D.augment_config(TrainConfig())
+    assert cfg.intensity and cfg.noise and cfg.clahe_p == 0.25  # the defaults
+    assert (cfg.rotation, cfg.scale, cfg.shift) == (10.0, (0.8, 1.2), 0.08)
+    assert not (cfg.flip_lr or cfg.flip_ud)
+    off = D.augment_config(SimpleNamespace(intensity=False, scale=0.0, rotate=0.0))
+    assert not off.intensity and not off.noise  # --no-intensity also stops the noise
+    assert (off.scale, off.rotation) == ((1.0, 1.0), 0.0)

@@ -68,7 +68,8 @@ class AugmentConfig:
         clahe_p: Probability of CLAHE (8x8 tiles) before the other intensity changes:
             many scanners deliver X-rays with such local contrast processing applied.
         clahe_clip: ``(low, high)`` CLAHE clip-limit range.
-        noise: Add Gaussian noise.
+        noise: Add Gaussian noise (on by default: X-rays from other scanners and doses
+            are noisier; the training pipeline switches it with ``intensity``).
         noise_std: Maximum noise standard deviation (uniform in ``[0, noise_std]``).
         blur: Gaussian blur.
         blur_sigma: ``(low, high)`` blur sigma range in pixels.
@@ -89,7 +90,7 @@ class AugmentConfig:
     gamma: tuple[float, float] = (0.7, 1.5)
     clahe_p: float = 0.25
     clahe_clip: tuple[float, float] = (1.0, 3.0)
-    noise: bool = False
+    noise: bool = True
     noise_std: float = 0.03
     blur: bool = False
     blur_sigma: tuple[float, float] = (0.1, 1.0)

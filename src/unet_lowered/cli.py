@@ -277,8 +277,8 @@ def train(
     seed: Annotated[
         int | None, typer.Option(help="Seed for split, init, augmentation [default: 0].")
     ] = None,
-    epochs: Annotated[int | None, typer.Option(help="Epochs [default: 30].")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Batch size [default: 8].")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs [default: 45].")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Batch size [default: 4].")] = None,
     loss: Annotated[
         str | None,
         typer.Option(help="bce+dice | bce | dice | focal | weighted-bce [default: bce+dice]."),
@@ -328,7 +328,7 @@ def train(
         float | None, typer.Option(help="Max rotation, degrees [default: 10].")
     ] = None,
     scale: Annotated[
-        float | None, typer.Option(help="Max relative scale change [default: 0.1].")
+        float | None, typer.Option(help="Max relative scale change [default: 0.2].")
     ] = None,
     shift: Annotated[
         float | None, typer.Option(help="Max shift, fraction of size [default: 0.08].")
@@ -339,7 +339,10 @@ def train(
     ] = None,
     intensity: Annotated[
         bool | None,
-        typer.Option("--intensity/--no-intensity", help="Brightness/contrast/gamma [default: on]."),
+        typer.Option(
+            "--intensity/--no-intensity",
+            help="Brightness/contrast/gamma, CLAHE (1 in 4) and noise [default: on].",
+        ),
     ] = None,
     overfit_batch: Annotated[
         bool | None,

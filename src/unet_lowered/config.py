@@ -30,9 +30,12 @@ class TrainConfig:
     """Every setting of ``unet train``, with the defaults used for chest X-rays.
 
     The augmentation defaults aim at X-rays from other hospitals (other scanners,
-    exposure, positioning): moderate rotation/scale/shift, elastic deformation as
-    in the paper, brightness/contrast/gamma changes; no flips (lungs are not
-    left-right symmetric: the heart sits on the patient's left).
+    exposure, positioning): moderate rotation/shift, scale ±20% (patients of other
+    sizes, other collimation), elastic deformation as in the paper, brightness/
+    contrast/gamma changes, CLAHE-style local contrast and noise; no flips (lungs
+    are not left-right symmetric: the heart sits on the patient's left). Batch 4
+    and 45 epochs: twice the updates of batch 8 in the same time, which the 200
+    JSRT images need to pass a validation Dice of 0.98 within 10 minutes on 2 cores.
     """
 
     # data
@@ -49,8 +52,8 @@ class TrainConfig:
     dropout: float = 0.0
     upsampling: str = "transpose"
     # optimisation
-    epochs: int = 30
-    batch_size: int = 8
+    epochs: int = 45
+    batch_size: int = 4
     loss: str = "bce+dice"
     optimizer: str = "adam"
     learning_rate: float | None = None  # None: 1e-3 for Adam, 1e-2 for SGD
@@ -65,7 +68,7 @@ class TrainConfig:
     flip_lr: bool = False
     flip_ud: bool = False
     rotate: float = 10.0
-    scale: float = 0.1
+    scale: float = 0.2
     shift: float = 0.08
     elastic: bool = True
     intensity: bool = True

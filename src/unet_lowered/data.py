@@ -986,7 +986,8 @@ def augment_config(cfg: Any) -> AugmentConfig:
     """The :class:`AugmentConfig` for a ``TrainConfig``-like object (missing fields: defaults).
 
     Reads ``flip_lr``, ``flip_ud``, ``rotate`` (degrees), ``scale`` (a ``±`` fraction
-    around 1, or a ``(low, high)`` pair), ``shift``, ``elastic`` and ``intensity``.
+    around 1, or a ``(low, high)`` pair), ``shift``, ``elastic`` and ``intensity``
+    (which also switches the noise).
     """
     default = AugmentConfig()
     scale = getattr(cfg, "scale", None)
@@ -1000,6 +1001,7 @@ def augment_config(cfg: Any) -> AugmentConfig:
         shift=getattr(cfg, "shift", default.shift),
         elastic=getattr(cfg, "elastic", default.elastic),
         intensity=getattr(cfg, "intensity", default.intensity),
+        noise=getattr(cfg, "intensity", default.intensity) and default.noise,
     )
 
 
