@@ -78,7 +78,9 @@ def parse(text: str, steps: int) -> tuple[float, float, list[tuple[tuple[str, ..
         groups[key] += ms
         calls[key] += 1
     step_ms = float(text.split("STEP_MS", 1)[1].split()[0])
-    rows = sorted(((k, v / steps, calls[k] // steps) for k, v in groups.items()), key=lambda r: -r[1])
+    rows = sorted(
+        ((k, v / steps, calls[k] // steps) for k, v in groups.items()), key=lambda r: -r[1]
+    )
     return step_ms, sum(groups.values()) / steps, rows
 
 
