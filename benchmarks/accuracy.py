@@ -61,7 +61,7 @@ def run_one(name: str, work: Path, epochs: int | None) -> dict:
     prepare(src, data, overwrite=True)
     cfg = config_mod.resolve(None, {"epochs": epochs})
     t0 = time.perf_counter()
-    metrics = train(data, run, cfg)
+    metrics = train(data, run, cfg, overwrite=True)
     train_s = time.perf_counter() - t0
     summary = evaluate_run(run, data, split="val", progress=False)
     rows = _rows(run / "eval" / "per_image.csv")
@@ -139,6 +139,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--epochs", type=int, default=None, help="override the default epochs")
     parser.add_argument("--no-append", action="store_true", help="do not append to RESULTS.md")
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        default=None,
+        help="keep the prepared data and runs in this folder (e.g. for robustness.py)",
+    )
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.datasets.split(",") if n.strip()]
     unknown = set(names) - set(SOURCES)
@@ -149,9 +155,11 @@ def main(argv: list[str] | None = None) -> int:
 
     results = []
     with tempfile.TemporaryDirectory(prefix="unet-accuracy-") as tmp:
+        work = Path(tmp) if args.keep is None else args.keep
+        work.mkdir(parents=True, exist_ok=True)
         for name in names:
             print(f"== {name}", flush=True)
-            results.append(run_one(name, Path(tmp), args.epochs))
+            results.append(run_one(name, work, args.epochs))
             print(json.dumps(results[-1], indent=1), flush=True)
     text = table(results)
     print(text)
@@ -167,8 +175,10 @@ def main(argv: list[str] | None = None) -> int:
             + (f" --epochs {args.epochs}" if args.epochs else "")
             + "`\n\n"
         )
-        with open(ROOT / "benchmarks" / "RESULTS.md", "a") as f:
-            f.write(header + text + "\n")
+        from unet_lowered import atomic
+
+        results_md = ROOT / "benchmarks" / "RESULTS.md"
+        atomic.write_text(results_md, results_md.read_text() + header + text + "\n")
     return 0
 
 

@@ -372,11 +372,13 @@ def cores() -> int:
 def run_settings(config: dict[str, Any]) -> str:
     """The run's key training settings (input size, epochs, augmentation) in one line."""
     h, w = config.get("image_size", ["?", "?"])
-    keys = ("flip_lr", "flip_ud", "rotate", "scale", "shift", "elastic", "intensity", "clahe")
+    keys = ("flip_lr", "flip_ud", "rotate", "scale", "shift", "elastic", "intensity")
     augment = ", ".join(f"{k} {config[k]}" for k in keys if k in config)
     return (
         f"image_size {h}x{w}, epochs {config.get('epochs', '?')}, "
-        f"input_mode {config.get('input_mode', '?')}; augmentation: {augment}"
+        f"batch_size {config.get('batch_size', '?')}, input_mode "
+        f"{config.get('input_mode', '?')}, CLAHE preprocessing {config.get('clahe', '?')}; "
+        f"augmentation: {augment}"
     )
 
 
