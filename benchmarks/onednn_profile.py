@@ -12,6 +12,9 @@ switch on, and prints per framework:
 * the summed oneDNN time per step, grouped by (kind, implementation, propagation);
 * the summed time of the whole step that oneDNN accounts for.
 
+TensorFlow runs with the threads ``speed.py`` uses (all cores inside an op, one op at
+a time), PyTorch with all cores.
+
 Run by hand on a quiet machine::
 
     .venv/bin/python benchmarks/onednn_profile.py [--steps 6] [--top 12]
@@ -42,8 +45,13 @@ def child(which: str, steps: int) -> None:
 
     x, y = make_batch(8, 256)
     if which == "keras":
+        import tensorflow as tf
+
         import unet_lowered  # noqa: F401  (sets the TensorFlow backend)
 
+        # The threads speed.py uses: all cores inside an op, one op at a time.
+        tf.config.threading.set_intra_op_parallelism_threads(os.cpu_count() or 1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
         train, _, _ = keras_configs(x, y, 256, False, policies=("mixed_bfloat16",))
         step = train[0]
     else:
