@@ -95,7 +95,10 @@ def run_demo(
     print_report(report)
     step("prepare", t0)
 
-    echo(f"[3/6] unet train {out / 'data'} --out {out / 'run'}")
+    echo(
+        f"[3/6] unet train {out / 'data'} --out {out / 'run'} "
+        f"--image-size {s.size} --epochs {s.epochs} --patience {s.epochs}"
+    )
     t0 = time.perf_counter()
     cfg = config_mod.resolve(
         None, {"image_size": s.size, "epochs": s.epochs, "seed": s.seed, "patience": s.epochs}
