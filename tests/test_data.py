@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
+import keras
 import numpy as np
 import pytest
 
@@ -223,6 +224,23 @@ def test_batches_shapes_dtypes_and_values(tmp_path: Path, rgb: bool, channels: i
     assert seq[2][0].shape[0] == 1  # the last batch holds the rest
     with pytest.raises(IndexError):
         seq[3]
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="tf.data needs TensorFlow")
+def test_tf_dataset_view_yields_the_sequence_batches_of_the_current_epoch(tmp_path: Path) -> None:
+    data = D.load_prepared(make_prepared(tmp_path, ids_of(5), meta={}))
+    cache = D.SampleCache(data, channels=1, image_size=16)
+    seq = D.SegmentationSequence(cache, data.ids, 2, augment=AugmentConfig(), shuffle=True)
+    dataset = D.as_tf_dataset(seq)
+    assert int(dataset.cardinality()) == 3  # Keras knows the steps per epoch
+    for epoch in (0, 4):  # a new iterator per epoch reads the epoch set just before
+        seq.set_epoch(epoch)
+        got = [tuple(t.numpy() for t in batch) for batch in dataset]
+        assert len(got) == 3 and got[2][0].shape[0] == 1
+        for index, batch in enumerate(got):
+            for actual, expected in zip(batch, seq[index], strict=True):
+                np.testing.assert_array_equal(actual, expected)
+    assert not np.array_equal(got[0][0], (seq.set_epoch(0), seq[0][0])[1])  # epochs differ
 
 
 def test_validation_batches_are_the_cached_samples_in_order(tmp_path: Path) -> None:

@@ -74,7 +74,6 @@ class TrainConfig:
     intensity: bool = True
     # debugging
     overfit_batch: bool = False
-    steps_per_epoch: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> TrainConfig:

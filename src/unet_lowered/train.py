@@ -185,9 +185,15 @@ def train(
         if remaining <= 0:
             _warn(f"{out}: all {cfg.epochs} epochs are already done; nothing to resume")
         else:
+            fit_train, fit_val = train_seq, val_seq
+            if keras.backend.backend() == "tensorflow":  # no tf.data autotune stalls
+                fit_train, fit_val = (
+                    data_mod.as_tf_dataset(train_seq),
+                    data_mod.as_tf_dataset(val_seq),
+                )
             model.fit(
-                train_seq,
-                validation_data=val_seq,
+                fit_train,
+                validation_data=fit_val,
                 epochs=cfg.epochs,
                 initial_epoch=state["epoch"],
                 callbacks=[data_mod.EpochSync(train_seq), *callbacks, t_images],
