@@ -14,7 +14,8 @@ Steps, each a small public piece:
    maps for ``weighted-bce`` are computed once per mask and kept too.
 4. :class:`SegmentationSequence` (a ``keras.utils.PyDataset``) augments on the fly
    (:mod:`unet_lowered.augment`), standardises each image and yields NumPy batches,
-   so it works with every Keras backend.
+   so it works with every Keras backend; on TensorFlow, :func:`as_tf_dataset` hands
+   the same batches to ``fit`` without tf.data's autotuning stalls.
 
 Memory: cached images are stored as ``uint16`` (the ``[0, 1]`` values times 65535):
 the same two bytes per value as float16 but with uniform 16-bit precision, so
@@ -694,8 +695,8 @@ class SegmentationSequence(keras.utils.PyDataset):
     Pass ``shuffle=False`` to ``model.fit``: its own batch-order shuffle uses Python's
     global ``random``; this sequence shuffles the samples itself.
 
-    Keep ``workers=1`` (the default) for exact reproducibility: the TensorFlow backend
-    then still prefetches batches on a background thread (``tf.data``), and JAX and
+    Keep ``workers=1`` (the default) for exact reproducibility: on TensorFlow
+    :func:`as_tf_dataset` still prefetches a batch on a background thread, and JAX and
     torch call the sequence in order. With ``workers > 1``, Keras 3.15's enqueuer on
     JAX and torch replays batches it prefetched while peeking before training, so
     each epoch then sees some batches of the epoch before (measured; TensorFlow is
