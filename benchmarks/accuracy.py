@@ -20,12 +20,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from speed import cores, cpu_model  # benchmarks/speed.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -34,16 +35,6 @@ SOURCES = {
     "dsb": SHARED / "dsb2018" / "stage1_train",
     "isbi": SHARED / "isbi2012",
 }
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def run_one(name: str, work: Path, epochs: int | None) -> dict:
@@ -166,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_append:
         stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
         header = (
-            f"\n## Accuracy, {stamp}, {cpu_name()}, {_cores()} cores\n\n"
+            f"\n## Accuracy, {stamp}, {cpu_model()}, {cores()} cores\n\n"
             "Default settings (`unet train DATA --out RUN`"
             + (f" --epochs {args.epochs}" if args.epochs else "")
             + "), validation split, scored by `unet evaluate --split val` at the original "
@@ -180,12 +171,6 @@ def main(argv: list[str] | None = None) -> int:
         results_md = ROOT / "benchmarks" / "RESULTS.md"
         atomic.write_text(results_md, results_md.read_text() + header + text + "\n")
     return 0
-
-
-def _cores() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 if __name__ == "__main__":

@@ -43,7 +43,6 @@ import dataclasses
 import datetime as dt
 import math
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -56,6 +55,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+from speed import cores, cpu_model  # benchmarks/speed.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
@@ -349,24 +349,6 @@ def table(rows: dict[str, list[dict[str, float]]]) -> str:
 
 
 # ---------------------------------------------------------------- report
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (or ``platform.processor()``)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def cores() -> int:
-    """CPU cores this process may use."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def run_settings(config: dict[str, Any]) -> str:
