@@ -279,8 +279,10 @@ def test_config_file_may_say_auto(tmp_path: Path) -> None:
     path.write_text("image-size: auto\n")
     assert config_mod.resolve(path).image_size is None
     path.write_text("image-size: big\n")
-    with pytest.raises(UnetError, match="image-size must be a whole number, got 'big'"):
+    with pytest.raises(UnetError, match="image-size must be a whole number, got 'big'") as e:
         config_mod.resolve(path)
+    assert str(e.value).startswith(f"{path}: ")  # the file to fix
+    assert config_mod.resolve(path, {"image_size": 128}).image_size == 128  # flags win
 
 
 def test_resume_refuses_other_options(tmp_path: Path) -> None:

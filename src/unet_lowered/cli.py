@@ -257,8 +257,9 @@ def train(
     image_size: Annotated[
         int | None,
         typer.Option(
-            help="Training input size (square) [default: auto: the images' own size up to "
-            "256, rounded down to a multiple of 16; larger images are resized to 256]."
+            help="Training input size (square) [default: auto: the median longer side of "
+            "the training images, at most 256, rounded down to a size the network takes "
+            "(a multiple of 16 at depth 4)]."
         ),
     ] = None,
     crop: Annotated[

@@ -167,9 +167,13 @@ def resolve(
 ) -> TrainConfig:
     """Defaults, then the config file, then the non-None ``overrides`` (command-line flags)."""
     values: dict[str, Any] = {}
+    from_file: set[str] = set()
     if config_file is not None:
         values.update(read_config_file(config_file))
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        from_file = set(values)
+    flags = {k: v for k, v in (overrides or {}).items() if v is not None}
+    values.update(flags)
+    from_file -= set(flags)
     unknown = set(values) - FIELDS
     if unknown:
         raise UnetError(f"unknown settings: {', '.join(sorted(unknown))}")
@@ -177,7 +181,13 @@ def resolve(
         cfg = TrainConfig(**values)
     except TypeError as e:
         raise UnetError(f"bad settings: {e}") from None
-    return cfg.validate()
+    try:
+        return cfg.validate()
+    except UnetError as e:  # a bad value from the file: name the file to fix
+        setting = str(e).split(" ", 1)[0].replace("-", "_")
+        if setting in from_file:
+            raise UnetError(f"{config_file}: {e}") from None
+        raise
 
 
 def from_dict(values: dict[str, Any]) -> TrainConfig:
