@@ -50,6 +50,29 @@ def test_atomic_path_keeps_suffix_for_format_picking_writers(tmp_path):
     assert (tmp_path / "model.keras").read_text() == "m"
 
 
+def test_copy_file_is_a_copy_that_outlives_replacing_the_source(tmp_path):
+    src, dst = tmp_path / "last.keras", tmp_path / "model.keras"
+    atomic.write_bytes(src, b"epoch 1")
+    atomic.write_bytes(dst, b"older best")
+    atomic.copy_file(src, dst)
+    assert dst.read_bytes() == b"epoch 1"
+    atomic.write_bytes(src, b"epoch 2")  # replaced by rename, as every writer here does
+    assert dst.read_bytes() == b"epoch 1"
+    assert src.read_bytes() == b"epoch 2"
+    assert _hidden(tmp_path) == []
+
+
+def test_copy_file_falls_back_to_copying_where_links_fail(tmp_path, monkeypatch):
+    def no_links(*args):
+        raise OSError("links not supported")
+
+    monkeypatch.setattr(atomic.os, "link", no_links)
+    src = atomic.write_bytes(tmp_path / "a.bin", b"data")
+    atomic.copy_file(src, tmp_path / "b.bin")
+    assert (tmp_path / "b.bin").read_bytes() == b"data"
+    assert _hidden(tmp_path) == []
+
+
 def test_files_and_folders_follow_the_umask(tmp_path):
     old = os.umask(0o022)
     try:

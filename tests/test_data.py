@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -241,6 +243,67 @@ def test_tf_dataset_view_yields_the_sequence_batches_of_the_current_epoch(tmp_pa
             for actual, expected in zip(batch, seq[index], strict=True):
                 np.testing.assert_array_equal(actual, expected)
     assert not np.array_equal(got[0][0], (seq.set_epoch(0), seq[0][0])[1])  # epochs differ
+
+
+class _FailsAt:
+    """A sequence of 3 tiny batches whose batch ``bad`` raises."""
+
+    def __init__(self, bad: int):
+        self.bad = bad
+
+    def __len__(self) -> int:
+        return 3
+
+    def __getitem__(self, index: int):
+        if index == self.bad:
+            raise ValueError(f"cannot make batch {index}")
+        return np.full((1, 2, 2, 1), index, np.float32), np.zeros((1, 2, 2, 1), np.float32)
+
+
+def _batch_threads() -> list:
+    import threading
+
+    return [t for t in threading.enumerate() if t.name == "unet-batches" and t.is_alive()]
+
+
+def test_tf_dataset_view_raises_the_error_of_a_batch() -> None:
+    import tensorflow as tf
+
+    dataset = D.as_tf_dataset(_FailsAt(bad=2))
+    seen = []
+    with pytest.raises(tf.errors.OpError, match="cannot make batch 2"):
+        for x, _ in dataset:
+            seen.append(int(x.numpy()[0, 0, 0, 0]))
+    assert seen == [0, 1]
+    assert _batch_threads() == []
+
+
+def test_tf_dataset_view_stops_its_thread_when_left_early() -> None:
+    import gc
+
+    dataset = D.as_tf_dataset(_FailsAt(bad=-1), lookahead=1)
+    batches = [int(x.numpy()[0, 0, 0, 0]) for x, _ in dataset.take(1)]
+    assert batches == [0]
+    gc.collect()
+    assert _batch_threads() == []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread priorities: Linux")
+def test_lowest_priority_applies_to_the_calling_thread_only() -> None:
+    import threading
+
+    seen = {}
+
+    def worker() -> None:
+        seen["changed"] = D.lowest_priority()
+        seen["nice"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    before = os.getpriority(os.PRIO_PROCESS, 0)
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert seen == {"changed": True, "nice": 19}
+    assert os.getpriority(os.PRIO_PROCESS, 0) == before
 
 
 def test_validation_batches_are_the_cached_samples_in_order(tmp_path: Path) -> None:

@@ -205,6 +205,46 @@ def test_guard_warns_on_constant_prediction(logit: float, words: str, capsys) ->
     assert f"predicts {words} on validation" in capsys.readouterr().err
 
 
+def test_checkpoint_keeps_the_best_epoch_in_model_keras(tmp_path: Path) -> None:
+    import keras
+
+    from unet_lowered.model import unet
+    from unet_lowered.train import _Checkpoint
+
+    model = unet((16, 16, 1), base_filters=2, depth=1)
+    kernel = model.weights[0]
+    kernel.assign(np.zeros(kernel.shape, np.float32))
+    checkpoint = _Checkpoint(tmp_path, {"epoch": 0, "best": -1.0, "best_epoch": None})
+    checkpoint.set_model(model)
+    checkpoint.on_epoch_end(0, {"val_dice": 0.5})
+    best = (tmp_path / "model.keras").read_bytes()
+    assert best == (tmp_path / "last.keras").read_bytes()
+
+    kernel.assign(np.ones(kernel.shape, np.float32))
+    checkpoint.on_epoch_end(1, {"val_dice": 0.4})  # worse: only last.keras moves on
+    assert (tmp_path / "model.keras").read_bytes() == best
+    assert (tmp_path / "last.keras").read_bytes() != best
+    reloaded = keras.saving.load_model(tmp_path / "model.keras")
+    assert not keras.ops.convert_to_numpy(reloaded.weights[0]).any()
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert state == {"epoch": 2, "best": 0.5, "best_epoch": 1}
+
+
+def test_guard_checks_the_prediction_on_a_doubling_schedule_and_last(capsys) -> None:
+    from unet_lowered.train import _Guard
+
+    x = np.zeros((2, 8, 8, 1), np.float32)
+    guard = _Guard([(x, x)], threshold=0.5)
+    guard.set_model(_constant_model(-5.0))
+    guard.set_params({"epochs": 7})
+    warned = []
+    for epoch in range(7):
+        guard.on_epoch_end(epoch, {"loss": 0.3})
+        if "all background" in capsys.readouterr().err:
+            warned.append(epoch + 1)
+    assert warned == [2, 4, 7]
+
+
 def test_guard_stops_on_nan_loss(capsys) -> None:
     from unet_lowered.train import _Guard
 

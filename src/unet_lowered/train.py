@@ -359,7 +359,11 @@ def _callbacks(out: Path, cfg: TrainConfig, state: dict, val_seq, resume: bool) 
 
 
 class _Checkpoint(keras.callbacks.Callback):
-    """Save last.keras (+ optimiser) every epoch and model.keras on a new best val_dice."""
+    """Save last.keras (+ optimiser) every epoch and model.keras on a new best val_dice.
+
+    On a new best, model.keras is the same model as the last.keras just written, so it
+    is linked (or copied) from it rather than serialised a second time (about 0.2 s).
+    """
 
     def __init__(self, out: Path, state: dict):
         super().__init__()
@@ -369,10 +373,10 @@ class _Checkpoint(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         score = float(logs.get("val_dice", float("nan")))
-        atomic.save_with(self.out / runs.LAST_FILE, self.model.save)
+        last = atomic.save_with(self.out / runs.LAST_FILE, self.model.save)
         if math.isfinite(score) and score > self.state["best"]:
             self.state.update(best=score, best_epoch=epoch + 1)
-            atomic.save_with(self.out / runs.MODEL_FILE, self.model.save)
+            atomic.copy_file(last, self.out / runs.MODEL_FILE)
         self.state["epoch"] = epoch + 1
         # state.json last: a crash before it only repeats this epoch on resume.
         atomic.write_json(self.out / runs.STATE_FILE, self.state)
@@ -403,7 +407,12 @@ class _History(keras.callbacks.Callback):
 
 
 class _Guard(keras.callbacks.Callback):
-    """Warn about the classic failure: NaN loss, or a constant ("all black") prediction."""
+    """Warn about the classic failure: NaN loss, or a constant ("all black") prediction.
+
+    The loss is checked every epoch. The prediction on the first validation batch is
+    checked after epochs 2, 4, 8, 16, ... and the last: one eager forward pass costs
+    about 0.18 s, 2% of a JSRT epoch, and a model stuck on a constant map stays stuck.
+    """
 
     def __init__(self, val_seq, threshold: float):
         super().__init__()
@@ -419,7 +428,9 @@ class _Guard(keras.callbacks.Callback):
             )
             self.model.stop_training = True
             return
-        if epoch < 1 or len(self.val_seq) == 0:
+        done = epoch + 1
+        last = done == (self.params or {}).get("epochs")
+        if done < 2 or not (last or done & (done - 1) == 0) or len(self.val_seq) == 0:
             return
         x = self.val_seq[0][0]
         logits = keras.ops.convert_to_numpy(self.model(x, training=False)).astype(np.float32)
