@@ -849,11 +849,13 @@ def as_tf_dataset(sequence: SegmentationSequence, lookahead: int = 2) -> Any:
     Each epoch's batches are made ahead by one background thread of the lowest CPU
     priority (nice 19, on Linux), at most ``lookahead`` batches ahead. Augmenting on
     an ordinary thread competes with the training step's threads for the cores: on
-    2 cores that slowed each step by 5-7%; at the lowest priority the batches are made
-    in the step's idle moments, and the step is within 2% of one fed from memory
-    (``benchmarks/RESULTS.md``). Call :meth:`SegmentationSequence.set_epoch`
-    (:class:`EpochSync`) as usual: the batches are read when each epoch's iterator
-    starts. An error raised while making a batch is raised again in ``fit``.
+    2 cores, at 224 px and batch 4, steps fed that way took 9-10% longer than steps fed
+    from memory; at the lowest priority, which leaves the cores to the step whenever it
+    wants them, 4-6% (at 256 px, batch 8: 8% and 7%; ``benchmarks/feeding.py``).
+
+    Call :meth:`SegmentationSequence.set_epoch` (:class:`EpochSync`) as usual: the
+    batches are read when each epoch's iterator starts. An error raised while making a
+    batch is raised again in ``fit``.
 
     Args:
         sequence: The sequence to wrap.
