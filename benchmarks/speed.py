@@ -713,8 +713,9 @@ RESULTS_HEADER = """# Benchmark results
 Appended by `benchmarks/speed.py` (speed: Keras/TensorFlow against the same U-Net in plain
 PyTorch, matmul throughput, input pipeline, end-to-end `unet train`),
 `benchmarks/accuracy.py` (Dice/IoU on the shared data sets), `benchmarks/robustness.py`
-(simulated other-hospital X-rays), `benchmarks/onednn_profile.py` (where a step's time
-goes) and `benchmarks/feeding.py` (how the step is fed). Newest at the bottom.
+(simulated other-hospital X-rays) and `benchmarks/feeding.py` (how the step is fed);
+`benchmarks/onednn_profile.py` (where a step's time goes) only prints, and its figures
+were copied here by hand. Newest at the bottom.
 Each section says when, on which machine and with which load it was measured.
 """
 
