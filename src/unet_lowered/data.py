@@ -15,7 +15,8 @@ Steps, each a small public piece:
 4. :class:`SegmentationSequence` (a ``keras.utils.PyDataset``) augments on the fly
    (:mod:`unet_lowered.augment`), standardises each image and yields NumPy batches,
    so it works with every Keras backend; on TensorFlow, :func:`as_tf_dataset` hands
-   the same batches to ``fit`` without tf.data's autotuning stalls.
+   the same batches to ``fit`` without tf.data's autotuning stalls, made ahead on a
+   lowest-priority thread so that they do not slow the training step.
 
 Memory: cached images are stored as ``uint16`` (the ``[0, 1]`` values times 65535):
 the same two bytes per value as float16 but with uniform 16-bit precision, so
