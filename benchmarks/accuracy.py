@@ -39,10 +39,10 @@ SOURCES = {
 
 def run_one(name: str, work: Path, epochs: int | None) -> dict:
     """Prepare, train with defaults, evaluate on the validation split; return the figures."""
-    from unet_lowered import config as config_mod
-    from unet_lowered.convert import prepare
-    from unet_lowered.evaluate import evaluate_run
-    from unet_lowered.train import train
+    from unet_lowered.dataset.prepare import prepare
+    from unet_lowered.evaluation.evaluate import evaluate_run
+    from unet_lowered.training import config as config_mod
+    from unet_lowered.training.train import train
 
     src = SOURCES[name]
     if not src.is_dir():
@@ -86,9 +86,11 @@ def _rows(path: Path) -> list[dict]:
 
 def _isbi_rand_error(run: Path, data: Path, rows: list[dict]) -> float:
     """Mean foreground-restricted Rand error of the cells (4-connected) over validation slices."""
-    from unet_lowered import metrics, runs
-    from unet_lowered.images import read_image
-    from unet_lowered.predict import predict_image
+    from unet_lowered.dataset.masks import label_components
+    from unet_lowered.evaluation import metrics
+    from unet_lowered.inference.predictor import predict_image
+    from unet_lowered.io import runs
+    from unet_lowered.io.images import read_image
 
     loaded = runs.load_run(run)
     model = loaded.model()
@@ -97,9 +99,9 @@ def _isbi_rand_error(run: Path, data: Path, rows: list[dict]) -> float:
         image = read_image(data / "train" / "images" / f"{row['id']}.png")
         truth = read_image(data / "train" / "masks" / f"{row['id']}.png") > 0
         probs = predict_image(model, image, loaded.config)
-        pred = probs[..., 0] >= loaded.threshold
+        pred = probs[..., 0] >= loaded.config.threshold
         errors.append(
-            metrics.rand_error(metrics.label_components(truth), metrics.label_components(pred))
+            metrics.rand_error(label_components(truth, 4)[0], label_components(pred, 4)[0])
         )
     return statistics.fmean(errors)
 
@@ -166,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             + (f" --epochs {args.epochs}" if args.epochs else "")
             + "`\n\n"
         )
-        from unet_lowered import atomic
+        from unet_lowered.io import atomic
 
         results_md = ROOT / "benchmarks" / "RESULTS.md"
         atomic.write_text(results_md, results_md.read_text() + header + text + "\n")

@@ -12,7 +12,7 @@ precision on a prepared folder:
 * ``fit, generator thread``: ``model.fit`` on ``from_generator`` over the
   ``SegmentationSequence`` with one batch prefetched by tf.data (normal priority:
   what ``unet train`` did before);
-* ``fit, as unet train``: ``model.fit`` on :func:`unet_lowered.data.as_tf_dataset`
+* ``fit, as unet train``: ``model.fit`` on :func:`unet_lowered.training.feed.as_tf_dataset`
   (batches made ahead by one lowest-priority thread);
 * ``whole unet train epoch``: the same, plus what ``unet train`` adds to each epoch:
   validation (``as_tf_dataset`` over the validation sequence) and the product's
@@ -80,26 +80,24 @@ def main(argv: list[str] | None = None) -> int:
     import keras
     import tensorflow as tf
 
-    from unet_lowered import data as data_mod
-    from unet_lowered.config import TrainConfig
-    from unet_lowered.losses import DiceMetric, IoUMetric, get_loss
+    from unet_lowered.dataset.pairs import load_prepared
     from unet_lowered.model import unet
-    from unet_lowered.train import (
-        _callbacks,
-        _deterministic_ops,
-        _Guard,
-        _optimizer,
-        resolve_precision,
-    )
+    from unet_lowered.training.callbacks import Guard, standard_callbacks
+    from unet_lowered.training.config import TrainConfig
+    from unet_lowered.training.feed import as_tf_dataset
+    from unet_lowered.training.losses import get_loss
+    from unet_lowered.training.metrics import DiceMetric, IoUMetric
+    from unet_lowered.training.sequence import EpochSync, make_sequences
+    from unet_lowered.training.train import _deterministic_ops, _optimizer, resolve_precision
 
     cfg = TrainConfig(image_size=args.size, batch_size=args.batch).validate()
     keras.utils.set_random_seed(cfg.seed)
     _deterministic_ops()
     precision = resolve_precision(cfg.precision)
     keras.mixed_precision.set_global_policy(precision)
-    dataset = data_mod.load_prepared(args.data)
+    dataset = load_prepared(args.data)
     split = dataset.split(cfg.val_fraction, cfg.seed)
-    train_seq, val_seq = data_mod.make_sequences(dataset, split, cfg, augment=True)
+    train_seq, val_seq = make_sequences(dataset, split, cfg, augment=True)
     steps, n_images = len(train_seq), len(split["train"])
     model = unet(input_shape=(args.size, args.size, dataset.channels), num_classes=1)
     model.compile(
@@ -121,10 +119,10 @@ def main(argv: list[str] | None = None) -> int:
 
     run_dir = Path(tempfile.mkdtemp(prefix="feeding-"))
     product_callbacks = [
-        data_mod.EpochSync(train_seq),
+        EpochSync(train_seq),
         *[
             c
-            for c in _callbacks(
+            for c in standard_callbacks(
                 run_dir, cfg, {"epoch": 0, "best": -1.0, "best_epoch": None}, val_seq, resume=False
             )
             if not isinstance(c, keras.callbacks.TensorBoard)
@@ -132,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
 
     for c in product_callbacks:  # one fit call per epoch: keep the checks' epoch schedule
-        if isinstance(c, _Guard):
+        if isinstance(c, Guard):
             c.set_params = lambda params, c=c: keras.callbacks.Callback.set_params(
                 c, {**params, "epochs": cfg.epochs}
             )
@@ -173,11 +171,11 @@ def main(argv: list[str] | None = None) -> int:
         elif variant == "fit, generator thread":
             feed = generator_thread()
         else:
-            feed = data_mod.as_tf_dataset(train_seq)
+            feed = as_tf_dataset(train_seq)
         fit_args: dict = {"epochs": 1}
         if variant == "whole `unet train` epoch":
             fit_args = {
-                "validation_data": data_mod.as_tf_dataset(val_seq),
+                "validation_data": as_tf_dataset(val_seq),
                 "initial_epoch": epoch,
                 "epochs": epoch + 1,
                 "callbacks": product_callbacks,

@@ -2,7 +2,7 @@
 
 Makes a run folder holding an (untrained) U-Net at the default 25% width, depth 4,
 256x256 tiles, writes a synthetic 16-bit gray image of SIZE x SIZE, then runs
-:func:`unet_lowered.predict.predict_files` on it in a fresh child process and
+:func:`unet_lowered.inference.batch.predict_files` on it in a fresh child process and
 reports that process's peak resident set size (``resource.getrusage``), before
 and after prediction, so TensorFlow's fixed cost is visible apart from the image's.
 
@@ -29,7 +29,7 @@ def make_inputs(work: Path, size: int, tile: int) -> tuple[Path, Path]:
     import numpy as np
 
     import unet_lowered  # noqa: F401  (sets the Keras backend)
-    from unet_lowered import images
+    from unet_lowered.io import images
     from unet_lowered.model import unet
 
     run = work / "run"
@@ -68,8 +68,9 @@ def make_inputs(work: Path, size: int, tile: int) -> tuple[Path, Path]:
 def child(run: str, image: str, out: str, tta: bool, batch_size: int) -> None:
     """Predict in this process and print a JSON line with peak RSS and time."""
     import unet_lowered  # noqa: F401
-    from unet_lowered.predict import PredictOptions, predict_files
-    from unet_lowered.runs import load_run
+    from unet_lowered.inference.batch import predict_files
+    from unet_lowered.inference.predictor import PredictOptions
+    from unet_lowered.io.runs import load_run
 
     load_run(run).model()  # import TensorFlow and build a model once: the fixed cost
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

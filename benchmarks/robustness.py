@@ -1,7 +1,7 @@
 """Robustness of a trained run to chest X-rays that look as if from other hospitals.
 
 We have no X-rays from other scanners, so shifts are simulated: every validation
-image of a run is perturbed at its original size (as ``unet_lowered.images.read_image``
+image of a run is perturbed at its original size (as ``unet_lowered.io.images.read_image``
 decodes it) and predicted through the product's own path, exactly as ``unet evaluate
 RUN DATA --split val`` does (``predict_images`` then ``probs_to_mask`` with the default
 ``PredictOptions``). Geometric perturbations are applied identically to the mask
@@ -51,11 +51,14 @@ import zlib
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 from speed import cores, cpu_model  # benchmarks/speed.py, beside this script
+
+if TYPE_CHECKING:
+    from unet_lowered.training.config import RunConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
@@ -268,7 +271,7 @@ def image_rng(ident: str, name: str) -> np.random.Generator:
 
 def score_run(
     run_dir: str | os.PathLike, data: str | os.PathLike, split: str = "val"
-) -> tuple[dict[str, list[dict[str, float]]], dict[str, Any], int]:
+) -> tuple[dict[str, list[dict[str, float]]], RunConfig, int]:
     """Predict every perturbation of every selected image and score it.
 
     Args:
@@ -279,18 +282,23 @@ def score_run(
 
     Returns:
         ``(rows, config, n_images)``: per perturbation name, one score row per image
-        (keys of :func:`unet_lowered.evaluate.score_image`); the run's config.
+        (keys of :func:`unet_lowered.evaluation.evaluate.score_image`); the run's config.
 
     Raises:
         UnetError: Bad run or data folder, an unknown split, or a mask whose size
             differs from its image.
     """
-    from unet_lowered import images
-    from unet_lowered.data import load_prepared
+    from unet_lowered.dataset.pairs import load_prepared
     from unet_lowered.errors import UnetError
-    from unet_lowered.evaluate import SPLITS, _select, read_truth, score_image
-    from unet_lowered.predict import PredictOptions, predict_images, probs_to_mask, resolve_mode
-    from unet_lowered.runs import load_run
+    from unet_lowered.evaluation.evaluate import SPLITS, _select, read_truth, score_image
+    from unet_lowered.inference.predictor import (
+        PredictOptions,
+        predict_images,
+        probs_to_mask,
+        resolve_mode,
+    )
+    from unet_lowered.io import images
+    from unet_lowered.io.runs import load_run
 
     if split not in SPLITS:
         raise UnetError(f"unknown --split {split!r}; use one of: {', '.join(SPLITS)}")
@@ -351,21 +359,22 @@ def table(rows: dict[str, list[dict[str, float]]]) -> str:
 # ---------------------------------------------------------------- report
 
 
-def run_settings(config: dict[str, Any]) -> str:
+def run_settings(config: RunConfig) -> str:
     """The run's key training settings (input size, epochs, augmentation) in one line."""
-    h, w = config.get("image_size", ["?", "?"])
+    h, w = config.image_size
+    settings = config.settings
     keys = ("flip_lr", "flip_ud", "rotate", "scale", "shift", "elastic", "intensity")
-    augment = ", ".join(f"{k} {config[k]}" for k in keys if k in config)
+    augment = ", ".join(f"{k} {getattr(settings, k)}" for k in keys)
     return (
-        f"image_size {h}x{w}, epochs {config.get('epochs', '?')}, "
-        f"batch_size {config.get('batch_size', '?')}, input_mode "
-        f"{config.get('input_mode', '?')}, CLAHE preprocessing {config.get('clahe', '?')}; "
+        f"image_size {h}x{w}, epochs {settings.epochs}, "
+        f"batch_size {settings.batch_size}, input_mode "
+        f"{config.input_mode}, CLAHE preprocessing {config.clahe}; "
         f"augmentation: {augment}"
     )
 
 
 def report(
-    text: str, config: dict[str, Any], args: argparse.Namespace, n_images: int, seconds: float
+    text: str, config: RunConfig, args: argparse.Namespace, n_images: int, seconds: float
 ) -> str:
     """The RESULTS.md section: header, machine, run settings, command, table."""
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -395,8 +404,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     import unet_lowered  # noqa: F401  (default Keras backend)
-    from unet_lowered import atomic
     from unet_lowered.errors import UnetError
+    from unet_lowered.io import atomic
 
     started = time.perf_counter()
     try:

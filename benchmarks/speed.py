@@ -24,9 +24,10 @@ Everything runs in ONE process so that the comparison is fair on a shared machin
    inference = forward FLOPs, training = 3 x forward (forward, gradient of the
    activations, gradient of the weights).
 
-3. The input pipeline alone (decode + augment + batch, ``unet_lowered.data``) and
-   end-to-end ``unet train`` (``unet_lowered.train.train``, input pipeline and validation
-   included) on a prepared folder, against the bare training step measured in (1).
+3. The input pipeline alone (decode + augment + batch, ``unet_lowered.training.sequence``)
+   and end-to-end ``unet train`` (``unet_lowered.training.train.train``, input pipeline
+   and validation included) on a prepared folder, against the bare training step
+   measured in (1).
    These sections are skipped with a note when the modules they need are missing.
 
 4. Peak memory (resident set size of the process) after each section.
@@ -177,7 +178,7 @@ def cpu_flags() -> set[str]:
 
 def make_batch(batch: int, size: int) -> tuple[np.ndarray, np.ndarray]:
     """A batch of synthetic chest X-rays, standardised, and their masks: (B, S, S, 1) float32."""
-    from unet_lowered.synth import synth_pair
+    from unet_lowered.demo.synth import synth_pair
 
     rng = np.random.default_rng(0)
     xs, ys = [], []
@@ -209,9 +210,9 @@ def keras_model(size: int, policy: str):
 def keras_loss():
     """The product's default loss (BCE + Dice on logits); a local copy until get_loss lands."""
     try:
-        from unet_lowered.losses import get_loss
+        from unet_lowered.training.losses import get_loss
 
-        return get_loss("bce+dice", 1), "unet_lowered.losses.get_loss('bce+dice')"
+        return get_loss("bce+dice", 1), "unet_lowered.training.losses.get_loss('bce+dice')"
     except ImportError:
         pass
     import keras
@@ -229,7 +230,7 @@ def keras_loss():
         return bce + 1 - dice
 
     del keras
-    return bce_dice, "local BCE+Dice (unet_lowered.losses.get_loss not available)"
+    return bce_dice, "local BCE+Dice (unet_lowered.training.losses.get_loss not available)"
 
 
 def keras_configs(
@@ -363,7 +364,7 @@ def prepared_folder(args: argparse.Namespace, tmp: Path) -> tuple[Path | None, s
         if SHARED_JSRT.is_dir():
             src = SHARED_JSRT
         else:
-            from unet_lowered.synth import make_dataset
+            from unet_lowered.demo.synth import make_dataset
 
             src = make_dataset(tmp / "synth", count=200, test_count=0, size=args.size, seed=0)
     src = Path(src)
@@ -384,15 +385,16 @@ def prepared_folder(args: argparse.Namespace, tmp: Path) -> tuple[Path | None, s
 
 def pipeline_rate(prepared: Path, args: argparse.Namespace) -> dict:
     """Images/s of the training input pipeline alone: one cold pass, then one warm pass."""
-    from unet_lowered import data as data_mod
-    from unet_lowered.config import TrainConfig
+    from unet_lowered.dataset.pairs import load_prepared
     from unet_lowered.model import output_size
+    from unet_lowered.training.config import TrainConfig
+    from unet_lowered.training.sequence import make_sequences
 
     cfg = TrainConfig(image_size=args.size, batch_size=args.batch).validate()
-    dataset = data_mod.load_prepared(prepared)
+    dataset = load_prepared(prepared)
     split = dataset.split(cfg.val_fraction, cfg.seed)
     out_hw = output_size((args.size, args.size), cfg.depth, cfg.padding)
-    train_seq, _ = data_mod.make_sequences(dataset, split, cfg, augment=True, output_size=out_hw)
+    train_seq, _ = make_sequences(dataset, split, cfg, augment=True, output_size=out_hw)
     rates = []
     for _ in range(2):
         images, start = 0, time.perf_counter()
@@ -423,8 +425,8 @@ class _EpochClock(threading.Thread):
 
 def train_rate(prepared: Path, args: argparse.Namespace, tmp: Path) -> dict:
     """End-to-end `unet train` for a few epochs: images/s per epoch, validation included."""
-    from unet_lowered.config import TrainConfig
-    from unet_lowered.train import train
+    from unet_lowered.training.config import TrainConfig
+    from unet_lowered.training.train import train
 
     run = tmp / "run"
     cfg = TrainConfig(image_size=args.size, batch_size=args.batch, epochs=args.epochs)

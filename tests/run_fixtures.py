@@ -63,3 +63,10 @@ def disk_image(
     image = np.where(mask, 0.8 * top, 0.15 * top) + rng.normal(0, 0.02 * top, mask.shape)
     image = cv2.GaussianBlur(image, (0, 0), 1.0)
     return np.clip(image, 0, top).astype(dtype), mask
+
+
+def run_config(values: dict[str, Any] | None = None, **more: Any):
+    """A :class:`RunConfig` from ``config.json``-style values (image size 32 unless given)."""
+    from unet_lowered.training.config import RunConfig
+
+    return RunConfig.from_json({"image_size": [32, 32], **(values or {}), **more})

@@ -244,10 +244,10 @@ def test_valid_input_sizes():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"padding": "full"}, "unknown padding 'full'; use one of: same, valid"),
+        ({"padding": "full"}, "unknown --padding 'full'; use one of: same, valid"),
         (
             {"upsampling": "nearest"},
-            "unknown upsampling 'nearest'; use one of: transpose, bilinear",
+            "unknown --upsampling 'nearest'; use one of: transpose, bilinear",
         ),
         ({"num_classes": 0}, "num_classes must be 1"),
         ({"depth": 0}, "depth .* must be at least 1"),

@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from unet_lowered import preprocess, runs
+from unet_lowered import preprocess
 from unet_lowered.errors import UnetError
+from unet_lowered.io import runs
 
 
 def test_to_unit_scales_by_the_image_own_range() -> None:
@@ -69,8 +70,8 @@ def test_load_run_errors_say_what_is_missing(tmp_path: Path) -> None:
         runs.load_run(tmp_path)
     (tmp_path / "model.keras").write_bytes(b"not a model")
     run = runs.load_run(tmp_path / "model.keras")  # the .keras file names its folder
-    assert run.image_size == (32, 48)
-    assert (run.channels, run.num_classes, run.threshold) == (3, 1, 0.5)
+    assert run.config.image_size == (32, 48)
+    assert (run.config.channels, run.config.num_classes, run.config.threshold) == (3, 1, 0.5)
     assert run.split() == {"train": [], "val": []}
     with pytest.raises(UnetError, match="not a loadable Keras model"):
         run.model()

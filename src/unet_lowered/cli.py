@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 import unet_lowered
+from unet_lowered import options as names
 from unet_lowered.errors import UnetError
 
 app = typer.Typer(
@@ -113,7 +114,8 @@ def prepare_cmd(
 
     Example: unet prepare data/raw data/prepared
     """
-    from unet_lowered.convert import DatasetError, prepare, print_report
+    from unet_lowered.dataset.prepare import DatasetError, prepare
+    from unet_lowered.dataset.report import print_report
 
     try:
         report = prepare(
@@ -153,7 +155,8 @@ def check_cmd(
 
     Example: unet check data/raw --strict
     """
-    from unet_lowered.convert import check, print_report
+    from unet_lowered.dataset.prepare import check
+    from unet_lowered.dataset.report import print_report
 
     report = check(
         path,
@@ -204,7 +207,9 @@ def export(
     model: Annotated[
         Path, typer.Argument(help="A .keras file or a run folder (uses RUN/model.keras).")
     ],
-    format: Annotated[str, typer.Option("--format", "-f", help="onnx or saved_model.")] = "onnx",
+    format: Annotated[
+        str, typer.Option("--format", "-f", help=" or ".join(names.EXPORT_FORMATS) + ".")
+    ] = "onnx",
     out: Annotated[
         Path | None,
         typer.Option(
@@ -223,7 +228,7 @@ def export(
     The exported model takes float32 images (B, H, W, C), preprocessed as for training,
     and returns logits (B, h, w, classes). ONNX needs: pip install 'unet-lowered[onnx]'.
     """
-    from unet_lowered.export import export_model
+    from unet_lowered.inference.export import export_model
 
     result = export_model(model, format, out, overwrite=overwrite, check=check)
     diff = result["max_abs_diff"]
@@ -234,8 +239,7 @@ def export(
     )
 
 
-# ---------------------------------------------------------------- train, evaluate, plot
-# (commands for train.py / evaluate.py / plots.py go here)
+# ---------------------------------------------------------------- train, plot
 
 
 @app.command()
@@ -282,16 +286,23 @@ def train(
     batch_size: Annotated[int | None, typer.Option(help="Batch size [default: 4].")] = None,
     loss: Annotated[
         str | None,
-        typer.Option(help="bce+dice | bce | dice | focal | weighted-bce [default: bce+dice]."),
+        typer.Option(
+            help=f"{' | '.join(names.LOSSES)}; aliases "
+            + ", ".join(f"{a}={b}" for a, b in names.LOSS_ALIASES.items())
+            + " [default: bce+dice]."
+        ),
     ] = None,
     optimizer: Annotated[
-        str | None, typer.Option(help="adam | sgd (momentum 0.99, the paper) [default: adam].")
+        str | None,
+        typer.Option(
+            help=f"{' | '.join(names.OPTIMIZERS)} (sgd: momentum 0.99, the paper) [default: adam]."
+        ),
     ] = None,
     learning_rate: Annotated[
         float | None, typer.Option("--lr", help="Learning rate [default: 1e-3 adam, 1e-2 sgd].")
     ] = None,
     schedule: Annotated[
-        str | None, typer.Option(help="cosine | plateau | none [default: cosine].")
+        str | None, typer.Option(help=f"{' | '.join(names.SCHEDULES)} [default: cosine].")
     ] = None,
     patience: Annotated[
         int | None, typer.Option(help="Early stopping patience on val Dice [default: 15].")
@@ -299,7 +310,7 @@ def train(
     precision: Annotated[
         str | None,
         typer.Option(
-            help="auto | float32 | mixed_bfloat16 (auto: bf16 on CPUs with AVX512-BF16/AMX) [default: auto]."
+            help=f"{' | '.join(names.PRECISIONS)} (auto: bf16 on CPUs with AVX512-BF16/AMX) [default: auto]."
         ),
     ] = None,
     base_filters: Annotated[
@@ -307,7 +318,8 @@ def train(
     ] = None,
     depth: Annotated[int | None, typer.Option(help="Number of poolings [default: 4].")] = None,
     padding: Annotated[
-        str | None, typer.Option(help="same | valid (the paper) [default: same].")
+        str | None,
+        typer.Option(help=f"{' | '.join(names.PADDINGS)} (valid: the paper) [default: same]."),
     ] = None,
     batch_norm: Annotated[
         bool | None, typer.Option("--batch-norm/--no-batch-norm", help="[default: off].")
@@ -353,8 +365,8 @@ def train(
     ] = None,
 ) -> None:
     """Train the U-Net on a prepared folder; writes model, config, history, metrics to --out."""
-    from unet_lowered import config as config_mod
-    from unet_lowered import train as train_mod
+    from unet_lowered.training import config as config_mod
+    from unet_lowered.training import train as train_mod
 
     overrides = {
         "image_size": image_size,
@@ -406,14 +418,13 @@ def plot(
     worst: Annotated[int, typer.Option(help="Cases in worst.png (needs `unet evaluate`).")] = 4,
 ) -> None:
     """Save loss/Dice curves, validation samples and the worst evaluated cases as PNG in RUN."""
-    from unet_lowered.plots import plot_run
+    from unet_lowered.evaluation.plots import plot_run
 
     for path in plot_run(run, samples=samples, worst=worst):
         typer.echo(f"wrote {path}")
 
 
-# ---------------------------------------------------------------- predict
-# (commands for predict.py go here)
+# ---------------------------------------------------------------- predict, evaluate
 
 _MODE_HELP = (
     "resize: predict at the training size and resize the probabilities back; tile: "
@@ -421,8 +432,8 @@ _MODE_HELP = (
     "auto: tile for crop-trained runs, else resize."
 )
 _TTA_HELP = (
-    "With --tta: auto (the flips the run was trained with; an error if none), lr, ud, "
-    "flips, or dihedral (flips + 90-degree rotations)."
+    f"With --tta: {', '.join(names.TTA_CHOICES)} (auto: the flips the run was trained "
+    "with, an error if none; dihedral: flips + 90-degree rotations)."
 )
 
 # Prediction options shared by `predict` and `evaluate` (one definition, one help text).
@@ -441,7 +452,7 @@ _BatchSize = Annotated[int, typer.Option(help="Images (resize) or tiles (tile) p
 
 def _predict_options(**kwargs):
     """PredictOptions from the shared prediction flags (imported lazily: keeps --help fast)."""
-    from unet_lowered.predict import PredictOptions
+    from unet_lowered.inference.predictor import PredictOptions
 
     return PredictOptions(**kwargs)
 
@@ -464,7 +475,8 @@ def predict(
     fill_holes: _FillHoles = False,
     min_area: _MinArea = 0,
     save_prob: Annotated[
-        str | None, typer.Option(help="Also save probabilities: png (8-bit) or npy (float32).")
+        str | None,
+        typer.Option(help="Also save probabilities: png (8-bit) or npy (float32)."),
     ] = None,
     overlay: Annotated[
         bool, typer.Option("--overlay", help="Also save <id>_overlay.png (tint + outline).")
@@ -492,7 +504,7 @@ def predict(
     exit status is 1 at the end if any failed (0 with --keep-going, unless all failed).
     Example: unet predict runs/lungs scans/ --out masks/ --keep-largest 2 --fill-holes --overlay
     """
-    from unet_lowered.predict import exit_status, predict_files
+    from unet_lowered.inference.batch import exit_status, predict_files
 
     options = _predict_options(
         mode=mode,
@@ -560,7 +572,7 @@ def evaluate(
     left out of the HD95 statistics). Prints mean/median/std and the 5 worst ids.
     Example: unet evaluate runs/lungs data/jsrt --split val --keep-largest 2 --fill-holes
     """
-    from unet_lowered.evaluate import evaluate_run
+    from unet_lowered.evaluation.evaluate import evaluate_run
 
     options = _predict_options(
         mode=mode,
@@ -577,7 +589,6 @@ def evaluate(
 
 
 # ---------------------------------------------------------------- synth, demo
-# (commands for synth.py / demo.py go here)
 
 
 @app.command()
@@ -596,7 +607,7 @@ def demo(
     Needs no data and no internet; takes a few minutes on 2 CPU cores. Re-running replaces
     the previous demo folder.
     """
-    from unet_lowered.demo import DemoSettings, run_demo
+    from unet_lowered.demo.pipeline import DemoSettings, run_demo
 
     settings = DemoSettings(count=count, size=size, epochs=epochs, seed=seed)
     run_demo(out, settings, overwrite=overwrite, echo=typer.echo)
@@ -618,7 +629,7 @@ def synth(
     """
     import time
 
-    from unet_lowered.synth import make_dataset
+    from unet_lowered.demo.synth import make_dataset
 
     start = time.perf_counter()
     path = make_dataset(out, count, test_count, size, seed, overwrite)

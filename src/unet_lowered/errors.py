@@ -1,9 +1,12 @@
-"""The one exception class for user mistakes.
+"""The exception classes for user mistakes.
 
 Library code raises :class:`UnetError` (a ``ValueError``) for anything the user
 can fix: a missing file, a bad option, a corrupt image. The CLI prints its
 message on one line and exits with status 1, never a traceback. Messages say
 what was wrong, where (the file), and how to fix it.
+
+Subclasses carry the structure a caller needs, so that nobody has to parse it
+back out of the message: :class:`SettingError` names the setting at fault.
 """
 
 from __future__ import annotations
@@ -11,3 +14,22 @@ from __future__ import annotations
 
 class UnetError(ValueError):
     """A problem with the user's input or options, with a message that says how to fix it."""
+
+
+class SettingError(UnetError):
+    """A bad value for one setting (``--loss``, ``epochs``, ...).
+
+    Attributes:
+        setting: The setting's name with underscores (``"image_size"``), as in a
+            config file, so a caller can tell which file or flag the value came from.
+    """
+
+    def __init__(self, setting: str, message: str) -> None:
+        super().__init__(message)
+        self.setting = setting
+
+
+def listing(names: list[str] | tuple[str, ...], limit: int = 5) -> str:
+    """``"a, b, c, ... 7 more"``: the first ``limit`` names, for one-line messages."""
+    shown = ", ".join(str(n) for n in names[:limit])
+    return shown + (f", ... {len(names) - limit} more" if len(names) > limit else "")

@@ -16,6 +16,7 @@ from typing import Any
 import keras
 from keras import layers
 
+from unet_lowered import options
 from unet_lowered.errors import UnetError
 
 PAPER_BASE_FILTERS = 64
@@ -23,9 +24,6 @@ PAPER_BASE_FILTERS = 64
 
 DEFAULT_BASE_FILTERS = 16
 """Our default: 25% of the paper's width, 16-32-64-128-256 filters."""
-
-PADDINGS = ("same", "valid")
-UPSAMPLINGS = ("transpose", "bilinear")
 
 
 def unet(
@@ -182,12 +180,10 @@ def _check_options(
         raise UnetError(f"num_classes must be 1 (binary) or more, got {num_classes}")
     if depth < 1:
         raise UnetError(f"depth (the number of poolings) must be at least 1, got {depth}")
-    if padding not in PADDINGS:
-        raise UnetError(f"unknown padding {padding!r}; use one of: {', '.join(PADDINGS)}")
+    options.choose(padding, options.PADDINGS, "padding")
     if not 0 <= dropout < 1:
         raise UnetError(f"dropout must be in [0, 1), got {dropout}")
-    if upsampling not in UPSAMPLINGS:
-        raise UnetError(f"unknown upsampling {upsampling!r}; use one of: {', '.join(UPSAMPLINGS)}")
+    options.choose(upsampling, options.UPSAMPLINGS, "upsampling")
 
 
 # ---------------------------------------------------------------- sizes
@@ -231,8 +227,7 @@ def output_size(
     if not isinstance(input_size, numbers.Integral):
         return tuple(output_size(int(s), depth, padding) for s in input_size)
     input_size = int(input_size)
-    if padding not in PADDINGS:
-        raise UnetError(f"unknown padding {padding!r}; use one of: {', '.join(PADDINGS)}")
+    options.choose(padding, options.PADDINGS, "padding")
     out = _output_size_or_none(input_size, depth, padding)
     if out is None:
         near = " or ".join(str(s) for s in nearest_valid_sizes(input_size, depth, padding))

@@ -2,7 +2,8 @@
 
 One function, :func:`model_input`, turns a decoded image (any size, 8 or 16 bit,
 gray or RGB) into what the network sees, so training and inference can never
-drift apart:
+drift apart. Training caches the result of steps 1-4 (:func:`prepare_image`) and
+augments it before step 5; inference runs all five:
 
 1. channels converted to what the model was trained on (1 gray or 3 RGB);
 2. optional CLAHE (contrast-limited adaptive histogram equalisation);
@@ -12,8 +13,8 @@ drift apart:
 5. standardised per image to zero mean and unit variance (robust to the
    brightness and contrast differences between scanners and hospitals).
 
-Training inserts augmentation between steps 4 and 5 (:func:`to_unit` and
-:func:`standardize` are public for that).
+This module sits at the top of the package, beside the model, because both
+training and inference read it: it is the network's input contract.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from unet_lowered.images import to_channels
+from unet_lowered.io.images import to_channels
 
 
 def to_unit(image: np.ndarray) -> np.ndarray:
@@ -75,23 +76,23 @@ def standardize(x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
     return (x - x.mean()) / max(float(x.std()), eps)
 
 
-def model_input(
+def prepare_image(
     image: np.ndarray,
     channels: int,
     size: tuple[int, int] | None,
     clahe: bool = False,
 ) -> np.ndarray:
-    """Turn a decoded image into the network's input.
+    """Steps 1-4: channels, optional CLAHE, ``[0, 1]`` scaling, resize.
 
     Args:
         image: ``(H, W)`` or ``(H, W, 3)`` uint8/uint16 array from
-            :func:`unet_lowered.images.read_image`.
+            :func:`unet_lowered.io.images.read_image`.
         channels: 1 or 3, as the model was trained.
-        size: ``(height, width)`` to resize to, or None to keep the size (tiling).
+        size: ``(height, width)`` to resize to, or None to keep the size (tiling, crops).
         clahe: Apply CLAHE first.
 
     Returns:
-        float32 array of shape ``(height, width, channels)``, standardised.
+        float32 ``(height, width, channels)`` in ``[0, 1]``.
     """
     image = to_channels(image, channels)
     if clahe:
@@ -99,4 +100,26 @@ def model_input(
     x = to_unit(image)
     if size is not None:
         x = resize_image(x, size)
-    return standardize(x)
+    return x
+
+
+def model_input(
+    image: np.ndarray,
+    channels: int,
+    size: tuple[int, int] | None,
+    clahe: bool = False,
+) -> np.ndarray:
+    """Turn a decoded image into the network's input: :func:`prepare_image`, then
+    :func:`standardize`.
+
+    Args:
+        image: ``(H, W)`` or ``(H, W, 3)`` uint8/uint16 array from
+            :func:`unet_lowered.io.images.read_image`.
+        channels: 1 or 3, as the model was trained.
+        size: ``(height, width)`` to resize to, or None to keep the size (tiling).
+        clahe: Apply CLAHE first.
+
+    Returns:
+        float32 array of shape ``(height, width, channels)``, standardised.
+    """
+    return standardize(prepare_image(image, channels, size, clahe))

@@ -1,0 +1,237 @@
+"""Evaluation of a run on images with masks: ``unet evaluate``.
+
+Every image is predicted at its ORIGINAL size through the same path as
+``unet predict`` (:func:`unet_lowered.inference.predictor.predict_images`, then
+threshold and optional post-processing), and compared with its mask at that size
+by the metrics of :mod:`unet_lowered.evaluation.metrics`. Masks are read by the
+rule training uses (:func:`unet_lowered.dataset.masks.read_mask`). Empty masks follow the rule stated there:
+both empty gives Dice 1 (HD95 0); exactly one empty gives Dice 0 (HD95 infinite,
+left out of the HD95 statistics and counted in ``n_nonfinite``).
+
+Outputs (into ``RUN/eval/`` unless told otherwise), each written atomically:
+
+* ``per_image.csv``: ``id, dice, iou, precision, recall, hd95, fg_true, fg_pred``
+  (multi-class runs: the means over the foreground classes, then ``dice_<value>``
+  per class);
+* ``summary.json``: per metric ``n, n_nonfinite, mean, median, std, min, max``, the
+  5 worst ids by Dice, the settings used and the folders read.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unet_lowered import options as names
+from unet_lowered.dataset.masks import MaskValuesError, read_mask, to_classes
+from unet_lowered.dataset.pairs import PreparedData, load_prepared
+from unet_lowered.errors import UnetError
+from unet_lowered.evaluation import metrics
+from unet_lowered.inference.predictor import (
+    PredictOptions,
+    predict_images,
+    probs_to_mask,
+    resolve_mode,
+)
+from unet_lowered.io import atomic, images
+from unet_lowered.io.progress import progress_bar
+from unet_lowered.io.runs import Run, load_run
+from unet_lowered.training.config import RunConfig
+
+SPLITS = names.EVAL_SPLITS
+
+WORST = 5
+"""How many worst ids ``summary.json`` lists."""
+
+METRIC_KEYS = metrics.SCORE_KEYS
+
+
+def read_truth(path: Path, config: RunConfig, max_pixels: int) -> np.ndarray:
+    """Read a mask as training reads it: bool foreground (one class) or class indices.
+
+    :func:`unet_lowered.dataset.masks.read_mask`, then
+    :func:`~unet_lowered.dataset.masks.to_classes` with the run's classes and label values.
+
+    Raises:
+        UnetError: Unreadable mask, a colour mask for a multi-class run, or a value that
+            is neither a class index nor in the run's label values.
+    """
+    mask = read_mask(path, config.num_classes, max_pixels)
+    try:
+        classes = to_classes(mask, config.num_classes, config.label_values)
+    except MaskValuesError as e:
+        raise UnetError(f"{path}: {e}") from None
+    return classes.astype(bool) if config.num_classes == 1 else classes.astype(np.int32)
+
+
+def score_image(truth: np.ndarray, pred: np.ndarray, config: RunConfig) -> dict[str, float]:
+    """The per-image row: :func:`unet_lowered.evaluation.metrics.score` (one class) or the
+    mean of the per-class scores over the foreground classes, with ``dice_<value>`` per class."""
+    num_classes = config.num_classes
+    if num_classes == 1:
+        return metrics.score(truth, pred)
+    per_class = metrics.per_class_scores(truth, pred, num_classes)
+    row = {key: float(np.mean([s[key] for s in per_class.values()])) for key in METRIC_KEYS}
+    row["fg_true"], row["fg_pred"] = float((truth > 0).mean()), float((pred > 0).mean())
+    names_ = config.label_values or list(range(num_classes))
+    for c, s in per_class.items():
+        row[f"dice_{names_[c]}"] = s["dice"]
+    return row
+
+
+def evaluate_run(
+    run_dir: str | os.PathLike,
+    data: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    options: PredictOptions | None = None,
+    split: str = "all",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Score a run's model on a folder of images and masks, at the original image sizes.
+
+    Args:
+        run_dir: The run folder written by ``unet train``.
+        data: A prepared folder (``train/images`` + ``train/masks``) or any folder with
+            ``images/`` + ``masks/``; pairs are matched by file stem.
+        out: Output folder; default ``RUN/eval``.
+        options: Prediction and post-processing settings (as for ``unet predict``).
+        split: ``"all"`` pairs, or only the ids of the run's ``"val"`` or ``"train"``
+            split (from ``RUN/split.json``).
+        progress: Show a progress bar and print the summary table (stderr/stdout).
+
+    Returns:
+        The contents of ``summary.json``.
+
+    Raises:
+        UnetError: Bad run or data folder, unmatched ids, a split id missing from the
+            data, or a mask whose size differs from its image.
+    """
+    options = (options or PredictOptions()).validate()
+    split = names.choose(split, SPLITS, "split")
+    run = load_run(run_dir)
+    pairs = load_prepared(data)
+    ids = _select(pairs.ids, run, split, Path(data))
+    config = run.config
+    model = run.model()
+    mode = resolve_mode(options.mode, config)
+    options = dataclasses.replace(options, mode=mode)
+    per_call = options.batch_size if mode == "resize" else 1
+    rows: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    with progress_bar(len(ids), progress, "evaluating") as advance:
+        for i in range(0, len(ids), per_call):
+            chunk = ids[i : i + per_call]
+            batch = [images.read_image(pairs.images[k], options.max_pixels) for k in chunk]
+            probs = predict_images(model, batch, config, options)
+            for ident, image, p in zip(chunk, batch, probs, strict=True):
+                truth = read_truth(pairs.masks[ident], config, options.max_pixels)
+                if truth.shape != image.shape[:2]:
+                    raise UnetError(
+                        f"{pairs.masks[ident]}: mask is {truth.shape[1]}x{truth.shape[0]} but its "
+                        f"image is {image.shape[1]}x{image.shape[0]}; masks must match their images"
+                    )
+                pred = probs_to_mask(p, config, options)
+                rows.append({"id": ident, **score_image(truth, pred, config)})
+                advance()
+    seconds = time.perf_counter() - started
+    out_dir = Path(out) if out is not None else run.dir / "eval"
+    summary = _summary(rows, run, pairs, split, options, seconds)
+    _write_rows(out_dir / "per_image.csv", rows)
+    atomic.write_json(out_dir / "summary.json", summary)
+    if progress:
+        print_summary(summary)
+    return summary
+
+
+def _select(all_ids: list[str], run: Run, split: str, data: Path) -> list[str]:
+    if split == "all":
+        return all_ids
+    split_path = run.dir / "split.json"
+    if not split_path.is_file():
+        raise UnetError(f"{split_path}: missing, so --split {split} is unknown; use --split all")
+    try:
+        wanted = json.loads(split_path.read_text())[split]
+    except (ValueError, KeyError, TypeError) as e:
+        raise UnetError(f"{split_path}: no {split!r} list of ids ({e}); use --split all") from None
+    missing = sorted(set(wanted) - set(all_ids))
+    if missing:
+        shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+        raise UnetError(
+            f"{data}: {len(missing)} id(s) of the run's {split} split are not in this folder "
+            f"({shown}); pass the data the run was trained on, or --split all"
+        )
+    if not wanted:
+        raise UnetError(f"{split_path}: the {split} split is empty; use --split all")
+    return sorted(wanted)
+
+
+def _summary(
+    rows: list[dict[str, Any]],
+    run: Run,
+    pairs: PreparedData,
+    split: str,
+    options: PredictOptions,
+    seconds: float,
+) -> dict[str, Any]:
+    keys = [k for k in rows[0] if k != "id"]
+    worst = sorted(rows, key=lambda r: (r["dice"], r["id"]))[:WORST]
+    threshold = options.threshold if options.threshold is not None else run.config.threshold
+    return {
+        "run": str(run.dir),
+        "data": str(pairs.root),
+        "images": str(pairs.image_dir),
+        "masks": str(pairs.mask_dir),
+        "split": split,
+        "n_images": len(rows),
+        "metrics": {k: metrics.summarize(r[k] for r in rows) for k in keys},
+        "worst": [{"id": r["id"], "dice": r["dice"]} for r in worst],
+        "settings": {
+            "mode": options.mode,
+            "tta": options.tta,
+            "threshold": threshold,
+            "keep_largest": options.keep_largest,
+            "fill_holes": options.fill_holes,
+            "min_area": options.min_area,
+            "overlap": options.overlap,
+        },
+        "empty_masks": "both empty: Dice 1, HD95 0; exactly one empty: Dice 0, HD95 inf (left out of HD95 stats)",
+        "seconds": round(seconds, 2),
+    }
+
+
+def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic.write_text(path, buf.getvalue())
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    """Print the summary as a table (mean, median, std, min, max per metric) and the worst ids."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(
+        title=f"{summary['n_images']} images ({summary['split']}), {summary['settings']['mode']} mode"
+    )
+    for column in ("metric", "mean", "median", "std", "min", "max"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for key, s in summary["metrics"].items():
+        cells = [
+            "-" if s[c] is None else f"{s[c]:.4f}" for c in ("mean", "median", "std", "min", "max")
+        ]
+        name = key + (f" ({s['n_nonfinite']} inf)" if s["n_nonfinite"] else "")
+        table.add_row(name, *cells)
+    console = Console()
+    console.print(table)
+    worst = ", ".join(f"{w['id']} ({w['dice']:.3f})" for w in summary["worst"])
+    console.print(f"worst by Dice: {worst}", soft_wrap=True, markup=False)

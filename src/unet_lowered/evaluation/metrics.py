@@ -1,0 +1,359 @@
+"""Evaluation metrics on masks, in plain NumPy/SciPy (no Keras; one image at a time).
+
+Masks are ``(H, W)`` or ``(H, W, 1)`` arrays, nonzero = foreground (bool, 0/1 or
+0/255; threshold probabilities before calling). All distances are in pixels.
+
+Empty masks (one rule for every overlap score):
+
+* truth and prediction both empty: Dice = IoU = precision = recall = 1, HD95 = 0
+  (nothing to find, nothing found);
+* exactly one empty: Dice = IoU = precision = recall = 0, HD95 = ``inf`` (there is
+  no surface to measure a distance to). :func:`summarize` reports how many values
+  are infinite and computes the statistics over the finite ones, so a summary
+  never turns into ``inf``/``NaN`` silently.
+
+For ISBI 2012 membrane maps, :func:`rand_error` compares connected-component
+labellings (:func:`unet_lowered.dataset.masks.label_components` with 4-connectivity,
+so that a diagonal membrane one pixel wide separates two cells) with the
+foreground-restricted Rand error of the ISBI 2012 challenge.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import numpy as np
+from scipy import ndimage
+
+from unet_lowered.errors import UnetError
+
+SCORE_KEYS: tuple[str, ...] = ("dice", "iou", "precision", "recall", "hd95", "fg_true", "fg_pred")
+"""Keys of :func:`score`, in the order a per-image table shows them."""
+
+_CROSS = ndimage.generate_binary_structure(2, 1)  # 4-neighbourhood
+
+
+def _as_mask(x: np.ndarray, what: str) -> np.ndarray:
+    """``(H, W)`` or ``(H, W, 1)`` array -> ``(H, W)`` bool (nonzero = foreground)."""
+    x = np.asarray(x)
+    if x.ndim == 3 and x.shape[-1] == 1:
+        x = x[..., 0]
+    if x.ndim != 2:
+        raise UnetError(f"{what} must be a 2-D mask (H, W) or (H, W, 1), got shape {x.shape}")
+    if x.dtype.kind == "f" and not np.all((x == 0) | (x == 1)):
+        raise UnetError(
+            f"{what} has values other than 0 and 1 (probabilities?); threshold it first, "
+            "e.g. mask = prob > 0.5"
+        )
+    return x != 0
+
+
+def _pair(true: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    t, p = _as_mask(true, "true mask"), _as_mask(pred, "predicted mask")
+    if t.shape != p.shape:
+        raise UnetError(
+            f"true mask {t.shape} and predicted mask {p.shape} differ in size; "
+            "resize the prediction to the mask's size before scoring"
+        )
+    return t, p
+
+
+def _ratio(numerator: int, denominator: int, both_empty: bool) -> float:
+    """``numerator / denominator``; a zero denominator gives 1 if both masks are empty, else 0."""
+    if denominator == 0:
+        return 1.0 if both_empty else 0.0
+    return numerator / denominator
+
+
+def _counts(true: np.ndarray, pred: np.ndarray) -> tuple[int, int, int, bool]:
+    t, p = _pair(true, pred)
+    tp = int(np.count_nonzero(t & p))
+    n_true, n_pred = int(np.count_nonzero(t)), int(np.count_nonzero(p))
+    return tp, n_true, n_pred, n_true == 0 and n_pred == 0
+
+
+def dice(true: np.ndarray, pred: np.ndarray) -> float:
+    """Dice coefficient ``2|T∩P| / (|T| + |P|)``; 1 if both masks are empty.
+
+    Args:
+        true: ground-truth mask, ``(H, W)`` or ``(H, W, 1)``, nonzero = foreground.
+        pred: predicted mask of the same size.
+
+    Returns:
+        Dice in ``[0, 1]``.
+
+    Raises:
+        UnetError: the masks differ in size, are not 2-D, or hold probabilities.
+    """
+    tp, n_true, n_pred, both_empty = _counts(true, pred)
+    return _ratio(2 * tp, n_true + n_pred, both_empty)
+
+
+def iou(true: np.ndarray, pred: np.ndarray) -> float:
+    """Intersection over union (Jaccard) ``|T∩P| / |T∪P|``; 1 if both masks are empty.
+
+    Args:
+        true: ground-truth mask, ``(H, W)`` or ``(H, W, 1)``.
+        pred: predicted mask of the same size.
+
+    Returns:
+        IoU in ``[0, 1]``.
+    """
+    tp, n_true, n_pred, both_empty = _counts(true, pred)
+    return _ratio(tp, n_true + n_pred - tp, both_empty)
+
+
+def precision(true: np.ndarray, pred: np.ndarray) -> float:
+    """Precision ``|T∩P| / |P|``; 1 if both masks are empty, 0 if only the prediction is.
+
+    Args:
+        true: ground-truth mask, ``(H, W)`` or ``(H, W, 1)``.
+        pred: predicted mask of the same size.
+
+    Returns:
+        Precision in ``[0, 1]``.
+    """
+    tp, _, n_pred, both_empty = _counts(true, pred)
+    return _ratio(tp, n_pred, both_empty)
+
+
+def recall(true: np.ndarray, pred: np.ndarray) -> float:
+    """Recall (sensitivity) ``|T∩P| / |T|``; 1 if both masks are empty, 0 if only the truth is.
+
+    Args:
+        true: ground-truth mask, ``(H, W)`` or ``(H, W, 1)``.
+        pred: predicted mask of the same size.
+
+    Returns:
+        Recall in ``[0, 1]``.
+    """
+    tp, n_true, _, both_empty = _counts(true, pred)
+    return _ratio(tp, n_true, both_empty)
+
+
+def surface(mask: np.ndarray) -> np.ndarray:
+    """The surface (outline) of a mask: its pixels with a 4-neighbour outside it.
+
+    Pixels on the image border count as surface (outside the image is background).
+
+    Args:
+        mask: ``(H, W)`` or ``(H, W, 1)`` mask.
+
+    Returns:
+        ``(H, W)`` bool array, True on the surface.
+    """
+    m = _as_mask(mask, "mask")
+    return m & ~ndimage.binary_erosion(m, structure=_CROSS, border_value=0)
+
+
+def surface_distances(true: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distances from each surface pixel of one mask to the nearest surface pixel of the other.
+
+    Uses SciPy's exact Euclidean distance transform on the joint bounding box
+    (plus one pixel), which gives the same distances as the full image.
+
+    Args:
+        true: ground-truth mask, ``(H, W)`` or ``(H, W, 1)``; must not be empty.
+        pred: predicted mask of the same size; must not be empty.
+
+    Returns:
+        ``(true_to_pred, pred_to_true)``: 1-D float64 arrays, one distance in pixels per
+        surface pixel of ``true`` and of ``pred``.
+
+    Raises:
+        UnetError: either mask is empty (no surface), or the masks do not match.
+    """
+    t, p = _pair(true, pred)
+    if not t.any() or not p.any():
+        raise UnetError("surface distances need two non-empty masks; one of them is empty")
+    rows, cols = np.nonzero(t | p)
+    r0, r1 = max(rows.min() - 1, 0), rows.max() + 2
+    c0, c1 = max(cols.min() - 1, 0), cols.max() + 2
+    st, sp = surface(t[r0:r1, c0:c1]), surface(p[r0:r1, c0:c1])
+    to_pred = ndimage.distance_transform_edt(~sp)[st]
+    to_true = ndimage.distance_transform_edt(~st)[sp]
+    return to_pred, to_true
+
+
+def hausdorff(true: np.ndarray, pred: np.ndarray, percentile: float = 100.0) -> float:
+    """Symmetric (percentile) Hausdorff distance between the mask surfaces, in pixels.
+
+    ``max(P_q(d(T→P)), P_q(d(P→T)))`` where ``d(A→B)`` are the distances of
+    :func:`surface_distances` and ``P_q`` the q-th percentile (NumPy's linear
+    interpolation), as in MONAI's ``compute_hausdorff_distance``. ``q = 100`` is
+    the classical Hausdorff distance. Both empty: 0; exactly one empty: ``inf``.
+
+    Args:
+        true: ground-truth mask, ``(H, W)`` or ``(H, W, 1)``.
+        pred: predicted mask of the same size.
+        percentile: q in ``[0, 100]``.
+
+    Returns:
+        Distance in pixels (``inf`` when exactly one mask is empty).
+    """
+    if not 0.0 <= percentile <= 100.0:
+        raise UnetError(f"percentile must be in [0, 100], got {percentile}")
+    t, p = _pair(true, pred)
+    has_t, has_p = bool(t.any()), bool(p.any())
+    if not has_t and not has_p:
+        return 0.0
+    if has_t != has_p:
+        return math.inf
+    to_pred, to_true = surface_distances(t, p)
+    return float(max(np.percentile(to_pred, percentile), np.percentile(to_true, percentile)))
+
+
+def hd95(true: np.ndarray, pred: np.ndarray) -> float:
+    """95th-percentile symmetric Hausdorff distance in pixels (see :func:`hausdorff`).
+
+    Args:
+        true: ground-truth mask, ``(H, W)`` or ``(H, W, 1)``.
+        pred: predicted mask of the same size.
+
+    Returns:
+        HD95 in pixels: 0 if both masks are empty, ``inf`` if exactly one is.
+    """
+    return hausdorff(true, pred, 95.0)
+
+
+def score(true: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """Every metric for one image.
+
+    Args:
+        true: ground-truth mask, ``(H, W)`` or ``(H, W, 1)``, nonzero = foreground.
+        pred: predicted mask of the same size.
+
+    Returns:
+        Dict with the keys of :data:`SCORE_KEYS`: ``dice``, ``iou``, ``precision``,
+        ``recall``, ``hd95`` (pixels; ``inf`` if exactly one mask is empty),
+        ``fg_true`` and ``fg_pred`` (foreground fractions of the image).
+
+    Raises:
+        UnetError: the masks differ in size, are not 2-D, or hold probabilities.
+    """
+    t, p = _pair(true, pred)
+    return {
+        "dice": dice(t, p),
+        "iou": iou(t, p),
+        "precision": precision(t, p),
+        "recall": recall(t, p),
+        "hd95": hd95(t, p),
+        "fg_true": float(t.mean()),
+        "fg_pred": float(p.mean()),
+    }
+
+
+def per_class_scores(
+    true_labels: np.ndarray, pred_labels: np.ndarray, num_classes: int
+) -> dict[int, dict[str, float]]:
+    """:func:`score` for each foreground class of a multi-class label map.
+
+    Args:
+        true_labels: ``(H, W)`` or ``(H, W, 1)`` integer labels ``0..num_classes-1``.
+        pred_labels: predicted labels of the same size (e.g. the argmax of the logits).
+        num_classes: number of classes including the background class 0 (>= 2).
+
+    Returns:
+        ``{class: score dict}`` for classes ``1..num_classes-1``.
+
+    Raises:
+        UnetError: ``num_classes < 2`` or a label outside ``0..num_classes-1``.
+    """
+    if num_classes < 2:
+        raise UnetError(f"per-class scores need num_classes >= 2, got {num_classes}")
+    t, p = np.asarray(true_labels), np.asarray(pred_labels)
+    for what, labels in (("true", t), ("predicted", p)):
+        if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+            raise UnetError(
+                f"{what} labels hold values outside 0..{num_classes - 1} "
+                f"(min {labels.min()}, max {labels.max()}); check num_classes"
+            )
+    return {c: score(t == c, p == c) for c in range(1, num_classes)}
+
+
+def summarize(values: Iterable[float]) -> dict[str, float | int | None]:
+    """Summary statistics of one metric over images, robust to ``inf``/``NaN`` values.
+
+    Statistics are computed over the finite values; ``n_nonfinite`` says how many
+    were left out (for HD95: images where exactly one mask was empty).
+
+    Args:
+        values: one value per image.
+
+    Returns:
+        Dict with ``n``, ``n_nonfinite``, and ``mean``, ``median``, ``std``, ``min``,
+        ``max`` of the finite values (None when there is none).
+    """
+    v = np.asarray(list(values), dtype=np.float64)
+    finite = v[np.isfinite(v)]
+    stats: dict[str, float | int | None] = {
+        "n": int(v.size),
+        "n_nonfinite": int(v.size - finite.size),
+    }
+    for key, fn in (
+        ("mean", np.mean),
+        ("median", np.median),
+        ("std", np.std),
+        ("min", np.min),
+        ("max", np.max),
+    ):
+        stats[key] = float(fn(finite)) if finite.size else None
+    return stats
+
+
+def rand_error(true_labels: np.ndarray, pred_labels: np.ndarray) -> float:
+    """Foreground-restricted Rand error: ``1 - `` Rand F-score (ISBI 2012 challenge).
+
+    The definition of Arganda-Carreras et al., "Crowdsourcing the creation of
+    image segmentation algorithms for connectomics", Front. Neuroanat. 9:142
+    (2015), also implemented by ``skimage.metrics.adapted_rand_error``: pixels
+    whose TRUE label is 0 (membrane/background) are left out; every predicted
+    label, 0 included, is a segment. With ``n_ij`` the number of pixels with true
+    label ``i`` and predicted label ``j``, ``t_i = sum_j n_ij``, ``s_j = sum_i n_ij``
+    and ``n`` the pixel count, counting ordered pairs of distinct pixels::
+
+        F = sum n_ij (n_ij - 1) / (0.5 sum t_i (t_i - 1) + 0.5 sum s_j (s_j - 1))
+
+    the harmonic mean of the Rand split and merge scores. The error is ``1 - F``:
+    0 for identical segmentations (up to renaming labels), near 1 for bad ones.
+    When there is no pair to compare (no true foreground, or only one-pixel
+    segments) the error is 0.
+
+    Args:
+        true_labels: ``(H, W)`` integer labels of the truth (0 = ignored).
+        pred_labels: ``(H, W)`` integer labels of the prediction, same size.
+
+    Returns:
+        The error in ``[0, 1]``.
+
+    Raises:
+        UnetError: the label maps differ in size or are not integer arrays.
+    """
+    t, p = np.asarray(true_labels), np.asarray(pred_labels)
+    if t.shape != p.shape:
+        raise UnetError(f"true labels {t.shape} and predicted labels {p.shape} differ in size")
+    if t.dtype.kind not in "iub" or p.dtype.kind not in "iub":
+        raise UnetError(
+            f"rand_error needs integer label maps (got {t.dtype} and {p.dtype}); "
+            "label masks with label_components(mask, 4) first"
+        )
+    keep = t != 0
+    t, p = t[keep].astype(np.int64), p[keep].astype(np.int64)
+    if t.size == 0:
+        return 0.0
+    # Contingency counts n_ij via unique (true, pred) pairs; labels may be large or sparse.
+    _, t_idx = np.unique(t, return_inverse=True)
+    _, p_idx = np.unique(p, return_inverse=True)
+    _, n_ij = np.unique(t_idx * (int(p_idx.max()) + 1) + p_idx, return_counts=True)
+    t_i, s_j = np.bincount(t_idx), np.bincount(p_idx)
+
+    def pairs(counts: np.ndarray) -> float:
+        counts = counts.astype(np.float64)
+        return float(np.sum(counts * (counts - 1.0)))
+
+    both, true_pairs, pred_pairs = pairs(n_ij), pairs(t_i), pairs(s_j)
+    denominator = 0.5 * true_pairs + 0.5 * pred_pairs
+    if denominator == 0.0:
+        return 0.0
+    return 1.0 - both / denominator

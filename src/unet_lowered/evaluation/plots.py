@@ -1,0 +1,162 @@
+"""``unet plot``: Matplotlib figures of a run, saved as PNG in the run folder.
+
+* ``curves.png``: loss and Dice per epoch, train and validation;
+* ``samples.png``: validation images with truth, prediction and an overlay;
+* ``worst.png``: the worst cases of the last ``unet evaluate`` (from ``eval/per_image.csv``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no screen needed
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from unet_lowered.dataset.pairs import PreparedData, load_prepared
+from unet_lowered.errors import UnetError
+from unet_lowered.evaluation.evaluate import read_truth
+from unet_lowered.inference.overlay import overlay
+from unet_lowered.inference.predictor import PredictOptions, predict_image, probs_to_mask
+from unet_lowered.io import atomic, runs
+from unet_lowered.io.images import DEFAULT_MAX_PIXELS, read_image
+
+
+def plot_curves(history_csv: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Loss and Dice curves (train and validation) from ``history.csv``.
+
+    Raises:
+        UnetError: The history file is missing or empty.
+    """
+    history_csv = Path(history_csv)
+    if not history_csv.is_file():
+        raise UnetError(f"{history_csv}: missing; train the run first (`unet train`)")
+    with open(history_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise UnetError(f"{history_csv}: no epochs recorded yet")
+    epochs = [int(r["epoch"]) for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, title in ((axes[0], "loss", "Loss"), (axes[1], "dice", "Dice (mean per image)")):
+        for prefix, style in (("", "-"), ("val_", "--")):
+            name = prefix + key
+            if name in rows[0]:
+                values = [float(r[name]) if r.get(name) else np.nan for r in rows]
+                ax.plot(epochs, values, style, label="validation" if prefix else "train")
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def plot_cases(
+    cases: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, float | None]],
+    out: str | os.PathLike,
+    title: str,
+) -> Path:
+    """One row per case: image, truth, prediction, overlay.
+
+    Args:
+        cases: ``(id, image, truth_bool, pred_bool, dice_or_None)`` tuples.
+        out: PNG path.
+        title: Figure title.
+    """
+    if not cases:
+        raise UnetError(f"nothing to plot for {out}")
+    fig, axes = plt.subplots(len(cases), 4, figsize=(12, 3 * len(cases)), squeeze=False)
+    for row, (case_id, image, truth, pred, dice) in zip(axes, cases, strict=True):
+        row[0].imshow(image, cmap="gray")
+        row[0].set_title(case_id if dice is None else f"{case_id}\nDice {dice:.3f}", fontsize=8)
+        row[1].imshow(truth, cmap="gray", vmin=0, vmax=1)
+        row[1].set_title("truth", fontsize=8)
+        row[2].imshow(pred, cmap="gray", vmin=0, vmax=1)
+        row[2].set_title("prediction", fontsize=8)
+        row[3].imshow(overlay(image, pred, truth=truth))
+        row[3].set_title("overlay (red prediction, green truth outline)", fontsize=8)
+        for ax in row:
+            ax.axis("off")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def plot_run(run_dir: str | os.PathLike, samples: int = 4, worst: int = 4) -> list[Path]:
+    """Write ``curves.png``, ``samples.png`` and (after ``unet evaluate``) ``worst.png``.
+
+    The images and masks are those of the data folder the run was trained on
+    (``samples.png``) and of the one the last evaluation read (``worst.png``), paired
+    as training pairs them (:func:`unet_lowered.dataset.pairs.load_prepared`).
+
+    Args:
+        run_dir: A run folder from ``unet train``.
+        samples: Validation images in ``samples.png``.
+        worst: Cases in ``worst.png``.
+
+    Returns:
+        The PNG files written.
+    """
+    run = runs.load_run(run_dir)
+    written = [plot_curves(run.dir / runs.HISTORY_FILE, run.dir / "curves.png")]
+    model = run.model()
+    trained_on = _pairs(run.config.data)
+    val_ids = [i for i in run.split().get("val", []) if trained_on and i in trained_on.images]
+    if val_ids[:samples]:
+        cases = [_case(model, run, trained_on, i, None) for i in val_ids[:samples]]
+        written.append(plot_cases(cases, run.dir / "samples.png", "validation samples"))
+    per_image = run.dir / "eval" / "per_image.csv"
+    if per_image.is_file():
+        with open(per_image, newline="") as f:
+            rows = sorted(csv.DictReader(f), key=lambda r: float(r["dice"]))[:worst]
+        evaluated = _pairs(_evaluated_data(run.dir / "eval")) or trained_on
+        cases = [
+            _case(model, run, evaluated, r["id"], float(r["dice"]))
+            for r in rows
+            if evaluated and r["id"] in evaluated.images
+        ]
+        if cases:
+            written.append(
+                plot_cases(cases, run.dir / "worst.png", "worst cases (last evaluation)")
+            )
+    return written
+
+
+def _case(model, run: runs.Run, pairs: PreparedData, case_id: str, dice: float | None):
+    """One row of a case figure, predicted exactly as `unet predict` does by default."""
+    image = read_image(pairs.images[case_id])
+    truth = read_truth(pairs.masks[case_id], run.config, DEFAULT_MAX_PIXELS) > 0
+    probs = predict_image(model, image, run.config)
+    pred = probs_to_mask(probs, run.config, PredictOptions()) > 0
+    return case_id, image, truth, pred, dice
+
+
+def _pairs(data: str | None) -> PreparedData | None:
+    """The pairs of a data folder, or None when it is gone or unreadable (nothing to show)."""
+    if not data:
+        return None
+    try:
+        return load_prepared(data)
+    except UnetError:
+        return None
+
+
+def _evaluated_data(eval_dir: Path) -> str | None:
+    """The data folder the last evaluation read (recorded in its summary.json)."""
+    summary = eval_dir / "summary.json"
+    if not summary.is_file():
+        return None
+    return json.loads(summary.read_text()).get("data")
+
+
+def _save(fig, out: str | os.PathLike) -> Path:
+    with atomic.atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return Path(out)

@@ -1,0 +1,361 @@
+"""``unet predict``: masks for files, folders and globs, written atomically.
+
+:func:`predict_files` expands the inputs (:func:`collect_inputs`), gives each a
+unique output id (:func:`make_ids`), and streams them one batch at a time: read,
+predict (:func:`unet_lowered.inference.predictor.predict_images`), write the mask
+and, when asked, probabilities and an overlay, then one row of
+``predictions.csv``. It never writes into the input folders, and reports
+unreadable files without stopping (:func:`exit_status` decides the exit status).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import glob
+import io
+import os
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from unet_lowered import options as names
+from unet_lowered.errors import UnetError
+from unet_lowered.inference.overlay import overlay
+from unet_lowered.inference.postprocess import count_components
+from unet_lowered.inference.predictor import (
+    PredictOptions,
+    mask_to_png,
+    predict_images,
+    probs_to_mask,
+    resolve_mode,
+)
+from unet_lowered.io import atomic, images
+from unet_lowered.io.progress import progress_bar, stderr_console
+from unet_lowered.io.runs import load_run
+from unet_lowered.training.config import RunConfig
+
+CSV_FILE = "predictions.csv"
+CSV_COLUMNS = (
+    "id",
+    "source",
+    "width",
+    "height",
+    "foreground_fraction",
+    "components",
+    "seconds",
+    "status",
+)
+
+# ---------------------------------------------------------------- files
+
+
+@dataclass
+class PredictReport:
+    """What :func:`predict_files` did.
+
+    Attributes:
+        out_dir: The output folder.
+        written: Ids whose outputs were written.
+        failed: ``(source path, message)`` for each input that could not be read or predicted.
+        csv_path: ``predictions.csv``.
+    """
+
+    out_dir: Path
+    written: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    csv_path: Path | None = None
+
+
+def collect_inputs(inputs: Sequence[str | os.PathLike], recursive: bool = False) -> list[Path]:
+    """Expand files, folders and glob patterns into a sorted list of distinct files.
+
+    Files named explicitly are taken whatever their suffix (the content decides);
+    files found in folders or by globs are taken when their content is an image
+    (:func:`unet_lowered.io.images.is_image_file`, e.g. a DICOM without a suffix) or
+    their name has an image suffix (:data:`unet_lowered.io.images.IMAGE_SUFFIXES`; a
+    corrupt ``scan.png`` is then reported when read, not skipped unseen). Folders are
+    walked recursively only with ``recursive``.
+
+    Raises:
+        UnetError: An input matches nothing, or no image is found at all.
+    """
+    found: dict[Path, None] = {}
+    for raw in inputs:
+        path = Path(raw)
+        if path.is_file():
+            found[path] = None
+        elif path.is_dir():
+            files = images.iter_files(path, recursive=recursive)
+            picked = [f for f in files if _is_input(f)]
+            if not picked:
+                hint = "" if recursive else " (use --recursive to look in sub-folders)"
+                raise UnetError(f"{path}: no image files in this folder{hint}")
+            found.update(dict.fromkeys(picked))
+        elif glob.has_magic(str(raw)):
+            matches = sorted(Path(m) for m in glob.glob(str(raw), recursive=recursive))
+            picked = [m for m in matches if m.is_file() and _is_input(m)]
+            if not picked:
+                raise UnetError(f"{raw}: the pattern matches no image files")
+            found.update(dict.fromkeys(picked))
+        else:
+            raise UnetError(f"{raw}: no such file or folder; check the path")
+    unique: dict[Path, Path] = {}
+    for p in found:
+        unique.setdefault(p.resolve(), p)
+    if not unique:
+        raise UnetError("no input images given")
+    return sorted(unique.values())
+
+
+def _is_input(path: Path) -> bool:
+    return path.suffix.lower() in images.IMAGE_SUFFIXES or images.is_image_file(path)
+
+
+def make_ids(files: Sequence[Path]) -> list[str]:
+    """Output ids for input files: the file stem, made unique where stems collide.
+
+    Files with the same stem from different folders get as many parent folder names as
+    needed to tell them apart, joined by ``__`` (``a/x.png`` and ``b/x.png`` become
+    ``a__x`` and ``b__x``); the same stem in one folder keeps the suffix (``x_png``,
+    ``x_jpg``). Ids never repeat, so no output overwrites another.
+    """
+    stems = Counter(p.stem for p in files)
+    ids = [p.stem for p in files]
+    groups: dict[str, list[int]] = {}
+    for i, p in enumerate(files):
+        if stems[p.stem] > 1:
+            groups.setdefault(p.stem, []).append(i)
+    for stem, members in groups.items():
+        parents = [Path(os.path.abspath(files[i])).parent.parts[1:] for i in members]
+        depth = max(len(p) for p in parents)
+        names = [f"{stem}_{files[i].suffix.lstrip('.').lower() or 'file'}" for i in members]
+        for k in range(1, depth + 1):
+            candidate = ["__".join([*parent[-k:], stem]) for parent in parents]
+            if len(set(candidate)) == len(candidate):
+                names = candidate
+                break
+        else:
+            names = [
+                "__".join([*parent, name]) for parent, name in zip(parents, names, strict=True)
+            ]
+        for i, name in zip(members, names, strict=True):
+            ids[i] = name
+    seen: Counter[str] = Counter()
+    for i, name in enumerate(ids):  # a file literally named like a disambiguated id
+        seen[name] += 1
+        if seen[name] > 1:
+            ids[i] = f"{name}-{seen[name]}"
+    return ids
+
+
+def _check_out_dir(
+    out_dir: Path, inputs: Sequence[str | os.PathLike], files: Sequence[Path]
+) -> None:
+    """Refuse an output folder that is an input folder, lies inside one, or holds inputs."""
+    out = out_dir.resolve()
+    folders = {Path(p).resolve() for p in inputs if Path(p).is_dir()}
+    for folder in folders:
+        if out == folder or folder in out.parents:
+            raise UnetError(
+                f"--out {out_dir} is inside the input folder {folder}; predictions are never "
+                "written among the inputs: choose another output folder"
+            )
+    parents = {f.resolve().parent for f in files}
+    if out in parents:
+        raise UnetError(
+            f"--out {out_dir} holds input images; predictions are never written beside the "
+            "inputs: choose another output folder"
+        )
+
+
+def predict_files(
+    run_dir: str | os.PathLike,
+    inputs: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    options: PredictOptions | None = None,
+    *,
+    recursive: bool = False,
+    save_prob: str | None = None,
+    save_overlay: bool = False,
+    progress: bool = True,
+) -> PredictReport:
+    """Predict masks for image files with a trained run: ``unet predict``.
+
+    For each input image it writes, into ``out_dir``: ``<id>.png`` (the mask at the
+    original size; 0/255, or the label values for multi-class runs), optionally
+    ``<id>_prob.png`` (8-bit probability; ``<id>_prob_<k>.png`` per class ``k >= 1``
+    for multi-class runs) or ``<id>_prob.npy`` (float32 ``(H, W)`` or ``(H, W, K)``),
+    optionally ``<id>_overlay.png``, and at the end ``predictions.csv`` (one row per
+    input, failed ones included with their error in ``status``). Files are written
+    atomically; images are read, predicted and written one batch at a time.
+
+    Args:
+        run_dir: The run folder written by ``unet train``.
+        inputs: Image files, folders or glob patterns.
+        out_dir: The output folder (created; must not be an input folder).
+        options: Prediction and post-processing settings.
+        recursive: Walk folders (and ``**`` in globs) recursively.
+        save_prob: Also save probabilities: ``"png"``, ``"npy"`` or None.
+        save_overlay: Also save ``<id>_overlay.png``.
+        progress: Show a progress bar (on stderr).
+
+    Returns:
+        A :class:`PredictReport`. Unreadable or corrupt inputs are listed in
+        ``failed`` (and reported on stderr as they happen) while the others are still
+        processed; the caller decides the exit status.
+
+    Raises:
+        UnetError: Bad options, inputs that match nothing, a bad run folder, or an
+            output folder among the inputs.
+    """
+    options = (options or PredictOptions()).validate()
+    if save_prob is not None:
+        save_prob = names.choose(save_prob, names.PROB_FORMATS, "save-prob")
+    files = collect_inputs(inputs, recursive)
+    out_dir = Path(out_dir)
+    _check_out_dir(out_dir, inputs, files)
+    ids = make_ids(files)
+    run = load_run(run_dir)
+    model, config = run.model(), run.config
+    mode = resolve_mode(options.mode, config)
+    options = dataclasses.replace(options, mode=mode)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = PredictReport(out_dir)
+    rows: list[dict[str, Any]] = []
+    per_call = options.batch_size if mode == "resize" else 1  # tile mode batches tiles instead
+    console = stderr_console()
+    try:
+        with progress_bar(len(files), progress, "predicting", console) as advance:
+            for chunk in _chunks(list(zip(ids, files, strict=True)), per_call):
+                started = time.perf_counter()
+                loaded = []
+                for image_id, path in chunk:
+                    try:
+                        loaded.append((image_id, path, images.read_image(path, options.max_pixels)))
+                    except (UnetError, OSError, cv2.error) as e:
+                        _fail(report, rows, console, image_id, path, e)
+                        advance()
+                if loaded:
+                    probs = predict_images(model, [im for _, _, im in loaded], config, options)
+                    seconds = (time.perf_counter() - started) / len(loaded)
+                    for (image_id, path, image), p in zip(loaded, probs, strict=True):
+                        t0 = time.perf_counter()
+                        row = _write_outputs(
+                            out_dir,
+                            image_id,
+                            path,
+                            image,
+                            p,
+                            config,
+                            options,
+                            save_prob,
+                            save_overlay,
+                        )
+                        row["seconds"] = round(seconds + time.perf_counter() - t0, 4)
+                        rows.append(row)
+                        report.written.append(image_id)
+                        advance()
+                    del probs, loaded
+    finally:
+        report.csv_path = _write_csv(out_dir / CSV_FILE, rows)
+    return report
+
+
+def _write_outputs(
+    out_dir: Path,
+    image_id: str,
+    path: Path,
+    image: np.ndarray,
+    probs: np.ndarray,
+    config: RunConfig,
+    options: PredictOptions,
+    save_prob: str | None,
+    save_overlay: bool,
+) -> dict[str, Any]:
+    """Write the mask (and probability/overlay files) of one image; return its CSV row."""
+    mask = probs_to_mask(probs, config, options)
+    images.write_png(out_dir / f"{image_id}.png", mask_to_png(mask, config))
+    if save_prob == "npy":
+        arr = probs[:, :, 0] if probs.shape[2] == 1 else probs
+        atomic.save_with(out_dir / f"{image_id}_prob.npy", lambda p: np.save(p, arr))
+    elif save_prob == "png":
+        as8 = np.clip(probs * 255 + 0.5, 0, 255).astype(np.uint8)
+        if probs.shape[2] == 1:
+            images.write_png(out_dir / f"{image_id}_prob.png", as8[:, :, 0])
+        else:
+            for k in range(1, probs.shape[2]):
+                images.write_png(out_dir / f"{image_id}_prob_{k}.png", as8[:, :, k])
+    if save_overlay:
+        images.write_png(out_dir / f"{image_id}_overlay.png", overlay(image, mask))
+    h, w = mask.shape
+    return {
+        "id": image_id,
+        "source": str(path),
+        "width": w,
+        "height": h,
+        "foreground_fraction": round(float(np.count_nonzero(mask)) / mask.size, 6),
+        "components": count_components(mask),
+        "status": "ok",
+    }
+
+
+def _fail(
+    report: PredictReport,
+    rows: list[dict[str, Any]],
+    console: Any,
+    image_id: str,
+    path: Path,
+    error: Exception,
+) -> None:
+    from rich.markup import escape
+
+    message = (
+        str(error) if isinstance(error, UnetError) else f"{path}: {type(error).__name__}: {error}"
+    )
+    report.failed.append((str(path), message))
+    rows.append({"id": image_id, "source": str(path), "status": f"failed: {message}"})
+    console.print(f"[red]skipped[/red] {escape(message)}", soft_wrap=True)
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return atomic.write_text(path, buf.getvalue())
+
+
+def _chunks(items: list, n: int) -> Iterator[list]:
+    for i in range(0, len(items), n):
+        yield items[i : i + n]
+
+
+def exit_status(report: PredictReport, keep_going: bool) -> int:
+    """The exit status of ``unet predict``.
+
+    0 when every input was predicted. When some failed: 1, or 0 with ``keep_going``
+    as long as at least one image was predicted (every input failing is always 1).
+    """
+    if not report.failed:
+        return 0
+    if keep_going and report.written:
+        return 0
+    return 1
+
+
+__all__ = [
+    "CSV_COLUMNS",
+    "CSV_FILE",
+    "PredictReport",
+    "collect_inputs",
+    "exit_status",
+    "make_ids",
+    "predict_files",
+]

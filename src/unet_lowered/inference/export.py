@@ -1,0 +1,210 @@
+"""Export a trained model to ONNX or a TensorFlow SavedModel for serving without Keras.
+
+The route is Keras 3's own ``model.export``: with the TensorFlow backend it traces the
+model into a ``tf.function`` and, for ONNX, hands it to ``tf2onnx``. Two details make
+it work for our models: an explicit input signature (a model loaded from a file has
+never been called, and ``model.export`` refuses to guess its input then), and a
+float32 copy of models trained under ``mixed_bfloat16`` (ONNX Runtime on CPU has no
+bfloat16 convolutions). Outputs are written atomically; the exported artefact is run
+on random input and compared with Keras before it is moved into place.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unet_lowered import options as names
+from unet_lowered.errors import UnetError
+from unet_lowered.io import atomic, runs
+from unet_lowered.model import valid_input_sizes
+
+FORMATS = names.EXPORT_FORMATS
+TOLERANCE = 1e-4
+"""Largest allowed ``|exported - keras|``, relative to ``max(1, max |keras|)``."""
+
+_INSTALL_ONNX = "pip install 'unet-lowered[onnx]'"
+
+
+def export_model(
+    model_path: str | os.PathLike,
+    format: str = "onnx",
+    out: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    check: bool = True,
+) -> dict[str, Any]:
+    """Export a ``.keras`` model or a run folder's ``model.keras`` to ONNX or a SavedModel.
+
+    The exported model takes ``image`` of shape ``(B, H, W, C)`` float32 (preprocessed
+    as for :func:`unet_lowered.preprocess.model_input`) and returns logits
+    ``(B, h, w, num_classes)``; ``B`` (and ``H``, ``W`` where the model allows any
+    size) are dynamic. A SavedModel serves it as the ``serve`` endpoint.
+
+    Args:
+        model_path: A ``.keras`` file, or a run folder written by ``unet train``.
+        format: ``"onnx"`` (a file) or ``"saved_model"`` (a folder).
+        out: Where to write; default beside the model: ``model.onnx`` or
+            ``model_saved_model/``.
+        overwrite: Replace an existing ``out``.
+        check: Run the export on random input and compare it with Keras (ONNX: only
+            when ``onnxruntime`` is installed).
+
+    Returns:
+        ``{"path", "format", "input_shape", "output_shape", "max_abs_diff"}``;
+        ``max_abs_diff`` is ``None`` when not checked.
+
+    Raises:
+        UnetError: Unknown format, missing optional dependency, non-TensorFlow backend,
+            unreadable model, ``out`` exists without ``overwrite``, or the export
+            differs from Keras.
+    """
+    format = names.choose(format, FORMATS, "format")
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        raise UnetError(
+            f"export needs the TensorFlow backend, not {keras.backend.backend()!r}: "
+            "unset KERAS_BACKEND or set KERAS_BACKEND=tensorflow"
+        )
+    if format == "onnx":
+        missing = [m for m in ("tf2onnx", "onnx") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise UnetError(f"ONNX export needs {' and '.join(missing)}: {_INSTALL_ONNX}")
+
+    model, model_file, image_size = _load(Path(model_path))
+    out = Path(out) if out is not None else _default_out(model_file, format)
+    if out.exists() and not overwrite:
+        raise UnetError(
+            f"{out} already exists; pass --overwrite to replace it or choose another --out"
+        )
+    model = _float32(model)
+    _check_exportable(model, model_file)
+    x = _sample_input(model, image_size)
+    expected = keras.ops.convert_to_numpy(model(x, training=False))
+    import tensorflow as tf
+
+    signature = [tf.TensorSpec((None, *model.input.shape[1:]), tf.float32, name="image")]
+
+    diff = None
+    if format == "onnx":
+        with atomic.atomic_path(out, suffix=".onnx") as tmp, warnings.catch_warnings():
+            # Keras' numpy-2 patch for tf2onnx probes `np.object`, which warns; harmless.
+            warnings.filterwarnings("ignore", message=".*np.object", category=FutureWarning)
+            model.export(tmp, format="onnx", input_signature=signature, verbose=False)
+            if check and importlib.util.find_spec("onnxruntime") is not None:
+                diff = _check(_run_onnx(tmp, x), expected, out)
+    else:
+        with atomic.atomic_dir(out, overwrite=overwrite) as tmp:
+            model.export(tmp, format="tf_saved_model", input_signature=signature, verbose=False)
+            if check:
+                loaded = tf.saved_model.load(str(tmp))  # keep a reference: it owns the variables
+                diff = _check(np.asarray(loaded.serve(x)), expected, out)
+    return {
+        "path": out,
+        "format": format,
+        "input_shape": tuple(model.input.shape),
+        "output_shape": tuple(model.output.shape),
+        "max_abs_diff": diff,
+    }
+
+
+def _load(path: Path) -> tuple[Any, Path, tuple[int, int] | None]:
+    """The model, its file, and the training image size when ``path`` is a run folder."""
+    if path.is_dir():
+        run = runs.load_run(path)
+        return run.model(), run.model_path, run.config.image_size
+    if path.suffix != ".keras":
+        raise UnetError(f"{path}: not a .keras file or run folder; pass RUN or RUN/model.keras")
+    return runs.load_model(path), path, None
+
+
+def _default_out(model_file: Path, format: str) -> Path:
+    if format == "onnx":
+        return model_file.with_suffix(".onnx")
+    return model_file.with_name(f"{model_file.stem}_saved_model")
+
+
+def _float32(model: Any) -> Any:
+    """The model itself if it computes in float32, else a float32 copy with the same weights."""
+    import keras
+
+    if all(layer.dtype_policy.name == "float32" for layer in model.layers):
+        return model
+
+    def to_float32(node: Any) -> Any:
+        if isinstance(node, dict):
+            if node.get("class_name") == "DTypePolicy":
+                return "float32"
+            return {k: to_float32(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [to_float32(v) for v in node]
+        return node
+
+    copy = keras.Model.from_config(to_float32(model.get_config()))
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def _check_exportable(model: Any, model_file: Path) -> None:
+    """Refuse models that Keras cannot trace with a free input size."""
+    from keras import layers
+
+    dynamic = None in model.input.shape[1:3]
+    bilinear = any(
+        isinstance(layer, layers.UpSampling2D) and layer.interpolation != "nearest"
+        for layer in model.layers
+    )
+    if dynamic and bilinear:
+        # keras.ops.image.resize checks `size > 0` in Python, which fails on the symbolic
+        # sizes of a graph traced with unknown H, W (Keras 3.15).
+        raise UnetError(
+            f"{model_file}: bilinear upsampling with a free input size cannot be exported "
+            "(Keras resizes only to known sizes in a traced graph); build the model with a "
+            "fixed input_shape, as `unet train` does, or use upsampling='transpose'"
+        )
+
+
+def _sample_input(model: Any, image_size: tuple[int, int] | None) -> np.ndarray:
+    """Two random images of a size the model takes: the training size, or the smallest >= 64."""
+    from keras import layers
+
+    h, w, channels = model.input.shape[1:]
+    if h is None or w is None:
+        if image_size is not None:
+            h, w = image_size
+        else:  # our U-Net: depth = number of poolings, padding of its convolutions
+            depth = sum(isinstance(layer, layers.MaxPooling2D) for layer in model.layers)
+            convs = [layer for layer in model.layers if isinstance(layer, layers.Conv2D)]
+            padding = convs[0].padding if convs else "same"
+            sizes = valid_input_sizes(depth, padding, up_to=2048) or [64]
+            h = w = next((s for s in sizes if s >= 64), sizes[-1])
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((2, h, w, channels)).astype(np.float32)
+
+
+def _run_onnx(path: Path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
+
+
+def _check(got: np.ndarray, expected: np.ndarray, out: Path) -> float:
+    """Max absolute difference; raise if it exceeds :data:`TOLERANCE` (relative to the scale)."""
+    if got.shape != expected.shape:
+        raise UnetError(
+            f"{out}: export gives shape {got.shape}, Keras {expected.shape}; not written"
+        )
+    diff = float(np.max(np.abs(got - expected)))
+    scale = max(1.0, float(np.max(np.abs(expected))))
+    if diff > TOLERANCE * scale:
+        raise UnetError(
+            f"{out}: export differs from Keras by {diff:.3g} (> {TOLERANCE * scale:.3g}); "
+            "not written; export with --no-check to keep it anyway"
+        )
+    return diff

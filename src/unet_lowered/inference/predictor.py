@@ -1,0 +1,271 @@
+"""Prediction on real-world images of any size and format: ``unet predict``.
+
+One path from a decoded image to probabilities at the image's ORIGINAL size,
+shared by ``unet predict`` and ``unet evaluate`` (:func:`predict_images`):
+
+* ``mode="resize"``: :func:`unet_lowered.preprocess.model_input` at the run's
+  ``image_size``; the network's logits become probabilities (sigmoid for one
+  class, softmax for several) and are resized back with bilinear interpolation.
+  Right for runs trained on resized images (``input_mode: resize``).
+* ``mode="tile"``: the image is standardised at its own size and predicted with
+  the paper's overlap-tile strategy (:func:`unet_lowered.inference.tiling.predict_tiled`),
+  tiles of the training size, mirror padding at the borders, Gaussian blending.
+  Right for runs trained on crops at the native resolution (``input_mode: crop``)
+  and for images far larger than the training size.
+* ``"auto"`` (default) picks ``tile`` for crop-trained runs and ``resize`` otherwise.
+
+For ``valid``-padding networks (output smaller than input) both modes tile:
+each output tile gets its context from the image or its mirror image.
+
+The run's :class:`~unet_lowered.training.config.RunConfig` says everything about the
+network's input. Reading files and writing masks is :mod:`unet_lowered.inference.batch`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+from unet_lowered import options as names
+from unet_lowered.errors import UnetError
+from unet_lowered.inference.postprocess import clean_mask, to_mask
+from unet_lowered.inference.tiling import predict_tiled
+from unet_lowered.inference.tta import tta_predict
+from unet_lowered.io.images import DEFAULT_MAX_PIXELS
+from unet_lowered.model import output_size
+from unet_lowered.preprocess import model_input
+from unet_lowered.training.config import RunConfig
+
+
+@dataclass(frozen=True)
+class PredictOptions:
+    """How images are predicted and masks cleaned (shared by predict and evaluate).
+
+    Attributes:
+        mode: ``"auto"``, ``"resize"`` or ``"tile"`` (see the module docstring).
+        tta: Average the probabilities over flips (and 90-degree rotations).
+        tta_transforms: Which: ``"auto"`` (the flips the run was trained with, see
+            :func:`resolve_tta`), ``"lr"``, ``"ud"``, ``"flips"`` or ``"dihedral"``.
+        overlap: Tile overlap as a fraction of the tile, in ``[0, 1)``.
+        blend: Tile blending weights: ``"gaussian"``, ``"linear"`` or ``"constant"``.
+        batch_size: Images (resize mode) or tiles (tile mode) per network call.
+        threshold: Foreground probability threshold; None takes the run's.
+        keep_largest: Keep the N largest objects (per class); None keeps all.
+        fill_holes: Fill holes in the objects.
+        min_area: Remove objects smaller than this many pixels (at the original size).
+        max_pixels: Refuse images with more pixels than this, before decoding them.
+    """
+
+    mode: str = "auto"
+    tta: bool = False
+    tta_transforms: str = "auto"
+    overlap: float = 0.25
+    blend: str = "gaussian"
+    batch_size: int = 4
+    threshold: float | None = None
+    keep_largest: int | None = None
+    fill_holes: bool = False
+    min_area: int = 0
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+    def validate(self) -> PredictOptions:
+        """Raise :class:`UnetError` naming the valid values of any bad option."""
+        names.choose(self.mode, names.PREDICT_MODES, "mode")
+        names.choose(self.tta_transforms, names.TTA_CHOICES, "tta-transforms")
+        names.choose(self.blend, names.BLENDS, "blend")
+        if not 0 <= self.overlap < 1:
+            raise UnetError(
+                f"--overlap must be in [0, 1) (a fraction of the tile), got {self.overlap}"
+            )
+        if self.batch_size < 1:
+            raise UnetError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.threshold is not None and not 0 < self.threshold < 1:
+            raise UnetError(f"--threshold must be between 0 and 1, got {self.threshold}")
+        if self.keep_largest is not None and self.keep_largest < 1:
+            raise UnetError(f"--keep-largest must be at least 1, got {self.keep_largest}")
+        if self.min_area < 0:
+            raise UnetError(f"--min-area must be 0 or more pixels, got {self.min_area}")
+        return self
+
+
+# ---------------------------------------------------------------- one image
+
+
+def resolve_mode(mode: str, config: RunConfig) -> str:
+    """``"auto"`` -> ``"tile"`` for crop-trained runs, ``"resize"`` otherwise."""
+    mode = names.choose(mode, names.PREDICT_MODES, "mode")
+    if mode == "auto":
+        return "tile" if config.input_mode == "crop" else "resize"
+    return mode
+
+
+def resolve_tta(which: str, config: RunConfig) -> str:
+    """The TTA transform group; ``"auto"`` takes the flips the run was trained with.
+
+    ``"auto"``: ``"flips"`` if the run was trained with left-right and up-down flips,
+    ``"lr"`` or ``"ud"`` with one of them. 90-degree rotations are never chosen
+    automatically (training rotates by a few degrees only); ask for ``"dihedral"``.
+
+    Raises:
+        UnetError: ``"auto"`` for a run trained without flips: flipped images are new to
+            such a model and averaging over them lowers its accuracy.
+    """
+    which = names.choose(which, names.TTA_CHOICES, "tta-transforms")
+    if which != "auto":
+        return which
+    lr, ud = config.flips
+    if lr or ud:
+        return "flips" if lr and ud else "lr" if lr else "ud"
+    raise UnetError(
+        "--tta: the run was trained without flips (flip_lr and flip_ud are off in its "
+        "config.json), so flipped images are new to the model and test-time augmentation "
+        "lowers its accuracy (JSRT lungs: Dice 0.974 -> 0.969 with left-right flips); "
+        "drop --tta, or force it with --tta-transforms lr|ud|flips|dihedral"
+    )
+
+
+def _geometry(config: RunConfig) -> tuple[tuple[int, int], tuple[int, int]]:
+    """``(output_tile, margin)`` for input tiles of the run's ``image_size``.
+
+    Same padding: the output tile is the input tile, no margin. Valid padding: the
+    output is smaller (:func:`unet_lowered.model.output_size`); the margin is half the
+    difference.
+    """
+    in_h, in_w = config.image_size
+    out_h, out_w = output_size(config.image_size, config.depth, config.padding)
+    return (out_h, out_w), ((in_h - out_h) // 2, (in_w - out_w) // 2)
+
+
+def _channels(model: Any, config: RunConfig) -> int:
+    model_channels = model.input_shape[-1]
+    if model_channels is not None and model_channels != config.channels:
+        raise UnetError(
+            f"config.json says {config.channels} input channel(s) but the model takes "
+            f"{model_channels}; the run folder is inconsistent (re-train it)"
+        )
+    return config.channels
+
+
+def probability_fn(
+    model: Any, config: RunConfig, tta: str | None = None
+) -> Callable[[np.ndarray], np.ndarray]:
+    """The model as a ``(B, h, w, C) -> (B, h', w', K)`` probability function.
+
+    Logits become probabilities with a sigmoid (``num_classes`` 1) or a softmax over the
+    classes; with ``tta`` (``"lr"``, ``"ud"``, ``"flips"`` or ``"dihedral"``) the
+    probabilities are averaged over that group of transforms
+    (:func:`unet_lowered.inference.tta.tta_predict`).
+    """
+    from scipy.special import expit, softmax
+
+    num_classes = config.num_classes
+
+    def probs(batch: np.ndarray) -> np.ndarray:
+        logits = np.asarray(model.predict_on_batch(batch), dtype=np.float32)
+        return expit(logits) if num_classes == 1 else softmax(logits, axis=-1)
+
+    if tta:
+        return lambda batch: tta_predict(batch, probs, tta)
+    return probs
+
+
+def predict_images(
+    model: Any,
+    batch: Sequence[np.ndarray],
+    config: RunConfig,
+    options: PredictOptions | None = None,
+) -> list[np.ndarray]:
+    """Predict probabilities for decoded images, each at its ORIGINAL size.
+
+    Args:
+        model: The run's Keras model (logits out).
+        batch: Images as :func:`unet_lowered.io.images.read_image` returns them, any sizes.
+        config: The run's configuration.
+        options: Mode, TTA and tiling settings (post-processing fields are not used here).
+
+    Returns:
+        One float32 ``(H, W, K)`` array per image: probabilities, ``K = num_classes``.
+    """
+    options = (options or PredictOptions()).validate()
+    mode = resolve_mode(options.mode, config)
+    channels = _channels(model, config)
+    clahe = config.clahe
+    size = config.image_size
+    out_tile, margin = _geometry(config)
+    fn = probability_fn(
+        model, config, resolve_tta(options.tta_transforms, config) if options.tta else None
+    )
+
+    def tiled(x: np.ndarray) -> np.ndarray:
+        return predict_tiled(
+            x, fn, out_tile, options.overlap, margin, options.blend, options.batch_size
+        )
+
+    if mode == "tile":
+        return [tiled(model_input(image, channels, None, clahe)) for image in batch]
+    inputs = [model_input(image, channels, size, clahe) for image in batch]
+    if margin == (0, 0):  # same padding: the whole batch in one call
+        outputs = list(fn(np.stack(inputs))) if inputs else []
+    else:
+        outputs = [tiled(x) for x in inputs]
+    return [_resize_probs(p, image.shape[:2]) for p, image in zip(outputs, batch, strict=True)]
+
+
+def predict_image(
+    model: Any,
+    image: np.ndarray,
+    config: RunConfig,
+    mode: str = "auto",
+    tta: bool = False,
+    **tiling: Any,
+) -> np.ndarray:
+    """Probabilities ``(H, W, K)`` for one decoded image at its original size.
+
+    Args:
+        model: The run's Keras model.
+        image: ``(H, W)`` or ``(H, W, 3)`` uint8/uint16 array.
+        config: The run's configuration.
+        mode: ``"auto"``, ``"resize"`` or ``"tile"``.
+        tta: Test-time augmentation over flips (and rotations).
+        **tiling: ``tta_transforms``, ``overlap``, ``blend`` or ``batch_size`` (see
+            :class:`PredictOptions`).
+
+    Returns:
+        float32 ``(H, W, num_classes)`` probabilities.
+    """
+    options = PredictOptions(mode=mode, tta=tta, **tiling)
+    return predict_images(model, [image], config, options)[0]
+
+
+def _resize_probs(probs: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of ``(h, w, K)`` probabilities to ``size``; softmax sums stay 1."""
+    h, w = size
+    if probs.shape[:2] == (h, w):
+        return probs
+    out = cv2.resize(probs, (w, h), interpolation=cv2.INTER_LINEAR)
+    return out.reshape(h, w, probs.shape[2])
+
+
+def probs_to_mask(probs: np.ndarray, config: RunConfig, options: PredictOptions) -> np.ndarray:
+    """Threshold (or argmax) and clean probabilities: bool ``(H, W)`` or class indices."""
+    threshold = options.threshold if options.threshold is not None else config.threshold
+    mask = to_mask(probs, threshold)
+    return clean_mask(mask, options.keep_largest, options.fill_holes, options.min_area)
+
+
+def mask_to_png(mask: np.ndarray, config: RunConfig) -> np.ndarray:
+    """The array written as ``<id>.png``: 0/255 (one class) or the original label values.
+
+    Multi-class masks hold the run's ``label_values`` (the values of the training
+    masks), or the class indices 0..K-1 when the run recorded none.
+    """
+    if mask.dtype == bool:
+        return mask.astype(np.uint8) * 255
+    values = config.label_values
+    table = np.asarray(values if values else range(max(config.num_classes, 2)))
+    dtype = np.uint8 if table.max() <= 255 else np.uint16
+    return table.astype(dtype)[mask]

@@ -1,0 +1,265 @@
+"""Training batches: augment the cached samples on the fly, in a reproducible order.
+
+:class:`SegmentationSequence` (a ``keras.utils.PyDataset``) takes samples from a
+:class:`~unet_lowered.training.cache.SampleCache`, augments them
+(:mod:`unet_lowered.training.augment`), standardises each image and yields NumPy
+batches, so it works with every Keras backend. :func:`make_sequences` builds the
+training and validation sequences from a :class:`TrainConfig`; on TensorFlow,
+:func:`unet_lowered.training.feed.as_tf_dataset` hands them to ``fit``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import keras
+import numpy as np
+
+from unet_lowered import preprocess
+from unet_lowered.dataset.pairs import PreparedData
+from unet_lowered.errors import UnetError, listing
+from unet_lowered.training.augment import AugmentConfig, augment, center_crop
+from unet_lowered.training.cache import SampleCache, default_weight_fn
+from unet_lowered.training.config import TrainConfig
+
+
+class SegmentationSequence(keras.utils.PyDataset):
+    """Batches ``(x, y)`` of NumPy arrays for ``model.fit`` under any Keras backend.
+
+    ``x``: float32 ``(B, H, W, C)``, each image standardised (zero mean, unit variance)
+    after augmentation. ``y``: float32 ``(B, h, w, 1)`` with 0/1 or class indices, or
+    ``(B, h, w, 2)`` = ``[mask, weight]`` when the cache has weight maps. ``(h, w)`` is
+    ``target_size`` (the model's output size, smaller than the input with ``valid``
+    padding: the targets are centre-cropped) or the input size.
+
+    Randomness is a pure function of ``(seed, epoch, position in the epoch)``: the
+    order is ``default_rng([seed, epoch]).permutation``, and each sample's crop and
+    augmentation use ``default_rng([seed, epoch, position])``. Batches therefore do
+    not depend on thread timing, and a run resumed at epoch ``e`` (``epoch=e``) sees
+    the batches the uninterrupted run would have seen.
+
+    Keep the epoch right with :class:`EpochSync` in ``model.fit(callbacks=...)``: it
+    calls :meth:`set_epoch` with Keras's own epoch number. Without it the sequence
+    advances in :meth:`on_epoch_begin`, which is only approximately once per epoch
+    (the JAX and torch trainers call it once more to peek at a first batch).
+
+    Pass ``shuffle=False`` to ``model.fit``: its own batch-order shuffle uses Python's
+    global ``random``; this sequence shuffles the samples itself.
+
+    Keep ``workers=1`` (the default) for exact reproducibility: on TensorFlow
+    :func:`as_tf_dataset` still makes batches ahead on one background thread, and JAX and
+    torch call the sequence in order. With ``workers > 1``, Keras 3.15's enqueuer on
+    JAX and torch replays batches it prefetched while peeking before training, so
+    each epoch then sees some batches of the epoch before (measured; TensorFlow is
+    unaffected).
+    """
+
+    def __init__(
+        self,
+        cache: SampleCache,
+        ids: Sequence[str],
+        batch_size: int = 8,
+        *,
+        augment: AugmentConfig | None = None,
+        shuffle: bool = False,
+        seed: int = 0,
+        epoch: int = 0,
+        target_size: tuple[int, int] | None = None,
+        drop_remainder: bool = False,
+        workers: int = 1,
+        use_multiprocessing: bool = False,
+        max_queue_size: int = 10,
+    ) -> None:
+        """Set up the batches.
+
+        Args:
+            cache: The decoded samples.
+            ids: Ids of this sequence (all must be in ``cache``), in the order used when
+                not shuffling.
+            batch_size: Samples per batch.
+            augment: Augmentation for training; None for validation.
+            shuffle: New seeded order every epoch (training).
+            seed: Seed of order, crops and augmentation.
+            epoch: The epoch the next batches belong to (the resumed epoch).
+            target_size: ``(h, w)`` of the model output when smaller than the input.
+            drop_remainder: Drop the last incomplete batch.
+            workers: Threads (or processes) Keras uses to prepare batches ahead.
+            use_multiprocessing: Processes instead of threads.
+            max_queue_size: Batches prepared ahead.
+
+        Raises:
+            UnetError: No ids, ids not in the cache, or a bad batch/target size.
+        """
+        super().__init__(
+            workers=workers, use_multiprocessing=use_multiprocessing, max_queue_size=max_queue_size
+        )
+        if batch_size < 1:
+            raise UnetError(f"batch size must be at least 1, got {batch_size}")
+        if not ids:
+            raise UnetError("no ids for this sequence (empty split?)")
+        missing = [i for i in ids if i not in cache]
+        if missing:
+            raise UnetError(f"id(s) not in the cache: {listing(missing)}")
+        h, w = cache.image_size
+        if target_size is not None:
+            th, tw = target_size
+            if not (0 < th <= h and 0 < tw <= w):
+                raise UnetError(f"target size {th}x{tw} must fit in the input size {h}x{w}")
+        self.cache = cache
+        self.ids = list(ids)
+        self.batch_size = batch_size
+        self.augment = augment
+        self.shuffle = shuffle
+        self.seed = seed
+        self.target_size = None if target_size is None else (int(th), int(tw))
+        self.drop_remainder = drop_remainder
+        self.set_epoch(epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next batches those of ``epoch`` (0-based)."""
+        self._keep_epoch = True  # the next on_epoch_begin starts this epoch
+        self.epoch = int(epoch)
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.ids))
+            self._order = [self.ids[i] for i in order]
+        else:
+            self._order = list(self.ids)
+
+    def on_epoch_begin(self) -> None:
+        """Called by Keras before an epoch's batches: advance, unless the epoch was just set."""
+        if self._keep_epoch:
+            self._keep_epoch = False
+        else:
+            self.set_epoch(self.epoch + 1)
+            self._keep_epoch = False
+
+    def __len__(self) -> int:
+        n = len(self.ids)
+        if self.drop_remainder and n >= self.batch_size:
+            return n // self.batch_size
+        return math.ceil(n / self.batch_size)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"batch {index} out of range 0..{len(self) - 1}")
+        start = index * self.batch_size
+        chosen = self._order[start : start + self.batch_size]
+        # Validation crops and order stay the same every epoch.
+        epoch_key = self.epoch if (self.shuffle or self.augment is not None) else 0
+        x = y = None
+        for k, ident in enumerate(chosen):
+            rng = np.random.default_rng([self.seed, epoch_key, start + k])
+            image, target = self._example(ident, rng)
+            if x is None:
+                x = np.empty((len(chosen), *image.shape), np.float32)
+                y = np.empty((len(chosen), *target.shape), np.float32)
+            x[k] = preprocess.standardize(image)
+            y[k] = target
+        return x, y
+
+    def _example(self, ident: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Augmented image ``(H, W, C)`` in ``[0, 1]`` and target ``(h, w, 1 or 2)``."""
+        image, mask, weight = self.cache.sample(ident, crop_rng=rng)
+        if self.augment is not None:
+            image, mask, *rest = augment(image, mask, rng, self.augment, weight)
+            weight = rest[0] if rest else None
+        target = mask[:, :, None] if weight is None else np.stack([mask, weight], axis=-1)
+        if self.target_size is not None:
+            target = center_crop(target, self.target_size)
+        return image, target
+
+
+class EpochSync(keras.callbacks.Callback):
+    """Tell sequences the epoch Keras is starting, so order and augmentation follow it.
+
+    Use ``model.fit(train, ..., initial_epoch=e, callbacks=[EpochSync(train), ...])``:
+    batches then depend only on ``(seed, epoch, position)``, also after ``--resume``.
+    """
+
+    def __init__(self, *sequences: SegmentationSequence) -> None:
+        super().__init__()
+        self.sequences = sequences
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        for sequence in self.sequences:
+            sequence.set_epoch(epoch)
+
+
+def augment_config(cfg: TrainConfig) -> AugmentConfig:
+    """The :class:`AugmentConfig` of the training settings.
+
+    ``rotate`` is in degrees, ``scale`` a ``±`` fraction around 1, ``intensity`` also
+    switches the noise.
+    """
+    default = AugmentConfig()
+    return AugmentConfig(
+        flip_lr=cfg.flip_lr,
+        flip_ud=cfg.flip_ud,
+        rotation=cfg.rotate,
+        scale=(1.0 - cfg.scale, 1.0 + cfg.scale),
+        shift=cfg.shift,
+        elastic=cfg.elastic,
+        intensity=cfg.intensity,
+        noise=cfg.intensity and default.noise,
+    )
+
+
+def make_sequences(
+    data: PreparedData,
+    split: Mapping[str, Sequence[str]],
+    cfg: TrainConfig,
+    augment: bool = True,
+    output_size: tuple[int, int] | None = None,
+    epoch: int = 0,
+    workers: int = 1,
+) -> tuple[SegmentationSequence, SegmentationSequence]:
+    """Training and validation sequences sharing one cache.
+
+    Args:
+        data: Pairs from :func:`unet_lowered.dataset.pairs.load_prepared`; its channels
+            and classes are the model's.
+        split: ``{"train": ids, "val": ids}``.
+        cfg: The settings, ``image_size`` resolved (an int); ``weighted-bce`` adds
+            weight maps with ``w0`` and ``sigma``.
+        augment: Augment the training batches.
+        output_size: Model output ``(h, w)`` when smaller than the input (valid padding).
+        epoch: First epoch to train (``initial_epoch`` when resuming), so a resumed run
+            gets the same order and augmentation as an uninterrupted one.
+        workers: Batch-preparing threads for Keras.
+
+    Returns:
+        ``(train, val)``; ``train.cache`` holds the decoded samples.
+
+    Raises:
+        UnetError: ``cfg.image_size`` is not resolved, or the cache refuses the data.
+    """
+    if cfg.image_size is None:
+        raise UnetError("make_sequences needs a resolved image_size, not auto")
+    weight_fn = default_weight_fn(cfg.w0, cfg.sigma) if cfg.loss == "weighted-bce" else None
+    train_ids, val_ids = list(split["train"]), list(split["val"])
+    cache = SampleCache(
+        data,
+        list(dict.fromkeys(train_ids + val_ids)),
+        channels=data.channels,
+        image_size=cfg.image_size,
+        input_mode=cfg.input_mode,
+        clahe=cfg.clahe,
+        num_classes=data.num_classes,
+        weight_fn=weight_fn,
+    )
+    train = SegmentationSequence(
+        cache,
+        train_ids,
+        cfg.batch_size,
+        augment=augment_config(cfg) if augment else None,
+        shuffle=True,
+        seed=cfg.seed,
+        epoch=epoch,
+        target_size=output_size,
+        workers=workers,
+    )
+    val = SegmentationSequence(
+        cache, val_ids, cfg.batch_size, seed=cfg.seed, target_size=output_size, workers=workers
+    )
+    return train, val

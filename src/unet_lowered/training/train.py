@@ -1,0 +1,322 @@
+"""``unet train``: fit the U-Net on a prepared folder and write a self-describing run folder.
+
+The run folder layout is documented in :mod:`unet_lowered.io.runs`. Checkpoints are
+written atomically at the end of every epoch, so a run killed at any moment can
+be continued with ``unet train --resume RUN``: the model, optimiser state, epoch
+counter, split and settings all come from the folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import keras
+
+import unet_lowered
+from unet_lowered.dataset.checks import mask_warnings
+from unet_lowered.dataset.pairs import PreparedData, load_prepared
+from unet_lowered.errors import UnetError
+from unet_lowered.io import atomic, runs
+from unet_lowered.model import nearest_valid_sizes, output_size, unet
+from unet_lowered.training.callbacks import ImageCounter, read_history, standard_callbacks, warn
+from unet_lowered.training.config import RunConfig, TrainConfig
+from unet_lowered.training.feed import as_tf_dataset
+from unet_lowered.training.losses import get_loss
+from unet_lowered.training.metrics import DiceMetric, IoUMetric
+from unet_lowered.training.sequence import EpochSync, make_sequences
+
+
+def cpu_supports_bf16() -> bool:
+    """True if the CPU has native bfloat16 arithmetic (AVX512-BF16 or AMX)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str) -> str:
+    """``auto`` means mixed_bfloat16 on TensorFlow with a bf16-capable CPU, else float32."""
+    if precision != "auto":
+        return precision
+    if keras.backend.backend() == "tensorflow" and cpu_supports_bf16():
+        return "mixed_bfloat16"
+    return "float32"
+
+
+AUTO_SIZE_CAP = 256
+"""``--image-size auto`` trains at the images' own size up to this many pixels a side."""
+
+
+def resolve_image_size(sizes: list[tuple[int, int]], depth: int = 4, padding: str = "same") -> int:
+    """The training size ``--image-size auto`` picks for images of these ``(H, W)`` sizes.
+
+    The median of the images' longer sides, capped at :data:`AUTO_SIZE_CAP`, rounded
+    down to a size the network takes (a multiple of 16 at depth 4 with ``same``
+    padding). Small images are thus trained at their own scale, with no resampling;
+    large ones are resized to 256, a balance of speed and detail for lung fields
+    (measurements in ``benchmarks/RESULTS.md``).
+
+    Args:
+        sizes: ``(height, width)`` of the training images (at least one).
+        depth: Poolings of the network.
+        padding: ``"same"`` or ``"valid"``.
+
+    Returns:
+        The square input size.
+    """
+    longer = sorted(max(h, w) for h, w in sizes)
+    target = min(longer[len(longer) // 2], AUTO_SIZE_CAP)
+    return nearest_valid_sizes(target, depth, padding)[0]
+
+
+def train(
+    data: str | os.PathLike | None,
+    out: str | os.PathLike,
+    cfg: TrainConfig | None = None,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    verbose: int | str | None = None,
+) -> dict[str, Any]:
+    """Train a U-Net and write the run folder.
+
+    Args:
+        data: A prepared folder (``train/images``, ``train/masks``, ``dataset.json``) or any
+            folder with ``images/`` and ``masks/``. Ignored (read from the run) when resuming.
+        out: The run folder to create (or to continue, with ``resume``).
+        cfg: Settings; defaults if None. Ignored when resuming (the run's are used).
+        resume: Continue the run in ``out`` from its last completed epoch.
+        overwrite: Replace an existing run folder (fresh runs only).
+        verbose: Keras ``fit`` verbosity; None: a progress bar on a terminal, one line per
+            epoch otherwise (logs stay readable).
+
+    Returns:
+        The contents of ``metrics.json``.
+
+    Raises:
+        UnetError: Bad data folder, an existing run folder without ``overwrite``, or nothing
+            to resume.
+    """
+    out = Path(out)
+    if verbose is None:
+        verbose = 1 if sys.stdout.isatty() else 2
+    if resume:
+        run_cfg, split, state = _load_resume(out)
+        cfg, data = run_cfg.settings, run_cfg.data
+    else:
+        cfg = (cfg or TrainConfig()).validate()
+        if data is None:
+            raise UnetError("no data folder given; pass the folder written by `unet prepare`")
+        _check_run_folder(out, overwrite)
+        state = {"epoch": 0, "best": -1.0, "best_epoch": None}
+        split = None
+    data = Path(data)
+
+    keras.utils.set_random_seed(cfg.seed)
+    _deterministic_ops()
+    precision = resolve_precision(cfg.precision)
+    keras.mixed_precision.set_global_policy(precision)
+    try:
+        dataset = load_prepared(data)  # bad data fails here, before RUN is touched
+        if split is None:
+            split = dataset.split(cfg.val_fraction, cfg.seed)
+            if cfg.overfit_batch:
+                first = split["train"][: cfg.batch_size]
+                split = {"train": first, "val": first}
+        _check_split(split, data)
+        if cfg.image_size is None:
+            auto = resolve_image_size(dataset.image_sizes(split["train"]), cfg.depth, cfg.padding)
+            cfg = dataclasses.replace(cfg, image_size=auto)
+        size = (cfg.image_size, cfg.image_size)
+        out_hw = output_size(size, cfg.depth, cfg.padding)
+        if not resume:
+            _start_run_folder(out, overwrite)
+        num_classes = dataset.num_classes
+        train_seq, val_seq = make_sequences(
+            dataset,
+            split,
+            cfg,
+            augment=not cfg.overfit_batch,
+            output_size=out_hw,
+            epoch=state["epoch"],
+        )
+        for message in mask_warnings(dataset, split["train"]):
+            warn(message)
+
+        run_config = _run_config(cfg, dataset, data, precision, size)
+        if not resume:
+            atomic.write_json(out / runs.CONFIG_FILE, run_config.to_json())
+            atomic.write_json(out / runs.SPLIT_FILE, split)
+
+        if resume:
+            model = keras.saving.load_model(out / runs.LAST_FILE, compile=True, safe_mode=True)
+        else:
+            model = unet(
+                input_shape=(*size, dataset.channels),
+                num_classes=num_classes,
+                base_filters=cfg.base_filters,
+                depth=cfg.depth,
+                padding=cfg.padding,
+                dropout=cfg.dropout,
+                batch_norm=cfg.batch_norm,
+                upsampling=cfg.upsampling,
+            )
+            model.compile(
+                optimizer=_optimizer(cfg, steps=len(train_seq)),
+                loss=get_loss(cfg.loss, num_classes),
+                metrics=[DiceMetric(num_classes=num_classes), IoUMetric(num_classes=num_classes)],
+            )
+
+        callbacks = standard_callbacks(out, cfg, state, val_seq, resume)
+        started = time.perf_counter()
+        t_images = ImageCounter(cfg.batch_size, len(split["train"]))
+        remaining = cfg.epochs - state["epoch"]
+        if remaining <= 0:
+            warn(f"{out}: all {cfg.epochs} epochs are already done; nothing to resume")
+        else:
+            fit_train, fit_val = train_seq, val_seq
+            if keras.backend.backend() == "tensorflow":  # no tf.data autotune stalls
+                fit_train, fit_val = as_tf_dataset(train_seq), as_tf_dataset(val_seq)
+            model.fit(
+                fit_train,
+                validation_data=fit_val,
+                epochs=cfg.epochs,
+                initial_epoch=state["epoch"],
+                callbacks=[EpochSync(train_seq), *callbacks, t_images],
+                shuffle=False,  # the sequence shuffles itself, seeded by (seed, epoch)
+                verbose=verbose,
+            )
+        elapsed = time.perf_counter() - started
+        metrics = _final_metrics(out, elapsed, t_images, precision)
+        atomic.write_json(out / runs.METRICS_FILE, metrics)
+        return metrics
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+# ----------------------------------------------------------------------------- run folder
+
+
+def _check_run_folder(out: Path, overwrite: bool) -> None:
+    """Refuse to replace an existing folder unless asked, and never one that is not a run."""
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise UnetError(
+                f"{out} already exists; pass --overwrite to replace it, --resume to continue it, "
+                "or choose another --out"
+            )
+        if not (out / runs.CONFIG_FILE).is_file():
+            raise UnetError(
+                f"{out} is not a run folder (no {runs.CONFIG_FILE}); refusing to overwrite it"
+            )
+
+
+def _start_run_folder(out: Path, overwrite: bool) -> None:
+    """An empty run folder at ``out`` (an old run there is removed when ``overwrite``)."""
+    _check_run_folder(out, overwrite)
+    if out.exists() and any(out.iterdir()):
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _load_resume(out: Path) -> tuple[RunConfig, dict, dict]:
+    for name in (runs.CONFIG_FILE, runs.SPLIT_FILE, runs.STATE_FILE, runs.LAST_FILE):
+        if not (out / name).is_file():
+            raise UnetError(
+                f"{out / name}: missing; nothing to resume (the run never finished an epoch); "
+                "start it again without --resume"
+            )
+    loaded = []
+    for name in (runs.CONFIG_FILE, runs.SPLIT_FILE, runs.STATE_FILE):
+        try:
+            loaded.append(json.loads((out / name).read_text()))
+        except (OSError, json.JSONDecodeError) as e:
+            raise UnetError(f"{out / name}: unreadable ({e}); the run cannot be resumed") from None
+    run_cfg = RunConfig.from_json(loaded[0], out / runs.CONFIG_FILE)
+    if not run_cfg.data:
+        raise UnetError(f"{out / runs.CONFIG_FILE}: no 'data' entry; the run cannot be resumed")
+    return run_cfg, loaded[1], loaded[2]
+
+
+def _check_split(split: dict[str, list[str]], data: Path) -> None:
+    if not split["train"]:
+        raise UnetError(f"{data}: no training images left after the validation split")
+    if not split["val"]:
+        raise UnetError(
+            f"{data}: the validation split is empty; raise --val-fraction or add images"
+        )
+
+
+def _run_config(
+    cfg: TrainConfig, dataset: PreparedData, data: Path, precision: str, size: tuple[int, int]
+) -> RunConfig:
+    return RunConfig(
+        settings=cfg,
+        image_size=size,
+        channels=dataset.channels,
+        num_classes=dataset.num_classes,
+        label_values=None if dataset.label_values is None else tuple(dataset.label_values),
+        precision=precision,
+        data=str(data.resolve()),
+        backend=keras.backend.backend(),
+        keras_version=keras.__version__,
+        unet_lowered_version=unet_lowered.__version__,
+    )
+
+
+def _final_metrics(
+    out: Path, elapsed: float, counter: ImageCounter, precision: str
+) -> dict[str, Any]:
+    """metrics.json: the scores of the epoch saved as model.keras, time and throughput."""
+    state_path = out / runs.STATE_FILE
+    state = json.loads(state_path.read_text()) if state_path.is_file() else {}
+    best_epoch = state.get("best_epoch")
+    rows = [r for r in read_history(out / runs.HISTORY_FILE) if int(r["epoch"]) == best_epoch]
+    best = rows[0] if rows else {}
+    return {
+        "epochs_completed": state.get("epoch", 0),
+        "best_epoch": best_epoch,
+        "val_dice": float(best["val_dice"]) if "val_dice" in best else None,
+        "val_iou": float(best["val_iou"]) if "val_iou" in best else None,
+        "val_dice_note": "mean per-image Dice on the validation split, at the training size",
+        "train_time_s": round(elapsed, 2),
+        "images_per_s": round(counter.images / counter.seconds, 2) if counter.seconds else None,
+        "precision": precision,
+        "platform": platform.platform(),
+    }
+
+
+# ----------------------------------------------------------------------------- fitting
+
+
+def _deterministic_ops() -> None:
+    """Ask TensorFlow for deterministic kernels (same seed, same result on CPU)."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
+
+
+def _optimizer(cfg: TrainConfig, steps: int):
+    if cfg.schedule == "cosine":
+        lr: Any = keras.optimizers.schedules.CosineDecay(
+            cfg.lr, decay_steps=max(1, cfg.epochs * steps), alpha=0.01
+        )
+    else:
+        lr = cfg.lr
+    if cfg.optimizer == "sgd":
+        # The paper: high momentum (0.99) so that many earlier samples shape each update.
+        return keras.optimizers.SGD(learning_rate=lr, momentum=0.99)
+    return keras.optimizers.Adam(learning_rate=lr)
+
+
+__all__ = ["cpu_supports_bf16", "resolve_precision", "train"]

@@ -1,0 +1,81 @@
+"""unet demo (tiny) and unet plot: every artefact is written; re-running replaces the demo."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from unet_lowered.demo.pipeline import MARKER, DemoSettings, run_demo
+from unet_lowered.errors import UnetError
+from unet_lowered.evaluation.plots import plot_curves
+from unet_lowered.inference.overlay import overlay
+from unet_lowered.io.images import read_image
+
+TINY = DemoSettings(count=16, test_count=3, size=64, epochs=1, seed=0)
+
+
+def test_tiny_demo_runs_the_whole_pipeline(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    lines: list[str] = []
+    result = run_demo(out, TINY, echo=lines.append)
+    assert (out / MARKER).is_file()
+    assert len(list((out / "kaggle" / "train_images").iterdir())) == 16
+    assert len(list((out / "data" / "train" / "images").iterdir())) == 16
+    assert len(list((out / "data" / "test").iterdir())) == 3
+    for name in ("model.keras", "config.json", "history.csv", "metrics.json", "curves.png"):
+        assert (out / "run" / name).is_file(), name
+    assert (out / "run" / "samples.png").is_file()
+    assert (out / "run" / "eval" / "per_image.csv").is_file()
+    predictions = out / "predictions"
+    with open(predictions / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3
+    for row in rows:
+        mask = read_image(predictions / f"{row['id']}.png")
+        assert mask.shape == (64, 64)
+        assert set(np.unique(mask)) <= {0, 255}
+        assert (predictions / f"{row['id']}_overlay.png").is_file()
+    assert 0.0 <= result["val_dice_training_size"] <= 1.0
+    assert result["predicted_images"] == 3
+    closing = lines[-1]
+    assert "Demo finished" in closing
+    assert "unet train    data/prepared --out runs/lungs" in closing
+
+
+def test_demo_rerun_replaces_only_its_own_folder(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "precious.txt").write_text("not a demo")
+    with pytest.raises(UnetError, match="is not a demo folder; pass --overwrite"):
+        run_demo(out, TINY, echo=lambda _: None)
+    assert (out / "precious.txt").read_text() == "not a demo"
+
+
+def test_curves_need_a_history(tmp_path: Path) -> None:
+    with pytest.raises(UnetError, match=r"history\.csv: missing; train the run first"):
+        plot_curves(tmp_path / "history.csv", tmp_path / "curves.png")
+
+
+def test_curves_png_written(tmp_path: Path) -> None:
+    (tmp_path / "history.csv").write_text(
+        "epoch,loss,dice,val_loss,val_dice\n1,0.9,0.5,0.8,0.6\n2,0.5,0.8,0.4,0.85\n"
+    )
+    path = plot_curves(tmp_path / "history.csv", tmp_path / "curves.png")
+    image = read_image(path)
+    assert image.ndim == 3 and image.shape[0] > 100
+
+
+def test_overlay_tints_truth_green_and_prediction_red() -> None:
+    image = np.zeros((4, 4), np.uint8)
+    image[0, 0] = 255  # so the image has a range
+    truth = np.zeros((4, 4), bool)
+    pred = np.zeros((4, 4), bool)
+    truth[1, 1] = True
+    pred[2, 2] = True
+    rgb = overlay(image, pred, truth=truth)
+    assert rgb[1, 1, 1] > rgb[1, 1, 0]  # green
+    assert rgb[2, 2, 0] > rgb[2, 2, 1]  # red
+    assert np.allclose(rgb[3, 3], 0.0)

@@ -1,0 +1,252 @@
+"""Evaluation metrics: hand-computed tables, HD95 against SciPy, Rand error known answers."""
+
+from __future__ import annotations
+
+import math
+from itertools import product
+
+import numpy as np
+import pytest
+from scipy.spatial.distance import cdist, directed_hausdorff
+
+from conftest import shared_dataset
+from unet_lowered.dataset.masks import label_components
+from unet_lowered.errors import UnetError
+from unet_lowered.evaluation import metrics as M
+
+
+def rect(r0: int, r1: int, c0: int, c1: int, shape=(6, 6)) -> np.ndarray:
+    m = np.zeros(shape, bool)
+    m[r0:r1, c0:c1] = True
+    return m
+
+
+A = rect(0, 1, 0, 4)  # 4 px
+HALF = rect(0, 1, 0, 2)  # 2 of A's pixels
+SHIFTED = rect(0, 2, 2, 4)  # 4 px, 2 shared with A
+FAR = rect(5, 6, 0, 4)  # disjoint from A
+EMPTY = np.zeros((6, 6), bool)
+
+# truth, prediction, Dice, IoU, precision, recall
+OVERLAP_TABLE = [
+    ("perfect", A, A, 1.0, 1.0, 1.0, 1.0),
+    ("disjoint", A, FAR, 0.0, 0.0, 0.0, 0.0),
+    ("half", A, HALF, 2 / 3, 1 / 2, 1.0, 1 / 2),
+    ("half-swapped", HALF, A, 2 / 3, 1 / 2, 1 / 2, 1.0),
+    ("shifted", A, SHIFTED, 1 / 2, 1 / 3, 1 / 2, 1 / 2),
+    ("both-empty", EMPTY, EMPTY, 1.0, 1.0, 1.0, 1.0),
+    ("false-positive", EMPTY, A, 0.0, 0.0, 0.0, 0.0),
+    ("missed", A, EMPTY, 0.0, 0.0, 0.0, 0.0),
+]
+
+
+@pytest.mark.parametrize(
+    ("truth", "pred", "d", "j", "p", "r"),
+    [row[1:] for row in OVERLAP_TABLE],
+    ids=[row[0] for row in OVERLAP_TABLE],
+)
+def test_overlap_table(truth, pred, d, j, p, r):
+    assert M.dice(truth, pred) == pytest.approx(d)
+    assert M.iou(truth, pred) == pytest.approx(j)
+    assert M.precision(truth, pred) == pytest.approx(p)
+    assert M.recall(truth, pred) == pytest.approx(r)
+
+
+@pytest.mark.parametrize(
+    "convert",
+    [
+        lambda m: m.astype(np.uint8) * 255,
+        lambda m: m.astype(np.float32),
+        lambda m: m[..., None],
+    ],
+    ids=["uint8-255", "float-0-1", "HW1"],
+)
+def test_masks_in_other_encodings(convert):
+    assert M.dice(convert(A), convert(HALF)) == pytest.approx(2 / 3)
+
+
+def test_probabilities_are_rejected():
+    with pytest.raises(UnetError, match="threshold it first"):
+        M.dice(A, np.full((6, 6), 0.7))
+
+
+def test_size_mismatch_is_rejected():
+    with pytest.raises(UnetError, match=r"true mask \(6, 6\) and predicted mask \(5, 6\) differ"):
+        M.score(A, A[:5])
+
+
+def test_non_2d_is_rejected():
+    with pytest.raises(UnetError, match=r"2-D mask .* got shape \(2, 6, 6\)"):
+        M.iou(np.stack([A, A]), np.stack([A, A]))
+
+
+# ---- surfaces and Hausdorff ------------------------------------------------------------------
+
+
+def test_surface_of_a_square_is_its_outline():
+    square = rect(1, 6, 1, 6, shape=(7, 7))  # 5x5
+    s = M.surface(square)
+    assert s.sum() == 16  # 5*4 - 4 corners counted once
+    assert not s[2:5, 2:5].any()
+    assert M.surface(rect(0, 1, 0, 1)).sum() == 1  # one pixel is its own surface
+    assert M.surface(np.ones((4, 4), bool)).sum() == 12  # the image border is surface
+
+
+@pytest.mark.parametrize(
+    ("truth", "pred", "expected"),
+    [
+        (rect(2, 3, 2, 3, (20, 20)), rect(5, 6, 6, 7, (20, 20)), 5.0),  # 3-4-5 triangle
+        (rect(2, 3, 2, 12, (20, 20)), rect(9, 10, 2, 12, (20, 20)), 7.0),  # parallel lines
+        (rect(2, 8, 2, 8, (20, 20)), rect(2, 8, 2, 8, (20, 20)), 0.0),  # identical
+        (EMPTY, EMPTY, 0.0),
+        (EMPTY, A, math.inf),
+        (A, EMPTY, math.inf),
+    ],
+    ids=["two-points", "parallel-lines", "identical", "both-empty", "fp", "missed"],
+)
+def test_hd95_known_distances(truth, pred, expected):
+    assert M.hd95(truth, pred) == pytest.approx(expected)
+
+
+def surface_points(mask: np.ndarray) -> np.ndarray:
+    return np.argwhere(M.surface(mask)).astype(float)
+
+
+SHAPES = [
+    (rect(3, 13, 3, 13, (24, 24)), rect(1, 16, 0, 15, (24, 24))),  # square in a bigger one
+    (rect(3, 13, 3, 13, (24, 24)), rect(6, 20, 9, 23, (24, 24))),  # overlapping squares
+    (rect(0, 4, 0, 24, (24, 24)), rect(18, 24, 5, 9, (24, 24))),  # bar and distant block
+]
+
+
+@pytest.mark.parametrize(("truth", "pred"), SHAPES, ids=["nested", "overlap", "apart"])
+def test_hausdorff_matches_scipy(truth, pred):
+    a, b = surface_points(truth), surface_points(pred)
+    want = max(directed_hausdorff(a, b)[0], directed_hausdorff(b, a)[0])
+    assert M.hausdorff(truth, pred, 100) == pytest.approx(want)
+    # HD95 from brute-force pairwise distances of the surface points.
+    d = cdist(a, b)
+    want95 = max(np.percentile(d.min(axis=1), 95), np.percentile(d.min(axis=0), 95))
+    assert M.hd95(truth, pred) == pytest.approx(want95)
+    assert M.hd95(pred, truth) == pytest.approx(want95)  # symmetric
+
+
+def test_surface_distances_need_both_masks():
+    with pytest.raises(UnetError, match="one of them is empty"):
+        M.surface_distances(A, EMPTY)
+
+
+# ---- score, per class, summary ------------------------------------------------------------
+
+
+def test_score_has_every_key():
+    s = M.score(A, HALF)
+    assert tuple(s) == M.SCORE_KEYS
+    assert s["dice"] == pytest.approx(2 / 3)
+    # HALF->A all 0; A->HALF 0, 0, 1, 2: 95th percentile at rank 0.95 * 3 = 2.85 -> 1.85
+    assert s["hd95"] == pytest.approx(1.85)
+    assert s["fg_true"] == pytest.approx(4 / 36)
+    assert s["fg_pred"] == pytest.approx(2 / 36)
+
+
+def test_per_class_scores():
+    truth = np.zeros((6, 6), np.int64)
+    truth[0, :4] = 1
+    truth[5, :4] = 2
+    pred = truth.copy()
+    pred[0, 2:4] = 0  # class 1: half; class 2: perfect
+    scores = M.per_class_scores(truth, pred, 3)
+    assert set(scores) == {1, 2}
+    assert scores[1]["dice"] == pytest.approx(2 / 3)
+    assert scores[2]["dice"] == 1.0 and scores[2]["hd95"] == 0.0
+    with pytest.raises(UnetError, match=r"outside 0\.\.1 .* check num_classes"):
+        M.per_class_scores(truth, pred, 2)
+
+
+def test_summarize_leaves_out_infinite_values_and_counts_them():
+    s = M.summarize([1.0, 3.0, math.inf, 2.0])
+    assert s == {
+        "n": 4,
+        "n_nonfinite": 1,
+        "mean": 2.0,
+        "median": 2.0,
+        "std": pytest.approx(math.sqrt(2 / 3)),
+        "min": 1.0,
+        "max": 3.0,
+    }
+    assert M.summarize([math.inf])["mean"] is None
+
+
+# ---- Rand error ---------------------------------------------------------------------------
+
+
+def brute_force_rand_error(t: np.ndarray, p: np.ndarray) -> float:
+    """1 - F over ordered pairs of distinct pixels whose true label is not 0."""
+    idx = np.flatnonzero(t.ravel() != 0)
+    tv, pv = t.ravel()[idx], p.ravel()[idx]
+    both = same_t = same_p = 0
+    for i, j in product(range(idx.size), repeat=2):
+        if i == j:
+            continue
+        st, sp = tv[i] == tv[j], pv[i] == pv[j]
+        both += st and sp
+        same_t += st
+        same_p += sp
+    return 1.0 - both / (0.5 * same_t + 0.5 * same_p) if same_t + same_p else 0.0
+
+
+def test_rand_error_hand_values():
+    one = np.array([[1, 1, 1, 1]])
+    split = np.array([[1, 1, 2, 2]])
+    # truth one segment of 4 (12 ordered pairs), prediction two of 2 (2+2 pairs), 4 shared:
+    # F = 4 / (0.5*12 + 0.5*4) = 0.5
+    assert M.rand_error(one, split) == pytest.approx(0.5)
+    assert M.rand_error(split, one) == pytest.approx(0.5)
+    assert M.rand_error(split, split) == 0.0
+    assert M.rand_error(split, np.array([[7, 7, 3, 3]])) == 0.0  # label names do not matter
+
+
+def test_rand_error_ignores_true_background_only():
+    truth = np.array([[1, 1, 0, 2, 2]])
+    # Prediction labels membrane pixel 2 as a cell: ignored (true label 0).
+    assert M.rand_error(truth, np.array([[5, 5, 5, 6, 6]])) == 0.0
+    # Prediction label 0 on true cell pixels is a segment like any other: merges 1 and 2.
+    assert M.rand_error(truth, np.array([[0, 0, 0, 0, 0]])) == pytest.approx(
+        1 - 4 / (0.5 * 4 + 0.5 * 12)
+    )
+    assert M.rand_error(np.zeros((3, 3), int), np.ones((3, 3), int)) == 0.0  # nothing to compare
+
+
+def test_rand_error_matches_pair_counting(rng):
+    for _ in range(5):
+        t = rng.integers(0, 4, (4, 5))
+        p = rng.integers(0, 3, (4, 5))
+        assert M.rand_error(t, p) == pytest.approx(brute_force_rand_error(t, p))
+
+
+def test_rand_error_rejects_float_maps():
+    with pytest.raises(UnetError, match=r"label masks with label_components\(mask, 4\) first"):
+        M.rand_error(np.ones((2, 2)), np.ones((2, 2)))
+
+
+def test_label_components_separates_cells_across_a_diagonal_membrane():
+    cells = np.ones((4, 4), bool)
+    cells[[0, 1, 2, 3], [3, 2, 1, 0]] = False  # anti-diagonal membrane
+    assert label_components(cells, 4)[1] == 2  # 4-connectivity: two cells
+    assert label_components(cells, 8)[1] == 1  # 8-connectivity leaks
+    assert label_components(cells)[1] == 1  # 8 is the default: objects of a mask
+    with pytest.raises(UnetError, match="connectivity must be 4 or 8"):
+        label_components(cells, connectivity=2)
+
+
+@pytest.mark.realdata
+def test_rand_error_on_isbi2012_labels():
+    import cv2
+
+    folder = shared_dataset("isbi2012") / "train" / "label"
+    label = cv2.imread(str(folder / "0.png"), cv2.IMREAD_GRAYSCALE)
+    truth = label_components(label > 127, 4)[0]
+    assert truth.max() > 50  # many cells
+    assert M.rand_error(truth, truth) == 0.0
+    # Merging every cell into one (all membranes lost) is a large error.
+    assert M.rand_error(truth, np.ones_like(truth)) > 0.9

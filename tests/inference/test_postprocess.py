@@ -1,0 +1,120 @@
+"""Post-processing known answers on masks drawn by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from unet_lowered.inference.postprocess import (
+    clean_mask,
+    count_components,
+    fill_holes,
+    keep_largest,
+    remove_small,
+    to_mask,
+)
+
+
+def disk(shape: tuple[int, int], cy: float, cx: float, r: float) -> np.ndarray:
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+
+
+def two_blobs_and_noise() -> tuple[np.ndarray, np.ndarray]:
+    """Two lungs (big rectangles) and five specks of 1-4 pixels; returns (noisy, blobs)."""
+    blobs = np.zeros((40, 60), bool)
+    blobs[5:35, 5:25] = True  # 600 px
+    blobs[8:33, 35:55] = True  # 500 px
+    noisy = blobs.copy()
+    noisy[0, 0] = noisy[39, 59] = noisy[20, 30] = True  # single pixels
+    noisy[1:3, 28:30] = True  # 2x2 speck
+    noisy[37, 10:14] = True  # 1x4 line
+    return noisy, blobs
+
+
+def test_to_mask_thresholds_one_class_and_argmaxes_several() -> None:
+    p = np.array([[0.2, 0.5], [0.7, 0.49]], np.float32)
+    np.testing.assert_array_equal(to_mask(p, 0.5), [[False, True], [True, False]])
+    np.testing.assert_array_equal(to_mask(p[:, :, None], 0.6), [[False, False], [True, False]])
+    k = np.stack([1 - p, p, np.full_like(p, 0.45)], axis=2)
+    np.testing.assert_array_equal(to_mask(k), [[0, 0], [1, 0]])
+    assert to_mask(k).dtype == np.int32
+
+
+def test_two_blobs_plus_noise_keep_two_largest() -> None:
+    noisy, blobs = two_blobs_and_noise()
+    assert count_components(noisy) == 7
+    np.testing.assert_array_equal(keep_largest(noisy, 2), blobs)
+    np.testing.assert_array_equal(clean_mask(noisy, keep=2), blobs)
+
+
+def test_two_blobs_plus_noise_min_area() -> None:
+    noisy, blobs = two_blobs_and_noise()
+    np.testing.assert_array_equal(remove_small(noisy, 5), blobs)
+    only_1x4_and_blobs = remove_small(noisy, 4)
+    assert count_components(only_1x4_and_blobs) == 4  # the 2x2 and the 1x4 have 4 pixels
+
+
+def test_keep_largest_orders_by_area() -> None:
+    noisy, _ = two_blobs_and_noise()
+    largest = keep_largest(noisy, 1)
+    assert largest.sum() == 600 and largest[10, 10]
+    np.testing.assert_array_equal(keep_largest(noisy, 10), noisy)  # fewer objects than n
+
+
+def test_diagonal_pixels_are_one_object() -> None:
+    m = np.eye(5, dtype=bool)
+    assert count_components(m) == 1
+
+
+def test_ring_becomes_filled_disk() -> None:
+    outer, inner = disk((41, 41), 20, 20, 15), disk((41, 41), 20, 20, 8)
+    ring = outer & ~inner
+    np.testing.assert_array_equal(fill_holes(ring), outer)
+    np.testing.assert_array_equal(clean_mask(ring, holes=True), outer)
+
+
+def test_a_notch_open_to_the_border_is_not_a_hole() -> None:
+    m = np.ones((10, 10), bool)
+    m[0:5, 4:6] = False  # a slot that reaches the top edge
+    np.testing.assert_array_equal(fill_holes(m), m)
+
+
+def test_order_small_then_largest_then_holes() -> None:
+    """Two rings, one with a speck inside its hole: the speck goes, then the hole is filled."""
+    shape = (50, 100)
+    left = disk(shape, 25, 25, 15) & ~disk(shape, 25, 25, 6)
+    right = disk(shape, 25, 75, 12) & ~disk(shape, 25, 75, 4)
+    m = left | right
+    m[25, 25] = True  # speck inside the left hole
+    m[0, 50] = True  # speck outside
+    out = clean_mask(m, keep=2, holes=True, min_area=3)
+    np.testing.assert_array_equal(out, disk(shape, 25, 25, 15) | disk(shape, 25, 75, 12))
+
+
+@pytest.mark.parametrize("empty_shape", [(8, 8), (1, 1)])
+def test_empty_mask_stays_empty(empty_shape: tuple[int, int]) -> None:
+    m = np.zeros(empty_shape, bool)
+    out = clean_mask(m, keep=2, holes=True, min_area=10)
+    assert out.shape == m.shape and out.dtype == bool and not out.any()
+    assert count_components(m) == 0
+
+
+def test_multi_class_cleaned_per_class() -> None:
+    m = np.zeros((20, 30), np.int32)
+    m[2:18, 2:12] = 1  # left lung, with a hole
+    m[8:10, 5:8] = 0
+    m[2:18, 18:28] = 2  # right lung
+    m[0, 15] = 2  # speck of class 2
+    m[10, 22] = 3  # a one-pixel heart inside the right lung
+    out = clean_mask(m, keep=1, holes=True)
+    expected = m.copy()
+    expected[8:10, 5:8] = 1
+    expected[0, 15] = 0
+    np.testing.assert_array_equal(out, expected)
+    assert count_components(out) == 3
+
+
+def test_keep_largest_rejects_zero() -> None:
+    with pytest.raises(ValueError, match="keep_largest needs n >= 1, got 0"):
+        keep_largest(np.zeros((3, 3), bool), 0)

@@ -1,0 +1,466 @@
+"""Prediction: one image at its original size, files of every format, the CLI."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from scipy.special import expit
+
+from run_fixtures import bright_model, disk_image, make_run, run_config
+from unet_lowered.errors import UnetError
+from unet_lowered.inference.batch import collect_inputs, exit_status, make_ids, predict_files
+from unet_lowered.inference.predictor import (
+    PredictOptions,
+    mask_to_png,
+    predict_image,
+    resolve_mode,
+    resolve_tta,
+)
+from unet_lowered.io import images
+from unet_lowered.preprocess import model_input
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_run(tmp_path_factory.mktemp("run") / "run", bright_model(32))
+
+
+@pytest.fixture(scope="module")
+def loaded(run: Path):
+    from unet_lowered.io.runs import load_run
+
+    r = load_run(run)
+    return r.model(), r.config
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2 * float((a & b).sum()) / float(a.sum() + b.sum())
+
+
+# ---------------------------------------------------------------- one image
+
+
+@pytest.mark.parametrize("mode", ["resize", "tile"])
+@pytest.mark.parametrize("shape", [(1001, 777), (31, 45), (7, 5)])
+def test_probabilities_at_original_size(loaded, mode: str, shape: tuple[int, int]) -> None:
+    model, config = loaded
+    image, mask = disk_image(*shape)
+    p = predict_image(model, image, config, mode=mode)
+    assert p.shape == (*shape, 1) and p.dtype == np.float32
+    assert 0 <= p.min() and p.max() <= 1
+    if min(shape) > 100:
+        assert dice(p[:, :, 0] >= 0.5, mask) > 0.97
+    elif min(shape) > 30:  # a disk of radius 9: one pixel of resampling blur costs ~10%
+        assert dice(p[:, :, 0] >= 0.5, mask) > 0.85
+
+
+def test_tile_mode_known_answer(loaded) -> None:
+    """A 1x1 network tiled over the image gives sigmoid(10 z) of the whole image exactly."""
+    model, config = loaded
+    image, _ = disk_image(100, 70, np.uint16)
+    p = predict_image(model, image, config, mode="tile", overlap=0.5)
+    expected = expit(10 * model_input(image, 1, None))
+    np.testing.assert_allclose(p, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["resize", "tile"])
+@pytest.mark.parametrize("which", ["lr", "flips", "dihedral"])
+def test_tta_of_an_equivariant_model_changes_nothing(loaded, mode: str, which: str) -> None:
+    model, config = loaded
+    image, _ = disk_image(50, 40)
+    plain = predict_image(model, image, config, mode=mode)
+    with_tta = predict_image(model, image, config, mode=mode, tta=True, tta_transforms=which)
+    np.testing.assert_allclose(with_tta, plain, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("flip_lr", "flip_ud", "expected"),
+    [(True, True, "flips"), (True, False, "lr"), (False, True, "ud")],
+)
+def test_auto_tta_uses_the_flips_the_run_trained_with(flip_lr, flip_ud, expected) -> None:
+    assert resolve_tta("auto", run_config({"flip_lr": flip_lr, "flip_ud": flip_ud})) == expected
+    assert resolve_tta("dihedral", run_config({"flip_lr": flip_lr})) == "dihedral"
+
+
+def test_auto_tta_refuses_a_run_trained_without_flips(loaded) -> None:
+    model, config = loaded
+    with pytest.raises(UnetError, match=r"the run was trained without flips .* --tta-transforms"):
+        predict_image(model, disk_image(20, 20)[0], config, tta=True)
+
+
+def test_colour_image_on_a_gray_run_and_gray_on_a_colour_run(tmp_path: Path, loaded) -> None:
+    model, config = loaded
+    image, mask = disk_image(120, 90)
+    rgb = np.stack([image, image // 2, image], axis=2)
+    assert dice(predict_image(model, rgb, config)[:, :, 0] >= 0.5, mask) > 0.95
+    run3 = make_run(tmp_path / "rgb", bright_model(32, channels=3))
+    from unet_lowered.io.runs import load_run
+
+    r = load_run(run3)
+    assert dice(predict_image(r.model(), image, r.config)[:, :, 0] >= 0.5, mask) > 0.95
+
+
+def test_multi_class_softmax_and_label_values(tmp_path: Path) -> None:
+    from unet_lowered.io.runs import load_run
+
+    r = load_run(
+        make_run(tmp_path / "mc", bright_model(32, num_classes=3), label_values=[0, 100, 200])
+    )
+    image, mask = disk_image(45, 33)
+    p = predict_image(r.model(), image, r.config, mode="tile")
+    assert p.shape == (45, 33, 3)
+    np.testing.assert_allclose(p.sum(axis=2), 1, atol=1e-5)
+    labels = np.argmax(p, axis=2)
+    np.testing.assert_array_equal(mask_to_png(labels, r.config)[mask & (labels == 2)], 200)
+    assert set(np.unique(mask_to_png(labels, r.config))) <= {0, 100, 200}
+
+
+@pytest.mark.parametrize("mode", ["resize", "tile"])
+def test_valid_padding_model(tmp_path: Path, mode: str) -> None:
+    """A valid-padding U-Net (44 in, 4 out at depth 2) still predicts every pixel."""
+    from unet_lowered.io.runs import load_run
+    from unet_lowered.model import unet
+
+    model = unet((44, 44, 1), base_filters=2, depth=2, padding="valid")
+    assert model.output_shape[1:3] == (4, 4)
+    r = load_run(make_run(tmp_path / "valid", model, padding="valid"))
+    image, _ = disk_image(23, 50)
+    p = predict_image(r.model(), image, r.config, mode=mode, batch_size=64)
+    assert p.shape == (23, 50, 1) and np.isfinite(p).all()
+
+
+def test_auto_mode_follows_the_run() -> None:
+    assert resolve_mode("auto", run_config({"input_mode": "crop"})) == "tile"
+    assert resolve_mode("auto", run_config({"input_mode": "resize"})) == "resize"
+    assert resolve_mode("tile", run_config({"input_mode": "resize"})) == "tile"
+    with pytest.raises(UnetError, match="unknown --mode 'big'; use one of: auto, resize, tile"):
+        resolve_mode("big", run_config({}))
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (PredictOptions(overlap=1.0), r"--overlap must be in \[0, 1\)"),
+        (PredictOptions(threshold=1.5), "--threshold must be between 0 and 1"),
+        (PredictOptions(keep_largest=0), "--keep-largest must be at least 1"),
+        (
+            PredictOptions(blend="box"),
+            "unknown --blend 'box'; use one of: gaussian, linear, constant",
+        ),
+        (PredictOptions(batch_size=0), "--batch-size must be at least 1"),
+        (PredictOptions(min_area=-1), "--min-area must be 0 or more"),
+    ],
+)
+def test_bad_options_are_explained(options: PredictOptions, message: str) -> None:
+    with pytest.raises(UnetError, match=message):
+        options.validate()
+
+
+# ---------------------------------------------------------------- inputs and ids
+
+
+def test_make_ids_disambiguates_collisions() -> None:
+    files = [
+        Path("/d/a/x.png"),
+        Path("/d/b/x.png"),
+        Path("/d/a/y.png"),
+        Path("/e/s/z.png"),
+        Path("/f/s/z.png"),
+        Path("/d/c/w.png"),
+        Path("/d/c/w.jpg"),
+    ]
+    assert make_ids(files) == [
+        "a__x",
+        "b__x",
+        "y",
+        "e__s__z",
+        "f__s__z",
+        "d__c__w_png",
+        "d__c__w_jpg",
+    ]
+
+
+def test_make_ids_never_repeats() -> None:
+    files = [Path("/d/a/x.png"), Path("/d/b/x.png"), Path("/d/c/a__x.png")]
+    ids = make_ids(files)
+    assert len(set(ids)) == 3
+
+
+def test_collect_inputs_files_folders_globs(tmp_path: Path) -> None:
+    for rel in ["a/1.png", "a/2.jpg", "a/notes.txt", "a/sub/3.png", "b/4.tif"]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    names = lambda paths: sorted(p.name for p in paths)  # noqa: E731
+    assert names(collect_inputs([tmp_path / "a"])) == ["1.png", "2.jpg"]
+    assert names(collect_inputs([tmp_path / "a"], recursive=True)) == ["1.png", "2.jpg", "3.png"]
+    assert names(collect_inputs([str(tmp_path / "*" / "*.png")])) == ["1.png"]
+    assert names(collect_inputs([str(tmp_path / "**" / "*.png")], recursive=True)) == [
+        "1.png",
+        "3.png",
+    ]
+    assert names(
+        collect_inputs([tmp_path / "a" / "notes.txt", tmp_path / "a" / "1.png", tmp_path / "a"])
+    ) == [
+        "1.png",
+        "2.jpg",
+        "notes.txt",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda t: [t / "missing.png"], "missing.png: no such file or folder; check the path"),
+        (lambda t: [str(t / "*.bmp")], r"\*.bmp: the pattern matches no image files"),
+        (lambda t: [t / "nested"], r"no image files in this folder \(use --recursive"),
+    ],
+)
+def test_collect_inputs_errors(tmp_path: Path, make, message: str) -> None:
+    (tmp_path / "nested" / "deeper").mkdir(parents=True)
+    (tmp_path / "nested" / "deeper" / "1.png").write_bytes(b"x")
+    with pytest.raises(UnetError, match=message):
+        collect_inputs(make(tmp_path))
+
+
+# ---------------------------------------------------------------- files
+
+
+def write_dicom(path: Path, stored: np.ndarray, photometric: str, **tags) -> None:
+    """A minimal uncompressed DICOM file (secondary capture) holding ``stored`` pixels."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "DX"
+    ds.Rows, ds.Columns = stored.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    for key, value in tags.items():
+        setattr(ds, key, value)
+    ds.PixelData = stored.astype(np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_dicom_rescale_and_window_are_applied(tmp_path: Path) -> None:
+    """Stored 0..1000, slope 2, intercept -1000: HU -1000..1000; window 0 +- 500 shows stored
+    250..750. Ignoring the slope would show stored 0..500 instead."""
+    stored = np.tile(np.arange(0, 1001, 10), (4, 1))
+    write_dicom(
+        tmp_path / "ramp.dcm",
+        stored,
+        "MONOCHROME2",
+        RescaleSlope=2,
+        RescaleIntercept=-1000,
+        WindowCenter=0,
+        WindowWidth=1000,
+    )
+    row = images.read_image(tmp_path / "ramp.dcm")[0].astype(int)
+    s = stored[0]
+    assert (row[s <= 240] == 0).all() and (row[s >= 760] == 65535).all()
+    inside = row[(s > 260) & (s < 740)]
+    assert (np.diff(inside) > 0).all() and 0 < inside.min() and inside.max() < 65535
+
+
+def write_formats(folder: Path) -> dict[str, tuple[Path, np.ndarray]]:
+    """One disk image per format, each of a different odd size; name -> (path, mask)."""
+    import tifffile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = {}
+    img, mask = disk_image(121, 95, np.uint16, seed=1)
+    images.write_png(folder / "png16.png", img)
+    out["png16"] = (folder / "png16.png", mask)
+    img, mask = disk_image(100, 141, seed=2)
+    cv2.imwrite(str(folder / "photo.jpg"), img)
+    out["photo"] = (folder / "photo.jpg", mask)
+    img, mask = disk_image(79, 80, np.uint16, seed=3)
+    tifffile.imwrite(folder / "scan.tif", img)
+    out["scan"] = (folder / "scan.tif", mask)
+    img, mask = disk_image(67, 71, seed=4)
+    cv2.imwrite(str(folder / "colour.bmp"), np.stack([img, img // 3, img], axis=2))
+    out["colour"] = (folder / "colour.bmp", mask)
+    img, mask = disk_image(91, 75, np.uint16, seed=5)
+    stored = (4095 - img // 16).astype(np.uint16)  # MONOCHROME1: bright = low values
+    write_dicom(folder / "xray.dcm", stored, "MONOCHROME1", RescaleSlope=1, RescaleIntercept=0)
+    out["xray"] = (folder / "xray.dcm", mask)
+    return out
+
+
+def read_csv(path: Path) -> dict[str, dict[str, str]]:
+    with open(path, newline="") as f:
+        return {row["id"]: row for row in csv.DictReader(f)}
+
+
+def test_every_format_predicted_at_original_size(tmp_path: Path, run: Path) -> None:
+    expected = write_formats(tmp_path / "in")
+    report = predict_files(
+        run, [tmp_path / "in"], tmp_path / "out", save_prob="png", save_overlay=True, progress=False
+    )
+    assert not report.failed and sorted(report.written) == sorted(expected)
+    rows = read_csv(tmp_path / "out" / "predictions.csv")
+    for name, (path, mask) in expected.items():
+        written = images.read_image(tmp_path / "out" / f"{name}.png")
+        assert written.shape == mask.shape and written.dtype == np.uint8
+        assert set(np.unique(written)) <= {0, 255}
+        assert dice(written == 255, mask) > 0.93, name  # MONOCHROME1 inverted, else ~0
+        assert images.read_image(tmp_path / "out" / f"{name}_prob.png").shape == mask.shape
+        assert images.read_image(tmp_path / "out" / f"{name}_overlay.png").shape == (*mask.shape, 3)
+        row = rows[name]
+        assert row["source"] == str(path) and row["status"] == "ok"
+        assert (int(row["height"]), int(row["width"])) == mask.shape
+        assert row["components"] == "1"
+        assert float(row["foreground_fraction"]) == pytest.approx(mask.mean(), abs=0.05)
+    assert sorted(p.name for p in (tmp_path / "in").iterdir()) == sorted(
+        p.name for p, _ in expected.values()
+    )
+
+
+def test_npy_probabilities_and_postprocessing(tmp_path: Path, run: Path) -> None:
+    image, _ = disk_image(64, 64)
+    image[2:5, 2:5] = 255  # a bright speck: a second object unless post-processing removes it
+    images.write_png(tmp_path / "speck.png", image)
+    predict_files(run, [tmp_path / "speck.png"], tmp_path / "raw", save_prob="npy", progress=False)
+    predict_files(
+        run,
+        [tmp_path / "speck.png"],
+        tmp_path / "clean",
+        PredictOptions(keep_largest=1),
+        progress=False,
+    )
+    prob = np.load(tmp_path / "raw" / "speck_prob.npy")
+    assert prob.shape == (64, 64) and prob.dtype == np.float32
+    assert read_csv(tmp_path / "raw" / "predictions.csv")["speck"]["components"] == "2"
+    assert read_csv(tmp_path / "clean" / "predictions.csv")["speck"]["components"] == "1"
+
+
+def test_corrupt_file_among_good_ones(tmp_path: Path, run: Path) -> None:
+    for i in range(3):
+        images.write_png(tmp_path / "in" / f"good{i}.png", disk_image(30 + i, 41)[0])
+    (tmp_path / "in" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    (tmp_path / "in" / "empty.jpg").write_bytes(b"")
+    report = predict_files(
+        run, [tmp_path / "in"], tmp_path / "out", PredictOptions(batch_size=2), progress=False
+    )
+    assert sorted(report.written) == ["good0", "good1", "good2"]
+    assert sorted(Path(p).name for p, _ in report.failed) == ["bad.png", "empty.jpg"]
+    assert all(str(tmp_path / "in") in message for _, message in report.failed)
+    rows = read_csv(tmp_path / "out" / "predictions.csv")
+    assert rows["bad"]["status"].startswith("failed: ") and rows["good1"]["status"] == "ok"
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == [
+        "good0.png",
+        "good1.png",
+        "good2.png",
+    ]
+    assert exit_status(report, keep_going=False) == 1
+    assert exit_status(report, keep_going=True) == 0
+
+
+def test_same_stem_in_two_folders_does_not_overwrite(tmp_path: Path, run: Path) -> None:
+    small, big = disk_image(30, 30)[0], disk_image(50, 40)[0]
+    images.write_png(tmp_path / "left" / "scan.png", small)
+    images.write_png(tmp_path / "right" / "scan.png", big)
+    predict_files(run, [tmp_path / "left", tmp_path / "right"], tmp_path / "out", progress=False)
+    assert images.read_image(tmp_path / "out" / "left__scan.png").shape == (30, 30)
+    assert images.read_image(tmp_path / "out" / "right__scan.png").shape == (50, 40)
+
+
+@pytest.mark.parametrize("out", ["in", "in/preds", "in/sub"])
+def test_never_writes_into_input_folders(tmp_path: Path, run: Path, out: str) -> None:
+    images.write_png(tmp_path / "in" / "sub" / "a.png", disk_image(30, 30)[0])
+    inputs = [tmp_path / "in" / "sub" / "a.png"] if out == "in/sub" else [tmp_path / "in"]
+    with pytest.raises(UnetError, match="predictions are never written"):
+        predict_files(run, inputs, tmp_path / out, recursive=True, progress=False)
+    assert sorted(p.name for p in (tmp_path / "in").rglob("*")) == ["a.png", "sub"]
+
+
+def test_bad_run_folder(tmp_path: Path) -> None:
+    images.write_png(tmp_path / "a.png", disk_image(30, 30)[0])
+    with pytest.raises(UnetError, match="no such run folder"):
+        predict_files(tmp_path / "norun", [tmp_path / "a.png"], tmp_path / "out", progress=False)
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def cli(*args: str) -> int:
+    from unet_lowered.cli import main
+
+    try:
+        main(list(args))
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0
+
+
+def test_cli_predict_exit_status_and_keep_going(
+    tmp_path: Path, run: Path, capsys: pytest.CaptureFixture
+) -> None:
+    images.write_png(tmp_path / "in" / "good.png", disk_image(40, 30)[0])
+    (tmp_path / "in" / "bad.tif").write_bytes(b"II*\x00broken")
+    assert (
+        cli("predict", str(run), str(tmp_path / "in"), "--out", str(tmp_path / "o1"), "--overlay")
+        == 1
+    )
+    err = capsys.readouterr().err
+    assert "bad.tif" in err and "1 of 2 inputs failed" in err
+    assert (tmp_path / "o1" / "good.png").is_file() and (
+        tmp_path / "o1" / "good_overlay.png"
+    ).is_file()
+    code = cli(
+        "predict",
+        str(run),
+        str(tmp_path / "in"),
+        "--out",
+        str(tmp_path / "o2"),
+        "--keep-going",
+        "--mode",
+        "tile",
+        "--tta",
+        "--tta-transforms",
+        "flips",
+        "--keep-largest",
+        "2",
+        "--fill-holes",
+    )
+    assert code == 0 and (tmp_path / "o2" / "good.png").is_file()
+    assert cli("predict", str(run), str(tmp_path / "nothing"), "--out", str(tmp_path / "o3")) == 1
+    assert "nothing: no such file or folder" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- memory
+
+
+@pytest.mark.slow
+def test_4096_image_in_tile_mode_stays_under_2_gb(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "predict_memory.py"
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            "--size",
+            "4096",
+            "--work",
+            str(tmp_path),
+            "--max-mb",
+            "2048",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -1,0 +1,376 @@
+"""unet train: artefacts, settings, reproducibility, resume after SIGKILL, guards, real data."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from conftest import shared_dataset
+from unet_lowered.cli import app
+from unet_lowered.errors import UnetError
+from unet_lowered.training import config as config_mod
+
+TINY = {
+    "image_size": 32,
+    "base_filters": 4,
+    "depth": 2,
+    "batch_size": 4,
+    "epochs": 2,
+    "precision": "float32",
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    """A prepared folder of 16 synthetic 64x64 chest X-rays (Kaggle layout -> prepare)."""
+    from unet_lowered.dataset.prepare import prepare
+    from unet_lowered.demo.synth import make_dataset
+
+    root = tmp_path_factory.mktemp("tiny")
+    make_dataset(root / "kaggle", count=16, test_count=2, size=64, seed=1)
+    prepare(root / "kaggle", root / "prepared")
+    return root / "prepared"
+
+
+def _train(data: Path, out: Path, **settings):
+    from unet_lowered.training.train import train
+
+    cfg = config_mod.resolve(None, {**TINY, **settings})
+    return train(data, out, cfg, verbose=0)
+
+
+def _history(run: Path) -> list[dict[str, str]]:
+    with open(run / "history.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_train_writes_every_artefact(tiny_data: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    metrics = _train(tiny_data, run)
+    for name in ("model.keras", "last.keras", "config.json", "split.json", "state.json"):
+        assert (run / name).is_file(), name
+    assert any((run / "logs").rglob("*")), "TensorBoard logs missing"
+    config = json.loads((run / "config.json").read_text())
+    assert config["image_size"] == [32, 32]
+    assert config["channels"] == 1
+    assert config["num_classes"] == 1
+    assert config["threshold"] == 0.5
+    assert config["loss"] == "bce+dice"
+    split = json.loads((run / "split.json").read_text())
+    assert set(split["train"]).isdisjoint(split["val"])
+    assert len(split["train"]) + len(split["val"]) == 16
+    assert len(split["val"]) == round(16 * 0.15)  # 2 of 16
+    rows = _history(run)
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert {"loss", "dice", "iou", "val_loss", "val_dice", "val_iou", "lr"} <= set(rows[0])
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved == metrics
+    assert saved["epochs_completed"] == 2
+    assert saved["val_dice"] == pytest.approx(max(float(r["val_dice"]) for r in rows), abs=1e-5)
+    assert saved["images_per_s"] > 0
+    # No temporary files left behind by the atomic writes.
+    assert not [p for p in run.iterdir() if p.name.startswith(".")]
+
+
+def test_same_seed_same_split_and_dice(tiny_data: Path, tmp_path: Path) -> None:
+    a = _train(tiny_data, tmp_path / "a", seed=3)
+    b = _train(tiny_data, tmp_path / "b", seed=3)
+    c_split = json.loads(((tmp_path / "a") / "split.json").read_text())
+    assert c_split == json.loads(((tmp_path / "b") / "split.json").read_text())
+    assert a["val_dice"] == pytest.approx(b["val_dice"], abs=1e-6)
+    rows_a, rows_b = _history(tmp_path / "a"), _history(tmp_path / "b")
+    for ra, rb in zip(rows_a, rows_b, strict=True):
+        assert float(ra["val_loss"]) == pytest.approx(float(rb["val_loss"]), abs=1e-6)
+
+
+def test_other_seed_other_split(tiny_data: Path) -> None:
+    from unet_lowered.dataset.pairs import load_prepared
+
+    data = load_prepared(tiny_data)
+    assert data.split(0.25, 0) != data.split(0.25, 1)
+    assert data.split(0.25, 0) == data.split(0.25, 0)
+
+
+def test_resume_after_sigkill_finishes_all_epochs(tiny_data: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    epochs = 8
+    cmd = [sys.executable, "-m", "unet_lowered", "train", str(tiny_data), "--out", str(run)]
+    cmd += ["--epochs", str(epochs), "--image-size", "64", "--base-filters", "8"]
+    cmd += ["--depth", "3", "--precision", "float32", "--batch-size", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = run / "state.json"
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if state.is_file() and json.loads(state.read_text())["epoch"] >= 1:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "training ended before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    done = json.loads(state.read_text())["epoch"]
+    assert 1 <= done < epochs
+    result = CliRunner().invoke(app, ["train", "--resume", "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(state.read_text())["epoch"] == epochs
+    assert [int(r["epoch"]) for r in _history(run)] == list(range(1, epochs + 1))
+    assert json.loads((run / "metrics.json").read_text())["epochs_completed"] == epochs
+
+
+def test_resume_of_finished_run_trains_nothing_more(tiny_data: Path, tmp_path: Path) -> None:
+    from unet_lowered.training.train import train
+
+    run = tmp_path / "run"
+    _train(tiny_data, run, epochs=1)
+    metrics = train(None, run, resume=True, verbose=0)
+    assert metrics["epochs_completed"] == 1
+    assert len(_history(run)) == 1
+
+
+def test_overfit_batch_learns(tiny_data: Path, tmp_path: Path) -> None:
+    metrics = _train(
+        tiny_data,
+        tmp_path / "run",
+        overfit_batch=True,
+        epochs=60,
+        image_size=64,
+        base_filters=8,
+        learning_rate=3e-3,
+        schedule="none",
+        patience=100,
+    )
+    assert metrics["val_dice"] > 0.9
+
+
+def test_existing_run_needs_overwrite(tiny_data: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    _train(tiny_data, run, epochs=1)
+    with pytest.raises(UnetError, match="already exists; pass --overwrite"):
+        _train(tiny_data, run, epochs=1)
+    result = CliRunner().invoke(app, ["train", str(tiny_data), "--out", str(run)])
+    assert result.exit_code == 1
+
+
+def test_resume_without_a_run_is_a_clear_error(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["train", "--resume", "--out", str(tmp_path / "none")])
+    assert result.exit_code == 1
+    assert "nothing to resume" in str(result.exception) or "nothing to resume" in result.output
+
+
+def test_empty_masks_warn(tmp_path: Path, capsys) -> None:
+    from unet_lowered.io.images import write_png
+
+    for split_dir in ("images", "masks"):
+        (tmp_path / "data" / "train" / split_dir).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        write_png(
+            tmp_path / "data/train/images" / f"{i}.png", rng.integers(0, 255, (32, 32), np.uint8)
+        )
+        write_png(tmp_path / "data/train/masks" / f"{i}.png", np.zeros((32, 32), np.uint8))
+    _train(tmp_path / "data", tmp_path / "run", epochs=2)
+    err = capsys.readouterr().err
+    assert "masks are empty" in err
+
+
+def _constant_model(logit: float):
+    import keras
+
+    inputs = keras.Input((8, 8, 1))
+    outputs = keras.layers.Lambda(lambda x: x * 0.0 + logit)(inputs)
+    return keras.Model(inputs, outputs)
+
+
+@pytest.mark.parametrize(("logit", "words"), [(-5.0, "all background"), (5.0, "all foreground")])
+def test_guard_warns_on_constant_prediction(logit: float, words: str, capsys) -> None:
+    from unet_lowered.training.callbacks import Guard
+
+    x = np.random.default_rng(0).normal(size=(2, 8, 8, 1)).astype(np.float32)
+    guard = Guard([(x, np.zeros_like(x))], threshold=0.5)
+    guard.set_model(_constant_model(logit))
+    guard.on_epoch_end(1, {"loss": 0.3})
+    assert f"predicts {words} on validation" in capsys.readouterr().err
+
+
+def test_checkpoint_keeps_the_best_epoch_in_model_keras(tmp_path: Path) -> None:
+    import keras
+
+    from unet_lowered.model import unet
+    from unet_lowered.training.callbacks import Checkpoint
+
+    model = unet((16, 16, 1), base_filters=2, depth=1)
+    kernel = model.weights[0]
+    kernel.assign(np.zeros(kernel.shape, np.float32))
+    checkpoint = Checkpoint(tmp_path, {"epoch": 0, "best": -1.0, "best_epoch": None})
+    checkpoint.set_model(model)
+    checkpoint.on_epoch_end(0, {"val_dice": 0.5})
+    best = (tmp_path / "model.keras").read_bytes()
+    assert best == (tmp_path / "last.keras").read_bytes()
+
+    kernel.assign(np.ones(kernel.shape, np.float32))
+    checkpoint.on_epoch_end(1, {"val_dice": 0.4})  # worse: only last.keras moves on
+    assert (tmp_path / "model.keras").read_bytes() == best
+    assert (tmp_path / "last.keras").read_bytes() != best
+    reloaded = keras.saving.load_model(tmp_path / "model.keras")
+    assert not keras.ops.convert_to_numpy(reloaded.weights[0]).any()
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert state == {"epoch": 2, "best": 0.5, "best_epoch": 1}
+
+
+def test_guard_checks_the_prediction_on_a_doubling_schedule_and_last(capsys) -> None:
+    from unet_lowered.training.callbacks import Guard
+
+    x = np.zeros((2, 8, 8, 1), np.float32)
+    guard = Guard([(x, x)], threshold=0.5)
+    guard.set_model(_constant_model(-5.0))
+    guard.set_params({"epochs": 7})
+    warned = []
+    for epoch in range(7):
+        guard.on_epoch_end(epoch, {"loss": 0.3})
+        if "all background" in capsys.readouterr().err:
+            warned.append(epoch + 1)
+    assert warned == [2, 4, 7]
+
+
+def test_guard_stops_on_nan_loss(capsys) -> None:
+    from unet_lowered.training.callbacks import Guard
+
+    model = _constant_model(0.0)
+    guard = Guard([], threshold=0.5)
+    guard.set_model(model)
+    guard.on_epoch_end(0, {"loss": float("nan")})
+    assert model.stop_training is True
+    assert "the loss is NaN" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("given", "canonical"),
+    [
+        ("ce+dice", "bce+dice"),
+        ("ce", "bce"),
+        ("weighted-ce", "weighted-bce"),
+        ("BCE + Dice", "bce+dice"),
+    ],
+)
+def test_loss_aliases_the_readme_names_are_accepted(given: str, canonical: str) -> None:
+    """The bug: `unet train --loss ce+dice` answered "loss 'ce+dice' is not known"."""
+    assert config_mod.resolve(None, {"loss": given}).loss == canonical
+
+
+def test_a_bad_value_from_the_config_file_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "cfg.yaml"
+    path.write_text("loss: dcie\nepochs: 3\n")
+    with pytest.raises(UnetError, match=r"cfg\.yaml: unknown --loss 'dcie'"):
+        config_mod.resolve(path, {})
+    with pytest.raises(UnetError, match=r"^epochs must be at least 1"):  # from a flag: no file
+        config_mod.resolve(path, {"loss": "dice", "epochs": 0})
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"loss": "dcie"}, "unknown --loss 'dcie'; use one of: bce+dice, bce, dice"),
+        ({"optimizer": "rmsprop"}, "use one of: adam, sgd"),
+        ({"val_fraction": 1.5}, "val-fraction must be in [0, 1)"),
+        ({"epochs": 0}, "epochs must be at least 1"),
+    ],
+)
+def test_bad_settings_name_the_valid_values(overrides, message) -> None:
+    with pytest.raises(UnetError) as e:
+        config_mod.resolve(None, overrides)
+    assert message in str(e.value)
+
+
+def test_config_file_then_flags(tmp_path: Path) -> None:
+    path = tmp_path / "cfg.yaml"
+    path.write_text("epochs: 7\nimage-size: 128\nloss: dice\n")
+    cfg = config_mod.resolve(path, {"epochs": 3, "seed": None})
+    assert (cfg.epochs, cfg.image_size, cfg.loss, cfg.seed) == (3, 128, "dice", 0)
+    (tmp_path / "bad.json").write_text('{"epoch": 3}')
+    with pytest.raises(UnetError, match=r"unknown setting 'epoch'; valid settings: .*epochs"):
+        config_mod.resolve(tmp_path / "bad.json")
+
+
+@pytest.mark.parametrize(
+    ("sizes", "depth", "padding", "expected"),
+    [
+        ([(224, 224)] * 5, 4, "same", 224),  # JSRT: its own size, no resampling
+        ([(2048, 2048), (2500, 2048), (1024, 1024)], 4, "same", 256),  # large: capped
+        ([(100, 60), (100, 90), (120, 100)], 4, "same", 96),  # median 100 -> 96
+        ([(200, 300)], 4, "same", 256),  # the longer side counts
+        ([(40, 40)], 4, "same", 32),
+        ([(10, 10)], 4, "same", 16),  # below the smallest valid size: the smallest
+        ([(1024, 1024)], 4, "valid", 252),  # largest valid-padding size <= 256
+    ],
+)
+def test_auto_image_size(sizes, depth, padding, expected) -> None:
+    from unet_lowered.model import output_size
+    from unet_lowered.training.train import resolve_image_size
+
+    size = resolve_image_size(sizes, depth, padding)
+    assert size == expected
+    output_size(size, depth, padding)  # the network takes it
+
+
+def test_auto_image_size_is_the_default_and_recorded(tiny_data: Path, tmp_path: Path) -> None:
+    settings = {k: v for k, v in TINY.items() if k != "image_size"}
+    cfg = config_mod.resolve(None, {**settings, "epochs": 1})
+    assert cfg.image_size is None
+    from unet_lowered.training.train import train
+
+    train(tiny_data, tmp_path / "run", cfg, verbose=0)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["image_size"] == [64, 64]  # the synthetic images' own size
+    assert cfg.image_size is None  # the caller's settings are not changed
+
+
+def test_config_file_may_say_auto(tmp_path: Path) -> None:
+    path = tmp_path / "cfg.yaml"
+    path.write_text("image-size: auto\n")
+    assert config_mod.resolve(path).image_size is None
+    path.write_text("image-size: big\n")
+    with pytest.raises(UnetError, match="image-size must be a whole number, got 'big'") as e:
+        config_mod.resolve(path)
+    assert str(e.value).startswith(f"{path}: ")  # the file to fix
+    assert config_mod.resolve(path, {"image_size": 128}).image_size == 128  # flags win
+
+
+def test_resume_refuses_other_options(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["train", "--resume", "--out", str(tmp_path), "--epochs", "3"])
+    assert result.exit_code == 1
+    assert "drop the other options" in str(result.exception) + result.output
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_jsrt_few_epochs_well_above_chance(tmp_path: Path) -> None:
+    from unet_lowered.dataset.prepare import prepare
+
+    prepare(shared_dataset("jsrt-lungs"), tmp_path / "jsrt")
+    metrics = _train(
+        tmp_path / "jsrt", tmp_path / "run", image_size=128, base_filters=16, depth=4, epochs=3
+    )
+    # Chance level (all foreground) is a Dice of about 0.45 on these images.
+    assert metrics["val_dice"] > 0.85
+
+
+def test_bad_data_leaves_no_run_folder(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app, ["train", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run")]
+    )
+    assert result.exit_code == 1
+    assert "no such data folder" in str(result.exception)
+    assert not (tmp_path / "run").exists()
