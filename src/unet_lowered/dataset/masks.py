@@ -351,6 +351,20 @@ def to_classes(
     return to_labels(mask, label_values)
 
 
+def as_2d(mask: np.ndarray, what: str = "mask") -> np.ndarray:
+    """An ``(H, W)`` or ``(H, W, 1)`` mask as ``(H, W)``, values untouched.
+
+    Raises:
+        UnetError: Any other shape; ``what`` names the argument in the message.
+    """
+    mask = np.asarray(mask)
+    if mask.ndim == 3 and mask.shape[-1] == 1:
+        mask = mask[..., 0]
+    if mask.ndim != 2:
+        raise UnetError(f"{what} must be a 2-D mask (H, W) or (H, W, 1), got shape {mask.shape}")
+    return mask
+
+
 CONNECTIVITY = {4: ndimage.generate_binary_structure(2, 1), 8: np.ones((3, 3), bool)}
 
 
@@ -377,11 +391,7 @@ def label_components(mask: np.ndarray, connectivity: int = 8) -> tuple[np.ndarra
     """
     if connectivity not in CONNECTIVITY:
         raise UnetError(f"connectivity must be 4 or 8 (neighbours), got {connectivity}")
-    mask = np.asarray(mask)
-    if mask.ndim == 3 and mask.shape[2] == 1:
-        mask = mask[:, :, 0]
-    if mask.ndim != 2:
-        raise UnetError(f"a mask must be (H, W) or (H, W, 1), got shape {mask.shape}")
+    mask = as_2d(mask)
     labels, count = ndimage.label(mask != 0, structure=CONNECTIVITY[connectivity])
     return labels.astype(np.int32, copy=False), int(count)
 

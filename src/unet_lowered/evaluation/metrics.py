@@ -26,6 +26,7 @@ from collections.abc import Iterable
 import numpy as np
 from scipy import ndimage
 
+from unet_lowered.dataset.masks import as_2d
 from unet_lowered.errors import UnetError
 
 SCORE_KEYS: tuple[str, ...] = ("dice", "iou", "precision", "recall", "hd95", "fg_true", "fg_pred")
@@ -36,11 +37,7 @@ _CROSS = ndimage.generate_binary_structure(2, 1)  # 4-neighbourhood
 
 def _as_mask(x: np.ndarray, what: str) -> np.ndarray:
     """``(H, W)`` or ``(H, W, 1)`` array -> ``(H, W)`` bool (nonzero = foreground)."""
-    x = np.asarray(x)
-    if x.ndim == 3 and x.shape[-1] == 1:
-        x = x[..., 0]
-    if x.ndim != 2:
-        raise UnetError(f"{what} must be a 2-D mask (H, W) or (H, W, 1), got shape {x.shape}")
+    x = as_2d(x, what)
     if x.dtype.kind == "f" and not np.all((x == 0) | (x == 1)):
         raise UnetError(
             f"{what} has values other than 0 and 1 (probabilities?); threshold it first, "

@@ -4,7 +4,7 @@ Everything here is a pure NumPy/OpenCV function of its arguments and an explicit
 ``numpy.random.Generator``, so the same seed gives the same result on any machine
 and the functions can be tested without a model.
 
-Arrays follow the training pipeline's convention (:mod:`unet_lowered.data`):
+Arrays follow the training pipeline's convention (:mod:`unet_lowered.training.cache`):
 
 * image: float32 ``(H, W, C)`` in ``[0, 1]`` (after :func:`preprocess.to_unit` and
   resizing; standardisation comes *after* augmentation);

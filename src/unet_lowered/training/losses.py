@@ -9,7 +9,7 @@ The model ends without an activation, so every function here takes LOGITS:
   any numeric dtype; class 0 is the background).
 
 ``y_true`` may carry a per-pixel weight map as a SECOND channel:
-``(B, H, W, 2) = [mask or labels, weight]`` (see :mod:`unet_lowered.weightmap`).
+``(B, H, W, 2) = [mask or labels, weight]`` (see :mod:`unet_lowered.training.weightmap`).
 ``weighted-bce`` requires it; every other loss and both metrics ignore it, so one
 input pipeline serves every loss.
 
@@ -251,7 +251,7 @@ def weighted_bce_loss(y_true: Any, y_pred: Any, num_classes: int = 1) -> Any:
 
     The weight map ``w`` arrives as channel 1 of ``y_true``
     (``(B, H, W, 2) = [mask or labels, weight]``), computed once per mask by
-    :func:`unet_lowered.weightmap.weight_map`. The paper sums ``w(x) log p(x)``;
+    :func:`unet_lowered.training.weightmap.weight_map`. The paper sums ``w(x) log p(x)``;
     dividing by the pixel count keeps the scale independent of the image size.
 
     Args:
@@ -269,7 +269,7 @@ def weighted_bce_loss(y_true: Any, y_pred: Any, num_classes: int = 1) -> Any:
     if weight is None:
         raise UnetError(
             "the weighted-bce loss needs y_true of shape (B, H, W, 2) = [mask, weight map]; "
-            "add the weight map (unet_lowered.weightmap.weight_map) as a second channel"
+            "add the weight map (unet_lowered.training.weightmap.weight_map) as a second channel"
         )
     ce = _pixel_crossentropy(target, _logits(y_pred, num_classes), num_classes)
     return _mean_per_image(weight * ce)

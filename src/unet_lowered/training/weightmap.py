@@ -20,7 +20,7 @@ TOLERANCE))``, 21.5 px for w0=10, sigma=5), so each object's distance transform 
 computed only on its bounding box grown by ``R``, and the term is set to 0 where
 ``d1 + d2 > R``. The result differs from the exact formula by less than
 :data:`TOLERANCE` everywhere. The weighted loss reads the map as channel 1 of
-``y_true`` (see :mod:`unet_lowered.losses`).
+``y_true`` (see :mod:`unet_lowered.training.losses`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import math
 import numpy as np
 from scipy import ndimage
 
-from unet_lowered.dataset.masks import label_components
+from unet_lowered.dataset.masks import as_2d, label_components
 from unet_lowered.errors import UnetError
 
 TOLERANCE = 1e-3
@@ -41,12 +41,7 @@ MAX_CLASS_WEIGHT = 10.0
 
 
 def _as_labels(mask: np.ndarray, what: str) -> np.ndarray:
-    m = np.asarray(mask)
-    if m.ndim == 3 and m.shape[-1] == 1:
-        m = m[..., 0]
-    if m.ndim != 2:
-        raise UnetError(f"{what} must be a 2-D mask (H, W) or (H, W, 1), got shape {m.shape}")
-    return m
+    return as_2d(mask, what)
 
 
 def class_weights(mask: np.ndarray) -> np.ndarray:
