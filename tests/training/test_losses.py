@@ -1,7 +1,7 @@
-"""Losses and training metrics on logits: hand-computed tables, config round trips, one fit.
+"""Losses on logits: hand-computed tables, config round trips, one fit (with the metrics).
 
 Every test here is tiny and runs under each Keras backend
-(``KERAS_BACKEND=jax .venv/bin/python -m pytest -m backend tests/test_losses.py``).
+(``KERAS_BACKEND=jax .venv/bin/python -m pytest -m backend tests/training/test_losses.py``).
 """
 
 from __future__ import annotations
@@ -13,51 +13,13 @@ import numpy as np
 import pytest
 from keras import ops
 
+from tensor_fixtures import EMPTY, HALF, A, B, C, batch, hard_logits, np_, onehot_logits
 from unet_lowered.errors import UnetError
 from unet_lowered.options import LOSSES
 from unet_lowered.training import losses as L
 from unet_lowered.training import metrics as TM
 
 pytestmark = pytest.mark.backend
-
-BIG = 30.0  # a logit this large is a hard 0/1 prediction to float32 precision
-
-
-def np_(x) -> np.ndarray:
-    return np.asarray(ops.convert_to_numpy(x), dtype=np.float64)
-
-
-def batch(*masks) -> np.ndarray:
-    """Stack (H, W) masks into a (B, H, W, 1) float32 batch."""
-    return np.stack([np.asarray(m, np.float32) for m in masks])[..., None]
-
-
-def hard_logits(mask) -> np.ndarray:
-    """Logits that are +BIG on the mask and -BIG elsewhere, (B, H, W, 1) from (B, H, W, 1)."""
-    return np.where(np.asarray(mask) > 0, BIG, -BIG).astype(np.float32)
-
-
-def onehot_logits(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """(B, H, W, 1) labels -> (B, H, W, N) logits with BIG on the true class, 0 elsewhere."""
-    return (np.eye(num_classes, dtype=np.float32)[labels[..., 0].astype(int)] * BIG).astype(
-        np.float32
-    )
-
-
-# 4x4 masks: A has 4 px; HALF is 2 of them (Dice 2/3, IoU 1/2); B has 4 px, 2 shared with A
-# (Dice 1/2, IoU 1/3); C is disjoint from A.
-def rect(r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
-    """A 4x4 mask that is 1 on rows r0:r1 and columns c0:c1."""
-    m = np.zeros((4, 4))
-    m[r0:r1, c0:c1] = 1
-    return m
-
-
-A = rect(0, 1, 0, 4)
-HALF = rect(0, 1, 0, 2)
-B = rect(0, 2, 2, 4)
-C = rect(3, 4, 0, 4)
-EMPTY = np.zeros((4, 4))
 
 
 def sigmoid_bce(x: float, y: float) -> float:
@@ -355,77 +317,6 @@ def test_serialisation_round_trip(obj):
     again = keras.saving.deserialize_keras_object(config)
     assert type(again) is type(obj)
     assert again.get_config() == obj.get_config()
-
-
-# ---- training metrics ----------------------------------------------------------------------
-
-
-def test_dice_metric_averages_per_image():
-    m = TM.DiceMetric()
-    m.update_state(batch(A, A), hard_logits(batch(A, C)))  # Dice 1 and 0
-    assert float(m.result()) == pytest.approx(0.5)
-    m.update_state(batch(A), hard_logits(batch(HALF)))  # Dice 2/3, third image
-    assert float(m.result()) == pytest.approx((1 + 0 + 2 / 3) / 3, abs=1e-6)
-    m.reset_state()
-    assert float(m.result()) == 0.0
-
-
-@pytest.mark.parametrize(
-    ("truth", "pred", "dice", "iou"),
-    [
-        (A, A, 1.0, 1.0),
-        (A, C, 0.0, 0.0),
-        (A, HALF, 2 / 3, 1 / 2),
-        (A, B, 1 / 2, 1 / 3),  # |A∩B| = 2, |A| = |B| = 4: Dice 4/8, IoU 2/6
-        (EMPTY, EMPTY, 1.0, 1.0),
-        (EMPTY, A, 0.0, 0.0),
-        (A, EMPTY, 0.0, 0.0),
-    ],
-    ids=["perfect", "disjoint", "half", "shifted", "both-empty", "false-positive", "missed"],
-)
-def test_dice_and_iou_metric_table(truth, pred, dice, iou):
-    y, x = batch(truth), hard_logits(batch(pred))
-    for metric, want in ((TM.DiceMetric(), dice), (TM.IoUMetric(), iou)):
-        metric.update_state(y, x)
-        assert float(metric.result()) == pytest.approx(want, abs=1e-6)
-
-
-def test_metric_threshold_is_a_probability():
-    y = np.ones((1, 1, 1, 1), np.float32)
-    x = np.full((1, 1, 1, 1), 0.1, np.float32)  # sigmoid(0.1) = 0.525
-    default, strict = TM.DiceMetric(), TM.DiceMetric(threshold=0.6)
-    default.update_state(y, x)
-    strict.update_state(y, x)
-    assert float(default.result()) == 1.0 and float(strict.result()) == 0.0
-    with pytest.raises(UnetError, match=r"threshold must be a probability in \(0, 1\)"):
-        TM.DiceMetric(threshold=1.0)
-
-
-def test_metrics_ignore_the_weight_channel():
-    y = np.concatenate([batch(A), np.full((1, 4, 4, 1), 9.0, np.float32)], -1)
-    m = TM.DiceMetric()
-    m.update_state(y, hard_logits(batch(B)))
-    assert float(m.result()) == pytest.approx(0.5, abs=1e-6)
-
-
-def test_multiclass_metric_uses_argmax_and_foreground_classes():
-    labels = np.zeros((1, 4, 4, 1), np.float32)
-    labels[0, 0, :, 0] = 1
-    labels[0, 3, :, 0] = 2
-    pred = labels.copy()
-    pred[0, 3, :, 0] = 0  # class 2 missed entirely: Dice 0; class 1 perfect: Dice 1
-    m = TM.DiceMetric(3)
-    m.update_state(labels, onehot_logits(pred, 3))
-    assert float(m.result()) == pytest.approx(0.5, abs=1e-6)
-    iou = TM.IoUMetric(3)
-    iou.update_state(labels, onehot_logits(labels, 3))
-    assert float(iou.result()) == pytest.approx(1.0)
-
-
-def test_metric_sample_weight_weights_images():
-    m = TM.DiceMetric()
-    m.update_state(batch(A, A), hard_logits(batch(A, C)), sample_weight=np.array([3.0, 1.0]))
-    assert float(m.result()) == pytest.approx(0.75)
 
 
 # ---- one fit step ---------------------------------------------------------------------------

@@ -136,7 +136,7 @@ def to_single_channel(mask: np.ndarray) -> tuple[np.ndarray, str | None]:
 
 def value_counts(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Return the distinct values of an integer mask and their pixel counts (ascending)."""
-    if mask.dtype == np.uint8:  # the common case; calcHist is ~10x faster than bincount
+    if mask.dtype == np.uint8:  # the common case; calcHist is faster than bincount
         counts = cv2.calcHist([np.ascontiguousarray(mask)], [0], None, [256], [0, 256])
         counts = counts.ravel().astype(np.int64)
         values = np.flatnonzero(counts)

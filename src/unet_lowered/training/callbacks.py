@@ -48,7 +48,7 @@ class Checkpoint(keras.callbacks.Callback):
     """Save last.keras (+ optimiser) every epoch and model.keras on a new best val_dice.
 
     On a new best, model.keras is the same model as the last.keras just written, so it
-    is linked (or copied) from it rather than serialised a second time (about 0.2 s).
+    is linked (or copied) from it rather than serialised a second time.
     """
 
     def __init__(self, out: Path, state: dict):

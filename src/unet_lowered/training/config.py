@@ -34,8 +34,8 @@ class TrainConfig:
     sizes, other collimation), elastic deformation as in the paper, brightness/
     contrast/gamma changes, CLAHE-style local contrast and noise; no flips (lungs
     are not left-right symmetric: the heart sits on the patient's left). Batch 4
-    and 45 epochs: twice the updates of batch 8 in the same time, which the 200
-    JSRT images need to pass a validation Dice of 0.98 within 10 minutes on 2 cores.
+    and 45 epochs: twice the updates of batch 8 in the same time (the figures behind
+    these choices are in ``benchmarks/RESULTS.md``).
     """
 
     # data

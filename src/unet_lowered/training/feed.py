@@ -3,7 +3,7 @@ on a lowest-priority thread (:func:`as_tf_dataset`).
 
 Why not Keras' own ``PyDataset`` adapter: it feeds TensorFlow through ``tf.data``
 with an ``AUTOTUNE`` prefetch, and tearing that iterator down at an epoch's end waits
-for tf.data's autotuning thread, which stalled many epochs by seconds on 2 cores.
+for tf.data's autotuning thread, which stalled many epochs by seconds.
 Why the lowest priority: augmenting on an ordinary thread competes with the
 training step for the cores; at nice 19 the step gets them whenever it wants them.
 The measurements are in ``benchmarks/RESULTS.md`` (``benchmarks/feeding.py``).
