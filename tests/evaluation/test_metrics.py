@@ -7,6 +7,7 @@ from itertools import product
 
 import numpy as np
 import pytest
+from scipy import ndimage
 from scipy.spatial.distance import cdist, directed_hausdorff
 
 from conftest import shared_dataset
@@ -195,38 +196,79 @@ def brute_force_rand_error(t: np.ndarray, p: np.ndarray) -> float:
     return 1.0 - both / (0.5 * same_t + 0.5 * same_p) if same_t + same_p else 0.0
 
 
-def test_rand_error_hand_values():
+def test_adapted_rand_error_hand_values():
     one = np.array([[1, 1, 1, 1]])
     split = np.array([[1, 1, 2, 2]])
     # truth one segment of 4 (12 ordered pairs), prediction two of 2 (2+2 pairs), 4 shared:
     # F = 4 / (0.5*12 + 0.5*4) = 0.5
-    assert M.rand_error(one, split) == pytest.approx(0.5)
-    assert M.rand_error(split, one) == pytest.approx(0.5)
-    assert M.rand_error(split, split) == 0.0
-    assert M.rand_error(split, np.array([[7, 7, 3, 3]])) == 0.0  # label names do not matter
+    assert M.adapted_rand_error(one, split) == pytest.approx(0.5)
+    assert M.adapted_rand_error(split, one) == pytest.approx(0.5)
+    assert M.adapted_rand_error(split, split) == 0.0
+    assert M.adapted_rand_error(split, np.array([[7, 7, 3, 3]])) == 0.0  # label names do not matter
 
 
-def test_rand_error_ignores_true_background_only():
+def test_adapted_rand_error_ignores_true_background_only():
     truth = np.array([[1, 1, 0, 2, 2]])
     # Prediction labels membrane pixel 2 as a cell: ignored (true label 0).
-    assert M.rand_error(truth, np.array([[5, 5, 5, 6, 6]])) == 0.0
+    assert M.adapted_rand_error(truth, np.array([[5, 5, 5, 6, 6]])) == 0.0
     # Prediction label 0 on true cell pixels is a segment like any other: merges 1 and 2.
-    assert M.rand_error(truth, np.array([[0, 0, 0, 0, 0]])) == pytest.approx(
+    assert M.adapted_rand_error(truth, np.array([[0, 0, 0, 0, 0]])) == pytest.approx(
         1 - 4 / (0.5 * 4 + 0.5 * 12)
     )
-    assert M.rand_error(np.zeros((3, 3), int), np.ones((3, 3), int)) == 0.0  # nothing to compare
+    assert (
+        M.adapted_rand_error(np.zeros((3, 3), int), np.ones((3, 3), int)) == 0.0
+    )  # nothing to compare
 
 
-def test_rand_error_matches_pair_counting(rng):
+def test_adapted_rand_error_matches_pair_counting(rng):
     for _ in range(5):
         t = rng.integers(0, 4, (4, 5))
         p = rng.integers(0, 3, (4, 5))
-        assert M.rand_error(t, p) == pytest.approx(brute_force_rand_error(t, p))
+        assert M.adapted_rand_error(t, p) == pytest.approx(brute_force_rand_error(t, p))
 
 
-def test_rand_error_rejects_float_maps():
+def test_adapted_rand_error_rejects_float_maps():
     with pytest.raises(UnetError, match=r"label masks with label_components\(mask, 4\) first"):
-        M.rand_error(np.ones((2, 2)), np.ones((2, 2)))
+        M.adapted_rand_error(np.ones((2, 2)), np.ones((2, 2)))
+
+
+def test_challenge_rand_error_hand_values():
+    one = np.array([[1, 1, 1, 1]])
+    thick = np.array([[1, 1, 0, 0]])  # the right half predicted as membrane
+    # Challenge: the two predicted-membrane pixels are singletons. n_ij = {2, 1, 1}:
+    # sum n_ij^2 = 6, sum a_i^2 = 16, sum b_j^2 = 6 -> P = 1, R = 6/16, F = 6/11.
+    assert M.rand_error(one, thick) == pytest.approx(1 - 6 / 11)
+    # scikit-image: predicted membrane is one segment {2, 2}: P = 1, R = 4/12, F = 1/2.
+    assert M.adapted_rand_error(one, thick) == pytest.approx(0.5)
+    assert M.rand_error(one, one) == 0.0
+    assert M.rand_error(np.array([[1, 1, 0, 2, 2]]), np.array([[3, 3, 3, 4, 4]])) == 0.0
+    assert M.rand_error(np.zeros((2, 2), int), np.ones((2, 2), int)) == 0.0  # no true cells
+
+
+def test_challenge_rand_error_matches_pair_counting_with_singletons(rng):
+    for _ in range(5):
+        t = rng.integers(0, 4, (4, 5))
+        p = rng.integers(0, 3, (4, 5))
+        singletons = p.copy()
+        singletons[p == 0] = 100 + np.arange(int((p == 0).sum()))
+        # n^2 pairs: ordered pairs with the pixel itself, i.e. distinct pairs + n
+        keep = t != 0
+        tv, pv = t[keep], singletons[keep]
+        same_t = (tv[:, None] == tv[None, :]).sum()
+        same_p = (pv[:, None] == pv[None, :]).sum()
+        both = ((tv[:, None] == tv[None, :]) & (pv[:, None] == pv[None, :])).sum()
+        precision, recall = both / same_p, both / same_t
+        want = 1 - 2 * precision * recall / (precision + recall)
+        assert M.rand_error(t, p) == pytest.approx(want)
+
+
+def test_best_rand_error_picks_the_best_threshold():
+    truth = np.array([[1, 1, 0, 2, 2]])
+    prob = np.array([[0.9, 0.8, 0.5, 0.7, 0.6]])
+    # 0.55 < t < 0.6: the membrane pixel splits the cells exactly; t >= 0.5 keeps it membrane.
+    error, threshold = M.best_rand_error(truth, prob, thresholds=(0.4, 0.55, 0.65))
+    assert error == 0.0 and threshold == 0.55
+    assert M.best_rand_error(truth, prob[..., None], thresholds=(0.4,))[0] > 0  # merged
 
 
 def test_label_components_separates_cells_across_a_diagonal_membrane():
@@ -250,3 +292,26 @@ def test_rand_error_on_isbi2012_labels():
     assert M.rand_error(truth, truth) == 0.0
     # Merging every cell into one (all membranes lost) is a large error.
     assert M.rand_error(truth, np.ones_like(truth)) > 0.9
+    assert M.adapted_rand_error(truth, np.ones_like(truth)) > 0.9
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize(
+    ("thicker", "challenge", "skimage"), [(1, 0.044, 0.115), (2, 0.088, 0.296)]
+)
+def test_rand_error_conventions_on_thicker_isbi2012_membranes(thicker, challenge, skimage):
+    """Cells eroded by 1 or 2 px (4-neighbour steps, not at the image edge), mean of 24 slices."""
+    import cv2
+
+    cross = ndimage.generate_binary_structure(2, 1)
+    ours, theirs = [], []
+    for path in sorted((shared_dataset("isbi2012") / "train" / "label").glob("*.png")):
+        cells = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) > 127
+        truth = label_components(cells, 4)[0]
+        eroded = ndimage.binary_erosion(cells, cross, iterations=thicker, border_value=1)
+        pred = label_components(eroded, 4)[0]
+        ours.append(M.rand_error(truth, pred))
+        theirs.append(M.adapted_rand_error(truth, pred))
+    assert len(ours) == 24
+    assert np.mean(ours) == pytest.approx(challenge, abs=0.001)
+    assert np.mean(theirs) == pytest.approx(skimage, abs=0.001)
