@@ -20,7 +20,7 @@ $(STAMP_RUN): pyproject.toml | $(PY)
 	touch $@
 
 $(STAMP_TEST): pyproject.toml | $(PY)
-	$(PIP) install --quiet -e ".[dev,onnx,backends]"
+	$(PIP) install --quiet -e ".[dev,onnx,backends,dicom]"
 	touch $@ $(STAMP_RUN)
 
 install: $(STAMP_RUN)

@@ -10,16 +10,41 @@ in one convention:
 
 The pixel count is read from the file header and checked against ``max_pixels``
 *before* decoding, so a small file that decodes to gigabytes is refused cheaply.
+
+What is read, and how:
+
+* **Several frames** (animated GIF or APNG, multi-page TIFF, multi-frame DICOM): the
+  first frame, with a note.
+* **JPEG EXIF orientation** is applied, as image viewers apply it: the pixels come
+  back the way the image is shown, and :func:`read_header` reports that size. Other
+  formats are read as stored.
+* **Float images** (TIFF) are scaled to ``uint16`` by their finite minimum and
+  maximum; NaN and -inf become the minimum, +inf the maximum (with a note).
+* **DICOM** (needs the ``dicom`` extra: pydicom and the decoders of the compressed
+  transfer syntaxes) is recognised with or without the 128-byte preamble and file
+  meta information, and presented as a viewer shows it: the first frame; the
+  Modality LUT (rescale slope/intercept or the LUT sequence); the VOI LUT (the first
+  window, or the LUT sequence); inverted once for MONOCHROME1 or a Presentation LUT
+  Shape of INVERSE (DX files carry both for the same inversion); pixels equal to the
+  Pixel Padding Value (or in its range) are left out of the scaling to 16 bits and
+  come back as 0 (black); RGB, YBR and palette colour come back as RGB.
+
+Notes (a first frame taken, an orientation applied, ...) are appended to the
+``notes`` list that :func:`read_image` accepts, one line each, naming the file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
+import sys
 import threading
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -27,19 +52,24 @@ import numpy as np
 from unet_lowered.errors import UnetError
 from unet_lowered.io import atomic
 
-_WARNINGS_LOCK = threading.Lock()
+_WARNINGS_LOCK = threading.RLock()
 
 DEFAULT_MAX_PIXELS = 100_000_000
 """Images with more pixels than this (100 megapixels) are refused before decoding."""
 
-FORMATS = ("png", "jpeg", "tiff", "bmp", "dicom")
+FORMATS = ("png", "jpeg", "tiff", "bmp", "gif", "dicom")
 """Image formats :func:`sniff_format` recognises."""
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom"})
+IMAGE_SUFFIXES = frozenset(
+    {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif", ".dcm", ".dicom"}
+)
 """File suffixes that usually hold images (used to pick files in folders; content decides)."""
 
 JUNK_NAMES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini", "Icon\r"})
 """Operating-system litter that folder walking ignores silently."""
+
+INSTALL_DICOM = "pip install 'unet-lowered[dicom]'"
+"""How to install pydicom and the decoders of compressed DICOM."""
 
 
 @dataclass(frozen=True)
@@ -48,10 +78,13 @@ class ImageHeader:
 
     Attributes:
         format: One of :data:`FORMATS`.
-        width: Width in pixels.
-        height: Height in pixels.
+        width: Width in pixels (as :func:`read_image` returns the image: after a JPEG's
+            EXIF orientation).
+        height: Height in pixels (likewise).
         channels: Channels as stored (1 gray, 2 gray+alpha, 3 RGB, 4 RGBA).
         bit_depth: Bits per channel (8 or 16; 16 for DICOM).
+        frames: Frames or pages in the file (only the first is read).
+        orientation: EXIF orientation of a JPEG (1 = as stored; 2-8 are applied).
     """
 
     format: str
@@ -59,6 +92,8 @@ class ImageHeader:
     height: int
     channels: int
     bit_depth: int
+    frames: int = 1
+    orientation: int = 1
 
     @property
     def pixels(self) -> int:
@@ -66,12 +101,28 @@ class ImageHeader:
 
 
 def sniff_format(path: str | os.PathLike) -> str | None:
-    """Return the image format of ``path`` from its first bytes, or None if it is not an image."""
+    """Return the image format of ``path`` from its first bytes, or None if it is not an image.
+
+    DICOM is recognised by the ``DICM`` marker after the 128-byte preamble, or, for
+    files without preamble and file meta information (old exports), by the first
+    elements of the data set: tags of group 0002 or 0008 in ascending order with
+    lengths that fit the file, in implicit or explicit VR (see :func:`_is_dicom_dataset`).
+    """
     try:
         with open(path, "rb") as f:
-            head = f.read(132)
+            head = f.read(_SNIFF_BYTES)
+            size = os.fstat(f.fileno()).st_size
     except OSError:
         return None
+    return _format_of(head, size)
+
+
+_SNIFF_BYTES = 4096
+
+
+def _format_of(head: bytes, size: int) -> str | None:
+    if head[128:132] == b"DICM":  # first: a DICOM preamble may itself look like a TIFF header
+        return "dicom"
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
         return "png"
     if head.startswith(b"\xff\xd8\xff"):
@@ -80,9 +131,81 @@ def sniff_format(path: str | os.PathLike) -> str | None:
         return "tiff"
     if head.startswith(b"BM"):
         return "bmp"
-    if head[128:132] == b"DICM":
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
+    if _is_dicom_dataset(head, size):
         return "dicom"
     return None
+
+
+# Value representations of explicit-VR DICOM; those in _LONG_VRS have a 4-byte length.
+_VRS = frozenset(
+    b"AE AS AT CS DA DS DT FL FD IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI "
+    b"UL UN UR US UT UV".split()
+)
+_LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ UC UN UR UT SV UV".split())
+_PIXEL_DATA = (0x7FE0, 0x0010)
+
+
+def _is_dicom_dataset(head: bytes, size: int) -> bool:
+    """True when ``head`` starts like a DICOM data set without preamble (cheap and strict).
+
+    The first tag must be of group 0002 (file meta without preamble) or 0008 (a bare
+    data set, as old CR exports write it); then up to eight elements are walked in
+    implicit or explicit VR, little or big endian: tags must ascend, lengths must be
+    even (or undefined, where DICOM allows it) and fit in the file. At least three
+    elements, or two and the Pixel Data, make a data set. Random bytes, text and other
+    formats fail within the first element or two.
+    """
+    if len(head) < 8:
+        return False
+    for order in "<>":
+        group = struct.unpack(f"{order}H", head[:2])[0]
+        if group not in (0x0002, 0x0008):
+            continue
+        explicit = head[4:6] in _VRS
+        if order == ">" and not explicit:
+            continue  # big endian is always explicit VR
+        if _walk_elements(head, size, order, explicit):
+            return True
+    return False
+
+
+def _walk_elements(head: bytes, size: int, order: str, explicit: bool) -> bool:
+    pos, count, last = 0, 0, (-1, -1)
+    while count < 8:
+        if pos + 8 > len(head):
+            return count >= 3
+        group, element = struct.unpack(f"{order}HH", head[pos : pos + 4])
+        tag = (group, element)
+        if tag <= last:
+            return False
+        if explicit and group != 0xFFFE:
+            vr = head[pos + 4 : pos + 6]
+            if vr not in _VRS:
+                return False
+            if vr in _LONG_VRS:
+                if pos + 12 > len(head) or head[pos + 6 : pos + 8] != b"\0\0":
+                    return count >= 3
+                length = struct.unpack(f"{order}I", head[pos + 8 : pos + 12])[0]
+                pos += 12
+            else:
+                length = struct.unpack(f"{order}H", head[pos + 6 : pos + 8])[0]
+                pos += 8
+        else:
+            vr = b""
+            length = struct.unpack(f"{order}I", head[pos + 4 : pos + 8])[0]
+            pos += 8
+        count += 1
+        last = tag
+        if tag == _PIXEL_DATA:
+            return count >= 2
+        if length == 0xFFFFFFFF:  # a sequence (or encapsulated data) of undefined length
+            return (not explicit or vr in (b"SQ", b"UN", b"OB")) and count >= 2
+        if length % 2 or pos + length > size:
+            return False
+        pos += length
+    return True
 
 
 def is_image_file(path: str | os.PathLike) -> bool:
@@ -90,25 +213,42 @@ def is_image_file(path: str | os.PathLike) -> bool:
     return sniff_format(path) is not None
 
 
+def _open_head(path: Path) -> tuple[bytes, int]:
+    """The first bytes and the size of ``path``, or a one-line error saying why not."""
+    if path.is_dir():
+        raise UnetError(f"{path}: is a folder, not an image file")
+    if not path.exists():
+        raise UnetError(f"{path}: no such file; check the path")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(_SNIFF_BYTES)
+            size = os.fstat(f.fileno()).st_size
+    except OSError as e:
+        raise UnetError(
+            f"{path}: cannot be read ({e.strerror or e}); check its permissions"
+        ) from None
+    if size == 0:
+        raise UnetError(f"{path}: the file is empty (0 bytes); re-export or re-copy it")
+    return head, size
+
+
 def read_header(path: str | os.PathLike) -> ImageHeader:
     """Read an image's size, channels and bit depth from its header.
 
     Raises:
-        UnetError: The file is missing, not an image, or its header is corrupt.
+        UnetError: The file is missing, a folder, unreadable, empty, not an image, or its
+            header is corrupt.
     """
     path = Path(path)
-    if not path.is_file():
-        raise UnetError(f"{path}: no such file; check the path")
-    fmt = sniff_format(path)
+    head, size = _open_head(path)
+    fmt = _format_of(head, size)
     if fmt is None:
         raise UnetError(
-            f"{path}: not an image this tool reads (expected PNG, JPEG, TIFF, BMP or DICOM content)"
+            f"{path}: not an image this tool reads (expected PNG, JPEG, TIFF, BMP, GIF or "
+            "DICOM content)"
         )
     if fmt == "dicom":
-        ds = _read_dicom(path, stop_before_pixels=True)
-        return ImageHeader(
-            "dicom", int(ds.Columns), int(ds.Rows), int(getattr(ds, "SamplesPerPixel", 1)), 16
-        )
+        return _dicom_header(path)
     if fmt == "png":
         return _png_header(path)
     from PIL import Image, UnidentifiedImageError
@@ -122,21 +262,35 @@ def read_header(path: str | os.PathLike) -> ImageHeader:
             with Image.open(path) as im:
                 width, height = im.size
                 mode = im.mode
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise UnetError(f"{path}: corrupt or unreadable {fmt.upper()} header ({e})") from None
+                frames = int(getattr(im, "n_frames", 1) or 1)
+                orientation = _exif_orientation(im) if fmt == "jpeg" else 1
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, struct.error) as e:
+        raise UnetError(
+            f"{path}: corrupt or unreadable {fmt.upper()} header ({_one_line(e)})"
+        ) from None
     channels = {"1": 1, "L": 1, "P": 3, "LA": 2, "PA": 4, "RGB": 3, "RGBA": 4, "CMYK": 3}.get(
         mode, 1
     )
     bit_depth = 16 if mode.startswith("I;16") or mode in ("I", "F") else 8
-    return ImageHeader(fmt, width, height, channels, bit_depth)
+    if orientation >= 5:  # rotated by 90 degrees: shown with width and height swapped
+        width, height = height, width
+    return ImageHeader(fmt, width, height, channels, bit_depth, frames, orientation)
 
 
-def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def read_image(
+    path: str | os.PathLike,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    notes: list[str] | None = None,
+) -> np.ndarray:
     """Decode an image file into an ``(H, W)`` or ``(H, W, 3)`` RGB array.
 
     Args:
-        path: The file. Its format is recognised by content (PNG, JPEG, TIFF, BMP, DICOM).
+        path: The file. Its format is recognised by content (PNG, JPEG, TIFF, BMP, GIF,
+            DICOM).
         max_pixels: Refuse images larger than this before decoding them.
+        notes: If given, one line is appended per thing worth telling the user (only the
+            first of several frames read, an EXIF orientation applied, non-finite values
+            replaced, ...).
 
     Returns:
         ``uint8`` or ``uint16`` array; gray images are 2-D, colour images RGB; alpha dropped.
@@ -145,6 +299,7 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
         UnetError: Missing, not an image, too large, or corrupt; the message names the file.
     """
     path = Path(path)
+    notes = [] if notes is None else notes
     header = read_header(path)
     if header.pixels > max_pixels:
         raise UnetError(
@@ -152,17 +307,38 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
             f"over the limit of {max_pixels / 1e6:.0f}; raise it with --max-pixels if the image is real"
         )
     if header.format == "dicom":
-        return _decode_dicom(path)
-    data = np.fromfile(path, dtype=np.uint8)  # imdecode, unlike imread, copes with any path
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+        return _decode_dicom(path, notes)
+    if header.format == "gif":
+        image = _decode_gif(path)
+    else:
+        data = np.fromfile(path, dtype=np.uint8)  # imdecode, unlike imread, copes with any path
+        try:
+            image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+        except cv2.error as e:
+            raise UnetError(
+                f"{path}: the {header.format.upper()} data cannot be decoded ({_one_line(e)})"
+            ) from None
     if image is None or image.size == 0:
         raise UnetError(f"{path}: the {header.format.upper()} data is corrupt or truncated")
     if image.ndim == 3 and (image.shape[2] == 1 or header.channels == 2):
         image = image[:, :, 0]  # gray (+ alpha, which OpenCV expands to BGRA)
-    if image.ndim == 3:
+    if image.ndim == 3 and header.format != "gif":
         code = cv2.COLOR_BGRA2RGB if image.shape[2] == 4 else cv2.COLOR_BGR2RGB
         image = cv2.cvtColor(image, code)
-    return _to_uint(image, path)
+    frames = _png_frames(path) if header.format == "png" else header.frames
+    if frames > 1:
+        kind = {"png": "animated PNG", "gif": "animated GIF", "tiff": "multi-page TIFF"}
+        notes.append(
+            f"{path}: {kind.get(header.format, header.format.upper())} with {frames} "
+            "frames; the first frame is used"
+        )
+    if header.orientation != 1:
+        image = _orient(image, header.orientation)
+        notes.append(
+            f"{path}: EXIF orientation {header.orientation} applied (the image is read as "
+            "viewers show it)"
+        )
+    return _to_uint(image, path, notes)
 
 
 def write_png(path: str | os.PathLike, image: np.ndarray) -> Path:
@@ -232,54 +408,335 @@ def _png_header(path: Path) -> ImageHeader:
     return ImageHeader("png", width, height, _PNG_CHANNELS[colour], 16 if depth == 16 else 8)
 
 
+def _png_frames(path: Path) -> int:
+    """Frames of an animated PNG (its ``acTL`` chunk before the image data), else 1."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(8)
+            for _ in range(64):  # acTL comes before IDAT, among the first chunks
+                chunk = f.read(8)
+                if len(chunk) < 8:
+                    return 1
+                length, kind = struct.unpack(">I4s", chunk)
+                if kind == b"acTL":
+                    data = f.read(8)
+                    return max(1, struct.unpack(">I", data[:4])[0]) if len(data) == 8 else 1
+                if kind in (b"IDAT", b"IEND"):
+                    return 1
+                f.seek(length + 4, os.SEEK_CUR)
+    except OSError:
+        return 1
+    return 1
+
+
+def _exif_orientation(im: Any) -> int:
+    try:
+        value = int(im.getexif().get(0x0112, 1))
+    except Exception:  # a damaged EXIF block: read the pixels as stored
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def _orient(image: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation (2-8) as viewers do (PIL's ``ImageOps.exif_transpose``)."""
+    swap = (1, 0, 2) if image.ndim == 3 else (1, 0)
+    out = {
+        2: lambda a: a[:, ::-1],
+        3: lambda a: a[::-1, ::-1],
+        4: lambda a: a[::-1],
+        5: lambda a: a.transpose(swap),
+        6: lambda a: np.rot90(a, -1),
+        7: lambda a: a.transpose(swap)[::-1, ::-1],
+        8: lambda a: np.rot90(a, 1),
+    }[orientation](image)
+    return np.ascontiguousarray(out)
+
+
+def _decode_gif(path: Path) -> np.ndarray:
+    """The first frame of a GIF as RGB (or gray, when its palette is gray)."""
+    from PIL import Image
+
+    try:
+        with _WARNINGS_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                im.seek(0)
+                rgb = np.asarray(im.convert("RGB"))
+    except Exception as e:  # PIL raises OSError, ValueError, EOFError, ... for damaged files
+        raise UnetError(f"{path}: the GIF data is corrupt or truncated ({_one_line(e)})") from None
+    return rgb[:, :, 0].copy() if is_gray_as_rgb(rgb) else rgb
+
+
 def _keep(name: str) -> bool:
     return name not in JUNK_NAMES and not name.startswith(".")
 
 
-def _to_uint(image: np.ndarray, path: Path) -> np.ndarray:
-    """Bring unusual sample types (float or 32-bit TIFF) to uint16 by min-max scaling."""
+def _to_uint(image: np.ndarray, path: Path, notes: list[str] | None = None) -> np.ndarray:
+    """Bring unusual sample types (float or 32-bit TIFF) to uint16 by min-max scaling.
+
+    Non-finite values: NaN and -inf become the minimum, +inf the maximum (with a note).
+    """
     if image.dtype in (np.uint8, np.uint16):
         return image
     if image.dtype == bool:
         return image.astype(np.uint8) * 255
     image = image.astype(np.float64)
-    lo, hi = float(np.nanmin(image)), float(np.nanmax(image))
-    if not np.isfinite(lo) or not np.isfinite(hi):
-        raise UnetError(f"{path}: the image holds no finite pixel values")
+    finite = np.isfinite(image)
+    if not finite.any():
+        raise UnetError(f"{path}: the image holds no finite pixel values (all NaN or infinite)")
+    lo, hi = float(image[finite].min()), float(image[finite].max())
+    if not finite.all():
+        bad = int((~finite).sum())
+        image = np.where(np.isposinf(image), hi, np.where(finite, image, lo))
+        if notes is not None:
+            notes.append(
+                f"{path}: {bad} NaN or infinite pixel value(s) read as the image's "
+                "minimum (NaN, -inf) or maximum (+inf)"
+            )
     scaled = (image - lo) / (hi - lo) if hi > lo else np.zeros_like(image)
     return np.round(scaled * 65535).astype(np.uint16)
 
 
-def _read_dicom(path: Path, stop_before_pixels: bool = False):
+def _one_line(error: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message, shortened: libraries write paragraphs."""
+    text = str(error).strip() or type(error).__name__
+    lines = [part.strip() for part in text.splitlines() if part.strip()]
+    line = lines[0]
+    if line.endswith(":") and len(lines) > 1:  # "... raised by all plugins:" + the first reason
+        line = f"{line} {lines[1]}"
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+# ---------------------------------------------------------------- DICOM
+
+
+@contextlib.contextmanager
+def _quiet(fd2: bool = False) -> Iterator[None]:
+    """Silence Python warnings (pydicom warns about every odd value it meets, lazily, on
+    access) and, with ``fd2``, what C decoders print on file descriptor 2 (OpenJPEG
+    prints its errors there). Threads take turns: both are process-wide."""
+    with _WARNINGS_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if not fd2:
+            yield
+            return
+        sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            with open(os.devnull, "wb") as null:
+                os.dup2(null.fileno(), 2)
+                yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _pydicom(path: Path) -> Any:
     try:
         import pydicom
     except ImportError:
         raise UnetError(
-            f"{path}: reading DICOM needs pydicom; install it with: pip install 'unet-lowered[dicom]'"
+            f"{path}: reading DICOM needs pydicom and its decoders; install them with: "
+            f"{INSTALL_DICOM}"
         ) from None
+    return pydicom
+
+
+def _read_dicom(path: Path, stop_before_pixels: bool = False) -> Any:
+    """The data set of ``path`` (``force=True``: the content was recognised as DICOM)."""
+    pydicom = _pydicom(path)
     try:
-        return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+        with _quiet():
+            ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=True)
     except Exception as e:  # pydicom raises many types for damaged files
-        raise UnetError(f"{path}: corrupt or unreadable DICOM ({e})") from None
+        raise UnetError(
+            f"{path}: corrupt or unreadable DICOM ({_one_line(e)}); re-export it from the PACS"
+        ) from None
+    if "Rows" not in ds or "Columns" not in ds:
+        raise UnetError(f"{path}: a DICOM file without an image (no Rows/Columns); nothing to read")
+    return ds
 
 
-def _decode_dicom(path: Path) -> np.ndarray:
-    """Decode a DICOM image: modality rescale, VOI window, MONOCHROME1 inversion, to uint16."""
+def _dicom_header(path: Path) -> ImageHeader:
+    with _quiet():  # pydicom converts values (and warns) lazily, on access
+        return _dicom_header_of(_read_dicom(path, stop_before_pixels=True), path)
+
+
+def _dicom_header_of(ds: Any, path: Path) -> ImageHeader:
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError) as e:
+        raise UnetError(f"{path}: corrupt DICOM image attributes ({_one_line(e)})") from None
+    if rows < 1 or cols < 1:
+        raise UnetError(f"{path}: DICOM image of {cols}x{rows} pixels; nothing to read")
+    return ImageHeader("dicom", cols, rows, samples, 16, max(frames, 1))
+
+
+def _set_transfer_syntax(ds: Any, path: Path) -> Any:
+    """The transfer syntax to decode with; set into ``ds.file_meta`` when missing or unknown.
+
+    A data set without file meta (no preamble) or with a transfer syntax pydicom does not
+    know is decoded as the encoding pydicom read it in (implicit VR little endian unless
+    its elements say otherwise), which is right as long as its pixel data is not
+    compressed.
+    """
+    pydicom = _pydicom(path)
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    meta = getattr(ds, "file_meta", None)
+    if meta is None:
+        meta = pydicom.dataset.FileMetaDataset()
+        ds.file_meta = meta
+    uid = meta.get("TransferSyntaxUID")
+    if uid is not None and uid.is_transfer_syntax:
+        return uid
+    encapsulated = ds["PixelData"].is_undefined_length
+    if encapsulated:
+        raise UnetError(
+            f"{path}: the pixel data is compressed but the file does not say how (transfer "
+            f"syntax {str(uid) if uid else 'missing'}); re-export it from the PACS with its "
+            "file meta information"
+        )
+    implicit, little = ds.original_encoding
+    if implicit is False:
+        guessed = ExplicitVRLittleEndian if little is not False else ExplicitVRBigEndian
+    else:
+        guessed = ImplicitVRLittleEndian
+    meta.TransferSyntaxUID = guessed
+    return guessed
+
+
+_PREFERRED_PLUGINS = {
+    "1.2.840.10008.1.2.4.50": "pillow",  # JPEG baseline: 5x faster than libjpeg
+    "1.2.840.10008.1.2.4.80": "pyjpegls",  # JPEG-LS: 5x faster than libjpeg
+    "1.2.840.10008.1.2.4.81": "pyjpegls",
+}
+"""Decoder plugin tried first per transfer syntax (the others are tried if it fails)."""
+
+
+def _dicom_pixels(ds: Any, path: Path) -> np.ndarray:
+    """The first frame's decoded values, or a one-line error naming the fix."""
+    if "PixelData" not in ds:
+        what = "float" if ("FloatPixelData" in ds or "DoubleFloatPixelData" in ds) else "no"
+        raise UnetError(
+            f"{path}: a DICOM file with {what} pixel data this tool does not read "
+            "(it needs (7FE0,0010) Pixel Data)"
+        )
+    uid = _set_transfer_syntax(ds, path)
+    from pydicom.pixels import get_decoder, pixel_array
+
+    try:
+        decoder = get_decoder(uid)
+    except NotImplementedError:
+        raise UnetError(
+            f"{path}: the pixel data is encoded as {uid.name} ({uid}), which no installed "
+            "DICOM decoder reads; convert the file to an uncompressed DICOM or to PNG"
+        ) from None
+    if not decoder.is_available:
+        raise UnetError(
+            f"{path}: the pixel data is compressed as {uid.name} and no decoder for it is "
+            f"installed; install the DICOM decoders with: {INSTALL_DICOM}"
+        )
+    preferred = _PREFERRED_PLUGINS.get(str(uid))
+    try:
+        with _quiet(fd2=decoder.is_encapsulated):
+            if preferred in decoder.available_plugins:
+                try:
+                    return pixel_array(ds, index=0, decoding_plugin=preferred)
+                except Exception:  # the other plugins may cope with this stream
+                    pass
+            return pixel_array(ds, index=0)
+    except MemoryError:
+        raise UnetError(f"{path}: not enough memory to decode the DICOM pixel data") from None
+    except Exception as e:  # decoders raise RuntimeError, ValueError, ... with paragraphs
+        raise UnetError(
+            f"{path}: cannot decode the {uid.name} pixel data ({_one_line(e)}); the file is "
+            "damaged or truncated"
+        ) from None
+
+
+def _decode_dicom(path: Path, notes: list[str]) -> np.ndarray:
+    """Decode a DICOM image as a viewer presents it (see the module docstring), to uint16."""
+    with _quiet():  # pydicom converts values (and warns) lazily, on access
+        return _present(_read_dicom(path), path, notes)
+
+
+def _present(ds: Any, path: Path, notes: list[str]) -> np.ndarray:
+    pixels = _dicom_pixels(ds, path)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        notes.append(f"{path}: multi-frame DICOM with {frames} frames; the first frame is used")
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    if photometric == "PALETTE COLOR" and samples == 1:
+        from pydicom.pixels import apply_color_lut
+
+        try:
+            pixels = apply_color_lut(pixels, ds)
+        except Exception as e:
+            raise UnetError(f"{path}: cannot apply the DICOM palette ({_one_line(e)})") from None
+        return _to_uint(pixels, path, notes)
+    if samples == 3 or pixels.ndim == 3:
+        # pydicom converts YBR_FULL / YBR_FULL_422 to RGB; JPEG 2000's YBR_ICT/RCT come
+        # back as RGB from the decoder.
+        return _to_uint(pixels, path, notes)
+    return _present_gray(ds, pixels, path, notes)
+
+
+def _present_gray(ds: Any, stored: np.ndarray, path: Path, notes: list[str]) -> np.ndarray:
+    """Modality LUT, VOI LUT, padding, inversion and scaling to uint16 of a gray frame."""
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-    ds = _read_dicom(path)
+    padding = _padding_mask(ds, stored)
+    with _quiet():
+        try:
+            values = apply_modality_lut(stored, ds)
+        except Exception as e:
+            raise UnetError(
+                f"{path}: cannot apply the DICOM Modality LUT ({_one_line(e)})"
+            ) from None
+        values = np.asarray(values)
+        if values.dtype.kind == "f" and np.all(np.isfinite(values)):
+            rounded = np.rint(values)
+            if np.array_equal(rounded, values):  # integer values: what a VOI LUT indexes
+                values = rounded.astype(np.int64)
+        try:
+            values = np.asarray(apply_voi_lut(values, ds, index=0, prefer_lut=True))
+        except Exception as e:  # a window of width 0, an unknown VOI LUT Function, ...
+            notes.append(
+                f"{path}: the DICOM VOI LUT (window) is invalid ({_one_line(e)}); "
+                "the full range of values is used"
+            )
+    values = values.astype(np.float64)
+    valid = np.isfinite(values) if padding is None else (~padding & np.isfinite(values))
+    if not valid.any():
+        raise UnetError(f"{path}: every pixel is padding (Pixel Padding Value); nothing to read")
+    lo, hi = float(values[valid].min()), float(values[valid].max())
+    scaled = np.clip((values - lo) / (hi - lo), 0.0, 1.0) if hi > lo else np.zeros_like(values)
+    shape = str(ds.get("PresentationLUTShape", "")).strip().upper()
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    if photometric == "MONOCHROME1" or shape == "INVERSE":
+        scaled = 1.0 - scaled
+    out = np.round(scaled * 65535).astype(np.uint16)
+    out[~valid] = 0
+    return out
+
+
+def _padding_mask(ds: Any, stored: np.ndarray) -> np.ndarray | None:
+    """Pixels equal to the Pixel Padding Value, or within it and the Range Limit; or None."""
+    value = ds.get("PixelPaddingValue")
+    if value is None:
+        return None
+    limit = ds.get("PixelPaddingRangeLimit")
     try:
-        pixels = ds.pixel_array
-    except Exception as e:
-        raise UnetError(
-            f"{path}: cannot decode the DICOM pixel data ({e}); compressed transfer syntaxes "
-            "may need pylibjpeg or gdcm installed"
-        ) from None
-    if pixels.ndim == 3 and getattr(ds, "SamplesPerPixel", 1) == 1:
-        pixels = pixels[0]  # multi-frame: first frame
-    if getattr(ds, "SamplesPerPixel", 1) == 3:
-        return _to_uint(pixels, path)
-    values = apply_voi_lut(apply_modality_lut(pixels, ds), ds).astype(np.float64)
-    if getattr(ds, "PhotometricInterpretation", "MONOCHROME2") == "MONOCHROME1":
-        values = values.max() - values
-    return _to_uint(values.astype(np.float32), path)
+        value = int(value)
+        if limit is None:
+            mask = stored == value
+        else:
+            lo, hi = sorted((value, int(limit)))
+            mask = (stored >= lo) & (stored <= hi)
+    except (TypeError, ValueError):
+        return None
+    return mask if mask.any() else None
