@@ -16,11 +16,11 @@ $(PY):
 	$(PIP) install --quiet --upgrade pip
 
 $(STAMP_RUN): pyproject.toml | $(PY)
-	$(PIP) install --quiet -e .
+	$(PIP) install --quiet -e ".[serve]"
 	touch $@
 
 $(STAMP_TEST): pyproject.toml | $(PY)
-	$(PIP) install --quiet -e ".[dev,onnx,backends,dicom]"
+	$(PIP) install --quiet -e ".[dev,onnx,backends,dicom,serve,serve-test]"
 	touch $@ $(STAMP_RUN)
 
 install: $(STAMP_RUN)

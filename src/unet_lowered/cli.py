@@ -640,8 +640,84 @@ def synth(
     )
 
 
+# ---------------------------------------------------------------- serve
+
+_SERVE_PACKAGES = frozenset({"fastapi", "starlette", "uvicorn", "multipart", "python_multipart"})
+
+
+@app.command()
+def serve(
+    run: Annotated[Path, typer.Argument(help="Run folder written by `unet train`.")],
+    host: Annotated[
+        str, typer.Option(help="Address to listen on (127.0.0.1: this machine only).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 8000,
+    workers: Annotated[
+        int, typer.Option(help="Images predicted at the same time (inference threads).")
+    ] = 1,
+    queue: Annotated[
+        int, typer.Option(help="Requests that may wait for a worker; beyond them: 503.")
+    ] = 8,
+    max_upload_mb: Annotated[
+        float, typer.Option(help="Refuse uploads larger than this many MB (413).")
+    ] = 64.0,
+    max_pixels: Annotated[
+        int, typer.Option(help="Refuse images with more pixels than this, from the header (413).")
+    ] = 100_000_000,
+    mode: _Mode = "auto",
+    tta: _Tta = False,
+    tta_transforms: _TtaTransforms = "auto",
+    threshold: _Threshold = None,
+    keep_largest: _KeepLargest = None,
+    fill_holes: _FillHoles = False,
+    min_area: _MinArea = 0,
+    overlap: _Overlap = 0.25,
+    batch_size: _BatchSize = 4,
+) -> None:
+    """Serve a trained run over HTTP: a web page at / and a JSON API.
+
+    Loads the run once. POST /v1/segment takes an image in the multipart field `file`
+    (PNG 8/16-bit, JPEG, TIFF, BMP, DICOM) and answers JSON figures, or with
+    ?format=png the mask (identical to `unet predict`'s), ?format=overlay or ?format=prob.
+    GET /v1/model gives the run's facts, GET /healthz the status. The prediction options
+    are the defaults of every request; a request's query (threshold, keep_largest,
+    fill_holes, min_area, tta, tta_transforms, mode) overrides them.
+    Example: unet serve runs/lungs --keep-largest 2 --fill-holes, then open http://127.0.0.1:8000
+    """
+    try:
+        from unet_lowered.serve.app import ServeSettings, serve_run
+    except ImportError as e:
+        if (e.name or "").split(".")[0] not in _SERVE_PACKAGES:
+            raise
+        raise UnetError(
+            f"unet serve needs FastAPI and uvicorn ({e.name} is not installed); "
+            "install them with: pip install 'unet-lowered[serve]'"
+        ) from None
+
+    options = _predict_options(
+        mode=mode,
+        tta=tta,
+        tta_transforms=tta_transforms,
+        overlap=overlap,
+        batch_size=batch_size,
+        threshold=threshold,
+        keep_largest=keep_largest,
+        fill_holes=fill_holes,
+        min_area=min_area,
+        max_pixels=max_pixels,
+    )
+    settings = ServeSettings(
+        workers=workers,
+        queue=queue,
+        max_upload_mb=max_upload_mb,
+        max_pixels=max_pixels,
+        options=options,
+    )
+    serve_run(run, settings, host=host, port=port, echo=typer.echo)
+
+
 _KERAS_COMMANDS = frozenset(
-    {"train", "evaluate", "predict", "plot", "export", "model-info", "demo"}
+    {"train", "evaluate", "predict", "plot", "export", "model-info", "demo", "serve"}
 )
 
 

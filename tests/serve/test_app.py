@@ -1,0 +1,479 @@
+"""``unet serve`` endpoints through FastAPI's TestClient: known answers, bad input, limits."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import socket
+import struct
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+
+from run_fixtures import bright_model, disk_image, make_run
+
+pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install -e '.[serve]'")
+
+from fastapi.testclient import TestClient
+
+import unet_lowered
+from unet_lowered.inference.overlay import overlay
+from unet_lowered.inference.predictor import PredictOptions
+from unet_lowered.io import images
+from unet_lowered.serve.app import (
+    RESULT_HEADER,
+    STATIC_DIR,
+    ServeSettings,
+    create_app,
+)
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """PNG bytes of a gray or RGB array."""
+    if image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".png", image)
+    assert ok
+    return buf.tobytes()
+
+
+def decode(data: bytes) -> np.ndarray:
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert image is not None, "not a PNG"
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB) if image.ndim == 3 else image
+
+
+def upload(data: bytes, name: str = "scan.png", field: str = "file") -> dict[str, Any]:
+    return {field: (name, data, "application/octet-stream")}
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG signature and IHDR chunk claiming ``width x height``, and no pixel data."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    chunk = struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr
+    return b"\x89PNG\r\n\x1a\n" + chunk + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+
+
+def two_disks(height: int = 80, width: int = 120) -> np.ndarray:
+    """Two bright disks of different sizes, the big one with a dark hole."""
+    image = np.full((height, width), 30, np.uint8)
+    cv2.circle(image, (35, 40), 22, 220, -1)
+    cv2.circle(image, (35, 40), 4, 30, -1)
+    cv2.circle(image, (95, 40), 10, 220, -1)
+    return image
+
+
+@pytest.fixture
+def app_for(run: Path) -> Iterator[Any]:
+    """``app_for(settings, model=None)``: a TestClient of an app with other settings."""
+    opened: list[TestClient] = []
+
+    def make(settings: ServeSettings | None = None, model: Any = None) -> TestClient:
+        c = TestClient(create_app(run, settings, model=model))
+        c.__enter__()
+        opened.append(c)
+        return c
+
+    yield make
+    for c in opened:
+        c.__exit__(None, None, None)
+
+
+# ---------------------------------------------------------------- known answers
+
+
+def test_healthz(client: TestClient) -> None:
+    r = client.get("/healthz")
+    assert r.status_code == 200 and r.json() == {"status": "ok"}
+
+
+def test_model_facts(client: TestClient, run: Path) -> None:
+    facts = client.get("/v1/model").json()
+    assert facts["run"] == str(run) and facts["run_name"] == "run"
+    assert facts["num_classes"] == 1 and facts["label_values"] is None
+    assert facts["image_size"] == [32, 32] and facts["channels"] == 1
+    assert facts["threshold"] == 0.5 and facts["input_mode"] == "resize"
+    assert facts["precision"] == "float32"
+    assert facts["validation_dice"] == 0.9123 and facts["validation_iou"] == 0.8391
+    assert facts["best_epoch"] == 7
+    assert facts["prediction"] == {
+        "mode": "resize",
+        "threshold": 0.5,
+        "keep_largest": None,
+        "fill_holes": False,
+        "min_area": 0,
+        "tta": False,
+        "tta_transforms": "auto",
+    }
+    assert facts["versions"]["serving"]["unet_lowered"] == unet_lowered.__version__
+    assert facts["versions"]["trained_with"]["config_version"] == 1
+    assert facts["limits"] == {
+        "max_upload_mb": 64.0,
+        "max_pixels": 100_000_000,
+        "workers": 1,
+        "queue": 8,
+    }
+    assert facts["quality"] is None
+
+
+def test_model_facts_without_metrics(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "run", bright_model(32), threshold=0.3)
+    with TestClient(create_app(run)) as c:
+        facts = c.get("/v1/model").json()
+    assert facts["validation_dice"] is None and facts["best_epoch"] is None
+    assert facts["threshold"] == 0.3 and facts["prediction"]["threshold"] == 0.3
+
+
+@pytest.mark.parametrize("kind", ["png8", "png16", "jpeg", "tiff", "bmp", "dicom"])
+def test_outputs_identical_to_unet_predict(
+    client: TestClient, run: Path, format_files: dict[str, Path], reference, kind: str
+) -> None:
+    """Mask, overlay and probability PNGs equal ``unet predict``'s pixel for pixel."""
+    path = format_files[kind]
+    expected = reference(run, path)
+    data = path.read_bytes()
+    figures = client.post("/v1/segment", files=upload(data, path.name)).json()
+    row = expected["row"]
+    assert (figures["width"], figures["height"]) == (int(row["width"]), int(row["height"]))
+    assert figures["foreground_fraction"] == float(row["foreground_fraction"])
+    assert figures["components"] == int(row["components"]) == 1
+    assert figures["quality"] is None and figures["seconds"] >= 0
+    assert re.fullmatch(r"[0-9a-f]{12}", figures["id"])
+    for fmt, key in [("png", "mask"), ("overlay", "overlay"), ("prob", "prob")]:
+        r = client.post(f"/v1/segment?format={fmt}", files=upload(data, path.name))
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+        got = decode(r.content)
+        assert got.dtype == expected[key].dtype and got.shape == expected[key].shape, fmt
+        np.testing.assert_array_equal(got, expected[key], err_msg=f"{kind} {fmt}")
+        header = json.loads(r.headers[RESULT_HEADER])
+        assert header["foreground_fraction"] == figures["foreground_fraction"]
+    assert set(np.unique(expected["mask"])) == {0, 255}
+
+
+def test_query_options_are_unet_predicts(
+    client: TestClient, run: Path, reference, tmp_path: Path
+) -> None:
+    path = tmp_path / "disks.png"
+    images.write_png(path, two_disks())
+    plain = client.post("/v1/segment", files=upload(path.read_bytes())).json()
+    assert plain["components"] == 2
+    query = "threshold=0.7&keep_largest=1&fill_holes=true&min_area=5"
+    r = client.post(f"/v1/segment?format=png&{query}", files=upload(path.read_bytes()))
+    expected = reference(run, path, threshold=0.7, keep_largest=1, fill_holes=True, min_area=5)
+    np.testing.assert_array_equal(decode(r.content), expected["mask"])
+    figures = json.loads(r.headers[RESULT_HEADER])
+    assert figures["components"] == 1
+    assert figures["foreground_fraction"] == float(expected["row"]["foreground_fraction"])
+    assert figures["foreground_fraction"] > plain["foreground_fraction"] / 2  # hole filled
+
+
+def test_server_defaults_apply_and_queries_override_them(app_for, tmp_path: Path) -> None:
+    c = app_for(ServeSettings(options=PredictOptions(keep_largest=1, threshold=0.6)))
+    assert c.get("/v1/model").json()["prediction"]["keep_largest"] == 1
+    data = png_bytes(two_disks())
+    assert c.post("/v1/segment", files=upload(data)).json()["components"] == 1
+    assert c.post("/v1/segment?keep_largest=0", files=upload(data)).json()["components"] == 2
+
+
+def test_tta(client: TestClient) -> None:
+    data = png_bytes(disk_image(40, 50)[0])
+    r = client.post("/v1/segment?tta=true", files=upload(data))
+    assert r.status_code == 400 and "trained without flips" in r.json()["error"]
+    assert "tta_transforms" in r.json()["error"] and "--" not in r.json()["error"]
+    plain = client.post("/v1/segment?format=png", files=upload(data))
+    flipped = client.post("/v1/segment?format=png&tta=1&tta_transforms=lr", files=upload(data))
+    assert flipped.status_code == 200  # the 1x1 model is flip-equivariant: same mask
+    np.testing.assert_array_equal(decode(flipped.content), decode(plain.content))
+
+
+def test_preview_is_the_overlays_base_image(client: TestClient, format_files) -> None:
+    path = format_files["png16"]
+    r = client.post("/v1/preview", files=upload(path.read_bytes(), path.name))
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    image = images.read_image(path)
+    np.testing.assert_array_equal(decode(r.content), overlay(image, np.zeros(image.shape, bool)))
+    assert r.headers["content-disposition"] == 'inline; filename="gray16_view.png"'
+
+
+# ---------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    ("query", "files", "status", "message"),
+    [
+        ("", upload(b"", "empty.png"), 400, r"^empty\.png: the uploaded file is empty$"),
+        ("", upload(b"hello, world\n", "notes.txt"), 415, r"^notes\.txt: not an image"),
+        (
+            "",
+            upload(png_bytes(np.zeros((40, 40), np.uint8))[:70], "cut.png"),
+            422,
+            r"^cut\.png: the PNG data is corrupt or truncated$",
+        ),
+        ("", upload(b"\x89PNG\r\n\x1a\nrubbish", "bad.png"), 422, r"^bad\.png: corrupt PNG header"),
+        ("", upload(b"II*\x00broken", "scan.tif"), 422, r"^scan\.tif: "),
+        ("", upload(b"BMxx", "x.bmp", field="image"), 400, r"no field 'file' .*fields sent: image"),
+        ("", {"file": (None, "text")}, 400, r"the field 'file' holds text, not a file"),
+        ("?format=gif", upload(b"x"), 400, r"format=gif is not one of json, png, overlay, prob"),
+        ("?threshold=abc", upload(b"x"), 422, r"query threshold: .*valid number.*'abc'"),
+        ("?threshold=1.5", upload(b"x"), 400, r"^threshold must be between 0 and 1, got 1\.5$"),
+        ("?keep_largest=-1", upload(b"x"), 400, r"^keep_largest must be at least 1"),
+        ("?mode=zoom", upload(b"x"), 400, r"mode"),
+        ("?tresh=0.4", upload(b"x"), 400, r"unknown query parameter\(s\): tresh .*threshold"),
+    ],
+)
+def test_bad_input_is_a_4xx_naming_the_problem(
+    client: TestClient, query: str, files: dict, status: int, message: str
+) -> None:
+    r = client.post(f"/v1/segment{query}", files=files)
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/json"
+    assert re.search(message, r.json()["error"]), r.json()
+    assert client.get("/healthz").status_code == 200
+
+
+def test_not_multipart_and_malformed_multipart(client: TestClient) -> None:
+    r = client.post("/v1/segment", content=b"\x89PNG", headers={"content-type": "image/png"})
+    assert r.status_code == 415 and "multipart/form-data" in r.json()["error"]
+    assert "got image/png" in r.json()["error"]
+    r = client.post(
+        "/v1/segment", content=b"garbage", headers={"content-type": "multipart/form-data"}
+    )
+    assert r.status_code == 400 and "malformed" in r.json()["error"]
+
+
+def test_unknown_paths_and_methods_answer_json(client: TestClient) -> None:
+    r = client.get("/v2/segment")
+    assert r.status_code == 404 and r.json()["error"].startswith("no such endpoint: GET /v2/")
+    r = client.get("/v1/segment")
+    assert r.status_code == 405 and r.json() == {"error": "method not allowed: GET /v1/segment"}
+
+
+# ---------------------------------------------------------------- limits
+
+
+def test_pixel_limit_is_checked_from_the_header(client: TestClient, app_for) -> None:
+    # 50000 x 40000 = 2 gigapixels claimed by a 33-byte file: refused from the header; if
+    # it were decoded first, the missing pixel data would be reported as corrupt instead
+    r = client.post("/v1/segment", files=upload(png_header_only(50000, 40000), "huge.png"))
+    assert r.status_code == 413, r.text
+    assert r.json()["error"] == (
+        "huge.png: 50000x40000 is 2000.0 megapixels, over this service's limit of 100.0 "
+        "(unet serve --max-pixels)"
+    )
+    small = app_for(ServeSettings(max_pixels=1000))
+    assert small.get("/v1/model").json()["limits"]["max_pixels"] == 1000
+    assert small.post("/v1/segment", files=upload(png_bytes(disk_image(30, 30)[0]))).is_success
+    r = small.post("/v1/segment", files=upload(png_bytes(disk_image(40, 30)[0]), "a.png"))
+    assert r.status_code == 413 and "a.png: 30x40 is 0.0 megapixels" in r.json()["error"]
+
+
+def test_upload_size_limit(app_for) -> None:
+    c = app_for(ServeSettings(max_upload_mb=0.01))  # 10,485 bytes
+    noise = np.random.default_rng(0).integers(0, 256, (120, 120), dtype=np.uint8)
+    data = png_bytes(noise)
+    assert len(data) > 12_000
+    message = "the upload is over this service's limit of 0.01 MB (unet serve --max-upload-mb)"
+    r = c.post("/v1/segment", files=upload(data))
+    assert r.status_code == 413 and r.json() == {"error": message}
+
+    def chunked() -> Iterator[bytes]:  # no Content-Length: counted as it arrives
+        boundary = b"xyz"
+        yield b"--" + boundary + b'\r\nContent-Disposition: form-data; name="file"; '
+        yield b'filename="big.png"\r\nContent-Type: image/png\r\n\r\n'
+        for i in range(0, len(data), 4096):
+            yield data[i : i + 4096]
+        yield b"\r\n--" + boundary + b"--\r\n"
+
+    r = c.post(
+        "/v1/segment",
+        content=chunked(),
+        headers={"content-type": "multipart/form-data; boundary=xyz"},
+    )
+    assert r.status_code == 413 and r.json() == {"error": message}
+    assert c.post("/v1/segment", files=upload(png_bytes(disk_image(30, 30)[0]))).is_success
+    assert c.app.state.service.admitted == 0
+
+
+class FailingModel:
+    """The real model, which raises while ``fail`` is set."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.input_shape = model.input_shape
+        self.fail = False
+
+    def predict_on_batch(self, batch: np.ndarray) -> np.ndarray:
+        if self.fail:
+            raise RuntimeError("simulated failure inside the network")
+        return self.model.predict_on_batch(batch)
+
+
+def test_model_failure_is_a_logged_500_and_the_service_stays_up(
+    app_for, run: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from unet_lowered.io.runs import load_run
+
+    model = FailingModel(load_run(run).model())
+    c = app_for(model=model)
+    data = png_bytes(disk_image(30, 40)[0])
+    model.fail = True
+    with caplog.at_level(logging.INFO, logger="unet_lowered.serve"):
+        r = c.post("/v1/segment", files=upload(data, "chest.png"))
+    assert r.status_code == 500
+    error = r.json()["error"]
+    assert error.startswith("chest.png: the model failed on this image (RuntimeError: simulated")
+    failures = [rec for rec in caplog.records if rec.levelno == logging.ERROR]
+    assert len(failures) == 1 and "chest.png" in failures[0].getMessage()
+    assert failures[0].exc_info is not None  # the traceback is in the log
+    assert c.get("/healthz").status_code == 200
+    model.fail = False
+    assert c.post("/v1/segment", files=upload(data)).json()["components"] == 1
+    assert c.app.state.service.admitted == 0
+
+
+class BlockingModel:
+    """The real model, which waits for ``release`` (set at first) inside every call."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.input_shape = model.input_shape
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.release.set()
+
+    def predict_on_batch(self, batch: np.ndarray) -> np.ndarray:
+        self.entered.set()
+        assert self.release.wait(30), "the test never released the model"
+        return self.model.predict_on_batch(batch)
+
+
+def wait_until(condition, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.01)
+
+
+def test_bounded_queue_answers_503_and_inference_is_off_the_event_loop(app_for, run: Path) -> None:
+    from unet_lowered.io.runs import load_run
+
+    model = BlockingModel(load_run(run).model())
+    c = app_for(ServeSettings(workers=1, queue=1), model=model)
+    service = c.app.state.service
+    model.release.clear()  # create_app has warmed up; now block the requests
+    model.entered.clear()
+    data = png_bytes(disk_image(30, 40)[0])
+    answers: list[Any] = []
+
+    def post() -> None:
+        answers.append(c.post("/v1/segment", files=upload(data)))
+
+    first = threading.Thread(target=post)
+    first.start()
+    assert model.entered.wait(30)  # the worker is inside the model
+    second = threading.Thread(target=post)  # waits in the queue
+    second.start()
+    wait_until(lambda: service.admitted == 2)
+    assert c.get("/healthz").json() == {"status": "ok"}  # the event loop is free
+    assert c.get("/v1/model").status_code == 200
+    r = c.post("/v1/segment", files=upload(data))
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    assert r.json()["error"].startswith("busy: 2 requests are already being served or waiting")
+    model.release.set()
+    first.join(30)
+    second.join(30)
+    assert [a.status_code for a in answers] == [200, 200]
+    assert service.admitted == 0
+    assert c.post("/v1/segment", files=upload(data)).status_code == 200
+
+
+def test_settings_are_checked(run: Path) -> None:
+    from unet_lowered.errors import UnetError
+
+    for settings, message in [
+        (ServeSettings(workers=0), "--workers must be at least 1"),
+        (ServeSettings(queue=-1), "--queue must be 0 or more"),
+        (ServeSettings(max_upload_mb=0), "--max-upload-mb must be above 0"),
+        (ServeSettings(options=PredictOptions(tta=True)), "trained without flips"),
+    ]:
+        with pytest.raises(UnetError, match=message):
+            create_app(run, settings)
+
+
+# ---------------------------------------------------------------- logs and the page
+
+
+def test_one_log_line_per_request(client: TestClient, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="unet_lowered.serve"):
+        client.get("/healthz")
+        client.post("/v1/segment", files=upload(b"", "e.png"))
+    lines = [r.getMessage() for r in caplog.records if r.name == "unet_lowered.serve"]
+    assert len(lines) == 2, lines
+    assert re.fullmatch(r"GET /healthz 200 \d+\.\d ms", lines[0])
+    assert re.fullmatch(r"POST /v1/segment 400 \d+\.\d ms", lines[1])
+
+
+def test_page_is_served_from_the_package_and_needs_no_internet(client: TestClient) -> None:
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    html = page.text
+    for element in ['id="file"', 'id="opacity"', 'id="fig-fraction"', 'id="download-mask"']:
+        assert element in html
+    assert 'src="/static/app.js"' in html and 'href="/static/style.css"' in html
+    texts = {"/": html}
+    for name, kind in [("app.js", "javascript"), ("style.css", "text/css")]:
+        r = client.get(f"/static/{name}")
+        assert r.status_code == 200 and kind in r.headers["content-type"]
+        assert r.text == (STATIC_DIR / name).read_text()
+        texts[name] = r.text
+    for name, text in texts.items():
+        assert not re.search(r"(https?:)?//[a-z0-9.-]+\.[a-z]{2,}/", text), name
+        assert "@import" not in text and "url(http" not in text, name
+    assert client.get("/docs").status_code == 404  # Swagger UI would load from a CDN
+
+
+# ---------------------------------------------------------------- the command
+
+
+def cli(*args: str) -> int:
+    from unet_lowered.cli import main
+
+    try:
+        main(list(args))
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0
+
+
+def test_cli_errors_are_one_line(tmp_path: Path, run: Path, capsys) -> None:
+    assert cli("serve", str(tmp_path / "norun"), "--port", "0") == 1
+    err = capsys.readouterr().err.strip()
+    assert (
+        err
+        == f"error: {tmp_path / 'norun'}: no such run folder; pass the --out folder of `unet train`"
+    )
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        assert cli("serve", str(run), "--port", str(port)) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: 127.0.0.1:{port}: cannot listen there (")
+    assert "\n" not in err and "choose another --port" in err
+    assert cli("serve", str(run), "--workers", "0", "--port", "0") == 1
+    assert "--workers must be at least 1" in capsys.readouterr().err
+
+
+def test_cli_help_names_the_options(capsys) -> None:
+    assert cli("serve", "--help") == 0
+    out = capsys.readouterr().out
+    for option in ["--host", "--port", "--workers", "--queue", "--max-upload-mb", "--max-pixels"]:
+        assert option in out
