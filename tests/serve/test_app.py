@@ -158,6 +158,20 @@ def test_outputs_identical_to_unet_predict(
     assert set(np.unique(expected["mask"])) == {0, 255}
 
 
+def test_notes_name_the_upload(client: TestClient, tmp_path: Path) -> None:
+    import tifffile
+
+    first, _ = disk_image(40, 50, seed=1)
+    tifffile.imwrite(tmp_path / "pages.tif", np.stack([first, 255 - first]))
+    r = client.post("/v1/segment", files=upload((tmp_path / "pages.tif").read_bytes(), "s.tif"))
+    assert r.status_code == 200
+    (note,) = r.json()["notes"]
+    assert note.startswith("s.tif: multi-page TIFF with 2 frames; the first frame is used")
+    expected = client.post("/v1/segment", files=upload(png_bytes(first))).json()
+    assert r.json()["foreground_fraction"] == expected["foreground_fraction"]
+    assert expected["notes"] == []
+
+
 def test_query_options_are_unet_predicts(
     client: TestClient, run: Path, reference, tmp_path: Path
 ) -> None:
@@ -210,7 +224,13 @@ def test_preview_is_the_overlays_base_image(client: TestClient, format_files) ->
     ("query", "files", "status", "message"),
     [
         ("", upload(b"", "empty.png"), 400, r"^empty\.png: the uploaded file is empty$"),
-        ("", upload(b"hello, world\n", "notes.txt"), 415, r"^notes\.txt: not an image"),
+        (
+            "",
+            upload(b"hello, world\n", "notes.txt"),
+            415,
+            r"^notes\.txt: not an image this service reads \(expected PNG, JPEG, TIFF, BMP, GIF "
+            r"or DICOM content\)$",
+        ),
         (
             "",
             upload(png_bytes(np.zeros((40, 40), np.uint8))[:70], "cut.png"),

@@ -6,7 +6,7 @@ Endpoints (see the README section "Serve"):
 * ``GET /healthz`` -> ``{"status": "ok"}``;
 * ``GET /v1/model`` -> the run's facts (:meth:`Service.facts`);
 * ``POST /v1/segment`` with a multipart field ``file`` -> JSON
-  ``{id, width, height, foreground_fraction, components, quality, seconds}``, or with
+  ``{id, width, height, foreground_fraction, components, quality, seconds, notes}``, or with
   ``?format=png|overlay|prob`` that image as a PNG (the same figures in the
   ``X-Unet-Result`` header, as JSON);
 * ``POST /v1/preview`` with the same field -> the image as the 8-bit RGB PNG the
@@ -161,7 +161,7 @@ class Result:
 
     Attributes:
         figures: The JSON answer: ``id, width, height, foreground_fraction, components,
-            quality, seconds``.
+            quality, seconds, notes``.
         png: The PNG asked for (mask, overlay or probability), or None for JSON.
     """
 
@@ -325,8 +325,9 @@ class Service:
         """
         request_id = uuid.uuid4().hex[:12]
         started = time.perf_counter()
+        notes: list[str] = []
         with tempfile.TemporaryDirectory(prefix="unet-serve-") as tmp:
-            image = self._decode(upload, Path(tmp) / "upload", name)
+            image = self._decode(upload, Path(tmp) / "upload", name, notes)
         try:
             probs = predict_images(self.model, [image], self.config, options)[0]
             mask = probs_to_mask(probs, self.config, options)
@@ -346,6 +347,7 @@ class Service:
                 "components": count_components(mask),
                 "quality": None,
                 "seconds": round(time.perf_counter() - started, 4),
+                "notes": notes,
             }
         except UnetError as e:  # e.g. an image the run's settings cannot take
             raise RequestError(422, f"{name}: {e}") from None
@@ -361,23 +363,28 @@ class Service:
     def preview(self, upload: IO[bytes], name: str) -> Result:
         """The upload as an 8-bit RGB PNG, exactly as the overlay draws it (no model)."""
         with tempfile.TemporaryDirectory(prefix="unet-serve-") as tmp:
-            image = self._decode(upload, Path(tmp) / "upload", name)
+            image = self._decode(upload, Path(tmp) / "upload", name, [])
         view = overlay(image, np.zeros(image.shape[:2], bool))
         h, w = image.shape[:2]
         return Result({"width": w, "height": h}, _encode_png(view))
 
-    def _decode(self, upload: IO[bytes], path: Path, name: str) -> np.ndarray:
-        """Write the upload to ``path``, check its header against the limit, decode it."""
+    def _decode(self, upload: IO[bytes], path: Path, name: str, notes: list[str]) -> np.ndarray:
+        """Write the upload to ``path``, check its header against the limit, decode it.
+
+        What :func:`~unet_lowered.io.images.read_image` notes (first frame of several,
+        EXIF orientation applied, ...) is appended to ``notes``, naming the upload.
+        """
         upload.seek(0)
         with open(path, "wb") as f:
             shutil.copyfileobj(upload, f, 1024 * 1024)
         if path.stat().st_size == 0:
             raise RequestError(400, f"{name}: the uploaded file is empty")
         if images.sniff_format(path) is None:
+            kinds = [f.upper() for f in images.FORMATS]
             raise RequestError(
                 415,
                 f"{name}: not an image this service reads "
-                "(expected PNG, JPEG, TIFF, BMP or DICOM content)",
+                f"(expected {', '.join(kinds[:-1])} or {kinds[-1]} content)",
             )
         try:
             header = images.read_header(path)
@@ -392,7 +399,9 @@ class Service:
                 "(unet serve --max-pixels)",
             )
         try:
-            return images.read_image(path, limit)
+            image = images.read_image(path, limit, notes)
+            notes[:] = [_rename(note, path, name) for note in notes]
+            return image
         except UnetError as e:
             raise RequestError(422, _rename(e, path, name)) from None
         except (OSError, ValueError, cv2.error) as e:
@@ -414,8 +423,8 @@ def _read_metrics(run_dir: Path) -> dict[str, Any] | None:
     return values if isinstance(values, dict) else None
 
 
-def _rename(error: Exception, path: Path, name: str) -> str:
-    """The error's message with the temporary file's path replaced by the upload's name."""
+def _rename(error: object, path: Path, name: str) -> str:
+    """The message of ``error`` (an exception or a note) with the temporary file's path replaced by the upload's name."""
     return str(error).replace(str(path), name)
 
 

@@ -83,7 +83,7 @@
     const classes = m.num_classes === 1 ? "binary" : `${m.num_classes} classes`;
     const dice = m.validation_dice == null ? "not recorded" : m.validation_dice.toFixed(3);
     $("model").textContent =
-      `Run ${m.run_name}: ${classes}, trained at ${m.image_size[0]}\u00d7${m.image_size[1]} px ` +
+      `Run ${m.run}: ${classes}, trained at ${m.image_size[0]}\u00d7${m.image_size[1]} px ` +
       `(${m.input_mode}), threshold ${m.prediction.threshold}, validation Dice ${dice}, ` +
       `unet-lowered ${m.versions.serving.unet_lowered}`;
     $("threshold").placeholder = String(m.prediction.threshold);
@@ -211,7 +211,7 @@
       a.setAttribute("aria-disabled", "false");
       $("download-overlay").disabled = false;
       $("caption").textContent = `${file.name}: mask ${result.id}`;
-      status("Done.");
+      status(result.notes && result.notes.length ? `Done. ${result.notes.join(" ")}` : "Done.");
       setStage("done");
     } catch (e) {
       if (stale()) return;
