@@ -20,8 +20,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from unet_lowered.errors import UnetError
 from unet_lowered.training.config import RunConfig
@@ -52,15 +56,38 @@ class Run:
         return self.dir / MODEL_FILE
 
     def model(self, which: str = MODEL_FILE):
-        """Load the best (default) or last model, without compiling, in Keras safe mode."""
-        return load_model(self.dir / which)
+        """Load the best (default) or last model, without compiling, in Keras safe mode.
+
+        Raises:
+            UnetError: The model file is unsafe, damaged, or disagrees with ``config.json``
+                (input channels, classes, input size).
+        """
+        path = self.dir / which
+        model = load_model(path)
+        check_model_matches(model, self.config, path)
+        return model
 
     def split(self) -> dict[str, list[str]]:
-        """The train/validation ids the run used (empty lists if the file is missing)."""
+        """The train/validation ids the run used (empty lists if the file is missing).
+
+        Raises:
+            UnetError: ``split.json`` is unreadable or not ``{"train": [...], "val": [...]}``.
+        """
         path = self.dir / SPLIT_FILE
         if not path.is_file():
             return {"train": [], "val": []}
-        return json.loads(path.read_text())
+        try:
+            split = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise UnetError(
+                f"{path}: unreadable ({_first_line(e)}); delete it or re-train"
+            ) from None
+        if not isinstance(split, dict) or not all(
+            isinstance(split.get(k, []), list) and all(isinstance(i, str) for i in split.get(k, []))
+            for k in ("train", "val")
+        ):
+            raise UnetError(f'{path}: expected {{"train": [ids], "val": [ids]}}; re-train')
+        return {"train": list(split.get("train", [])), "val": list(split.get("val", []))}
 
 
 def load_run(path: str | os.PathLike) -> Run:
@@ -70,42 +97,224 @@ def load_run(path: str | os.PathLike) -> Run:
         path: The run folder (or its ``model.keras``).
 
     Raises:
-        UnetError: The folder or its ``config.json``/``model.keras`` is missing or unreadable.
+        UnetError: The folder or its ``config.json``/``model.keras`` is missing or
+            unreadable, or ``config.json`` is damaged or from a newer version.
     """
     path = Path(path)
     if path.is_file() and path.suffix == ".keras":
         path = path.parent
+    if path.is_file():
+        raise UnetError(f"{path}: a file, not a run folder; pass the --out folder of `unet train`")
     if not path.is_dir():
         raise UnetError(f"{path}: no such run folder; pass the --out folder of `unet train`")
     config_path = path / CONFIG_FILE
     if not config_path.is_file():
         raise UnetError(
-            f"{config_path}: missing; {path} is not a run folder written by `unet train`"
+            f"{config_path}: missing; {path} is not a run folder written by `unet train` "
+            "(copy the whole run folder, config.json with model.keras)"
         )
     try:
-        config = RunConfig.from_json(json.loads(config_path.read_text()), config_path)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UnetError(f"{config_path}: unreadable ({e}); re-run `unet train`") from None
-    if not (path / MODEL_FILE).is_file():
+        values = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
         raise UnetError(
-            f"{path / MODEL_FILE}: missing; training has not finished an epoch yet "
-            f"(resume it with `unet train --resume {path}`)"
+            f"{config_path}: unreadable ({_first_line(e)}); copy the run folder again or "
+            "re-run `unet train`"
+        ) from None
+    config = RunConfig.from_json(values, config_path)
+    model_path = path / MODEL_FILE
+    if not model_path.is_file():
+        if model_path.is_dir():
+            raise UnetError(f"{model_path}: a folder, not a Keras model file; re-run `unet train`")
+        raise UnetError(
+            f"{model_path}: missing; training has not finished an epoch yet "
+            f"(resume it with `unet train --resume --out {path}`)"
         )
     return Run(path, config)
+
+
+MAX_MODEL_BYTES = 4 * 1024**3
+"""A ``.keras`` archive that unpacks to more than this (4 GB) is refused (a zip bomb)."""
+
+_OWN_PACKAGE = "unet_lowered>"
 
 
 def load_model(path: str | os.PathLike):
     """Load a ``.keras`` file for inference: no compile, safe mode (no code from the file).
 
-    Raises:
-        UnetError: Missing or not a valid Keras model file.
-    """
-    import keras
+    Before Keras reads it, the archive is checked: a zip whose members are intact
+    (CRC), with ``config.json`` and ``model.weights.h5``, and whose configuration
+    names only Keras' own classes and this package's registered objects. A Lambda
+    layer (Python code) or an unknown custom object is refused in one line, and nothing
+    from the file is run.
 
+    Raises:
+        UnetError: Missing, a folder, truncated or damaged, unsafe, from a newer Keras,
+            or not a Keras model file; the message names the file and what to do.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise UnetError(f"{path}: a folder, not a .keras model file")
     if not path.is_file():
         raise UnetError(f"{path}: no such model file")
+    _check_archive(path)
+    import keras
+
     try:
-        return keras.saving.load_model(path, compile=False, safe_mode=True)
-    except Exception as e:  # Keras raises ValueError/OSError/zipfile errors for bad files
-        raise UnetError(f"{path}: not a loadable Keras model ({type(e).__name__}: {e})") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as e:  # Keras raises ValueError/TypeError/OSError/h5py errors
+        raise UnetError(_load_error(path, e)) from None
+
+
+def check_model_matches(model: Any, config: RunConfig, path: Path) -> None:
+    """Refuse a model whose input channels, classes or fixed input size differ from
+    ``config.json``: the run folder then mixes files of two runs."""
+    try:
+        in_shape, out_shape = tuple(model.input_shape), tuple(model.output_shape)
+    except (AttributeError, ValueError):
+        raise UnetError(
+            f"{path}: not a single-input, single-output segmentation model; "
+            "use a model written by `unet train`"
+        ) from None
+    problems = []
+    if len(in_shape) != 4 or len(out_shape) != 4:
+        problems.append(f"input {in_shape} and output {out_shape} are not (batch, H, W, C)")
+    else:
+        if in_shape[-1] is not None and in_shape[-1] != config.channels:
+            problems.append(f"takes {in_shape[-1]} channel(s), config.json says {config.channels}")
+        if out_shape[-1] is not None and out_shape[-1] != config.num_classes:
+            problems.append(
+                f"gives {out_shape[-1]} class map(s), config.json says {config.num_classes}"
+            )
+        fixed = in_shape[1:3]
+        if None not in fixed and tuple(fixed) != tuple(config.image_size):
+            problems.append(
+                f"takes {fixed[0]}x{fixed[1]} input, config.json says "
+                f"{config.image_size[0]}x{config.image_size[1]}"
+            )
+    if problems:
+        raise UnetError(
+            f"{path}: the model {'; '.join(problems)}; the run folder mixes files of two runs: "
+            "put back the model.keras and config.json that belong together, or re-train"
+        )
+
+
+def _check_archive(path: Path) -> None:
+    """Refuse a damaged, oversized or unsafe ``.keras`` archive before Keras opens it."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            if "config.json" not in names or "model.weights.h5" not in names:
+                raise UnetError(
+                    f"{path}: not a Keras 3 model file (no config.json and model.weights.h5 "
+                    "inside); save it with model.save('model.keras') or re-train"
+                )
+            total = sum(info.file_size for info in archive.infolist())
+            if total > MAX_MODEL_BYTES:
+                raise UnetError(
+                    f"{path}: unpacks to {total / 1e9:.1f} GB, more than a model of this "
+                    "tool can be; refused"
+                )
+            bad = archive.testzip()
+            if bad is not None:
+                raise UnetError(
+                    f"{path}: damaged ({bad} fails its checksum); copy the file again or re-train"
+                )
+            config = json.loads(archive.read("config.json"))
+            metadata = json.loads(archive.read("metadata.json")) if "metadata.json" in names else {}
+    except UnetError:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError) as e:
+        raise UnetError(
+            f"{path}: not a Keras model file, or truncated ({_first_line(e)}); copy the file "
+            "again or re-train"
+        ) from None
+    except (OSError, ValueError, UnicodeDecodeError, RuntimeError) as e:
+        raise UnetError(
+            f"{path}: unreadable or damaged Keras model file ({_first_line(e)}); copy the file "
+            "again or re-train"
+        ) from None
+    _check_keras_version(path, metadata)
+    unsafe = _unsafe_objects(config.get("config", config) if isinstance(config, dict) else config)
+    if unsafe:
+        kind, name = unsafe
+        if kind == "code":
+            raise UnetError(
+                f"{path}: refused: the model holds Python code ({name}), which would run on "
+                "this machine when loaded; models written by `unet train` hold none: "
+                "re-train, or rebuild the model without Lambda layers"
+            )
+        raise UnetError(
+            f"{path}: refused: the model uses {name}, a custom object this tool does not know "
+            "(and will not import); use a model written by `unet train`"
+        )
+
+
+def _check_keras_version(path: Path, metadata: Any) -> None:
+    import keras
+
+    saved = str(metadata.get("keras_version", "")) if isinstance(metadata, dict) else ""
+    match = re.match(r"(\d+)\.(\d+)", saved)
+    have = re.match(r"(\d+)\.(\d+)", keras.__version__)
+    if match and have and int(match.group(1)) > int(have.group(1)):
+        raise UnetError(
+            f"{path}: saved by Keras {saved}, newer than the installed {keras.__version__}; "
+            "upgrade Keras (pip install -U keras)"
+        )
+
+
+def _unsafe_objects(node: Any) -> tuple[str, str] | None:
+    """``("code", what)`` for a Lambda or serialised function, ``("custom", name)`` for an
+    object outside Keras and this package, or None; skips ``compile_config``."""
+    if isinstance(node, dict):
+        class_name = node.get("class_name")
+        if isinstance(class_name, str):
+            if class_name == "__lambda__":
+                return "code", "a serialised Python lambda"
+            if class_name == "Lambda" and str(node.get("module", "keras")).startswith("keras"):
+                return "code", "a Lambda layer"
+            module = node.get("module")
+            registered = node.get("registered_name")
+            own = isinstance(registered, str) and registered.startswith(_OWN_PACKAGE)
+            if isinstance(module, str) and not module.startswith("keras") and not own:
+                return "custom", f"{module}.{class_name}"
+        for key, value in node.items():
+            if key == "compile_config":
+                continue
+            found = _unsafe_objects(value)
+            if found:
+                return found
+    elif isinstance(node, list):
+        for value in node:
+            found = _unsafe_objects(value)
+            if found:
+                return found
+    return None
+
+
+def _load_error(path: Path, error: Exception) -> str:
+    text = str(error)
+    located = re.search(
+        r"Could not (?:locate|deserialize) (?:class|function|object) '([^']+)'", text
+    )
+    if located:
+        return (
+            f"{path}: refused: the model uses {located.group(1)!r}, a custom object this tool "
+            "does not know; use a model written by `unet train`"
+        )
+    if "safe_mode" in text or "Lambda" in text:
+        return (
+            f"{path}: refused: the model holds Python code, which would run on this machine "
+            "when loaded; re-train, or rebuild the model without it"
+        )
+    return (
+        f"{path}: not a loadable Keras model ({type(error).__name__}: {_first_line(error)}); "
+        "copy the file again or re-train"
+    )
+
+
+def _first_line(error: BaseException, limit: int = 160) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    line = lines[0] if lines else type(error).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."

@@ -306,12 +306,12 @@ class RunConfig:
         if not (
             isinstance(size, list | tuple)
             and len(size) == 2
-            and all(isinstance(v, int) for v in size)
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in size)
         ):
             raise UnetError(f"{source}: image_size must be [height, width], got {size!r}")
         try:
             settings = from_dict(values).validate()
-        except (TypeError, UnetError) as e:
+        except (TypeError, ValueError, AttributeError) as e:
             raise UnetError(f"{source}: {e}; re-run `unet train`") from None
         channels, num_classes = values.get("channels", 1), values.get("num_classes", 1)
         if channels not in (1, 3) or not isinstance(num_classes, int) or num_classes < 1:
@@ -320,6 +320,21 @@ class RunConfig:
                 "1 or 3 / a positive whole number; re-run `unet train`"
             )
         label_values = values.get("label_values")
+        if label_values and not (
+            isinstance(label_values, list)
+            and (num_classes == 1 or len(label_values) == num_classes)
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in label_values)
+            and len(set(label_values)) == len(label_values)
+        ):
+            raise UnetError(
+                f"{source}: label_values {label_values!r} must be different whole numbers, one "
+                f"per class ({num_classes}); re-run `unet train`"
+            )
+        for key in ("precision_resolved", "data", "backend", "keras_version"):
+            if values.get(key) is not None and not isinstance(values[key], str):
+                raise UnetError(
+                    f"{source}: {key} must be text, got {values[key]!r}; re-run `unet train`"
+                )
         return cls(
             settings=settings,
             image_size=(int(size[0]), int(size[1])),

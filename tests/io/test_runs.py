@@ -1,0 +1,265 @@
+"""Model files and run folders from elsewhere: unsafe, damaged, mismatched, other backends."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from run_fixtures import bright_model, disk_image, make_run
+from unet_lowered.errors import UnetError
+from unet_lowered.io.runs import load_model, load_run
+
+
+def refused(call, *args, match: str) -> str:
+    with pytest.raises(UnetError) as info:
+        call(*args)
+    message = str(info.value)
+    assert "\n" not in message, message
+    assert match in message, message
+    return message
+
+
+def rewrite_config(path: Path, edit) -> None:
+    """Rewrite ``config.json`` inside a ``.keras`` archive with ``edit(config)``."""
+    with zipfile.ZipFile(path) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    members["config.json"] = json.dumps(edit(json.loads(members["config.json"]))).encode()
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+
+
+# ---------------------------------------------------------------- code in model files
+
+
+def _marker_lambda_model(marker: Path) -> keras.Model:
+    def touch_and_pass(x, marker=str(marker)):
+        with open(marker, "a") as f:
+            f.write("ran\n")
+        return x
+
+    inputs = keras.Input((16, 16, 1))
+    outputs = keras.layers.Conv2D(1, 1)(keras.layers.Lambda(touch_and_pass)(inputs))
+    return keras.Model(inputs, outputs)
+
+
+@pytest.mark.parametrize("kind", ["lambda", "function"])
+def test_lambda_layer_is_refused_and_runs_nothing(tmp_path: Path, kind: str) -> None:
+    marker = tmp_path / "marker"
+    if kind == "function":  # a named function (serialised by module and name)
+        model = _marker_lambda_model(marker)
+    else:  # a Python lambda, serialised as bytecode (the marker path a constant in it)
+        touch = eval(
+            f"lambda x: (__import__('pathlib').Path({str(marker)!r}).write_text('ran'), x)[1]"
+        )
+        inputs = keras.Input((16, 16, 1))
+        model = keras.Model(inputs, keras.layers.Lambda(touch)(inputs))
+    path = tmp_path / "evil.keras"
+    model.save(path)
+    marker.unlink(missing_ok=True)  # building the model above ran it once
+    refused(load_model, path, match="refused")
+    assert not marker.exists()
+    # The test can fail: loading without safe mode does run the file's code.
+    if kind == "lambda":
+        keras.saving.load_model(path, compile=False, safe_mode=False)
+        assert marker.exists()
+
+
+def test_unknown_custom_object_is_refused_before_import(tmp_path: Path) -> None:
+    """A custom layer from another package: refused without importing its module."""
+    path = tmp_path / "custom.keras"
+    bright_model(16).save(path)
+
+    def edit(config):
+        layer = config["config"]["layers"][1]
+        layer["module"], layer["registered_name"] = "evil_package.layers", "evil>Backdoor"
+        return config
+
+    rewrite_config(path, edit)
+    message = refused(load_model, path, match="custom object")
+    assert "evil_package.layers" in message
+    assert "evil_package" not in sys.modules
+
+
+def test_unknown_keras_class_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "unknown.keras"
+    bright_model(16).save(path)
+
+    def edit(config):
+        config["config"]["layers"][1]["class_name"] = "NoSuchLayer"
+        return config
+
+    rewrite_config(path, edit)
+    refused(load_model, path, match="NoSuchLayer")
+
+
+# ---------------------------------------------------------------- damaged files
+
+
+@pytest.mark.parametrize(
+    ("damage", "match"),
+    [
+        ("empty", "truncated"),
+        ("half", "truncated"),
+        ("text", "not a Keras model file"),
+        ("flip", "damaged"),
+        ("no_config", "not a Keras 3 model file"),
+        ("folder", "a folder"),
+        ("newer_keras", "upgrade Keras"),
+        ("config_not_json", "damaged"),
+    ],
+)
+def test_damaged_model_file(tmp_path: Path, damage: str, match: str) -> None:
+    path = tmp_path / "model.keras"
+    bright_model(16).save(path)
+    data = path.read_bytes()
+    if damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "half":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "text":
+        path.write_text("this is not a model\n")
+    elif damage == "flip":
+        with zipfile.ZipFile(path) as archive:
+            info = archive.getinfo("model.weights.h5")
+        start = info.header_offset + 30 + len(info.filename) + info.compress_size // 2
+        flipped = bytes(b ^ 0xFF for b in data[start : start + 16])
+        path.write_bytes(data[:start] + flipped + data[start + 16 :])
+    elif damage == "folder":
+        path.unlink()
+        path.mkdir()
+    else:
+        with zipfile.ZipFile(path) as archive:
+            members = {name: archive.read(name) for name in archive.namelist()}
+        if damage == "no_config":
+            del members["config.json"]
+        elif damage == "newer_keras":
+            members["metadata.json"] = json.dumps({"keras_version": "9.0.0"}).encode()
+        else:
+            members["config.json"] = b"{not json"
+        with zipfile.ZipFile(path, "w") as archive:
+            for name, content in members.items():
+                archive.writestr(name, content)
+    refused(load_model, path, match=match)
+
+
+# ---------------------------------------------------------------- run folders
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> Path:
+    return make_run(tmp_path / "run", bright_model(16))
+
+
+def test_good_run_loads(run: Path) -> None:
+    r = load_run(run)
+    assert r.model().input_shape == (None, 16, 16, 1)
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        (None, "config.json: missing"),
+        (b"\xff\xfe\x00garbage", "unreadable"),
+        (b'{"image_size": [16, 16]', "unreadable"),
+        (b"[1, 2, 3]", "expected a JSON object"),
+        (b'{"image_size": [16, 16], "config_version": 7}', "newer than this unet-lowered"),
+        (b'{"channels": 1}', "image_size must be"),
+        (b'{"image_size": [16, 16], "loss": 5}', "re-run `unet train`"),
+        (b'{"image_size": [16, 16], "threshold": "high"}', "re-run `unet train`"),
+        (b'{"image_size": [0, 16]}', "image_size must be"),
+        (b'{"image_size": [16, 16], "num_classes": 2, "label_values": ["a", 3]}', "label_values"),
+        (b'{"image_size": [16, 16], "data": 5}', "data must be text"),
+    ],
+)
+def test_bad_config_json(run: Path, content: bytes | None, match: str) -> None:
+    config = run / "config.json"
+    if content is None:
+        config.unlink()
+    else:
+        config.write_bytes(content)
+    refused(load_run, run, match=match)
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ({"channels": 3}, "takes 1 channel(s), config.json says 3"),
+        ({"num_classes": 3, "label_values": [0, 1, 2]}, "gives 1 class map(s), config.json says 3"),
+        ({"image_size": [32, 32]}, "takes 16x16 input, config.json says 32x32"),
+    ],
+)
+def test_config_disagreeing_with_the_model(tmp_path: Path, override: dict, match: str) -> None:
+    run = make_run(tmp_path / "run", bright_model(16), **override)
+    r = load_run(run)
+    message = refused(r.model, match=match)
+    assert "mixes files of two runs" in message
+
+
+def test_model_missing_or_a_folder(run: Path) -> None:
+    (run / "model.keras").unlink()
+    refused(load_run, run, match="unet train --resume")
+    (run / "model.keras").mkdir()
+    refused(load_run, run, match="a folder")
+
+
+def test_a_file_instead_of_a_run_folder(run: Path) -> None:
+    refused(load_run, run / "config.json", match="not a run folder")
+
+
+def test_damaged_split_json(run: Path) -> None:
+    (run / "split.json").write_text('{"train": 5}')
+    refused(load_run(run).split, match="split.json")
+
+
+# ---------------------------------------------------------------- other backends, precision
+
+
+def _predict(run: Path) -> np.ndarray:
+    from unet_lowered.inference.predictor import predict_image
+
+    r = load_run(run)
+    image, mask = disk_image(40, 36)
+    probs = predict_image(r.model(), image, r.config)
+    assert probs.shape == (40, 36, 1) and np.isfinite(probs).all()
+    return (probs[:, :, 0] >= 0.5) == mask
+
+
+def test_mixed_bfloat16_run_predicts_in_float32(tmp_path: Path) -> None:
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        model = bright_model(16)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    run = make_run(tmp_path / "run", model, precision_resolved="mixed_bfloat16")
+    assert _predict(run).mean() > 0.95
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_run_saved_under_another_backend_loads(tmp_path: Path, backend: str) -> None:
+    pytest.importorskip(backend)
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[2]);"
+        "from pathlib import Path; from run_fixtures import bright_model, make_run;"
+        f"make_run(Path(sys.argv[1]), bright_model(16), backend={backend!r})"
+    )
+    tests = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "KERAS_BACKEND": backend}
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "run"), tests],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert _predict(tmp_path / "run").mean() > 0.95
