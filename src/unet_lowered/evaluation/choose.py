@@ -1,0 +1,130 @@
+"""Post-processing chosen on the validation split, as nnU-Net chooses it.
+
+After training, ``unet train`` predicts the validation images at their original
+size, scores them without post-processing, then tries each candidate step in turn
+(keep the N largest objects, with N the usual number of objects in the training
+masks; then fill holes) on top of what was kept so far. A step is kept when it
+raises the mean Dice and lowers no image's Dice by more than ``tolerance``. The
+choice and the figures behind it go into the run's ``config.json``; ``unet predict``
+and ``unet evaluate`` apply it by default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from unet_lowered.evaluation.metrics import dice
+from unet_lowered.inference.postprocess import clean_mask
+
+TOLERANCE = 0.02
+"""A step may lower no validation image's Dice by more than this."""
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The post-processing a run applies by default, and why.
+
+    Attributes:
+        keep_largest: Keep the N largest objects, or None.
+        fill_holes: Fill holes.
+        baseline: Mean validation Dice without post-processing.
+        dice: Mean validation Dice with the chosen steps.
+        tried: One record per candidate: ``step``, ``mean_dice``, ``worst_change``, ``kept``.
+    """
+
+    keep_largest: int | None = None
+    fill_holes: bool = False
+    baseline: float | None = None
+    dice: float | None = None
+    tried: tuple[dict[str, Any], ...] = field(default_factory=tuple)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "keep_largest": self.keep_largest,
+            "fill_holes": self.fill_holes,
+            "min_area": 0,
+            "validation_dice_before": self.baseline,
+            "validation_dice_after": self.dice,
+            "tried": list(self.tried),
+        }
+
+    def describe(self) -> str:
+        """One line for the user: what was chosen, with the validation figures."""
+        steps = [f"keep the {self.keep_largest} largest objects"] if self.keep_largest else []
+        steps += ["fill holes"] if self.fill_holes else []
+        chosen = ", ".join(steps) or "none"
+        tried = "; ".join(
+            f"{t['step']}: {t['mean_dice']:.4f} (worst image {t['worst_change']:+.4f})"
+            + ("" if t["kept"] else ", not kept")
+            for t in self.tried
+        )
+        return (
+            f"post-processing chosen on validation: {chosen} (mean Dice {self.baseline:.4f} -> "
+            f"{self.dice:.4f}; tried {tried or 'nothing'})"
+        )
+
+
+def choose_postprocess(
+    masks: Sequence[np.ndarray],
+    truths: Sequence[np.ndarray],
+    objects: int | None,
+    tolerance: float = TOLERANCE,
+) -> Choice:
+    """Choose the post-processing steps on validation predictions.
+
+    Args:
+        masks: Predicted bool ``(H, W)`` masks, thresholded, not post-processed.
+        truths: The true bool masks, same sizes.
+        objects: The usual number of objects in the training masks (the N of keep
+            the N largest), or None to skip that step.
+        tolerance: The largest drop of any image's Dice a kept step may cause.
+
+    Returns:
+        The :class:`Choice`.
+
+    Raises:
+        ValueError: No masks, or masks and truths differ in number.
+    """
+    if not masks or len(masks) != len(truths):
+        raise ValueError("choose_postprocess needs as many predicted masks as true ones (>= 1)")
+
+    def scores(steps: Mapping[str, Any]) -> np.ndarray:
+        return np.array(
+            [
+                dice(t, clean_mask(m, steps.get("keep"), steps.get("holes", False)))
+                for m, t in zip(masks, truths, strict=True)
+            ]
+        )
+
+    kept: dict[str, Any] = {}
+    current = scores(kept)
+    baseline = float(current.mean())
+    candidates = ([("keep", objects, f"keep {objects} largest")] if objects else []) + [
+        ("holes", True, "fill holes")
+    ]
+    tried = []
+    for key, value, name in candidates:
+        trial = scores({**kept, key: value})
+        change = trial - current
+        keep = float(trial.mean()) > float(current.mean()) and float(change.min()) >= -tolerance
+        tried.append(
+            {
+                "step": name,
+                "mean_dice": round(float(trial.mean()), 6),
+                "worst_change": round(float(change.min()), 6),
+                "kept": bool(keep),
+            }
+        )
+        if keep:
+            kept[key], current = value, trial
+    return Choice(
+        keep_largest=kept.get("keep"),
+        fill_holes=bool(kept.get("holes", False)),
+        baseline=round(baseline, 6),
+        dice=round(float(current.mean()), 6),
+        tried=tuple(tried),
+    )

@@ -1,0 +1,195 @@
+"""A quality flag per predicted mask: does it look like the masks the run was trained on?
+
+A user screening thousands of X-rays needs to know which masks to look at. The
+flag compares each predicted mask with statistics of the TRAINING masks, recorded
+by ``unet train`` in the run's ``config.json`` (:func:`mask_stats`), so the same
+rules hold for lungs, nuclei or anything else without a hand-made lung model:
+
+* the number of objects (8-connected components), when the training masks hold a
+  small, steady number of them (2 lungs);
+* the foreground fraction, against the range seen in training, widened by half;
+* with two objects (lungs): the smaller one's area relative to the larger one,
+  and whether they lie side by side;
+* whether the mask touches the image border, when training masks rarely do;
+* the mean confidence ``|2p - 1|`` over the pixels the model was unsure about or
+  called foreground.
+
+:func:`assess` returns ``ok`` or ``check`` with the reasons; ``unet predict`` writes
+it to ``predictions.csv`` as ``ok`` or ``check: <reasons>``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from unet_lowered.dataset.masks import label_components
+
+MAX_STEADY_OBJECTS = 4
+"""Object counts are checked only when the training masks hold at most this many."""
+
+LOW_CONFIDENCE = 0.75
+"""Mean confidence ``|2p - 1|`` below this marks a mask ``check``."""
+
+BORDER_TOLERANCE = 0.02
+"""A mask "touches the border" when more than this fraction of the border is foreground."""
+
+
+@dataclass(frozen=True)
+class MaskStats:
+    """What the training masks look like (binary runs).
+
+    Attributes:
+        objects: The most common number of objects per mask, or None when it varies
+            (fewer than 80% of the masks have it) or exceeds :data:`MAX_STEADY_OBJECTS`.
+        fraction: ``(low, high)``: the 1st and 99th percentile of the foreground fraction.
+        min_ratio: With two objects: the 1st percentile of smaller/larger area, else None.
+        border: Fraction of the training masks that touch the image border.
+    """
+
+    objects: int | None
+    fraction: tuple[float, float]
+    min_ratio: float | None
+    border: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "objects": self.objects,
+            "fraction": list(self.fraction),
+            "min_ratio": self.min_ratio,
+            "border": self.border,
+        }
+
+    @classmethod
+    def from_json(cls, values: Mapping[str, Any]) -> MaskStats:
+        low, high = values["fraction"]
+        return cls(
+            objects=values.get("objects"),
+            fraction=(float(low), float(high)),
+            min_ratio=values.get("min_ratio"),
+            border=float(values.get("border", 0.0)),
+        )
+
+
+@dataclass(frozen=True)
+class Quality:
+    """The flag of one mask.
+
+    Attributes:
+        status: ``"ok"`` or ``"check"``.
+        reasons: Why ``check`` (empty when ``ok``).
+    """
+
+    status: str
+    reasons: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        return self.status if not self.reasons else f"{self.status}: {'; '.join(self.reasons)}"
+
+
+def _objects(mask: np.ndarray) -> tuple[int, np.ndarray]:
+    """Number of 8-connected objects and their areas, largest first."""
+    labels, count = label_components(mask, 8)
+    areas = np.sort(np.bincount(labels.ravel())[1:])[::-1]
+    return count, areas
+
+
+def _touches_border(mask: np.ndarray) -> bool:
+    border = np.concatenate([mask[0], mask[-1], mask[:, 0], mask[:, -1]])
+    return float(border.mean()) > BORDER_TOLERANCE
+
+
+def mask_stats(masks: Iterable[np.ndarray]) -> MaskStats:
+    """The statistics :func:`assess` compares with, from the training masks.
+
+    Args:
+        masks: ``(H, W)`` binary masks (any non-zero value is foreground).
+
+    Returns:
+        The :class:`MaskStats`.
+
+    Raises:
+        ValueError: No masks.
+    """
+    counts, fractions, ratios, border = [], [], [], []
+    for mask in masks:
+        mask = np.asarray(mask) != 0
+        count, areas = _objects(mask)
+        counts.append(count)
+        fractions.append(float(mask.mean()))
+        if count >= 2:
+            ratios.append(float(areas[1] / areas[0]))
+        border.append(_touches_border(mask))
+    if not counts:
+        raise ValueError("mask_stats needs at least one mask")
+    values, tally = np.unique(counts, return_counts=True)
+    common = int(values[np.argmax(tally)])
+    steady = tally.max() >= 0.8 * len(counts) and 1 <= common <= MAX_STEADY_OBJECTS
+    return MaskStats(
+        objects=common if steady else None,
+        fraction=(float(np.percentile(fractions, 1)), float(np.percentile(fractions, 99))),
+        min_ratio=float(np.percentile(ratios, 1)) if steady and common == 2 and ratios else None,
+        border=float(np.mean(border)),
+    )
+
+
+def assess(mask: np.ndarray, probs: np.ndarray | None, stats: MaskStats | None) -> Quality:
+    """Flag a predicted binary mask ``ok`` or ``check``.
+
+    Args:
+        mask: ``(H, W)`` bool mask as written (after post-processing).
+        probs: ``(H, W)`` or ``(H, W, 1)`` foreground probabilities, or None.
+        stats: The run's training statistics; None (a run trained before they were
+            recorded) checks only emptiness and confidence.
+
+    Returns:
+        The :class:`Quality`.
+    """
+    mask = np.asarray(mask) != 0
+    reasons: list[str] = []
+    count, areas = _objects(mask)
+    fraction = float(mask.mean())
+    if count == 0:
+        reasons.append("empty mask")
+    elif stats is not None:
+        if stats.objects is not None and count != stats.objects:
+            reasons.append(f"{count} object(s), training masks have {stats.objects}")
+        low, high = stats.fraction
+        if not 0.5 * low <= fraction <= min(1.0, 1.5 * high):
+            reasons.append(
+                f"foreground {fraction:.1%} of the image, training masks {low:.1%}-{high:.1%}"
+            )
+        if stats.objects == 2 and count >= 2:
+            ratio = float(areas[1] / areas[0])
+            if stats.min_ratio is not None and ratio < 0.75 * stats.min_ratio:
+                reasons.append(f"the two largest objects differ in size ({ratio:.2f} to 1)")
+            if not _side_by_side(mask):
+                reasons.append("the two largest objects are not side by side")
+        if stats.border < 0.1 and _touches_border(mask):
+            reasons.append("touches the image border")
+    if probs is not None and mask.any():
+        p = np.asarray(probs, np.float32)
+        p = p[..., 0] if p.ndim == 3 else p
+        considered = p > 0.1
+        confidence = float(np.abs(2.0 * p[considered] - 1.0).mean())
+        if confidence < LOW_CONFIDENCE:
+            reasons.append(f"low confidence ({confidence:.2f})")
+    return Quality("check" if reasons else "ok", tuple(reasons))
+
+
+def _side_by_side(mask: np.ndarray) -> bool:
+    """The two largest objects: centroids on either side of the middle column, and
+    vertically overlapping (left and right lung, not one above the other)."""
+    labels, _ = label_components(mask, 8)
+    areas = np.bincount(labels.ravel())
+    areas[0] = 0
+    first, second = np.argsort(areas)[::-1][:2]
+    rows_a, cols_a = np.nonzero(labels == first)
+    rows_b, cols_b = np.nonzero(labels == second)
+    middle = mask.shape[1] / 2
+    apart = (cols_a.mean() - middle) * (cols_b.mean() - middle) < 0
+    overlap = min(rows_a.max(), rows_b.max()) - max(rows_a.min(), rows_b.min())
+    return bool(apart and overlap > 0)

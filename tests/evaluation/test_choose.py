@@ -1,0 +1,52 @@
+"""Post-processing chosen on validation: constructed predictions with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from unet_lowered.evaluation.choose import choose_postprocess
+
+
+def two_boxes() -> np.ndarray:
+    mask = np.zeros((40, 40), bool)
+    mask[10:30, 5:18] = mask[10:30, 22:35] = True
+    return mask
+
+
+def test_keeps_the_steps_that_help() -> None:
+    truths = [two_boxes() for _ in range(4)]
+    preds = []
+    for k in range(4):
+        pred = two_boxes()
+        pred[2:4, 2 + 5 * k : 4 + 5 * k] = True  # a stray blob: keep 2 largest removes it
+        pred[18:20, 10:12] = False  # a hole: filling it restores the box
+        preds.append(pred)
+    choice = choose_postprocess(preds, truths, objects=2)
+    assert (choice.keep_largest, choice.fill_holes) == (2, True)
+    assert choice.dice == pytest.approx(1.0) and choice.baseline < 1.0
+    assert [t["kept"] for t in choice.tried] == [True, True]
+    assert "keep the 2 largest objects, fill holes" in choice.describe()
+
+
+def test_refuses_a_step_that_hurts_one_image_too_much() -> None:
+    truths = [two_boxes() for _ in range(3)]
+    preds = [two_boxes() for _ in range(3)]
+    preds[0][1:6, 1:6] = True  # stray blobs in two images: removing them raises the mean...
+    preds[1][1:6, 30:35] = True
+    third = two_boxes()
+    third[33:39, 17:23] = True  # ...but one truth really has a third object
+    truths[2], preds[2] = third, third.copy()
+    choice = choose_postprocess(preds, truths, objects=2, tolerance=0.02)
+    assert choice.keep_largest is None  # removing the real third object costs image 2 too much
+    assert choice.tried[0]["kept"] is False and choice.tried[0]["worst_change"] < -0.02
+    assert choice.fill_holes is False  # nothing to fill: no gain, not kept
+    assert choice.dice == choice.baseline
+
+
+def test_without_a_steady_object_count_only_holes_are_tried() -> None:
+    truths = [two_boxes()]
+    choice = choose_postprocess([two_boxes()], truths, objects=None)
+    assert [t["step"] for t in choice.tried] == ["fill holes"]
+    with pytest.raises(ValueError, match="as many predicted masks"):
+        choose_postprocess([], [], objects=2)

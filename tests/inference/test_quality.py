@@ -1,0 +1,91 @@
+"""The quality flag on constructed masks with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from unet_lowered.inference.quality import MaskStats, assess, mask_stats
+
+
+def lungs(shift: int = 0, size: int = 100, height: int = 50, gap: int = 10) -> np.ndarray:
+    """Two side-by-side rectangles, like a lung field in a chest X-ray."""
+    mask = np.zeros((size, size), bool)
+    top = 20 + shift
+    mask[top : top + height, 15 : 50 - gap // 2] = True
+    mask[top : top + height, 50 + gap // 2 : 85] = True
+    return mask
+
+
+@pytest.fixture
+def stats() -> MaskStats:
+    return mask_stats([lungs(s, height=h) for s in (-5, 0, 5) for h in (45, 50, 55)])
+
+
+def test_stats_of_training_lungs(stats: MaskStats) -> None:
+    assert stats.objects == 2
+    assert 0.25 < stats.fraction[0] <= stats.fraction[1] < 0.35
+    assert stats.min_ratio == pytest.approx(1.0)
+    assert stats.border == 0.0
+    assert MaskStats.from_json(stats.to_json()) == stats
+
+
+def test_a_plausible_lung_field_is_ok(stats: MaskStats) -> None:
+    mask = lungs(2, height=48)
+    probs = np.where(mask, 0.97, 0.02)
+    assert str(assess(mask, probs, stats)) == "ok"
+
+
+def test_bad_masks_are_flagged_with_the_reason(stats: MaskStats) -> None:
+    cases = {}
+    one = lungs()
+    one[:, 50:] = False
+    cases["1 object(s), training masks have 2"] = one
+    neck = lungs()
+    neck[2:8, 45:55] = True  # a blob in the neck
+    cases["3 object(s), training masks have 2"] = neck
+    small = np.zeros((100, 100), bool)
+    small[40:55, 30:45] = small[40:55, 55:70] = True  # a child in a large frame
+    cases["foreground 4.5% of the image, training masks"] = small
+    unequal = lungs()
+    unequal[20:70, 55:85] = False
+    unequal[20:30, 55:60] = True
+    cases["the two largest objects differ in size"] = unequal
+    stacked = np.zeros((100, 100), bool)
+    stacked[10:40, 20:80] = stacked[55:85, 20:80] = True
+    cases["not side by side"] = stacked
+    edge = lungs()
+    edge[:, 0:20] |= lungs()[:, 15:35].any(axis=1, keepdims=True)  # left lung out to the edge
+    cases["touches the image border"] = edge
+    for reason, mask in cases.items():
+        quality = assess(mask, None, stats)
+        assert quality.status == "check" and reason in str(quality), (reason, str(quality))
+
+
+def test_empty_and_unsure_masks_are_flagged(stats: MaskStats) -> None:
+    assert str(assess(np.zeros((100, 100), bool), None, stats)) == "check: empty mask"
+    mask = lungs()
+    unsure = np.where(mask, 0.6, 0.3)  # |2p - 1|: 0.2 on the 30% mask, 0.4 on the rest
+    assert str(assess(mask, unsure, stats)) == "check: low confidence (0.34)"
+    sure = np.where(mask, 0.6, 0.01)  # the background is sure: only the mask counts
+    assert str(assess(mask, sure, stats)) == "check: low confidence (0.20)"
+
+
+def test_without_stats_only_generic_checks() -> None:
+    one = lungs()
+    one[:, 50:] = False
+    assert assess(one, None, None).status == "ok"  # no training statistics: counts unchecked
+    assert assess(np.zeros((5, 5), bool), None, None).status == "check"
+
+
+def test_varied_object_counts_are_not_checked() -> None:
+    rng = np.random.default_rng(0)
+    masks = []
+    for n in (1, 3, 5, 7, 2, 9):
+        mask = np.zeros((60, 60), bool)
+        for _ in range(n):
+            r, c = rng.integers(5, 50, 2)
+            mask[r : r + 4, c : c + 4] = True
+        masks.append(mask)
+    stats = mask_stats(masks)
+    assert stats.objects is None and stats.min_ratio is None
