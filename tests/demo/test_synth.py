@@ -196,3 +196,55 @@ def test_cli_synth_existing_folder_is_a_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "--overwrite" in err
     assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize("kind", ["effusion", "consolidation"])
+def test_opacities_whiten_only_the_lungs_and_keep_the_mask(kind: str) -> None:
+    plain = synth.synth_sample(np.random.default_rng(5), 128)
+    ill = synth.synth_sample(np.random.default_rng(5), 128, kind)
+    np.testing.assert_array_equal(ill.mask, plain.mask)  # the mask is the whole lung field
+    lung = plain.mask > 0
+    np.testing.assert_array_equal(ill.image[~lung], plain.image[~lung])  # only lungs change
+    gain = ill.image[lung].astype(float) - plain.image[lung]
+    assert gain.min() >= -1 and gain.mean() > 5  # whiter lungs
+
+
+def test_effusion_fills_a_lung_from_its_base() -> None:
+    plain = synth.synth_sample(np.random.default_rng(9), 128)
+    ill = synth.synth_sample(np.random.default_rng(9), 128, "effusion")
+    rows = np.nonzero(plain.mask.any(axis=1))[0]
+    top, bottom = rows.min(), rows.max()
+    third = (bottom - top) // 3
+    gain = ill.image.astype(float) - plain.image
+    upper = gain[top : top + third][plain.mask[top : top + third] > 0].mean()
+    lower = gain[bottom - third : bottom + 1][plain.mask[bottom - third : bottom + 1] > 0].mean()
+    assert lower > upper + 10  # the fluid lies at the base
+
+
+def test_framing_moves_image_and_mask_together() -> None:
+    for seed in range(6):
+        plain = synth.synth_sample(np.random.default_rng(seed), 96)
+        framed = synth.synth_sample(np.random.default_rng(seed), 96, "framing")
+        assert framed.image.shape == framed.mask.shape == (96, 96)
+        assert set(np.unique(framed.mask)) <= {0, 255}
+        assert 0 < np.count_nonzero(framed.mask) < np.count_nonzero(plain.mask) * 1.6
+        # the lungs are dark in the image wherever the mask says lung
+        inside = framed.image[framed.mask > 0].mean()
+        body = framed.image[(framed.mask == 0) & (framed.image > 40)].mean()
+        assert inside < body
+
+
+def test_pathology_leaves_plain_samples_unchanged(tmp_path: Path) -> None:
+    synth.make_dataset(tmp_path / "plain", count=6, test_count=0, size=64, seed=2)
+    synth.make_dataset(
+        tmp_path / "ill", count=6, test_count=0, size=64, seed=2,
+        pathology=("effusion", "framing"), pathology_fraction=0.5,
+    )  # fmt: skip
+    changed = 0
+    for case in sorted((tmp_path / "plain" / "train_images").iterdir()):
+        a = (case / "images" / f"{case.name}.png").read_bytes()
+        b = tmp_path / "ill" / "train_images" / case.name / "images" / f"{case.name}.png"
+        changed += a != b.read_bytes()
+    assert 0 < changed < 6  # some images got a pathology, the others are the plain ones
+    with pytest.raises(UnetError, match="unknown --pathology 'tumour'"):
+        synth.make_dataset(tmp_path / "x", count=1, size=64, pathology=("tumour",))

@@ -12,6 +12,18 @@ The mask is *exactly* the union of the two drawn lung polygons: it is rasterised
 with :func:`cv2.fillPoly` from the same integer polygons that darken the image,
 so there is no label noise (the image side is blurred, the mask is not).
 
+Pathology and framing (:data:`PATHOLOGIES`, ``make_dataset(pathology=...)``, ``unet
+synth --pathology``) are drawn on top of a finished sample, from a generator of
+their own, so plain samples stay what they were:
+
+* ``effusion``: fluid that whitens a lung from its base up, with a meniscus rising
+  at the outer edge; ``consolidation``: smooth patchy opacities inside the lungs.
+  The mask stays the whole lung field, as the reference masks of real data sets
+  draw it however white the lung is.
+* ``framing``: a small patient in a large frame (zoomed out into black borders or
+  a collimated field), or a crop that cuts off the lung bases; image and mask
+  move together.
+
 :func:`make_dataset` writes the Kaggle layout that ``unet prepare`` converts from::
 
     OUT/train_images/<id>/images/<id>.png   8-bit gray image
@@ -37,6 +49,9 @@ MIN_SIZE = 32
 
 MAX_SIZE = 4096
 """Largest image side :func:`make_dataset` accepts."""
+
+PATHOLOGIES = ("effusion", "consolidation", "framing")
+"""What ``make_dataset(pathology=...)`` and ``unet synth --pathology`` can draw."""
 
 TRAIN_PREFIX = "synth_train_"
 TEST_PREFIX = "synth_test_"
@@ -88,21 +103,117 @@ def synth_pair(rng: np.random.Generator, size: int = 256) -> tuple[np.ndarray, n
     return s.image, s.mask
 
 
-def synth_sample(rng: np.random.Generator, size: int = 256) -> SynthSample:
+def synth_sample(
+    rng: np.random.Generator, size: int = 256, pathology: str | None = None
+) -> SynthSample:
     """Draw one synthetic chest X-ray with its lung polygons and exact mask.
 
     Args:
         rng: The random generator (the only source of randomness).
         size: Side of the square image in pixels (at least :data:`MIN_SIZE`).
+        pathology: One of :data:`PATHOLOGIES` drawn on top (from draws after the
+            plain sample's, so the plain image is the same), or None.
 
     Returns:
-        The :class:`SynthSample`.
+        The :class:`SynthSample` (with ``framing``, ``lungs`` are the polygons before it).
 
     Raises:
-        UnetError: ``size`` is out of range.
+        UnetError: ``size`` or ``pathology`` is out of range.
     """
     _check_size(size)
-    return _Renderer(rng, size).render()
+    sample = _Renderer(rng, size).render()
+    if pathology is None:
+        return sample
+    draw = {"effusion": add_effusion, "consolidation": add_consolidation, "framing": reframe}
+    if pathology not in draw:
+        raise UnetError(f"unknown pathology {pathology!r}; use one of: {', '.join(PATHOLOGIES)}")
+    image, mask = draw[pathology](sample.image, sample.mask, rng)
+    return SynthSample(image=image, mask=mask, lungs=sample.lungs)
+
+
+def _whiten(image: np.ndarray, weight: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Blend the image towards a soft-tissue white by ``weight`` in [0, 1]; never darker
+    (a rib brighter than the fluid stays as bright)."""
+    white = rng.uniform(170, 215)
+    x = image.astype(np.float32)
+    out = np.maximum(x, x * (1 - weight) + white * weight)
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def add_effusion(
+    image: np.ndarray, mask: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pleural effusion: a lung (or both) whitened from its base up; mask unchanged.
+
+    The fluid fills 20-60% of the lung's height, its upper edge rises towards the
+    outer side of the chest (the meniscus) and is soft, and only lung pixels change.
+
+    Returns:
+        ``(image, mask)``: the new image and the same mask (a copy).
+    """
+    size = mask.shape[0]
+    count, labels = cv2.connectedComponents((mask > 0).astype(np.uint8), connectivity=8)
+    weight = np.zeros(mask.shape, np.float32)
+    sides = [k for k in range(1, count) if rng.uniform() < 0.6] or [int(rng.integers(1, count))]
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    for k in sides:
+        rows, cols = np.nonzero(labels == k)
+        top, bottom = rows.min(), rows.max()
+        level = bottom - rng.uniform(0.2, 0.6) * (bottom - top)
+        outward = np.sign(cols.mean() - size / 2)  # the lateral side rises
+        rise = rng.uniform(0.05, 0.15) * (bottom - top)
+        lateral = np.clip(outward * (xx - cols.mean()) / max(int(np.ptp(cols)), 1) + 0.5, 0, 1)
+        edge = level - rise * lateral
+        fluid = 1 / (1 + np.exp(-(yy - edge) / max(1.0, 0.02 * size)))
+        weight = np.maximum(weight, fluid * (labels == k) * rng.uniform(0.7, 0.95))
+    return _whiten(image, weight, rng), mask.copy()
+
+
+def add_consolidation(
+    image: np.ndarray, mask: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Consolidation: smooth patchy opacities inside the lung field; mask unchanged.
+
+    Returns:
+        ``(image, mask)``: the new image and the same mask (a copy).
+    """
+    size = mask.shape[0]
+    noise = rng.standard_normal((size, size)).astype(np.float32)
+    noise = cv2.GaussianBlur(noise, (0, 0), rng.uniform(0.03, 0.07) * size)
+    noise /= max(float(noise.std()), 1e-6)
+    patches = np.clip((noise - rng.uniform(0.3, 1.0)) * 1.5, 0, 1)
+    weight = patches * (mask > 0) * rng.uniform(0.6, 0.9)
+    return _whiten(image, weight, rng), mask.copy()
+
+
+def reframe(
+    image: np.ndarray, mask: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Other framing: zoomed out into a black or collimated border, or a crop that cuts
+    off the lung bases. Image and mask move together (the mask by nearest neighbour).
+
+    Returns:
+        ``(image, mask)`` of the same size as given.
+    """
+    size = mask.shape[0]
+    if rng.uniform() < 0.6:  # a small patient in a large frame
+        scale = rng.uniform(0.5, 0.8)
+        side = round(size * scale)
+        top, left = (int(rng.integers(0, size - side + 1)) for _ in range(2))
+        small = cv2.resize(image, (side, side), interpolation=cv2.INTER_AREA)
+        small_mask = cv2.resize(mask, (side, side), interpolation=cv2.INTER_NEAREST)
+        background = 0 if rng.uniform() < 0.5 else int(rng.uniform(20, 60))  # collimation
+        out = np.full_like(image, background)
+        out_mask = np.zeros_like(mask)
+        out[top : top + side, left : left + side] = small
+        out_mask[top : top + side, left : left + side] = small_mask
+        return out, out_mask
+    rows = np.nonzero(mask.any(axis=1))[0]
+    cut = int(rows.max() - rng.uniform(0.15, 0.35) * (rows.max() - rows.min()))
+    crop = max(cut, size // 2)  # keep the top part, bases cut off, stretched back to size
+    out = cv2.resize(image[:crop], (size, size), interpolation=cv2.INTER_LINEAR)
+    out_mask = cv2.resize(mask[:crop], (size, size), interpolation=cv2.INTER_NEAREST)
+    return out, out_mask
 
 
 def make_dataset(
@@ -112,6 +223,8 @@ def make_dataset(
     size: int = 256,
     seed: int = 0,
     overwrite: bool = False,
+    pathology: tuple[str, ...] | list[str] = (),
+    pathology_fraction: float = 0.5,
 ) -> Path:
     """Write a synthetic chest-X-ray data set in the Kaggle layout, atomically.
 
@@ -126,6 +239,9 @@ def make_dataset(
         size: Side of the square images in pixels.
         seed: Seed of the whole data set.
         overwrite: Replace ``out`` if it exists.
+        pathology: Kinds of :data:`PATHOLOGIES` to draw; each image gets one of them
+            with probability ``pathology_fraction`` (chosen by ``(seed, split, i)``).
+        pathology_fraction: Share of the images that get one.
 
     Returns:
         The path of the written folder.
@@ -139,18 +255,32 @@ def make_dataset(
         raise UnetError(f"--test-count must be 0 or more, got {test_count}")
     if seed < 0:
         raise UnetError(f"--seed must be 0 or more, got {seed}")
+    for kind in pathology:
+        if kind not in PATHOLOGIES:
+            raise UnetError(
+                f"unknown --pathology {kind!r}; use one or more of: {', '.join(PATHOLOGIES)}"
+            )
+    if not 0 <= pathology_fraction <= 1:
+        raise UnetError(f"--pathology-fraction must be in [0, 1], got {pathology_fraction}")
+
+    def kind(split: int, i: int) -> str | None:
+        pick = np.random.default_rng([seed, split, i, 1])
+        if not pathology or pick.uniform() >= pathology_fraction:
+            return None
+        return str(pathology[int(pick.integers(len(pathology)))])
+
     _check_size(size)
     out = Path(out)
     width = max(4, len(str(max(count, test_count) - 1)))
     with atomic.atomic_dir(out, overwrite=overwrite) as tmp:
         for i in range(count):
             sid = f"{TRAIN_PREFIX}{i:0{width}d}"
-            s = synth_sample(np.random.default_rng([seed, 0, i]), size)
+            s = synth_sample(np.random.default_rng([seed, 0, i]), size, kind(0, i))
             images.write_png(tmp / "train_images" / sid / "images" / f"{sid}.png", s.image)
             images.write_png(tmp / "train_images" / sid / "masks" / f"{sid}.png", s.mask)
         for i in range(test_count):
             sid = f"{TEST_PREFIX}{i:0{width}d}"
-            s = synth_sample(np.random.default_rng([seed, 1, i]), size)
+            s = synth_sample(np.random.default_rng([seed, 1, i]), size, kind(1, i))
             images.write_png(tmp / "test_images" / sid / f"{sid}.png", s.image)
     return out
 
