@@ -494,6 +494,14 @@ def predict(
         int, typer.Option(help="Refuse images with more pixels than this.")
     ] = 100_000_000,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Finish an interrupted run into the same --out with the same settings: "
+            "inputs whose files are there are skipped [default: start over].",
+        ),
+    ] = False,
 ) -> None:
     """Segment images with a trained run; masks at each image's original size.
 
@@ -502,6 +510,7 @@ def predict(
     Reads PNG (8/16-bit), JPEG, TIFF, BMP and DICOM (pip install 'unet-lowered[dicom]').
     Unreadable files are reported and skipped; the others are still predicted, and the
     exit status is 1 at the end if any failed (0 with --keep-going, unless all failed).
+    A killed run (even kill -9) leaves only complete files; run it again with --resume.
     Example: unet predict runs/lungs scans/ --out masks/ --keep-largest 2 --fill-holes --overlay
     """
     from unet_lowered.inference.batch import exit_status, predict_files
@@ -527,6 +536,7 @@ def predict(
         save_prob=save_prob,
         save_overlay=overlay,
         progress=progress,
+        resume=resume,
     )
     total = len(report.written) + len(report.failed)
     typer.echo(f"wrote {len(report.written)} mask(s) to {out} (table: {report.csv_path})")

@@ -13,7 +13,17 @@ from __future__ import annotations
 
 
 class UnetError(ValueError):
-    """A problem with the user's input or options, with a message that says how to fix it."""
+    """A problem with the user's input or options, with a message that says how to fix it.
+
+    The message is always one line: line breaks and other control characters (in a
+    file name, say) are shown as escapes (``\\n``).
+    """
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        if text.isprintable():
+            return text
+        return "".join(c if c.isprintable() or c == "\t" else repr(c)[1:-1] for c in text)
 
 
 class SettingError(UnetError):

@@ -27,6 +27,7 @@ import numpy as np
 
 from unet_lowered import options as names
 from unet_lowered.errors import UnetError
+from unet_lowered.inference.journal import Journal, remove_stale_temps
 from unet_lowered.inference.overlay import overlay
 from unet_lowered.inference.postprocess import count_components
 from unet_lowered.inference.predictor import (
@@ -65,12 +66,15 @@ class PredictReport:
         written: Ids whose outputs were written.
         failed: ``(source path, message)`` for each input that could not be read or predicted.
         csv_path: ``predictions.csv``.
+        notes: One line per thing worth telling about an input that was read (the first
+            of several frames used, an EXIF orientation applied, ...).
     """
 
     out_dir: Path
     written: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
     csv_path: Path | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 def collect_inputs(inputs: Sequence[str | os.PathLike], recursive: bool = False) -> list[Path]:
@@ -185,6 +189,7 @@ def predict_files(
     save_prob: str | None = None,
     save_overlay: bool = False,
     progress: bool = True,
+    resume: bool = False,
 ) -> PredictReport:
     """Predict masks for image files with a trained run: ``unet predict``.
 
@@ -193,8 +198,12 @@ def predict_files(
     ``<id>_prob.png`` (8-bit probability; ``<id>_prob_<k>.png`` per class ``k >= 1``
     for multi-class runs) or ``<id>_prob.npy`` (float32 ``(H, W)`` or ``(H, W, K)``),
     optionally ``<id>_overlay.png``, and at the end ``predictions.csv`` (one row per
-    input, failed ones included with their error in ``status``). Files are written
-    atomically; images are read, predicted and written one batch at a time.
+    input, in input order, failed ones included with their error in ``status``). Files
+    are written atomically; images are read, predicted and written one batch at a time.
+    Each finished input is recorded in a journal (:mod:`unet_lowered.inference.journal`),
+    so a run killed at any moment is finished by the same call with ``resume=True``:
+    inputs whose files are all there are skipped, the others predicted, and
+    ``predictions.csv`` lists each input once, as an uninterrupted run would.
 
     Args:
         run_dir: The run folder written by ``unet train``.
@@ -205,15 +214,20 @@ def predict_files(
         save_prob: Also save probabilities: ``"png"``, ``"npy"`` or None.
         save_overlay: Also save ``<id>_overlay.png``.
         progress: Show a progress bar (on stderr).
+        resume: Finish the interrupted run in ``out_dir`` (same settings; the inputs
+            are assumed unchanged) instead of starting over.
 
     Returns:
         A :class:`PredictReport`. Unreadable or corrupt inputs are listed in
         ``failed`` (and reported on stderr as they happen) while the others are still
-        processed; the caller decides the exit status.
+        processed; the caller decides the exit status. Notes (only the first frame of
+        an animation read, an EXIF orientation applied, ...) are printed and listed in
+        ``notes``.
 
     Raises:
-        UnetError: Bad options, inputs that match nothing, a bad run folder, or an
-            output folder among the inputs.
+        UnetError: Bad options, inputs that match nothing, a bad run folder, an output
+            folder among the inputs, one that cannot be written (read-only, disk full),
+            or ``resume`` with other settings than the interrupted run's.
     """
     options = (options or PredictOptions()).validate()
     if save_prob is not None:
@@ -226,45 +240,91 @@ def predict_files(
     model, config = run.model(), run.config
     mode = resolve_mode(options.mode, config)
     options = dataclasses.replace(options, mode=mode)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    _make_out_dir(out_dir)
+    outputs = {i: _output_names(i, config, save_prob, save_overlay) for i in ids}
+    remove_stale_temps(out_dir, [CSV_FILE, *(n for names_ in outputs.values() for n in names_)])
+    journal = Journal.open(
+        out_dir, _journal_settings(run, options, save_prob, save_overlay), CSV_COLUMNS, resume
+    )
+    order = {image_id: k for k, image_id in enumerate(ids)}
     report = PredictReport(out_dir)
     rows: list[dict[str, Any]] = []
     per_call = options.batch_size if mode == "resize" else 1  # tile mode batches tiles instead
     console = stderr_console()
+    completed = False
     try:
         with progress_bar(len(files), progress, "predicting", console) as advance:
             for chunk in _chunks(list(zip(ids, files, strict=True)), per_call):
                 started = time.perf_counter()
                 loaded = []
                 for image_id, path in chunk:
+                    done = journal.done.get(image_id)
+                    if (
+                        done is not None
+                        and done["source"] == str(path)
+                        and done["status"] == "ok"
+                        and all((out_dir / n).is_file() for n in outputs[image_id])
+                    ):
+                        rows.append(done)  # finished before the interruption
+                        report.written.append(image_id)
+                        advance()
+                        continue
+                    notes: list[str] = []
                     try:
-                        loaded.append((image_id, path, images.read_image(path, options.max_pixels)))
+                        image = images.read_image(path, options.max_pixels, notes)
                     except (UnetError, OSError, cv2.error) as e:
                         _fail(report, rows, console, image_id, path, e)
+                        journal.append(rows[-1])
                         advance()
+                        continue
+                    _note(report, console, notes)
+                    loaded.append((image_id, path, image))
                 if loaded:
                     probs = predict_images(model, [im for _, _, im in loaded], config, options)
                     seconds = (time.perf_counter() - started) / len(loaded)
                     for (image_id, path, image), p in zip(loaded, probs, strict=True):
                         t0 = time.perf_counter()
-                        row = _write_outputs(
-                            out_dir,
-                            image_id,
-                            path,
-                            image,
-                            p,
-                            config,
-                            options,
-                            save_prob,
-                            save_overlay,
-                        )
+                        try:
+                            row = _write_outputs(
+                                out_dir,
+                                image_id,
+                                path,
+                                image,
+                                p,
+                                config,
+                                options,
+                                save_prob,
+                                save_overlay,
+                            )
+                        except OSError as e:
+                            raise UnetError(
+                                f"{out_dir}: cannot write the outputs of {path} "
+                                f"({e.strerror or e}); free disk space or choose another "
+                                "--out, then run again with --resume"
+                            ) from None
                         row["seconds"] = round(seconds + time.perf_counter() - t0, 4)
                         rows.append(row)
+                        journal.append(row)
                         report.written.append(image_id)
                         advance()
                     del probs, loaded
+        completed = True
     finally:
-        report.csv_path = _write_csv(out_dir / CSV_FILE, rows)
+        rows.sort(key=lambda r: order[r["id"]])
+        try:
+            report.csv_path = _write_csv(out_dir / CSV_FILE, rows)
+        except OSError as e:
+            journal.close()
+            if completed:  # else the error that stopped the run is the one to report
+                raise UnetError(
+                    f"{out_dir / CSV_FILE}: cannot be written ({e.strerror or e}); free disk "
+                    "space, then run again with --resume"
+                ) from None
+        else:
+            if completed:
+                journal.finish()
+            else:
+                journal.close()
     return report
 
 
@@ -306,6 +366,67 @@ def _write_outputs(
     }
 
 
+def _make_out_dir(out_dir: Path) -> None:
+    """Create ``out_dir``; a read-only or unwritable place is a one-line error."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UnetError(
+            f"--out {out_dir}: cannot create the folder ({e.strerror or e}); choose a "
+            "writable place"
+        ) from None
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise UnetError(
+            f"--out {out_dir}: the folder is not writable (read-only or no permission); "
+            "choose another output folder"
+        )
+
+
+def _output_names(
+    image_id: str, config: RunConfig, save_prob: str | None, save_overlay: bool
+) -> list[str]:
+    """The files :func:`_write_outputs` writes for ``image_id``."""
+    names_ = [f"{image_id}.png"]
+    if save_prob == "npy":
+        names_.append(f"{image_id}_prob.npy")
+    elif save_prob == "png":
+        if config.num_classes == 1:
+            names_.append(f"{image_id}_prob.png")
+        else:
+            names_.extend(f"{image_id}_prob_{k}.png" for k in range(1, config.num_classes))
+    if save_overlay:
+        names_.append(f"{image_id}_overlay.png")
+    return names_
+
+
+def _journal_settings(
+    run: Any, options: PredictOptions, save_prob: str | None, save_overlay: bool
+) -> dict[str, Any]:
+    """What must not change between a killed run and its ``--resume``."""
+    model = run.model_path.stat()
+    return {
+        "run": str(run.dir.resolve()),
+        "model": [model.st_size, model.st_mtime_ns],
+        "options": dataclasses.asdict(options),
+        "save_prob": save_prob,
+        "overlay": save_overlay,
+    }
+
+
+def _note(report: PredictReport, console: Any, notes: list[str]) -> None:
+    from rich.markup import escape
+
+    for note in notes:
+        note = _one_line(note)
+        report.notes.append(note)
+        console.print(f"[yellow]note[/yellow] {escape(note)}", soft_wrap=True)
+
+
+def _one_line(text: str) -> str:
+    """``text`` with line breaks and other control characters shown as escapes."""
+    return "".join(c if c.isprintable() or c == "\t" else repr(c)[1:-1] for c in text)
+
+
 def _fail(
     report: PredictReport,
     rows: list[dict[str, Any]],
@@ -316,7 +437,7 @@ def _fail(
 ) -> None:
     from rich.markup import escape
 
-    message = (
+    message = _one_line(
         str(error) if isinstance(error, UnetError) else f"{path}: {type(error).__name__}: {error}"
     )
     report.failed.append((str(path), message))
