@@ -443,9 +443,29 @@ _TtaTransforms = Annotated[str, typer.Option(help=_TTA_HELP)]
 _Threshold = Annotated[
     float | None, typer.Option(help="Foreground probability threshold [default: the run's].")
 ]
-_KeepLargest = Annotated[int | None, typer.Option(help="Keep the N largest objects (2 for lungs).")]
-_FillHoles = Annotated[bool, typer.Option("--fill-holes", help="Fill holes inside objects.")]
-_MinArea = Annotated[int, typer.Option(help="Remove objects under this many pixels.")]
+_KeepLargest = Annotated[
+    int | None,
+    typer.Option(help="Keep the N largest objects; 0 keeps all [default: the run's choice]."),
+]
+_FillHoles = Annotated[
+    bool | None,
+    typer.Option(
+        "--fill-holes/--no-fill-holes",
+        help="Fill holes inside objects [default: the run's choice].",
+    ),
+]
+_MinArea = Annotated[
+    int | None,
+    typer.Option(help="Remove objects under this many pixels [default: the run's choice]."),
+]
+_Postprocess = Annotated[
+    bool,
+    typer.Option(
+        "--postprocess/--no-postprocess",
+        help="Apply the post-processing `unet train` chose on the validation split (in "
+        "RUN/config.json) to the steps not given above; --no-postprocess leaves them off.",
+    ),
+]
 _Overlap = Annotated[float, typer.Option(help="Tile overlap, fraction of the tile.")]
 _BatchSize = Annotated[int, typer.Option(help="Images (resize) or tiles (tile) per network call.")]
 
@@ -472,8 +492,9 @@ def predict(
     tta_transforms: _TtaTransforms = "auto",
     threshold: _Threshold = None,
     keep_largest: _KeepLargest = None,
-    fill_holes: _FillHoles = False,
-    min_area: _MinArea = 0,
+    fill_holes: _FillHoles = None,
+    min_area: _MinArea = None,
+    postprocess: _Postprocess = True,
     save_prob: Annotated[
         str | None,
         typer.Option(help="Also save probabilities: png (8-bit) or npy (float32)."),
@@ -511,7 +532,8 @@ def predict(
     Unreadable files are reported and skipped; the others are still predicted, and the
     exit status is 1 at the end if any failed (0 with --keep-going, unless all failed).
     A killed run (even kill -9) leaves only complete files; run it again with --resume.
-    Example: unet predict runs/lungs scans/ --out masks/ --keep-largest 2 --fill-holes --overlay
+    Post-processing: the run's choice from training unless flags say otherwise (--no-postprocess).
+    Example: unet predict runs/lungs scans/ --out masks/ --overlay
     """
     from unet_lowered.inference.batch import exit_status, predict_files
 
@@ -525,6 +547,7 @@ def predict(
         keep_largest=keep_largest,
         fill_holes=fill_holes,
         min_area=min_area,
+        postprocess=postprocess,
         max_pixels=max_pixels,
     )
     report = predict_files(
@@ -568,8 +591,9 @@ def evaluate(
     tta_transforms: _TtaTransforms = "auto",
     threshold: _Threshold = None,
     keep_largest: _KeepLargest = None,
-    fill_holes: _FillHoles = False,
-    min_area: _MinArea = 0,
+    fill_holes: _FillHoles = None,
+    min_area: _MinArea = None,
+    postprocess: _Postprocess = True,
     overlap: _Overlap = 0.25,
     batch_size: _BatchSize = 4,
     progress: Annotated[bool, typer.Option(help="Show a progress bar and the table.")] = True,
@@ -580,7 +604,7 @@ def evaluate(
     compares with the masks: Dice, IoU, precision, recall, HD95 (pixels), foreground
     fractions. Both masks empty: Dice 1; exactly one empty: Dice 0 (HD95 infinite,
     left out of the HD95 statistics). Prints mean/median/std and the 5 worst ids.
-    Example: unet evaluate runs/lungs data/jsrt --split val --keep-largest 2 --fill-holes
+    Example: unet evaluate runs/lungs data/jsrt --split val
     """
     from unet_lowered.evaluation.evaluate import evaluate_run
 
@@ -594,6 +618,7 @@ def evaluate(
         keep_largest=keep_largest,
         fill_holes=fill_holes,
         min_area=min_area,
+        postprocess=postprocess,
     )
     evaluate_run(run, data, out, options, split=split, progress=progress)
 
@@ -631,18 +656,31 @@ def synth(
     size: Annotated[int, typer.Option(help="Side of the square images in pixels.")] = 256,
     seed: Annotated[int, typer.Option(help="Seed; the same seed gives the same files.")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+    pathology: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated: effusion, consolidation (the mask stays the whole lung "
+            "field) and framing (zoomed out into borders, or bases cut off) [default: none]."
+        ),
+    ] = "",
+    pathology_fraction: Annotated[
+        float, typer.Option(help="Share of the images that get one of --pathology.")
+    ] = 0.5,
 ) -> None:
     """Make a synthetic chest-X-ray data set with exact lung masks (no data or internet needed).
 
     Writes OUT/train_images/<id>/images/<id>.png, OUT/train_images/<id>/masks/<id>.png
     (0/255) and OUT/test_images/<id>/<id>.png, 8-bit gray: the layout `unet prepare` reads.
+    With --pathology, images also show the shifts that break lung models on other
+    hospitals' X-rays, for measuring robustness on data the project makes.
     """
     import time
 
     from unet_lowered.demo.synth import make_dataset
 
     start = time.perf_counter()
-    path = make_dataset(out, count, test_count, size, seed, overwrite)
+    kinds = tuple(k.strip() for k in pathology.split(",") if k.strip())
+    path = make_dataset(out, count, test_count, size, seed, overwrite, kinds, pathology_fraction)
     ms = (time.perf_counter() - start) * 1000 / (count + test_count)
     typer.echo(
         f"wrote {count} training and {test_count} test images ({size}x{size}) to {path} "
@@ -679,8 +717,9 @@ def serve(
     tta_transforms: _TtaTransforms = "auto",
     threshold: _Threshold = None,
     keep_largest: _KeepLargest = None,
-    fill_holes: _FillHoles = False,
-    min_area: _MinArea = 0,
+    fill_holes: _FillHoles = None,
+    min_area: _MinArea = None,
+    postprocess: _Postprocess = True,
     overlap: _Overlap = 0.25,
     batch_size: _BatchSize = 4,
 ) -> None:
@@ -714,6 +753,7 @@ def serve(
         keep_largest=keep_largest,
         fill_holes=fill_holes,
         min_area=min_area,
+        postprocess=postprocess,
         max_pixels=max_pixels,
     )
     settings = ServeSettings(

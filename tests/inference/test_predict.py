@@ -146,7 +146,7 @@ def test_auto_mode_follows_the_run() -> None:
     [
         (PredictOptions(overlap=1.0), r"--overlap must be in \[0, 1\)"),
         (PredictOptions(threshold=1.5), "--threshold must be between 0 and 1"),
-        (PredictOptions(keep_largest=0), "--keep-largest must be at least 1"),
+        (PredictOptions(keep_largest=-1), r"--keep-largest must be 0 \(keep all\) or more"),
         (
             PredictOptions(blend="box"),
             "unknown --blend 'box'; use one of: gaussian, linear, constant",
@@ -464,3 +464,42 @@ def test_4096_image_in_tile_mode_stays_under_2_gb(tmp_path: Path) -> None:
         timeout=1800,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def two_disks(size: int = 32) -> np.ndarray:
+    """A large and a small bright disk on a dark background (uint8)."""
+    yy, xx = np.mgrid[0:size, 0:size]
+    big = (yy - 16) ** 2 + (xx - 10) ** 2 <= 36
+    small = (yy - 16) ** 2 + (xx - 26) ** 2 <= 4
+    return np.where(big | small, 200, 20).astype(np.uint8)
+
+
+def test_the_runs_postprocessing_applies_by_default_and_flags_override(tmp_path: Path) -> None:
+    chosen = {"keep_largest": 1, "fill_holes": False, "min_area": 0}
+    run = make_run(tmp_path / "run", bright_model(), postprocess=chosen)
+    images.write_png(tmp_path / "in" / "x.png", two_disks())
+
+    def components(**options) -> int:
+        out = tmp_path / f"out{len(list(tmp_path.iterdir()))}"
+        predict_files(run, [tmp_path / "in"], out, PredictOptions(**options), progress=False)
+        with open(out / "predictions.csv", newline="") as f:
+            return int(next(csv.DictReader(f))["components"])
+
+    assert components() == 1  # the run's choice: keep the largest object
+    assert components(postprocess=False) == 2  # --no-postprocess
+    assert components(keep_largest=0) == 2  # --keep-largest 0 keeps all
+    assert components(postprocess=False, keep_largest=1) == 1  # a flag still applies
+
+
+def test_predictions_csv_flags_each_mask(tmp_path: Path) -> None:
+    stats = {"objects": 2, "fraction": [0.05, 0.2], "min_ratio": 0.05, "border": 0.0}
+    run = make_run(tmp_path / "run", bright_model(), mask_stats=stats)
+    images.write_png(tmp_path / "in" / "two.png", two_disks())
+    one = two_disks()
+    one[:, 20:] = 20
+    images.write_png(tmp_path / "in" / "one.png", one)
+    predict_files(run, [tmp_path / "in"], tmp_path / "out", progress=False)
+    with open(tmp_path / "out" / "predictions.csv", newline="") as f:
+        rows = {r["id"]: r for r in csv.DictReader(f)}
+    assert rows["two"]["quality"] == "ok"
+    assert rows["one"]["quality"].startswith("check: 1 object(s), training masks have 2")

@@ -66,6 +66,14 @@ def test_train_writes_every_artefact(tiny_data: Path, tmp_path: Path) -> None:
     assert config["num_classes"] == 1
     assert config["threshold"] == 0.5
     assert config["loss"] == "bce+dice"
+    # What the training masks look like (synthetic lungs: two objects), for the quality flag,
+    # and the post-processing chosen on the validation split with the figures behind it.
+    assert config["mask_stats"]["objects"] == 2
+    chosen = config["postprocess"]
+    assert set(chosen) >= {"keep_largest", "fill_holes", "validation_dice_before", "tried"}
+    assert [t["step"] for t in chosen["tried"]] == ["keep 2 largest", "fill holes"]
+    assert chosen["keep_largest"] in (None, 2)
+    assert metrics["postprocess"] == chosen
     split = json.loads((run / "split.json").read_text())
     assert set(split["train"]).isdisjoint(split["val"])
     assert len(split["train"]) + len(split["val"]) == 16

@@ -37,6 +37,7 @@ from unet_lowered.errors import UnetError
 from unet_lowered.evaluation import metrics
 from unet_lowered.inference.predictor import (
     PredictOptions,
+    postprocess_steps,
     predict_images,
     probs_to_mask,
     resolve_mode,
@@ -184,6 +185,7 @@ def _summary(
     keys = [k for k in rows[0] if k != "id"]
     worst = sorted(rows, key=lambda r: (r["dice"], r["id"]))[:WORST]
     threshold = options.threshold if options.threshold is not None else run.config.threshold
+    steps = postprocess_steps(options, run.config)
     return {
         "run": str(run.dir),
         "data": str(pairs.root),
@@ -197,9 +199,8 @@ def _summary(
             "mode": options.mode,
             "tta": options.tta,
             "threshold": threshold,
-            "keep_largest": options.keep_largest,
-            "fill_holes": options.fill_holes,
-            "min_area": options.min_area,
+            **dict(zip(("keep_largest", "fill_holes", "min_area"), steps, strict=True)),
+            "postprocess_from_run": options.postprocess and run.config.postprocess is not None,
             "overlap": options.overlap,
         },
         "empty_masks": "both empty: Dice 1, HD95 0; exactly one empty: Dice 0, HD95 inf (left out of HD95 stats)",

@@ -37,6 +37,7 @@ from unet_lowered.inference.predictor import (
     probs_to_mask,
     resolve_mode,
 )
+from unet_lowered.inference.quality import mask_quality
 from unet_lowered.io import atomic, images
 from unet_lowered.io.progress import progress_bar, stderr_console
 from unet_lowered.io.runs import load_run
@@ -50,6 +51,7 @@ CSV_COLUMNS = (
     "height",
     "foreground_fraction",
     "components",
+    "quality",
     "seconds",
     "status",
 )
@@ -362,6 +364,7 @@ def _write_outputs(
         "height": h,
         "foreground_fraction": round(float(np.count_nonzero(mask)) / mask.size, 6),
         "components": count_components(mask),
+        "quality": mask_quality(mask, probs, config),
         "status": "ok",
     }
 

@@ -54,9 +54,13 @@ class PredictOptions:
         blend: Tile blending weights: ``"gaussian"``, ``"linear"`` or ``"constant"``.
         batch_size: Images (resize mode) or tiles (tile mode) per network call.
         threshold: Foreground probability threshold; None takes the run's.
-        keep_largest: Keep the N largest objects (per class); None keeps all.
-        fill_holes: Fill holes in the objects.
-        min_area: Remove objects smaller than this many pixels (at the original size).
+        keep_largest: Keep the N largest objects (per class); 0 keeps all; None: the
+            run's choice (see ``postprocess``).
+        fill_holes: Fill holes in the objects; None: the run's choice.
+        min_area: Remove objects smaller than this many pixels (at the original size);
+            None: the run's choice.
+        postprocess: Apply the post-processing the run chose on its validation split
+            (``RunConfig.postprocess``) to the steps left None; False leaves them off.
         max_pixels: Refuse images with more pixels than this, before decoding them.
     """
 
@@ -68,9 +72,10 @@ class PredictOptions:
     batch_size: int = 4
     threshold: float | None = None
     keep_largest: int | None = None
-    fill_holes: bool = False
-    min_area: int = 0
+    fill_holes: bool | None = None
+    min_area: int | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
+    postprocess: bool = True
 
     def validate(self) -> PredictOptions:
         """Raise :class:`UnetError` naming the valid values of any bad option."""
@@ -85,9 +90,9 @@ class PredictOptions:
             raise UnetError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.threshold is not None and not 0 < self.threshold < 1:
             raise UnetError(f"--threshold must be between 0 and 1, got {self.threshold}")
-        if self.keep_largest is not None and self.keep_largest < 1:
-            raise UnetError(f"--keep-largest must be at least 1, got {self.keep_largest}")
-        if self.min_area < 0:
+        if self.keep_largest is not None and self.keep_largest < 0:
+            raise UnetError(f"--keep-largest must be 0 (keep all) or more, got {self.keep_largest}")
+        if self.min_area is not None and self.min_area < 0:
             raise UnetError(f"--min-area must be 0 or more pixels, got {self.min_area}")
         return self
 
@@ -254,7 +259,18 @@ def probs_to_mask(probs: np.ndarray, config: RunConfig, options: PredictOptions)
     """Threshold (or argmax) and clean probabilities: bool ``(H, W)`` or class indices."""
     threshold = options.threshold if options.threshold is not None else config.threshold
     mask = to_mask(probs, threshold)
-    return clean_mask(mask, options.keep_largest, options.fill_holes, options.min_area)
+    keep, holes, min_area = postprocess_steps(options, config)
+    return clean_mask(mask, keep, holes, min_area)
+
+
+def postprocess_steps(options: PredictOptions, config: RunConfig) -> tuple[int | None, bool, int]:
+    """``(keep_largest, fill_holes, min_area)`` as applied: the options given, and for
+    the ones left None the run's choice (unless ``options.postprocess`` is False)."""
+    chosen = (config.postprocess or {}) if options.postprocess else {}
+    keep = options.keep_largest if options.keep_largest is not None else chosen.get("keep_largest")
+    holes = options.fill_holes if options.fill_holes is not None else chosen.get("fill_holes")
+    min_area = options.min_area if options.min_area is not None else chosen.get("min_area")
+    return (keep or None), bool(holes), int(min_area or 0)
 
 
 def mask_to_png(mask: np.ndarray, config: RunConfig) -> np.ndarray:

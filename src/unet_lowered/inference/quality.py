@@ -193,3 +193,15 @@ def _side_by_side(mask: np.ndarray) -> bool:
     apart = (cols_a.mean() - middle) * (cols_b.mean() - middle) < 0
     overlap = min(rows_a.max(), rows_b.max()) - max(rows_a.min(), rows_b.min())
     return bool(apart and overlap > 0)
+
+
+def mask_quality(mask: np.ndarray, probs: np.ndarray, config: Any) -> str:
+    """The flag of one predicted mask of a run, as ``predictions.csv`` writes it.
+
+    Binary runs: :func:`assess` against the run's recorded ``mask_stats``. Multi-class
+    runs have no flag yet (``""``).
+    """
+    if config.num_classes != 1:
+        return ""
+    stats = MaskStats.from_json(config.mask_stats) if config.mask_stats else None
+    return str(assess(mask, probs, stats))

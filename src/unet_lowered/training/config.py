@@ -218,6 +218,11 @@ class RunConfig:
         backend: The Keras backend of the run.
         keras_version: Keras' version at training.
         unet_lowered_version: This package's version at training.
+        mask_stats: What the training masks look like (binary runs), for the quality
+            flag: :class:`unet_lowered.inference.quality.MaskStats` as JSON, or None.
+        postprocess: The post-processing chosen on validation
+            (:func:`unet_lowered.evaluation.choose.choose_postprocess`): ``keep_largest``,
+            ``fill_holes``, ``min_area`` and the figures behind them, or None (none).
         version: :data:`CONFIG_VERSION` of the file.
     """
 
@@ -231,6 +236,8 @@ class RunConfig:
     backend: str | None = None
     keras_version: str | None = None
     unet_lowered_version: str | None = None
+    mask_stats: Mapping[str, Any] | None = None
+    postprocess: Mapping[str, Any] | None = None
     version: int = CONFIG_VERSION
 
     # The settings that inference reads, by name.
@@ -274,6 +281,8 @@ class RunConfig:
             backend=self.backend,
             keras_version=self.keras_version,
             unet_lowered_version=self.unet_lowered_version,
+            mask_stats=None if self.mask_stats is None else dict(self.mask_stats),
+            postprocess=None if self.postprocess is None else dict(self.postprocess),
             config_version=self.version,
         )
         return values
@@ -346,5 +355,14 @@ class RunConfig:
             backend=values.get("backend"),
             keras_version=values.get("keras_version"),
             unet_lowered_version=values.get("unet_lowered_version"),
+            mask_stats=_mapping_or_none(values, "mask_stats", source),
+            postprocess=_mapping_or_none(values, "postprocess", source),
             version=version,
         )
+
+
+def _mapping_or_none(values: Mapping[str, Any], key: str, source: Any) -> Mapping[str, Any] | None:
+    value = values.get(key)
+    if value is not None and not isinstance(value, Mapping):
+        raise UnetError(f"{source}: {key} must be an object or null; re-run `unet train`")
+    return value

@@ -24,8 +24,14 @@ import unet_lowered
 from unet_lowered.dataset.checks import mask_warnings
 from unet_lowered.dataset.pairs import PreparedData, load_prepared
 from unet_lowered.errors import UnetError
+from unet_lowered.evaluation.choose import choose_postprocess
+from unet_lowered.evaluation.evaluate import read_truth
+from unet_lowered.inference.predictor import PredictOptions, predict_images, probs_to_mask
+from unet_lowered.inference.quality import mask_stats
 from unet_lowered.io import atomic, runs
+from unet_lowered.io.images import read_image
 from unet_lowered.model import nearest_valid_sizes, output_size, unet
+from unet_lowered.training.cache import SampleCache
 from unet_lowered.training.callbacks import ImageCounter, read_history, standard_callbacks, warn
 from unet_lowered.training.config import RunConfig, TrainConfig
 from unet_lowered.training.feed import as_tf_dataset
@@ -197,6 +203,9 @@ def train(
             )
         elapsed = time.perf_counter() - started
         metrics = _final_metrics(out, elapsed, t_images, precision)
+        if num_classes == 1 and (out / runs.MODEL_FILE).is_file():
+            run_config = _after_training(out, run_config, dataset, split, train_seq.cache)
+            metrics["postprocess"] = run_config.postprocess
         atomic.write_json(out / runs.METRICS_FILE, metrics)
         return metrics
     finally:
@@ -271,6 +280,37 @@ def _run_config(
         keras_version=keras.__version__,
         unet_lowered_version=unet_lowered.__version__,
     )
+
+
+def _after_training(
+    out: Path,
+    run_config: RunConfig,
+    dataset: PreparedData,
+    split: dict[str, list[str]],
+    cache: SampleCache,
+) -> RunConfig:
+    """Record what the training masks look like (for the quality flag) and choose the
+    post-processing on the validation split at the original image size; rewrite
+    config.json with both and print the choice."""
+    stats = mask_stats(cache.sample(ident)[1] for ident in split["train"])
+    model = runs.load_model(out / runs.MODEL_FILE)
+    options = PredictOptions(postprocess=False)
+    masks, truths = [], []
+    for start in range(0, len(split["val"]), options.batch_size):
+        ids = split["val"][start : start + options.batch_size]
+        batch = [read_image(dataset.images[i]) for i in ids]
+        for ident, probs in zip(
+            ids, predict_images(model, batch, run_config, options), strict=True
+        ):
+            masks.append(probs_to_mask(probs, run_config, options))
+            truths.append(read_truth(dataset.masks[ident], run_config, options.max_pixels))
+    choice = choose_postprocess(masks, truths, stats.objects)
+    print(choice.describe(), file=sys.stderr, flush=True)
+    run_config = dataclasses.replace(
+        run_config, mask_stats=stats.to_json(), postprocess=choice.to_json()
+    )
+    atomic.write_json(out / runs.CONFIG_FILE, run_config.to_json())
+    return run_config
 
 
 def _final_metrics(
