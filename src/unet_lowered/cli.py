@@ -357,6 +357,29 @@ def train(
             help="Brightness/contrast/gamma, CLAHE (1 in 4) and noise [default: on].",
         ),
     ] = None,
+    zoom_out: Annotated[
+        float | None,
+        typer.Option(help="Probability of a zoom-out into black/collimated borders [default: 0]."),
+    ] = None,
+    frame_crop: Annotated[
+        float | None,
+        typer.Option(help="Probability of cutting off the top or bottom 10-30% [default: 0]."),
+    ] = None,
+    opacity: Annotated[
+        float | None,
+        typer.Option(
+            help="Probability of an effusion-like or patchy opacity painted inside the lung "
+            "mask, the mask unchanged [default: 0]."
+        ),
+    ] = None,
+    lowres: Annotated[
+        float | None,
+        typer.Option(help="Probability of a 2-4x low-resolution round trip [default: 0]."),
+    ] = None,
+    stamps: Annotated[
+        float | None,
+        typer.Option(help="Probability of burned-in text or a side marker [default: 0]."),
+    ] = None,
     overfit_batch: Annotated[
         bool | None,
         typer.Option(
@@ -394,6 +417,11 @@ def train(
         "shift": shift,
         "elastic": elastic,
         "intensity": intensity,
+        "zoom_out": zoom_out,
+        "frame_crop": frame_crop,
+        "opacity": opacity,
+        "lowres": lowres,
+        "stamps": stamps,
         "overfit_batch": overfit_batch,
     }
     if resume:

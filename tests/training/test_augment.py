@@ -12,9 +12,11 @@ from unet_lowered.errors import UnetError
 from unet_lowered.training.augment import (
     AugmentConfig,
     augment,
+    cross_site_shifts,
     cubic_weights,
     elastic_displacements,
     elastic_field,
+    paint_opacity,
     random_affine,
     random_intensity,
     sampling_maps,
@@ -301,3 +303,78 @@ def test_defaults_suit_chest_xrays() -> None:
 def test_mismatched_shapes_are_refused() -> None:
     with pytest.raises(ValueError, match="same size"):
         augment(np.zeros((4, 4, 1), np.float32), np.zeros((4, 5), np.uint8), None, AugmentConfig())
+
+
+# ---------------------------------------------------------------- cross-site shifts
+
+
+def _lungs(size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """A gray chest-like image (dark lungs) and its two-lung mask."""
+    mask = np.zeros((size, size), np.uint8)
+    mask[16:48, 8:28] = mask[16:48, 36:56] = 1
+    image = np.where(mask[..., None] > 0, 0.2, 0.6).astype(np.float32)
+    return image, mask
+
+
+def test_cross_site_shifts_are_off_and_draw_nothing_by_default() -> None:
+    image, mask = _lungs()
+    rng = np.random.default_rng(0)
+    before = rng.bit_generator.state
+    out, out_mask, _ = cross_site_shifts(image, mask, rng, AugmentConfig())
+    assert rng.bit_generator.state == before  # the batches stay what they were
+    np.testing.assert_array_equal(out, image)
+    np.testing.assert_array_equal(out_mask, mask)
+
+
+def test_zoom_out_shrinks_image_and_mask_together() -> None:
+    image, mask = _lungs()
+    cfg = AugmentConfig(zoom_out_p=1.0, zoom_out=(0.5, 0.5))
+    for seed in range(5):
+        out, out_mask, weight = cross_site_shifts(
+            image, mask, np.random.default_rng(seed), cfg, np.ones(mask.shape, np.float32)
+        )
+        assert out_mask.sum() == pytest.approx(mask.sum() / 4, rel=0.1)
+        gray = out[..., 0]
+        inner = cv2.erode(out_mask, np.ones((3, 3), np.uint8)) > 0
+        assert np.abs(gray[inner] - 0.2).max() < 1e-4  # lungs stay on lungs
+        assert weight.shape == mask.shape
+        outside = (out_mask == 0) & (np.abs(gray - 0.6) > 0.05) & (np.abs(gray - 0.2) > 0.05)
+        assert np.unique(np.round(gray[outside], 3)).size <= 1  # the border: one fill value
+
+
+def test_frame_crop_keeps_image_and_mask_aligned() -> None:
+    image, mask = _lungs()
+    cfg = AugmentConfig(frame_crop_p=1.0)
+    for seed in range(5):
+        out, out_mask, _ = cross_site_shifts(image, mask, np.random.default_rng(seed), cfg)
+        assert out.shape == image.shape and out_mask.shape == mask.shape
+        inner = cv2.erode(out_mask, np.ones((3, 3), np.uint8)) > 0  # away from the edges
+        assert inner.any() and np.abs(out[..., 0][inner] - 0.2).max() < 0.05  # 0.6 is far
+
+
+@pytest.mark.parametrize("kind", ["effusion", "consolidation"])
+def test_opacity_never_changes_the_mask_and_only_whitens_lungs(kind: str) -> None:
+    image, mask = _lungs()
+    for seed in range(5):
+        out = paint_opacity(image, mask > 0, np.random.default_rng(seed), kind)
+        np.testing.assert_array_equal(out[mask == 0], image[mask == 0])
+        assert np.all(out >= image - 1e-6) and out[mask > 0].mean() > image[mask > 0].mean()
+    cfg = AugmentConfig(opacity_p=1.0)
+    _, out_mask, _ = cross_site_shifts(image, mask, np.random.default_rng(1), cfg)
+    np.testing.assert_array_equal(out_mask, mask)
+
+
+def test_lowres_and_stamps_change_the_image_only() -> None:
+    image = np.random.default_rng(0).random((64, 64, 1)).astype(np.float32)
+    mask = (image[..., 0] > 0.5).astype(np.uint8)
+    cfg = AugmentConfig(lowres_p=1.0, stamp_p=1.0)
+    out, out_mask, _ = cross_site_shifts(image, mask, np.random.default_rng(3), cfg)
+    np.testing.assert_array_equal(out_mask, mask)
+    assert out.shape == image.shape and not np.allclose(out, image)
+    smooth = np.abs(np.diff(out[..., 0], axis=1)).mean()
+    assert smooth < np.abs(np.diff(image[..., 0], axis=1)).mean()  # detail lost
+
+
+def test_cross_site_probabilities_are_checked() -> None:
+    with pytest.raises(UnetError, match=r"opacity_p=1.5 must be in \[0, 1\]"):
+        AugmentConfig(opacity_p=1.5)

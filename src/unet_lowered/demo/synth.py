@@ -43,6 +43,7 @@ import numpy as np
 
 from unet_lowered.errors import UnetError
 from unet_lowered.io import atomic, images
+from unet_lowered.training.augment import paint_opacity
 
 MIN_SIZE = 32
 """Smallest image side :func:`make_dataset` accepts (below it the anatomy is a few pixels)."""
@@ -131,59 +132,33 @@ def synth_sample(
     return SynthSample(image=image, mask=mask, lungs=sample.lungs)
 
 
-def _whiten(image: np.ndarray, weight: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Blend the image towards a soft-tissue white by ``weight`` in [0, 1]; never darker
-    (a rib brighter than the fluid stays as bright)."""
-    white = rng.uniform(170, 215)
-    x = image.astype(np.float32)
-    out = np.maximum(x, x * (1 - weight) + white * weight)
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
-
-
 def add_effusion(
     image: np.ndarray, mask: np.ndarray, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Pleural effusion: a lung (or both) whitened from its base up; mask unchanged.
-
-    The fluid fills 20-60% of the lung's height, its upper edge rises towards the
-    outer side of the chest (the meniscus) and is soft, and only lung pixels change.
+    """Pleural effusion (:func:`unet_lowered.training.augment.paint_opacity`): a lung
+    or both whitened from the base up; the mask is unchanged.
 
     Returns:
-        ``(image, mask)``: the new image and the same mask (a copy).
+        ``(image, mask)``: the new uint8 image and the same mask (a copy).
     """
-    size = mask.shape[0]
-    count, labels = cv2.connectedComponents((mask > 0).astype(np.uint8), connectivity=8)
-    weight = np.zeros(mask.shape, np.float32)
-    sides = [k for k in range(1, count) if rng.uniform() < 0.6] or [int(rng.integers(1, count))]
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    for k in sides:
-        rows, cols = np.nonzero(labels == k)
-        top, bottom = rows.min(), rows.max()
-        level = bottom - rng.uniform(0.2, 0.6) * (bottom - top)
-        outward = np.sign(cols.mean() - size / 2)  # the lateral side rises
-        rise = rng.uniform(0.05, 0.15) * (bottom - top)
-        lateral = np.clip(outward * (xx - cols.mean()) / max(int(np.ptp(cols)), 1) + 0.5, 0, 1)
-        edge = level - rise * lateral
-        fluid = 1 / (1 + np.exp(-(yy - edge) / max(1.0, 0.02 * size)))
-        weight = np.maximum(weight, fluid * (labels == k) * rng.uniform(0.7, 0.95))
-    return _whiten(image, weight, rng), mask.copy()
+    return _painted(image, mask, rng, "effusion"), mask.copy()
 
 
 def add_consolidation(
     image: np.ndarray, mask: np.ndarray, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Consolidation: smooth patchy opacities inside the lung field; mask unchanged.
+    """Consolidation (:func:`unet_lowered.training.augment.paint_opacity`): smooth
+    patchy opacities inside the lung field; the mask is unchanged.
 
     Returns:
-        ``(image, mask)``: the new image and the same mask (a copy).
+        ``(image, mask)``: the new uint8 image and the same mask (a copy).
     """
-    size = mask.shape[0]
-    noise = rng.standard_normal((size, size)).astype(np.float32)
-    noise = cv2.GaussianBlur(noise, (0, 0), rng.uniform(0.03, 0.07) * size)
-    noise /= max(float(noise.std()), 1e-6)
-    patches = np.clip((noise - rng.uniform(0.3, 1.0)) * 1.5, 0, 1)
-    weight = patches * (mask > 0) * rng.uniform(0.6, 0.9)
-    return _whiten(image, weight, rng), mask.copy()
+    return _painted(image, mask, rng, "consolidation"), mask.copy()
+
+
+def _painted(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, kind: str):
+    x = paint_opacity(image.astype(np.float32) / 255, mask > 0, rng, kind)
+    return np.clip(x * 255 + 0.5, 0, 255).astype(np.uint8)
 
 
 def reframe(

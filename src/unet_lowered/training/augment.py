@@ -73,6 +73,19 @@ class AugmentConfig:
         noise_std: Maximum noise standard deviation (uniform in ``[0, noise_std]``).
         blur: Gaussian blur.
         blur_sigma: ``(low, high)`` blur sigma range in pixels.
+        zoom_out_p: Probability of a zoom-out into a black or collimated border (a small
+            patient in a large frame); image and mask shrink together.
+        zoom_out: ``(low, high)`` scale range of the zoom-out.
+        frame_crop_p: Probability of a frame crop: the top or bottom 10-30% cut off
+            (apices or bases outside the field) and the rest stretched back.
+        opacity_p: Probability of a dense opacity painted INSIDE the lung mask, either
+            effusion-like from the base or patchy like consolidation; the mask is
+            unchanged, so the network learns that a white lung is still lung.
+        lowres_p: Probability of a low-resolution round trip (down by 2-4x and back).
+        stamp_p: Probability of burned-in text or a side marker stamped in a corner.
+
+    The five cross-site shifts above are off (probability 0) by default; when off they
+    draw nothing from the generator, so the batches are exactly those without them.
     """
 
     flip_lr: bool = False
@@ -94,9 +107,15 @@ class AugmentConfig:
     noise_std: float = 0.03
     blur: bool = False
     blur_sigma: tuple[float, float] = (0.1, 1.0)
+    zoom_out_p: float = 0.0
+    zoom_out: tuple[float, float] = (0.5, 0.85)
+    frame_crop_p: float = 0.0
+    opacity_p: float = 0.0
+    lowres_p: float = 0.0
+    stamp_p: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("scale", "contrast", "gamma", "blur_sigma", "clahe_clip"):
+        for name in ("scale", "contrast", "gamma", "blur_sigma", "clahe_clip", "zoom_out"):
             value = getattr(self, name)
             try:
                 low, high = (float(v) for v in value)
@@ -114,8 +133,11 @@ class AugmentConfig:
         for name in ("rotation", "shift", "elastic_sigma", "brightness", "noise_std"):
             if float(getattr(self, name)) < 0:
                 raise UnetError(f"augmentation option {name}={getattr(self, name)} must be >= 0")
-        if not 0.0 <= float(self.clahe_p) <= 1.0:
-            raise UnetError(f"augmentation option clahe_p={self.clahe_p} must be in [0, 1]")
+        for name in ("clahe_p", "zoom_out_p", "frame_crop_p", "opacity_p", "lowres_p", "stamp_p"):
+            if not 0.0 <= float(getattr(self, name)) <= 1.0:
+                raise UnetError(
+                    f"augmentation option {name}={getattr(self, name)} must be in [0, 1]"
+                )
         if self.shift >= 0.5:
             raise UnetError(f"augmentation option shift={self.shift} must be below 0.5")
         if int(self.elastic_grid) < 2:
@@ -168,8 +190,10 @@ def augment(
 ) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Apply one random augmentation to an image and, identically, to its mask.
 
-    Order: flips, one geometric warp (affine composed with elastic), intensity
-    (gamma, contrast, brightness, then clip to ``[0, 1]``), blur, noise.
+    Order: flips, one geometric warp (affine composed with elastic), the cross-site
+    shifts (zoom-out, frame crop, opacity inside the lungs, low resolution, stamps;
+    each only when its probability is above 0), intensity (gamma, contrast,
+    brightness, then clip to ``[0, 1]``), blur, noise.
 
     Args:
         image: float ``(H, W, C)`` in ``[0, 1]``.
@@ -215,6 +239,7 @@ def augment(
     )
     if matrix is not None or coarse is not None:
         image, mask, weight = warp(image, mask, matrix, coarse, weight)
+    image, mask, weight = cross_site_shifts(image, mask, rng, cfg, weight)
 
     if cfg.intensity:
         image = random_intensity(image, rng, cfg)
@@ -230,6 +255,150 @@ def augment(
     if weight is None:
         return image, mask
     return image, mask, weight
+
+
+def _chance(rng: np.random.Generator, p: float) -> bool:
+    """True with probability ``p``; draws nothing when ``p`` is 0 (streams stay as they were)."""
+    return p > 0 and rng.random() < p
+
+
+def cross_site_shifts(
+    image: np.ndarray,
+    mask: np.ndarray,
+    rng: np.random.Generator,
+    cfg: AugmentConfig,
+    weight: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The shifts of X-rays from other hospitals, each with its probability in ``cfg``.
+
+    Args:
+        image: float32 ``(H, W, C)`` in ``[0, 1]``.
+        mask: uint8 ``(H, W)`` labels (foreground non-zero).
+        rng: The source of randomness.
+        cfg: The probabilities (``zoom_out_p``, ``frame_crop_p``, ``opacity_p``,
+            ``lowres_p``, ``stamp_p``).
+        weight: Optional ``(H, W)`` weight map, moved like the mask.
+
+    Returns:
+        ``(image, mask, weight)``; the mask changes only with the geometric shifts.
+    """
+    h, w = mask.shape
+    if _chance(rng, cfg.zoom_out_p):
+        scale = rng.uniform(*cfg.zoom_out)
+        sh, sw = max(1, round(h * scale)), max(1, round(w * scale))
+        top, left = int(rng.integers(0, h - sh + 1)), int(rng.integers(0, w - sw + 1))
+        border = 0.0 if rng.random() < 0.5 else float(rng.uniform(0.05, 0.25))  # collimation
+        image = _paste(image, (sh, sw), (top, left), border, cv2.INTER_AREA)
+        mask = _paste(mask, (sh, sw), (top, left), 0, cv2.INTER_NEAREST)
+        if weight is not None:
+            weight = _paste(weight, (sh, sw), (top, left), 1.0, cv2.INTER_NEAREST)
+    if _chance(rng, cfg.frame_crop_p):
+        cut = round(h * rng.uniform(0.1, 0.3))
+        rows = slice(cut, h) if rng.random() < 0.5 else slice(0, h - cut)  # apices or bases
+        image = _stretch(image[rows], (h, w), cv2.INTER_LINEAR)
+        mask = _stretch(mask[rows], (h, w), cv2.INTER_NEAREST)
+        if weight is not None:
+            weight = _stretch(weight[rows], (h, w), cv2.INTER_NEAREST)
+    if _chance(rng, cfg.opacity_p) and mask.any():
+        kind = "effusion" if rng.random() < 0.5 else "consolidation"
+        image = paint_opacity(image, mask > 0, rng, kind)
+    if _chance(rng, cfg.lowres_p):
+        factor = rng.uniform(2.0, 4.0)
+        small = (max(1, round(h / factor)), max(1, round(w / factor)))
+        image = _stretch(_stretch(image, small, cv2.INTER_AREA), (h, w), cv2.INTER_LINEAR)
+    if _chance(rng, cfg.stamp_p):
+        image = stamp(image, rng)
+    return image, mask, weight
+
+
+def _paste(
+    array: np.ndarray, size: tuple[int, int], at: tuple[int, int], fill: float, interpolation: int
+) -> np.ndarray:
+    """``array`` shrunk to ``size`` on a canvas of its own shape filled with ``fill``."""
+    small = _stretch(array, size, interpolation)
+    out = np.full_like(array, fill)
+    out[at[0] : at[0] + size[0], at[1] : at[1] + size[1]] = small
+    return out
+
+
+def _stretch(array: np.ndarray, size: tuple[int, int], interpolation: int) -> np.ndarray:
+    out = cv2.resize(array, (size[1], size[0]), interpolation=interpolation)
+    return out.reshape(size + array.shape[2:])
+
+
+def paint_opacity(
+    image: np.ndarray, lung: np.ndarray, rng: np.random.Generator, kind: str
+) -> np.ndarray:
+    """A dense opacity inside the lung field, the mask left as it is.
+
+    ``effusion``: each lung (a connected object of ``lung``) is whitened from its base
+    up to 20-60% of its height, the upper edge rising towards the outer side (the
+    meniscus) and soft. ``consolidation``: smooth patches (blurred noise above a
+    threshold). Pixels only get whiter (towards 0.7-0.85, soft tissue), and only
+    inside ``lung``.
+
+    Args:
+        image: float ``(H, W)`` or ``(H, W, C)`` in ``[0, 1]``.
+        lung: bool ``(H, W)`` lung field.
+        rng: The source of randomness.
+        kind: ``"effusion"`` or ``"consolidation"``.
+
+    Returns:
+        The new image, same shape and dtype.
+    """
+    h, w = lung.shape
+    if kind == "effusion":
+        count, labels = cv2.connectedComponents(lung.astype(np.uint8), connectivity=8)
+        weight = np.zeros((h, w), np.float32)
+        sides = [k for k in range(1, count) if rng.random() < 0.6] or [int(rng.integers(1, count))]
+        yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+        for k in sides:
+            rows, cols = np.nonzero(labels == k)
+            top, bottom = rows.min(), rows.max()
+            level = bottom - rng.uniform(0.2, 0.6) * (bottom - top)
+            outward = np.sign(cols.mean() - w / 2)  # the lateral side rises
+            rise = rng.uniform(0.05, 0.15) * (bottom - top)
+            lateral = np.clip(outward * (xx - cols.mean()) / max(int(np.ptp(cols)), 1) + 0.5, 0, 1)
+            fluid = 1 / (1 + np.exp(-(yy - (level - rise * lateral)) / max(1.0, 0.02 * h)))
+            weight = np.maximum(weight, fluid * (labels == k) * rng.uniform(0.7, 0.95))
+    elif kind == "consolidation":
+        noise = rng.standard_normal((h, w)).astype(np.float32)
+        noise = cv2.GaussianBlur(noise, (0, 0), rng.uniform(0.03, 0.07) * max(h, w))
+        noise /= max(float(noise.std()), 1e-6)
+        weight = np.clip((noise - rng.uniform(0.3, 1.0)) * 1.5, 0, 1) * lung * rng.uniform(0.6, 0.9)
+    else:
+        raise ValueError(f"unknown opacity {kind!r}; use effusion or consolidation")
+    white = np.float32(rng.uniform(0.7, 0.85))
+    weight = weight.astype(np.float32)
+    if image.ndim == 3:
+        weight = weight[:, :, None]
+    x = image.astype(np.float32)
+    return np.maximum(x, x * (1 - weight) + white * weight).astype(image.dtype)
+
+
+def stamp(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Burned-in text or a side marker (white or black) in a random corner of the image."""
+    h, w = image.shape[:2]
+    out = np.ascontiguousarray(image, dtype=np.float32).copy()
+    text = str(rng.choice(["L", "R", "AP", "PA", "SUPINE", "PORTABLE", "1", "23:14"]))
+    scale = max(h, w) / 256 * rng.uniform(0.4, 0.9)
+    thickness = max(1, round(2 * scale))
+    (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+    x = (
+        int(rng.integers(0, max(1, w // 8)))
+        if rng.random() < 0.5
+        else max(0, w - tw - int(rng.integers(0, max(1, w // 8))))
+    )
+    y = (
+        th + int(rng.integers(0, max(1, h // 8)))
+        if rng.random() < 0.5
+        else h - int(rng.integers(0, max(1, h // 8)))
+    )
+    value = 1.0 if rng.random() < 0.8 else 0.0
+    ink = np.zeros((h, w), np.uint8)  # OpenCV draws text on 8-bit images only
+    cv2.putText(ink, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, 255, thickness)
+    out[ink > 0] = value
+    return out
 
 
 def random_affine(

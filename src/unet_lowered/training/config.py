@@ -72,6 +72,12 @@ class TrainConfig:
     shift: float = 0.08
     elastic: bool = True
     intensity: bool = True
+    # cross-site shifts: probabilities, off until measured (see AugmentConfig)
+    zoom_out: float = 0.0
+    frame_crop: float = 0.0
+    opacity: float = 0.0
+    lowres: float = 0.0
+    stamps: float = 0.0
     # debugging
     overfit_batch: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
@@ -110,6 +116,12 @@ class TrainConfig:
                 raise SettingError(name, f"{flag} must be a whole number, got {value!r}")
             if value < 1:
                 raise SettingError(name, f"{flag} must be at least 1, got {value}")
+        for name in ("zoom_out", "frame_crop", "opacity", "lowres", "stamps"):
+            if not 0.0 <= getattr(cfg, name) <= 1.0:
+                flag = name.replace("_", "-")
+                raise SettingError(
+                    name, f"{flag} is a probability in [0, 1], got {getattr(cfg, name)}"
+                )
         if not 0.0 <= cfg.dropout < 1.0:
             raise SettingError("dropout", f"dropout must be in [0, 1), got {cfg.dropout}")
         if not 0.0 < cfg.threshold < 1.0:

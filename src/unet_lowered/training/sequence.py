@@ -190,7 +190,8 @@ def augment_config(cfg: TrainConfig) -> AugmentConfig:
     """The :class:`AugmentConfig` of the training settings.
 
     ``rotate`` is in degrees, ``scale`` a ``±`` fraction around 1, ``intensity`` also
-    switches the noise.
+    switches the noise; ``zoom_out``, ``frame_crop``, ``opacity``, ``lowres`` and
+    ``stamps`` are the probabilities of the cross-site shifts.
     """
     default = AugmentConfig()
     return AugmentConfig(
@@ -202,6 +203,11 @@ def augment_config(cfg: TrainConfig) -> AugmentConfig:
         elastic=cfg.elastic,
         intensity=cfg.intensity,
         noise=cfg.intensity and default.noise,
+        zoom_out_p=cfg.zoom_out,
+        frame_crop_p=cfg.frame_crop,
+        opacity_p=cfg.opacity,
+        lowres_p=cfg.lowres,
+        stamp_p=cfg.stamps,
     )
 
 
