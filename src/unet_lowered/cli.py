@@ -754,11 +754,12 @@ def serve(
     """Serve a trained run over HTTP: a web page at / and a JSON API.
 
     Loads the run once. POST /v1/segment takes an image in the multipart field `file`
-    (PNG 8/16-bit, JPEG, TIFF, BMP, DICOM) and answers JSON figures, or with
+    (PNG 8/16-bit, JPEG, TIFF, BMP, GIF, DICOM) and answers JSON figures, or with
     ?format=png the mask (identical to `unet predict`'s), ?format=overlay or ?format=prob.
     GET /v1/model gives the run's facts, GET /healthz the status. The prediction options
-    are the defaults of every request; a request's query (threshold, keep_largest,
-    fill_holes, min_area, tta, tta_transforms, mode) overrides them.
+    are `unet predict`'s and the defaults of every request (steps not given: the run's
+    chosen post-processing); a request's query (threshold, keep_largest, fill_holes,
+    min_area, postprocess, tta, tta_transforms, mode) overrides them.
     Example: unet serve runs/lungs --keep-largest 2 --fill-holes, then open http://127.0.0.1:8000
     """
     try:

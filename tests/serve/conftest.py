@@ -19,8 +19,6 @@ import pytest
 
 from run_fixtures import bright_model, disk_image, make_run
 
-pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install -e '.[serve]'")
-
 METRICS = {"val_dice": 0.9123, "val_iou": 0.8391, "best_epoch": 7, "val_dice_note": "test"}
 
 

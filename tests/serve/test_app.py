@@ -110,9 +110,11 @@ def test_model_facts(client: TestClient, run: Path) -> None:
         "keep_largest": None,
         "fill_holes": False,
         "min_area": 0,
+        "postprocess": True,
         "tta": False,
         "tta_transforms": "auto",
     }
+    assert facts["postprocess_chosen"] is None and facts["mask_stats"] is None
     assert facts["versions"]["serving"]["unet_lowered"] == unet_lowered.__version__
     assert facts["versions"]["trained_with"]["config_version"] == 1
     assert facts["limits"] == {
@@ -121,7 +123,6 @@ def test_model_facts(client: TestClient, run: Path) -> None:
         "workers": 1,
         "queue": 8,
     }
-    assert facts["quality"] is None
 
 
 def test_model_facts_without_metrics(tmp_path: Path) -> None:
@@ -145,7 +146,8 @@ def test_outputs_identical_to_unet_predict(
     assert (figures["width"], figures["height"]) == (int(row["width"]), int(row["height"]))
     assert figures["foreground_fraction"] == float(row["foreground_fraction"])
     assert figures["components"] == int(row["components"]) == 1
-    assert figures["quality"] is None and figures["seconds"] >= 0
+    assert figures["quality"] == row["quality"] == "ok"
+    assert figures["seconds"] >= 0
     assert re.fullmatch(r"[0-9a-f]{12}", figures["id"])
     for fmt, key in [("png", "mask"), ("overlay", "overlay"), ("prob", "prob")]:
         r = client.post(f"/v1/segment?format={fmt}", files=upload(data, path.name))
@@ -197,6 +199,37 @@ def test_server_defaults_apply_and_queries_override_them(app_for, tmp_path: Path
     assert c.post("/v1/segment?keep_largest=0", files=upload(data)).json()["components"] == 2
 
 
+def test_the_runs_chosen_postprocessing_and_quality_flag_are_unet_predicts(
+    tmp_path: Path, reference
+) -> None:
+    """A run whose config.json records a chosen post-processing and training-mask stats."""
+    chosen = {"keep_largest": 1, "fill_holes": True, "min_area": 0}
+    stats = {"objects": 2, "fraction": [0.1, 0.3], "min_ratio": 0.8, "border": 0.0}
+    run = make_run(tmp_path / "run", bright_model(32), postprocess=chosen, mask_stats=stats)
+    path = tmp_path / "disks.png"
+    images.write_png(path, two_disks())
+    with TestClient(create_app(run)) as c:
+        facts = c.get("/v1/model").json()
+        assert facts["postprocess_chosen"] == chosen and facts["mask_stats"] == stats
+        assert facts["prediction"]["keep_largest"] == 1 and facts["prediction"]["fill_holes"]
+        for query, options in [
+            ("", {}),
+            ("&postprocess=false", {"postprocess": False}),
+            ("&keep_largest=0", {"keep_largest": 0}),
+            ("&postprocess=false&fill_holes=true", {"postprocess": False, "fill_holes": True}),
+        ]:
+            r = c.post(f"/v1/segment?format=png{query}", files=upload(path.read_bytes()))
+            expected = reference(run, path, **options)
+            np.testing.assert_array_equal(decode(r.content), expected["mask"], err_msg=query)
+            figures = json.loads(r.headers[RESULT_HEADER])
+            assert figures["components"] == int(expected["row"]["components"]), query
+            assert figures["quality"] == expected["row"]["quality"], query
+            assert figures["quality"].startswith("check: "), figures["quality"]
+    assert [
+        int(reference(run, path, **o)["row"]["components"]) for o in ({}, {"keep_largest": 0})
+    ] == [1, 2]
+
+
 def test_tta(client: TestClient) -> None:
     data = png_bytes(disk_image(40, 50)[0])
     r = client.post("/v1/segment?tta=true", files=upload(data))
@@ -244,7 +277,7 @@ def test_preview_is_the_overlays_base_image(client: TestClient, format_files) ->
         ("?format=gif", upload(b"x"), 400, r"format=gif is not one of json, png, overlay, prob"),
         ("?threshold=abc", upload(b"x"), 422, r"query threshold: .*valid number.*'abc'"),
         ("?threshold=1.5", upload(b"x"), 400, r"^threshold must be between 0 and 1, got 1\.5$"),
-        ("?keep_largest=-1", upload(b"x"), 400, r"^keep_largest must be at least 1"),
+        ("?keep_largest=-1", upload(b"x"), 400, r"^keep_largest must be 0 \(keep all\) or more"),
         ("?mode=zoom", upload(b"x"), 400, r"mode"),
         ("?tresh=0.4", upload(b"x"), 400, r"unknown query parameter\(s\): tresh .*threshold"),
     ],

@@ -35,6 +35,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
+pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install -e '.[serve]'")
 sync_api = pytest.importorskip(
     "playwright.sync_api",
     reason="Playwright is not installed (pip install -e '.[serve-test]')",
@@ -171,7 +172,7 @@ def test_page_segments_an_xray_like_unet_predict(
     assert float(value("fraction")) == float(row["foreground_fraction"])
     assert int(value("components")) == int(row["components"])
     assert page.text_content("#fig-fraction") == f"{100 * float(row['foreground_fraction']):.2f} %"
-    assert page.text_content("#fig-quality") == "not available yet"
+    assert page.text_content("#fig-quality") == value("quality") == row["quality"]
     assert float(value("time")) >= 0 and " s on the server" in page.text_content("#fig-time")
     assert page.text_content("#status") == "Done." and page.is_hidden("#error")
 

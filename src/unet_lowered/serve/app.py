@@ -16,7 +16,9 @@ Every image goes through the one prediction path of ``unet predict``
 (:func:`~unet_lowered.inference.predictor.predict_images`, then
 :func:`~unet_lowered.inference.predictor.probs_to_mask` and
 :func:`~unet_lowered.inference.predictor.mask_to_png`), so the mask is pixel for pixel
-the ``<id>.png`` that ``unet predict RUN FILE`` writes. Uploads are written to a
+the ``<id>.png`` that ``unet predict RUN FILE`` writes (the run's chosen post-processing
+included), and ``quality`` is its flag in ``predictions.csv``
+(:func:`~unet_lowered.inference.quality.mask_quality`). Uploads are written to a
 temporary file and recognised by content (:mod:`unet_lowered.io.images`); the pixel
 limit is checked from the header before decoding.
 
@@ -62,11 +64,13 @@ from unet_lowered.inference.postprocess import count_components
 from unet_lowered.inference.predictor import (
     PredictOptions,
     mask_to_png,
+    postprocess_steps,
     predict_images,
     probs_to_mask,
     resolve_mode,
     resolve_tta,
 )
+from unet_lowered.inference.quality import mask_quality
 from unet_lowered.io import images
 from unet_lowered.io.runs import METRICS_FILE, Run, load_run
 
@@ -91,6 +95,7 @@ _QUERY = frozenset(
         "keep_largest",
         "fill_holes",
         "min_area",
+        "postprocess",
         "tta",
         "tta_transforms",
         "mode",
@@ -112,9 +117,10 @@ class ServeSettings:
             service answers 503 at once.
         max_upload_mb: Largest request body accepted, in MiB (413 beyond).
         max_pixels: Largest image accepted, in pixels, read from the header (413 beyond).
-        options: Default prediction and post-processing settings; a request's query
-            (``threshold``, ``keep_largest``, ``fill_holes``, ``min_area``, ``tta``,
-            ``tta_transforms``, ``mode``) overrides them.
+        options: Default prediction and post-processing settings (those of
+            ``unet predict``: steps left None take the run's choice); a request's query
+            (``threshold``, ``keep_largest``, ``fill_holes``, ``min_area``,
+            ``postprocess``, ``tta``, ``tta_transforms``, ``mode``) overrides them.
     """
 
     workers: int = 1
@@ -161,7 +167,8 @@ class Result:
 
     Attributes:
         figures: The JSON answer: ``id, width, height, foreground_fraction, components,
-            quality, seconds, notes``.
+            quality, seconds, notes``; ``quality`` is ``"ok"`` or ``"check: <reasons>"``
+            (None for multi-class runs, which have no flag).
         png: The PNG asked for (mask, overlay or probability), or None for JSON.
     """
 
@@ -244,6 +251,7 @@ class Service:
         import keras
 
         c, o = self.config, self.options
+        keep, holes, min_area = postprocess_steps(o, c)
         metrics = self.metrics or {}
         return {
             "run": str(self.run.dir),
@@ -264,12 +272,15 @@ class Service:
             "prediction": {
                 "mode": o.mode,
                 "threshold": o.threshold if o.threshold is not None else c.threshold,
-                "keep_largest": o.keep_largest,
-                "fill_holes": o.fill_holes,
-                "min_area": o.min_area,
+                "keep_largest": keep,
+                "fill_holes": holes,
+                "min_area": min_area,
+                "postprocess": o.postprocess,
                 "tta": o.tta,
                 "tta_transforms": o.tta_transforms,
             },
+            "postprocess_chosen": None if c.postprocess is None else dict(c.postprocess),
+            "mask_stats": None if c.mask_stats is None else dict(c.mask_stats),
             "versions": {
                 "trained_with": {
                     "unet_lowered": c.unet_lowered_version,
@@ -290,21 +301,19 @@ class Service:
                 "queue": self.settings.queue,
             },
             "formats": list(FORMATS),
-            "quality": None,
-            "quality_note": "the per-image quality flag is not implemented yet; it is always null",
         }
 
     def request_options(self, query: dict[str, Any]) -> PredictOptions:
         """The server's options with a request's query values laid over them.
 
-        ``keep_largest=0`` keeps every object (turns off a server default).
+        As in ``unet predict``: ``keep_largest=0`` keeps every object, a step not given
+        takes the server's default or else the run's choice, ``postprocess=false``
+        leaves the run's choice off.
 
         Raises:
             RequestError: 400 for a bad value (the message says which values are valid).
         """
         changes = {k: v for k, v in query.items() if v is not None}
-        if changes.get("keep_largest") == 0:
-            changes["keep_largest"] = None
         try:
             options = dataclasses.replace(self.options, **changes)
             options = dataclasses.replace(options, mode=resolve_mode(options.mode, self.config))
@@ -345,7 +354,7 @@ class Service:
                 "height": h,
                 "foreground_fraction": round(float(np.count_nonzero(mask)) / mask.size, 6),
                 "components": count_components(mask),
-                "quality": None,
+                "quality": mask_quality(mask, probs, self.config) or None,
                 "seconds": round(time.perf_counter() - started, 4),
                 "notes": notes,
             }
@@ -610,6 +619,7 @@ def create_app(
         keep_largest: int | None = None,
         fill_holes: bool | None = None,
         min_area: int | None = None,
+        postprocess: bool | None = None,
         tta: bool | None = None,
         tta_transforms: str | None = None,
         mode: str | None = None,
@@ -624,6 +634,7 @@ def create_app(
                 "keep_largest": keep_largest,
                 "fill_holes": fill_holes,
                 "min_area": min_area,
+                "postprocess": postprocess,
                 "tta": tta,
                 "tta_transforms": tta_transforms,
                 "mode": mode,

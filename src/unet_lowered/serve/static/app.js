@@ -14,6 +14,7 @@
   const state = {
     model: null, file: null, generation: 0,
     base: null, tint: null, edge: null, maskUrl: null,
+    touched: new Set(),  // options the user changed: sent; the others stay the server's
   };
 
   // ------------------------------------------------------------ helpers
@@ -63,13 +64,14 @@
     return (dot > 0 ? base.slice(0, dot) : base).replace(/[^A-Za-z0-9._-]+/g, "_") || "image";
   }
 
+  // Options the user has not touched are not sent: the server's defaults apply (its
+  // flags, else the post-processing the run chose on validation), as in unet predict.
   function query(format) {
     const p = new URLSearchParams({ format });
     const t = $("threshold").value.trim();
     if (t !== "") p.set("threshold", t);
-    const k = $("keep-largest").value.trim();
-    if (k !== "") p.set("keep_largest", k);
-    p.set("fill_holes", $("fill-holes").checked ? "true" : "false");
+    if (state.touched.has("keep-largest")) p.set("keep_largest", $("keep-largest").value.trim() || "0");
+    if (state.touched.has("fill-holes")) p.set("fill_holes", $("fill-holes").checked ? "true" : "false");
     return p.toString();
   }
 
@@ -82,13 +84,19 @@
     state.model = m;
     const classes = m.num_classes === 1 ? "binary" : `${m.num_classes} classes`;
     const dice = m.validation_dice == null ? "not recorded" : m.validation_dice.toFixed(3);
+    const pp = m.prediction;
+    const steps = [
+      pp.min_area ? `objects under ${pp.min_area} px removed` : "",
+      pp.keep_largest ? `largest ${pp.keep_largest} kept` : "",
+      pp.fill_holes ? "holes filled" : "",
+    ].filter(Boolean).join(", ") || "none";
     $("model").textContent =
       `Run ${m.run}: ${classes}, trained at ${m.image_size[0]}\u00d7${m.image_size[1]} px ` +
-      `(${m.input_mode}), threshold ${m.prediction.threshold}, validation Dice ${dice}, ` +
-      `unet-lowered ${m.versions.serving.unet_lowered}`;
-    $("threshold").placeholder = String(m.prediction.threshold);
-    if (m.prediction.keep_largest) $("keep-largest").value = m.prediction.keep_largest;
-    $("fill-holes").checked = Boolean(m.prediction.fill_holes);
+      `(${m.input_mode}), threshold ${pp.threshold}, post-processing: ${steps}, ` +
+      `validation Dice ${dice}, unet-lowered ${m.versions.serving.unet_lowered}`;
+    $("threshold").placeholder = String(pp.threshold);
+    $("keep-largest").value = pp.keep_largest ? String(pp.keep_largest) : "";
+    $("fill-holes").checked = Boolean(pp.fill_holes);
     document.body.dataset.model = "ready";
   }
 
@@ -170,7 +178,8 @@
     set("fig-size", `${r.width} \u00d7 ${r.height} px`, `${r.width}x${r.height}`);
     set("fig-fraction", `${(100 * r.foreground_fraction).toFixed(2)} %`, r.foreground_fraction);
     set("fig-components", String(r.components), r.components);
-    set("fig-quality", r.quality == null ? "not available yet" : String(r.quality), r.quality ?? "");
+    set("fig-quality", r.quality == null ? "none (multi-class run)" : r.quality, r.quality ?? "");
+    $("fig-quality").classList.toggle("check", r.quality != null && r.quality !== "ok");
     set("fig-time", `${r.seconds.toFixed(2)} s on the server, ${(totalMs / 1000).toFixed(2)} s in all`, r.seconds);
   }
 
@@ -272,7 +281,7 @@
     draw();
   });
   for (const id of ["threshold", "keep-largest", "fill-holes"]) {
-    $(id).addEventListener("change", segment);
+    $(id).addEventListener("change", () => { state.touched.add(id); segment(); });
   }
   $("download-overlay").addEventListener("click", downloadOverlay);
   loadModel().catch((e) => showError(`cannot reach the service: ${e.message || e}`));
