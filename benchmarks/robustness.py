@@ -21,6 +21,19 @@ generator per image, seeded by :data:`SEED` and the image id):
   shift of 8% right and down (borders replicated, mask background); width squeezed to
   80% (the image becomes H x 0.8W); upscaled to 1024 x 1024 (a high-resolution scanner).
 
+* framing and field of view (issue 12): a small patient in a large frame (shrunk to 0.6
+  into a black border, or into a collimated gray one); the lung bases cut off (the
+  bottom 25% of the image removed); the neck and shoulders shown (the content moved
+  down by 15%, the top filled by replicating the first row);
+* dense lungs with the mask unchanged (the whole lung field): an effusion-like opacity
+  from the bases, patchy consolidation (``unet_lowered.training.augment.paint_opacity``);
+* low resolution: a 128 px round trip (the 128 px derivatives of other data sets);
+  burned-in text and side markers (``augment.stamp``).
+
+Per perturbation it also reports the quality flag of ``predictions.csv``
+(``unet_lowered.inference.quality``): the share of images flagged ``check`` among
+those with Dice below 0.85 (should be all of them) and among the others (should be few).
+
 HD95 is in pixels of the perturbed image (so it grows with the 1024 x 1024 upscale)
 and its mean is over finite values only (an empty prediction gives infinity).
 
@@ -232,6 +245,67 @@ def to_16bit(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> P
     return image.astype(np.uint16) * 16, mask
 
 
+def _unit(image: np.ndarray) -> np.ndarray:
+    """The image as float32 ``(H, W)`` or ``(H, W, C)`` in [0, 1] of its dtype's range."""
+    return image.astype(np.float32) / _top(image)
+
+
+def frame(
+    image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, f: float, border: float
+) -> Pair:
+    """Shrink by ``f`` into the centre of a canvas filled with ``border`` (fraction of range)."""
+    h, w = image.shape[:2]
+    sh, sw = max(1, round(h * f)), max(1, round(w * f))
+    small, small_mask = _resize(image, mask, sw, sh)
+    top, left = (h - sh) // 2, (w - sw) // 2
+    out = np.full_like(image, round(border * _top(image)))
+    out[top : top + sh, left : left + sw] = small
+    framed = np.zeros_like(mask)
+    framed[top : top + sh, left : left + sw] = small_mask
+    return out, framed
+
+
+def cut_bases(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, frac: float) -> Pair:
+    """Remove the bottom ``frac`` of the image (the field of view ends above the bases)."""
+    keep = image.shape[0] - round(frac * image.shape[0])
+    return image[:keep], mask[:keep]
+
+
+def show_neck(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, frac: float) -> Pair:
+    """Move the content down by ``frac`` of the height; the top replicates the first row."""
+    h = image.shape[0]
+    matrix = np.float64([[1, 0, 0], [0, 1, round(frac * h)]])
+    return _warp(image, mask, matrix)
+
+
+def opacity(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, kind: str) -> Pair:
+    """An opacity painted inside the true lung field; the mask is unchanged."""
+    from unet_lowered.training.augment import paint_opacity
+
+    painted = paint_opacity(_unit(image), mask > 0, rng, kind)
+    return _back(painted * _top(image), image), mask
+
+
+def low_resolution(
+    image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, side: int
+) -> Pair:
+    """Down to ``side`` pixels on the longer side and back up (image only)."""
+    h, w = image.shape[:2]
+    k = side / max(h, w)
+    small = cv2.resize(image, (max(1, round(w * k)), max(1, round(h * k))), cv2.INTER_AREA)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR).reshape(image.shape), mask
+
+
+def stamps(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> Pair:
+    """Burned-in text or a side marker in two corners."""
+    from unet_lowered.training.augment import stamp
+
+    x = _unit(image)
+    for _ in range(2):
+        x = stamp(x, rng)
+    return _back(x * _top(image), image), mask
+
+
 @dataclasses.dataclass(frozen=True)
 class Perturbation:
     """One simulated shift: its table name and ``fn(image, mask, rng) -> (image, mask)``."""
@@ -257,6 +331,14 @@ PERTURBATIONS: tuple[Perturbation, ...] = (
     Perturbation("width squeezed to 80%", partial(squeeze, f=0.8)),
     Perturbation("upscaled to 1024x1024", partial(upscale, side=1024)),
     Perturbation("16-bit (x16, 12-bit range)", to_16bit),
+    Perturbation("small patient: 0.6 in a black frame", partial(frame, f=0.6, border=0.0)),
+    Perturbation("collimated: 0.7 in a gray frame", partial(frame, f=0.7, border=0.25)),
+    Perturbation("lung bases cut off (bottom 25%)", partial(cut_bases, frac=0.25)),
+    Perturbation("neck shown (content 15% down)", partial(show_neck, frac=0.15)),
+    Perturbation("effusion inside the lungs", partial(opacity, kind="effusion")),
+    Perturbation("consolidation inside the lungs", partial(opacity, kind="consolidation")),
+    Perturbation("low resolution (128 px round trip)", partial(low_resolution, side=128)),
+    Perturbation("text and side markers", stamps),
 )
 """Every simulated shift, in table order; ``none`` first (the baseline)."""
 
@@ -297,6 +379,7 @@ def score_run(
         probs_to_mask,
         resolve_mode,
     )
+    from unet_lowered.inference.quality import mask_quality
     from unet_lowered.io import images
     from unet_lowered.io.runs import load_run
 
@@ -327,19 +410,30 @@ def score_run(
             shifted = [p.fn(im, tr, image_rng(ident, p.name)) for ident, im, tr in originals]
             probs = predict_images(model, [im for im, _ in shifted], config, options)
             for (_, truth), prob in zip(shifted, probs, strict=True):
-                rows[p.name].append(
-                    score_image(truth, probs_to_mask(prob, config, options), config)
-                )
+                mask = probs_to_mask(prob, config, options)
+                row = score_image(truth, mask, config)
+                row["flagged"] = mask_quality(mask, prob, config).startswith("check")
+                rows[p.name].append(row)
         print(f"  {min(i + per_call, len(ids))}/{len(ids)} images", file=sys.stderr, flush=True)
     return rows, config, len(ids)
+
+
+BAD_DICE = 0.85
+"""Below this Dice a prediction should be flagged ``check`` (issue 12's target)."""
+
+
+def _share(flags: list[bool]) -> str:
+    """``"k/n"`` flagged, or ``-`` when there is no such image."""
+    return f"{sum(flags)}/{len(flags)}" if flags else "-"
 
 
 def table(rows: dict[str, list[dict[str, float]]]) -> str:
     """The Markdown table: Dice mean/median/worst, mean finite HD95, change vs ``none``."""
     base = statistics.fmean(r["dice"] for r in rows["none"])
     lines = [
-        "| perturbation | mean Dice | median | worst | mean HD95 (px, finite) | change vs none |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| perturbation | mean Dice | median | worst | mean HD95 (px, finite) | change vs none "
+        "| flagged, Dice < 0.85 | flagged, Dice >= 0.85 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, scored in rows.items():
         dice = [r["dice"] for r in scored]
@@ -349,9 +443,11 @@ def table(rows: dict[str, list[dict[str, float]]]) -> str:
         if n_inf:
             hd_text += f" ({n_inf} inf)"
         mean = statistics.fmean(dice)
+        bad = [r["flagged"] for r in scored if r["dice"] < BAD_DICE]
+        good = [r["flagged"] for r in scored if r["dice"] >= BAD_DICE]
         lines.append(
             f"| {name} | {mean:.4f} | {statistics.median(dice):.4f} | {min(dice):.4f} | "
-            f"{hd_text} | {mean - base:+.4f} |"
+            f"{hd_text} | {mean - base:+.4f} | {_share(bad)} | {_share(good)} |"
         )
     return "\n".join(lines)
 
