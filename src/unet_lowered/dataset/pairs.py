@@ -160,8 +160,17 @@ def load_prepared(data_dir: str | os.PathLike) -> PreparedData:
         if kind in by_kind
     ]
     if refused:
+        unmatched = {
+            Path(p.path).stem for kind in _REFUSED if kind in by_kind for p in by_kind[kind]
+        }
+        damaged = [  # the partner is there but its content is no image (empty, damaged)
+            str(root / p.path)
+            for p in by_kind.get("not_image", [])
+            if Path(p.path).stem in unmatched
+        ]
+        hint = f"; not an image (empty or damaged): {listing(damaged)}" if damaged else ""
         raise UnetError(
-            f"{root}: {' and '.join(refused)}; images/<id>.png needs masks/<id>.png "
+            f"{root}: {' and '.join(refused)}{hint}; images/<id>.png needs masks/<id>.png "
             "(`unet prepare` pairs them and skips the unmatched ones)"
         )
     if not found.items:

@@ -37,17 +37,23 @@ def plot_curves(history_csv: str | os.PathLike, out: str | os.PathLike) -> Path:
     history_csv = Path(history_csv)
     if not history_csv.is_file():
         raise UnetError(f"{history_csv}: missing; train the run first (`unet train`)")
-    with open(history_csv, newline="") as f:
-        rows = list(csv.DictReader(f))
+    try:
+        with open(history_csv, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        epochs = [int(r["epoch"]) for r in rows]
+    except (OSError, UnicodeDecodeError, csv.Error, KeyError, TypeError, ValueError) as e:
+        raise UnetError(
+            f"{history_csv}: damaged ({type(e).__name__}: {e}); `unet train` writes it: "
+            "copy the run folder again"
+        ) from None
     if not rows:
         raise UnetError(f"{history_csv}: no epochs recorded yet")
-    epochs = [int(r["epoch"]) for r in rows]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, key, title in ((axes[0], "loss", "Loss"), (axes[1], "dice", "Dice (mean per image)")):
         for prefix, style in (("", "-"), ("val_", "--")):
             name = prefix + key
             if name in rows[0]:
-                values = [float(r[name]) if r.get(name) else np.nan for r in rows]
+                values = [_number(r.get(name)) for r in rows]
                 ax.plot(epochs, values, style, label="validation" if prefix else "train")
         ax.set_title(title)
         ax.set_xlabel("epoch")
@@ -55,6 +61,14 @@ def plot_curves(history_csv: str | os.PathLike, out: str | os.PathLike) -> Path:
         ax.legend()
     fig.tight_layout()
     return _save(fig, out)
+
+
+def _number(text: str | None) -> float:
+    """A value of ``history.csv`` as a float; empty or damaged cells are NaN (a gap)."""
+    try:
+        return float(text) if text else np.nan
+    except ValueError:
+        return np.nan
 
 
 def plot_cases(

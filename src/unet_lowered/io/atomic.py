@@ -8,6 +8,7 @@ on POSIX and Windows.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -42,21 +43,51 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         The temporary path to write to. It is removed if the block raises.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{path.name}.", suffix=path.suffix if suffix is None else suffix, dir=path.parent
-    )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{path.name}.",
+            suffix=path.suffix if suffix is None else suffix,
+            dir=path.parent,
+        )
+    except OSError as e:
+        raise _unwritable(path, e) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
+        try:
+            yield tmp_path
+        except OSError as e:  # the disk filled up (or went read-only) while writing
+            if e.errno in _NO_SPACE or e.filename in (None, str(tmp_path)):
+                raise _unwritable(path, e) from None
+            raise
         # mkstemp creates 0600; give the final file the permissions a plain open() would.
         if tmp_path.exists():
             os.chmod(tmp_path, 0o666 & ~_UMASK)
-        os.replace(tmp_path, path)
+        try:
+            os.replace(tmp_path, path)
+        except OSError as e:
+            raise _unwritable(path, e) from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
+
+
+def _unwritable(path: Path, error: OSError) -> UnetError:
+    """The one-line error for an output that cannot be written (read-only, disk full)."""
+    reason = error.strerror or str(error)
+    try:
+        full = shutil.disk_usage(path.parent).free < 1 << 20
+    except OSError:
+        full = False
+    if full and error.errno != errno.ENOSPC:  # e.g. NumPy's "25600 requested and 16352 written"
+        reason += "; the disk is full"
+    return UnetError(
+        f"{path}: cannot be written ({reason}); choose a writable place with free space"
+    )
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -126,12 +157,20 @@ def atomic_dir(dest: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
         raise UnetError(
             f"{dest} already exists; pass --overwrite to replace it or choose another folder"
         )
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    for stale in dest.parent.glob(f".{dest.name}.tmp-*"):
-        _remove(stale)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     try:
-        yield tmp
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        for stale in dest.parent.glob(f".{dest.name}.tmp-*"):
+            _remove(stale)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    except OSError as e:
+        raise _unwritable(dest, e) from None
+    try:
+        try:
+            yield tmp
+        except OSError as e:
+            if e.errno in _NO_SPACE:
+                raise _unwritable(dest, e) from None
+            raise
         os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp creates 0700; match a plain mkdir
         if dest.exists():
             old = dest.with_name(f".{dest.name}.tmp-old")

@@ -1,0 +1,552 @@
+"""Hostile and real-world input in every command, as a table of cases.
+
+Each case runs the CLI in process (``unet_lowered.cli.main``) and checks the exit
+status, the one line that names the file (``error: ...``, or ``skipped ...`` for one
+bad input among others in ``unet predict``), that no traceback or library dump reached
+stderr, and that no output file is left half-written (every visible output decodes).
+The EXIF choice: a JPEG's orientation is applied, as viewers apply it, so the mask
+matches the image as it is shown (the ``exif`` case).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import keras
+import numpy as np
+import pytest
+
+from data_fixtures import ids_of, make_prepared
+from dicom_fixtures import compressed, dataset, without_preamble, write
+from run_fixtures import bright_model, disk_image, make_run
+from unet_lowered.io import images
+
+IMAGE, _ = disk_image(40, 50)  # 40 rows, 50 columns
+
+
+def cli(capfd: pytest.CaptureFixture, *args: object) -> tuple[int, str]:
+    """Run ``unet ARGS``; return (exit status, stderr). Any exception fails the test."""
+    from unet_lowered.cli import main
+
+    capfd.readouterr()
+    code = 0
+    try:
+        main([str(a) for a in args])
+    except SystemExit as e:
+        code = int(e.code or 0)
+    err = capfd.readouterr().err
+    assert "Traceback" not in err, err
+    return code, err
+
+
+def the_line(err: str, pattern: str) -> str:
+    """The one stderr line matching ``pattern`` (a regex); the message must be on it."""
+    import re
+
+    lines = [line for line in err.splitlines() if re.search(pattern, line)]
+    assert len(lines) == 1, f"{pattern!r} not on exactly one line of:\n{err}"
+    return lines[0]
+
+
+def assert_complete(folder: Path) -> None:
+    """Every visible file in ``folder`` is complete (images decode, tables parse)."""
+    if not folder.exists():
+        return
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.name.startswith("."):
+            if path.suffix == ".png":
+                images.read_image(path)
+            elif path.suffix == ".json":
+                json.loads(path.read_text())
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_run(tmp_path_factory.mktemp("hostile") / "run", bright_model(32))
+
+
+# ---------------------------------------------------------------- predict: one input each
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    crc = struct.pack(">I", zlib.crc32(kind + data))
+    return struct.pack(">I", len(data)) + kind + data + crc
+
+
+def _truncated(path: Path, write_full: Callable[[Path], object]) -> None:
+    write_full(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _frames(path: Path, fmt: str) -> None:
+    from PIL import Image
+
+    first, second = Image.fromarray(IMAGE), Image.fromarray(255 - IMAGE)
+    if fmt == "tiff":
+        import tifffile
+
+        tifffile.imwrite(path, np.stack([IMAGE, 255 - IMAGE]))
+    else:
+        first.save(path, save_all=True, append_images=[second], duration=100, loop=0)
+
+
+def _exif(path: Path) -> None:
+    from PIL import Image
+
+    image = Image.fromarray(IMAGE)
+    exif = image.getexif()
+    exif[0x0112] = 6  # stored 50 wide, shown rotated by 90 degrees: 40 wide, 50 high
+    image.save(path, exif=exif, quality=95)
+
+
+def _float_tiff(path: Path) -> None:
+    import tifffile
+
+    values = IMAGE.astype(np.float32)
+    values[0, 0], values[1, 1], values[2, 2] = np.nan, np.inf, -np.inf
+    tifffile.imwrite(path, values)
+
+
+def _rgba16_tiff(path: Path) -> None:
+    import tifffile
+
+    rgba = np.stack([IMAGE.astype(np.uint16) * 257] * 4, axis=2)
+    tifffile.imwrite(path, rgba, photometric="rgb", extrasamples=["unassalpha"])
+
+
+def _palette(path: Path) -> None:
+    from PIL import Image
+
+    Image.fromarray(IMAGE).convert("P", palette=Image.Palette.ADAPTIVE).save(path)
+
+
+def _dicom_bare(path: Path) -> None:
+    full = path.with_name("full.tmp")
+    write(full, dataset(IMAGE.astype(np.uint16) * 16))
+    without_preamble(full, path, keep_meta=False)
+    full.unlink()
+
+
+@dataclass(frozen=True)
+class Input:
+    """One input file for ``unet predict`` and what must come of it."""
+
+    name: str
+    make: Callable[[Path], object]
+    code: int
+    message: str | None = None  # a regex for the stderr line (skipped ... / note ...)
+    mask: tuple[int, int] | None = None  # the mask's (height, width) when predicted
+
+
+PREDICT_INPUTS = [
+    Input("empty.png", lambda p: p.write_bytes(b""), 1, r"skipped .*empty\.png: the file is empty"),
+    Input(
+        "cut.png",
+        lambda p: _truncated(p, lambda q: images.write_png(q, IMAGE)),
+        1,
+        r"skipped .*cut\.png: the PNG data is corrupt or truncated",
+    ),
+    Input(
+        "cut.jpg",
+        lambda p: _truncated(p, lambda q: cv2.imwrite(str(q), IMAGE)),
+        1,
+        r"skipped .*cut\.jpg: the JPEG data is corrupt or truncated",
+    ),
+    Input(
+        "notes.png",
+        lambda p: p.write_text("not an image\n"),
+        1,
+        r"skipped .*notes\.png: not an image this tool reads",
+    ),
+    Input(
+        "bomb.png",
+        lambda p: p.write_bytes(
+            b"\x89PNG\r\n\x1a\n"
+            + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 100000, 100000, 8, 0, 0, 0, 0))
+            + _png_chunk(b"IEND", b"")
+        ),
+        1,
+        r"skipped .*bomb\.png: 100000x100000 is 10000 megapixels, over the limit of 100",
+    ),
+    Input(
+        "dot.png", lambda p: images.write_png(p, np.full((1, 1), 200, np.uint8)), 0, None, (1, 1)
+    ),
+    Input(
+        "wide.png",
+        lambda p: images.write_png(p, (np.arange(100000) % 256).astype(np.uint8)[None]),
+        0,
+        None,
+        (1, 100000),
+    ),
+    Input(
+        "tall.png",
+        lambda p: images.write_png(p, (np.arange(100000) % 256).astype(np.uint8)[:, None]),
+        0,
+        None,
+        (100000, 1),
+    ),
+    Input("nan.tif", _float_tiff, 0, r"note .*nan\.tif: 3 NaN or infinite", (40, 50)),
+    Input("rgba16.tif", _rgba16_tiff, 0, None, (40, 50)),
+    Input(
+        "anim.gif",
+        lambda p: _frames(p, "gif"),
+        0,
+        r"note .*anim\.gif: animated GIF with 2 frames; the first frame is used",
+        (40, 50),
+    ),
+    Input(
+        "anim.png",
+        lambda p: _frames(p, "png"),
+        0,
+        r"note .*anim\.png: animated PNG with 2 frames; the first frame is used",
+        (40, 50),
+    ),
+    Input(
+        "pages.tif",
+        lambda p: _frames(p, "tiff"),
+        0,
+        r"note .*pages\.tif: multi-page TIFF with 2 frames; the first frame is used",
+        (40, 50),
+    ),
+    Input("palette.png", _palette, 0, None, (40, 50)),
+    Input("exif.jpg", _exif, 0, r"note .*exif\.jpg: EXIF orientation 6 applied", (50, 40)),
+    Input("with space.png", lambda p: images.write_png(p, IMAGE), 0, None, (40, 50)),
+    Input("ünïcödé 画像.png", lambda p: images.write_png(p, IMAGE), 0, None, (40, 50)),
+    Input("new\nline.png", lambda p: images.write_png(p, IMAGE), 0, None, (40, 50)),
+    Input(
+        "bro\nken.png",
+        lambda p: p.write_text("garbage"),
+        1,
+        r"skipped .*bro\\nken\.png: not an image",  # the line break shown as \n: one line
+    ),
+    Input("old_cr_export", _dicom_bare, 0, None, (40, 50)),  # DICOM, no preamble, no suffix
+]
+
+
+@pytest.mark.parametrize("case", PREDICT_INPUTS, ids=lambda c: c.name.replace("\n", "\\n"))
+@pytest.mark.parametrize("mode", ["resize", "tile"])
+def test_predict_input(run: Path, tmp_path: Path, capfd, case: Input, mode: str) -> None:
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    case.make(inputs / case.name)
+    before = {p.name: p.read_bytes() for p in inputs.iterdir()}
+    out = tmp_path / "out"
+    code, err = cli(capfd, "predict", run, inputs, "--out", out, "--mode", mode, "--no-progress")
+    assert code == case.code, err
+    if case.message:
+        the_line(err, case.message)
+    stem = Path(case.name).stem
+    mask_path = out / f"{stem}.png"
+    if case.mask is None:
+        assert not mask_path.exists()
+    else:
+        assert images.read_image(mask_path).shape == case.mask
+    assert_complete(out)
+    assert {p.name: p.read_bytes() for p in inputs.iterdir()} == before  # inputs untouched
+    rows = (out / "predictions.csv").read_text()
+    assert ("failed: " in rows) == (case.code == 1)
+
+
+def test_predict_folder_named_like_an_image(run: Path, tmp_path: Path, capfd) -> None:
+    (tmp_path / "scan.png").mkdir()
+    code, err = cli(capfd, "predict", run, tmp_path / "scan.png", "--out", tmp_path / "out")
+    assert code == 1
+    the_line(err, r"^error: .*scan\.png: no image files in this folder")
+    assert not (tmp_path / "out").exists()
+
+
+def test_predict_same_stem_in_two_folders(run: Path, tmp_path: Path, capfd) -> None:
+    images.write_png(tmp_path / "a" / "x.png", IMAGE)
+    images.write_png(tmp_path / "b" / "x.png", IMAGE[:30])
+    code, err = cli(capfd, "predict", run, tmp_path / "a", tmp_path / "b", "--out", tmp_path / "o")
+    assert code == 0, err
+    assert images.read_image(tmp_path / "o" / "a__x.png").shape == (40, 50)
+    assert images.read_image(tmp_path / "o" / "b__x.png").shape == (30, 50)
+
+
+def test_predict_unreadable_file(run: Path, tmp_path: Path, capfd) -> None:
+    images.write_png(tmp_path / "in" / "locked.png", IMAGE)
+    os.chmod(tmp_path / "in" / "locked.png", 0)
+    if os.geteuid() == 0:
+        pytest.skip("root reads any file; test_read_unreadable_file_without_root covers it")
+    code, err = cli(capfd, "predict", run, tmp_path / "in", "--out", tmp_path / "out")
+    assert code == 1
+    the_line(err, r"skipped .*locked\.png: cannot be read \(Permission denied\)")
+
+
+def test_read_unreadable_file_without_root(tmp_path: Path) -> None:
+    """As root, in a child process without the capabilities that let root read anything."""
+    path = tmp_path / "locked.png"
+    images.write_png(path, IMAGE)
+    os.chmod(path, 0)
+    if os.geteuid() != 0:
+        prefix: list[str] = []
+    elif shutil.which("setpriv"):
+        prefix = ["setpriv", "--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search"]
+    else:
+        pytest.skip("running as root without setpriv to drop its file capabilities")
+    code = (
+        "import sys; from unet_lowered.errors import UnetError; from unet_lowered.io import images\n"
+        "try:\n    images.read_image(sys.argv[1])\nexcept UnetError as e:\n    print(e)"
+    )
+    done = subprocess.run(
+        [*prefix, sys.executable, "-c", code, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (
+        done.stdout.strip() == f"{path}: cannot be read (Permission denied); check its permissions"
+    )
+
+
+# ---------------------------------------------------------------- outputs that cannot be written
+
+
+@contextlib.contextmanager
+def tmpfs(where: Path, size: str, read_only: bool = False):
+    """A small tmpfs at ``where`` (root only; the test is skipped otherwise)."""
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        pytest.skip("mounting a small tmpfs needs root")
+    where.mkdir(parents=True)
+    options = f"size={size}" + (",ro" if read_only else "")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)])
+    if done.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def test_predict_into_a_read_only_folder(run: Path, tmp_path: Path, capfd) -> None:
+    images.write_png(tmp_path / "in" / "a.png", IMAGE)
+    with tmpfs(tmp_path / "ro", "1m", read_only=True) as ro:
+        code, err = cli(capfd, "predict", run, tmp_path / "in", "--out", ro / "masks")
+        assert code == 1
+        the_line(err, r"^error: --out .*masks: cannot create the folder \(Read-only file system\)")
+
+
+def test_predict_onto_a_full_disk(run: Path, tmp_path: Path, capfd) -> None:
+    rng = np.random.default_rng(0)
+    for k in range(6):  # noise compresses badly: the overlays fill 256 KB quickly
+        images.write_png(tmp_path / "in" / f"n{k}.png", rng.integers(0, 255, (160, 160), np.uint8))
+    with tmpfs(tmp_path / "small", "256k") as small:
+        code, err = cli(
+            capfd,
+            "predict",
+            run,
+            tmp_path / "in",
+            "--out",
+            small,
+            "--overlay",
+            "--save-prob",
+            "npy",
+        )
+        assert code == 1
+        the_line(err, r"^error: .*cannot be written \(.*(No space left on device|disk is full)\)")
+        assert_complete(small)
+        for npy in small.glob("[!.]*.npy"):
+            np.load(npy)
+
+
+# ---------------------------------------------------------------- run folders and model files
+
+
+def _lambda_model(path: Path) -> None:
+    inputs = keras.Input((32, 32, 1))
+    keras.Model(inputs, keras.layers.Lambda(lambda x: x * 2)(inputs)).save(path)
+
+
+RUN_DAMAGE = [
+    ("lambda", lambda r: _lambda_model(r / "model.keras"), r"model\.keras: refused: .*Python code"),
+    ("truncated", lambda r: _truncated(r / "model.keras", lambda p: None), r"truncated"),
+    (
+        "newer",
+        lambda r: _set_config(r, config_version=2),
+        r"config\.json: config version 2 is newer",
+    ),
+    ("no_config", lambda r: (r / "config.json").unlink(), r"config\.json: missing"),
+    (
+        "channels",
+        lambda r: _set_config(r, channels=3),
+        r"takes 1 channel\(s\), config\.json says 3",
+    ),
+    (
+        "garbage",
+        lambda r: (r / "config.json").write_bytes(b"\x00\xff{"),
+        r"config\.json: unreadable",
+    ),
+]
+
+
+def _set_config(run_dir: Path, **values: object) -> None:
+    config = json.loads((run_dir / "config.json").read_text())
+    (run_dir / "config.json").write_text(json.dumps({**config, **values}))
+
+
+@pytest.mark.parametrize(("name", "damage", "message"), RUN_DAMAGE, ids=[d[0] for d in RUN_DAMAGE])
+@pytest.mark.parametrize("command", ["predict", "evaluate", "export", "plot"])
+def test_damaged_run_folder(run, tmp_path, capfd, name, damage, message, command) -> None:
+    bad = tmp_path / "run"
+    shutil.copytree(run, bad)
+    (bad / "history.csv").write_text("epoch,loss,dice,val_loss,val_dice\n1,0.5,0.5,0.6,0.4\n")
+    damage(bad)
+    images.write_png(tmp_path / "in" / "a.png", IMAGE)
+    data = make_prepared(tmp_path, ids_of(2))
+    args = {
+        "predict": ["predict", bad, tmp_path / "in", "--out", tmp_path / "out"],
+        "evaluate": ["evaluate", bad, data, "--out", tmp_path / "out", "--no-progress"],
+        "export": ["export", bad, "--out", tmp_path / "out" / "m.onnx"],
+        "plot": ["plot", bad],
+    }[command]
+    code, err = cli(capfd, *args)
+    assert code == 1
+    the_line(err, "^error: .*" + message)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+# ---------------------------------------------------------------- evaluate and train: bad data
+
+
+def _damage_pair(kind: str) -> Callable[[Path, Path], None]:
+    def damage(image: Path, mask: Path) -> None:
+        if kind == "empty image":
+            image.write_bytes(b"")
+        elif kind == "text image":
+            image.write_text("hello")
+        elif kind == "truncated image":
+            image.write_bytes(image.read_bytes()[:60])
+        elif kind == "truncated mask":
+            mask.write_bytes(mask.read_bytes()[:60])
+        elif kind == "folder image":
+            image.unlink()
+            image.mkdir()
+        elif kind == "mask of another size":
+            images.write_png(mask, np.zeros((5, 5), np.uint8))
+
+    return damage
+
+
+DATA_DAMAGE = [
+    ("empty image", r"not an image \(empty or damaged\): .*case001\.png"),
+    ("text image", r"not an image \(empty or damaged\): .*case001\.png"),
+    ("truncated image", r"images/case001\.png: the PNG data is corrupt or truncated"),
+    ("truncated mask", r"masks/case001\.png: the PNG data is corrupt or truncated"),
+    ("folder image", r"1 mask\(s\) without an image \(case001\)"),
+    ("mask of another size", r"masks/case001\.png: mask is 5x5 but its image"),
+]
+
+
+@pytest.mark.parametrize(("kind", "message"), DATA_DAMAGE, ids=[d[0] for d in DATA_DAMAGE])
+@pytest.mark.parametrize("command", ["evaluate", "train"])
+def test_bad_data_folder(run, tmp_path, capfd, kind, message, command) -> None:
+    data = make_prepared(tmp_path, ids_of(4))
+    _damage_pair(kind)(data / "train/images/case001.png", data / "train/masks/case001.png")
+    out = tmp_path / "out"
+    if command == "evaluate":
+        args = ["evaluate", run, data, "--out", out, "--no-progress"]
+    else:
+        args = ["train", data, "--out", out, "--epochs", "1", "--image-size", "16", "--depth", "1"]
+    code, err = cli(capfd, *args)
+    assert code == 1, err
+    the_line(err, "^error: .*" + message)
+    assert_complete(out)
+    assert not list(out.glob("*.keras")) and not (out / "per_image.csv").exists()
+
+
+def test_train_config_file_garbage(tmp_path: Path, capfd) -> None:
+    data = make_prepared(tmp_path, ids_of(4))
+    (tmp_path / "settings.yaml").write_bytes(b"\x00\xff: [")
+    code, err = cli(
+        capfd, "train", data, "--out", tmp_path / "o", "--config", tmp_path / "settings.yaml"
+    )
+    assert code == 1
+    the_line(err, r"^error: .*settings\.yaml: not valid YAML/JSON")
+
+
+# ---------------------------------------------------------------- export and plot
+
+
+EXPORT_INPUTS = [
+    ("text.keras", lambda p: p.write_text("hello"), r"text\.keras: not a Keras model file"),
+    ("empty.keras", lambda p: p.write_bytes(b""), r"empty\.keras: not a Keras model file"),
+    ("lambda.keras", _lambda_model, r"lambda\.keras: refused: .*Python code"),
+    ("dir.keras", lambda p: p.mkdir(), r"dir\.keras/config\.json: missing"),
+    (
+        "model.h5",
+        lambda p: p.write_bytes(b"\x89HDF\r\n"),
+        r"model\.h5: not a \.keras file or run folder",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "message"), EXPORT_INPUTS, ids=[e[0] for e in EXPORT_INPUTS]
+)
+def test_export_bad_model_file(tmp_path: Path, capfd, name, make, message) -> None:
+    make(tmp_path / name)
+    code, err = cli(capfd, "export", tmp_path / name, "--out", tmp_path / "out" / "m.onnx")
+    assert code == 1
+    the_line(err, "^error: .*" + message)
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_into_a_read_only_folder(run: Path, tmp_path: Path, capfd) -> None:
+    with tmpfs(tmp_path / "ro", "1m", read_only=True) as ro:
+        code, err = cli(capfd, "export", run, "--out", ro / "m.onnx")
+        assert code == 1
+        the_line(err, r"^error: .*m\.onnx: cannot be written \(Read-only file system\)")
+
+
+@pytest.mark.parametrize(
+    ("history", "message"),
+    [
+        (b"epoch,loss\nx,y\n", r"history\.csv: damaged \(ValueError"),
+        (b"\xff\xfe\x00\x01", r"history\.csv: damaged \(UnicodeDecodeError"),
+        (b"", r"history\.csv: no epochs recorded yet"),
+    ],
+)
+def test_plot_damaged_history(run: Path, tmp_path: Path, capfd, history, message) -> None:
+    bad = tmp_path / "run"
+    shutil.copytree(run, bad)
+    (bad / "history.csv").write_bytes(history)
+    code, err = cli(capfd, "plot", bad)
+    assert code == 1
+    the_line(err, "^error: .*" + message)
+    assert not (bad / "curves.png").exists()
+
+
+def test_plot_with_a_damaged_validation_image(run: Path, tmp_path: Path, capfd) -> None:
+    bad = tmp_path / "run"
+    shutil.copytree(run, bad)
+    (bad / "history.csv").write_text("epoch,loss,dice,val_loss,val_dice\n1,0.5,0.5,0.6,0.4\n")
+    data = make_prepared(tmp_path, ids_of(3))
+    (data / "train/images/case001.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    _set_config(bad, data=str(data))
+    (bad / "split.json").write_text(json.dumps({"train": ["case000"], "val": ["case001"]}))
+    code, err = cli(capfd, "plot", bad)
+    assert code == 1
+    the_line(err, r"^error: .*case001\.png: corrupt PNG header")
+    assert_complete(bad)
+
+
+def test_dicom_jpeg_ls_predicts(run: Path, tmp_path: Path, capfd) -> None:
+    """A compressed DICOM through the whole command (the decoder of the dicom extra)."""
+    write(tmp_path / "in" / "xray.dcm", compressed(dataset(IMAGE.astype(np.uint16) * 16), "jpegls"))
+    code, err = cli(capfd, "predict", run, tmp_path / "in", "--out", tmp_path / "out")
+    assert code == 0, err
+    assert images.read_image(tmp_path / "out" / "xray.png").shape == (40, 50)
