@@ -556,7 +556,8 @@ def predict(
 
     Writes OUT/<id>.png (0/255, or label values for multi-class runs),
     optional <id>_prob.png/.npy and <id>_overlay.png, and OUT/predictions.csv.
-    Reads PNG (8/16-bit), JPEG, TIFF, BMP and DICOM (pip install 'unet-lowered[dicom]').
+    Reads PNG (8/16-bit), JPEG, TIFF, BMP, GIF and DICOM, compressed or without preamble
+    (pip install 'unet-lowered[dicom]'); several frames: the first, with a note.
     Unreadable files are reported and skipped; the others are still predicted, and the
     exit status is 1 at the end if any failed (0 with --keep-going, unless all failed).
     A killed run (even kill -9) leaves only complete files; run it again with --resume.
