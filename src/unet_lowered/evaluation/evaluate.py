@@ -35,6 +35,7 @@ from unet_lowered.dataset.masks import MaskValuesError, read_mask, to_classes
 from unet_lowered.dataset.pairs import PreparedData, load_prepared
 from unet_lowered.errors import UnetError
 from unet_lowered.evaluation import metrics
+from unet_lowered.inference.journal import remove_stale_temps
 from unet_lowered.inference.predictor import (
     PredictOptions,
     postprocess_steps,
@@ -145,6 +146,7 @@ def evaluate_run(
     seconds = time.perf_counter() - started
     out_dir = Path(out) if out is not None else run.dir / "eval"
     summary = _summary(rows, run, pairs, split, options, seconds)
+    remove_stale_temps(out_dir, ["per_image.csv", "summary.json"])  # left by a killed run
     _write_rows(out_dir / "per_image.csv", rows)
     atomic.write_json(out_dir / "summary.json", summary)
     if progress:

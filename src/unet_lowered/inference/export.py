@@ -21,6 +21,7 @@ import numpy as np
 
 from unet_lowered import options as names
 from unet_lowered.errors import UnetError
+from unet_lowered.inference.journal import remove_stale_temps
 from unet_lowered.io import atomic, runs
 from unet_lowered.model import valid_input_sizes
 
@@ -92,6 +93,7 @@ def export_model(
 
     diff = None
     if format == "onnx":
+        remove_stale_temps(out.parent, [out.name])  # what a killed export left behind
         with atomic.atomic_path(out, suffix=".onnx") as tmp, warnings.catch_warnings():
             # Keras' numpy-2 patch for tf2onnx probes `np.object`, which warns; harmless.
             warnings.filterwarnings("ignore", message=".*np.object", category=FutureWarning)
