@@ -84,6 +84,16 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + crc
 
 
+def _tiff_header(width: int, height: int) -> bytes:
+    """A little-endian TIFF whose only IFD claims ``width`` x ``height`` 8-bit pixels."""
+    tags = [(256, 4, width), (257, 4, height), (258, 3, 8), (259, 3, 1), (262, 3, 1)]
+    tags += [(273, 4, 8), (277, 3, 1), (278, 4, height), (279, 4, 4_000_000_000)]
+    ifd = struct.pack("<H", len(tags)) + b"".join(
+        struct.pack("<HHII", t, k, 1, v) for t, k, v in tags
+    )
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0)
+
+
 def _truncated(path: Path, write_full: Callable[[Path], object]) -> None:
     write_full(path)
     data = path.read_bytes()
@@ -179,6 +189,38 @@ PREDICT_INPUTS = [
         ),
         1,
         r"skipped .*bomb\.png: 100000x100000 is 10000 megapixels, over the limit of 100",
+    ),
+    Input(
+        "bomb.bmp",
+        lambda p: p.write_bytes(
+            b"BM"
+            + struct.pack("<IHHI", 62, 0, 0, 54)
+            + struct.pack("<IiiHHIIiiII", 40, 100000, 100000, 1, 8, 0, 0, 0, 0, 0, 0)
+            + bytes(8)
+        ),
+        1,
+        r"skipped .*bomb\.bmp: 100000x100000 is 10000 megapixels",
+    ),
+    Input(
+        "bomb.jpg",
+        lambda p: p.write_bytes(
+            b"\xff\xd8\xff\xc0"
+            + struct.pack(">HBHHB", 11, 8, 60000, 60000, 1)
+            + bytes([1, 0x11, 0])
+            + b"\xff\xda"
+            + struct.pack(">HB", 8, 1)
+            + bytes([1, 0, 0, 63, 0])
+            + bytes(10)
+            + b"\xff\xd9"
+        ),
+        1,
+        r"skipped .*bomb\.jpg: 60000x60000 is 3600 megapixels",
+    ),
+    Input(
+        "bomb.tif",
+        lambda p: p.write_bytes(_tiff_header(100000, 100000)),
+        1,
+        r"skipped .*bomb\.tif: 100000x100000 is 10000 megapixels",
     ),
     Input(
         "dot.png", lambda p: images.write_png(p, np.full((1, 1), 200, np.uint8)), 0, None, (1, 1)
