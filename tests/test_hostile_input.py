@@ -554,6 +554,18 @@ def test_export_into_a_read_only_folder(run: Path, tmp_path: Path, capfd) -> Non
         the_line(err, r"^error: .*m\.onnx: cannot be written \(Read-only file system\)")
 
 
+@pytest.mark.parametrize("fmt", ["onnx", "saved_model"])
+def test_export_onto_a_full_disk(tmp_path: Path, capfd, fmt: str) -> None:
+    from unet_lowered.model import unet as build_unet
+
+    run = make_run(tmp_path / "run", build_unet((32, 32, 1)))  # 7.8 MB of weights
+    with tmpfs(tmp_path / "small", "1m") as small:
+        code, err = cli(capfd, "export", run, "--format", fmt, "--out", small / "exported")
+        assert code == 1
+        the_line(err, r"^error: .*exported: .*cannot be written \(.*No space left on device")
+        assert not list(small.iterdir())  # nothing left behind, not even a temporary file
+
+
 @pytest.mark.parametrize(
     ("history", "message"),
     [

@@ -101,11 +101,20 @@ def export_model(
             if check and importlib.util.find_spec("onnxruntime") is not None:
                 diff = _check(_run_onnx(tmp, x), expected, out)
     else:
-        with atomic.atomic_dir(out, overwrite=overwrite) as tmp:
-            model.export(tmp, format="tf_saved_model", input_signature=signature, verbose=False)
-            if check:
-                loaded = tf.saved_model.load(str(tmp))  # keep a reference: it owns the variables
-                diff = _check(np.asarray(loaded.serve(x)), expected, out)
+        try:
+            with atomic.atomic_dir(out, overwrite=overwrite) as tmp:
+                model.export(tmp, format="tf_saved_model", input_signature=signature, verbose=False)
+                if check:
+                    loaded = tf.saved_model.load(
+                        str(tmp)
+                    )  # keep a reference: it owns the variables
+                    diff = _check(np.asarray(loaded.serve(x)), expected, out)
+        except tf.errors.OpError as e:  # TensorFlow's own file writes: a full or read-only disk
+            reason = e.message.split(";")[-1].strip().splitlines()[0]
+            raise UnetError(
+                f"{out}: the SavedModel cannot be written ({reason}); choose a writable place "
+                "with free space"
+            ) from None
     return {
         "path": out,
         "format": format,
