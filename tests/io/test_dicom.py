@@ -170,6 +170,39 @@ def test_multi_frame_takes_the_first_frame_with_a_note(tmp_path: Path) -> None:
     assert images.read_header(path).frames == 3
 
 
+def test_enhanced_multi_frame_rescale_and_window_from_functional_groups(tmp_path: Path) -> None:
+    """The first frame's rescale (per-frame group) and window (shared group) apply as the
+    same tags at the top level would."""
+    from pydicom.dataset import Dataset
+
+    stored = ramp()
+    top = images.read_image(
+        write_dicom(
+            tmp_path / "top.dcm",
+            stored,
+            RescaleSlope=2,
+            RescaleIntercept=-1000,
+            WindowCenter=0,
+            WindowWidth=1000,
+        )
+    )
+    rescale, window, frame, shared = Dataset(), Dataset(), Dataset(), Dataset()
+    rescale.RescaleSlope, rescale.RescaleIntercept, rescale.RescaleType = 2, -1000, "US"
+    window.WindowCenter, window.WindowWidth = 0, 1000
+    frame.PixelValueTransformationSequence = [rescale]
+    shared.FrameVOILUTSequence = [window]
+    frames = np.stack([stored, stored[:, ::-1]])
+    path = write_dicom(
+        tmp_path / "enhanced.dcm",
+        frames,
+        PerFrameFunctionalGroupsSequence=[frame, Dataset()],
+        SharedFunctionalGroupsSequence=[shared],
+    )
+    out = images.read_image(path)
+    assert np.array_equal(out, top)
+    assert not np.array_equal(out, scaled(stored))  # without the groups it would differ
+
+
 def test_rgb_and_ybr_full_come_back_as_rgb(tmp_path: Path) -> None:
     from pydicom.pixels import convert_color_space
 

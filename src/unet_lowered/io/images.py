@@ -24,7 +24,8 @@ What is read, and how:
   transfer syntaxes) is recognised with or without the 128-byte preamble and file
   meta information, and presented as a viewer shows it: the first frame; the
   Modality LUT (rescale slope/intercept or the LUT sequence); the VOI LUT (the first
-  window, or the LUT sequence); inverted once for MONOCHROME1 or a Presentation LUT
+  window, or the LUT sequence; enhanced multi-frame files: the first frame's from its
+  functional groups); inverted once for MONOCHROME1 or a Presentation LUT
   Shape of INVERSE (DX files carry both for the same inversion); pixels equal to the
   Pixel Padding Value (or in its range) are left out of the scaling to 16 bits and
   come back as 0 (black); RGB, YBR and palette colour come back as RGB.
@@ -695,6 +696,7 @@ def _present_gray(ds: Any, stored: np.ndarray, path: Path, notes: list[str]) -> 
     """Modality LUT, VOI LUT, padding, inversion and scaling to uint16 of a gray frame."""
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+    _first_frame_groups(ds)
     padding = _padding_mask(ds, stored)
     with _quiet():
         try:
@@ -728,6 +730,28 @@ def _present_gray(ds: Any, stored: np.ndarray, path: Path, notes: list[str]) -> 
     out = np.round(scaled * 65535).astype(np.uint16)
     out[~valid] = 0
     return out
+
+
+_FRAME_GROUPS = (
+    ("PixelValueTransformationSequence", ("RescaleSlope", "RescaleIntercept", "RescaleType")),
+    ("FrameVOILUTSequence", ("WindowCenter", "WindowWidth", "VOILUTFunction")),
+)
+
+
+def _first_frame_groups(ds: Any) -> None:
+    """Enhanced multi-frame files keep the rescale and window in functional groups: copy
+    the first frame's (per-frame before shared) to the top level, where the LUTs read them."""
+    for key in ("PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence"):
+        groups = ds.get(key)
+        if not groups:
+            continue
+        for sequence, names in _FRAME_GROUPS:
+            items = groups[0].get(sequence)
+            if not items:
+                continue
+            for name in names:
+                if name in items[0] and name not in ds:
+                    setattr(ds, name, items[0][name].value)
 
 
 def _padding_mask(ds: Any, stored: np.ndarray) -> np.ndarray | None:
