@@ -108,7 +108,8 @@ def reference(tmp_path: Path) -> Reference:
     """``reference(run, file, **options)``: what ``unet predict RUN FILE`` writes.
 
     Returns ``{"mask", "overlay", "prob", "row"}``: the decoded ``<id>.png``,
-    ``<id>_overlay.png``, ``<id>_prob.png`` and the file's ``predictions.csv`` row.
+    ``<id>_overlay.png``, ``<id>_prob.png`` (None for multi-class runs, which write one
+    file per class) and the file's ``predictions.csv`` row.
     """
     from unet_lowered.inference.batch import predict_files
     from unet_lowered.inference.predictor import PredictOptions
@@ -133,7 +134,9 @@ def reference(tmp_path: Path) -> Reference:
         return {
             "mask": decode((out / f"{image_id}.png").read_bytes()),
             "overlay": decode((out / f"{image_id}_overlay.png").read_bytes()),
-            "prob": decode((out / f"{image_id}_prob.png").read_bytes()),
+            "prob": decode(prob.read_bytes())
+            if (prob := out / f"{image_id}_prob.png").is_file()
+            else None,
             "row": row,
         }
 

@@ -530,3 +530,35 @@ def test_cli_help_names_the_options(capsys) -> None:
     out = capsys.readouterr().out
     for option in ["--host", "--port", "--workers", "--queue", "--max-upload-mb", "--max-pixels"]:
         assert option in out
+
+
+def test_multi_class_run_answers_label_values(tmp_path: Path, reference) -> None:
+    """Three classes: the mask holds the run's label values, as unet predict writes it;
+    ``format=prob`` is the probability of any foreground class; no quality flag."""
+    run = make_run(tmp_path / "run", bright_model(32, num_classes=3), label_values=[0, 100, 200])
+    path = tmp_path / "disk.png"
+    images.write_png(path, disk_image(45, 60)[0])
+    expected = reference(run, path)
+    with TestClient(create_app(run)) as c:
+        assert c.get("/v1/model").json()["label_values"] == [0, 100, 200]
+        r = c.post("/v1/segment?format=png", files=upload(path.read_bytes()))
+        mask = decode(r.content)
+        np.testing.assert_array_equal(mask, expected["mask"])
+        assert set(np.unique(mask)) <= {0, 100, 200} and 200 in mask
+        assert json.loads(r.headers[RESULT_HEADER])["quality"] is None
+        prob = decode(c.post("/v1/segment?format=prob", files=upload(path.read_bytes())).content)
+    from unet_lowered.inference.predictor import predict_image
+    from unet_lowered.io.runs import load_run
+
+    loaded = load_run(run)
+    probs = predict_image(loaded.model(), images.read_image(path), loaded.config)
+    np.testing.assert_array_equal(
+        prob, np.clip((1 - probs[:, :, 0]) * 255 + 0.5, 0, 255).astype(np.uint8)
+    )
+
+
+def test_the_demo_names_unet_serve() -> None:
+    from unet_lowered.demo.pipeline import _closing
+
+    result = {"seconds": 1.0, "val_dice_training_size": 0.9, "val_dice_original_size": None}
+    assert "unet serve runs/demo/run" in _closing(Path("runs/demo"), result)
