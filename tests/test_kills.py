@@ -61,8 +61,9 @@ def test_evaluate_killed_then_run_again(tmp_path: Path) -> None:
     run = make_run(tmp_path / "run", bright_model(32))
     data = make_prepared(tmp_path, ids_of(40), size=(300, 280))
     reference = tmp_path / "reference"
-    done = unet("evaluate", run, data, "--out", reference, "--no-progress")
-    assert done.wait(timeout=240) == 0
+    from unet_lowered.evaluation.evaluate import evaluate_run
+
+    evaluate_run(run, data, reference, progress=False)
     out = tmp_path / "out"
     kills = 0
     for delay in (1.0, 6.0):  # still starting; predicting (or done already)
