@@ -562,3 +562,22 @@ def test_the_demo_names_unet_serve() -> None:
 
     result = {"seconds": 1.0, "val_dice_training_size": 0.9, "val_dice_original_size": None}
     assert "unet serve runs/demo/run" in _closing(Path("runs/demo"), result)
+
+
+def test_two_workers_answer_concurrent_requests_alike(app_for) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    c = app_for(ServeSettings(workers=2, queue=6))
+    shapes = [(61, 47), (33, 90), (64, 64), (50, 51)] * 2
+    bodies = [png_bytes(disk_image(h, w, seed=i)[0]) for i, (h, w) in enumerate(shapes)]
+    alone = [decode(c.post("/v1/segment?format=png", files=upload(b)).content) for b in bodies]
+
+    def post(body: bytes) -> Any:
+        return c.post("/v1/segment?format=png", files=upload(body))
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(post, bodies))
+    assert [a.status_code for a in answers] == [200] * len(bodies)
+    for answer, expected in zip(answers, alone, strict=True):
+        np.testing.assert_array_equal(decode(answer.content), expected)
+    assert c.app.state.service.admitted == 0
