@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from unet_lowered import preprocess
-from unet_lowered.errors import UnetError
-from unet_lowered.io import runs
 
 
 def test_to_unit_scales_by_the_image_own_range() -> None:
@@ -58,20 +53,3 @@ def test_clahe_keeps_dtype_and_shape() -> None:
     image = np.tile(np.arange(64, dtype=np.uint16)[None, :] * 1000, (64, 1))
     out = preprocess.apply_clahe(image)
     assert out.dtype == np.uint16 and out.shape == image.shape
-
-
-def test_load_run_errors_say_what_is_missing(tmp_path: Path) -> None:
-    with pytest.raises(UnetError, match="no such run folder"):
-        runs.load_run(tmp_path / "none")
-    with pytest.raises(UnetError, match=r"config\.json: missing"):
-        runs.load_run(tmp_path)
-    (tmp_path / "config.json").write_text(json.dumps({"image_size": [32, 48], "channels": 3}))
-    with pytest.raises(UnetError, match=r"model\.keras: missing; .*--resume"):
-        runs.load_run(tmp_path)
-    (tmp_path / "model.keras").write_bytes(b"not a model")
-    run = runs.load_run(tmp_path / "model.keras")  # the .keras file names its folder
-    assert run.config.image_size == (32, 48)
-    assert (run.config.channels, run.config.num_classes, run.config.threshold) == (3, 1, 0.5)
-    assert run.split() == {"train": [], "val": []}
-    with pytest.raises(UnetError, match="not a loadable Keras model"):
-        run.model()

@@ -15,6 +15,7 @@ import pytest
 
 from run_fixtures import bright_model, disk_image, make_run
 from unet_lowered.errors import UnetError
+from unet_lowered.io import runs
 from unet_lowered.io.runs import load_model, load_run
 
 
@@ -263,3 +264,20 @@ def test_run_saved_under_another_backend_loads(tmp_path: Path, backend: str) -> 
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert _predict(tmp_path / "run").mean() > 0.95
+
+
+def test_load_run_errors_say_what_is_missing(tmp_path: Path) -> None:
+    with pytest.raises(UnetError, match="no such run folder"):
+        runs.load_run(tmp_path / "none")
+    with pytest.raises(UnetError, match=r"config\.json: missing"):
+        runs.load_run(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"image_size": [32, 48], "channels": 3}))
+    with pytest.raises(UnetError, match=r"model\.keras: missing; .*--resume"):
+        runs.load_run(tmp_path)
+    (tmp_path / "model.keras").write_bytes(b"not a model")
+    run = runs.load_run(tmp_path / "model.keras")  # the .keras file names its folder
+    assert run.config.image_size == (32, 48)
+    assert (run.config.channels, run.config.num_classes, run.config.threshold) == (3, 1, 0.5)
+    assert run.split() == {"train": [], "val": []}
+    with pytest.raises(UnetError, match="not a Keras model file, or truncated"):
+        run.model()
