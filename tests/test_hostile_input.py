@@ -521,6 +521,8 @@ def test_bad_data_folder(run, tmp_path, capfd, kind, message, command) -> None:
     the_line(err, "^error: .*" + message)
     assert_complete(out)
     assert not list(out.glob("*.keras")) and not (out / "per_image.csv").exists()
+    if command == "train":
+        assert not out.exists()  # bad data leaves no run folder behind, not even an empty one
 
 
 def test_train_config_file_garbage(tmp_path: Path, capfd) -> None:

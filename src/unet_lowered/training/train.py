@@ -144,8 +144,6 @@ def train(
             cfg = dataclasses.replace(cfg, image_size=auto)
         size = (cfg.image_size, cfg.image_size)
         out_hw = output_size(size, cfg.depth, cfg.padding)
-        if not resume:
-            _start_run_folder(out, overwrite)
         num_classes = dataset.num_classes
         train_seq, val_seq = make_sequences(
             dataset,
@@ -159,7 +157,8 @@ def train(
             warn(message)
 
         run_config = _run_config(cfg, dataset, data, precision, size)
-        if not resume:
+        if not resume:  # only now: data that fails to decode leaves no (empty) run folder
+            _start_run_folder(out, overwrite)
             atomic.write_json(out / runs.CONFIG_FILE, run_config.to_json())
             atomic.write_json(out / runs.SPLIT_FILE, split)
 
