@@ -498,11 +498,15 @@ _Overlap = Annotated[float, typer.Option(help="Tile overlap, fraction of the til
 _BatchSize = Annotated[int, typer.Option(help="Images (resize) or tiles (tile) per network call.")]
 
 
-def _predict_options(**kwargs):
-    """PredictOptions from the shared prediction flags (imported lazily: keeps --help fast)."""
+def _predict_options(flags: dict):
+    """PredictOptions from a command's flags (its ``locals()``): every flag named like a
+    field of PredictOptions is taken (imported lazily: keeps --help fast)."""
+    import dataclasses
+
     from unet_lowered.inference.predictor import PredictOptions
 
-    return PredictOptions(**kwargs)
+    names = {f.name for f in dataclasses.fields(PredictOptions)}
+    return PredictOptions(**{k: v for k, v in flags.items() if k in names})
 
 
 @app.command()
@@ -566,19 +570,7 @@ def predict(
     """
     from unet_lowered.inference.batch import exit_status, predict_files
 
-    options = _predict_options(
-        mode=mode,
-        tta=tta,
-        tta_transforms=tta_transforms,
-        overlap=overlap,
-        batch_size=batch_size,
-        threshold=threshold,
-        keep_largest=keep_largest,
-        fill_holes=fill_holes,
-        min_area=min_area,
-        postprocess=postprocess,
-        max_pixels=max_pixels,
-    )
+    options = _predict_options(locals())
     report = predict_files(
         run,
         inputs,
@@ -637,18 +629,7 @@ def evaluate(
     """
     from unet_lowered.evaluation.evaluate import evaluate_run
 
-    options = _predict_options(
-        mode=mode,
-        tta=tta,
-        tta_transforms=tta_transforms,
-        overlap=overlap,
-        batch_size=batch_size,
-        threshold=threshold,
-        keep_largest=keep_largest,
-        fill_holes=fill_holes,
-        min_area=min_area,
-        postprocess=postprocess,
-    )
+    options = _predict_options(locals())
     evaluate_run(run, data, out, options, split=split, progress=progress)
 
 
@@ -773,19 +754,7 @@ def serve(
             "install them with: pip install 'unet-lowered[serve]'"
         ) from None
 
-    options = _predict_options(
-        mode=mode,
-        tta=tta,
-        tta_transforms=tta_transforms,
-        overlap=overlap,
-        batch_size=batch_size,
-        threshold=threshold,
-        keep_largest=keep_largest,
-        fill_holes=fill_holes,
-        min_area=min_area,
-        postprocess=postprocess,
-        max_pixels=max_pixels,
-    )
+    options = _predict_options(locals())
     settings = ServeSettings(
         workers=workers,
         queue=queue,
