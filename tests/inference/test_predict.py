@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from scipy.special import expit
 
+from dicom_fixtures import write_dicom
 from run_fixtures import bright_model, disk_image, make_run, run_config
 from unet_lowered.errors import UnetError
 from unet_lowered.inference.batch import collect_inputs, exit_status, make_ids, predict_files
@@ -229,34 +230,10 @@ def test_collect_inputs_errors(tmp_path: Path, make, message: str) -> None:
 # ---------------------------------------------------------------- files
 
 
-def write_dicom(path: Path, stored: np.ndarray, photometric: str, **tags) -> None:
-    """A minimal uncompressed DICOM file (secondary capture) holding ``stored`` pixels."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
-    ds.Rows, ds.Columns = stored.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    for key, value in tags.items():
-        setattr(ds, key, value)
-    ds.PixelData = stored.astype(np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
-
-
 def test_dicom_rescale_and_window_are_applied(tmp_path: Path) -> None:
     """Stored 0..1000, slope 2, intercept -1000: HU -1000..1000; window 0 +- 500 shows stored
     250..750. Ignoring the slope would show stored 0..500 instead."""
-    stored = np.tile(np.arange(0, 1001, 10), (4, 1))
+    stored = np.tile(np.arange(0, 1001, 10), (4, 1)).astype(np.uint16)
     write_dicom(
         tmp_path / "ramp.dcm",
         stored,

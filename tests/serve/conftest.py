@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 import pytest
 
+from dicom_fixtures import write_dicom
 from run_fixtures import bright_model, disk_image, make_run
 
 METRICS = {"val_dice": 0.9123, "val_iou": 0.8391, "best_epoch": 7, "val_dice_note": "test"}
@@ -39,28 +40,6 @@ def client(run: Path) -> Iterator[Any]:
 
     with TestClient(create_app(run)) as c:
         yield c
-
-
-def write_dicom(path: Path, stored: np.ndarray, photometric: str = "MONOCHROME2") -> None:
-    """A minimal uncompressed 12-bit DICOM file holding ``stored``."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
-    ds.Rows, ds.Columns = stored.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.PixelData = stored.astype(np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
 
 
 @pytest.fixture(scope="module")
