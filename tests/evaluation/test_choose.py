@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from unet_lowered.evaluation.choose import choose_postprocess
+from unet_lowered.evaluation.choose import choose_postprocess, min_area_candidate
 
 
 def two_boxes() -> np.ndarray:
@@ -50,3 +50,33 @@ def test_without_a_steady_object_count_only_holes_are_tried() -> None:
     assert [t["step"] for t in choice.tried] == ["fill holes"]
     with pytest.raises(ValueError, match="as many predicted masks"):
         choose_postprocess([], [], objects=2)
+
+
+def test_min_area_removes_specks_where_the_object_count_varies() -> None:
+    # nuclei-like data: many objects, no steady count, so keep-N is not a candidate;
+    # 3x3 specks are false positives, every true object is 6x6 or larger
+    truths, preds = [], []
+    for k in range(3):
+        truth = np.zeros((60, 60), bool)
+        for j in range(k + 2):
+            truth[5 + 12 * j : 11 + 12 * j, 5:11] = True
+        pred = truth.copy()
+        pred[50:53, 40 + 3 * k : 43 + 3 * k] = True
+        truths.append(truth)
+        preds.append(pred)
+    choice = choose_postprocess(preds, truths, objects=None, min_area=10)
+    assert [t["step"] for t in choice.tried] == ["remove objects under 10 px", "fill holes"]
+    assert choice.min_area == 10 and choice.dice == pytest.approx(1.0)
+    assert choice.to_json()["min_area"] == 10
+    assert "remove objects under 10 px" in choice.describe()
+    # a threshold above the real objects' 36 px removes them: mean Dice falls, not kept
+    refused = choose_postprocess(preds, truths, objects=None, min_area=40)
+    assert refused.min_area == 0 and refused.tried[0]["kept"] is False
+
+
+def test_min_area_candidate_from_the_training_objects() -> None:
+    # the 1st-percentile object covers 1% of its image; validation images are 100x100
+    assert min_area_candidate(0.01, [(100, 100), (100, 100)]) == round(0.25 * 0.01 * 10_000)
+    assert min_area_candidate(0.01, [(50, 50), (100, 100), (200, 200)]) == 25  # median area
+    assert min_area_candidate(None, [(100, 100)]) == 0
+    assert min_area_candidate(0.0001, [(40, 40)]) == 0  # under 2 px: no candidate

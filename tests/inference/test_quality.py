@@ -27,6 +27,7 @@ def test_stats_of_training_lungs(stats: MaskStats) -> None:
     assert stats.objects == 2
     assert 0.25 < stats.fraction[0] <= stats.fraction[1] < 0.35
     assert stats.min_ratio == pytest.approx(1.0)
+    assert stats.small_object == pytest.approx(30 * 45 / 100**2)  # the smallest lung's share
     assert MaskStats.from_json(stats.to_json()) == stats
 
 

@@ -49,6 +49,12 @@ def _train(data: Path, out: Path, **settings):
     return train(data, out, cfg, verbose=0)
 
 
+def chosen_area(config: dict) -> int:
+    """The minimum-area candidate the run must have tried: a quarter of the 1st-percentile
+    training object (share of its image) times the validation images' area (64 x 64)."""
+    return round(0.25 * config["mask_stats"]["small_object"] * 64 * 64)
+
+
 def _history(run: Path) -> list[dict[str, str]]:
     with open(run / "history.csv", newline="") as f:
         return list(csv.DictReader(f))
@@ -71,7 +77,9 @@ def test_train_writes_every_artefact(tiny_data: Path, tmp_path: Path) -> None:
     assert config["mask_stats"]["objects"] == 2
     chosen = config["postprocess"]
     assert set(chosen) >= {"keep_largest", "fill_holes", "validation_dice_before", "tried"}
-    assert [t["step"] for t in chosen["tried"]] == ["keep 2 largest", "fill holes"]
+    steps = [t["step"] for t in chosen["tried"]]
+    assert steps[0] == "keep 2 largest" and steps[-1] == "fill holes" and len(steps) == 3
+    assert steps[1] == f"remove objects under {chosen_area(config)} px"  # the min-area candidate
     assert chosen["keep_largest"] in (None, 2)
     assert metrics["postprocess"] == chosen
     split = json.loads((run / "split.json").read_text())

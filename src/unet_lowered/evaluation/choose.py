@@ -3,7 +3,8 @@
 After training, ``unet train`` predicts the validation images at their original
 size, scores them without post-processing, then tries each candidate step in turn
 (keep the N largest objects, with N the usual number of objects in the training
-masks; then fill holes) on top of what was kept so far. A step is kept when it
+masks; then remove objects under a minimum area, a quarter of nearly the smallest
+training object; then fill holes) on top of what was kept so far. A step is kept when it
 raises the mean Dice and lowers no image's Dice by more than ``tolerance``. The
 choice and the figures behind it go into the run's ``config.json``; ``unet predict``
 and ``unet evaluate`` apply it by default.
@@ -23,6 +24,9 @@ from unet_lowered.inference.postprocess import clean_mask
 TOLERANCE = 0.02
 """A step may lower no validation image's Dice by more than this."""
 
+MIN_AREA_SHARE = 0.25
+"""The minimum-area candidate: this share of the 1st-percentile training object."""
+
 
 @dataclass(frozen=True)
 class Choice:
@@ -31,6 +35,7 @@ class Choice:
     Attributes:
         keep_largest: Keep the N largest objects, or None.
         fill_holes: Fill holes.
+        min_area: Remove objects smaller than this many pixels (0: off).
         baseline: Mean validation Dice without post-processing.
         dice: Mean validation Dice with the chosen steps.
         tried: One record per candidate: ``step``, ``mean_dice``, ``worst_change``, ``kept``.
@@ -38,6 +43,7 @@ class Choice:
 
     keep_largest: int | None = None
     fill_holes: bool = False
+    min_area: int = 0
     baseline: float | None = None
     dice: float | None = None
     tried: tuple[dict[str, Any], ...] = field(default_factory=tuple)
@@ -46,7 +52,7 @@ class Choice:
         return {
             "keep_largest": self.keep_largest,
             "fill_holes": self.fill_holes,
-            "min_area": 0,
+            "min_area": self.min_area,
             "validation_dice_before": self.baseline,
             "validation_dice_after": self.dice,
             "tried": list(self.tried),
@@ -55,6 +61,7 @@ class Choice:
     def describe(self) -> str:
         """One line for the user: what was chosen, with the validation figures."""
         steps = [f"keep the {self.keep_largest} largest objects"] if self.keep_largest else []
+        steps += [f"remove objects under {self.min_area} px"] if self.min_area else []
         steps += ["fill holes"] if self.fill_holes else []
         chosen = ", ".join(steps) or "none"
         tried = "; ".join(
@@ -68,11 +75,32 @@ class Choice:
         )
 
 
+def min_area_candidate(small_object: float | None, sizes: Sequence[tuple[int, int]]) -> int:
+    """The minimum-area candidate in pixels, or 0 for none.
+
+    Args:
+        small_object: The 1st percentile of the training objects' areas as a fraction of
+            their image (:attr:`unet_lowered.inference.quality.MaskStats.small_object`).
+        sizes: ``(height, width)`` of the validation images; their median area turns
+            the fraction into pixels.
+
+    Returns:
+        :data:`MIN_AREA_SHARE` of that area, rounded; 0 when it is under 2 pixels or
+        unknown.
+    """
+    if not small_object or not sizes:
+        return 0
+    area = float(np.median([h * w for h, w in sizes]))
+    pixels = round(MIN_AREA_SHARE * small_object * area)
+    return pixels if pixels >= 2 else 0
+
+
 def choose_postprocess(
     masks: Sequence[np.ndarray],
     truths: Sequence[np.ndarray],
     objects: int | None,
     tolerance: float = TOLERANCE,
+    min_area: int = 0,
 ) -> Choice:
     """Choose the post-processing steps on validation predictions.
 
@@ -82,6 +110,8 @@ def choose_postprocess(
         objects: The usual number of objects in the training masks (the N of keep
             the N largest), or None to skip that step.
         tolerance: The largest drop of any image's Dice a kept step may cause.
+        min_area: The minimum-area candidate in pixels (:func:`min_area_candidate`);
+            0 skips that step.
 
     Returns:
         The :class:`Choice`.
@@ -95,7 +125,12 @@ def choose_postprocess(
     def scores(steps: Mapping[str, Any]) -> np.ndarray:
         return np.array(
             [
-                dice(t, clean_mask(m, steps.get("keep"), steps.get("holes", False)))
+                dice(
+                    t,
+                    clean_mask(
+                        m, steps.get("keep"), steps.get("holes", False), steps.get("area", 0)
+                    ),
+                )
                 for m, t in zip(masks, truths, strict=True)
             ]
         )
@@ -103,9 +138,11 @@ def choose_postprocess(
     kept: dict[str, Any] = {}
     current = scores(kept)
     baseline = float(current.mean())
-    candidates = ([("keep", objects, f"keep {objects} largest")] if objects else []) + [
-        ("holes", True, "fill holes")
-    ]
+    candidates = (
+        ([("keep", objects, f"keep {objects} largest")] if objects else [])
+        + ([("area", min_area, f"remove objects under {min_area} px")] if min_area else [])
+        + [("holes", True, "fill holes")]
+    )
     tried = []
     for key, value, name in candidates:
         trial = scores({**kept, key: value})
@@ -124,6 +161,7 @@ def choose_postprocess(
     return Choice(
         keep_largest=kept.get("keep"),
         fill_holes=bool(kept.get("holes", False)),
+        min_area=int(kept.get("area", 0)),
         baseline=round(baseline, 6),
         dice=round(float(current.mean()), 6),
         tried=tuple(tried),

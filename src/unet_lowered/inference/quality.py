@@ -50,17 +50,22 @@ class MaskStats:
             (fewer than 80% of the masks have it) or exceeds :data:`MAX_STEADY_OBJECTS`.
         fraction: ``(low, high)``: the 1st and 99th percentile of the foreground fraction.
         min_ratio: With two objects: the 1st percentile of smaller/larger area, else None.
+        small_object: The 1st percentile of the objects' areas, as a fraction of their
+            image's area (None without objects): the post-processing's minimum-area
+            candidate is derived from it (:func:`unet_lowered.evaluation.choose.min_area_candidate`).
     """
 
     objects: int | None
     fraction: tuple[float, float]
     min_ratio: float | None
+    small_object: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
             "objects": self.objects,
             "fraction": list(self.fraction),
             "min_ratio": self.min_ratio,
+            "small_object": self.small_object,
         }
 
     @classmethod
@@ -70,6 +75,7 @@ class MaskStats:
             objects=values.get("objects"),
             fraction=(float(low), float(high)),
             min_ratio=values.get("min_ratio"),
+            small_object=values.get("small_object"),
         )
 
 
@@ -108,11 +114,12 @@ def mask_stats(masks: Iterable[np.ndarray]) -> MaskStats:
     Raises:
         ValueError: No masks.
     """
-    counts, fractions, ratios = [], [], []
+    counts, fractions, ratios, objects = [], [], [], []
     for mask in masks:
         mask = np.asarray(mask) != 0
         count, areas = _objects(mask)
         counts.append(count)
+        objects.extend(areas / mask.size)
         fractions.append(float(mask.mean()))
         if count >= 2:
             ratios.append(float(areas[1] / areas[0]))
@@ -125,6 +132,7 @@ def mask_stats(masks: Iterable[np.ndarray]) -> MaskStats:
         objects=common if steady else None,
         fraction=(float(np.percentile(fractions, 1)), float(np.percentile(fractions, 99))),
         min_ratio=float(np.percentile(ratios, 1)) if steady and common == 2 and ratios else None,
+        small_object=float(np.percentile(objects, 1)) if objects else None,
     )
 
 

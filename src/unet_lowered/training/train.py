@@ -15,23 +15,24 @@ import platform
 import shutil
 import sys
 import time
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 
 import unet_lowered
 from unet_lowered.dataset.checks import mask_warnings
 from unet_lowered.dataset.pairs import PreparedData, load_prepared
 from unet_lowered.errors import UnetError
-from unet_lowered.evaluation.choose import choose_postprocess
+from unet_lowered.evaluation.choose import choose_postprocess, min_area_candidate
 from unet_lowered.evaluation.evaluate import read_truth
 from unet_lowered.inference.predictor import PredictOptions, predict_images, probs_to_mask
 from unet_lowered.inference.quality import mask_stats
 from unet_lowered.io import atomic, runs
 from unet_lowered.io.images import read_image
 from unet_lowered.model import nearest_valid_sizes, output_size, unet
-from unet_lowered.training.cache import SampleCache
 from unet_lowered.training.callbacks import ImageCounter, read_history, standard_callbacks, warn
 from unet_lowered.training.config import RunConfig, TrainConfig
 from unet_lowered.training.feed import as_tf_dataset
@@ -92,6 +93,7 @@ def train(
     resume: bool = False,
     overwrite: bool = False,
     verbose: int | str | None = None,
+    split: Mapping[str, Sequence[str]] | None = None,
 ) -> dict[str, Any]:
     """Train a U-Net and write the run folder.
 
@@ -104,6 +106,9 @@ def train(
         overwrite: Replace an existing run folder (fresh runs only).
         verbose: Keras ``fit`` verbosity; None: a progress bar on a terminal, one line per
             epoch otherwise (logs stay readable).
+        split: ``{"train": ids, "val": ids}`` to train on instead of the seeded (or
+            recorded) split, e.g. one cross-validation fold
+            (:func:`unet_lowered.training.folds.train_folds`). Fresh runs only.
 
     Returns:
         The contents of ``metrics.json``.
@@ -124,7 +129,8 @@ def train(
             raise UnetError("no data folder given; pass the folder written by `unet prepare`")
         _check_run_folder(out, overwrite)
         state = {"epoch": 0, "best": -1.0, "best_epoch": None}
-        split = None
+        if split is not None:
+            split = {"train": sorted(split["train"]), "val": sorted(split["val"])}
     data = Path(data)
 
     keras.utils.set_random_seed(cfg.seed)
@@ -203,7 +209,8 @@ def train(
         elapsed = time.perf_counter() - started
         metrics = _final_metrics(out, elapsed, t_images, precision)
         if num_classes == 1 and (out / runs.MODEL_FILE).is_file():
-            run_config = _after_training(out, run_config, dataset, split, train_seq.cache)
+            train_masks = (train_seq.cache.sample(i)[1] for i in split["train"])
+            run_config = after_training(out, run_config, dataset, split["val"], train_masks)
             metrics["postprocess"] = run_config.postprocess
         atomic.write_json(out / runs.METRICS_FILE, metrics)
         return metrics
@@ -281,29 +288,30 @@ def _run_config(
     )
 
 
-def _after_training(
+def after_training(
     out: Path,
     run_config: RunConfig,
     dataset: PreparedData,
-    split: dict[str, list[str]],
-    cache: SampleCache,
+    val_ids: Sequence[str],
+    train_masks: Iterable[np.ndarray],
 ) -> RunConfig:
     """Record what the training masks look like (for the quality flag) and choose the
-    post-processing on the validation split at the original image size; rewrite
-    config.json with both and print the choice."""
-    stats = mask_stats(cache.sample(ident)[1] for ident in split["train"])
+    post-processing on the validation images at their original size with
+    ``out/model.keras``; rewrite config.json with both and print the choice."""
+    stats = mask_stats(train_masks)
     model = runs.load_model(out / runs.MODEL_FILE)
     options = PredictOptions(postprocess=False)
     masks, truths = [], []
-    for start in range(0, len(split["val"]), options.batch_size):
-        ids = split["val"][start : start + options.batch_size]
+    for start in range(0, len(val_ids), options.batch_size):
+        ids = val_ids[start : start + options.batch_size]
         batch = [read_image(dataset.images[i]) for i in ids]
         for ident, probs in zip(
             ids, predict_images(model, batch, run_config, options), strict=True
         ):
             masks.append(probs_to_mask(probs, run_config, options))
             truths.append(read_truth(dataset.masks[ident], run_config, options.max_pixels))
-    choice = choose_postprocess(masks, truths, stats.objects)
+    min_area = min_area_candidate(stats.small_object, [t.shape[:2] for t in truths])
+    choice = choose_postprocess(masks, truths, stats.objects, min_area=min_area)
     print(choice.describe(), file=sys.stderr, flush=True)
     run_config = dataclasses.replace(
         run_config, mask_stats=stats.to_json(), postprocess=choice.to_json()
