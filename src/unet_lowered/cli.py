@@ -258,6 +258,14 @@ def train(
         bool, typer.Option("--resume", help="Continue the run in --out from its last epoch.")
     ] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder.")] = False,
+    folds: Annotated[
+        int | None,
+        typer.Option(
+            help="Train a K-fold cross-validation ensemble into --out (K runs under "
+            "--out/folds; predict and evaluate average them) [default: one run].",
+            min=2,
+        ),
+    ] = None,
     image_size: Annotated[
         int | None,
         typer.Option(
@@ -424,15 +432,31 @@ def train(
         "stamps": stamps,
         "overfit_batch": overfit_batch,
     }
+    from unet_lowered.training import folds as folds_mod
+
     if resume:
-        if any(v is not None for v in overrides.values()) or config is not None:
+        if any(v is not None for v in overrides.values()) or config is not None or folds:
             raise UnetError(
                 "--resume continues a run with its own settings; drop the other options"
             )
-        metrics = train_mod.train(None, out, resume=True)
+        if folds_mod.is_ensemble(out):
+            metrics = folds_mod.train_folds(None, out, None, 0, resume=True)
+        else:
+            metrics = train_mod.train(None, out, resume=True)
+    elif folds:
+        cfg = config_mod.resolve(config, overrides)
+        metrics = folds_mod.train_folds(data, out, cfg, folds, overwrite=overwrite)
     else:
         cfg = config_mod.resolve(config, overrides)
         metrics = train_mod.train(data, out, cfg, overwrite=overwrite)
+    if "folds" in metrics:
+        typer.echo(
+            f"{metrics['folds']}-fold ensemble: held-out validation Dice "
+            f"{metrics['val_dice']:.4f} (folds: "
+            + ", ".join(f"{d:.4f}" for d in metrics["fold_val_dice"])
+            + f"; {metrics['train_time_s']:.0f} s); run folder: {out}"
+        )
+        return
     typer.echo(
         f"best validation Dice {metrics['val_dice']:.4f} at epoch {metrics['best_epoch']} "
         f"({metrics['train_time_s']:.0f} s); run folder: {out}"

@@ -1,0 +1,238 @@
+"""Cross-validation ensembles: ``unet train --folds K``.
+
+The validation split is held out first, exactly as for a single run (same
+``--val-fraction`` and ``--seed``, so a single run and an ensemble are scored on the
+same images). The remaining training ids are cut into K folds; fold ``k`` trains a
+normal run on the other K-1 folds and picks its best epoch on fold ``k``, as
+nnU-Net's five-fold cross-validation does. The folds' best models are then joined
+into one Keras model that averages their probabilities, saved as the run's
+``model.keras``, so ``unet predict``, ``evaluate``, ``serve`` and ``export`` use the
+ensemble without knowing it is one. Post-processing is chosen for the ensemble on the
+held-out validation split, like a single run's.
+
+Layout::
+
+    RUN/model.keras        the ensemble: input -> K fold models -> mean
+    RUN/config.json        fold 0's settings and facts, the ensemble's post-processing
+    RUN/split.json         {"train": the K folds together, "val": held out}
+    RUN/ensemble.json      K, each fold's ids, validation Dice and training time
+    RUN/metrics.json       the ensemble's held-out validation Dice, the folds' figures
+    RUN/folds/fold_<k>/    a complete run folder per fold
+
+Cost: K trainings on (K-1)/K of the training ids each, i.e. about K-1 times a
+single run's time for the same epochs; prediction runs K networks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unet_lowered.dataset.masks import read_mask
+from unet_lowered.dataset.pairs import load_prepared
+from unet_lowered.errors import UnetError
+from unet_lowered.io import atomic, runs
+from unet_lowered.training.config import TrainConfig, from_dict
+
+FOLDS_DIR = "folds"
+ENSEMBLE_FILE = "ensemble.json"
+
+
+def fold_splits(ids: Sequence[str], folds: int, seed: int) -> list[dict[str, list[str]]]:
+    """Cut ``ids`` into ``folds`` disjoint validation parts, seeded.
+
+    Args:
+        ids: The training ids (the held-out validation ids are not among them).
+        folds: K >= 2.
+        seed: Seed of the permutation (sorted ids first, so the order given does not matter).
+
+    Returns:
+        K splits ``{"train": ids, "val": ids}``, both sorted; the ``val`` parts are
+        disjoint, differ in size by at most one and together are all ``ids``.
+
+    Raises:
+        UnetError: ``folds`` under 2, or more folds than ids.
+    """
+    if folds < 2:
+        raise UnetError(f"--folds must be 2 or more (got {folds}); leave it out for a single run")
+    ordered = sorted(ids)
+    if folds > len(ordered):
+        raise UnetError(
+            f"--folds {folds}: only {len(ordered)} training images to cut into folds; "
+            "use fewer folds"
+        )
+    perm = np.random.default_rng(seed).permutation(len(ordered))
+    parts = [sorted(ordered[i] for i in part) for part in np.array_split(perm, folds)]
+    return [{"train": sorted(set(ordered) - set(part)), "val": part} for part in parts]
+
+
+def ensemble_model(models: Sequence[Any]):
+    """One Keras model that feeds its input to every model and averages their outputs.
+
+    Args:
+        models: Models with the same input and output shapes (each fold's best model).
+
+    Returns:
+        A functional model ``"ensemble"`` whose sub-models are named ``fold_<k>``.
+    """
+    import keras
+
+    inputs = keras.Input(shape=models[0].input_shape[1:], name="image")
+    outputs = []
+    for k, model in enumerate(models):
+        model.name = f"fold_{k}"
+        outputs.append(model(inputs))
+    mean = keras.layers.Average(name="mean", dtype="float32")(outputs)
+    return keras.Model(inputs, mean, name="ensemble")
+
+
+def train_folds(
+    data: str | os.PathLike | None,
+    out: str | os.PathLike,
+    cfg: TrainConfig | None,
+    folds: int,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    verbose: int | str | None = None,
+) -> dict[str, Any]:
+    """Train a K-fold ensemble into one run folder (the module docstring has the layout).
+
+    Args:
+        data: The prepared data folder (ignored with ``resume``: the run's is used).
+        out: The run folder.
+        cfg: Settings for every fold (defaults if None; ignored with ``resume``).
+        folds: K >= 2 (ignored with ``resume``: the run's K is used).
+        resume: Finish an interrupted ensemble: finished folds are kept, an interrupted
+            fold resumes from its last epoch, the others start.
+        overwrite: Replace an existing run folder (fresh runs only).
+        verbose: Keras ``fit`` verbosity, as for :func:`unet_lowered.training.train.train`.
+
+    Returns:
+        The contents of ``metrics.json``.
+
+    Raises:
+        UnetError: Bad data or settings, too many folds, an existing folder without
+            ``overwrite``, or nothing to resume.
+    """
+    from unet_lowered.training import train as train_mod
+
+    out = Path(out)
+    if resume:
+        plan = _read_plan(out)
+        cfg = from_dict(plan["settings"]).validate()
+        data = Path(plan["data"])
+    else:
+        cfg = (cfg or TrainConfig()).validate()
+        if data is None:
+            raise UnetError("no data folder given; pass the folder written by `unet prepare`")
+        data = Path(data)
+        train_mod._check_run_folder(out, overwrite)
+        dataset = load_prepared(data)
+        split = dataset.split(cfg.val_fraction, cfg.seed)
+        train_mod._check_split(split, data)
+        parts = fold_splits(split["train"], folds, cfg.seed)
+        if cfg.image_size is None:  # one size for every fold, or they cannot be averaged
+            auto = train_mod.resolve_image_size(
+                dataset.image_sizes(split["train"]), cfg.depth, cfg.padding
+            )
+            cfg = dataclasses.replace(cfg, image_size=auto)
+        train_mod._start_run_folder(out, overwrite)
+        plan = {
+            "folds": folds,
+            "data": str(data.resolve()),
+            "settings": cfg.to_dict(),
+            "split": split,
+            "fold_splits": parts,
+        }
+        atomic.write_json(out / ENSEMBLE_FILE, plan)
+        atomic.write_json(out / runs.SPLIT_FILE, split)
+
+    fold_metrics, started = [], time.perf_counter()
+    for k, part in enumerate(plan["fold_splits"]):
+        fold_dir = out / FOLDS_DIR / f"fold_{k}"
+        print(
+            f"fold {k + 1} of {plan['folds']}: {len(part['train'])} training, "
+            f"{len(part['val'])} validation images -> {fold_dir}",
+            file=sys.stderr,
+            flush=True,
+        )
+        if (fold_dir / runs.METRICS_FILE).is_file():
+            fold_metrics.append(json.loads((fold_dir / runs.METRICS_FILE).read_text()))
+            continue  # finished before an interruption
+        if (fold_dir / runs.STATE_FILE).is_file():
+            metrics = train_mod.train(None, fold_dir, resume=True, verbose=verbose)
+        else:
+            metrics = train_mod.train(
+                data, fold_dir, cfg, overwrite=True, verbose=verbose, split=part
+            )
+        fold_metrics.append(metrics)
+    return _join(out, plan, fold_metrics, time.perf_counter() - started)
+
+
+def _join(
+    out: Path, plan: dict[str, Any], fold_metrics: list[dict[str, Any]], seconds: float
+) -> dict[str, Any]:
+    """Save the ensemble model, choose its post-processing, write config and metrics."""
+    from unet_lowered.training.train import after_training
+
+    fold_runs = [runs.load_run(out / FOLDS_DIR / f"fold_{k}") for k in range(plan["folds"])]
+    model = ensemble_model([run.model() for run in fold_runs])
+    atomic.save_with(out / runs.MODEL_FILE, model.save)
+    data = Path(plan["data"])
+    dataset = load_prepared(data)
+    run_config = fold_runs[0].config
+    split = plan["split"]
+    train_masks = (read_mask(dataset.masks[i], run_config.num_classes) for i in split["train"])
+    if run_config.num_classes == 1:
+        run_config = after_training(out, run_config, dataset, split["val"], train_masks)
+    else:
+        atomic.write_json(out / runs.CONFIG_FILE, run_config.to_json())
+    choice = run_config.postprocess or {}
+    metrics = {
+        "folds": plan["folds"],
+        "val_dice": choice.get("validation_dice_before"),
+        "val_dice_postprocessed": choice.get("validation_dice_after"),
+        "val_dice_note": "the ensemble's mean per-image Dice on the held-out validation "
+        "split, at the original size",
+        "fold_val_dice": [m.get("val_dice") for m in fold_metrics],
+        "fold_train_time_s": [m.get("train_time_s") for m in fold_metrics],
+        "train_time_s": round(sum(m.get("train_time_s") or 0 for m in fold_metrics), 2),
+        "wall_time_s": round(seconds, 2),
+        "precision": run_config.precision,
+    }
+    atomic.write_json(out / runs.METRICS_FILE, metrics)
+    return metrics
+
+
+def _read_plan(out: Path) -> dict[str, Any]:
+    path = out / ENSEMBLE_FILE
+    if not path.is_file():
+        raise UnetError(
+            f"{path}: missing; {out} is not an interrupted --folds run; start it again "
+            "without --resume"
+        )
+    try:
+        plan = json.loads(path.read_text(encoding="utf-8"))
+        missing = [k for k in ("folds", "fold_splits", "settings", "data") if k not in plan]
+        if missing:
+            raise KeyError(", ".join(missing))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UnetError(f"{path}: unreadable ({e}); start the run again without --resume") from None
+    return plan
+
+
+def is_ensemble(run_dir: str | os.PathLike) -> bool:
+    """Whether ``run_dir`` was written by ``unet train --folds``."""
+    return (Path(run_dir) / ENSEMBLE_FILE).is_file()
+
+
+__all__ = ["ENSEMBLE_FILE", "ensemble_model", "fold_splits", "is_ensemble", "train_folds"]

@@ -1,0 +1,126 @@
+"""unet train --folds K: the folds, the averaging model, the run folder, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from unet_lowered.cli import app
+from unet_lowered.errors import UnetError
+from unet_lowered.training.folds import ensemble_model, fold_splits
+
+TINY = [
+    "--image-size", "32", "--base-filters", "4", "--depth", "2", "--epochs", "2",
+    "--batch-size", "4", "--precision", "float32",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    """A prepared folder of 16 synthetic 64x64 chest X-rays."""
+    from unet_lowered.dataset.prepare import prepare
+    from unet_lowered.demo.synth import make_dataset
+
+    root = tmp_path_factory.mktemp("folds")
+    make_dataset(root / "kaggle", count=16, test_count=2, size=64, seed=1)
+    prepare(root / "kaggle", root / "prepared")
+    return root / "prepared"
+
+
+def test_fold_splits_cover_the_ids_once() -> None:
+    ids = [f"id{i:02d}" for i in range(10)]
+    splits = fold_splits(ids[::-1], 3, seed=0)  # the order given does not matter
+    assert splits == fold_splits(ids, 3, seed=0)
+    assert sorted(len(s["val"]) for s in splits) == [3, 3, 4]
+    assert sorted(i for s in splits for i in s["val"]) == ids  # each id validates once
+    for s in splits:
+        assert sorted(s["train"] + s["val"]) == ids and set(s["train"]).isdisjoint(s["val"])
+    assert fold_splits(ids, 3, seed=1) != splits
+    with pytest.raises(UnetError, match="--folds must be 2 or more"):
+        fold_splits(ids, 1, seed=0)
+    with pytest.raises(UnetError, match="only 10 training images"):
+        fold_splits(ids, 11, seed=0)
+
+
+def test_ensemble_averages_the_members() -> None:
+    import keras
+
+    members = []
+    for bias in (0.2, 0.6):  # constant outputs: sigmoid-free 1x1 convolutions
+        inputs = keras.Input((8, 8, 1))
+        conv = keras.layers.Conv2D(1, 1, kernel_initializer="zeros", bias_initializer="zeros")
+        model = keras.Model(inputs, conv(inputs), name="unet")  # same name: renamed
+        conv.bias.assign([bias])
+        members.append(model)
+    model = ensemble_model(members)
+    out = model.predict(np.zeros((2, 8, 8, 1), np.float32), verbose=0)
+    assert out.shape == (2, 8, 8, 1)
+    np.testing.assert_allclose(out, 0.4, rtol=1e-6)
+    assert [m.name for m in members] == ["fold_0", "fold_1"]
+
+
+def test_train_folds_writes_an_ensemble_run_that_predict_uses(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    import keras
+
+    from unet_lowered.io.runs import load_run
+
+    run = tmp_path / "ens"
+    result = CliRunner().invoke(
+        app, ["train", str(tiny_data), "--out", str(run), "--folds", "2", *TINY]
+    )
+    assert result.exit_code == 0, result.output
+    assert "2-fold ensemble: held-out validation Dice" in result.output
+    split = json.loads((run / "split.json").read_text())
+    plan = json.loads((run / "ensemble.json").read_text())
+    assert len(split["val"]) == round(16 * 0.15)  # the same held-out split as a single run
+    folds = plan["fold_splits"]
+    assert sorted(folds[0]["val"] + folds[1]["val"]) == split["train"]
+    for k in range(2):
+        fold = load_run(run / "folds" / f"fold_{k}")
+        assert fold.split() == folds[k]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["folds"] == 2 and len(metrics["fold_val_dice"]) == 2
+    assert 0.0 <= metrics["val_dice"] <= 1.0
+    config = json.loads((run / "config.json").read_text())
+    assert config["postprocess"]["validation_dice_before"] == metrics["val_dice"]
+
+    # model.keras is the mean of the folds' best models
+    ensemble = load_run(run).model()
+    x = np.random.default_rng(0).random((2, 32, 32, 1), dtype=np.float32)
+    members = [keras.saving.load_model(run / "folds" / f"fold_{k}" / "model.keras") for k in (0, 1)]
+    expected = (members[0].predict(x, verbose=0) + members[1].predict(x, verbose=0)) / 2
+    np.testing.assert_allclose(ensemble.predict(x, verbose=0), expected, atol=1e-6)
+
+    images = tiny_data / "train" / "images"
+    out = tmp_path / "pred"
+    result = CliRunner().invoke(app, ["predict", str(run), str(images), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert len(list(out.glob("*.png"))) == 16
+
+    # resume after an interruption during fold 1: fold 0 is kept, fold 1 trained again
+    fold0_model = (run / "folds" / "fold_0" / "model.keras").stat().st_mtime_ns
+    (run / "folds" / "fold_1" / "metrics.json").unlink()
+    (run / "model.keras").unlink()
+    result = CliRunner().invoke(app, ["train", "--out", str(run), "--resume"])
+    assert result.exit_code == 0, result.output
+    assert (run / "model.keras").is_file()
+    assert (run / "folds" / "fold_0" / "model.keras").stat().st_mtime_ns == fold0_model
+
+
+def test_folds_refuses_bad_values(tiny_data: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app, ["train", str(tiny_data), "--out", str(tmp_path / "r"), "--folds", "1", *TINY]
+    )
+    assert result.exit_code != 0 and "--folds" in result.output
+    result = CliRunner().invoke(
+        app, ["train", str(tiny_data), "--out", str(tmp_path / "r2"), "--folds", "99", *TINY]
+    )
+    assert isinstance(result.exception, UnetError)  # main() prints it on one line
+    assert "--folds 99: only 14 training images" in str(result.exception)
+    assert not (tmp_path / "r2").exists()  # refused before the run folder is made
