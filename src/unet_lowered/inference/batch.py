@@ -1,23 +1,31 @@
 """``unet predict``: masks for files, folders and globs, written atomically.
 
 :func:`predict_files` expands the inputs (:func:`collect_inputs`), gives each a
-unique output id (:func:`make_ids`), and streams them one batch at a time: read,
-predict (:func:`unet_lowered.inference.predictor.predict_images`), write the mask
-and, when asked, probabilities and an overlay, then one row of
-``predictions.csv``. It never writes into the input folders, and reports
-unreadable files without stopping (:func:`exit_status` decides the exit status).
+unique output id (:func:`make_ids`), and streams them one batch at a time through
+three threads (:func:`_run_pipeline`): a reader decodes and preprocesses the next
+batches (:func:`unet_lowered.io.images.read_image`,
+:func:`unet_lowered.inference.predictor.prepare_images`), the calling thread runs
+the network (:func:`unet_lowered.inference.predictor.predict_prepared`), and a
+writer post-processes and writes the mask and, when asked, probabilities and an
+overlay, then one row of ``predictions.csv``, in input order. The results are those
+of :func:`unet_lowered.inference.predictor.predict_images` image by image. It never
+writes into the input folders, and reports unreadable files without stopping
+(:func:`exit_status` decides the exit status).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import glob
 import io
 import os
+import queue
+import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,9 +41,11 @@ from unet_lowered.inference.postprocess import count_components
 from unet_lowered.inference.predictor import (
     PredictOptions,
     mask_to_png,
-    predict_images,
+    predict_prepared,
+    prepare_images,
     probs_to_mask,
     resolve_mode,
+    restore_size,
 )
 from unet_lowered.inference.quality import mask_quality
 from unet_lowered.io import atomic, images
@@ -192,6 +202,7 @@ def predict_files(
     save_overlay: bool = False,
     progress: bool = True,
     resume: bool = False,
+    pipeline: bool = True,
 ) -> PredictReport:
     """Predict masks for image files with a trained run: ``unet predict``.
 
@@ -201,7 +212,11 @@ def predict_files(
     for multi-class runs) or ``<id>_prob.npy`` (float32 ``(H, W)`` or ``(H, W, K)``),
     optionally ``<id>_overlay.png``, and at the end ``predictions.csv`` (one row per
     input, in input order, failed ones included with their error in ``status``). Files
-    are written atomically; images are read, predicted and written one batch at a time.
+    are written atomically. Images stream through three threads, one batch at a time
+    and in input order (:func:`_run_pipeline`): the next batches are decoded and
+    preprocessed while the network runs on the calling thread, and the finished ones
+    post-processed, encoded and written meanwhile; at most two batches wait between
+    two steps, so memory stays bounded however many inputs there are.
     Each finished input is recorded in a journal (:mod:`unet_lowered.inference.journal`),
     so a run killed at any moment is finished by the same call with ``resume=True``:
     inputs whose files are all there are skipped, the others predicted, and
@@ -218,6 +233,9 @@ def predict_files(
         progress: Show a progress bar (on stderr).
         resume: Finish the interrupted run in ``out_dir`` (same settings; the inputs
             are assumed unchanged) instead of starting over.
+        pipeline: Read, predict and write on three threads (:func:`_run_pipeline`);
+            False runs the same steps one after another on the calling thread (the
+            outputs are the same byte for byte; for comparisons and debugging).
 
     Returns:
         A :class:`PredictReport`. Unreadable or corrupt inputs are listed in
@@ -256,60 +274,22 @@ def predict_files(
     completed = False
     try:
         with progress_bar(len(files), progress, "predicting", console) as advance:
-            for chunk in _chunks(list(zip(ids, files, strict=True)), per_call):
-                started = time.perf_counter()
-                loaded = []
-                for image_id, path in chunk:
-                    done = journal.done.get(image_id)
-                    if (
-                        done is not None
-                        and done["source"] == str(path)
-                        and done["status"] == "ok"
-                        and all((out_dir / n).is_file() for n in outputs[image_id])
-                    ):
-                        rows.append(done)  # finished before the interruption
-                        report.written.append(image_id)
-                        advance()
-                        continue
-                    notes: list[str] = []
-                    try:
-                        image = images.read_image(path, options.max_pixels, notes)
-                    except (UnetError, OSError, cv2.error) as e:
-                        _fail(report, rows, console, image_id, path, e)
-                        journal.append(rows[-1])
-                        advance()
-                        continue
-                    _note(report, console, notes)
-                    loaded.append((image_id, path, image))
-                if loaded:
-                    probs = predict_images(model, [im for _, _, im in loaded], config, options)
-                    seconds = (time.perf_counter() - started) / len(loaded)
-                    for (image_id, path, image), p in zip(loaded, probs, strict=True):
-                        t0 = time.perf_counter()
-                        try:
-                            row = _write_outputs(
-                                out_dir,
-                                image_id,
-                                path,
-                                image,
-                                p,
-                                config,
-                                options,
-                                save_prob,
-                                save_overlay,
-                            )
-                        except OSError as e:
-                            raise UnetError(
-                                f"{out_dir}: cannot write the outputs of {path} "
-                                f"({e.strerror or e}); free disk space or choose another "
-                                "--out, then run again with --resume"
-                            ) from None
-                        row["seconds"] = round(seconds + time.perf_counter() - t0, 4)
-                        rows.append(row)
-                        journal.append(row)
-                        report.written.append(image_id)
-                        advance()
-                    del probs, loaded
+            stages = _Stages(
+                model,
+                config,
+                options,
+                out_dir,
+                outputs,
+                journal,
+                report,
+                rows,
+                console,
+                advance,
+                save_prob,
+                save_overlay,
+            )
+            chunks = _chunks(list(zip(ids, files, strict=True)), per_call)
+            _run_pipeline(chunks, stages.read, stages.predict, stages.write, threaded=pipeline)
         completed = True
     finally:
         rows.sort(key=lambda r: order[r["id"]])
@@ -330,18 +310,251 @@ def predict_files(
     return report
 
 
+# ---------------------------------------------------------------- the pipeline
+
+
+@dataclass
+class _Item:
+    """One input on its way from :meth:`_Stages.read` to :meth:`_Stages.write`."""
+
+    image_id: str
+    path: Path
+    done: dict[str, Any] | None = None  # its journal row: finished before the interruption
+    error: Exception | None = None  # why it could not be read
+    notes: list[str] = field(default_factory=list)
+    shape: tuple[int, int] = (0, 0)  # the image's (H, W)
+    image: np.ndarray | None = None  # the decoded image, kept for the overlay only
+    x: np.ndarray | None = None  # the network input (preprocess.model_input)
+    probs: np.ndarray | None = None  # the network's probabilities, at the input's size
+    seconds: float = 0.0
+
+
+@dataclass
+class _Stages:
+    """The three steps of :func:`predict_files` for one batch of ``(id, path)`` pairs."""
+
+    model: Any
+    config: RunConfig
+    options: PredictOptions
+    out_dir: Path
+    outputs: dict[str, list[str]]
+    journal: Journal
+    report: PredictReport
+    rows: list[dict[str, Any]]
+    console: Any
+    advance: Any
+    save_prob: str | None
+    save_overlay: bool
+
+    def read(self, chunk: list[tuple[str, Path]]) -> list[_Item]:
+        """Decode and preprocess (reader thread); finished and unreadable inputs marked."""
+        items = []
+        for image_id, path in chunk:
+            item = _Item(image_id, path)
+            items.append(item)
+            done = self.journal.done.get(image_id)
+            if (
+                done is not None
+                and done["source"] == str(path)
+                and done["status"] == "ok"
+                and all((self.out_dir / n).is_file() for n in self.outputs[image_id])
+            ):
+                item.done = done
+                continue
+            started = time.perf_counter()
+            try:
+                image = images.read_image(path, self.options.max_pixels, item.notes)
+            except (UnetError, OSError, cv2.error) as e:
+                item.error = e
+                continue
+            item.shape = image.shape[:2]
+            item.x = prepare_images([image], self.config, self.options)[0]
+            item.image = image if self.save_overlay else None
+            item.seconds = time.perf_counter() - started
+        return items
+
+    def predict(self, items: list[_Item]) -> list[_Item]:
+        """The network on the batch's readable images (calling thread)."""
+        todo = [item for item in items if item.x is not None]
+        if todo:
+            started = time.perf_counter()
+            probs = predict_prepared(self.model, [i.x for i in todo], self.config, self.options)
+            share = (time.perf_counter() - started) / len(todo)
+            for item, p in zip(todo, probs, strict=True):
+                item.probs, item.x = p, None
+                item.seconds += share
+        return items
+
+    def write(self, items: list[_Item], stop: threading.Event) -> None:
+        """Outputs, CSV row and journal line of each item, in order (writer thread)."""
+        for item in items:
+            if stop.is_set():
+                return
+            if item.done is not None:
+                self.rows.append(item.done)
+                self.report.written.append(item.image_id)
+            elif item.error is not None:
+                _fail(self.report, self.rows, self.console, item.image_id, item.path, item.error)
+                self.journal.append(self.rows[-1])
+            else:
+                _note(self.report, self.console, item.notes)
+                self._write_one(item)
+            self.advance()
+
+    def _write_one(self, item: _Item) -> None:
+        started = time.perf_counter()
+        probs = restore_size(item.probs, item.shape)
+        try:
+            row = _write_outputs(
+                self.out_dir,
+                item.image_id,
+                item.path,
+                item.image,
+                probs,
+                self.config,
+                self.options,
+                self.save_prob,
+                self.save_overlay,
+            )
+        except OSError as e:
+            raise UnetError(
+                f"{self.out_dir}: cannot write the outputs of {item.path} "
+                f"({e.strerror or e}); free disk space or choose another "
+                "--out, then run again with --resume"
+            ) from None
+        item.probs = item.image = None
+        row["seconds"] = round(item.seconds + time.perf_counter() - started, 4)
+        self.rows.append(row)
+        self.journal.append(row)
+        self.report.written.append(item.image_id)
+
+
+class _Stopped(Exception):
+    """A pipeline thread gives up because another one failed."""
+
+
+@dataclass
+class _Raise:
+    """An error of the reader, handed on in order so it surfaces where a loop would stop."""
+
+    error: BaseException
+
+
+_END = object()
+
+
+def _run_pipeline(
+    chunks: Iterable[Any],
+    read: Callable[[Any], Any],
+    predict: Callable[[Any], Any],
+    write: Callable[[Any, threading.Event], None],
+    threaded: bool = True,
+    ahead: int = 2,
+) -> None:
+    """``write(predict(read(chunk)), stop)`` for each chunk, in order, on three threads.
+
+    ``read`` runs on a reader thread, ``predict`` on the calling thread (the network
+    stays where Keras was loaded), ``write`` on a writer thread; bounded queues hold at
+    most ``ahead`` chunks between two steps. Errors surface as in the plain loop
+    (``threaded=False``): an exception of ``read`` or ``predict`` is raised once the
+    chunks before it are written; one of ``write`` (a full disk, a KeyboardInterrupt) is
+    raised at once. On KeyboardInterrupt (or any BaseException) of the caller the
+    writer stops after the image it is writing (``stop`` is set) and both threads are
+    joined before this returns, so the caller's journal and CSV see every finished image.
+    """
+    if not threaded:
+        never = threading.Event()
+        for chunk in chunks:
+            write(predict(read(chunk)), never)
+        return
+    stop = threading.Event()
+    to_predict: queue.Queue[Any] = queue.Queue(ahead)
+    to_write: queue.Queue[Any] = queue.Queue(ahead)
+    failed: list[BaseException] = []
+
+    def put(q: queue.Queue[Any], item: Any) -> None:
+        while not stop.is_set():
+            try:
+                return q.put(item, timeout=0.05)
+            except queue.Full:
+                pass
+        raise _Stopped
+
+    def get(q: queue.Queue[Any]) -> Any:
+        while not stop.is_set():
+            try:
+                return q.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        raise _Stopped
+
+    def reader() -> None:
+        try:
+            for chunk in chunks:
+                put(to_predict, read(chunk))
+            put(to_predict, _END)
+        except _Stopped:
+            pass
+        except BaseException as e:  # raised by the caller where a plain loop would stop
+            with contextlib.suppress(_Stopped):
+                put(to_predict, _Raise(e))
+
+    def writer() -> None:
+        try:
+            while (items := get(to_write)) is not _END:
+                write(items, stop)
+        except _Stopped:
+            pass
+        except BaseException as e:
+            failed.append(e)
+            stop.set()
+
+    def finish_writing() -> None:
+        with contextlib.suppress(_Stopped):
+            put(to_write, _END)
+        threads[1].join()
+        if failed:
+            raise failed[0]
+
+    threads = [
+        threading.Thread(target=reader, name="unet-predict-read", daemon=True),
+        threading.Thread(target=writer, name="unet-predict-write", daemon=True),
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        try:
+            while (items := get(to_predict)) is not _END:
+                if isinstance(items, _Raise):
+                    raise items.error
+                put(to_write, predict(items))
+        except _Stopped:
+            raise failed[0] from None
+        except Exception:
+            finish_writing()  # the chunks predicted before the error are written
+            raise
+        finish_writing()
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+
+
 def _write_outputs(
     out_dir: Path,
     image_id: str,
     path: Path,
-    image: np.ndarray,
+    image: np.ndarray | None,
     probs: np.ndarray,
     config: RunConfig,
     options: PredictOptions,
     save_prob: str | None,
     save_overlay: bool,
 ) -> dict[str, Any]:
-    """Write the mask (and probability/overlay files) of one image; return its CSV row."""
+    """Write the mask (and probability/overlay files) of one image; return its CSV row.
+
+    ``probs`` are at the image's size; ``image`` is needed for the overlay only.
+    """
     mask = probs_to_mask(probs, config, options)
     images.write_png(out_dir / f"{image_id}.png", mask_to_png(mask, config))
     if save_prob == "npy":

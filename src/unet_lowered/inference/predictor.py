@@ -186,6 +186,11 @@ def predict_images(
 ) -> list[np.ndarray]:
     """Predict probabilities for decoded images, each at its ORIGINAL size.
 
+    The three steps, :func:`prepare_images` (no model: safe on another thread),
+    :func:`predict_prepared` (the network) and :func:`restore_size`, run one after the
+    other; ``unet predict`` runs them on three threads
+    (:func:`unet_lowered.inference.batch.predict_files`) with the same results.
+
     Args:
         model: The run's Keras model (logits out).
         batch: Images as :func:`unet_lowered.io.images.read_image` returns them, any sizes.
@@ -196,28 +201,53 @@ def predict_images(
         One float32 ``(H, W, K)`` array per image: probabilities, ``K = num_classes``.
     """
     options = (options or PredictOptions()).validate()
+    _channels(model, config)
+    if resolve_mode(options.mode, config) == "tile":  # one full-size input at a time
+        return [
+            predict_prepared(model, prepare_images([im], config, options), config, options)[0]
+            for im in batch
+        ]
+    probs = predict_prepared(model, prepare_images(batch, config, options), config, options)
+    return [restore_size(p, image.shape[:2]) for p, image in zip(probs, batch, strict=True)]
+
+
+def prepare_images(
+    batch: Sequence[np.ndarray], config: RunConfig, options: PredictOptions
+) -> list[np.ndarray]:
+    """The network inputs of decoded images: :func:`unet_lowered.preprocess.model_input`.
+
+    Resize mode: float32 ``(h, w, C)`` at the run's ``image_size``; tile mode: at the
+    image's own size. Needs no model, so it can run on another thread than the network.
+    """
+    size = None if resolve_mode(options.mode, config) == "tile" else config.image_size
+    return [model_input(image, config.channels, size, config.clahe) for image in batch]
+
+
+def predict_prepared(
+    model: Any, inputs: Sequence[np.ndarray], config: RunConfig, options: PredictOptions
+) -> list[np.ndarray]:
+    """Probabilities for :func:`prepare_images` outputs, each at its INPUT's size.
+
+    Same padding in resize mode: the whole batch in one network call; tile mode and
+    valid padding: overlap-tile prediction of each input
+    (:func:`unet_lowered.inference.tiling.predict_tiled`). Resize-mode results are
+    brought back to the image's size by :func:`restore_size`.
+
+    Returns:
+        One float32 ``(h, w, K)`` array per input.
+    """
+    _channels(model, config)
     mode = resolve_mode(options.mode, config)
-    channels = _channels(model, config)
-    clahe = config.clahe
-    size = config.image_size
     out_tile, margin = _geometry(config)
     fn = probability_fn(
         model, config, resolve_tta(options.tta_transforms, config) if options.tta else None
     )
-
-    def tiled(x: np.ndarray) -> np.ndarray:
-        return predict_tiled(
-            x, fn, out_tile, options.overlap, margin, options.blend, options.batch_size
-        )
-
-    if mode == "tile":
-        return [tiled(model_input(image, channels, None, clahe)) for image in batch]
-    inputs = [model_input(image, channels, size, clahe) for image in batch]
-    if margin == (0, 0):  # same padding: the whole batch in one call
-        outputs = list(fn(np.stack(inputs))) if inputs else []
-    else:
-        outputs = [tiled(x) for x in inputs]
-    return [_resize_probs(p, image.shape[:2]) for p, image in zip(outputs, batch, strict=True)]
+    if mode == "resize" and margin == (0, 0):  # same padding: the whole batch in one call
+        return list(fn(np.stack(inputs))) if len(inputs) else []
+    return [
+        predict_tiled(x, fn, out_tile, options.overlap, margin, options.blend, options.batch_size)
+        for x in inputs
+    ]
 
 
 def predict_image(
@@ -246,7 +276,7 @@ def predict_image(
     return predict_images(model, [image], config, options)[0]
 
 
-def _resize_probs(probs: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def restore_size(probs: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Bilinear resize of ``(h, w, K)`` probabilities to ``size``; softmax sums stay 1."""
     h, w = size
     if probs.shape[:2] == (h, w):
