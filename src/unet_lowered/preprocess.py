@@ -31,8 +31,9 @@ def to_unit(image: np.ndarray) -> np.ndarray:
     if x.ndim == 2:
         x = x[:, :, None]
     lo, hi = float(x.min()), float(x.max())
-    if hi > lo:
-        x = (x - lo) / (hi - lo)
+    if hi > lo:  # in place: the float32 arithmetic of (x - lo) / (hi - lo), no temporaries
+        x -= lo
+        x /= hi - lo
     else:
         x = np.zeros_like(x)
     return x

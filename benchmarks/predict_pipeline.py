@@ -1,0 +1,265 @@
+"""Images/s and peak memory of `unet predict`'s pipeline against a plain sequential loop.
+
+Writes N synthetic chest X-rays of 1-4k px (``unet_lowered.demo.synth`` drawings,
+enlarged, with 16-bit detail noise), half as 16-bit PNGs and half as JPEGs, and a run
+folder holding the default (25% width, depth 4) U-Net, untrained, at 256x256 (its
+masks made lung-like, see :func:`lung_like_unet`). Then
+runs, each in a fresh child process and interleaved ``--repeats`` times:
+
+* ``loop``: a plain sequential loop with the same model: read, resize
+  (``preprocess.model_input``), ``predict_on_batch``, sigmoid, resize back,
+  threshold, write the mask PNG;
+* ``pipeline``: ``predict_files`` (``unet predict``: reader, network and writer threads);
+* ``plain``: ``predict_files(..., pipeline=False)``, the same steps on one thread.
+
+Each child imports TensorFlow, loads the model and warms it up before the clock
+starts, and reports images/s and its peak resident set size (``VmHWM``) before and
+after the images. Prints one JSON line per child, then a summary with the median
+images/s of each variant and the ratio pipeline / loop.
+
+    .venv/bin/python benchmarks/predict_pipeline.py --images 24
+    .venv/bin/python benchmarks/predict_pipeline.py --images 4 --min-size 512 --max-size 1024  # smoke
+
+``--cv2-threads`` and ``--tf-threads`` set OpenCV's and TensorFlow's thread counts in
+the children (default: the libraries' own choice), to measure how they interact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+VARIANTS = ("loop", "pipeline", "plain")
+
+
+def make_inputs(work: Path, count: int, lo: int, hi: int, tile: int, seed: int) -> Path:
+    """Write ``work/in`` (the images) and ``work/run`` (the model); return ``work``."""
+    import cv2
+    import numpy as np
+
+    import unet_lowered  # noqa: F401  (sets the Keras backend)
+    from unet_lowered.demo.synth import synth_pair
+    from unet_lowered.io import images
+
+    run = work / "run"
+    run.mkdir(parents=True, exist_ok=True)
+    lung_like_unet(tile).save(run / "model.keras")
+    config = {
+        "image_size": [tile, tile],
+        "channels": 1,
+        "num_classes": 1,
+        "threshold": 0.5,
+        "clahe": False,
+        "input_mode": "resize",
+        "padding": "same",
+        "depth": 4,
+        "label_values": None,
+    }
+    (run / "config.json").write_text(json.dumps(config))
+    rng = np.random.default_rng(seed)
+    folder = work / "in"
+    folder.mkdir(parents=True, exist_ok=True)
+    for k in range(count):
+        h = int(rng.integers(lo, hi + 1))
+        w = int(np.clip(h * rng.uniform(0.8, 1.2), lo, hi))
+        small, _ = synth_pair(rng, 512)
+        big = cv2.resize(small.astype(np.float32) * 257, (w, h), interpolation=cv2.INTER_CUBIC)
+        big += rng.normal(0, 300, big.shape).astype(np.float32)  # detector noise
+        image16 = np.clip(big, 0, 65535).astype(np.uint16)
+        if k % 2 == 0:
+            images.write_png(folder / f"xray{k:03d}.png", image16)
+        else:
+            image8 = (image16 >> 8).astype(np.uint8)
+            cv2.imwrite(str(folder / f"xray{k:03d}.jpg"), image8, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    return work
+
+
+def lung_like_unet(tile: int):
+    """The default U-Net, untrained, whose logits get ``-10 z`` added (``z``: the
+    standardised input), so its masks are the dark lung fields of the drawings: a few
+    smooth objects, as a trained run's, not an untrained network's speckle (which makes
+    the post-processing and the PNG encoding slower than on real masks). The U-Net's
+    output is multiplied by 0 but still computed, so the network costs what it costs."""
+    import keras
+
+    from unet_lowered.model import unet
+
+    inputs = keras.Input((tile, tile, 1), name="image")
+    net = keras.layers.Rescaling(0.0, name="untrained")(unet((tile, tile, 1))(inputs))
+    dark = keras.layers.Rescaling(-10.0, name="dark")(inputs)
+    return keras.Model(inputs, keras.layers.Add(name="logits")([net, dark]))
+
+
+def peak_mb() -> float:
+    """This process's peak resident set size (``VmHWM``) in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def plain_loop(run: Path, files: list[Path], out: Path, batch_size: int) -> None:
+    """Read, resize, predict_on_batch, resize back, write: one batch at a time."""
+    import cv2
+    import numpy as np
+    from scipy.special import expit
+
+    from unet_lowered.io import images
+    from unet_lowered.io.runs import load_run
+    from unet_lowered.preprocess import model_input
+
+    r = load_run(run)
+    model, config = r.model(), r.config
+    out.mkdir(parents=True, exist_ok=True)
+    for i in range(0, len(files), batch_size):
+        chunk = files[i : i + batch_size]
+        decoded = [images.read_image(f) for f in chunk]
+        x = np.stack([model_input(im, 1, config.image_size) for im in decoded])
+        probs = expit(np.asarray(model.predict_on_batch(x), np.float32))
+        for f, im, p in zip(chunk, decoded, probs, strict=True):
+            h, w = im.shape[:2]
+            back = cv2.resize(p, (w, h), interpolation=cv2.INTER_LINEAR)
+            images.write_png(out / f"{f.stem}.png", (back >= 0.5).astype(np.uint8) * 255)
+
+
+def child(variant: str, work: Path, out: Path, args: argparse.Namespace) -> None:
+    """Run one variant in this process; print a JSON line."""
+    import cv2
+    import numpy as np
+
+    if args.cv2_threads is not None:
+        cv2.setNumThreads(args.cv2_threads)
+    import unet_lowered  # noqa: F401
+
+    if args.tf_threads is not None:
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(args.tf_threads)
+    from unet_lowered.inference.batch import predict_files
+    from unet_lowered.inference.predictor import PredictOptions
+    from unet_lowered.io.runs import load_run
+
+    run = work / "run"
+    model = load_run(run).model()  # TensorFlow imported, a model built and run: fixed cost
+    model.predict_on_batch(np.zeros((args.batch_size, args.tile, args.tile, 1), np.float32))
+    files = sorted(p for p in (work / "in").iterdir() if p.is_file())
+    before = peak_mb()
+    started = time.perf_counter()
+    if variant == "loop":
+        plain_loop(run, files, out, args.batch_size)
+    else:
+        options = PredictOptions(mode="resize", batch_size=args.batch_size)
+        report = predict_files(
+            run, files, out, options, progress=False, pipeline=variant == "pipeline"
+        )
+        assert not report.failed, report.failed
+    seconds = time.perf_counter() - started
+    print(
+        json.dumps(
+            {
+                "variant": variant,
+                "images": len(files),
+                "seconds": round(seconds, 2),
+                "images_per_s": round(len(files) / seconds, 3),
+                "peak_rss_before_mb": round(before),
+                "peak_rss_mb": round(peak_mb()),
+            }
+        ),
+        flush=True,
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=24, help="number of input images")
+    parser.add_argument("--min-size", type=int, default=1024, help="smallest image side")
+    parser.add_argument("--max-size", type=int, default=4096, help="largest image side")
+    parser.add_argument("--tile", type=int, default=256, help="the network's input size")
+    parser.add_argument("--batch-size", type=int, default=4, help="images per network call")
+    parser.add_argument("--repeats", type=int, default=2, help="interleaved runs per variant")
+    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated")
+    parser.add_argument("--cv2-threads", type=int, default=None, help="cv2.setNumThreads")
+    parser.add_argument("--tf-threads", type=int, default=None, help="TF intra-op threads")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: temp)")
+    parser.add_argument(
+        "--child", nargs=3, metavar=("VARIANT", "WORK", "OUT"), help=argparse.SUPPRESS
+    )
+    args = parser.parse_args()
+    if args.child:
+        variant, work, out = args.child
+        child(variant, Path(work), Path(out), args)
+        return 0
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        parser.error(f"--variants: unknown {unknown}; choose from {', '.join(VARIANTS)}")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.work or Path(tmp)
+        t0 = time.perf_counter()
+        make_inputs(work, args.images, args.min_size, args.max_size, args.tile, args.seed)
+        size_mb = sum(p.stat().st_size for p in (work / "in").iterdir()) / 2**20
+        print(
+            json.dumps(
+                {
+                    "inputs": args.images,
+                    "sizes": [args.min_size, args.max_size],
+                    "input_mb": round(size_mb),
+                    "made_in_s": round(time.perf_counter() - t0, 1),
+                    "cpus": os.cpu_count(),
+                }
+            ),
+            flush=True,
+        )
+        passthrough = ["--tile", str(args.tile), "--batch-size", str(args.batch_size)]
+        for name in ("cv2_threads", "tf_threads"):
+            if getattr(args, name) is not None:
+                passthrough += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+        results: dict[str, list[dict]] = {v: [] for v in variants}
+        for repeat in range(args.repeats):
+            order = variants if repeat % 2 == 0 else variants[::-1]  # interleaved, both orders
+            for variant in order:
+                out = work / f"out-{variant}-{repeat}"
+                command = [sys.executable, __file__, "--child", variant, str(work), str(out)]
+                env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+                done = subprocess.run(
+                    command + passthrough, capture_output=True, text=True, env=env, check=False
+                )
+                if done.returncode != 0:
+                    print(done.stdout + done.stderr, file=sys.stderr)
+                    return 1
+                result = json.loads(done.stdout.strip().splitlines()[-1])
+                print(json.dumps(result), flush=True)
+                results[variant].append(result)
+        summary = {
+            v: {
+                "images_per_s": statistics.median(r["images_per_s"] for r in rs),
+                "peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
+            }
+            for v, rs in results.items()
+        }
+        if "loop" in summary:
+            base = summary["loop"]["images_per_s"]
+            for v in summary:
+                summary[v]["vs_loop"] = round(summary[v]["images_per_s"] / base, 2)
+        same = None
+        if "pipeline" in results and "plain" in results:  # every output byte for byte
+            a, b = work / "out-pipeline-0", work / "out-plain-0"
+            names = sorted(p.name for p in a.iterdir() if p.name != "predictions.csv")
+            same = names == sorted(p.name for p in b.iterdir() if p.name != "predictions.csv")
+            same = same and all((a / n).read_bytes() == (b / n).read_bytes() for n in names)
+        print(json.dumps({"summary": summary, "pipeline_outputs_equal_plain": same}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
