@@ -20,7 +20,7 @@ $(STAMP_RUN): pyproject.toml | $(PY)
 	touch $@
 
 $(STAMP_TEST): pyproject.toml | $(PY)
-	$(PIP) install --quiet -e ".[dev,onnx,backends,dicom,serve,serve-test]"
+	$(PIP) install --quiet -e ".[dev,onnx,backends,dicom,serve,serve-test,distributed]"
 	touch $@ $(STAMP_RUN)
 
 install: $(STAMP_RUN)

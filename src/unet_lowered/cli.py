@@ -579,6 +579,27 @@ def predict(
             "inputs whose files are there are skipped [default: start over].",
         ),
     ] = False,
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="local (this process) or ray: a pool of Ray actors, on this machine or a "
+            "cluster (pip install 'unet-lowered[distributed]'); the same outputs.",
+        ),
+    ] = "local",
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            help="--engine ray: auto (the cluster `ray start` runs here) or HOST:PORT of its "
+            "head [default: start a local Ray instance].",
+        ),
+    ] = None,
+    actors: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="--engine ray: actors predicting at once, one CPU each [default: one per node].",
+        ),
+    ] = None,
 ) -> None:
     """Segment images with a trained run; masks at each image's original size.
 
@@ -589,23 +610,29 @@ def predict(
     Unreadable files are reported and skipped; the others are still predicted, and the
     exit status is 1 at the end if any failed (0 with --keep-going, unless all failed).
     A killed run (even kill -9) leaves only complete files; run it again with --resume.
+    --engine ray predicts the same files on a pool of Ray actors (a cluster, or this machine).
     Post-processing: the run's choice from training unless flags say otherwise (--no-postprocess).
     Example: unet predict runs/lungs scans/ --out masks/ --overlay
     """
+    from unet_lowered import options as names
     from unet_lowered.inference.batch import exit_status, predict_files
 
     options = _predict_options(locals())
-    report = predict_files(
-        run,
-        inputs,
-        out,
-        options,
+    settings = dict(
         recursive=recursive,
         save_prob=save_prob,
         save_overlay=overlay,
         progress=progress,
         resume=resume,
     )
+    if names.choose(engine, ("local", "ray"), "engine") == "ray":
+        from unet_lowered.inference.ray_engine import predict_files_ray
+
+        report = predict_files_ray(
+            run, inputs, out, options, **settings, address=ray_address, actors=actors
+        )
+    else:
+        report = predict_files(run, inputs, out, options, **settings)
     total = len(report.written) + len(report.failed)
     typer.echo(f"wrote {len(report.written)} mask(s) to {out} (table: {report.csv_path})")
     if report.failed:
