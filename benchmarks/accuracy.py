@@ -1,9 +1,11 @@
-"""Accuracy of the default settings on the real data sets beside the project.
+"""Accuracy of the planned settings on the real data sets beside the project.
 
-For each data set: ``unet prepare`` into a temporary folder, ``unet train`` with the
-default settings (only the data and output folder given, unless ``--epochs``), then
-``unet evaluate --split val`` at the original image size. Prints one table and
-appends it, with date and machine, to ``benchmarks/RESULTS.md``.
+For each data set: ``unet prepare`` into a temporary folder, ``unet train`` as a user
+runs it (only the data and output folder given, so the settings are those ``unet
+plan`` chooses within the default 10-minute budget; ``--time-budget`` or ``--epochs``
+change that), then ``unet evaluate --split val`` at the original image size. Prints
+one table (with the plan chosen) and appends it, with date and machine, to
+``benchmarks/RESULTS.md``.
 
 * ``jsrt``: ../shared/data/jsrt-lungs, lung Dice/IoU per image (mean, median, worst);
 * ``dsb``: ../shared/data/dsb2018/stage1_train, foreground (nuclei) Dice;
@@ -40,11 +42,11 @@ SOURCES = {
 }
 
 
-def run_one(name: str, work: Path, epochs: int | None) -> dict:
-    """Prepare, train with defaults, evaluate on the validation split; return the figures."""
+def run_one(name: str, work: Path, epochs: int | None, time_budget: str | None = None) -> dict:
+    """Prepare, train as planned, evaluate on the validation split; return the figures."""
     from unet_lowered.dataset.prepare import prepare
     from unet_lowered.evaluation.evaluate import evaluate_run
-    from unet_lowered.training import config as config_mod
+    from unet_lowered.planning.plan import resolve_settings
     from unet_lowered.training.train import train
 
     src = SOURCES[name]
@@ -53,9 +55,10 @@ def run_one(name: str, work: Path, epochs: int | None) -> dict:
     data = work / f"{name}-data"
     run = work / f"{name}-run"
     prepare(src, data, overwrite=True)
-    cfg = config_mod.resolve(None, {"epochs": epochs})
     t0 = time.perf_counter()
-    metrics = train(data, run, cfg, overwrite=True)
+    cfg, provenance = resolve_settings(data, None, {"epochs": epochs, "time_budget": time_budget})
+    plan_s = time.perf_counter() - t0
+    metrics = train(data, run, cfg, overwrite=True, provenance=provenance)
     train_s = time.perf_counter() - t0
     summary = evaluate_run(run, data, split="val", progress=False)
     rows = _rows(run / "eval" / "per_image.csv")
@@ -70,6 +73,8 @@ def run_one(name: str, work: Path, epochs: int | None) -> dict:
         "dice_worst": min(dice),
         "iou_mean": statistics.fmean(iou),
         "train_s": train_s,
+        "plan_s": plan_s,
+        "plan": _plan_summary(cfg),
         "epochs": metrics["epochs_completed"],
         "images_per_s": metrics["images_per_s"],
         "precision": metrics["precision"],
@@ -78,6 +83,16 @@ def run_one(name: str, work: Path, epochs: int | None) -> dict:
     if name == "isbi":
         result["rand_error"] = _isbi_rand_error(run, data, rows)
     return result
+
+
+def _plan_summary(cfg) -> str:
+    """The planned settings that differ between data sets, in one line."""
+    flips = "+".join(n for n, on in (("lr", cfg.flip_lr), ("ud", cfg.flip_ud)) if on) or "none"
+    budget = f", budget {cfg.time_budget:g} s" if cfg.time_budget else ""
+    return (
+        f"{cfg.input_mode} {cfg.image_size}, {cfg.loss}, flips {flips}, rotate {cfg.rotate:g}, "
+        f"batch {cfg.batch_size}, {cfg.epochs} epochs{budget}"
+    )
 
 
 def _rows(path: Path) -> list[dict]:
@@ -113,18 +128,18 @@ def _isbi_rand_error(run: Path, data: Path, rows: list[dict]) -> float:
 def table(results: list[dict]) -> str:
     lines = [
         "| data set | val images | Dice mean | Dice median | Dice worst | IoU mean | Rand error | "
-        "train time | epochs | train img/s | precision |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "train time | epochs | train img/s | precision | plan |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for r in results:
         if "skipped" in r:
-            lines.append(f"| {r['dataset']} | skipped: {r['skipped']} |" + " |" * 9)
+            lines.append(f"| {r['dataset']} | skipped: {r['skipped']} |" + " |" * 10)
             continue
         rand = f"{r['rand_error']:.4f}" if "rand_error" in r else "-"
         lines.append(
             f"| {r['dataset']} | {r['n_val']} | {r['dice_mean']:.4f} | {r['dice_median']:.4f} | "
             f"{r['dice_worst']:.4f} | {r['iou_mean']:.4f} | {rand} | {r['train_s'] / 60:.1f} min | "
-            f"{r['epochs']} | {r['images_per_s']:.1f} | {r['precision']} |"
+            f"{r['epochs']} | {r['images_per_s']:.1f} | {r['precision']} | {r['plan']} |"
         )
     return "\n".join(lines)
 
@@ -134,7 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--datasets", default="jsrt,dsb,isbi", help="comma-separated: jsrt,dsb,isbi"
     )
-    parser.add_argument("--epochs", type=int, default=None, help="override the default epochs")
+    parser.add_argument("--epochs", type=int, default=None, help="override the planned epochs")
+    parser.add_argument(
+        "--time-budget", default=None, help="the budget each plan fits, e.g. 5m [default: 10m]"
+    )
     parser.add_argument("--no-append", action="store_true", help="do not append to RESULTS.md")
     parser.add_argument(
         "--keep",
@@ -156,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         work.mkdir(parents=True, exist_ok=True)
         for name in names:
             print(f"== {name}", flush=True)
-            results.append(run_one(name, work, args.epochs))
+            results.append(run_one(name, work, args.epochs, args.time_budget))
             print(json.dumps(results[-1], indent=1), flush=True)
     text = table(results)
     print(text)
@@ -164,13 +182,15 @@ def main(argv: list[str] | None = None) -> int:
         stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
         header = (
             f"\n## Accuracy, {stamp}, {cpu_model()}, {cores()} cores\n\n"
-            "Default settings (`unet train DATA --out RUN`"
+            "Planned settings (`unet train DATA --out RUN`"
             + (f" --epochs {args.epochs}" if args.epochs else "")
+            + (f" --time-budget {args.time_budget}" if args.time_budget else "")
             + "), validation split, scored by `unet evaluate --split val` at the original "
             "image size. Command: `python benchmarks/accuracy.py"
             + (f" --datasets {args.datasets}" if args.datasets != "jsrt,dsb,isbi" else "")
             + (f" --epochs {args.epochs}" if args.epochs else "")
-            + "`\n\n"
+            + (f" --time-budget {args.time_budget}" if args.time_budget else "")
+            + "`; train time includes planning (fingerprint and step timing)\n\n"
         )
         from unet_lowered.io import atomic
 

@@ -239,7 +239,39 @@ def export(
     )
 
 
-# ---------------------------------------------------------------- train, plot
+# ---------------------------------------------------------------- plan, train, plot
+
+_TimeBudget = Annotated[
+    str | None,
+    typer.Option(
+        help="Time budget, e.g. 90s, 10m, 1h: epochs are planned to fit and training stops "
+        "at an epoch's end before passing it [default: 10m when planned; none when "
+        "--epochs is given].",
+    ),
+]
+
+
+@app.command()
+def plan(
+    data: Annotated[Path, typer.Argument(help="Prepared folder (from `unet prepare`).")],
+    time_budget: _TimeBudget = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Plan file [default: DATA/plan.json].")
+    ] = None,
+) -> None:
+    """Fingerprint the data, time a training step and plan `unet train`; writes plan.json."""
+    from unet_lowered.io.progress import stderr_console
+    from unet_lowered.planning import plan as plan_mod
+    from unet_lowered.planning.budget import parse_duration
+
+    budget = plan_mod.DEFAULT_BUDGET_S if time_budget is None else parse_duration(time_budget)
+    result = plan_mod.make_plan(data, budget, progress=sys.stderr.isatty())
+    target = out if out is not None else data / plan_mod.PLAN_FILE
+    path = plan_mod.write_plan(result, target)
+    console = stderr_console()
+    console.print(plan_mod.fingerprint_table(result))
+    console.print(plan_mod.plan_table(result))
+    typer.echo(f"wrote {path}; `unet train {data}` uses it (flags and --config override it)")
 
 
 @app.command()
@@ -394,8 +426,13 @@ def train(
             "--overfit-batch", help="Train and validate on one batch: shows the setup can learn."
         ),
     ] = None,
+    time_budget: _TimeBudget = None,
 ) -> None:
-    """Train the U-Net on a prepared folder; writes model, config, history, metrics to --out."""
+    """Train the U-Net on a prepared folder; writes model, config, history, metrics to --out.
+
+    Settings not given by a flag or --config come from the data's plan (DATA/plan.json
+    from `unet plan`, or planned now); RUN/config.json records where each came from.
+    """
     from unet_lowered.training import config as config_mod
     from unet_lowered.training import train as train_mod
 
@@ -431,6 +468,7 @@ def train(
         "lowres": lowres,
         "stamps": stamps,
         "overfit_batch": overfit_batch,
+        "time_budget": time_budget,
     }
     from unet_lowered.training import folds as folds_mod
 
@@ -443,12 +481,19 @@ def train(
             metrics = folds_mod.train_folds(None, out, None, 0, resume=True)
         else:
             metrics = train_mod.train(None, out, resume=True)
-    elif folds:
-        cfg = config_mod.resolve(config, overrides)
-        metrics = folds_mod.train_folds(data, out, cfg, folds, overwrite=overwrite)
+    elif data is None:
+        cfg = config_mod.resolve(config, overrides)  # refuses bad settings first
+        raise UnetError("no data folder given; pass the folder written by `unet prepare`")
     else:
-        cfg = config_mod.resolve(config, overrides)
-        metrics = train_mod.train(data, out, cfg, overwrite=overwrite)
+        from unet_lowered.planning.plan import resolve_settings
+
+        if not folds:  # an existing run folder fails before the planning work
+            train_mod._check_run_folder(Path(out), overwrite)
+        cfg, provenance = resolve_settings(data, config, overrides)
+        if folds:
+            metrics = folds_mod.train_folds(data, out, cfg, folds, overwrite=overwrite)
+        else:
+            metrics = train_mod.train(data, out, cfg, overwrite=overwrite, provenance=provenance)
     if "folds" in metrics:
         typer.echo(
             f"{metrics['folds']}-fold ensemble: held-out validation Dice "

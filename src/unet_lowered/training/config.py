@@ -78,6 +78,8 @@ class TrainConfig:
     opacity: float = 0.0
     lowres: float = 0.0
     stamps: float = 0.0
+    # time budget in seconds (``--time-budget 10m``); None: no limit
+    time_budget: float | None = None
     # debugging
     overfit_batch: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
@@ -102,6 +104,10 @@ class TrainConfig:
         }
         if self.image_size == "auto":  # a config file may spell the default out
             canonical["image_size"] = None
+        if self.time_budget is not None:  # "10m", "90s", "1h" or seconds
+            from unet_lowered.planning.budget import parse_duration
+
+            canonical["time_budget"] = parse_duration(self.time_budget)
         cfg = dataclasses.replace(self, **canonical)
         if not 0.0 <= cfg.val_fraction < 1.0:
             raise SettingError(
@@ -235,6 +241,9 @@ class RunConfig:
         postprocess: The post-processing chosen on validation
             (:func:`unet_lowered.evaluation.choose.choose_postprocess`): ``keep_largest``,
             ``fill_holes``, ``min_area`` and the figures behind them, or None (none).
+        plan: The plan the settings came from (:mod:`unet_lowered.planning.plan`), or None.
+        settings_sources: Where each setting came from: ``default``, ``plan``, ``file``
+            (``--config``) or ``flag``; None when not recorded.
         version: :data:`CONFIG_VERSION` of the file.
     """
 
@@ -250,6 +259,8 @@ class RunConfig:
     unet_lowered_version: str | None = None
     mask_stats: Mapping[str, Any] | None = None
     postprocess: Mapping[str, Any] | None = None
+    plan: Mapping[str, Any] | None = None
+    settings_sources: Mapping[str, str] | None = None
     version: int = CONFIG_VERSION
 
     # The settings that inference reads, by name.
@@ -295,6 +306,8 @@ class RunConfig:
             unet_lowered_version=self.unet_lowered_version,
             mask_stats=None if self.mask_stats is None else dict(self.mask_stats),
             postprocess=None if self.postprocess is None else dict(self.postprocess),
+            settings_sources=None if self.settings_sources is None else dict(self.settings_sources),
+            plan=None if self.plan is None else dict(self.plan),
             config_version=self.version,
         )
         return values
@@ -369,6 +382,8 @@ class RunConfig:
             unet_lowered_version=values.get("unet_lowered_version"),
             mask_stats=_mapping_or_none(values, "mask_stats", source),
             postprocess=_mapping_or_none(values, "postprocess", source),
+            plan=_mapping_or_none(values, "plan", source),
+            settings_sources=_mapping_or_none(values, "settings_sources", source),
             version=version,
         )
 

@@ -94,6 +94,7 @@ def train(
     overwrite: bool = False,
     verbose: int | str | None = None,
     split: Mapping[str, Sequence[str]] | None = None,
+    provenance: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train a U-Net and write the run folder.
 
@@ -109,6 +110,10 @@ def train(
         split: ``{"train": ids, "val": ids}`` to train on instead of the seeded (or
             recorded) split, e.g. one cross-validation fold
             (:func:`unet_lowered.training.folds.train_folds`). Fresh runs only.
+        provenance: ``{"sources": ..., "plan": ...}`` from
+            :func:`unet_lowered.planning.plan.resolve_settings`, recorded in config.json.
+            With ``cfg.time_budget`` set, training stops at an epoch's end before the
+            next would pass the budget (counted from this call).
 
     Returns:
         The contents of ``metrics.json``.
@@ -117,6 +122,7 @@ def train(
         UnetError: Bad data folder, an existing run folder without ``overwrite``, or nothing
             to resume.
     """
+    called = time.perf_counter()
     out = Path(out)
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
@@ -163,6 +169,12 @@ def train(
             warn(message)
 
         run_config = _run_config(cfg, dataset, data, precision, size)
+        if provenance is not None:
+            run_config = dataclasses.replace(
+                run_config,
+                plan=provenance.get("plan"),
+                settings_sources=provenance.get("sources"),
+            )
         if not resume:  # only now: data that fails to decode leaves no (empty) run folder
             _start_run_folder(out, overwrite)
             atomic.write_json(out / runs.CONFIG_FILE, run_config.to_json())
@@ -188,6 +200,10 @@ def train(
             )
 
         callbacks = standard_callbacks(out, cfg, state, val_seq, resume)
+        if cfg.time_budget:
+            from unet_lowered.planning.callbacks import TimeBudget
+
+            callbacks.append(TimeBudget(called + cfg.time_budget))
         started = time.perf_counter()
         t_images = ImageCounter(cfg.batch_size, len(split["train"]))
         remaining = cfg.epochs - state["epoch"]
@@ -212,6 +228,8 @@ def train(
             train_masks = (train_seq.cache.sample(i)[1] for i in split["train"])
             run_config = after_training(out, run_config, dataset, split["val"], train_masks)
             metrics["postprocess"] = run_config.postprocess
+        metrics["time_budget_s"] = cfg.time_budget
+        metrics["time_used_s"] = round(time.perf_counter() - called, 2)
         atomic.write_json(out / runs.METRICS_FILE, metrics)
         return metrics
     finally:

@@ -1,0 +1,275 @@
+"""A data set's plan (``DATA/plan.json``) and the settings of a planned ``unet train``.
+
+:func:`make_plan` fingerprints the training split, measures a training step and
+runs the rules; :func:`write_plan` writes ``plan.json`` atomically;
+:func:`resolve_settings` is what ``unet train`` does: defaults < plan < ``--config``
+file < flags, with the source of every value recorded (``default``, ``plan``,
+``file``, ``flag``).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from unet_lowered.dataset.pairs import PreparedData, load_prepared
+from unet_lowered.errors import UnetError
+from unet_lowered.planning import rules
+from unet_lowered.planning.budget import parse_duration
+from unet_lowered.planning.fingerprint import fingerprint
+from unet_lowered.training import config as config_mod
+from unet_lowered.training.config import TrainConfig
+
+PLAN_FILE = "plan.json"
+PLAN_VERSION = 1
+DEFAULT_BUDGET_S = 600.0
+"""The default time budget: 10 minutes."""
+
+
+def signature(data: PreparedData) -> str:
+    """A short hash of the pairs (ids, file sizes and times): a plan is for this data only."""
+    h = hashlib.sha256()
+    for ident in data.ids:
+        for path in (data.images[ident], data.masks[ident]):
+            st = os.stat(path)
+            h.update(f"{ident}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def make_plan(
+    data: PreparedData | str | os.PathLike,
+    budget_s: float = DEFAULT_BUDGET_S,
+    *,
+    fixed: Mapping[str, Any] | None = None,
+    measure: bool = True,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Fingerprint the training split, time a step, apply the rules.
+
+    Args:
+        data: A prepared folder or its pairs.
+        budget_s: Time budget in seconds for ``unet train``.
+        fixed: Settings the user gives (they shape the later rules: the step time is
+            measured at the user's batch size, for instance).
+        measure: Time training steps (False: no epochs planned, the budget callback
+            alone keeps training inside the budget).
+        progress: Progress bar for the fingerprint.
+
+    Returns:
+        The plan: ``settings`` and ``advice`` (value and reason each), ``fingerprint``,
+        ``step``, ``time_budget_s``, ``signature``, ``data``, ``created``, ``version``.
+    """
+    if not isinstance(data, PreparedData):
+        data = load_prepared(data)
+    fixed = {k: v for k, v in (fixed or {}).items() if v is not None}
+    base = TrainConfig()
+    seed = fixed.get("seed", base.seed)
+    split = data.split(fixed.get("val_fraction", base.val_fraction), seed)
+    fp = fingerprint(data, split["train"], seed=seed, progress=progress)
+    measured: dict[str, Any] = {}
+
+    def step_time(values: Mapping[str, Any]) -> float:
+        from unet_lowered.planning.steptime import measure_step_time
+
+        known = {k: v for k, v in {**values, **fixed}.items() if k in config_mod.FIELDS}
+        known.pop("time_budget", None)
+        cfg = TrainConfig(**known).validate()
+        measured.update(measure_step_time(cfg, data.channels, data.num_classes))
+        return measured["step_s"] + measured["augment_s"]
+
+    settings, advice = rules.plan_settings(
+        fp,
+        budget_s,
+        step_time if measure else None,
+        n_val=len(split["val"]),
+        fixed=fixed,
+        depth=fixed.get("depth", base.depth),
+        padding=fixed.get("padding", base.padding),
+    )
+    return {
+        "version": PLAN_VERSION,
+        "data": str(Path(data.root).resolve()),
+        "signature": signature(data),
+        "created": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "time_budget_s": budget_s,
+        "settings": {k: v.to_json() for k, v in settings.items()},
+        "advice": {k: v.to_json() for k, v in advice.items()},
+        "step": measured or None,
+        "fingerprint": fp.to_json(),
+    }
+
+
+def write_plan(plan: Mapping[str, Any], path: str | os.PathLike) -> Path:
+    """Write ``plan.json`` atomically.
+
+    Raises:
+        UnetError: The folder is not writable; the message suggests ``--out``.
+    """
+    from unet_lowered.io import atomic
+
+    path = Path(path)
+    try:
+        return atomic.write_json(path, dict(plan))
+    except UnetError as e:
+        raise UnetError(f"{e}; write the plan elsewhere with --out FILE") from None
+
+
+def read_plan(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a ``plan.json``.
+
+    Raises:
+        UnetError: Unreadable, not a plan, or from a newer version.
+    """
+    path = Path(path)
+    try:
+        plan = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise UnetError(f"{path}: not a readable plan ({e}); run `unet plan DATA` again") from None
+    if not isinstance(plan, dict) or not isinstance(plan.get("settings"), dict):
+        raise UnetError(f"{path}: not a plan (no settings); run `unet plan DATA` again")
+    if not isinstance(plan.get("version"), int) or plan["version"] > PLAN_VERSION:
+        raise UnetError(
+            f"{path}: plan version {plan.get('version')!r} is newer than this unet-lowered "
+            f"reads ({PLAN_VERSION}); upgrade the package or run `unet plan DATA` again"
+        )
+    return plan
+
+
+def planned_values(plan: Mapping[str, Any]) -> dict[str, Any]:
+    """The training settings of a plan, ``{name: value}``."""
+    return {k: v["value"] for k, v in plan["settings"].items() if k in config_mod.FIELDS}
+
+
+def resolve_settings(
+    data: str | os.PathLike,
+    config_file: str | os.PathLike | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    plan_file: str | os.PathLike | None = None,
+    progress: bool = False,
+) -> tuple[TrainConfig, dict[str, Any]]:
+    """The settings of ``unet train DATA``: defaults < plan < config file < flags.
+
+    The plan is ``plan_file`` or ``DATA/plan.json`` when it exists, was made for this
+    data (same :func:`signature`) and for the same time budget; otherwise it is made
+    now (not written into DATA; the run records it). When the config file or a flag
+    sets ``epochs`` and nothing sets ``time_budget``, the user chose the length: the
+    planned budget is dropped.
+
+    Args:
+        data: The prepared folder.
+        config_file: ``--config`` file, or None.
+        overrides: Flag values (None: not given).
+        plan_file: A plan to use instead of ``DATA/plan.json``.
+        progress: Progress bar for the fingerprint.
+
+    Returns:
+        ``(cfg, provenance)``: the validated settings, and ``{"sources": {setting:
+        default|plan|file|flag}, "plan": the plan used}``.
+
+    Raises:
+        UnetError: A bad config file, flag or data folder (the messages of
+            :func:`unet_lowered.training.config.resolve` and ``load_prepared``).
+    """
+    file_values = config_mod.read_config_file(config_file) if config_file is not None else {}
+    flags = {k: v for k, v in (overrides or {}).items() if v is not None}
+    config_mod.resolve(config_file, flags)  # bad values fail here, named as usual
+    user = {**file_values, **flags}
+    budget = user.get("time_budget")
+    budget_s = DEFAULT_BUDGET_S if budget is None else parse_duration(budget)
+    dataset = load_prepared(data)
+    plan = None
+    path = Path(plan_file) if plan_file is not None else Path(data) / PLAN_FILE
+    if path.is_file():
+        candidate = read_plan(path)
+        if plan_file is not None or (
+            candidate.get("signature") == signature(dataset)
+            and candidate.get("time_budget_s") == budget_s
+        ):
+            plan = candidate
+    if plan is None:
+        fixed = {k: v for k, v in user.items() if k != "time_budget"}
+        plan = make_plan(
+            dataset, budget_s, fixed=fixed, measure="epochs" not in user, progress=progress
+        )
+    planned = planned_values(plan)
+    if "epochs" in user and "time_budget" not in user:
+        planned.pop("time_budget", None)
+    merged = {k: v for k, v in planned.items() if k not in file_values}
+    merged.update(flags)
+    cfg = config_mod.resolve(config_file, merged)
+    sources = {}
+    for name in sorted(config_mod.FIELDS):
+        if name in flags:
+            sources[name] = "flag"
+        elif name in file_values:
+            sources[name] = "file"
+        elif name in planned:
+            sources[name] = "plan"
+        else:
+            sources[name] = "default"
+    return cfg, {"sources": sources, "plan": plan}
+
+
+def plan_table(plan: Mapping[str, Any]) -> Any:
+    """A rich table of the planned values and their reasons."""
+    from rich.table import Table
+
+    table = Table(title=f"plan for {plan['data']} (budget {plan['time_budget_s']:g} s)")
+    table.add_column("setting")
+    table.add_column("value")
+    table.add_column("reason")
+    for group in ("settings", "advice"):
+        for name, entry in plan[group].items():
+            shown = entry["value"]
+            if isinstance(shown, list):
+                shown = ", ".join(str(v) for v in shown) or "none"
+            table.add_row(name.replace("_", "-"), str(shown), entry["reason"])
+    return table
+
+
+def fingerprint_table(plan: Mapping[str, Any]) -> Any:
+    """A rich table of the fingerprint's main figures."""
+    from rich.table import Table
+
+    fp = plan["fingerprint"]
+    table = Table(title=f"fingerprint ({fp['n_sampled']} of {fp['n_images']} training pairs)")
+    table.add_column("measure")
+    table.add_column("value")
+    sym = fp["symmetry"]
+
+    def kept(group: str) -> str:
+        return ", ".join(
+            f"{k}: {'kept' if v['kept'] else 'changed' if v['kept'] is False else '?'}"
+            for k, v in sym[group].items()
+        )
+
+    rows = [
+        (
+            "image size (median, min, max)",
+            f"{fp['sizes']['median_hw']}, {fp['sizes']['min_hw']}, {fp['sizes']['max_hw']}",
+        ),
+        (
+            "channels, bit depth",
+            f"{fp['channels']} (gray as RGB {fp['gray_as_rgb']:.0%}), {fp['bit_depth']}-bit",
+        ),
+        ("foreground share", f"{fp['foreground_fraction']:.1%}"),
+        ("objects per image (median)", f"{fp['objects_per_image']:g}"),
+        (
+            "object area (p05, median, p95)",
+            f"{fp['object_area']['p05']:g}, {fp['object_area']['median']:g}, "
+            f"{fp['object_area']['p95']:g} px",
+        ),
+        ("touching objects", f"{fp['touching_fraction']:.0%}"),
+        ("masks with holes", f"{fp['holes_fraction']:.0%}"),
+        ("layout symmetry", kept("layout")),
+        ("texture symmetry", kept("texture")),
+    ]
+    for row in rows:
+        table.add_row(*row)
+    return table

@@ -1,0 +1,367 @@
+"""The planning rules: a fingerprint (and a measured step time) in, settings out.
+
+Each rule is a small pure function returning :class:`Planned` values, one line of
+reason each; :func:`plan_settings` chains them. Where a rule follows nnU-Net
+(Isensee et al., Nature Methods 18, 2021; ``ExperimentPlanner`` of nnU-Net v1/v2)
+or the U-Net paper (Ronneberger et al., MICCAI 2015), its docstring says so.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from unet_lowered.model import nearest_valid_sizes
+from unet_lowered.planning.fingerprint import Fingerprint
+
+RESIZE_CAP = 256
+"""Largest side trained by resizing (the ``--image-size auto`` cap of ``unet train``)."""
+
+PATCH_CAP = 256
+"""Largest random-crop patch: on a CPU a step's cost grows with the patch area."""
+
+SMALL_OBJECT_FRACTION = 0.01
+"""Objects smaller than this share of their image (median) are "small structures"."""
+
+TOUCHING_FRACTION = 0.1
+"""Share of objects separated by thin gaps above which the border-weighted loss is used."""
+
+DATASET_SHARE = 0.05
+"""nnU-Net: one batch covers at most 5% of the data set's pixels ..."""
+
+MIN_BATCH = 2
+"""... and holds at least 2 samples (nnU-Net's minimum batch size)."""
+
+DEFAULT_BATCH = 4
+"""The measured best for the chest X-rays (twice the updates of batch 8 in the same time)."""
+
+MIN_UPDATES = 1000
+"""Below this many updates in the budget at batch 4, batch 2 doubles them."""
+
+MAX_EPOCHS = 300
+"""Upper bound on planned epochs (early stopping usually ends tiny data sets sooner)."""
+
+BUDGET_SHARE = 0.8
+"""Share of the time budget planned for ``fit``; the rest covers loading, the cache,
+the post-processing choice on validation and a slower epoch than measured."""
+
+EPOCH_OVERHEAD_S = 0.5
+"""Per-epoch cost besides the steps: checkpoint files, history, callbacks."""
+
+
+@dataclass(frozen=True)
+class Planned:
+    """A planned value and the one-line reason for it."""
+
+    value: Any
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"value": self.value, "reason": self.reason}
+
+
+def input_rule(fp: Fingerprint, depth: int = 4, padding: str = "same") -> dict[str, Planned]:
+    """Resize whole images, or train on random crops at native resolution.
+
+    nnU-Net trains at the data's median resolution with a patch of at most the median
+    image shape. Here: images no larger than :data:`RESIZE_CAP` are trained whole at
+    their own size; larger images with small structures (median object under
+    :data:`SMALL_OBJECT_FRACTION` of the image: nuclei, EM cells) are cropped at
+    native resolution, since resizing would thin their gaps and membranes below a
+    pixel; larger images of whole organs are resized to the cap (the structure stays
+    many pixels wide). Crop-trained runs predict by overlap-tiling (``--mode auto``).
+    """
+    longer, smallest = fp.sizes["median_longer"], min(fp.sizes["min_hw"])
+    largest = max(fp.sizes["max_hw"])
+    small = fp.object_area["median_fraction"] < SMALL_OBJECT_FRACTION
+    diameter = fp.object_area["median_diameter"]
+    if largest > RESIZE_CAP and small:
+        patch = nearest_valid_sizes(min(smallest, PATCH_CAP), depth, padding)[0]
+        return {
+            "input_mode": Planned(
+                "crop",
+                f"images up to {largest} px with small objects (median {diameter:.0f} px, "
+                f"{fp.object_area['median_fraction']:.2%} of an image): random crops at native "
+                "resolution keep thin gaps and membranes",
+            ),
+            "image_size": Planned(
+                patch,
+                f"patch {patch} px: the smallest image side ({smallest}) capped at {PATCH_CAP} "
+                f"for CPU time, {patch / max(diameter, 1):.0f} object diameters of context",
+            ),
+        }
+    target = min(longer, RESIZE_CAP)
+    size = nearest_valid_sizes(target, depth, padding)[0]
+    why = (
+        f"median image {longer} px: trained whole at its own size"
+        if longer <= RESIZE_CAP
+        else f"whole-organ objects ({fp.object_area['median_fraction']:.1%} of an image) in "
+        f"{longer} px images: resized to {RESIZE_CAP}, the structure stays many pixels wide"
+    )
+    return {
+        "input_mode": Planned("resize", why),
+        "image_size": Planned(
+            size,
+            f"{size} px: the median longer side, at most {RESIZE_CAP}, "
+            "rounded down to a size the network takes",
+        ),
+    }
+
+
+def inference_rule(input_mode: str) -> Planned:
+    """The prediction mode that matches training: tiles for crops, resizing otherwise."""
+    if input_mode == "crop":
+        return Planned("tile", "trained on native-resolution crops: predict by overlap-tiling")
+    return Planned("resize", "trained on resized whole images: predict at the training size")
+
+
+def normalisation_rule(fp: Fingerprint) -> dict[str, Planned]:
+    """Per-image scaling and standardisation, no CLAHE.
+
+    nnU-Net z-scores every non-CT image by its own statistics; CT-like absolute
+    intensities do not survive in 8/16-bit PNG exports, so per-image it is (the
+    network's input contract, :mod:`unet_lowered.preprocess`). CLAHE stays off: the
+    intensity augmentation already applies it to one image in four.
+    """
+    fg, bg = fp.intensity["foreground"], fp.intensity["background"]
+    contrast = fp.intensity["contrast"]
+    detail = f"foreground mean {fg['mean']:.2f}, background {bg['mean']:.2f}" if fg and bg else ""
+    colour = (
+        "colour" if fp.channels == 3 else ("gray stored as RGB" if fp.gray_as_rgb > 0.5 else "gray")
+    )
+    return {
+        "normalisation": Planned(
+            "per-image min-max, then zero mean / unit variance",
+            f"{fp.bit_depth}-bit {colour} images ({detail}, contrast {contrast}): "
+            "intensities are relative, so each image is standardised on its own",
+        ),
+        "clahe": Planned(False, "off: the intensity augmentation applies CLAHE to 1 image in 4"),
+    }
+
+
+def augmentation_rule(fp: Fingerprint, input_mode: str) -> dict[str, Planned]:
+    """Flips and rotations in training (and as test-time augmentation) when they keep
+    the data's statistics.
+
+    nnU-Net mirrors along every axis and rotates freely by default; the U-Net paper
+    augments EM slices with rotations. Chest X-rays have a fixed anatomy (the heart
+    on the patient's left), so only the transforms the fingerprint finds harmless are
+    used: the whole-image layout test for resized images, the texture test for
+    random crops (which show local structure, not the layout). A free 90-degree
+    symmetry becomes rotations by any angle (``rotate`` 180).
+    """
+    test = "layout" if input_mode == "resize" else "texture"
+    sym = fp.symmetry[test]
+    out: dict[str, Planned] = {}
+    for name in ("flip_lr", "flip_ud"):
+        kept = sym[name]["kept"]
+        what = "left-right" if name == "flip_lr" else "up-down"
+        if kept is None:
+            out[name] = Planned(False, f"{what} flips off: too few images to test them")
+        else:
+            out[name] = Planned(
+                bool(kept),
+                f"{what} flips {'keep' if kept else 'change'} the {test} statistics "
+                f"({_evidence(sym[name])})",
+            )
+    rot = sym["rot90"]["kept"]
+    if rot and out["flip_lr"].value and out["flip_ud"].value:
+        out["rotate"] = Planned(
+            180.0,
+            f"90-degree turns keep the {test} statistics ({_evidence(sym['rot90'])}): "
+            "rotations by any angle",
+        )
+        tta = "dihedral"
+    else:
+        why = (
+            "too few images to test turns"
+            if rot is None
+            else (
+                f"90-degree turns change the {test} statistics ({_evidence(sym['rot90'])})"
+                if not rot
+                else "turns kept but not both flips"
+            )
+        )
+        out["rotate"] = Planned(10.0, f"small rotations only (±10°): {why}")
+        lr, ud = out["flip_lr"].value, out["flip_ud"].value
+        tta = "flips" if lr and ud else "lr" if lr else "ud" if ud else None
+    out["tta"] = Planned(
+        tta,
+        "test-time augmentation over the training symmetries "
+        + (f"(`unet predict --tta --tta-transforms {tta}`)" if tta else "(none: no flips kept)"),
+    )
+    return out
+
+
+def _evidence(result: Mapping[str, Any]) -> str:
+    if "asymmetry" in result:
+        return f"orientation asymmetry {result['asymmetry']:.3f}"
+    return f"p {result['p']}, effect {result['effect']}"
+
+
+def loss_rule(fp: Fingerprint) -> Planned:
+    """Border-weighted cross-entropy for touching instances, as in the U-Net paper.
+
+    The paper's weight map (w0 10, sigma 5 px) forces the network to learn the thin
+    background gaps between touching cells; it is chosen when at least
+    :data:`TOUCHING_FRACTION` of the objects are separated only by such gaps. Other
+    data keep cross-entropy + Dice (nnU-Net's default loss).
+    """
+    share = fp.touching_fraction
+    if fp.num_classes == 1 and share >= TOUCHING_FRACTION:
+        return Planned(
+            "weighted-bce",
+            f"{share:.0%} of the objects are separated only by gaps of a few pixels: the "
+            "paper's border-weighted cross-entropy (w0 10, sigma 5)",
+        )
+    why = "several classes" if fp.num_classes > 1 else f"{share:.0%} of the objects touch"
+    return Planned("bce+dice", f"cross-entropy + Dice ({why})")
+
+
+def batch_rule(
+    fp: Fingerprint, image_size: int, input_mode: str, updates_at_default: float | None
+) -> Planned:
+    """Batch size: 4, at most 5% of the data set's pixels, at least 2; 2 when the budget
+    affords few updates.
+
+    nnU-Net caps a batch at 5% of the data set's voxels with a minimum of 2. On a CPU
+    the cost per image is about constant, so a smaller batch buys more updates in the
+    same time: measured on the chest X-rays, batch 4 beat batch 8 at equal time; below
+    :data:`MIN_UPDATES` updates in the budget, batch 2 is planned.
+    """
+    h, w = fp.sizes["median_hw"]
+    per_sample = image_size**2
+    total = fp.n_images * (h * w if input_mode == "crop" else per_sample)
+    cap = max(MIN_BATCH, int(DATASET_SHARE * total / per_sample))
+    batch = min(DEFAULT_BATCH, cap)
+    why = f"{batch}: at most {DATASET_SHARE:.0%} of the data's pixels per batch (nnU-Net)"
+    if batch == DEFAULT_BATCH:
+        why = f"{batch}: the measured best on CPU (more updates than 8 in the same time)"
+    if updates_at_default is not None and updates_at_default < MIN_UPDATES and batch > MIN_BATCH:
+        batch = MIN_BATCH
+        why = (
+            f"{batch}: the budget affords only {updates_at_default:.0f} updates at batch "
+            f"{DEFAULT_BATCH}; a smaller batch doubles them"
+        )
+    return Planned(batch, why)
+
+
+def schedule_rule(
+    n_train: int,
+    n_val: int,
+    batch_size: int,
+    step_s: float,
+    budget_s: float,
+) -> dict[str, Planned]:
+    """Epochs fitted to the time budget from the measured step time; patience to match.
+
+    An epoch costs ``ceil(n_train / b)`` steps plus validation (a forward pass, a third
+    of a step per batch) plus :data:`EPOCH_OVERHEAD_S`; :data:`BUDGET_SHARE` of the
+    budget is planned, so the cosine schedule reaches its end inside the budget (the
+    :class:`~unet_lowered.planning.callbacks.TimeBudget` callback stops a slower run at
+    an epoch's end). Early stopping waits a third of the epochs, at least 15, so it
+    does not cut the schedule's low-learning-rate end.
+    """
+    steps = math.ceil(n_train / batch_size)
+    val_steps = math.ceil(n_val / batch_size)
+    epoch_s = steps * step_s + val_steps * step_s / 3 + EPOCH_OVERHEAD_S
+    fitted = int(BUDGET_SHARE * budget_s // epoch_s)
+    epochs = max(1, min(MAX_EPOCHS, fitted))
+    why = (
+        f"{epochs}: {BUDGET_SHARE:.0%} of the {budget_s:.0f} s budget / {epoch_s:.1f} s per "
+        f"epoch ({steps} steps of {step_s:.2f} s measured + validation)"
+    )
+    if fitted > MAX_EPOCHS:
+        why = f"{epochs}: the cap (the budget would allow {fitted} epochs of {epoch_s:.1f} s)"
+    patience = max(15, epochs // 3)
+    return {
+        "epochs": Planned(epochs, why),
+        "patience": Planned(patience, f"{patience}: a third of the epochs, at least 15"),
+    }
+
+
+def postprocess_rule(fp: Fingerprint) -> Planned:
+    """The post-processing steps worth trying on validation (``unet train`` chooses).
+
+    Keep-the-N-largest for a few whole objects per image; fill-holes when the true
+    masks have none; a minimum area when images hold many objects (noise specks).
+    """
+    candidates, why = [], []
+    n = fp.objects_per_image
+    if 1 <= n <= 4:
+        candidates.append(f"keep_largest {n:g}")
+        why.append(f"{n:g} object(s) per image")
+    if fp.holes_fraction < 0.05:
+        candidates.append("fill_holes")
+        why.append("true masks have no holes")
+    if n > 4:
+        candidates.append("min_area")
+        why.append(f"{n:g} objects per image")
+    return Planned(candidates, "; ".join(why) + " (chosen on validation after training)")
+
+
+StepTimer = Callable[[Mapping[str, Any]], float]
+"""Seconds per step for the given planned settings (:mod:`~unet_lowered.planning.steptime`)."""
+
+
+def plan_settings(
+    fp: Fingerprint,
+    budget_s: float,
+    step_time: StepTimer | None,
+    n_val: int,
+    fixed: Mapping[str, Any] | None = None,
+    depth: int = 4,
+    padding: str = "same",
+) -> tuple[dict[str, Planned], dict[str, Planned]]:
+    """All rules, in order (each later rule sees the values before it).
+
+    Args:
+        fp: The fingerprint of the training split.
+        budget_s: The time budget in seconds.
+        step_time: Measures the seconds per step of a set of settings; None skips the
+            budget rules (epochs, and the budget part of the batch size).
+        n_val: Validation images (their forward passes cost time each epoch).
+        fixed: Settings the user gave (config file or flags): later rules use them
+            instead of the planned value, e.g. the step time at the user's batch size.
+        depth: The network's poolings (patch sizes must suit them).
+        padding: ``same`` or ``valid``.
+
+    Returns:
+        ``(settings, advice)``: the ``unet train`` settings planned, and what is not a
+        training setting (inference mode, TTA, normalisation, post-processing).
+    """
+    fixed = dict(fixed or {})
+    settings: dict[str, Planned] = {}
+    settings.update(input_rule(fp, depth, padding))
+    value = {k: v.value for k, v in settings.items()}
+    value.update(fixed)
+    advice = {"inference": inference_rule(value["input_mode"])}
+    norm = normalisation_rule(fp)
+    settings["clahe"] = norm.pop("clahe")
+    advice.update(norm)
+    aug = augmentation_rule(fp, value["input_mode"])
+    advice["tta"] = aug.pop("tta")
+    settings.update(aug)
+    settings["loss"] = loss_rule(fp)
+    value = {k: v.value for k, v in settings.items()}
+    value.update(fixed)
+    n_train = fp.n_images
+    step_default = None
+    updates = None
+    if step_time is not None:
+        step_default = step_time({**value, "batch_size": value.get("batch_size", DEFAULT_BATCH)})
+        b0 = value.get("batch_size", DEFAULT_BATCH)
+        per_epoch = math.ceil(n_train / b0) * step_default
+        updates = BUDGET_SHARE * budget_s / max(per_epoch, 1e-6) * math.ceil(n_train / b0)
+    settings["batch_size"] = batch_rule(fp, value["image_size"], value["input_mode"], updates)
+    batch = fixed.get("batch_size", settings["batch_size"].value)
+    if step_time is not None:
+        b0 = value.get("batch_size", DEFAULT_BATCH)
+        # Per-image cost is about constant on a CPU: scale the measured step.
+        step = step_default if batch == b0 else step_default * batch / b0
+        settings.update(schedule_rule(n_train, n_val, batch, step, budget_s))
+    settings["time_budget"] = Planned(budget_s, f"{budget_s:g} s: training ends inside it")
+    advice["postprocess"] = postprocess_rule(fp)
+    return settings, advice

@@ -1,0 +1,107 @@
+"""plan.json, the merge defaults < plan < file < flags, `unet plan` and the planned `unet train`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from planning_data import blobs, write_set
+from unet_lowered.cli import app
+from unet_lowered.errors import UnetError
+from unet_lowered.io.images import write_png
+from unet_lowered.planning import plan as plan_mod
+from unet_lowered.planning import rules
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> Path:
+    return write_set(tmp_path / "data", 12, lambda k, rng: blobs(k, rng, size=32))
+
+
+def test_sources_of_each_setting(tiny: Path, tmp_path: Path) -> None:
+    settings = tmp_path / "settings.yaml"
+    settings.write_text("loss: focal\nbase-filters: 8\n")
+    cfg, prov = plan_mod.resolve_settings(tiny, settings, {"epochs": 1, "seed": None})
+    assert (cfg.loss, cfg.base_filters, cfg.epochs) == ("focal", 8, 1)
+    sources = prov["sources"]
+    assert sources["loss"] == "file" and sources["base_filters"] == "file"
+    assert sources["epochs"] == "flag"
+    assert sources["flip_lr"] == "plan" and sources["input_mode"] == "plan"
+    assert sources["dropout"] == "default"
+    # blobs are rotation-free: planned flips and free rotations, unless a flag says no
+    assert cfg.flip_lr and cfg.rotate == 180.0
+    # --epochs given, no budget: the user chose the length, no step was timed
+    assert cfg.time_budget is None and sources["time_budget"] == "default"
+    assert prov["plan"]["step"] is None and "epochs" not in prov["plan"]["settings"]
+    cfg, prov = plan_mod.resolve_settings(tiny, None, {"epochs": 1, "flip_lr": False})
+    assert cfg.flip_lr is False and prov["sources"]["flip_lr"] == "flag"
+
+
+def test_a_written_plan_is_used_until_the_data_or_budget_changes(tiny: Path) -> None:
+    plan = plan_mod.make_plan(tiny, 600.0, measure=False)
+    plan["settings"]["loss"]["value"] = "dice"  # as if the plan had chosen it
+    plan_mod.write_plan(plan, tiny / plan_mod.PLAN_FILE)
+    cfg, prov = plan_mod.resolve_settings(tiny, None, {"epochs": 1})
+    assert cfg.loss == "dice" and prov["sources"]["loss"] == "plan"
+    cfg, _ = plan_mod.resolve_settings(tiny, None, {"epochs": 1, "time_budget": "5m"})
+    assert cfg.loss != "dice" and cfg.time_budget == 300.0  # another budget: planned anew
+    write_png(tiny / "train" / "images" / "c000.png", blobs(0, np.random.default_rng(9), 32)[0])
+    cfg, _ = plan_mod.resolve_settings(tiny, None, {"epochs": 1})
+    assert cfg.loss != "dice"  # the data changed: planned anew
+
+
+def test_plan_file_errors(tiny: Path, tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UnetError, match="--out FILE"):
+        plan_mod.write_plan({"settings": {}}, tmp_path / "file" / "plan.json")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(UnetError, match="not a readable plan"):
+        plan_mod.read_plan(tmp_path / "bad.json")
+    (tmp_path / "new.json").write_text(json.dumps({"version": 99, "settings": {}}))
+    with pytest.raises(UnetError, match="newer than this unet-lowered"):
+        plan_mod.read_plan(tmp_path / "new.json")
+
+
+def test_unet_plan_writes_and_prints(tiny: Path, tmp_path: Path) -> None:
+    out = tmp_path / "elsewhere" / "p.json"
+    result = CliRunner().invoke(app, ["plan", str(tiny), "--time-budget", "30s", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(out.read_text())
+    assert plan["time_budget_s"] == 30.0 and plan["step"]["step_s"] > 0
+    assert plan["settings"]["epochs"]["value"] >= 1
+    assert all(entry["reason"] for entry in plan["settings"].values())
+    assert not (tiny / plan_mod.PLAN_FILE).exists()
+    assert "wrote" in result.output and "input-mode" in result.output
+    bad = CliRunner().invoke(app, ["plan", str(tiny), "--time-budget", "soon"])
+    assert bad.exit_code == 1
+
+
+def test_unet_train_without_options_uses_the_plan(tiny: Path, tmp_path: Path, monkeypatch) -> None:
+    from unet_lowered.planning import steptime
+
+    # A short budget and a fast step: the plan asks for the cap of 2 epochs, the budget
+    # callback stops after the first (its epoch, with graph tracing, takes seconds).
+    monkeypatch.setattr(rules, "MAX_EPOCHS", 2)
+    monkeypatch.setattr(plan_mod, "DEFAULT_BUDGET_S", 2.0)
+    fake = {"step_s": 0.001, "augment_s": 0.0, "batch_size": 2}
+    monkeypatch.setattr(steptime, "measure_step_time", lambda *a, **k: fake)
+    run = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", str(tiny), "--out", str(run)])
+    assert result.exit_code == 0, result.output
+    config = json.loads((run / "config.json").read_text())
+    metrics = json.loads((run / "metrics.json").read_text())
+    planned = config["plan"]["settings"]
+    assert config["epochs"] == planned["epochs"]["value"] == 2
+    assert config["plan"]["step"] == fake
+    sources = config["settings_sources"]
+    assert sources["epochs"] == sources["loss"] == sources["time_budget"] == "plan"
+    assert sources["base_filters"] == "default"
+    assert config["flip_lr"] is planned["flip_lr"]["value"] is True
+    assert config["time_budget"] == 2.0 and metrics["time_budget_s"] == 2.0
+    assert metrics["epochs_completed"] == 1  # stopped by the budget; the first always runs
+    assert metrics["time_used_s"] > 0
+    assert not (tiny / plan_mod.PLAN_FILE).exists()  # the data folder is left as it was

@@ -1,0 +1,223 @@
+"""Each planning rule on a constructed fingerprint, and the duration parser and budget."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+
+import pytest
+
+from unet_lowered.errors import SettingError
+from unet_lowered.planning import budget, callbacks, rules
+from unet_lowered.planning.fingerprint import Fingerprint
+
+KEPT = {"p": 0.5, "effect": 0.1, "kept": True}
+CHANGED = {"p": 0.001, "effect": 0.8, "kept": False}
+
+
+def _sym(layout: dict, texture: dict) -> dict:
+    return {
+        "layout": {k: layout for k in ("flip_lr", "flip_ud", "rot90")},
+        "texture": {k: {"asymmetry": 0.01, **texture} for k in ("flip_lr", "flip_ud", "rot90")},
+    }
+
+
+BASE = Fingerprint(
+    n_images=100,
+    n_sampled=50,
+    sizes={"median_hw": [224, 224], "min_hw": [224, 224], "max_hw": [224, 224],
+           "median_longer": 224, "spread": 1.0},
+    channels=1,
+    gray_as_rgb=0.0,
+    bit_depth=8,
+    num_classes=1,
+    intensity={"foreground": {"mean": 0.4, "std": 0.1, "p01": 0.1, "p99": 0.8},
+               "background": {"mean": 0.6, "std": 0.2, "p01": 0.0, "p99": 1.0},
+               "contrast": -1.0},
+    foreground_fraction=0.3,
+    objects_per_image=2.0,
+    object_area={"median": 7000.0, "p05": 5000.0, "p95": 10000.0, "median_diameter": 94.0,
+                 "median_fraction": 0.14},
+    touching_fraction=0.0,
+    holes_fraction=0.0,
+    symmetry=_sym(CHANGED, {"kept": True}),
+)  # fmt: skip
+
+
+def fp(**changes) -> Fingerprint:
+    return dataclasses.replace(BASE, **changes)
+
+
+def _sizes(h: int, w: int, lo: int | None = None) -> dict:
+    lo = lo or min(h, w)
+    return {"median_hw": [h, w], "min_hw": [lo, lo], "max_hw": [h, w],
+            "median_longer": max(h, w), "spread": 1.0}  # fmt: skip
+
+
+SMALL_OBJECTS = {"median": 400.0, "p05": 50.0, "p95": 2000.0, "median_diameter": 22.0,
+                 "median_fraction": 0.002}  # fmt: skip
+
+
+# ---------------------------------------------------------------- input size and mode
+
+
+def test_small_images_train_whole_at_their_size() -> None:
+    planned = rules.input_rule(fp(sizes=_sizes(100, 100)))
+    assert planned["input_mode"].value == "resize"
+    assert planned["image_size"].value == 96  # rounded down to a multiple of 16
+    assert rules.input_rule(fp())["image_size"].value == 224
+
+
+def test_large_images_with_small_objects_are_cropped() -> None:
+    planned = rules.input_rule(fp(sizes=_sizes(512, 512), object_area=SMALL_OBJECTS))
+    assert planned["input_mode"].value == "crop"
+    assert planned["image_size"].value == 256  # capped at PATCH_CAP
+    planned = rules.input_rule(fp(sizes=_sizes(600, 800, lo=200), object_area=SMALL_OBJECTS))
+    assert planned["image_size"].value == 192  # the smallest side, rounded down
+    assert "native resolution" in planned["input_mode"].reason
+
+
+def test_large_images_of_whole_organs_are_resized() -> None:
+    planned = rules.input_rule(fp(sizes=_sizes(1024, 1024)))
+    assert planned["input_mode"].value == "resize"
+    assert planned["image_size"].value == rules.RESIZE_CAP
+
+
+def test_inference_matches_training() -> None:
+    assert rules.inference_rule("crop").value == "tile"
+    assert rules.inference_rule("resize").value == "resize"
+
+
+def test_normalisation_is_per_image_without_clahe() -> None:
+    planned = rules.normalisation_rule(fp(bit_depth=16))
+    assert planned["clahe"].value is False
+    assert "16-bit gray" in planned["normalisation"].reason
+
+
+# ---------------------------------------------------------------- flips and rotations
+
+
+def test_asymmetric_layout_gets_no_flips_and_small_rotations() -> None:
+    planned = rules.augmentation_rule(fp(), "resize")
+    assert planned["flip_lr"].value is False and planned["flip_ud"].value is False
+    assert planned["rotate"].value == 10.0
+    assert planned["tta"].value is None
+
+
+def test_rotation_free_data_gets_flips_rotations_and_dihedral_tta() -> None:
+    planned = rules.augmentation_rule(fp(symmetry=_sym(KEPT, {"kept": True})), "resize")
+    assert planned["flip_lr"].value and planned["flip_ud"].value
+    assert planned["rotate"].value == 180.0
+    assert planned["tta"].value == "dihedral"
+
+
+def test_crops_are_judged_by_their_texture() -> None:
+    # whole-image layout asymmetric, local texture isotropic: crops may be flipped
+    planned = rules.augmentation_rule(fp(symmetry=_sym(CHANGED, {"kept": True})), "crop")
+    assert planned["flip_lr"].value and planned["rotate"].value == 180.0
+    assert "texture" in planned["flip_lr"].reason
+
+
+def test_flips_without_turns_and_untestable_data() -> None:
+    sym = _sym(KEPT, {"kept": True})
+    sym["layout"]["rot90"] = CHANGED
+    planned = rules.augmentation_rule(fp(symmetry=sym), "resize")
+    assert planned["rotate"].value == 10.0 and planned["tta"].value == "flips"
+    unknown = {"p": None, "effect": None, "kept": None}
+    planned = rules.augmentation_rule(fp(symmetry=_sym(unknown, {"kept": True})), "resize")
+    assert planned["flip_lr"].value is False and "too few images" in planned["flip_lr"].reason
+
+
+# ---------------------------------------------------------------- loss, batch, schedule
+
+
+def test_touching_instances_get_the_border_weighted_loss() -> None:
+    assert rules.loss_rule(fp(touching_fraction=0.3)).value == "weighted-bce"
+    assert rules.loss_rule(fp(touching_fraction=0.05)).value == "bce+dice"
+    assert rules.loss_rule(fp(touching_fraction=0.3, num_classes=3)).value == "bce+dice"
+
+
+def test_batch_size_rules() -> None:
+    assert rules.batch_rule(fp(), 224, "resize", None).value == 4
+    # 10 images of 64x64: 5% of the data is 0.5 images, so the minimum of 2
+    tiny = fp(n_images=10, sizes=_sizes(64, 64))
+    assert rules.batch_rule(tiny, 64, "resize", None).value == 2
+    few_updates = rules.batch_rule(fp(), 224, "resize", 300)
+    assert few_updates.value == 2 and "300 updates" in few_updates.reason
+    assert rules.batch_rule(fp(), 224, "resize", 5000).value == 4
+
+
+def test_epochs_fitted_to_the_budget() -> None:
+    # 40 train / 8 val, batch 4, 0.5 s a step: 10 steps + 2 * 0.5 / 3 + 0.5 = 5.83 s an epoch
+    planned = rules.schedule_rule(40, 8, 4, 0.5, 100.0)
+    assert planned["epochs"].value == 13  # 80 s / 5.83 s
+    assert planned["patience"].value == 15
+    planned = rules.schedule_rule(40, 8, 4, 0.5, 3000.0)
+    assert planned["epochs"].value == rules.MAX_EPOCHS
+    assert planned["patience"].value == 100
+    assert rules.schedule_rule(40, 8, 4, 10.0, 10.0)["epochs"].value == 1  # at least one
+
+
+def test_postprocess_candidates() -> None:
+    assert rules.postprocess_rule(fp()).value == ["keep_largest 2", "fill_holes"]
+    many = rules.postprocess_rule(fp(objects_per_image=30.0, holes_fraction=0.5))
+    assert many.value == ["min_area"]
+
+
+def test_plan_settings_uses_the_measured_step_and_the_users_batch() -> None:
+    calls = []
+
+    def step_time(values):
+        calls.append(values["batch_size"])
+        return 0.5
+
+    settings, advice = rules.plan_settings(fp(n_images=40), 100.0, step_time, n_val=8)
+    assert set(settings) >= {"input_mode", "image_size", "flip_lr", "loss", "batch_size",
+                             "epochs", "patience", "time_budget"}  # fmt: skip
+    assert set(advice) == {"inference", "normalisation", "tta", "postprocess"}
+    assert calls == [4] and settings["batch_size"].value == 2  # 80 updates: batch 2
+    # batch 2 at 0.25 s: 20 steps + 4 * 0.25 / 3 + 0.5 = 5.83 s -> 13 epochs
+    assert settings["epochs"].value == 13
+    calls.clear()
+    settings, _ = rules.plan_settings(fp(n_images=40), 100.0, step_time, 8, {"batch_size": 8})
+    assert calls == [8]
+    assert all(isinstance(v.reason, str) and v.reason for v in settings.values())
+    settings, _ = rules.plan_settings(fp(), 100.0, None, n_val=8)
+    assert "epochs" not in settings
+
+
+# ---------------------------------------------------------------- durations and the budget
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("10m", 600.0), ("90s", 90.0), ("1h", 3600.0), ("1.5h", 5400.0), (45, 45.0), ("2 min", 120)],
+)
+def test_parse_duration(text, seconds) -> None:
+    assert budget.parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["soon", "-1m", "0", "10 days", True])
+def test_parse_duration_refuses(text) -> None:
+    with pytest.raises(SettingError, match="time-budget must be a positive duration"):
+        budget.parse_duration(text)
+
+
+def test_format_duration() -> None:
+    assert [budget.format_duration(s) for s in (600, 90, 5400)] == ["10m", "90s", "1.5h"]
+
+
+def test_time_budget_stops_before_an_epoch_would_pass_it(monkeypatch) -> None:
+    clock = [0.0]
+    monkeypatch.setattr(callbacks.time, "perf_counter", lambda: clock[0])
+    callback = callbacks.TimeBudget(deadline=100.0, margin=1.0)
+    model = types.SimpleNamespace(stop_training=False)
+    callback.set_model(model)
+    callback.set_params({"epochs": 50})
+    for epoch in range(50):
+        callback.on_epoch_begin(epoch)
+        clock[0] += 30.0  # each epoch takes 30 s
+        callback.on_epoch_end(epoch)
+        if model.stop_training:
+            break
+    assert callback.stopped_epoch == 3 and clock[0] == 90.0  # a 4th would end at 120
