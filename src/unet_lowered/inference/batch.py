@@ -275,18 +275,18 @@ def predict_files(
     try:
         with progress_bar(len(files), progress, "predicting", console) as advance:
             stages = _Stages(
-                model,
-                config,
-                options,
-                out_dir,
-                outputs,
-                journal,
-                report,
-                rows,
-                console,
-                advance,
-                save_prob,
-                save_overlay,
+                model=model,
+                config=config,
+                options=options,
+                out_dir=out_dir,
+                outputs=outputs,
+                journal=journal,
+                report=report,
+                rows=rows,
+                console=console,
+                advance=advance,
+                save_prob=save_prob,
+                save_overlay=save_overlay,
             )
             chunks = _chunks(list(zip(ids, files, strict=True)), per_call)
             _run_pipeline(chunks, stages.read, stages.predict, stages.write, threaded=pipeline)
