@@ -16,7 +16,7 @@ one table (with the plan chosen) and appends it, with date and machine, to
   U-Net paper reports. Results before 2026-12-02 used scikit-image's convention
   (``adapted_rand_error``), which gives larger values for the same prediction.
 
-    .venv/bin/python benchmarks/accuracy.py                 # all three (about 20-30 min)
+    .venv/bin/python benchmarks/accuracy.py                 # all three (about 35 min)
     .venv/bin/python benchmarks/accuracy.py --datasets jsrt  # only the chest X-rays
 """
 
