@@ -427,6 +427,34 @@ def train(
         ),
     ] = None,
     time_budget: _TimeBudget = None,
+    distribute: Annotated[
+        str | None,
+        typer.Option(
+            help="none | data-parallel: split each batch (--batch-size is the global batch) "
+            "over all devices: MirroredStrategy over the local GPUs on TensorFlow, "
+            "keras.distribution.DataParallel on JAX (several hosts too) [default: none].",
+        ),
+    ] = None,
+    coordinator: Annotated[
+        str | None,
+        typer.Option(
+            help="HOST:PORT of process 0, to train on several processes/hosts (JAX, with "
+            "--distribute data-parallel) [default: $KERAS_DISTRIBUTION_JOB_ADDRESSES].",
+        ),
+    ] = None,
+    num_processes: Annotated[
+        int | None,
+        typer.Option(
+            help="Processes in a multi-host run [default: $KERAS_DISTRIBUTION_NUM_PROCESSES]."
+        ),
+    ] = None,
+    process_id: Annotated[
+        int | None,
+        typer.Option(
+            help="This process, 0..N-1; 0 writes the run folder "
+            "[default: $KERAS_DISTRIBUTION_PROCESS_ID].",
+        ),
+    ] = None,
 ) -> None:
     """Train the U-Net on a prepared folder; writes model, config, history, metrics to --out.
 
@@ -469,7 +497,11 @@ def train(
         "stamps": stamps,
         "overfit_batch": overfit_batch,
         "time_budget": time_budget,
+        "distribute": distribute,
     }
+    from unet_lowered.training.distribute import Cluster
+
+    cluster = Cluster(coordinator, num_processes, process_id)
     from unet_lowered.training import folds as folds_mod
 
     if resume:
@@ -480,7 +512,7 @@ def train(
         if folds_mod.is_ensemble(out):
             metrics = folds_mod.train_folds(None, out, None, 0, resume=True)
         else:
-            metrics = train_mod.train(None, out, resume=True)
+            metrics = train_mod.train(None, out, resume=True, cluster=cluster)
     elif data is None:
         cfg = config_mod.resolve(config, overrides)  # refuses bad settings first
         raise UnetError("no data folder given; pass the folder written by `unet prepare`")
@@ -490,10 +522,17 @@ def train(
         if not folds:  # an existing run folder fails before the planning work
             train_mod._check_run_folder(Path(out), overwrite)
         cfg, provenance = resolve_settings(data, config, overrides)
+        if folds and Cluster.from_env(cluster).multi_process:
+            raise UnetError("--folds trains on one host; drop --coordinator/--num-processes")
         if folds:
             metrics = folds_mod.train_folds(data, out, cfg, folds, overwrite=overwrite)
         else:
-            metrics = train_mod.train(data, out, cfg, overwrite=overwrite, provenance=provenance)
+            metrics = train_mod.train(
+                data, out, cfg, overwrite=overwrite, provenance=provenance, cluster=cluster
+            )
+    if metrics.get("writer") is False:
+        typer.echo(f"process {metrics['process_id']} done; process 0 writes {out}")
+        return
     if "folds" in metrics:
         typer.echo(
             f"{metrics['folds']}-fold ensemble: held-out validation Dice "

@@ -31,6 +31,8 @@ SCHEDULES = ("cosine", "plateau", "none")
 PRECISIONS = ("auto", "float32", "mixed_bfloat16")
 INPUT_MODES = ("resize", "crop")
 """``resize``: every image resized to the training size; ``crop``: random crops of it."""
+DISTRIBUTE_MODES = ("none", "data-parallel")
+"""``--distribute``: one device, or the batch split over all devices (and hosts)."""
 
 # ---------------------------------------------------------------- model
 

@@ -78,6 +78,8 @@ class TrainConfig:
     opacity: float = 0.0
     lowres: float = 0.0
     stamps: float = 0.0
+    # devices: "data-parallel" splits each batch (the global batch) over all devices
+    distribute: str = "none"
     # time budget in seconds (``--time-budget 10m``); None: no limit
     time_budget: float | None = None
     # debugging
@@ -101,6 +103,7 @@ class TrainConfig:
             "input_mode": options.choose(self.input_mode, options.INPUT_MODES, "input_mode"),
             "padding": options.choose(self.padding, options.PADDINGS, "padding"),
             "upsampling": options.choose(self.upsampling, options.UPSAMPLINGS, "upsampling"),
+            "distribute": options.choose(self.distribute, options.DISTRIBUTE_MODES, "distribute"),
         }
         if self.image_size == "auto":  # a config file may spell the default out
             canonical["image_size"] = None
@@ -244,6 +247,9 @@ class RunConfig:
         plan: The plan the settings came from (:mod:`unet_lowered.planning.plan`), or None.
         settings_sources: Where each setting came from: ``default``, ``plan``, ``file``
             (``--config``) or ``flag``; None when not recorded.
+        distribute_info: The devices and processes a ``--distribute data-parallel`` run
+            trained on and how the global batch was split
+            (:meth:`unet_lowered.training.distribute.DataParallelPlan.describe`), or None.
         version: :data:`CONFIG_VERSION` of the file.
     """
 
@@ -261,6 +267,7 @@ class RunConfig:
     postprocess: Mapping[str, Any] | None = None
     plan: Mapping[str, Any] | None = None
     settings_sources: Mapping[str, str] | None = None
+    distribute_info: Mapping[str, Any] | None = None
     version: int = CONFIG_VERSION
 
     # The settings that inference reads, by name.
@@ -308,6 +315,7 @@ class RunConfig:
             postprocess=None if self.postprocess is None else dict(self.postprocess),
             settings_sources=None if self.settings_sources is None else dict(self.settings_sources),
             plan=None if self.plan is None else dict(self.plan),
+            distribute_info=None if self.distribute_info is None else dict(self.distribute_info),
             config_version=self.version,
         )
         return values
@@ -384,6 +392,7 @@ class RunConfig:
             postprocess=_mapping_or_none(values, "postprocess", source),
             plan=_mapping_or_none(values, "plan", source),
             settings_sources=_mapping_or_none(values, "settings_sources", source),
+            distribute_info=_mapping_or_none(values, "distribute_info", source),
             version=version,
         )
 

@@ -8,6 +8,7 @@ counter, split and settings all come from the folder.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -33,6 +34,7 @@ from unet_lowered.inference.quality import mask_stats
 from unet_lowered.io import atomic, runs
 from unet_lowered.io.images import read_image
 from unet_lowered.model import nearest_valid_sizes, output_size, unet
+from unet_lowered.training import distribute
 from unet_lowered.training.callbacks import ImageCounter, read_history, standard_callbacks, warn
 from unet_lowered.training.config import RunConfig, TrainConfig
 from unet_lowered.training.feed import as_tf_dataset
@@ -95,6 +97,7 @@ def train(
     verbose: int | str | None = None,
     split: Mapping[str, Sequence[str]] | None = None,
     provenance: Mapping[str, Any] | None = None,
+    cluster: distribute.Cluster | None = None,
 ) -> dict[str, Any]:
     """Train a U-Net and write the run folder.
 
@@ -114,6 +117,10 @@ def train(
             :func:`unet_lowered.planning.plan.resolve_settings`, recorded in config.json.
             With ``cfg.time_budget`` set, training stops at an epoch's end before the
             next would pass the budget (counted from this call).
+        cluster: How this process joins a multi-process ``--distribute data-parallel``
+            run (JAX); None: one process, or Keras' ``KERAS_DISTRIBUTION_*`` variables.
+            Only process 0 writes the run folder; the others return
+            ``{"process_id": k, "writer": False}`` after training.
 
     Returns:
         The contents of ``metrics.json``.
@@ -141,8 +148,13 @@ def train(
 
     keras.utils.set_random_seed(cfg.seed)
     _deterministic_ops()
+    # After the run-folder check: on several processes this waits for all of them, so
+    # process 0 cannot have created the folder yet when another one checks it.
+    dp = distribute.plan(cfg.distribute, cfg.batch_size, cluster)
+    writer = distribute.is_writer(dp)
     precision = resolve_precision(cfg.precision)
     keras.mixed_precision.set_global_policy(precision)
+    dp_scope = contextlib.ExitStack()
     try:
         dataset = load_prepared(data)  # bad data fails here, before RUN is touched
         if split is None:
@@ -169,17 +181,19 @@ def train(
             warn(message)
 
         run_config = _run_config(cfg, dataset, data, precision, size)
+        run_config = dataclasses.replace(run_config, distribute_info=dp.describe())
         if provenance is not None:
             run_config = dataclasses.replace(
                 run_config,
                 plan=provenance.get("plan"),
                 settings_sources=provenance.get("sources"),
             )
-        if not resume:  # only now: data that fails to decode leaves no (empty) run folder
+        if not resume and writer:  # only now: data that fails to decode leaves no run folder
             _start_run_folder(out, overwrite)
             atomic.write_json(out / runs.CONFIG_FILE, run_config.to_json())
             atomic.write_json(out / runs.SPLIT_FILE, split)
 
+        dp_scope.enter_context(dp.scope())  # model, optimiser and fit on all devices
         if resume:
             model = keras.saving.load_model(out / runs.LAST_FILE, compile=True, safe_mode=True)
         else:
@@ -199,7 +213,7 @@ def train(
                 metrics=[DiceMetric(num_classes=num_classes), IoUMetric(num_classes=num_classes)],
             )
 
-        callbacks = standard_callbacks(out, cfg, state, val_seq, resume)
+        callbacks = standard_callbacks(out, cfg, state, val_seq, resume, writer=writer)
         if cfg.time_budget:
             from unet_lowered.planning.callbacks import TimeBudget
 
@@ -210,9 +224,9 @@ def train(
         if remaining <= 0:
             warn(f"{out}: all {cfg.epochs} epochs are already done; nothing to resume")
         else:
-            fit_train, fit_val = train_seq, val_seq
+            fit_train, fit_val = dp.feed(train_seq, True), dp.feed(val_seq, False)
             if keras.backend.backend() == "tensorflow":  # no tf.data autotune stalls
-                fit_train, fit_val = as_tf_dataset(train_seq), as_tf_dataset(val_seq)
+                fit_train, fit_val = as_tf_dataset(fit_train), as_tf_dataset(fit_val)
             model.fit(
                 fit_train,
                 validation_data=fit_val,
@@ -220,9 +234,12 @@ def train(
                 initial_epoch=state["epoch"],
                 callbacks=[EpochSync(train_seq), *callbacks, t_images],
                 shuffle=False,  # the sequence shuffles itself, seeded by (seed, epoch)
-                verbose=verbose,
+                verbose=verbose if writer else 0,
             )
         elapsed = time.perf_counter() - started
+        dp_scope.close()  # what follows runs on one device, in process 0 only
+        if not writer:
+            return {"process_id": dp.process_id, "writer": False}
         metrics = _final_metrics(out, elapsed, t_images, precision)
         if num_classes == 1 and (out / runs.MODEL_FILE).is_file():
             train_masks = (train_seq.cache.sample(i)[1] for i in split["train"])
@@ -233,6 +250,7 @@ def train(
         atomic.write_json(out / runs.METRICS_FILE, metrics)
         return metrics
     finally:
+        dp_scope.close()
         keras.mixed_precision.set_global_policy("float32")
 
 
