@@ -125,7 +125,7 @@ def test_a_batch_whose_actor_keeps_dying_fails_alone(ray_address, setup, tmp_pat
         run,
         [inputs],
         tmp_path / "out",
-        actors=1,
+        actors=2,
         batch_hook=always_dies_on_batch_2,
         task_retries=0,
         **OPTIONS,
@@ -204,3 +204,21 @@ def test_without_ray_the_engine_says_how_to_install_it(setup, tmp_path, monkeypa
     with pytest.raises(UnetError, match=r"pip install 'unet-lowered\[distributed\]'"):
         ray_engine.predict_files_ray(run, [inputs], tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_an_actor_s_own_error_comes_back_as_its_one_line(ray_address) -> None:
+    import ray
+
+    from unet_lowered.inference.ray_engine import _unet_error_in
+
+    @ray.remote(num_cpus=0)
+    def refuses() -> None:
+        from unet_lowered.errors import UnetError
+
+        raise UnetError("runs/x/config.json: missing; copy the whole run folder")
+
+    with pytest.raises(ray.exceptions.RayError) as caught:
+        ray.get(refuses.remote())
+    assert str(caught.value).count("\n") >= 2  # Ray's text: a traceback, not for the user
+    assert _unet_error_in(caught.value) == "runs/x/config.json: missing; copy the whole run folder"
+    assert _unet_error_in(RuntimeError("no")) is None

@@ -215,9 +215,10 @@ def predict_files_ray(
 
 
 def _check_ray_installed() -> None:
+    """Refuse early when Ray is missing, without importing it (see :func:`_ray_session`)."""
     import importlib.util
 
-    if importlib.util.find_spec("ray") is None or importlib.util.find_spec("ray.data") is None:
+    if importlib.util.find_spec("ray") is None:
         raise UnetError(f"--engine ray needs Ray Data, which is not installed: {INSTALL_HINT}")
 
 
@@ -352,8 +353,28 @@ def _run_batches(
                 yield result
     except UnetError:
         raise
-    except Exception as e:
+    except Exception as e:  # Ray's errors: an actor's own one-line error if it had one
+        cause = _unet_error_in(e)
+        if cause is not None:
+            raise UnetError(cause) from None
         raise UnetError(f"--engine ray: the Ray job failed ({_first_line(e)})") from None
+
+
+def _unet_error_in(error: BaseException) -> str | None:
+    """The message of a :class:`UnetError` behind a Ray error (an actor that could not load
+    the run, say), or None. Ray keeps the original as ``cause``; its wrappers subclass the
+    original's class, so the message is taken from an exception that is nothing else."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [error]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, UnetError) and type(e).__module__.startswith("unet_lowered"):
+            return str(e)
+        todo.extend([e.__cause__, e.__context__, getattr(e, "cause", None)])
+    return None
 
 
 def _take(
@@ -409,7 +430,17 @@ class _BatchPredictor:
         out: dict[str, list] = {k: [] for k in ("batch", "index", "row", "notes", "failed")}
         out["fatal"] = []
         for number, text in zip(batch["batch"], batch["inputs"], strict=True):
-            for result in self._predict(int(number), json.loads(str(text))):
+            items = json.loads(str(text))
+            try:
+                results = self._predict(int(number), items)
+            except Exception as e:  # a failure that is not the input's: stop the run
+                fatal = (
+                    str(e)
+                    if isinstance(e, UnetError)
+                    else f"--engine ray: predicting {items[0][2]} failed ({_first_line(e)})"
+                )
+                results = [_result(int(number), items[0][0], {"id": items[0][1]}, [], "", fatal)]
+            for result in results:
                 for k, v in result.items():
                     out[k].append(v)
         return out
