@@ -15,10 +15,12 @@ runs, each in a fresh child process and interleaved ``--repeats`` times:
 Each child imports TensorFlow, loads the model and warms it up before the clock
 starts, and reports images/s and its peak resident set size (``VmHWM``) before and
 after the images. Prints one JSON line per child, then a summary with the median
-images/s of each variant and the ratio pipeline / loop.
+images/s of each variant and the ratio to the loop, and appends it as a table to
+``benchmarks/RESULTS.md`` (``--no-append`` to skip).
 
     .venv/bin/python benchmarks/predict_pipeline.py --images 24
-    .venv/bin/python benchmarks/predict_pipeline.py --images 4 --min-size 512 --max-size 1024  # smoke
+    .venv/bin/python benchmarks/predict_pipeline.py --images 4 --min-size 512 \\
+        --max-size 1024 --repeats 1 --no-append  # a smoke test
 
 ``--cv2-threads`` and ``--tf-threads`` set OpenCV's and TensorFlow's thread counts in
 the children (default: the libraries' own choice), to measure how they interact.
@@ -190,6 +192,7 @@ def main() -> int:
     parser.add_argument("--cv2-threads", type=int, default=None, help="cv2.setNumThreads")
     parser.add_argument("--tf-threads", type=int, default=None, help="TF intra-op threads")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-append", action="store_true", help="do not append to RESULTS.md")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: temp)")
     parser.add_argument(
         "--child", nargs=3, metavar=("VARIANT", "WORK", "OUT"), help=argparse.SUPPRESS
@@ -258,7 +261,47 @@ def main() -> int:
             same = names == sorted(p.name for p in b.iterdir() if p.name != "predictions.csv")
             same = same and all((a / n).read_bytes() == (b / n).read_bytes() for n in names)
         print(json.dumps({"summary": summary, "pipeline_outputs_equal_plain": same}))
+    text = results_table(args, size_mb, summary, same)
+    print(text)
+    if not args.no_append:
+        with open(Path(__file__).resolve().parent / "RESULTS.md", "a") as f:
+            f.write("\n" + text)
     return 0
+
+
+def results_table(args: argparse.Namespace, size_mb: float, summary: dict, same) -> str:
+    """The Markdown section appended to ``benchmarks/RESULTS.md``."""
+    import platform
+
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor() or "unknown CPU",
+    )
+    threads = (
+        f"cv2 threads {args.cv2_threads or 'default'}, TF threads {args.tf_threads or 'default'}"
+    )
+    lines = [
+        f"## {time.strftime('%Y-%m-%d %H:%M')}: predict_pipeline.py, {args.images} images "
+        f"{args.min_size}-{args.max_size} px ({size_mb:.0f} MB of 16-bit PNG and JPEG), "
+        f"median of {args.repeats}",
+        "",
+        f"Machine: {cpu}, {os.cpu_count()} cores; untrained default U-Net at {args.tile} px, "
+        f"batch {args.batch_size}, {threads}. Pipeline outputs equal the one-thread run's: "
+        f"{same}.",
+        "",
+        "| variant | images/s | vs loop | peak RSS MB |",
+        "|---|---:|---:|---:|",
+        *(
+            f"| {v} | {r['images_per_s']:.2f} | {r.get('vs_loop', '')} | {r['peak_rss_mb']} |"
+            for v, r in summary.items()
+        ),
+        "",
+    ]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
