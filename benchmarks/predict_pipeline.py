@@ -281,9 +281,11 @@ def results_table(args: argparse.Namespace, size_mb: float, summary: dict, same)
         ),
         platform.processor() or "unknown CPU",
     )
-    threads = (
-        f"cv2 threads {args.cv2_threads or 'default'}, TF threads {args.tf_threads or 'default'}"
-    )
+
+    def shown(value: int | None) -> str:
+        return "default" if value is None else str(value)
+
+    threads = f"cv2 threads {shown(args.cv2_threads)}, TF threads {shown(args.tf_threads)}"
     lines = [
         f"## {time.strftime('%Y-%m-%d %H:%M')}: predict_pipeline.py, {args.images} images "
         f"{args.min_size}-{args.max_size} px ({size_mb:.0f} MB of 16-bit PNG and JPEG), "
