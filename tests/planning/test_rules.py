@@ -221,3 +221,30 @@ def test_time_budget_stops_before_an_epoch_would_pass_it(monkeypatch) -> None:
         if model.stop_training:
             break
     assert callback.stopped_epoch == 3 and clock[0] == 90.0  # a 4th would end at 120
+
+
+def test_time_budget_stops_within_an_epoch_that_would_overrun(monkeypatch) -> None:
+    clock = [0.0]
+    monkeypatch.setattr(callbacks.time, "perf_counter", lambda: clock[0])
+    callback = callbacks.TimeBudget(deadline=100.0, margin=1.0, first_reserve=10.0)
+    model = types.SimpleNamespace(stop_training=False)
+    callback.set_model(model)
+    callback.set_params({"epochs": 5})
+    callback.on_train_begin()
+    steps_done = []
+    for epoch, step_s in enumerate((5.0, 10.0)):  # the machine gets slower in epoch 2
+        callback.on_epoch_begin(epoch)
+        for step in range(8):
+            clock[0] += step_s
+            callback.on_train_batch_end(step)
+            if model.stop_training:
+                break
+        steps_done.append(step + 1)
+        clock[0] += 2.5  # validation and checkpoints: the tail is 2 x 2.5 s
+        callback.on_epoch_end(epoch)
+        if model.stop_training:
+            break
+    # epoch 1 ends at 42.5 (tail 5 s); in epoch 2, after the step ending at 92.5, another
+    # 10 s step and the tail would end at 107.5: it stops there and validates by 95
+    assert steps_done == [8, 5] and callback.stopped_epoch == 2
+    assert clock[0] == pytest.approx(95.0)
