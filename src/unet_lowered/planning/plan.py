@@ -13,6 +13,7 @@ import datetime
 import hashlib
 import json
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -170,12 +171,14 @@ def resolve_settings(
 
     Returns:
         ``(cfg, provenance)``: the validated settings, and ``{"sources": {setting:
-        default|plan|file|flag}, "plan": the plan used}``.
+        default|plan|file|flag}, "plan": the plan used, "started": time.perf_counter()
+        at the start}`` (the time budget counts from then).
 
     Raises:
         UnetError: A bad config file, flag or data folder (the messages of
             :func:`unet_lowered.training.config.resolve` and ``load_prepared``).
     """
+    started = time.perf_counter()
     file_values = config_mod.read_config_file(config_file) if config_file is not None else {}
     flags = {k: v for k, v in (overrides or {}).items() if v is not None}
     config_mod.resolve(config_file, flags)  # bad values fail here, named as usual
@@ -213,7 +216,7 @@ def resolve_settings(
             sources[name] = "plan"
         else:
             sources[name] = "default"
-    return cfg, {"sources": sources, "plan": plan}
+    return cfg, {"sources": sources, "plan": plan, "started": started}
 
 
 def plan_table(plan: Mapping[str, Any]) -> Any:

@@ -115,8 +115,9 @@ def train(
             (:func:`unet_lowered.training.folds.train_folds`). Fresh runs only.
         provenance: ``{"sources": ..., "plan": ...}`` from
             :func:`unet_lowered.planning.plan.resolve_settings`, recorded in config.json.
-            With ``cfg.time_budget`` set, training stops at an epoch's end before the
-            next would pass the budget (counted from this call).
+            With ``cfg.time_budget`` set, training stops before it would pass the budget,
+            counted from ``provenance["started"]`` (``time.perf_counter()`` when planning
+            began) or else from this call.
         cluster: How this process joins a multi-process ``--distribute data-parallel``
             run (JAX); None: one process, or Keras' ``KERAS_DISTRIBUTION_*`` variables.
             Only process 0 writes the run folder; the others return
@@ -129,7 +130,9 @@ def train(
         UnetError: Bad data folder, an existing run folder without ``overwrite``, or nothing
             to resume.
     """
-    called = time.perf_counter()
+    # The budget counts from the start of `unet train`: planning (the fingerprint, the
+    # step timing) is part of it.
+    called = (provenance or {}).get("started", time.perf_counter())
     out = Path(out)
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
