@@ -244,8 +244,8 @@ def export(
 _TimeBudget = Annotated[
     str | None,
     typer.Option(
-        help="Time budget, e.g. 90s, 10m, 1h: epochs are planned to fit and training stops "
-        "at an epoch's end before passing it [default: 10m when planned; none when "
+        help="Time budget of the whole command, e.g. 90s, 10m, 1h: epochs are planned to "
+        "fit and training stops before passing it [default: 10m when planned; none when "
         "--epochs is given].",
     ),
 ]
