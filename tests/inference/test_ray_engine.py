@@ -222,3 +222,19 @@ def test_an_actor_s_own_error_comes_back_as_its_one_line(ray_address) -> None:
     assert str(caught.value).count("\n") >= 2  # Ray's text: a traceback, not for the user
     assert _unet_error_in(caught.value) == "runs/x/config.json: missing; copy the whole run folder"
     assert _unet_error_in(RuntimeError("no")) is None
+
+
+def test_an_address_where_nothing_listens_is_one_line(setup, tmp_path) -> None:
+    pytest.importorskip("ray")
+    import socket
+
+    from unet_lowered.inference.ray_engine import predict_files_ray
+
+    with socket.socket() as s:  # a port that was free a moment ago
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run, inputs = setup
+    with pytest.raises(UnetError, match=rf"--ray-address 127.0.0.1:{port}: nothing answers"):
+        predict_files_ray(
+            run, [inputs], tmp_path / "out", address=f"127.0.0.1:{port}", progress=False
+        )

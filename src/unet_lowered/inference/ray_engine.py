@@ -247,12 +247,15 @@ def _ray_session(address: str | None) -> Iterator[Any]:
                 ) from None
             for name in quiet:  # the user sees our progress bar, not Ray's log lines
                 logging.getLogger(name).setLevel(logging.CRITICAL)
+            if not local:
+                _check_reachable(address)
             if not ray.is_initialized():
                 kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.CRITICAL}
                 if local:
                     kwargs["include_dashboard"] = False
                 try:
-                    ray.init(address="local" if local else address, **kwargs)
+                    with _fd2_to_devnull():  # the C++ start-up lines of the driver
+                        ray.init(address="local" if local else address, **kwargs)
                 except Exception as e:
                     where = "start a local Ray instance" if local else f"connect to {address}"
                     hint = (
@@ -297,6 +300,40 @@ def _no_raylet_prints(ray: Any) -> Iterator[None]:
         yield
     finally:
         worker.print_to_stdstream = original
+
+
+def _check_reachable(address: str, timeout: float = 10.0) -> None:
+    """Refuse a ``HOST:PORT`` nothing listens on (Ray itself would retry for minutes)."""
+    import socket
+
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "://" in address:
+        return  # "auto", or a form Ray resolves itself
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise UnetError(
+            f"--ray-address {address}: nothing answers there ({e.strerror or e}); start the "
+            "head node with `ray start --head` and give its address, or use --ray-address "
+            "auto on a node of the cluster"
+        ) from None
+
+
+@contextlib.contextmanager
+def _fd2_to_devnull() -> Iterator[None]:
+    """Point file descriptor 2 at /dev/null (Python's errors still come back as exceptions)."""
+    import sys
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 @contextlib.contextmanager
