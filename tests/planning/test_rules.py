@@ -248,3 +248,19 @@ def test_time_budget_stops_within_an_epoch_that_would_overrun(monkeypatch) -> No
     # 10 s step and the tail would end at 107.5: it stops there and validates by 95
     assert steps_done == [8, 5] and callback.stopped_epoch == 2
     assert clock[0] == pytest.approx(95.0)
+
+
+def test_cross_site_augmentation_only_for_radiograph_like_data() -> None:
+    chest = rules.cross_site_rule(fp(), "resize")  # gray, 2 large objects, fixed layout
+    assert {k: v.value for k, v in chest.items()} == rules.CROSS_SITE
+    assert "radiograph-like" in chest["opacity"].reason
+    not_radiographs = [
+        rules.cross_site_rule(fp(), "crop"),  # crops of large images
+        rules.cross_site_rule(fp(channels=3), "resize"),  # colour
+        rules.cross_site_rule(fp(objects_per_image=30.0, object_area=SMALL_OBJECTS), "resize"),
+        rules.cross_site_rule(fp(symmetry=_sym(KEPT, {"kept": True})), "resize"),  # free layout
+    ]
+    for planned in not_radiographs:
+        assert all(v.value == 0.0 for v in planned.values()), planned
+    settings, _ = rules.plan_settings(fp(), 600.0, None, n_val=10)
+    assert settings["zoom_out"].value == 0.3 and settings["stamps"].value == 0.2
