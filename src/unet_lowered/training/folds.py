@@ -109,7 +109,8 @@ def train_folds(
     Args:
         data: The prepared data folder (ignored with ``resume``: the run's is used).
         out: The run folder.
-        cfg: Settings for every fold (defaults if None; ignored with ``resume``).
+        cfg: Settings for every fold (defaults if None; ignored with ``resume``). A
+            ``time_budget`` is the whole ensemble's: each fold trains within 1/K of it.
         folds: K >= 2 (ignored with ``resume``: the run's K is used).
         resume: Finish an interrupted ensemble: finished folds are kept, an interrupted
             fold resumes from its last epoch, the others start.
@@ -145,6 +146,8 @@ def train_folds(
                 dataset.image_sizes(split["train"]), cfg.depth, cfg.padding
             )
             cfg = dataclasses.replace(cfg, image_size=auto)
+        if cfg.time_budget:  # the budget is the whole ensemble's: each fold gets its share
+            cfg = dataclasses.replace(cfg, time_budget=cfg.time_budget / folds)
         train_mod._start_run_folder(out, overwrite)
         plan = {
             "folds": folds,
