@@ -521,6 +521,10 @@ def train(
 
         if not folds:  # an existing run folder fails before the planning work
             train_mod._check_run_folder(Path(out), overwrite)
+        if Cluster.from_env(cluster).multi_process:  # before JAX computes (in planning)
+            from unet_lowered.training.distribute import initialize
+
+            initialize(Cluster.from_env(cluster))  # waits for all: after the folder check
         cfg, provenance = resolve_settings(data, config, overrides)
         if folds and Cluster.from_env(cluster).multi_process:
             raise UnetError("--folds trains on one host; drop --coordinator/--num-processes")

@@ -212,7 +212,15 @@ def test_jax_cli_run_on_two_devices_is_a_normal_run_folder(prepared):
     assert proc.returncode == 0, proc.stderr[-3000:]
     check_run(run, processes=1)
     out = prepared / "pred"
-    cmd = [UNET, "predict", str(run), str(prepared / "syn" / "test_images"), "--out", str(out)]
+    cmd = [
+        UNET,
+        "predict",
+        str(run),
+        str(prepared / "syn" / "test_images"),
+        "-r",
+        "--out",
+        str(out),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     masks = sorted(p.name for p in out.glob("*.png"))

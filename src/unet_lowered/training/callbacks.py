@@ -22,16 +22,12 @@ from unet_lowered.io import atomic, runs
 from unet_lowered.training.config import TrainConfig
 
 
-def standard_callbacks(
-    out: Path, cfg: TrainConfig, state: dict, val_seq, resume: bool, writer: bool = True
-) -> list:
-    """The callbacks of a run; ``writer=False`` (not process 0 of a distributed run): none
-    that write the run folder (history, checkpoints, TensorBoard)."""
-    # history.csv before the checkpoint: state.json is written last of all, so a run
-    # killed at any point resumes from an epoch whose history row is on disk.
-    files = [History(out / runs.HISTORY_FILE, keep=resume), Checkpoint(out, state)]
+def standard_callbacks(out: Path, cfg: TrainConfig, state: dict, val_seq, resume: bool) -> list:
     callbacks: list = [
-        *(files if writer else []),
+        # history.csv before the checkpoint: state.json is written last of all, so a run
+        # killed at any point resumes from an epoch whose history row is on disk.
+        History(out / runs.HISTORY_FILE, keep=resume),
+        Checkpoint(out, state),
         Guard(val_seq, cfg.threshold),
         keras.callbacks.EarlyStopping(
             monitor="val_dice", mode="max", patience=cfg.patience, verbose=1
@@ -43,7 +39,7 @@ def standard_callbacks(
                 monitor="val_dice", mode="max", factor=0.5, patience=max(2, cfg.patience // 3)
             )
         )
-    if keras.backend.backend() == "tensorflow" and writer:
+    if keras.backend.backend() == "tensorflow":
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(out / "logs"), write_graph=False))
     return callbacks
 

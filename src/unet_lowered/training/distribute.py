@@ -125,7 +125,8 @@ _initialized: Cluster | None = None
 def initialize(cluster: Cluster) -> None:
     """Join the multi-process run (JAX), once per process; one process: nothing to do.
 
-    Call it before the backend computes anything (the first thing ``train`` does).
+    Call it before JAX computes anything: ``unet train`` calls it before its other work,
+    :func:`plan` (in ``train()``) otherwise.
 
     Raises:
         SettingError: Several processes on a backend other than JAX, or a bad cluster.
@@ -149,7 +150,17 @@ def initialize(cluster: Cluster) -> None:
     # older versions, where CPU collectives were off by default). GPUs use NCCL.
     with contextlib.suppress(AttributeError, ValueError):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    keras.distribution.initialize(cluster.coordinator, cluster.num_processes, cluster.process_id)
+    try:
+        keras.distribution.initialize(
+            cluster.coordinator, cluster.num_processes, cluster.process_id
+        )
+    except Exception as e:  # unreachable coordinator, JAX already started, ...
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UnetError(
+            f"could not join the run at {cluster.coordinator} as process {cluster.process_id} "
+            f"of {cluster.num_processes} ({first}); start every process with the same "
+            "--coordinator and --num-processes, process 0 reachable at that address"
+        ) from None
     _initialized = cluster
 
 

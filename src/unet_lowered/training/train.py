@@ -15,6 +15,7 @@ import os
 import platform
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -26,7 +27,7 @@ import numpy as np
 import unet_lowered
 from unet_lowered.dataset.checks import mask_warnings
 from unet_lowered.dataset.pairs import PreparedData, load_prepared
-from unet_lowered.errors import UnetError
+from unet_lowered.errors import SettingError, UnetError
 from unet_lowered.evaluation.choose import choose_postprocess, min_area_candidate
 from unet_lowered.evaluation.evaluate import read_truth
 from unet_lowered.inference.predictor import PredictOptions, predict_images, probs_to_mask
@@ -143,7 +144,8 @@ def train(
         cfg = (cfg or TrainConfig()).validate()
         if data is None:
             raise UnetError("no data folder given; pass the folder written by `unet prepare`")
-        _check_run_folder(out, overwrite)
+        if distribute.is_writer():  # the others: process 0 may have started it already
+            _check_run_folder(out, overwrite)
         state = {"epoch": 0, "best": -1.0, "best_epoch": None}
         if split is not None:
             split = {"train": sorted(split["train"]), "val": sorted(split["val"])}
@@ -155,6 +157,10 @@ def train(
     # process 0 cannot have created the folder yet when another one checks it.
     dp = distribute.plan(cfg.distribute, cfg.batch_size, cluster)
     writer = distribute.is_writer(dp)
+    if dp.processes > 1 and cfg.time_budget:  # each process would stop on its own clock
+        raise SettingError(
+            "time_budget", "--time-budget is for one process; give --epochs on several hosts"
+        )
     precision = resolve_precision(cfg.precision)
     keras.mixed_precision.set_global_policy(precision)
     dp_scope = contextlib.ExitStack()
@@ -216,7 +222,10 @@ def train(
                 metrics=[DiceMetric(num_classes=num_classes), IoUMetric(num_classes=num_classes)],
             )
 
-        callbacks = standard_callbacks(out, cfg, state, val_seq, resume, writer=writer)
+        # The other processes run the same callbacks (saving the model is a collective
+        # operation on JAX) into a scratch folder, removed at the end.
+        files = out if writer else Path(dp_scope.enter_context(tempfile.TemporaryDirectory()))
+        callbacks = standard_callbacks(files, cfg, state, val_seq, resume)
         if cfg.time_budget:
             from unet_lowered.planning.callbacks import TimeBudget
 
