@@ -9,7 +9,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check
 STAMP_RUN  := $(VENV)/.installed-run
 STAMP_TEST := $(VENV)/.installed-test
 
-.PHONY: demo test lint format bench install clean
+.PHONY: demo test test-slow lint format bench install clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -36,12 +36,17 @@ format: $(STAMP_TEST)
 	$(VENV)/bin/ruff check --fix src tests benchmarks
 	$(VENV)/bin/ruff format src tests benchmarks
 
-# The whole suite under TensorFlow (the default backend), then the model
-# subset (-m backend) under JAX and PyTorch.
+# The suite under TensorFlow (the default backend) without the slow tests, then
+# the model subset (-m backend) under JAX and PyTorch: under 15 minutes on 2 cores.
+# `make test-slow` runs the slow ones (fresh processes, kills, real-data training,
+# multi-device and Ray runs, the browser); CI (.ci/run) runs both.
 test: lint
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not slow"
 	KERAS_BACKEND=jax   $(PY) -m pytest -m backend -p no:cacheprovider -q
 	KERAS_BACKEND=torch $(PY) -m pytest -m backend -p no:cacheprovider -q
+
+test-slow: $(STAMP_TEST)
+	$(PY) -m pytest -m slow -p no:cacheprovider
 
 bench: $(STAMP_TEST)
 	$(PIP) install --quiet -e ".[bench]"

@@ -93,6 +93,7 @@ def test_same_files_as_the_local_engine(ray_address, setup, reference, tmp_path)
     assert_same_outputs(tmp_path / "out", reference)
 
 
+@pytest.mark.slow  # a fresh process or Ray run: CI runs it (make test-slow)
 def test_an_actor_killed_mid_run_is_restarted(ray_address, setup, reference, tmp_path) -> None:
     from unet_lowered.inference.ray_engine import predict_files_ray
 
@@ -112,6 +113,7 @@ def test_an_actor_killed_mid_run_is_restarted(ray_address, setup, reference, tmp
     assert_same_outputs(tmp_path / "out", reference)
 
 
+@pytest.mark.slow  # a fresh process or Ray run: CI runs it (make test-slow)
 def test_a_batch_whose_actor_keeps_dying_fails_alone(ray_address, setup, tmp_path) -> None:
     from unet_lowered.inference.ray_engine import predict_files_ray
 
@@ -137,6 +139,7 @@ def test_a_batch_whose_actor_keeps_dying_fails_alone(ray_address, setup, tmp_pat
     assert len(report.written) == N_GOOD - 4 and len(report.failed) == 5
 
 
+@pytest.mark.slow  # a fresh process or Ray run: CI runs it (make test-slow)
 def test_resume_after_the_driver_is_killed(ray_address, setup, reference, tmp_path) -> None:
     from unet_lowered.inference.ray_engine import predict_files_ray
 

@@ -144,6 +144,7 @@ def check_same_step(r: dict) -> None:
 
 
 @needs_jax
+@pytest.mark.slow  # a fresh process or Ray run: CI runs it (make test-slow)
 def test_jax_step_on_two_devices_equals_one_device():
     r = result(run_python(STEP, "jax", devices=2))
     check_same_step(r)
@@ -151,6 +152,7 @@ def test_jax_step_on_two_devices_equals_one_device():
     assert r["info"]["per_device_batch_size"] == 2
 
 
+@pytest.mark.slow  # a fresh process or Ray run: CI runs it (make test-slow)
 def test_tensorflow_mirrored_step_on_two_logical_cpus_equals_one_device():
     out = run_python(TF_DEVICES + STEP + TF_FEED, "tensorflow")
     r = result(out)
@@ -200,6 +202,7 @@ def check_run(run: Path, processes: int) -> dict:
 
 
 @needs_jax
+@pytest.mark.slow  # a fresh process or Ray run: CI runs it (make test-slow)
 def test_jax_cli_run_on_two_devices_is_a_normal_run_folder(prepared):
     run = prepared / "run2dev"
     env = {
@@ -234,6 +237,7 @@ def free_port() -> int:
 
 
 @needs_jax
+@pytest.mark.slow  # a fresh process or Ray run: CI runs it (make test-slow)
 def test_two_processes_leave_one_run_folder_written_by_process_0(prepared):
     run = prepared / "run2proc"
     port = free_port()
