@@ -18,6 +18,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -229,6 +230,20 @@ def infer_channels(paths: Iterable[os.PathLike | str], max_decode: int = 20) -> 
 
 
 # ----------------------------------------------------------------------------- split
+
+
+def check_mask_size(mask_path: Path, image_path: Path, mask: np.ndarray, header: Any) -> None:
+    """Refuse a mask whose size differs from its image's (``header`` from ``read_header``).
+
+    Raises:
+        UnetError: Naming the mask, both sizes and what to do.
+    """
+    if (header.height, header.width) != mask.shape:
+        raise UnetError(
+            f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image "
+            f"{image_path.name} is {header.width}x{header.height}; masks must match their "
+            "images (`unet prepare` reports and skips such pairs)"
+        )
 
 
 def split_ids(ids: Iterable[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:

@@ -23,7 +23,7 @@ import numpy as np
 from scipy import ndimage
 
 from unet_lowered.dataset.masks import label_components, read_mask
-from unet_lowered.dataset.pairs import PreparedData
+from unet_lowered.dataset.pairs import PreparedData, check_mask_size
 from unet_lowered.errors import UnetError
 from unet_lowered.io import images as imageio
 from unet_lowered.io.progress import track
@@ -224,12 +224,7 @@ def _read_pair(data: PreparedData, ident: str) -> tuple[np.ndarray, np.ndarray, 
     image_path, mask_path = data.images[ident], data.masks[ident]
     mask = read_mask(mask_path, data.num_classes)
     header = imageio.read_header(image_path)
-    if (header.height, header.width) != mask.shape:
-        raise UnetError(
-            f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image "
-            f"{image_path.name} is {header.width}x{header.height}; masks must match their "
-            "images (`unet prepare` reports and skips such pairs)"
-        )
+    check_mask_size(mask_path, image_path, mask, header)
     return imageio.read_image(image_path), mask, header
 
 

@@ -32,23 +32,15 @@ def measure_step_time(
     """
     import keras
 
-    from unet_lowered.model import output_size, unet
+    from unet_lowered.model import output_size
     from unet_lowered.training.augment import augment
     from unet_lowered.training.losses import get_loss, needs_weight_map
     from unet_lowered.training.sequence import augment_config
+    from unet_lowered.training.train import build_model
 
     size = (cfg.image_size, cfg.image_size)
     b = cfg.batch_size
-    model = unet(
-        input_shape=(*size, channels),
-        num_classes=num_classes,
-        base_filters=cfg.base_filters,
-        depth=cfg.depth,
-        padding=cfg.padding,
-        dropout=cfg.dropout,
-        batch_norm=cfg.batch_norm,
-        upsampling=cfg.upsampling,
-    )
+    model = build_model(cfg, channels, num_classes)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=get_loss(cfg.loss, num_classes))
     rng = np.random.default_rng(0)
     out_hw = output_size(size, cfg.depth, cfg.padding)

@@ -29,7 +29,7 @@ import numpy as np
 
 from unet_lowered import options, preprocess
 from unet_lowered.dataset.masks import read_mask, to_classes, to_labels
-from unet_lowered.dataset.pairs import PreparedData
+from unet_lowered.dataset.pairs import PreparedData, check_mask_size
 from unet_lowered.errors import UnetError, listing
 from unet_lowered.io import images as imageio
 from unet_lowered.training.augment import random_crop
@@ -235,12 +235,7 @@ class SampleCache:
         image_path, mask_path = self.data.images[ident], self.data.masks[ident]
         mask = read_mask(mask_path, self.num_classes, self.max_pixels)
         header = imageio.read_header(image_path)
-        if (header.height, header.width) != mask.shape:
-            raise UnetError(
-                f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image "
-                f"{image_path.name} is {header.width}x{header.height}; masks must match their "
-                "images (`unet prepare` reports and skips such pairs)"
-            )
+        check_mask_size(mask_path, image_path, mask, header)
         size = self.image_size if self.input_mode == "resize" else None
         if size is not None:
             mask = preprocess.resize_mask(mask, size)

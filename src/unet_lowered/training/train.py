@@ -206,16 +206,7 @@ def train(
         if resume:
             model = keras.saving.load_model(out / runs.LAST_FILE, compile=True, safe_mode=True)
         else:
-            model = unet(
-                input_shape=(*size, dataset.channels),
-                num_classes=num_classes,
-                base_filters=cfg.base_filters,
-                depth=cfg.depth,
-                padding=cfg.padding,
-                dropout=cfg.dropout,
-                batch_norm=cfg.batch_norm,
-                upsampling=cfg.upsampling,
-            )
+            model = build_model(cfg, dataset.channels, num_classes)
             model.compile(
                 optimizer=_optimizer(cfg, steps=len(train_seq)),
                 loss=get_loss(cfg.loss, num_classes),
@@ -391,6 +382,23 @@ def _final_metrics(
 
 
 # ----------------------------------------------------------------------------- fitting
+
+
+def build_model(cfg: TrainConfig, channels: int, num_classes: int):
+    """The U-Net ``cfg`` describes, for ``channels`` input channels (not compiled).
+
+    ``cfg.image_size`` must be resolved (a side, not None).
+    """
+    return unet(
+        input_shape=(cfg.image_size, cfg.image_size, channels),
+        num_classes=num_classes,
+        base_filters=cfg.base_filters,
+        depth=cfg.depth,
+        padding=cfg.padding,
+        dropout=cfg.dropout,
+        batch_norm=cfg.batch_norm,
+        upsampling=cfg.upsampling,
+    )
 
 
 def _deterministic_ops() -> None:
