@@ -133,6 +133,77 @@ def plain_loop(run: Path, files: list[Path], out: Path, batch_size: int) -> None
             images.write_png(out / f"{f.stem}.png", (back >= 0.5).astype(np.uint8) * 255)
 
 
+def stage_profile(run: Path, files: list[Path], out: Path, batch_size: int) -> dict:
+    """Seconds per image of each step of ``unet predict``, run one after another.
+
+    The steps are the product's own functions, in the order the pipeline runs them:
+    the reader thread's decode and network input, the network, then the writer
+    thread's resize back, mask, PNG and ``predictions.csv`` figures (the objects
+    labelled once, the quality flag). Shows which thread is the bottleneck.
+    """
+
+    from unet_lowered.inference.predictor import (
+        PredictOptions,
+        mask_to_png,
+        predict_prepared,
+        prepare_images,
+        probs_to_mask,
+        restore_size,
+    )
+    from unet_lowered.inference.quality import Objects, mask_quality
+    from unet_lowered.io import images
+    from unet_lowered.io.runs import load_run
+
+    r = load_run(run)
+    model, config = r.model(), r.config
+    options = PredictOptions(mode="resize", batch_size=batch_size)
+    out.mkdir(parents=True, exist_ok=True)
+    spent: dict[str, float] = dict.fromkeys(
+        (
+            "decode",
+            "network input",
+            "network",
+            "resize back",
+            "mask",
+            "write PNG",
+            "label objects",
+            "quality flag",
+        ),
+        0.0,
+    )
+
+    def timed(name, fn, *a):
+        t = time.perf_counter()
+        value = fn(*a)
+        spent[name] += time.perf_counter() - t
+        return value
+
+    for i in range(0, len(files), batch_size):
+        chunk = files[i : i + batch_size]
+        decoded = [timed("decode", images.read_image, f) for f in chunk]
+        x = timed("network input", prepare_images, decoded, config, options)
+        probs = timed("network", predict_prepared, model, x, config, options)
+        for f, im, p in zip(chunk, decoded, probs, strict=True):
+            full = timed("resize back", restore_size, p, im.shape[:2])
+            mask = timed("mask", probs_to_mask, full, config, options)
+            png = mask_to_png(mask, config)
+            timed("write PNG", images.write_png, out / f"{f.stem}.png", png)
+            found = timed("label objects", Objects.of, mask)
+            timed("quality flag", mask_quality, mask, full, config, found)
+    reader = spent["decode"] + spent["network input"]
+    writer = sum(v for k, v in spent.items() if k not in ("decode", "network input", "network"))
+    per_image = {k: round(v / len(files), 4) for k, v in spent.items()}
+    return {
+        "seconds_per_image": per_image,
+        "reader_thread_s": round(reader / len(files), 4),
+        "network_s": round(spent["network"] / len(files), 4),
+        "writer_thread_s": round(writer / len(files), 4),
+        "ceiling_vs_sequential": round(
+            sum(spent.values()) / max(reader, writer, spent["network"]), 2
+        ),
+    }
+
+
 def child(variant: str, work: Path, out: Path, args: argparse.Namespace) -> None:
     """Run one variant in this process; print a JSON line."""
     import cv2
@@ -156,6 +227,9 @@ def child(variant: str, work: Path, out: Path, args: argparse.Namespace) -> None
     files = sorted(p for p in (work / "in").iterdir() if p.is_file())
     before = peak_mb()
     started = time.perf_counter()
+    if variant == "stages":
+        print(json.dumps({"variant": "stages", **stage_profile(run, files, out, args.batch_size)}))
+        return
     if variant == "loop":
         plain_loop(run, files, out, args.batch_size)
     else:
@@ -191,6 +265,9 @@ def main() -> int:
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated")
     parser.add_argument("--cv2-threads", type=int, default=None, help="cv2.setNumThreads")
     parser.add_argument("--tf-threads", type=int, default=None, help="TF intra-op threads")
+    parser.add_argument(
+        "--stages", action="store_true", help="also time each step alone (one more child)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-append", action="store_true", help="do not append to RESULTS.md")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: temp)")
@@ -254,6 +331,19 @@ def main() -> int:
             base = summary["loop"]["images_per_s"]
             for v in summary:
                 summary[v]["vs_loop"] = round(summary[v]["images_per_s"] / base, 2)
+        stages = None
+        if args.stages:
+            out = work / "out-stages"
+            command = [sys.executable, __file__, "--child", "stages", str(work), str(out)]
+            env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+            done = subprocess.run(
+                command + passthrough, capture_output=True, text=True, env=env, check=False
+            )
+            if done.returncode != 0:
+                print(done.stdout + done.stderr, file=sys.stderr)
+                return 1
+            stages = json.loads(done.stdout.strip().splitlines()[-1])
+            print(json.dumps(stages), flush=True)
         same = None
         if "pipeline" in results and "plain" in results:  # every output byte for byte
             a, b = work / "out-pipeline-0", work / "out-plain-0"
@@ -261,7 +351,7 @@ def main() -> int:
             same = names == sorted(p.name for p in b.iterdir() if p.name != "predictions.csv")
             same = same and all((a / n).read_bytes() == (b / n).read_bytes() for n in names)
         print(json.dumps({"summary": summary, "pipeline_outputs_equal_plain": same}))
-    text = results_table(args, size_mb, summary, same)
+    text = results_table(args, size_mb, summary, same, stages)
     print(text)
     if not args.no_append:
         with open(Path(__file__).resolve().parent / "RESULTS.md", "a") as f:
@@ -269,7 +359,9 @@ def main() -> int:
     return 0
 
 
-def results_table(args: argparse.Namespace, size_mb: float, summary: dict, same) -> str:
+def results_table(
+    args: argparse.Namespace, size_mb: float, summary: dict, same, stages: dict | None = None
+) -> str:
     """The Markdown section appended to ``benchmarks/RESULTS.md``."""
     import platform
 
@@ -303,6 +395,24 @@ def results_table(args: argparse.Namespace, size_mb: float, summary: dict, same)
         ),
         "",
     ]
+    if stages:
+        lines += [
+            "Each step alone, one after another (ms per image; `--stages`):",
+            "",
+            "| step | ms/image | thread |",
+            "|---|---:|---|",
+            *(
+                f"| {step} | {1000 * sec:.1f} | "
+                f"{'reader' if step in ('decode', 'network input') else 'network' if step == 'network' else 'writer'} |"
+                for step, sec in stages["seconds_per_image"].items()
+            ),
+            "",
+            f"Reader {1000 * stages['reader_thread_s']:.0f} ms, network "
+            f"{1000 * stages['network_s']:.0f} ms, writer {1000 * stages['writer_thread_s']:.0f} "
+            f"ms per image: three threads on separate cores could at best be "
+            f"{stages['ceiling_vs_sequential']}x the steps run one after another.",
+            "",
+        ]
     return "\n".join(lines)
 
 

@@ -27,7 +27,9 @@ LOSS_ALIASES: Mapping[str, str] = {
 """Other accepted spellings of a loss (natural for multi-class) and the loss each means."""
 
 OPTIMIZERS = ("adam", "sgd")
-SCHEDULES = ("cosine", "plateau", "none")
+SCHEDULES = ("cosine", "onecycle", "plateau", "none")
+"""``onecycle``: a linear warm-up from a tenth of the rate over the first 10% of the
+steps, then the cosine decay."""
 PRECISIONS = ("auto", "float32", "mixed_bfloat16")
 INPUT_MODES = ("resize", "crop")
 """``resize``: every image resized to the training size; ``crop``: random crops of it."""

@@ -158,6 +158,29 @@ def test_epochs_fitted_to_the_budget() -> None:
     assert rules.schedule_rule(40, 8, 4, 10.0, 10.0)["epochs"].value == 1  # at least one
 
 
+def test_progressive_resizing_for_whole_images_only() -> None:
+    assert rules.progressive_rule("resize", 224).value == rules.PROGRESSIVE == 0.5
+    assert rules.progressive_rule("resize", 128).value == 0.5
+    assert rules.progressive_rule("resize", 96).value == 0.0  # half would be 48 px
+    crop = rules.progressive_rule("crop", 256)
+    assert crop.value == 0.0 and "native resolution" in crop.reason
+
+
+def test_epochs_with_progressive_resizing_are_cheaper_and_capped() -> None:
+    # 40 train / 8 val, batch 4, 0.5 s a step, half the epochs at 0.35 of the step:
+    # 10 * 0.5 * 0.675 + 2 * 0.5 / 3 + 0.5 = 4.208 s an epoch; 80 s / 4.208 s = 19
+    planned = rules.schedule_rule(40, 8, 4, 0.5, 100.0, progressive=0.5)
+    assert planned["epochs"].value == 19 and "half-size epochs" in planned["epochs"].reason
+    # A long budget is not filled: about 5100 samples, 128 epochs of 40 images.
+    planned = rules.schedule_rule(40, 8, 4, 0.5, 3000.0, progressive=0.5)
+    assert planned["epochs"].value == round(rules.WHOLE_IMAGE_SAMPLES / 40) == 128
+    assert "enough" in planned["epochs"].reason
+    # JSRT: 170 training images -> 30 epochs, the measured run.
+    assert rules.schedule_rule(170, 30, 4, 0.17, 600.0, 0.5)["epochs"].value == 30
+    # Without progressive resizing the budget is filled as before.
+    assert rules.schedule_rule(170, 30, 4, 0.17, 600.0)["epochs"].value == 58
+
+
 def test_postprocess_candidates() -> None:
     assert rules.postprocess_rule(fp()).value == ["keep_largest 2", "fill_holes"]
     many = rules.postprocess_rule(fp(objects_per_image=30.0, holes_fraction=0.5))
@@ -176,8 +199,10 @@ def test_plan_settings_uses_the_measured_step_and_the_users_batch() -> None:
                              "epochs", "patience", "time_budget"}  # fmt: skip
     assert set(advice) == {"inference", "normalisation", "tta", "postprocess"}
     assert calls == [4] and settings["batch_size"].value == 2  # 80 updates: batch 2
-    # batch 2 at 0.25 s: 20 steps + 4 * 0.25 / 3 + 0.5 = 5.83 s -> 13 epochs
-    assert settings["epochs"].value == 13
+    # Whole 224 px images: progressive resizing, half the epochs' steps at 0.35 of the cost.
+    assert settings["progressive"].value == 0.5
+    # batch 2 at 0.25 s: 20 steps * 0.675 + 4 * 0.25 / 3 + 0.5 = 4.21 s -> 19 epochs
+    assert settings["epochs"].value == 19
     calls.clear()
     settings, _ = rules.plan_settings(fp(n_images=40), 100.0, step_time, 8, {"batch_size": 8})
     assert calls == [8]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import os
 import signal
@@ -88,7 +89,10 @@ def test_train_writes_every_artefact(tiny_data: Path, tmp_path: Path) -> None:
     assert len(split["val"]) == round(16 * 0.15)  # 2 of 16
     rows = _history(run)
     assert [int(r["epoch"]) for r in rows] == [1, 2]
-    assert {"loss", "dice", "iou", "val_loss", "val_dice", "val_iou", "lr"} <= set(rows[0])
+    assert {"loss", "dice", "iou", "val_loss", "val_dice", "val_iou", "lr", "time_s"} <= set(
+        rows[0]
+    )
+    assert 0 < float(rows[0]["time_s"]) < float(rows[1]["time_s"])
     saved = json.loads((run / "metrics.json").read_text())
     assert saved == metrics
     assert saved["epochs_completed"] == 2
@@ -142,7 +146,11 @@ def test_resume_after_sigkill_finishes_all_epochs(tiny_data: Path, tmp_path: Pat
     result = CliRunner().invoke(app, ["train", "--resume", "--out", str(run)])
     assert result.exit_code == 0, result.output
     assert json.loads(state.read_text())["epoch"] == epochs
-    assert [int(r["epoch"]) for r in _history(run)] == list(range(1, epochs + 1))
+    rows = _history(run)
+    assert [int(r["epoch"]) for r in rows] == list(range(1, epochs + 1))
+    # The training clock continues across the kill: time_s never goes back.
+    times = [float(r["time_s"]) for r in rows]
+    assert all(b > a for a, b in itertools.pairwise(times)), times
     assert json.loads((run / "metrics.json").read_text())["epochs_completed"] == epochs
 
 

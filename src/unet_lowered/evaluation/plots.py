@@ -53,7 +53,7 @@ def plot_curves(history_csv: str | os.PathLike, out: str | os.PathLike) -> Path:
         for prefix, style in (("", "-"), ("val_", "--")):
             name = prefix + key
             if name in rows[0]:
-                values = [_number(r.get(name)) for r in rows]
+                values = [runs.history_number(r.get(name)) for r in rows]
                 ax.plot(epochs, values, style, label="validation" if prefix else "train")
         ax.set_title(title)
         ax.set_xlabel("epoch")
@@ -61,14 +61,6 @@ def plot_curves(history_csv: str | os.PathLike, out: str | os.PathLike) -> Path:
         ax.legend()
     fig.tight_layout()
     return _save(fig, out)
-
-
-def _number(text: str | None) -> float:
-    """A value of ``history.csv`` as a float; empty or damaged cells are NaN (a gap)."""
-    try:
-        return float(text) if text else np.nan
-    except ValueError:
-        return np.nan
 
 
 def plot_cases(

@@ -47,7 +47,7 @@ from unet_lowered.inference.predictor import (
     resolve_mode,
     restore_size,
 )
-from unet_lowered.inference.quality import mask_quality
+from unet_lowered.inference.quality import Objects, mask_quality
 from unet_lowered.io import atomic, images
 from unet_lowered.io.progress import progress_bar, stderr_console
 from unet_lowered.io.runs import load_run
@@ -570,14 +570,15 @@ def _write_outputs(
     if save_overlay:
         images.write_png(out_dir / f"{image_id}_overlay.png", overlay(image, mask))
     h, w = mask.shape
+    found = Objects.of(mask) if mask.dtype == bool else None  # labelled once, used twice
     return {
         "id": image_id,
         "source": str(path),
         "width": w,
         "height": h,
         "foreground_fraction": round(float(np.count_nonzero(mask)) / mask.size, 6),
-        "components": count_components(mask),
-        "quality": mask_quality(mask, probs, config),
+        "components": count_components(mask) if found is None else found.count,
+        "quality": mask_quality(mask, probs, config, found),
         "status": "ok",
     }
 

@@ -39,6 +39,14 @@ HISTORY_FILE = "history.csv"
 METRICS_FILE = "metrics.json"
 
 
+def history_number(text: str | None) -> float:
+    """A cell of ``history.csv`` as a float; an empty or damaged cell is NaN (a gap)."""
+    try:
+        return float(text) if text else float("nan")
+    except ValueError:
+        return float("nan")
+
+
 @dataclass(frozen=True)
 class Run:
     """A run folder and its configuration.

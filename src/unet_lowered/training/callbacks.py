@@ -69,18 +69,29 @@ class Checkpoint(keras.callbacks.Callback):
 
 
 class History(keras.callbacks.Callback):
-    """history.csv rewritten atomically after every epoch (kept and extended on resume)."""
+    """history.csv rewritten atomically after every epoch (kept and extended on resume).
+
+    Besides Keras' logs and the learning rate, ``time_s`` is the training time in
+    seconds at the end of the epoch's validation, counted from the start of ``fit``
+    and continued on resume (the time-to-accuracy curve of the run).
+    """
 
     def __init__(self, path: Path, keep: bool):
         super().__init__()
         self.path = path
         self.rows = read_history(path) if keep else []
+        self._start = time.perf_counter()
+
+    def on_train_begin(self, logs=None):
+        done = runs.history_number(self.rows[-1].get("time_s")) if self.rows else 0.0
+        self._start = time.perf_counter() - (done if math.isfinite(done) else 0.0)
 
     def on_epoch_end(self, epoch, logs=None):
         row: dict[str, Any] = {"epoch": epoch + 1}
         row.update({k: f"{float(v):.6g}" for k, v in (logs or {}).items()})
         lr = self.model.optimizer.learning_rate
         row["lr"] = f"{float(keras.ops.convert_to_numpy(lr)):.6g}"
+        row["time_s"] = f"{time.perf_counter() - self._start:.2f}"
         self.rows = [r for r in self.rows if int(r["epoch"]) < epoch + 1] + [row]
         keys: list[str] = []
         for r in self.rows:

@@ -59,6 +59,8 @@ class TrainConfig:
     learning_rate: float | None = None  # None: 1e-3 for Adam, 1e-2 for SGD
     schedule: str = "cosine"
     patience: int = 15
+    # progressive resizing: this share of the epochs (the first ones) at half the size
+    progressive: float = 0.0
     precision: str = "auto"
     threshold: float = 0.5
     # weighted-bce (the paper's border weights)
@@ -131,6 +133,11 @@ class TrainConfig:
                 raise SettingError(
                     name, f"{flag} is a probability in [0, 1], got {getattr(cfg, name)}"
                 )
+        if not 0.0 <= cfg.progressive < 1.0:
+            raise SettingError(
+                "progressive",
+                f"progressive is the share of epochs at half size, in [0, 1), got {cfg.progressive}",
+            )
         if not 0.0 <= cfg.dropout < 1.0:
             raise SettingError("dropout", f"dropout must be in [0, 1), got {cfg.dropout}")
         if not 0.0 < cfg.threshold < 1.0:

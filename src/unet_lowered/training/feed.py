@@ -23,7 +23,9 @@ import numpy as np
 from unet_lowered.training.sequence import SegmentationSequence
 
 
-def as_tf_dataset(sequence: SegmentationSequence, lookahead: int = 2) -> Any:
+def as_tf_dataset(
+    sequence: SegmentationSequence, lookahead: int = 2, *, any_size: bool = False
+) -> Any:
     """A ``tf.data`` view of a sequence, for ``model.fit`` on the TensorFlow backend.
 
     It yields the sequence's batches in the same order, with tf.data's autotuning
@@ -37,6 +39,8 @@ def as_tf_dataset(sequence: SegmentationSequence, lookahead: int = 2) -> Any:
     Args:
         sequence: The sequence to wrap.
         lookahead: Batches made ahead of the one training.
+        any_size: Declare height and width unknown (batches change size between
+            epochs with progressive resizing); otherwise those of the first batch.
 
     Returns:
         A ``tf.data.Dataset`` of ``len(sequence)`` batches.
@@ -44,7 +48,13 @@ def as_tf_dataset(sequence: SegmentationSequence, lookahead: int = 2) -> Any:
     import tensorflow as tf
 
     first = sequence[0]
-    spec = tuple(tf.TensorSpec((None, *a.shape[1:]), tf.as_dtype(a.dtype)) for a in first)
+    spec = tuple(
+        tf.TensorSpec(
+            (None, None, None, a.shape[-1]) if any_size else (None, *a.shape[1:]),
+            tf.as_dtype(a.dtype),
+        )
+        for a in first
+    )
 
     def batches() -> Iterator[tuple[np.ndarray, ...]]:
         with _BatchMaker(sequence, lookahead) as maker:

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
+import cv2
 import keras
 import numpy as np
 
@@ -22,6 +24,39 @@ from unet_lowered.errors import UnetError, listing
 from unet_lowered.training.augment import AugmentConfig, augment, center_crop
 from unet_lowered.training.cache import SampleCache, default_weight_fn
 from unet_lowered.training.config import TrainConfig
+
+
+@dataclass(frozen=True)
+class Progressive:
+    """Progressive resizing: the first ``epochs`` epochs train at a smaller input size.
+
+    Attributes:
+        epochs: How many epochs (from the first) use the smaller size.
+        size: ``(H, W)`` of the network input in those epochs.
+        target_size: ``(h, w)`` of the targets then (the model's output size for
+            ``size``; smaller than ``size`` only with ``valid`` padding).
+    """
+
+    epochs: int
+    size: tuple[int, int]
+    target_size: tuple[int, int]
+
+
+def progressive_plan(
+    fraction: float, epochs: int, image_size: int, depth: int = 4, padding: str = "same"
+) -> Progressive | None:
+    """The :class:`Progressive` of ``--progressive fraction``: that share of the epochs
+    (rounded down) at half the image size (rounded down to a size the network takes).
+
+    None when it would change nothing: ``fraction`` 0, no epoch or no smaller valid size.
+    """
+    from unet_lowered.model import nearest_valid_sizes, output_size
+
+    n = int(fraction * epochs)
+    half = nearest_valid_sizes(max(1, image_size // 2), depth, padding)[0]
+    if n < 1 or half >= image_size:
+        return None
+    return Progressive(n, (half, half), output_size((half, half), depth, padding))
 
 
 class SegmentationSequence(keras.utils.PyDataset):
@@ -47,6 +82,11 @@ class SegmentationSequence(keras.utils.PyDataset):
     Pass ``shuffle=False`` to ``model.fit``: its own batch-order shuffle uses Python's
     global ``random``; this sequence shuffles the samples itself.
 
+    With ``progressive``, the batches of its first epochs are made as usual at the
+    full size, then resized to its smaller size (images by area averaging, targets by
+    nearest neighbour, so class indices stay indices), and centre-cropped to its
+    target size.
+
     Keep ``workers=1`` (the default) for exact reproducibility: on TensorFlow
     :func:`as_tf_dataset` still makes batches ahead on one background thread, and JAX and
     torch call the sequence in order. With ``workers > 1``, Keras 3.15's enqueuer on
@@ -67,6 +107,7 @@ class SegmentationSequence(keras.utils.PyDataset):
         epoch: int = 0,
         target_size: tuple[int, int] | None = None,
         drop_remainder: bool = False,
+        progressive: Progressive | None = None,
         workers: int = 1,
         use_multiprocessing: bool = False,
         max_queue_size: int = 10,
@@ -84,6 +125,7 @@ class SegmentationSequence(keras.utils.PyDataset):
             epoch: The epoch the next batches belong to (the resumed epoch).
             target_size: ``(h, w)`` of the model output when smaller than the input.
             drop_remainder: Drop the last incomplete batch.
+            progressive: Smaller batches in the first epochs (training), or None.
             workers: Threads (or processes) Keras uses to prepare batches ahead.
             use_multiprocessing: Processes instead of threads.
             max_queue_size: Batches prepared ahead.
@@ -114,6 +156,7 @@ class SegmentationSequence(keras.utils.PyDataset):
         self.seed = seed
         self.target_size = None if target_size is None else (int(th), int(tw))
         self.drop_remainder = drop_remainder
+        self.progressive = progressive
         self.set_epoch(epoch)
 
     def set_epoch(self, epoch: int) -> None:
@@ -165,9 +208,21 @@ class SegmentationSequence(keras.utils.PyDataset):
             image, mask, *rest = augment(image, mask, rng, self.augment, weight)
             weight = rest[0] if rest else None
         target = mask[:, :, None] if weight is None else np.stack([mask, weight], axis=-1)
-        if self.target_size is not None:
-            target = center_crop(target, self.target_size)
+        target_size = self.target_size
+        small = self.progressive
+        if small is not None and self.epoch < small.epochs:
+            image = _resized(image, small.size, cv2.INTER_AREA)
+            target = _resized(target, small.size, cv2.INTER_NEAREST)
+            target_size = small.target_size if small.target_size != small.size else None
+        if target_size is not None:
+            target = center_crop(target, target_size)
         return image, target
+
+
+def _resized(array: np.ndarray, size: tuple[int, int], interpolation: int) -> np.ndarray:
+    """``(H, W, C)`` resized to ``size`` ``(h, w)``, channels kept (also a single one)."""
+    out = cv2.resize(array, (size[1], size[0]), interpolation=interpolation)
+    return out.reshape(*size, array.shape[2])
 
 
 class EpochSync(keras.callbacks.Callback):
@@ -263,6 +318,11 @@ def make_sequences(
         seed=cfg.seed,
         epoch=epoch,
         target_size=output_size,
+        progressive=progressive_plan(
+            cfg.progressive, cfg.epochs, cfg.image_size, cfg.depth, cfg.padding
+        )
+        if augment
+        else None,
         workers=workers,
     )
     val = SegmentationSequence(

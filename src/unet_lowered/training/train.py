@@ -229,7 +229,13 @@ def train(
         else:
             fit_train, fit_val = dp.feed(train_seq, True), dp.feed(val_seq, False)
             if keras.backend.backend() == "tensorflow":  # no tf.data autotune stalls
-                fit_train, fit_val = as_tf_dataset(fit_train), as_tf_dataset(fit_val)
+                any_size = train_seq.progressive is not None
+                fit_train = as_tf_dataset(fit_train, any_size=any_size)
+                fit_val = as_tf_dataset(fit_val)
+            if train_seq.progressive is not None:
+                # The saved model keeps its input size; training may feed it smaller
+                # batches first (the layers take any valid size).
+                model.input_spec = None
             model.fit(
                 fit_train,
                 validation_data=fit_val,
@@ -409,13 +415,33 @@ def _deterministic_ops() -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def _optimizer(cfg: TrainConfig, steps: int):
+WARMUP_SHARE = 0.1
+"""``onecycle``: the share of the steps spent warming up, from a tenth of the rate."""
+
+
+def learning_rate(cfg: TrainConfig, steps: int) -> Any:
+    """The learning rate of ``cfg.schedule`` over ``cfg.epochs`` epochs of ``steps`` steps:
+    a Keras schedule (``cosine``, ``onecycle``) or a constant (``plateau``: the
+    callback lowers it; ``none``)."""
+    total = max(1, cfg.epochs * steps)
     if cfg.schedule == "cosine":
-        lr: Any = keras.optimizers.schedules.CosineDecay(
-            cfg.lr, decay_steps=max(1, cfg.epochs * steps), alpha=0.01
+        lr: Any = keras.optimizers.schedules.CosineDecay(cfg.lr, decay_steps=total, alpha=0.01)
+    elif cfg.schedule == "onecycle":
+        warmup = max(1, round(WARMUP_SHARE * total))
+        lr = keras.optimizers.schedules.CosineDecay(
+            cfg.lr / 10,
+            decay_steps=max(1, total - warmup),
+            alpha=0.01,
+            warmup_target=cfg.lr,
+            warmup_steps=warmup,
         )
     else:
         lr = cfg.lr
+    return lr
+
+
+def _optimizer(cfg: TrainConfig, steps: int):
+    lr = learning_rate(cfg, steps)
     if cfg.optimizer == "sgd":
         # The paper: high momentum (0.99) so that many earlier samples shape each update.
         return keras.optimizers.SGD(learning_rate=lr, momentum=0.99)

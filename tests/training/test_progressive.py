@@ -1,0 +1,127 @@
+"""Faster training to the same accuracy: progressive resizing and the one-cycle schedule."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import cv2
+import keras
+import numpy as np
+import pytest
+
+from data_fixtures import ids_of, make_prepared
+from unet_lowered.dataset.pairs import load_prepared
+from unet_lowered.errors import SettingError
+from unet_lowered.training import config as config_mod
+from unet_lowered.training.augment import AugmentConfig
+from unet_lowered.training.cache import SampleCache
+from unet_lowered.training.config import TrainConfig
+from unet_lowered.training.sequence import (
+    Progressive,
+    SegmentationSequence,
+    make_sequences,
+    progressive_plan,
+)
+
+
+def test_progressive_plan_halves_the_size_for_the_first_share_of_epochs() -> None:
+    assert progressive_plan(0.5, 40, 224) == Progressive(20, (112, 112), (112, 112))
+    assert progressive_plan(0.3, 10, 256) == Progressive(3, (128, 128), (128, 128))
+    # Half of 200 is 100, not a size the network takes at depth 4: rounded down to 96.
+    assert progressive_plan(0.5, 10, 200) == Progressive(5, (96, 96), (96, 96))
+    # Valid padding: the paper's 572 -> half 286 -> the nearest valid size below, and
+    # the targets are that size's (smaller) output.
+    plan = progressive_plan(0.5, 10, 572, padding="valid")
+    assert plan.size == (284, 284) and plan.target_size == (100, 100)
+    assert progressive_plan(0.0, 40, 224) is None  # off
+    assert progressive_plan(0.5, 1, 224) is None  # no whole epoch
+    assert progressive_plan(0.5, 10, 16) is None  # nothing smaller the network takes
+
+
+def test_progressive_must_be_a_share_below_one() -> None:
+    with pytest.raises(SettingError, match="progressive"):
+        TrainConfig(progressive=1.0).validate()
+    with pytest.raises(SettingError, match="progressive"):
+        TrainConfig(progressive=-0.1).validate()
+    assert TrainConfig(progressive=0.5).validate().progressive == 0.5
+
+
+def test_small_epochs_are_the_full_size_examples_resized(tmp_path: Path) -> None:
+    data = load_prepared(make_prepared(tmp_path, ids_of(6), meta={}))
+    cache = SampleCache(data, channels=1, image_size=32)
+    small = Progressive(2, (16, 16), (16, 16))
+    args = dict(augment=AugmentConfig(), shuffle=True, seed=4)
+    progressive = SegmentationSequence(cache, data.ids, 3, progressive=small, **args)
+    plain = SegmentationSequence(cache, data.ids, 3, **args)
+    for epoch in (0, 1):
+        progressive.set_epoch(epoch)
+        plain.set_epoch(epoch)
+        x, y = progressive[0]
+        assert x.shape == (3, 16, 16, 1) and y.shape == (3, 16, 16, 1)
+        assert set(np.unique(y)) <= {0.0, 1.0}  # nearest neighbour keeps the labels
+        ident = progressive._order[0]
+        key = [4, epoch, 0]  # the first sample's generator: (seed, epoch, position)
+        image, target = progressive._example(ident, np.random.default_rng(key))
+        full_image, full_target = plain._example(ident, np.random.default_rng(key))
+        np.testing.assert_array_equal(
+            image[..., 0], cv2.resize(full_image[..., 0], (16, 16), interpolation=cv2.INTER_AREA)
+        )
+        np.testing.assert_array_equal(target[..., 0], full_target[::2, ::2, 0])
+    progressive.set_epoch(2)  # from the third epoch on: full size, as without it
+    plain.set_epoch(2)
+    for a, b in zip(progressive[0], plain[0], strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_make_sequences_plans_progressive_for_training_only(tmp_path: Path) -> None:
+    data = load_prepared(make_prepared(tmp_path, ids_of(8), meta={}))
+    split = {"train": data.ids[:6], "val": data.ids[6:]}
+    cfg = TrainConfig(image_size=32, epochs=10, batch_size=2, progressive=0.4).validate()
+    train, val = make_sequences(data, split, cfg)
+    assert train.progressive == Progressive(4, (16, 16), (16, 16))
+    assert val.progressive is None  # validation stays at full size: comparable val_dice
+    assert val[0][0].shape[1:3] == (32, 32)
+
+
+def test_onecycle_warms_up_from_a_tenth_then_decays() -> None:
+    from unet_lowered.training.train import learning_rate
+
+    cfg = TrainConfig(schedule="onecycle", learning_rate=2e-3, epochs=10).validate()
+    schedule = learning_rate(cfg, steps=10)  # 100 steps, 10 of warm-up
+    lr = [float(keras.ops.convert_to_numpy(schedule(step))) for step in (0, 5, 10, 55, 100)]
+    assert lr[0] == pytest.approx(2e-4)
+    assert lr[1] == pytest.approx(1.1e-3)  # half-way up the linear warm-up
+    assert lr[2] == pytest.approx(2e-3)  # the peak
+    assert lr[3] == pytest.approx(2e-3 * (0.01 + 0.99 * 0.5), rel=1e-5)  # half the cosine
+    assert lr[4] == pytest.approx(2e-5)  # the end: 1% of the peak
+
+
+@pytest.mark.skipif(keras.backend.backend() == "torch", reason="covered on TF and JAX")
+def test_progressive_training_keeps_the_full_size_model(tmp_path: Path) -> None:
+    from unet_lowered.training.train import train
+
+    data = make_prepared(tmp_path / "data", ids_of(10), meta={}, size=(32, 32))
+    cfg = config_mod.resolve(
+        None,
+        {
+            "image_size": 32,
+            "base_filters": 4,
+            "depth": 2,
+            "batch_size": 4,
+            "epochs": 3,
+            "precision": "float32",
+            "progressive": 0.5,  # the first epoch at 16 px
+        },
+    )
+    metrics = train(data, tmp_path / "run", cfg, verbose=0)
+    assert metrics["epochs_completed"] == 3
+    with open(tmp_path / "run" / "history.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3 and all(np.isfinite(float(r["val_dice"])) for r in rows)
+    for name in ("model.keras", "last.keras"):
+        model = keras.saving.load_model(tmp_path / "run" / name, compile=False)
+        assert tuple(model.input_shape) == (None, 32, 32, 1), name
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["progressive"] == 0.5
