@@ -88,6 +88,10 @@ def run_variant(name: str, data: Path, work: Path) -> dict:
     }
 
 
+def _flag(setting: str) -> str:
+    return {"learning_rate": "lr"}.get(setting, setting.replace("_", "-"))
+
+
 def table(results: list[dict], target: float) -> str:
     base = time_to(results[0]["curve"], target)
     lines = [
@@ -97,7 +101,7 @@ def table(results: list[dict], target: float) -> str:
     ]
     for r in results:
         reach = time_to(r["curve"], target)
-        flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in r["flags"].items()) or "-"
+        flags = " ".join(f"--{_flag(k)} {v}" for k, v in r["flags"].items()) or "-"
         ratio = f"{reach / base:.2f}x" if reach is not None and base else "-"
         lines.append(
             f"| {r['variant']} | {flags} | {r['epochs']} | {r['best_val_dice']:.4f} | "
