@@ -254,6 +254,19 @@ def child(variant: str, work: Path, out: Path, args: argparse.Namespace) -> None
     )
 
 
+def run_child(variant: str, work: Path, out: Path, passthrough: list[str]) -> dict | None:
+    """One variant in a fresh process; its JSON line (printed too), or None if it failed."""
+    command = [sys.executable, __file__, "--child", variant, str(work), str(out), *passthrough]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    if done.returncode != 0:
+        print(done.stdout + done.stderr, file=sys.stderr)
+        return None
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    print(json.dumps(result), flush=True)
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=24, help="number of input images")
@@ -308,17 +321,9 @@ def main() -> int:
         for repeat in range(args.repeats):
             order = variants if repeat % 2 == 0 else variants[::-1]  # interleaved, both orders
             for variant in order:
-                out = work / f"out-{variant}-{repeat}"
-                command = [sys.executable, __file__, "--child", variant, str(work), str(out)]
-                env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-                done = subprocess.run(
-                    command + passthrough, capture_output=True, text=True, env=env, check=False
-                )
-                if done.returncode != 0:
-                    print(done.stdout + done.stderr, file=sys.stderr)
+                result = run_child(variant, work, work / f"out-{variant}-{repeat}", passthrough)
+                if result is None:
                     return 1
-                result = json.loads(done.stdout.strip().splitlines()[-1])
-                print(json.dumps(result), flush=True)
                 results[variant].append(result)
         summary = {
             v: {
@@ -333,17 +338,9 @@ def main() -> int:
                 summary[v]["vs_loop"] = round(summary[v]["images_per_s"] / base, 2)
         stages = None
         if args.stages:
-            out = work / "out-stages"
-            command = [sys.executable, __file__, "--child", "stages", str(work), str(out)]
-            env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-            done = subprocess.run(
-                command + passthrough, capture_output=True, text=True, env=env, check=False
-            )
-            if done.returncode != 0:
-                print(done.stdout + done.stderr, file=sys.stderr)
+            stages = run_child("stages", work, work / "out-stages", passthrough)
+            if stages is None:
                 return 1
-            stages = json.loads(done.stdout.strip().splitlines()[-1])
-            print(json.dumps(stages), flush=True)
         same = None
         if "pipeline" in results and "plain" in results:  # every output byte for byte
             a, b = work / "out-pipeline-0", work / "out-plain-0"
