@@ -98,7 +98,7 @@ def test_onecycle_warms_up_from_a_tenth_then_decays() -> None:
     assert lr[4] == pytest.approx(2e-5)  # the end: 1% of the peak
 
 
-@pytest.mark.skipif(keras.backend.backend() == "torch", reason="covered on TF and JAX")
+@pytest.mark.backend  # also run under JAX and torch by `make test`
 def test_progressive_training_keeps_the_full_size_model(tmp_path: Path) -> None:
     from unet_lowered.training.train import train
 
