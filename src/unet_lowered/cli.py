@@ -342,7 +342,11 @@ def train(
         float | None, typer.Option("--lr", help="Learning rate [default: 1e-3 adam, 1e-2 sgd].")
     ] = None,
     schedule: Annotated[
-        str | None, typer.Option(help=f"{' | '.join(names.SCHEDULES)} [default: cosine].")
+        str | None,
+        typer.Option(
+            help=f"{' | '.join(names.SCHEDULES)} (onecycle: warm-up over the first 10% of "
+            "the steps, then cosine) [default: cosine]."
+        ),
     ] = None,
     patience: Annotated[
         int | None, typer.Option(help="Early stopping patience on val Dice [default: 15].")
@@ -351,7 +355,8 @@ def train(
         float | None,
         typer.Option(
             help="Progressive resizing: this share of the epochs (the first) trains at half "
-            "the image size, about 3x faster; validation stays at full size [default: 0, off]."
+            "the image size, each such epoch about twice as fast; validation stays at full "
+            "size [default: the plan's: 0.5 for whole images of 128 px or more, else 0]."
         ),
     ] = None,
     precision: Annotated[
