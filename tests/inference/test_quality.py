@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from unet_lowered.inference.quality import MaskStats, assess, mask_stats
+from unet_lowered.inference.quality import MaskStats, Objects, assess, mask_stats
 
 
 def lungs(shift: int = 0, size: int = 100, height: int = 50, gap: int = 10) -> np.ndarray:
@@ -58,6 +58,12 @@ def test_bad_masks_are_flagged_with_the_reason(stats: MaskStats) -> None:
     for reason, mask in cases.items():
         quality = assess(mask, None, stats)
         assert quality.status == "check" and reason in str(quality), (reason, str(quality))
+        # `unet predict` labels the mask once and hands the objects in: the same flag.
+        assert assess(mask, None, stats, Objects.of(mask)) == quality
+    # Side by side: a lung each side of the middle column, overlapping rows (not one on top).
+    assert assess(lungs(), None, stats, Objects.of(lungs())).status == "ok"
+    found = Objects.of(cases["not side by side"])
+    assert found.count == 2 and list(found.areas) == [30 * 60, 30 * 60]
 
 
 def test_empty_and_unsure_masks_are_flagged(stats: MaskStats) -> None:
