@@ -21,6 +21,7 @@ import numpy as np
 from unet_lowered import preprocess
 from unet_lowered.dataset.pairs import PreparedData
 from unet_lowered.errors import UnetError, listing
+from unet_lowered.model import nearest_valid_sizes, output_size
 from unet_lowered.training.augment import AugmentConfig, augment, center_crop
 from unet_lowered.training.cache import SampleCache, default_weight_fn
 from unet_lowered.training.config import TrainConfig
@@ -50,8 +51,6 @@ def progressive_plan(
 
     None when it would change nothing: ``fraction`` 0, no epoch or no smaller valid size.
     """
-    from unet_lowered.model import nearest_valid_sizes, output_size
-
     n = int(fraction * epochs)
     half = nearest_valid_sizes(max(1, image_size // 2), depth, padding)[0]
     if n < 1 or half >= image_size:
