@@ -42,8 +42,15 @@ SOURCES = {
 }
 
 
-def run_one(name: str, work: Path, epochs: int | None, time_budget: str | None = None) -> dict:
-    """Prepare, train as planned, evaluate on the validation split; return the figures."""
+def run_one(
+    name: str,
+    work: Path,
+    epochs: int | None,
+    time_budget: str | None = None,
+    overrides: dict | None = None,
+) -> dict:
+    """Prepare, train as planned (``overrides``: settings given as flags would be),
+    evaluate on the validation split; return the figures."""
     from unet_lowered.dataset.prepare import prepare
     from unet_lowered.evaluation.evaluate import evaluate_run
     from unet_lowered.planning.plan import resolve_settings
@@ -56,7 +63,9 @@ def run_one(name: str, work: Path, epochs: int | None, time_budget: str | None =
     run = work / f"{name}-run"
     prepare(src, data, overwrite=True)
     t0 = time.perf_counter()
-    cfg, provenance = resolve_settings(data, None, {"epochs": epochs, "time_budget": time_budget})
+    cfg, provenance = resolve_settings(
+        data, None, {"epochs": epochs, "time_budget": time_budget, **(overrides or {})}
+    )
     plan_s = time.perf_counter() - t0
     metrics = train(data, run, cfg, overwrite=True, provenance=provenance)
     train_s = time.perf_counter() - t0
@@ -83,6 +92,24 @@ def run_one(name: str, work: Path, epochs: int | None, time_budget: str | None =
     if name == "isbi":
         result["rand_error"] = _isbi_rand_error(run, data, rows)
     return result
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``KEY=VALUE`` pairs (``unet train`` setting names) to a dict; VALUE is read as
+    JSON where it parses (numbers, true/false), else kept as a string."""
+    from unet_lowered.training import config as config_mod
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in config_mod.FIELDS:
+            raise ValueError(f"--set {item!r}: give KEY=VALUE with a `unet train` setting as KEY")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
 
 
 def _plan_summary(cfg) -> str:
@@ -153,6 +180,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--time-budget", default=None, help="the budget each plan fits, e.g. 5m [default: 10m]"
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a setting instead of the planned one, as `unet train` takes it "
+        "(e.g. loss=bce+dice, input_mode=resize); repeatable",
+    )
     parser.add_argument("--no-append", action="store_true", help="do not append to RESULTS.md")
     parser.add_argument(
         "--keep",
@@ -166,6 +201,11 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown data sets: {', '.join(sorted(unknown))}; use jsrt, dsb, isbi")
 
+    try:
+        overrides = parse_overrides(args.set)
+    except ValueError as e:
+        parser.error(str(e))
+
     import unet_lowered  # noqa: F401  (default Keras backend)
 
     results = []
@@ -174,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         work.mkdir(parents=True, exist_ok=True)
         for name in names:
             print(f"== {name}", flush=True)
-            results.append(run_one(name, work, args.epochs, args.time_budget))
+            results.append(run_one(name, work, args.epochs, args.time_budget, overrides))
             print(json.dumps(results[-1], indent=1), flush=True)
     text = table(results)
     print(text)
@@ -185,11 +225,13 @@ def main(argv: list[str] | None = None) -> int:
             "Planned settings (`unet train DATA --out RUN`"
             + (f" --epochs {args.epochs}" if args.epochs else "")
             + (f" --time-budget {args.time_budget}" if args.time_budget else "")
+            + "".join(f" --{k.replace('_', '-')} {v}" for k, v in overrides.items())
             + "), validation split, scored by `unet evaluate --split val` at the original "
             "image size. Command: `python benchmarks/accuracy.py"
             + (f" --datasets {args.datasets}" if args.datasets != "jsrt,dsb,isbi" else "")
             + (f" --epochs {args.epochs}" if args.epochs else "")
             + (f" --time-budget {args.time_budget}" if args.time_budget else "")
+            + "".join(f" --set {item}" for item in args.set)
             + "`; train time includes planning (fingerprint and step timing)\n\n"
         )
         from unet_lowered.io import atomic
