@@ -249,6 +249,100 @@ def predict_files(
             folder among the inputs, one that cannot be written (read-only, disk full),
             or ``resume`` with other settings than the interrupted run's.
     """
+    job = open_job(run_dir, inputs, out_dir, options, recursive, save_prob, save_overlay, resume)
+    console = stderr_console()
+    with job.finishing(), progress_bar(len(job.files), progress, "predicting", console) as advance:
+        stages = _Stages(
+            model=job.model,
+            config=job.run.config,
+            options=job.options,
+            out_dir=job.out_dir,
+            outputs=job.outputs,
+            journal=job.journal,
+            report=job.report,
+            rows=job.rows,
+            console=console,
+            advance=advance,
+            save_prob=job.save_prob,
+            save_overlay=save_overlay,
+        )
+        chunks = _chunks(list(zip(job.ids, job.files, strict=True)), job.per_call)
+        _run_pipeline(chunks, stages.read, stages.predict, stages.write, threaded=pipeline)
+    return job.report
+
+
+@dataclass
+class Job:
+    """One ``unet predict`` call set up, the same for both engines (this module's and
+    :mod:`unet_lowered.inference.ray_engine`): the inputs and their ids, the run and its
+    model, the resolved options, each input's output names, the journal, and the rows
+    and report being filled."""
+
+    files: list[Path]
+    ids: list[str]
+    out_dir: Path
+    run: Any
+    model: Any
+    options: PredictOptions
+    save_prob: str | None
+    outputs: dict[str, list[str]]
+    journal: Journal
+    report: PredictReport
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def order(self) -> dict[str, int]:
+        """Each id's position among the inputs."""
+        return {image_id: k for k, image_id in enumerate(self.ids)}
+
+    @property
+    def per_call(self) -> int:
+        """Images per network call: a batch in resize mode; one in tile mode (which
+        batches tiles instead)."""
+        return self.options.batch_size if self.options.mode == "resize" else 1
+
+    @contextlib.contextmanager
+    def finishing(self) -> Iterator[None]:
+        """Around the predicting: afterwards ``predictions.csv`` is written (rows in input
+        order), also when predicting stopped with an error, and the journal closed; it is
+        finished (removed) only after a completed run, so ``--resume`` can go on after any
+        other."""
+        completed = False
+        try:
+            yield
+            completed = True
+        finally:
+            order = self.order
+            self.rows.sort(key=lambda r: order[r["id"]])
+            try:
+                self.report.csv_path = _write_csv(self.out_dir / CSV_FILE, self.rows)
+            except OSError as e:
+                self.journal.close()
+                if completed:  # else the error that stopped the run is the one to report
+                    raise UnetError(
+                        f"{self.out_dir / CSV_FILE}: cannot be written ({e.strerror or e}); "
+                        "free disk space, then run again with --resume"
+                    ) from None
+            else:
+                if completed:
+                    self.journal.finish()
+                else:
+                    self.journal.close()
+
+
+def open_job(
+    run_dir: str | os.PathLike,
+    inputs: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    options: PredictOptions | None,
+    recursive: bool,
+    save_prob: str | None,
+    save_overlay: bool,
+    resume: bool,
+) -> Job:
+    """Check the options and inputs, load the run and its model, create the output
+    folder (stale temporary files removed) and open the journal: see
+    :func:`predict_files` for the arguments and the errors raised."""
     options = (options or PredictOptions()).validate()
     if save_prob is not None:
         save_prob = names.choose(save_prob, names.PROB_FORMATS, "save-prob")
@@ -258,56 +352,25 @@ def predict_files(
     ids = make_ids(files)
     run = load_run(run_dir)
     model, config = run.model(), run.config
-    mode = resolve_mode(options.mode, config)
-    options = dataclasses.replace(options, mode=mode)
+    options = dataclasses.replace(options, mode=resolve_mode(options.mode, config))
     _make_out_dir(out_dir)
     outputs = {i: _output_names(i, config, save_prob, save_overlay) for i in ids}
     remove_stale_temps(out_dir, [CSV_FILE, *(n for names_ in outputs.values() for n in names_)])
     journal = Journal.open(
         out_dir, _journal_settings(run, options, save_prob, save_overlay), CSV_COLUMNS, resume
     )
-    order = {image_id: k for k, image_id in enumerate(ids)}
-    report = PredictReport(out_dir)
-    rows: list[dict[str, Any]] = []
-    per_call = options.batch_size if mode == "resize" else 1  # tile mode batches tiles instead
-    console = stderr_console()
-    completed = False
-    try:
-        with progress_bar(len(files), progress, "predicting", console) as advance:
-            stages = _Stages(
-                model=model,
-                config=config,
-                options=options,
-                out_dir=out_dir,
-                outputs=outputs,
-                journal=journal,
-                report=report,
-                rows=rows,
-                console=console,
-                advance=advance,
-                save_prob=save_prob,
-                save_overlay=save_overlay,
-            )
-            chunks = _chunks(list(zip(ids, files, strict=True)), per_call)
-            _run_pipeline(chunks, stages.read, stages.predict, stages.write, threaded=pipeline)
-        completed = True
-    finally:
-        rows.sort(key=lambda r: order[r["id"]])
-        try:
-            report.csv_path = _write_csv(out_dir / CSV_FILE, rows)
-        except OSError as e:
-            journal.close()
-            if completed:  # else the error that stopped the run is the one to report
-                raise UnetError(
-                    f"{out_dir / CSV_FILE}: cannot be written ({e.strerror or e}); free disk "
-                    "space, then run again with --resume"
-                ) from None
-        else:
-            if completed:
-                journal.finish()
-            else:
-                journal.close()
-    return report
+    return Job(
+        files,
+        ids,
+        out_dir,
+        run,
+        model,
+        options,
+        save_prob,
+        outputs,
+        journal,
+        PredictReport(out_dir),
+    )
 
 
 # ---------------------------------------------------------------- the pipeline

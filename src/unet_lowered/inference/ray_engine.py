@@ -27,7 +27,6 @@ installed in the same Python environment.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -40,26 +39,17 @@ from typing import Any
 import cv2
 import numpy as np
 
-from unet_lowered import options as names
 from unet_lowered.errors import UnetError
 from unet_lowered.inference.batch import (
-    CSV_COLUMNS,
-    CSV_FILE,
     PredictReport,
-    _check_out_dir,
     _chunks,
     _fail,
-    _journal_settings,
-    _make_out_dir,
     _note,
-    _output_names,
-    _write_csv,
     _write_outputs,
-    collect_inputs,
-    make_ids,
+    open_job,
 )
-from unet_lowered.inference.journal import Journal, remove_stale_temps
-from unet_lowered.inference.predictor import PredictOptions, predict_images, resolve_mode
+from unet_lowered.inference.journal import Journal
+from unet_lowered.inference.predictor import PredictOptions, predict_images
 from unet_lowered.io import images
 from unet_lowered.io.progress import progress_bar, stderr_console
 from unet_lowered.io.runs import load_run
@@ -119,29 +109,10 @@ def predict_files_ray(
     _check_ray_installed()
     if actors is not None and actors < 1:
         raise UnetError(f"--actors {actors}: give at least 1 actor")
-    options = (options or PredictOptions()).validate()
-    if save_prob is not None:
-        save_prob = names.choose(save_prob, names.PROB_FORMATS, "save-prob")
-    files = collect_inputs(inputs, recursive)
-    out_dir = Path(out_dir)
-    _check_out_dir(out_dir, inputs, files)
-    ids = make_ids(files)
-    run = load_run(run_dir)
-    run.model()  # a bad model is the same one-line error here as with the local engine
-    config = run.config
-    options = dataclasses.replace(options, mode=resolve_mode(options.mode, config))
-    _make_out_dir(out_dir)
-    outputs = {i: _output_names(i, config, save_prob, save_overlay) for i in ids}
-    remove_stale_temps(out_dir, [CSV_FILE, *(n for names_ in outputs.values() for n in names_)])
-    journal = Journal.open(
-        out_dir, _journal_settings(run, options, save_prob, save_overlay), CSV_COLUMNS, resume
-    )
-    report = PredictReport(out_dir)
-    rows: list[dict[str, Any]] = []
-    console = stderr_console()
-    per_call = options.batch_size if options.mode == "resize" else 1  # as the local engine
+    job = open_job(run_dir, inputs, out_dir, options, recursive, save_prob, save_overlay, resume)
+    report, rows, journal = job.report, job.rows, job.journal
     batches: list[list[tuple[int, str, str]]] = []
-    for chunk in _chunks(list(enumerate(zip(ids, files, strict=True))), per_call):
+    for chunk in _chunks(list(enumerate(zip(job.ids, job.files, strict=True))), job.per_call):
         todo = []
         for k, (image_id, path) in chunk:
             done = journal.done.get(image_id)
@@ -149,7 +120,7 @@ def predict_files_ray(
                 done is not None
                 and done["source"] == str(path)
                 and done["status"] == "ok"
-                and all((out_dir / n).is_file() for n in outputs[image_id])
+                and all((job.out_dir / n).is_file() for n in job.outputs[image_id])
             ):
                 rows.append(done)  # finished before the interruption
                 report.written.append(image_id)
@@ -158,55 +129,37 @@ def predict_files_ray(
         if todo:
             batches.append(todo)
     settings = {
-        "run_dir": str(run.dir),
-        "out_dir": str(out_dir),
-        "options": options,
-        "save_prob": save_prob,
+        "run_dir": str(job.run.dir),
+        "out_dir": str(job.out_dir),
+        "options": job.options,
+        "save_prob": job.save_prob,
         "save_overlay": save_overlay,
         "cwd": os.getcwd(),
         "hook": batch_hook,
     }
-    order = {image_id: k for k, image_id in enumerate(ids)}
-    completed = False
-    try:
-        with progress_bar(len(files), progress, "predicting", console) as advance:
-            for _ in rows:
-                advance()
-            if batches:
-                with _ray_session(address) as ray:
-                    returned = set()
-                    for result in _run_batches(ray, batches, settings, actors, task_retries):
-                        returned.add(result["batch"])
-                        _take(result, report, rows, console, journal)
-                        advance()
-                    for b, batch in enumerate(batches):
-                        if b not in returned:  # its actor kept dying: one failed row each
-                            for _k, image_id, path in batch:
-                                died = UnetError(
-                                    f"{path}: the Ray actor predicting it died "
-                                    f"{task_retries + 1} time(s); run again with --resume "
-                                    "to retry it"
-                                )
-                                _fail(report, rows, console, image_id, Path(path), died)
-                                journal.append(rows[-1])
-                                advance()
-        completed = True
-    finally:
-        rows.sort(key=lambda r: order[r["id"]])
-        try:
-            report.csv_path = _write_csv(out_dir / CSV_FILE, rows)
-        except OSError as e:
-            journal.close()
-            if completed:
-                raise UnetError(
-                    f"{out_dir / CSV_FILE}: cannot be written ({e.strerror or e}); free disk "
-                    "space, then run again with --resume"
-                ) from None
-        else:
-            if completed:
-                journal.finish()
-            else:
-                journal.close()
+    console = stderr_console()
+    with job.finishing(), progress_bar(len(job.files), progress, "predicting", console) as advance:
+        for _ in rows:
+            advance()
+        if batches:
+            with _ray_session(address) as ray:
+                returned = set()
+                for result in _run_batches(ray, batches, settings, actors, task_retries):
+                    returned.add(result["batch"])
+                    _take(result, report, rows, console, journal)
+                    advance()
+                for b, batch in enumerate(batches):
+                    if b not in returned:  # its actor kept dying: one failed row each
+                        for _k, image_id, path in batch:
+                            died = UnetError(
+                                f"{path}: the Ray actor predicting it died "
+                                f"{task_retries + 1} time(s); run again with --resume "
+                                "to retry it"
+                            )
+                            _fail(report, rows, console, image_id, Path(path), died)
+                            journal.append(rows[-1])
+                            advance()
+    order = job.order
     report.written.sort(key=lambda i: order[i])
     return report
 
