@@ -112,6 +112,21 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
+def as_flags(overrides: dict) -> str:
+    """The ``unet train`` flags that give ``overrides`` (``--flip-lr``/``--no-flip-lr``,
+    ``--crop``/``--resize``, else ``--key value``), each after a space."""
+    flags = []
+    for key, value in overrides.items():
+        name = key.replace("_", "-")
+        if key == "input_mode":
+            flags.append(f"--{value}")
+        elif isinstance(value, bool):
+            flags.append(f"--{name}" if value else f"--no-{name}")
+        else:
+            flags.append(f"--{name} {value}")
+    return "".join(f" {f}" for f in flags)
+
+
 def _plan_summary(cfg) -> str:
     """The planned settings that differ between data sets, in one line."""
     flips = "+".join(n for n, on in (("lr", cfg.flip_lr), ("ud", cfg.flip_ud)) if on) or "none"
@@ -222,11 +237,11 @@ def main(argv: list[str] | None = None) -> int:
         stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
         header = (
             f"\n## Accuracy, {stamp}, {cpu_model()}, {cores()} cores\n\n"
-            "Planned settings (`unet train DATA --out RUN`"
+            "Planned settings (`unet train DATA --out RUN"
             + (f" --epochs {args.epochs}" if args.epochs else "")
             + (f" --time-budget {args.time_budget}" if args.time_budget else "")
-            + "".join(f" --{k.replace('_', '-')} {v}" for k, v in overrides.items())
-            + "), validation split, scored by `unet evaluate --split val` at the original "
+            + as_flags(overrides)
+            + "`), validation split, scored by `unet evaluate --split val` at the original "
             "image size. Command: `python benchmarks/accuracy.py"
             + (f" --datasets {args.datasets}" if args.datasets != "jsrt,dsb,isbi" else "")
             + (f" --epochs {args.epochs}" if args.epochs else "")
