@@ -131,10 +131,14 @@ def test_flips_without_turns_and_untestable_data() -> None:
 # ---------------------------------------------------------------- loss, batch, schedule
 
 
-def test_touching_instances_get_the_border_weighted_loss() -> None:
-    assert rules.loss_rule(fp(touching_fraction=0.3)).value == "weighted-bce"
-    assert rules.loss_rule(fp(touching_fraction=0.05)).value == "bce+dice"
-    assert rules.loss_rule(fp(touching_fraction=0.3, num_classes=3)).value == "bce+dice"
+def test_the_loss_is_cross_entropy_plus_dice_and_touching_objects_name_the_weighted_one() -> None:
+    touching = rules.loss_rule(fp(touching_fraction=0.3))
+    assert touching.value == "bce+dice"
+    assert "30%" in touching.reason and "--loss weighted-bce" in touching.reason
+    separate = rules.loss_rule(fp(touching_fraction=0.05))
+    assert separate.value == "bce+dice" and "weighted" not in separate.reason
+    several = rules.loss_rule(fp(touching_fraction=0.3, num_classes=3))
+    assert several.value == "bce+dice" and "several classes" in several.reason
 
 
 def test_batch_size_rules() -> None:
