@@ -87,6 +87,14 @@ def test_auto_tta_uses_the_flips_the_run_trained_with(flip_lr, flip_ud, expected
     assert resolve_tta("dihedral", run_config({"flip_lr": flip_lr})) == "dihedral"
 
 
+def test_auto_tta_adds_the_turns_for_a_run_trained_with_any_rotation() -> None:
+    free = {"flip_lr": True, "flip_ud": True, "rotate": 180.0}
+    assert resolve_tta("auto", run_config(free)) == "dihedral"
+    assert resolve_tta("auto", run_config({**free, "rotate": 89.0})) == "flips"
+    assert resolve_tta("auto", run_config({**free, "flip_ud": False})) == "lr"
+    assert resolve_tta("flips", run_config(free)) == "flips"
+
+
 def test_auto_tta_refuses_a_run_trained_without_flips(loaded) -> None:
     model, config = loaded
     with pytest.raises(UnetError, match=r"the run was trained without flips .* --tta-transforms"):

@@ -111,9 +111,10 @@ def resolve_mode(mode: str, config: RunConfig) -> str:
 def resolve_tta(which: str, config: RunConfig) -> str:
     """The TTA transform group; ``"auto"`` takes the flips the run was trained with.
 
-    ``"auto"``: ``"flips"`` if the run was trained with left-right and up-down flips,
-    ``"lr"`` or ``"ud"`` with one of them. 90-degree rotations are never chosen
-    automatically (training rotates by a few degrees only); ask for ``"dihedral"``.
+    ``"auto"``: ``"dihedral"`` if the run was trained with both flips and rotations of
+    90 degrees or more (``rotate``; the plan's setting for rotation-free data such as
+    cells and EM sections), ``"flips"`` with both flips and small rotations, ``"lr"`` or
+    ``"ud"`` with one of them.
 
     Raises:
         UnetError: ``"auto"`` for a run trained without flips: flipped images are new to
@@ -123,6 +124,8 @@ def resolve_tta(which: str, config: RunConfig) -> str:
     if which != "auto":
         return which
     lr, ud = config.flips
+    if lr and ud and float(config.settings.rotate) >= 90:
+        return "dihedral"
     if lr or ud:
         return "flips" if lr and ud else "lr" if lr else "ud"
     raise UnetError(
