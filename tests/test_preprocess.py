@@ -24,6 +24,34 @@ def test_standardize_gives_zero_mean_unit_variance() -> None:
     np.testing.assert_allclose(x, [-1.0, 1.0])
 
 
+def test_standardize_window_equals_the_whole_image_standardised_then_cut() -> None:
+    rng = np.random.default_rng(1)
+    whole = rng.random((40, 50, 1)).astype(np.float32) * 0.2
+    whole[5:15, 30:45] += 0.7  # one bright object, outside most windows
+    window = whole[20:36, 4:28]
+    out = preprocess.standardize_window(
+        window, preprocess.mean_std(window), preprocess.mean_std(whole)
+    )
+    np.testing.assert_allclose(out, preprocess.standardize(whole)[20:36, 4:28], atol=1e-5)
+    # Linear brightness/contrast changes of the window (augmentation) change nothing.
+    again = preprocess.standardize_window(
+        0.8 * window + 0.1, preprocess.mean_std(window), preprocess.mean_std(whole)
+    )
+    np.testing.assert_allclose(again, out, atol=1e-5)
+
+
+def test_standardize_window_keeps_a_flat_background_window_flat() -> None:
+    whole = np.zeros((20, 20, 1), np.float32)
+    whole[:5, :5] = 1.0
+    window = whole[10:, 10:]  # all background: standardised alone it would be 0/0
+    noisy = window + np.random.default_rng(0).normal(0, 0.01, window.shape).astype(np.float32)
+    out = preprocess.standardize_window(
+        noisy, preprocess.mean_std(window), preprocess.mean_std(whole)
+    )
+    # The whole image's background value, -mean/std, with the noise not blown up.
+    np.testing.assert_allclose(out, preprocess.standardize(whole)[10:, 10:], atol=1e-4)
+
+
 def test_same_content_in_8_and_16_bit_gives_the_same_input() -> None:
     rng = np.random.default_rng(0)
     image8 = rng.integers(0, 256, (32, 32), np.uint8)

@@ -11,7 +11,9 @@ augments it before step 5; inference runs all five:
    stored in 16 bits looks the same as its 8-bit export;
 4. resized (area interpolation when shrinking, linear when enlarging);
 5. standardised per image to zero mean and unit variance (robust to the
-   brightness and contrast differences between scanners and hospitals).
+   brightness and contrast differences between scanners and hospitals). Random
+   crops in training are standardised on their whole image's scale
+   (:func:`standardize_window`), as tiles are when a whole image is predicted.
 
 This module sits at the top of the package, beside the model, because both
 training and inference read it: it is the network's input contract.
@@ -75,6 +77,54 @@ def standardize(x: np.ndarray, eps: float = 1e-6) -> np.ndarray:
     """Per-image zero mean, unit variance (over all pixels and channels); float32."""
     x = x.astype(np.float32, copy=False)
     return (x - x.mean()) / max(float(x.std()), eps)
+
+
+def mean_std(x: np.ndarray) -> tuple[float, float]:
+    """Mean and standard deviation over all pixels and channels, as :func:`standardize`
+    computes them (float64 sums, so a 4k X-ray's statistics are exact)."""
+    x = np.asarray(x)
+    return float(x.mean(dtype=np.float64)), float(x.std(dtype=np.float64))
+
+
+def standardize_window(
+    x: np.ndarray,
+    window: tuple[float, float],
+    whole: tuple[float, float],
+    eps: float = 1e-6,
+) -> np.ndarray:
+    """Standardise a window (a training crop) on the scale of its whole image.
+
+    Prediction standardises a whole image once and tiles it
+    (:func:`model_input` with ``size=None``), so a crop in training must see the same
+    values: a crop of mostly background, standardised on its own, would have its noise
+    blown up to unit variance and its objects shrunk, values the network never meets
+    when it predicts. The augmented crop ``x`` is first standardised on its own (which
+    removes the linear brightness and contrast changes of the augmentation, as in
+    resize mode), then placed where the crop before augmentation sits among the whole
+    image's standardised values::
+
+        standardize(x) * s_window / s_whole + (m_window - m_whole) / s_whole
+
+    Without augmentation this equals :func:`standardize` of the whole image cut to
+    the window.
+
+    Args:
+        x: The augmented window, float ``(h, w, C)`` in ``[0, 1]``.
+        window: ``(mean, std)`` of the window before augmentation (:func:`mean_std`).
+        whole: ``(mean, std)`` of the whole image, from :func:`prepare_image`.
+        eps: Floor of the standard deviations.
+
+    Returns:
+        float32 ``(h, w, C)``.
+    """
+    (m_win, s_win), (m_all, s_all) = window, whole
+    s_all = max(s_all, eps)
+    scale = np.float32(s_win / s_all)
+    shift = np.float32((m_win - m_all) / s_all)
+    out = standardize(x, eps)
+    out *= scale
+    out += shift
+    return out
 
 
 def prepare_image(

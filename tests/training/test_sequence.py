@@ -187,6 +187,23 @@ def test_mixed_sizes_in_crop_mode_keep_full_size_and_pad_small_images(tmp_path: 
     np.testing.assert_array_equal(val[0][0], first[0])  # fixed validation crops
 
 
+def test_crops_are_standardised_as_the_whole_image_is_at_prediction(tmp_path: Path) -> None:
+    from unet_lowered.io.images import read_image
+    from unet_lowered.preprocess import model_input
+
+    data = load_prepared(make_prepared(tmp_path, ids_of(2), meta={}, size=(40, 50)))
+    cache = SampleCache(data, channels=1, image_size=(16, 24), input_mode="crop")
+    val = SegmentationSequence(cache, data.ids, 2, seed=3)
+    x, _ = val[0]
+    for k, ident in enumerate(data.ids):
+        # What tile-mode prediction feeds the network, cut to the validation crop.
+        whole = model_input(read_image(data.images[ident]), 1, None)
+        mask = np.zeros(whole.shape[:2], np.uint8)
+        expected, _, _ = random_crop(whole, mask, (16, 24), np.random.default_rng([3, 0, k]))
+        np.testing.assert_allclose(x[k], expected, atol=1e-3)  # 16-bit storage
+        assert abs(float(x[k].std()) - 1.0) > 1e-3  # not standardised on its own
+
+
 def test_crop_before_conversion_equals_crop_after(tmp_path: Path) -> None:
     data = load_prepared(make_prepared(tmp_path, ids_of(1), meta={}, size=(40, 50)))
     cache = SampleCache(

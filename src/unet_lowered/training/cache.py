@@ -132,6 +132,7 @@ class SampleCache:
         self._images: dict[str, np.ndarray] = {}
         self._masks: dict[str, np.ndarray] = {}
         self._weights: dict[str, np.ndarray] = {}
+        self._stats: dict[str, tuple[float, float]] = {}
 
         self.nbytes = self._estimate_bytes()
         self.lazy = self.nbytes > max_bytes
@@ -146,10 +147,11 @@ class SampleCache:
         counts: dict[str, dict[int, int]] = {}
         raw_masks: dict[str, np.ndarray] = {}
         decoded = self._map(self._decode_raw, self.ids, masks_only=self.lazy)
-        for n, (ident, (image, mask)) in enumerate(zip(self.ids, decoded, strict=True), 1):
+        for n, (ident, (image, mask, stats)) in enumerate(zip(self.ids, decoded, strict=True), 1):
             counts[ident] = _value_counts(mask)
             if not self.lazy:
                 self._images[ident] = image
+                self._stats[ident] = stats
                 raw_masks[ident] = mask
             if progress is not None:
                 progress(n, len(self.ids))
@@ -186,7 +188,7 @@ class SampleCache:
             ``resize`` mode or with ``crop_rng``, else the image's own size.
         """
         if self.lazy:
-            image, raw = self._decode_raw(ident)
+            image, raw, self._stats[ident] = self._decode_raw(ident)
             mask = self._to_target(raw)
             weight = self._weight(mask) if self.weight_fn is not None else None
         else:
@@ -199,6 +201,15 @@ class SampleCache:
         if weight is not None:
             weight = weight.astype(np.float32)
         return image, mask, weight
+
+    def image_stats(self, ident: str) -> tuple[float, float]:
+        """``(mean, std)`` of the whole image in ``[0, 1]`` (all pixels and channels), as
+        :func:`unet_lowered.preprocess.standardize` computes them when the image is
+        predicted whole: the scale of its crops (:func:`~unet_lowered.preprocess.standardize_window`).
+        """
+        if ident not in self._stats:  # lazy and not sampled yet
+            self._stats[ident] = self._decode_raw(ident)[2]
+        return self._stats[ident]
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -230,8 +241,9 @@ class SampleCache:
 
     def _decode_raw(
         self, ident: str, masks_only: bool = False
-    ) -> tuple[np.ndarray | None, np.ndarray]:
-        """Image as uint16 ``(H, W, C)`` (or None) and the stored mask values ``(H, W)``."""
+    ) -> tuple[np.ndarray | None, np.ndarray, tuple[float, float] | None]:
+        """Image as uint16 ``(H, W, C)`` (or None), the stored mask values ``(H, W)`` and
+        the image's ``(mean, std)`` in ``[0, 1]`` (or None)."""
         image_path, mask_path = self.data.images[ident], self.data.masks[ident]
         mask = read_mask(mask_path, self.num_classes, self.max_pixels)
         header = imageio.read_header(image_path)
@@ -240,10 +252,11 @@ class SampleCache:
         if size is not None:
             mask = preprocess.resize_mask(mask, size)
         if masks_only:
-            return None, mask
+            return None, mask, None
         image = imageio.read_image(image_path, self.max_pixels)
         x = preprocess.prepare_image(image, self.channels, size, self.clahe)
-        return np.rint(np.clip(x, 0.0, 1.0) * 65535).astype(np.uint16), mask
+        stats = preprocess.mean_std(x)
+        return np.rint(np.clip(x, 0.0, 1.0) * 65535).astype(np.uint16), mask, stats
 
     def _make_lut(self) -> np.ndarray | None:
         """Stored mask value -> class index, or None when values are already indices."""

@@ -62,7 +62,7 @@ class SegmentationSequence(keras.utils.PyDataset):
     """Batches ``(x, y)`` of NumPy arrays for ``model.fit`` under any Keras backend.
 
     ``x``: float32 ``(B, H, W, C)``, each image standardised (zero mean, unit variance)
-    after augmentation. ``y``: float32 ``(B, h, w, 1)`` with 0/1 or class indices, or
+    after augmentation; crops on their whole image's scale, as tiles are predicted. ``y``: float32 ``(B, h, w, 1)`` with 0/1 or class indices, or
     ``(B, h, w, 2)`` = ``[mask, weight]`` when the cache has weight maps. ``(h, w)`` is
     ``target_size`` (the model's output size, smaller than the input with ``valid``
     padding: the targets are centre-cropped) or the input size.
@@ -196,13 +196,18 @@ class SegmentationSequence(keras.utils.PyDataset):
             if x is None:
                 x = np.empty((len(chosen), *image.shape), np.float32)
                 y = np.empty((len(chosen), *target.shape), np.float32)
-            x[k] = preprocess.standardize(image)
+            x[k] = image
             y[k] = target
         return x, y
 
     def _example(self, ident: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """Augmented image ``(H, W, C)`` in ``[0, 1]`` and target ``(h, w, 1 or 2)``."""
+        """Augmented, standardised image ``(H, W, C)`` and target ``(h, w, 1 or 2)``.
+
+        Whole images are standardised on their own; crops on their whole image's scale
+        (:func:`unet_lowered.preprocess.standardize_window`), as prediction sees them.
+        """
         image, mask, weight = self.cache.sample(ident, crop_rng=rng)
+        window = preprocess.mean_std(image) if self.cache.input_mode == "crop" else None
         if self.augment is not None:
             image, mask, *rest = augment(image, mask, rng, self.augment, weight)
             weight = rest[0] if rest else None
@@ -215,7 +220,9 @@ class SegmentationSequence(keras.utils.PyDataset):
             target_size = small.target_size if small.target_size != small.size else None
         if target_size is not None:
             target = center_crop(target, target_size)
-        return image, target
+        if window is None:
+            return preprocess.standardize(image), target
+        return preprocess.standardize_window(image, window, self.cache.image_stats(ident)), target
 
 
 def _resized(array: np.ndarray, size: tuple[int, int], interpolation: int) -> np.ndarray:
