@@ -592,7 +592,14 @@ _TTA_HELP = (
 
 # Prediction options shared by `predict` and `evaluate` (one definition, one help text).
 _Mode = Annotated[str, typer.Option(help=_MODE_HELP)]
-_Tta = Annotated[bool, typer.Option("--tta", help="Test-time augmentation: average over flips.")]
+_Tta = Annotated[
+    bool | None,
+    typer.Option(
+        "--tta/--no-tta",
+        help="Test-time augmentation: average over flips (and turns) [default: what `unet "
+        "train` chose on the validation split, in RUN/config.json].",
+    ),
+]
 _TtaTransforms = Annotated[str, typer.Option(help=_TTA_HELP)]
 _Threshold = Annotated[
     float | None, typer.Option(help="Foreground probability threshold [default: the run's].")
@@ -646,7 +653,7 @@ def predict(
         bool, typer.Option("--recursive", "-r", help="Walk folders (and ** globs) recursively.")
     ] = False,
     mode: _Mode = "auto",
-    tta: _Tta = False,
+    tta: _Tta = None,
     tta_transforms: _TtaTransforms = "auto",
     threshold: _Threshold = None,
     keep_largest: _KeepLargest = None,
@@ -761,7 +768,7 @@ def evaluate(
         typer.Option(help="all, or only the run's val (or train) ids from RUN/split.json."),
     ] = "all",
     mode: _Mode = "auto",
-    tta: _Tta = False,
+    tta: _Tta = None,
     tta_transforms: _TtaTransforms = "auto",
     threshold: _Threshold = None,
     keep_largest: _KeepLargest = None,
@@ -876,7 +883,7 @@ def serve(
         int, typer.Option(help="Refuse images with more pixels than this, from the header (413).")
     ] = 100_000_000,
     mode: _Mode = "auto",
-    tta: _Tta = False,
+    tta: _Tta = None,
     tta_transforms: _TtaTransforms = "auto",
     threshold: _Threshold = None,
     keep_largest: _KeepLargest = None,

@@ -29,6 +29,41 @@ def test_keeps_the_steps_that_help() -> None:
     assert "keep the 2 largest objects, fill holes" in choice.describe()
 
 
+def test_tta_is_kept_when_it_raises_the_mean_and_the_steps_follow_on_its_masks() -> None:
+    truths = [two_boxes() for _ in range(3)]
+    plain = [two_boxes() for _ in range(3)]
+    for pred in plain:
+        pred[12:28, 5:9] = False  # the plain predictions miss a strip of one box
+    with_tta = [two_boxes() for _ in range(3)]
+    with_tta[0][1:4, 1:4] = True  # TTA is right but for one stray blob
+    choice = choose_postprocess(plain, truths, objects=2, tta_masks=with_tta, tta="dihedral")
+    assert choice.tta == "dihedral" and choice.keep_largest == 2  # keep-2 removes the blob
+    assert [t["step"] for t in choice.tried] == ["tta dihedral", "keep 2 largest", "fill holes"]
+    assert choice.dice == pytest.approx(1.0)
+    assert choice.describe().startswith(
+        "post-processing chosen on validation: test-time augmentation (dihedral), keep the 2"
+    )
+    assert choice.to_json()["tta"] == "dihedral"
+
+
+def test_tta_that_hurts_an_image_too_much_is_refused() -> None:
+    truths = [two_boxes() for _ in range(3)]
+    plain = [two_boxes() for _ in range(3)]
+    for pred in plain[1:]:
+        pred[12:28, 5:9] = False
+    with_tta = [two_boxes() for _ in range(3)]
+    with_tta[0][10:30, 5:18] = False  # better on average, but image 0 loses a whole box
+    choice = choose_postprocess(plain, truths, objects=None, tta_masks=with_tta, tta="flips")
+    assert choice.tta is None and choice.tried[0] == {
+        "step": "tta flips",
+        "mean_dice": pytest.approx(choice.tried[0]["mean_dice"]),
+        "worst_change": pytest.approx(-1 / 3, abs=1e-6),
+        "kept": False,
+    }
+    with pytest.raises(ValueError, match="one TTA mask per mask"):
+        choose_postprocess(plain, truths, objects=None, tta_masks=with_tta[:2], tta="flips")
+
+
 def test_refuses_a_step_that_hurts_one_image_too_much() -> None:
     truths = [two_boxes() for _ in range(3)]
     preds = [two_boxes() for _ in range(3)]

@@ -20,8 +20,10 @@ from unet_lowered.inference.predictor import (
     predict_image,
     resolve_mode,
     resolve_tta,
+    tta_group,
 )
 from unet_lowered.io import images
+from unet_lowered.io.runs import load_run
 from unet_lowered.preprocess import model_input
 
 
@@ -99,6 +101,30 @@ def test_auto_tta_refuses_a_run_trained_without_flips(loaded) -> None:
     model, config = loaded
     with pytest.raises(UnetError, match=r"the run was trained without flips .* --tta-transforms"):
         predict_image(model, disk_image(20, 20)[0], config, tta=True)
+
+
+def test_the_runs_tta_choice_applies_by_default_and_flags_override(tmp_path: Path) -> None:
+    import keras
+
+    # Not equivariant: each output pixel is 10x its left neighbour, so the left-right
+    # flip changes the prediction and TTA "lr" averages the left and right neighbours.
+    inputs = keras.Input((32, 32, 1))
+    outputs = keras.layers.Conv2D(1, 3, padding="same", name="logits")(inputs)
+    model = keras.Model(inputs, outputs)
+    kernel = np.zeros((3, 3, 1, 1), np.float32)
+    kernel[1, 0] = 10.0
+    model.get_layer("logits").set_weights([kernel, np.zeros(1, np.float32)])
+    chosen = {"tta": "lr", "keep_largest": None, "fill_holes": False, "min_area": 0}
+    r = load_run(make_run(tmp_path / "run", model, flip_lr=True, postprocess=chosen))
+    image, _ = disk_image(32, 32)
+    forced = predict_image(model, image, r.config, tta=True, tta_transforms="lr")
+    plain = predict_image(model, image, r.config, tta=False)
+    assert np.abs(forced - plain).max() > 0.1
+    np.testing.assert_array_equal(predict_image(model, image, r.config), forced)  # default
+    assert tta_group(PredictOptions(), r.config) == "lr"
+    assert tta_group(PredictOptions(tta=False), r.config) is None
+    assert tta_group(PredictOptions(tta=True, tta_transforms="dihedral"), r.config) == "dihedral"
+    assert tta_group(PredictOptions(), run_config()) is None  # no choice recorded: none
 
 
 def test_colour_image_on_a_gray_run_and_gray_on_a_colour_run(tmp_path: Path, loaded) -> None:

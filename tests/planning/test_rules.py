@@ -154,7 +154,7 @@ def test_batch_size_rules() -> None:
 def test_epochs_fitted_to_the_budget() -> None:
     # 40 train / 8 val, batch 4, 0.5 s a step: 10 steps + 2 * 0.5 / 3 + 0.5 = 5.83 s an epoch
     planned = rules.schedule_rule(40, 8, 4, 0.5, 100.0)
-    assert planned["epochs"].value == 13  # 80 s / 5.83 s
+    assert planned["epochs"].value == 15  # 90 s (90% of the budget) / 5.83 s
     assert planned["patience"].value == 15
     planned = rules.schedule_rule(40, 8, 4, 0.5, 3000.0)
     assert planned["epochs"].value == rules.MAX_EPOCHS
@@ -172,17 +172,17 @@ def test_progressive_resizing_for_whole_images_only() -> None:
 
 def test_epochs_with_progressive_resizing_are_cheaper_and_capped() -> None:
     # 40 train / 8 val, batch 4, 0.5 s a step, half the epochs at 0.35 of the step:
-    # 10 * 0.5 * 0.675 + 2 * 0.5 / 3 + 0.5 = 4.208 s an epoch; 80 s / 4.208 s = 19
+    # 10 * 0.5 * 0.675 + 2 * 0.5 / 3 + 0.5 = 4.208 s an epoch; 90 s / 4.208 s = 21
     planned = rules.schedule_rule(40, 8, 4, 0.5, 100.0, progressive=0.5)
-    assert planned["epochs"].value == 19 and "half-size epochs" in planned["epochs"].reason
+    assert planned["epochs"].value == 21 and "half-size epochs" in planned["epochs"].reason
     # A long budget is not filled: about 6000 samples, 150 epochs of 40 images.
     planned = rules.schedule_rule(40, 8, 4, 0.5, 3000.0, progressive=0.5)
     assert planned["epochs"].value == round(rules.WHOLE_IMAGE_SAMPLES / 40) == 150
     assert "enough" in planned["epochs"].reason
     # JSRT: 170 training images -> 35 epochs.
     assert rules.schedule_rule(170, 30, 4, 0.17, 600.0, 0.5)["epochs"].value == 35
-    # Without progressive resizing the budget is filled as before.
-    assert rules.schedule_rule(170, 30, 4, 0.17, 600.0)["epochs"].value == 58
+    # Without progressive resizing the budget is filled: 540 s / (43 * 0.17 + 8 * 0.17 / 3 + 0.5) s.
+    assert rules.schedule_rule(170, 30, 4, 0.17, 600.0)["epochs"].value == 65
 
 
 def test_postprocess_candidates() -> None:
@@ -202,11 +202,11 @@ def test_plan_settings_uses_the_measured_step_and_the_users_batch() -> None:
     assert set(settings) >= {"input_mode", "image_size", "flip_lr", "loss", "batch_size",
                              "epochs", "patience", "time_budget"}  # fmt: skip
     assert set(advice) == {"inference", "normalisation", "tta", "postprocess"}
-    assert calls == [4] and settings["batch_size"].value == 2  # 80 updates: batch 2
+    assert calls == [4] and settings["batch_size"].value == 2  # 180 updates: batch 2
     # Whole 224 px images: progressive resizing, half the epochs' steps at 0.35 of the cost.
     assert settings["progressive"].value == 0.5
-    # batch 2 at 0.25 s: 20 steps * 0.675 + 4 * 0.25 / 3 + 0.5 = 4.21 s -> 19 epochs
-    assert settings["epochs"].value == 19
+    # batch 2 at 0.25 s: 20 steps * 0.675 + 4 * 0.25 / 3 + 0.5 = 4.21 s -> 21 epochs
+    assert settings["epochs"].value == 21
     calls.clear()
     settings, _ = rules.plan_settings(fp(n_images=40), 100.0, step_time, 8, {"batch_size": 8})
     assert calls == [8]

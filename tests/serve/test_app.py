@@ -111,8 +111,7 @@ def test_model_facts(client: TestClient, run: Path) -> None:
         "fill_holes": False,
         "min_area": 0,
         "postprocess": True,
-        "tta": False,
-        "tta_transforms": "auto",
+        "tta": None,  # the group applied: none chosen for this run
     }
     assert facts["postprocess_chosen"] is None and facts["mask_stats"] is None
     assert facts["versions"]["serving"]["unet_lowered"] == unet_lowered.__version__

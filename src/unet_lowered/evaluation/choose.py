@@ -2,12 +2,14 @@
 
 After training, ``unet train`` predicts the validation images at their original
 size, scores them without post-processing, then tries each candidate step in turn
-(keep the N largest objects, with N the usual number of objects in the training
-masks; then remove objects under a minimum area, a quarter of nearly the smallest
-training object; then fill holes) on top of what was kept so far. A step is kept when it
-raises the mean Dice and lowers no image's Dice by more than ``tolerance``. The
-choice and the figures behind it go into the run's ``config.json``; ``unet predict``
-and ``unet evaluate`` apply it by default.
+(test-time augmentation over the flips and turns the run was trained with, as
+nnU-Net mirrors at inference; keep the N largest objects, with N the usual number of
+objects in the training masks; then remove objects under a minimum area, a quarter
+of nearly the smallest training object; then fill holes) on top of what was kept so
+far. A step is kept when it raises the mean Dice and lowers no image's Dice by more
+than ``tolerance``. The choice and the figures behind it go into the run's
+``config.json``; ``unet predict``, ``unet evaluate`` and ``unet serve`` apply it by
+default.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ class Choice:
     """The post-processing a run applies by default, and why.
 
     Attributes:
+        tta: The test-time augmentation group kept (``"dihedral"``, ``"flips"``, ...),
+            or None.
         keep_largest: Keep the N largest objects, or None.
         fill_holes: Fill holes.
         min_area: Remove objects smaller than this many pixels (0: off).
@@ -41,6 +45,7 @@ class Choice:
         tried: One record per candidate: ``step``, ``mean_dice``, ``worst_change``, ``kept``.
     """
 
+    tta: str | None = None
     keep_largest: int | None = None
     fill_holes: bool = False
     min_area: int = 0
@@ -50,6 +55,7 @@ class Choice:
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "tta": self.tta,
             "keep_largest": self.keep_largest,
             "fill_holes": self.fill_holes,
             "min_area": self.min_area,
@@ -60,7 +66,8 @@ class Choice:
 
     def describe(self) -> str:
         """One line for the user: what was chosen, with the validation figures."""
-        steps = [f"keep the {self.keep_largest} largest objects"] if self.keep_largest else []
+        steps = [f"test-time augmentation ({self.tta})"] if self.tta else []
+        steps += [f"keep the {self.keep_largest} largest objects"] if self.keep_largest else []
         steps += [f"remove objects under {self.min_area} px"] if self.min_area else []
         steps += ["fill holes"] if self.fill_holes else []
         chosen = ", ".join(steps) or "none"
@@ -101,6 +108,8 @@ def choose_postprocess(
     objects: int | None,
     tolerance: float = TOLERANCE,
     min_area: int = 0,
+    tta_masks: Sequence[np.ndarray] | None = None,
+    tta: str | None = None,
 ) -> Choice:
     """Choose the post-processing steps on validation predictions.
 
@@ -112,6 +121,9 @@ def choose_postprocess(
         tolerance: The largest drop of any image's Dice a kept step may cause.
         min_area: The minimum-area candidate in pixels (:func:`min_area_candidate`);
             0 skips that step.
+        tta_masks: The same images predicted with test-time augmentation ``tta``
+            (thresholded, not post-processed), the first candidate; None skips it.
+        tta: The name of the group ``tta_masks`` were predicted with.
 
     Returns:
         The :class:`Choice`.
@@ -121,8 +133,11 @@ def choose_postprocess(
     """
     if not masks or len(masks) != len(truths):
         raise ValueError("choose_postprocess needs as many predicted masks as true ones (>= 1)")
+    if tta_masks is not None and (len(tta_masks) != len(masks) or not tta):
+        raise ValueError("choose_postprocess needs one TTA mask per mask and the group's name")
 
     def scores(steps: Mapping[str, Any]) -> np.ndarray:
+        chosen = tta_masks if steps.get("tta") else masks
         return np.array(
             [
                 dice(
@@ -131,7 +146,7 @@ def choose_postprocess(
                         m, steps.get("keep"), steps.get("holes", False), steps.get("area", 0)
                     ),
                 )
-                for m, t in zip(masks, truths, strict=True)
+                for m, t in zip(chosen, truths, strict=True)
             ]
         )
 
@@ -139,7 +154,8 @@ def choose_postprocess(
     current = scores(kept)
     baseline = float(current.mean())
     candidates = (
-        ([("keep", objects, f"keep {objects} largest")] if objects else [])
+        ([("tta", tta, f"tta {tta}")] if tta_masks is not None else [])
+        + ([("keep", objects, f"keep {objects} largest")] if objects else [])
         + ([("area", min_area, f"remove objects under {min_area} px")] if min_area else [])
         + [("holes", True, "fill holes")]
     )
@@ -159,6 +175,7 @@ def choose_postprocess(
         if keep:
             kept[key], current = value, trial
     return Choice(
+        tta=kept.get("tta"),
         keep_largest=kept.get("keep"),
         fill_holes=bool(kept.get("holes", False)),
         min_area=int(kept.get("area", 0)),

@@ -42,6 +42,7 @@ from unet_lowered.inference.predictor import (
     predict_images,
     probs_to_mask,
     resolve_mode,
+    tta_group,
 )
 from unet_lowered.io import atomic, images
 from unet_lowered.io.progress import progress_bar
@@ -199,7 +200,7 @@ def _summary(
         "worst": [{"id": r["id"], "dice": r["dice"]} for r in worst],
         "settings": {
             "mode": options.mode,
-            "tta": options.tta,
+            "tta": tta_group(options, run.config),
             "threshold": threshold,
             **dict(zip(("keep_largest", "fill_holes", "min_area"), steps, strict=True)),
             "postprocess_from_run": options.postprocess and run.config.postprocess is not None,

@@ -47,9 +47,12 @@ class PredictOptions:
 
     Attributes:
         mode: ``"auto"``, ``"resize"`` or ``"tile"`` (see the module docstring).
-        tta: Average the probabilities over flips (and 90-degree rotations).
-        tta_transforms: Which: ``"auto"`` (the flips the run was trained with, see
-            :func:`resolve_tta`), ``"lr"``, ``"ud"``, ``"flips"`` or ``"dihedral"``.
+        tta: Average the probabilities over flips (and 90-degree rotations): True or
+            False; None (the default) applies what ``unet train`` chose on the run's
+            validation split (``RunConfig.postprocess["tta"]``; see :func:`tta_group`).
+        tta_transforms: With ``tta=True``, which: ``"auto"`` (the flips the run was
+            trained with, see :func:`resolve_tta`), ``"lr"``, ``"ud"``, ``"flips"`` or
+            ``"dihedral"``.
         overlap: Tile overlap as a fraction of the tile, in ``[0, 1)``.
         blend: Tile blending weights: ``"gaussian"``, ``"linear"`` or ``"constant"``.
         batch_size: Images (resize mode) or tiles (tile mode) per network call.
@@ -65,7 +68,7 @@ class PredictOptions:
     """
 
     mode: str = "auto"
-    tta: bool = False
+    tta: bool | None = None
     tta_transforms: str = "auto"
     overlap: float = 0.25
     blend: str = "gaussian"
@@ -134,6 +137,16 @@ def resolve_tta(which: str, config: RunConfig) -> str:
         "lowers its accuracy (JSRT lungs: Dice 0.974 -> 0.969 with left-right flips); "
         "drop --tta, or force it with --tta-transforms lr|ud|flips|dihedral"
     )
+
+
+def tta_group(options: PredictOptions, config: RunConfig) -> str | None:
+    """The test-time augmentation applied, or None: ``options.tta`` True resolves
+    ``options.tta_transforms`` (:func:`resolve_tta`), False turns it off, None takes the
+    group ``unet train`` kept on the run's validation split (none for runs trained
+    before that choice existed)."""
+    if options.tta is None:
+        return (config.postprocess or {}).get("tta")
+    return resolve_tta(options.tta_transforms, config) if options.tta else None
 
 
 def _geometry(config: RunConfig) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -242,9 +255,7 @@ def predict_prepared(
     _channels(model, config)
     mode = resolve_mode(options.mode, config)
     out_tile, margin = _geometry(config)
-    fn = probability_fn(
-        model, config, resolve_tta(options.tta_transforms, config) if options.tta else None
-    )
+    fn = probability_fn(model, config, tta_group(options, config))
     if mode == "resize" and margin == (0, 0):  # same padding: the whole batch in one call
         return list(fn(np.stack(inputs))) if len(inputs) else []
     return [
@@ -258,7 +269,7 @@ def predict_image(
     image: np.ndarray,
     config: RunConfig,
     mode: str = "auto",
-    tta: bool = False,
+    tta: bool | None = None,
     **tiling: Any,
 ) -> np.ndarray:
     """Probabilities ``(H, W, K)`` for one decoded image at its original size.
@@ -268,7 +279,7 @@ def predict_image(
         image: ``(H, W)`` or ``(H, W, 3)`` uint8/uint16 array.
         config: The run's configuration.
         mode: ``"auto"``, ``"resize"`` or ``"tile"``.
-        tta: Test-time augmentation over flips (and rotations).
+        tta: Test-time augmentation over flips (and rotations); None: the run's choice.
         **tiling: ``tta_transforms``, ``overlap``, ``blend`` or ``batch_size`` (see
             :class:`PredictOptions`).
 

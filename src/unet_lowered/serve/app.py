@@ -69,6 +69,7 @@ from unet_lowered.inference.predictor import (
     probs_to_mask,
     resolve_mode,
     resolve_tta,
+    tta_group,
 )
 from unet_lowered.inference.quality import mask_quality
 from unet_lowered.io import images
@@ -276,8 +277,7 @@ class Service:
                 "fill_holes": holes,
                 "min_area": min_area,
                 "postprocess": o.postprocess,
-                "tta": o.tta,
-                "tta_transforms": o.tta_transforms,
+                "tta": tta_group(o, c),
             },
             "postprocess_chosen": None if c.postprocess is None else dict(c.postprocess),
             "mask_stats": None if c.mask_stats is None else dict(c.mask_stats),

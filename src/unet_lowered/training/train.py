@@ -30,7 +30,12 @@ from unet_lowered.dataset.pairs import PreparedData, load_prepared
 from unet_lowered.errors import SettingError, UnetError
 from unet_lowered.evaluation.choose import choose_postprocess, min_area_candidate
 from unet_lowered.evaluation.evaluate import read_truth
-from unet_lowered.inference.predictor import PredictOptions, predict_images, probs_to_mask
+from unet_lowered.inference.predictor import (
+    PredictOptions,
+    predict_images,
+    probs_to_mask,
+    resolve_tta,
+)
 from unet_lowered.inference.quality import mask_stats
 from unet_lowered.io import atomic, runs
 from unet_lowered.io.images import read_image
@@ -341,22 +346,38 @@ def after_training(
     train_masks: Iterable[np.ndarray],
 ) -> RunConfig:
     """Record what the training masks look like (for the quality flag) and choose the
-    post-processing on the validation images at their original size with
-    ``out/model.keras``; rewrite config.json with both and print the choice."""
+    test-time augmentation and post-processing on the validation images at their
+    original size with ``out/model.keras``; rewrite config.json with both and print the
+    choice.
+
+    The TTA candidate is the group of the flips (and turns) the run was trained with
+    (:func:`~unet_lowered.inference.predictor.resolve_tta` ``"auto"``); a run trained
+    without flips gets none."""
     stats = mask_stats(train_masks)
     model = runs.load_model(out / runs.MODEL_FILE)
-    options = PredictOptions(postprocess=False)
-    masks, truths = [], []
-    for start in range(0, len(val_ids), options.batch_size):
-        ids = val_ids[start : start + options.batch_size]
+    tta = resolve_tta("auto", run_config) if any(run_config.flips) else None
+    variants = {None: PredictOptions(tta=False, postprocess=False)}
+    if tta:
+        variants[tta] = PredictOptions(tta=True, postprocess=False)
+    masks: dict[str | None, list[np.ndarray]] = {key: [] for key in variants}
+    truths = []
+    batch_size, max_pixels = variants[None].batch_size, variants[None].max_pixels
+    for start in range(0, len(val_ids), batch_size):
+        ids = val_ids[start : start + batch_size]
         batch = [read_image(dataset.images[i]) for i in ids]
-        for ident, probs in zip(
-            ids, predict_images(model, batch, run_config, options), strict=True
-        ):
-            masks.append(probs_to_mask(probs, run_config, options))
-            truths.append(read_truth(dataset.masks[ident], run_config, options.max_pixels))
+        for key, options in variants.items():
+            for probs in predict_images(model, batch, run_config, options):
+                masks[key].append(probs_to_mask(probs, run_config, options))
+        truths += [read_truth(dataset.masks[i], run_config, max_pixels) for i in ids]
     min_area = min_area_candidate(stats.small_object, [t.shape[:2] for t in truths])
-    choice = choose_postprocess(masks, truths, stats.objects, min_area=min_area)
+    choice = choose_postprocess(
+        masks[None],
+        truths,
+        stats.objects,
+        min_area=min_area,
+        tta_masks=masks[tta] if tta else None,
+        tta=tta,
+    )
     print(choice.describe(), file=sys.stderr, flush=True)
     run_config = dataclasses.replace(
         run_config, mask_stats=stats.to_json(), postprocess=choice.to_json()
