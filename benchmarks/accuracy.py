@@ -11,9 +11,11 @@ one table (with the plan chosen) and appends it, with date and machine, to
 * ``dsb``: ../shared/data/dsb2018/stage1_train, foreground (nuclei) Dice;
 * ``isbi``: ../shared/data/isbi2012, foreground (cell interior) IoU and the
   foreground-restricted Rand error of the cells separated by predicted membranes in
-  the ISBI 2012 challenge's convention (predicted membrane pixels are singletons, best
-  over thresholds; ``unet_lowered.evaluation.metrics.best_rand_error``), the figure the
-  U-Net paper reports. Results before 2026-12-02 used scikit-image's convention
+  the ISBI 2012 challenge's convention (predicted membrane pixels are singletons):
+  of the probability map, best over thresholds
+  (``unet_lowered.evaluation.metrics.best_rand_error``, the figure the U-Net paper
+  reports), and of the mask plain ``unet predict`` writes (the run's threshold, TTA
+  and post-processing). Results before 2026-12-02 used scikit-image's convention
   (``adapted_rand_error``), which gives larger values for the same prediction.
 
     .venv/bin/python benchmarks/accuracy.py                 # all three (about 35 min)
@@ -90,8 +92,21 @@ def run_one(
         "worst_ids": [w["id"] for w in summary["worst"][:3]],
     }
     if name == "isbi":
-        result["rand_error"] = _isbi_rand_error(run, data, rows)
+        result["rand_error"], result["rand_error_mask"] = _isbi_rand_error(run, data, rows)
+    result["postprocess"] = _chosen(run)
     return result
+
+
+def _chosen(run: Path) -> str:
+    """The TTA and post-processing ``unet train`` chose on validation, in a few words."""
+    from unet_lowered.io import runs
+
+    chosen = runs.load_run(run).config.postprocess or {}
+    steps = [f"tta {chosen['tta']}"] if chosen.get("tta") else []
+    steps += [f"keep {chosen['keep_largest']}"] if chosen.get("keep_largest") else []
+    steps += [f"min area {chosen['min_area']}"] if chosen.get("min_area") else []
+    steps += ["fill holes"] if chosen.get("fill_holes") else []
+    return ", ".join(steps) or "none"
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -144,44 +159,51 @@ def _rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def _isbi_rand_error(run: Path, data: Path, rows: list[dict]) -> float:
+def _isbi_rand_error(run: Path, data: Path, rows: list[dict]) -> tuple[float, float]:
     """The ISBI 2012 challenge's Rand error over the validation slices.
 
-    Per slice :func:`unet_lowered.evaluation.metrics.best_rand_error` (the challenge's
-    convention, best over thresholds of the cell probability), then the mean.
+    Per slice, predicted as plain ``unet predict`` does (the run's TTA choice), then
+    the mean of: :func:`unet_lowered.evaluation.metrics.best_rand_error` (the
+    challenge's convention, best over thresholds of the cell probability), and
+    :func:`~unet_lowered.evaluation.metrics.rand_error` of the 4-connected cells of the
+    mask ``unet predict`` writes (the run's threshold and post-processing).
     """
     from unet_lowered.dataset.masks import label_components
     from unet_lowered.evaluation import metrics
-    from unet_lowered.inference.predictor import predict_image
+    from unet_lowered.inference.predictor import PredictOptions, predict_image, probs_to_mask
     from unet_lowered.io import runs
     from unet_lowered.io.images import read_image
 
     loaded = runs.load_run(run)
     model = loaded.model()
-    errors = []
+    best, plain = [], []
     for row in rows:
         image = read_image(data / "train" / "images" / f"{row['id']}.png")
-        truth = read_image(data / "train" / "masks" / f"{row['id']}.png") > 0
+        truth = label_components(read_image(data / "train" / "masks" / f"{row['id']}.png") > 0, 4)
         probs = predict_image(model, image, loaded.config)
-        errors.append(metrics.best_rand_error(label_components(truth, 4)[0], probs[..., 0])[0])
-    return statistics.fmean(errors)
+        best.append(metrics.best_rand_error(truth[0], probs[..., 0])[0])
+        mask = probs_to_mask(probs, loaded.config, PredictOptions())
+        plain.append(metrics.rand_error(truth[0], label_components(mask, 4)[0]))
+    return statistics.fmean(best), statistics.fmean(plain)
 
 
 def table(results: list[dict]) -> str:
     lines = [
-        "| data set | val images | Dice mean | Dice median | Dice worst | IoU mean | Rand error | "
-        "train time | epochs | train img/s | precision | plan |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+        "| data set | val images | Dice mean | Dice median | Dice worst | IoU mean | "
+        "Rand error (best threshold / mask) | train time | epochs | train img/s | precision | "
+        "plan | chosen on validation |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|",
     ]
     for r in results:
         if "skipped" in r:
-            lines.append(f"| {r['dataset']} | skipped: {r['skipped']} |" + " |" * 10)
+            lines.append(f"| {r['dataset']} | skipped: {r['skipped']} |" + " |" * 11)
             continue
-        rand = f"{r['rand_error']:.4f}" if "rand_error" in r else "-"
+        rand = f"{r['rand_error']:.4f} / {r['rand_error_mask']:.4f}" if "rand_error" in r else "-"
         lines.append(
             f"| {r['dataset']} | {r['n_val']} | {r['dice_mean']:.4f} | {r['dice_median']:.4f} | "
             f"{r['dice_worst']:.4f} | {r['iou_mean']:.4f} | {rand} | {r['train_s'] / 60:.1f} min | "
-            f"{r['epochs']} | {r['images_per_s']:.1f} | {r['precision']} | {r['plan']} |"
+            f"{r['epochs']} | {r['images_per_s']:.1f} | {r['precision']} | {r['plan']} | "
+            f"{r['postprocess']} |"
         )
     return "\n".join(lines)
 
