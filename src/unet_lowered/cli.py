@@ -409,6 +409,13 @@ def train(
             help="Brightness/contrast/gamma, CLAHE (1 in 4) and noise [default: on].",
         ),
     ] = None,
+    foreground_crops: Annotated[
+        float | None,
+        typer.Option(
+            help="With --crop: probability that a training crop is centred on a foreground "
+            "pixel (nnU-Net's foreground oversampling) [default: 0]."
+        ),
+    ] = None,
     zoom_out: Annotated[
         float | None,
         typer.Option(help="Probability of a zoom-out into black/collimated borders [default: 0]."),
@@ -503,6 +510,7 @@ def train(
         "shift": shift,
         "elastic": elastic,
         "intensity": intensity,
+        "foreground_crops": foreground_crops,
         "zoom_out": zoom_out,
         "frame_crop": frame_crop,
         "opacity": opacity,

@@ -15,7 +15,7 @@ from conftest import shared_dataset
 from data_fixtures import ids_of, make_pair, make_prepared, stub_weight
 from unet_lowered.dataset.checks import mask_warnings
 from unet_lowered.dataset.pairs import load_prepared
-from unet_lowered.errors import UnetError
+from unet_lowered.errors import SettingError, UnetError
 from unet_lowered.io.images import write_png
 from unet_lowered.preprocess import standardize
 from unet_lowered.training.augment import AugmentConfig, random_crop
@@ -228,6 +228,49 @@ def test_random_crop_keeps_image_and_mask_aligned() -> None:
         assert out_image.shape == (4, 5, 1)
         np.testing.assert_array_equal(out_image[..., 0], out_mask)
         np.testing.assert_array_equal(out_weight, 2 * out_image[..., 0])
+
+
+@pytest.mark.parametrize(
+    ("pixel", "window"),
+    [((30, 40), (22, 32)), ((2, 3), (0, 0)), ((63, 79), (48, 64))],  # centred; at the borders
+)
+def test_foreground_crop_is_centred_on_the_foreground_pixel(pixel, window) -> None:
+    mask = np.zeros((64, 80), np.uint8)
+    mask[pixel] = 1
+    image = np.arange(64 * 80, dtype=np.float32).reshape(64, 80, 1)
+    out_image, out_mask, _ = random_crop(
+        image, mask, (16, 16), np.random.default_rng(0), foreground=True
+    )
+    top, left = window
+    np.testing.assert_array_equal(out_image[..., 0], image[top : top + 16, left : left + 16, 0])
+    assert out_mask.sum() == 1
+
+
+def test_foreground_crop_of_an_empty_mask_is_a_uniform_window() -> None:
+    mask = np.zeros((64, 80), np.uint8)
+    image = np.arange(64 * 80, dtype=np.float32).reshape(64, 80, 1)
+    rng_a, rng_b = np.random.default_rng(5), np.random.default_rng(5)
+    a = random_crop(image, mask, (16, 16), rng_a, foreground=True)
+    b = random_crop(image, mask, (16, 16), rng_b)
+    np.testing.assert_array_equal(a[0], b[0])
+
+
+def test_foreground_crops_in_the_training_sequence(tmp_path: Path) -> None:
+    root = tmp_path / "flat"
+    for k in range(4):  # 120x120 images whose box covers a small corner only
+        make_pair(root, f"s{k}", size=(120, 120), seed=k)
+    data = load_prepared(root)
+    cache = SampleCache(data, channels=1, image_size=16, input_mode="crop")
+    args = dict(augment=AugmentConfig.off(), shuffle=True, seed=1)
+    always = SegmentationSequence(cache, data.ids, 4, foreground_crops=1.0, **args)
+    _, y = always[0]
+    assert all(y[k].any() for k in range(4))  # every window holds foreground
+    plain = SegmentationSequence(cache, data.ids, 4, **args)
+    off = SegmentationSequence(cache, data.ids, 4, foreground_crops=0.0, **args)
+    for a, b in zip(plain[0], off[0], strict=True):  # 0 draws nothing: the same batches
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(SettingError, match=r"foreground-crops is a probability in \[0, 1\]"):
+        TrainConfig(foreground_crops=1.5).validate()
 
 
 def test_random_crop_pads_by_reflection() -> None:

@@ -649,6 +649,7 @@ def random_crop(
     size: tuple[int, int],
     rng: np.random.Generator,
     weight: np.ndarray | None = None,
+    foreground: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """A random ``size`` window of image, mask and weight; reflect-padded if smaller.
 
@@ -658,6 +659,10 @@ def random_crop(
         size: ``(height, width)`` of the crop.
         rng: Chooses the window.
         weight: Optional ``(H, W)``.
+        foreground: Centre the window on a random foreground (non-zero) pixel of the
+            mask, moved inside the image where that pixel is near a border, as
+            nnU-Net's foreground oversampling does; a mask without foreground gets a
+            uniform window.
 
     Returns:
         ``(image, mask, weight)`` of spatial size ``size`` (weight None if not given).
@@ -672,8 +677,14 @@ def random_crop(
         if weight is not None:
             weight = np.pad(weight, pads, mode="reflect")
         h, w = mask.shape
-    top = int(rng.integers(0, h - th + 1))
-    left = int(rng.integers(0, w - tw + 1))
+    ys, xs = np.nonzero(mask) if foreground else ((), ())
+    if len(ys):
+        k = int(rng.integers(0, len(ys)))
+        top = min(max(int(ys[k]) - th // 2, 0), h - th)
+        left = min(max(int(xs[k]) - tw // 2, 0), w - tw)
+    else:
+        top = int(rng.integers(0, h - th + 1))
+        left = int(rng.integers(0, w - tw + 1))
     window = (slice(top, top + th), slice(left, left + tw))
     image = np.ascontiguousarray(image[window])
     mask = np.ascontiguousarray(mask[window])

@@ -172,7 +172,10 @@ class SampleCache:
             )
 
     def sample(
-        self, ident: str, crop_rng: np.random.Generator | None = None
+        self,
+        ident: str,
+        crop_rng: np.random.Generator | None = None,
+        foreground: bool = False,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """One sample as new arrays, ready for augmentation.
 
@@ -181,6 +184,7 @@ class SampleCache:
             crop_rng: In ``crop`` mode, take a random ``image_size`` window chosen by this
                 generator (:func:`random_crop`, before the conversion to float, so large
                 images cost little); None for the whole image.
+            foreground: In ``crop`` mode, centre the window on a foreground pixel.
 
         Returns:
             image float32 ``(H, W, C)`` in ``[0, 1]``, mask uint8 ``(H, W)`` (0/1 or class
@@ -195,7 +199,9 @@ class SampleCache:
             image, mask = self._images[ident], self._masks[ident]
             weight = self._weights.get(ident)
         if crop_rng is not None and self.input_mode == "crop":
-            image, mask, weight = random_crop(image, mask, self.image_size, crop_rng, weight)
+            image, mask, weight = random_crop(
+                image, mask, self.image_size, crop_rng, weight, foreground
+            )
         image = image.astype(np.float32) * np.float32(1 / 65535)
         mask = mask.copy()  # never hand out the cached array
         if weight is not None:

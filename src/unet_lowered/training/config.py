@@ -74,6 +74,8 @@ class TrainConfig:
     shift: float = 0.08
     elastic: bool = True
     intensity: bool = True
+    # crop mode: probability that a crop is centred on a foreground pixel
+    foreground_crops: float = 0.0
     # cross-site shifts: probabilities, off until measured (see AugmentConfig)
     zoom_out: float = 0.0
     frame_crop: float = 0.0
@@ -127,7 +129,7 @@ class TrainConfig:
                 raise SettingError(name, f"{flag} must be a whole number, got {value!r}")
             if value < 1:
                 raise SettingError(name, f"{flag} must be at least 1, got {value}")
-        for name in ("zoom_out", "frame_crop", "opacity", "lowres", "stamps"):
+        for name in ("zoom_out", "frame_crop", "opacity", "lowres", "stamps", "foreground_crops"):
             if not 0.0 <= getattr(cfg, name) <= 1.0:
                 flag = name.replace("_", "-")
                 raise SettingError(

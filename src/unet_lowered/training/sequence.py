@@ -107,6 +107,7 @@ class SegmentationSequence(keras.utils.PyDataset):
         target_size: tuple[int, int] | None = None,
         drop_remainder: bool = False,
         progressive: Progressive | None = None,
+        foreground_crops: float = 0.0,
         workers: int = 1,
         use_multiprocessing: bool = False,
         max_queue_size: int = 10,
@@ -125,6 +126,9 @@ class SegmentationSequence(keras.utils.PyDataset):
             target_size: ``(h, w)`` of the model output when smaller than the input.
             drop_remainder: Drop the last incomplete batch.
             progressive: Smaller batches in the first epochs (training), or None.
+            foreground_crops: In ``crop`` mode, the probability that a sample's window is
+                centred on a foreground pixel (nnU-Net oversamples a third); 0 draws no
+                random number for it, so batches stay those of a run without it.
             workers: Threads (or processes) Keras uses to prepare batches ahead.
             use_multiprocessing: Processes instead of threads.
             max_queue_size: Batches prepared ahead.
@@ -156,6 +160,7 @@ class SegmentationSequence(keras.utils.PyDataset):
         self.target_size = None if target_size is None else (int(th), int(tw))
         self.drop_remainder = drop_remainder
         self.progressive = progressive
+        self.foreground_crops = float(foreground_crops)
         self.set_epoch(epoch)
 
     def set_epoch(self, epoch: int) -> None:
@@ -206,8 +211,10 @@ class SegmentationSequence(keras.utils.PyDataset):
         Whole images are standardised on their own; crops on their whole image's scale
         (:func:`unet_lowered.preprocess.standardize_window`), as prediction sees them.
         """
-        image, mask, weight = self.cache.sample(ident, crop_rng=rng)
-        window = preprocess.mean_std(image) if self.cache.input_mode == "crop" else None
+        crop = self.cache.input_mode == "crop"
+        centred = crop and self.foreground_crops > 0 and rng.random() < self.foreground_crops
+        image, mask, weight = self.cache.sample(ident, crop_rng=rng, foreground=centred)
+        window = preprocess.mean_std(image) if crop else None
         if self.augment is not None:
             image, mask, *rest = augment(image, mask, rng, self.augment, weight)
             weight = rest[0] if rest else None
@@ -329,6 +336,7 @@ def make_sequences(
         )
         if augment
         else None,
+        foreground_crops=cfg.foreground_crops if augment else 0.0,
         workers=workers,
     )
     val = SegmentationSequence(
