@@ -49,8 +49,9 @@ BUDGET_SHARE = 0.9
 the TTA and post-processing choice on validation and a slower epoch than measured.
 With the step timed at the training precision, ``fit`` took 0.86-0.91 of its planned
 time on DSB2018 and ISBI 2012 (2026-12-03) and everything else about 35 s of 600, so
-0.8 left a quarter of the budget unused; the :class:`~unet_lowered.planning.callbacks.TimeBudget` callback stops a
-slower run inside the budget."""
+0.8 left a quarter of the budget unused; the
+:class:`~unet_lowered.planning.callbacks.TimeBudget` callback stops a slower run inside
+the budget."""
 
 EPOCH_OVERHEAD_S = 0.5
 """Per-epoch cost besides the steps: checkpoint files, history, callbacks."""
