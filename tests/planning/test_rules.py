@@ -170,6 +170,12 @@ def test_progressive_resizing_for_whole_images_only() -> None:
     assert crop.value == 0.0 and "native resolution" in crop.reason
 
 
+def test_foreground_crops_for_crop_training_only() -> None:
+    crop = rules.foreground_crops_rule("crop")
+    assert crop.value == rules.FOREGROUND_CROPS == 0.33 and "nnU-Net" in crop.reason
+    assert rules.foreground_crops_rule("resize").value == 0.0
+
+
 def test_epochs_with_progressive_resizing_are_cheaper_and_capped() -> None:
     # 40 train / 8 val, batch 4, 0.5 s a step, half the epochs at 0.35 of the step:
     # 10 * 0.5 * 0.675 + 2 * 0.5 / 3 + 0.5 = 4.208 s an epoch; 90 s / 4.208 s = 21
@@ -205,6 +211,7 @@ def test_plan_settings_uses_the_measured_step_and_the_users_batch() -> None:
     assert calls == [4] and settings["batch_size"].value == 2  # 180 updates: batch 2
     # Whole 224 px images: progressive resizing, half the epochs' steps at 0.35 of the cost.
     assert settings["progressive"].value == 0.5
+    assert settings["foreground_crops"].value == 0.0  # whole images
     # batch 2 at 0.25 s: 20 steps * 0.675 + 4 * 0.25 / 3 + 0.5 = 4.21 s -> 21 epochs
     assert settings["epochs"].value == 21
     calls.clear()
