@@ -413,7 +413,8 @@ def train(
         float | None,
         typer.Option(
             help="With --crop: probability that a training crop is centred on a foreground "
-            "pixel (nnU-Net's foreground oversampling) [default: 0]."
+            "pixel (nnU-Net's foreground oversampling) [default: the plan's: 0.33 for "
+            "crop-trained runs, else 0]."
         ),
     ] = None,
     zoom_out: Annotated[
