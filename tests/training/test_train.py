@@ -398,3 +398,39 @@ def test_bad_data_leaves_no_run_folder(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "no such data folder" in str(result.exception)
     assert not (tmp_path / "run").exists()
+
+
+def test_after_training_keeps_tta_for_a_run_trained_with_flips(tmp_path: Path) -> None:
+    """A model that sees the image 2 px to its left paints every disk 2 px to the right;
+    averaged with its left-right flip it paints the disk in place: TTA "lr" is kept."""
+    import keras
+
+    from run_fixtures import disk_image, run_config
+    from unet_lowered.dataset.pairs import load_prepared
+    from unet_lowered.io.images import write_png
+    from unet_lowered.io.runs import load_run
+    from unet_lowered.training.train import after_training
+
+    inputs = keras.Input((32, 32, 1))
+    outputs = keras.layers.Conv2D(1, 5, padding="same", name="logits")(inputs)
+    model = keras.Model(inputs, outputs)
+    kernel = np.zeros((5, 5, 1, 1), np.float32)
+    kernel[2, 0] = 10.0
+    model.get_layer("logits").set_weights([kernel, np.zeros(1, np.float32)])
+    data, out = tmp_path / "data", tmp_path / "run"
+    for k in range(3):
+        image, mask = disk_image(32, 32, seed=k)
+        write_png(data / "images" / f"c{k}.png", image)
+        write_png(data / "masks" / f"c{k}.png", mask.astype(np.uint8) * 255)
+    out.mkdir()
+    model.save(out / "model.keras")
+    config = run_config({"flip_lr": True, "input_mode": "resize", "depth": 2})
+    dataset = load_prepared(data)
+    masks = [np.asarray(disk_image(32, 32, seed=k)[1]) for k in range(3)]
+    chosen = after_training(out, config, dataset, dataset.ids, masks).postprocess
+    assert chosen["tta"] == "lr" and chosen["tried"][0]["step"] == "tta lr"
+    assert chosen["validation_dice_after"] > chosen["validation_dice_before"]
+    assert load_run(out).config.postprocess["tta"] == "lr"  # written to config.json
+    flipless = after_training(out, run_config({"depth": 2}), dataset, dataset.ids, masks)
+    assert flipless.postprocess["tta"] is None  # no flips in training: not a candidate
+    assert all(not t["step"].startswith("tta") for t in flipless.postprocess["tried"])
