@@ -170,10 +170,12 @@ def test_progressive_resizing_for_whole_images_only() -> None:
     assert crop.value == 0.0 and "native resolution" in crop.reason
 
 
-def test_foreground_crops_for_crop_training_only() -> None:
-    crop = rules.foreground_crops_rule("crop")
+def test_foreground_crops_for_crops_of_sparse_foreground_only() -> None:
+    crop = rules.foreground_crops_rule(fp(foreground_fraction=0.1), "crop")
     assert crop.value == rules.FOREGROUND_CROPS == 0.33 and "nnU-Net" in crop.reason
-    assert rules.foreground_crops_rule("resize").value == 0.0
+    dense = rules.foreground_crops_rule(fp(foreground_fraction=0.78), "crop")  # EM cells
+    assert dense.value == 0.0 and "78% of the pixels" in dense.reason
+    assert rules.foreground_crops_rule(fp(foreground_fraction=0.1), "resize").value == 0.0
 
 
 def test_epochs_with_progressive_resizing_are_cheaper_and_capped() -> None:

@@ -348,21 +348,30 @@ FOREGROUND_CROPS = 0.33
 ``oversample_foreground_percent``)."""
 
 
-def foreground_crops_rule(input_mode: str) -> Planned:
-    """Centre a third of the training crops on a foreground pixel (crop mode).
+SPARSE_FOREGROUND = 0.5
+"""Foreground crops only when less than this share of the pixels is foreground."""
+
+
+def foreground_crops_rule(fp: Fingerprint, input_mode: str) -> Planned:
+    """Centre a third of the training crops on a foreground pixel (crop mode, sparse
+    foreground).
 
     nnU-Net forces a third of each batch's patches to contain foreground, so that
     sparse objects in large images are seen often enough. Measured on DSB2018 side by
     side (``benchmarks/RESULTS.md``, 2026-12-03, 50 epochs each): validation Dice
     0.8549 -> 0.8720, most of it on the two large brightfield images with few nuclei
-    (0.52 -> 0.69, 0.72 -> 0.79). Whole images hold all their objects: off.
+    (0.52 -> 0.69, 0.72 -> 0.79). Off for whole images (they hold all their objects)
+    and where most pixels are foreground (ISBI 2012's cells: every crop holds some).
     """
-    if input_mode == "crop":
+    share = fp.foreground_fraction
+    if input_mode == "crop" and share < SPARSE_FOREGROUND:
         return Planned(
             FOREGROUND_CROPS,
-            f"{FOREGROUND_CROPS:g}: a third of the crops centred on foreground (nnU-Net), "
-            "so sparse objects in large images are seen often enough",
+            f"{FOREGROUND_CROPS:g}: a third of the crops centred on foreground (nnU-Net); "
+            f"{share:.0%} of the pixels are foreground, so uniform crops often miss it",
         )
+    if input_mode == "crop":
+        return Planned(0.0, f"off: {share:.0%} of the pixels are foreground, in every crop")
     return Planned(0.0, "off: whole images hold all their objects")
 
 
@@ -477,7 +486,7 @@ def plan_settings(
     settings.update(cross_site_rule(fp, value["input_mode"]))
     settings["loss"] = loss_rule(fp)
     settings["progressive"] = progressive_rule(value["input_mode"], value["image_size"])
-    settings["foreground_crops"] = foreground_crops_rule(value["input_mode"])
+    settings["foreground_crops"] = foreground_crops_rule(fp, value["input_mode"])
     value = {k: v.value for k, v in settings.items()}
     value.update(fixed)
     n_train = fp.n_images
