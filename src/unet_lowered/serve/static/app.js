@@ -86,6 +86,7 @@
     const dice = m.validation_dice == null ? "not recorded" : m.validation_dice.toFixed(3);
     const pp = m.prediction;
     const steps = [
+      pp.tta ? `test-time augmentation (${pp.tta})` : "",
       pp.min_area ? `objects under ${pp.min_area} px removed` : "",
       pp.keep_largest ? `largest ${pp.keep_largest} kept` : "",
       pp.fill_holes ? "holes filled" : "",
