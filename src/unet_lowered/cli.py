@@ -611,7 +611,11 @@ _Tta = Annotated[
 ]
 _TtaTransforms = Annotated[str, typer.Option(help=_TTA_HELP)]
 _Threshold = Annotated[
-    float | None, typer.Option(help="Foreground probability threshold [default: the run's].")
+    float | None,
+    typer.Option(
+        help="Foreground probability threshold [default: the run's, or the one `unet train` "
+        "chose on validation for boundary data such as EM cells]."
+    ),
 ]
 _KeepLargest = Annotated[
     int | None,

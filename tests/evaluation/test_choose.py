@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from unet_lowered.evaluation import choose
 from unet_lowered.evaluation.choose import choose_postprocess, min_area_candidate
 
 
@@ -36,7 +37,7 @@ def test_tta_is_kept_when_it_raises_the_mean_and_the_steps_follow_on_its_masks()
         pred[12:28, 5:9] = False  # the plain predictions miss a strip of one box
     with_tta = [two_boxes() for _ in range(3)]
     with_tta[0][1:4, 1:4] = True  # TTA is right but for one stray blob
-    choice = choose_postprocess(plain, truths, objects=2, tta_masks=with_tta, tta="dihedral")
+    choice = choose_postprocess(plain, truths, objects=2, tta_probs=with_tta, tta="dihedral")
     assert choice.tta == "dihedral" and choice.keep_largest == 2  # keep-2 removes the blob
     assert [t["step"] for t in choice.tried] == ["tta dihedral", "keep 2 largest", "fill holes"]
     assert choice.dice == pytest.approx(1.0)
@@ -53,15 +54,15 @@ def test_tta_that_hurts_an_image_too_much_is_refused() -> None:
         pred[12:28, 5:9] = False
     with_tta = [two_boxes() for _ in range(3)]
     with_tta[0][10:30, 5:18] = False  # better on average, but image 0 loses a whole box
-    choice = choose_postprocess(plain, truths, objects=None, tta_masks=with_tta, tta="flips")
+    choice = choose_postprocess(plain, truths, objects=None, tta_probs=with_tta, tta="flips")
     assert choice.tta is None and choice.tried[0] == {
         "step": "tta flips",
         "mean_dice": pytest.approx(choice.tried[0]["mean_dice"]),
         "worst_change": pytest.approx(-1 / 3, abs=1e-6),
         "kept": False,
     }
-    with pytest.raises(ValueError, match="one TTA mask per mask"):
-        choose_postprocess(plain, truths, objects=None, tta_masks=with_tta[:2], tta="flips")
+    with pytest.raises(ValueError, match="one TTA prediction per image"):
+        choose_postprocess(plain, truths, objects=None, tta_probs=with_tta[:2], tta="flips")
 
 
 def test_refuses_a_step_that_hurts_one_image_too_much() -> None:
@@ -83,7 +84,7 @@ def test_without_a_steady_object_count_only_holes_are_tried() -> None:
     truths = [two_boxes()]
     choice = choose_postprocess([two_boxes()], truths, objects=None)
     assert [t["step"] for t in choice.tried] == ["fill holes"]
-    with pytest.raises(ValueError, match="as many predicted masks"):
+    with pytest.raises(ValueError, match="as many predictions as true masks"):
         choose_postprocess([], [], objects=2)
 
 
@@ -115,3 +116,36 @@ def test_min_area_candidate_from_the_training_objects() -> None:
     assert min_area_candidate(0.01, [(50, 50), (100, 100), (200, 200)]) == 25  # median area
     assert min_area_candidate(None, [(100, 100)]) == 0
     assert min_area_candidate(0.0001, [(40, 40)]) == 0  # under 2 px: no candidate
+
+
+def membrane_case() -> tuple[np.ndarray, np.ndarray]:
+    """Two cells between a 2-px membrane (truth) and a cell probability map in which the
+    membrane has a gap at p = 0.55: at threshold 0.5 the cells merge, from 0.6 they don't."""
+    truth = np.ones((40, 40), bool)
+    truth[:, 19:21] = False
+    prob = np.where(truth, 0.9, 0.2)
+    prob[10:15, 19:21] = 0.55
+    return prob, truth
+
+
+def test_boundary_data_chooses_the_threshold_that_separates_the_cells() -> None:
+    prob, truth = membrane_case()
+    assert choose.rand_score(truth, truth) == 1.0
+    # Two equal cells merged: precision (760² + 760²) / 1520² = 1/2, recall 1, F = 2/3.
+    assert choose.rand_score(truth, prob >= 0.5) == pytest.approx(2 / 3)
+    choice = choose_postprocess(
+        [prob] * 3, [truth] * 3, objects=None, score="rand", thresholds=choose.THRESHOLDS
+    )
+    assert choice.threshold == 0.6  # the lowest that closes the gap (0.7 ties, not better)
+    assert choice.rand_before == pytest.approx(1 / 3, abs=1e-6) and choice.rand_after == 0.0
+    assert choice.dice == pytest.approx(choice.baseline, abs=0.01)  # Dice barely sees it
+    steps = [t["step"] for t in choice.tried]
+    assert steps[:4] == ["threshold 0.3", "threshold 0.4", "threshold 0.6", "threshold 0.7"]
+    assert [t["kept"] for t in choice.tried[:4]] == [False, False, True, False]
+    assert "threshold 0.6" in choice.describe() and "Rand error" in choice.describe()
+    assert choice.to_json()["validation_rand_error_after"] == 0.0
+    # Scored by Dice, without thresholds to try, the run's threshold stays.
+    by_dice = choose_postprocess([prob] * 3, [truth] * 3, objects=None)
+    assert by_dice.threshold is None and by_dice.score == "dice"
+    with pytest.raises(ValueError, match="score must be one of dice, rand"):
+        choose_postprocess([prob], [truth], objects=None, score="iou")

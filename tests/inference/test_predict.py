@@ -16,8 +16,10 @@ from unet_lowered.errors import UnetError
 from unet_lowered.inference.batch import collect_inputs, exit_status, make_ids, predict_files
 from unet_lowered.inference.predictor import (
     PredictOptions,
+    applied_threshold,
     mask_to_png,
     predict_image,
+    probs_to_mask,
     resolve_mode,
     resolve_tta,
     tta_group,
@@ -125,6 +127,17 @@ def test_the_runs_tta_choice_applies_by_default_and_flags_override(tmp_path: Pat
     assert tta_group(PredictOptions(tta=False), r.config) is None
     assert tta_group(PredictOptions(tta=True, tta_transforms="dihedral"), r.config) == "dihedral"
     assert tta_group(PredictOptions(), run_config()) is None  # no choice recorded: none
+
+
+def test_the_threshold_chosen_on_validation_applies_unless_overridden() -> None:
+    chosen = run_config({"threshold": 0.5, "postprocess": {"threshold": 0.6}})
+    assert applied_threshold(PredictOptions(), chosen) == 0.6
+    assert applied_threshold(PredictOptions(threshold=0.3), chosen) == 0.3  # --threshold
+    assert applied_threshold(PredictOptions(postprocess=False), chosen) == 0.5
+    assert applied_threshold(PredictOptions(), run_config({"threshold": 0.4})) == 0.4
+    probs = np.full((2, 2, 1), 0.55, np.float32)
+    assert not probs_to_mask(probs, chosen, PredictOptions()).any()
+    assert probs_to_mask(probs, chosen, PredictOptions(postprocess=False)).all()
 
 
 def test_colour_image_on_a_gray_run_and_gray_on_a_colour_run(tmp_path: Path, loaded) -> None:

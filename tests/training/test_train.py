@@ -434,3 +434,13 @@ def test_after_training_keeps_tta_for_a_run_trained_with_flips(tmp_path: Path) -
     flipless = after_training(out, run_config({"depth": 2}), dataset, dataset.ids, masks)
     assert flipless.postprocess["tta"] is None  # no flips in training: not a candidate
     assert all(not t["step"].startswith("tta") for t in flipless.postprocess["tried"])
+    assert flipless.postprocess["score"] == "dice"
+    # Boundary data (most objects behind thin gaps, per the plan): Rand error and thresholds.
+    plan = {"fingerprint": {"touching_fraction": 0.84}}
+    boundary = after_training(
+        out, run_config({"depth": 2, "plan": plan}), dataset, dataset.ids, masks
+    )
+    assert boundary.postprocess["score"] == "rand"
+    steps = [t["step"] for t in boundary.postprocess["tried"]]
+    assert steps[:4] == ["threshold 0.3", "threshold 0.4", "threshold 0.6", "threshold 0.7"]
+    assert "validation_rand_error_before" in boundary.postprocess

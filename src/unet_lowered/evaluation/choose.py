@@ -3,31 +3,61 @@
 After training, ``unet train`` predicts the validation images at their original
 size, scores them without post-processing, then tries each candidate step in turn
 (test-time augmentation over the flips and turns the run was trained with, as
-nnU-Net mirrors at inference; keep the N largest objects, with N the usual number of
-objects in the training masks; then remove objects under a minimum area, a quarter
-of nearly the smallest training object; then fill holes) on top of what was kept so
-far. A step is kept when it raises the mean Dice and lowers no image's Dice by more
-than ``tolerance``. The choice and the figures behind it go into the run's
-``config.json``; ``unet predict``, ``unet evaluate`` and ``unet serve`` apply it by
-default.
+nnU-Net mirrors at inference; for boundary data, the probability threshold; keep the
+N largest objects, with N the usual number of objects in the training masks; then
+remove objects under a minimum area, a quarter of nearly the smallest training
+object; then fill holes) on top of what was kept so far. A step is kept when it
+raises the mean score and lowers no image's score by more than ``tolerance``.
+
+The score is the Dice coefficient, or for **boundary data** (cells that tile the
+image between thin membranes, as in EM: most objects are separated from a neighbour
+only by a gap of a few pixels) the Rand F-score of the 4-connected objects in the
+ISBI 2012 challenge's convention (:func:`unet_lowered.evaluation.metrics.rand_error`):
+there what matters is whether the predicted boundaries separate the objects, which
+Dice barely sees, and the threshold decides it. The choice and the figures behind it
+go into the run's ``config.json``; ``unet predict``, ``unet evaluate`` and ``unet
+serve`` apply it by default.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from unet_lowered.evaluation.metrics import dice
+from unet_lowered.dataset.masks import label_components
+from unet_lowered.evaluation.metrics import dice, rand_error
 from unet_lowered.inference.postprocess import clean_mask
 
 TOLERANCE = 0.02
-"""A step may lower no validation image's Dice by more than this."""
+"""A step may lower no validation image's score by more than this."""
 
 MIN_AREA_SHARE = 0.25
 """The minimum-area candidate: this share of the 1st-percentile training object."""
+
+BOUNDARY_TOUCHING = 0.5
+"""Boundary data: at least this share of the training objects is separated from a
+neighbour only by a thin gap (:attr:`unet_lowered.planning.fingerprint.Fingerprint.touching_fraction`;
+ISBI 2012: 0.84, DSB2018 nuclei: 0.25, lungs: 0)."""
+
+THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
+"""The probability thresholds tried for boundary data."""
+
+SCORES = ("dice", "rand")
+
+
+def rand_score(truth: np.ndarray, mask: np.ndarray) -> float:
+    """1 - the foreground-restricted Rand error of the 4-connected objects (the ISBI 2012
+    challenge's Rand F-score): 1 when the predicted objects are the true ones."""
+    return 1.0 - rand_error(label_components(truth, 4)[0], label_components(mask, 4)[0])
+
+
+_SCORE_FNS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
+    "dice": dice,
+    "rand": rand_score,
+}
 
 
 @dataclass(frozen=True)
@@ -37,48 +67,76 @@ class Choice:
     Attributes:
         tta: The test-time augmentation group kept (``"dihedral"``, ``"flips"``, ...),
             or None.
+        threshold: The probability threshold chosen (boundary data), or None: the
+            run's own.
         keep_largest: Keep the N largest objects, or None.
         fill_holes: Fill holes.
         min_area: Remove objects smaller than this many pixels (0: off).
+        score: What decided: ``"dice"`` or ``"rand"`` (the Rand F-score).
         baseline: Mean validation Dice without post-processing.
         dice: Mean validation Dice with the chosen steps.
-        tried: One record per candidate: ``step``, ``mean_dice``, ``worst_change``, ``kept``.
+        rand_before: With ``score="rand"``, the mean Rand error without post-processing.
+        rand_after: With ``score="rand"``, the mean Rand error with the chosen steps.
+        tried: One record per candidate: ``step``, ``mean_dice`` (and ``mean_rand_error``
+            with ``score="rand"``), ``worst_change`` (of the deciding score, higher is
+            better), ``kept``.
     """
 
     tta: str | None = None
+    threshold: float | None = None
     keep_largest: int | None = None
     fill_holes: bool = False
     min_area: int = 0
+    score: str = "dice"
     baseline: float | None = None
     dice: float | None = None
+    rand_before: float | None = None
+    rand_after: float | None = None
     tried: tuple[dict[str, Any], ...] = field(default_factory=tuple)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "tta": self.tta,
+            "threshold": self.threshold,
             "keep_largest": self.keep_largest,
             "fill_holes": self.fill_holes,
             "min_area": self.min_area,
+            "score": self.score,
             "validation_dice_before": self.baseline,
             "validation_dice_after": self.dice,
             "tried": list(self.tried),
         }
+        if self.score == "rand":
+            out["validation_rand_error_before"] = self.rand_before
+            out["validation_rand_error_after"] = self.rand_after
+        return out
 
     def describe(self) -> str:
         """One line for the user: what was chosen, with the validation figures."""
         steps = [f"test-time augmentation ({self.tta})"] if self.tta else []
+        steps += [f"threshold {self.threshold:g}"] if self.threshold is not None else []
         steps += [f"keep the {self.keep_largest} largest objects"] if self.keep_largest else []
         steps += [f"remove objects under {self.min_area} px"] if self.min_area else []
         steps += ["fill holes"] if self.fill_holes else []
         chosen = ", ".join(steps) or "none"
+        rand = self.score == "rand"
+
+        def figure(t: Mapping[str, Any]) -> str:
+            return f"Rand error {t['mean_rand_error']:.4f}" if rand else f"{t['mean_dice']:.4f}"
+
         tried = "; ".join(
-            f"{t['step']}: {t['mean_dice']:.4f} (worst image {t['worst_change']:+.4f})"
+            f"{t['step']}: {figure(t)} (worst image {t['worst_change']:+.4f})"
             + ("" if t["kept"] else ", not kept")
             for t in self.tried
         )
+        before_after = f"mean Dice {self.baseline:.4f} -> {self.dice:.4f}"
+        if rand:
+            before_after = (
+                f"mean Rand error {self.rand_before:.4f} -> {self.rand_after:.4f}, {before_after}"
+            )
         return (
-            f"post-processing chosen on validation: {chosen} (mean Dice {self.baseline:.4f} -> "
-            f"{self.dice:.4f}; tried {tried or 'nothing'})"
+            f"post-processing chosen on validation: {chosen} ({before_after}; "
+            f"tried {tried or 'nothing'})"
         )
 
 
@@ -103,83 +161,127 @@ def min_area_candidate(small_object: float | None, sizes: Sequence[tuple[int, in
 
 
 def choose_postprocess(
-    masks: Sequence[np.ndarray],
+    probs: Sequence[np.ndarray],
     truths: Sequence[np.ndarray],
     objects: int | None,
     tolerance: float = TOLERANCE,
     min_area: int = 0,
-    tta_masks: Sequence[np.ndarray] | None = None,
+    tta_probs: Sequence[np.ndarray] | None = None,
     tta: str | None = None,
+    *,
+    score: str = "dice",
+    threshold: float = 0.5,
+    thresholds: Sequence[float] = (),
 ) -> Choice:
     """Choose the post-processing steps on validation predictions.
 
     Args:
-        masks: Predicted bool ``(H, W)`` masks, thresholded, not post-processed.
+        probs: Foreground probabilities ``(H, W)`` of the validation images (bool masks
+            also do: they are thresholded as 1 and 0).
         truths: The true bool masks, same sizes.
         objects: The usual number of objects in the training masks (the N of keep
             the N largest), or None to skip that step.
-        tolerance: The largest drop of any image's Dice a kept step may cause.
+        tolerance: The largest drop of any image's score a kept step may cause.
         min_area: The minimum-area candidate in pixels (:func:`min_area_candidate`);
             0 skips that step.
-        tta_masks: The same images predicted with test-time augmentation ``tta``
-            (thresholded, not post-processed), the first candidate; None skips it.
-        tta: The name of the group ``tta_masks`` were predicted with.
+        tta_probs: The same images predicted with test-time augmentation ``tta``, the
+            first candidate; None skips it.
+        tta: The name of the group ``tta_probs`` were predicted with.
+        score: ``"dice"``, or ``"rand"`` for boundary data (:func:`rand_score`).
+        threshold: The run's threshold, where the choice starts.
+        thresholds: Other thresholds to try after TTA; the best that passes the rule is
+            kept. Empty: the run's threshold stays.
 
     Returns:
         The :class:`Choice`.
 
     Raises:
-        ValueError: No masks, or masks and truths differ in number.
+        ValueError: No predictions, predictions and truths differ in number, or an
+            unknown score.
     """
-    if not masks or len(masks) != len(truths):
-        raise ValueError("choose_postprocess needs as many predicted masks as true ones (>= 1)")
-    if tta_masks is not None and (len(tta_masks) != len(masks) or not tta):
-        raise ValueError("choose_postprocess needs one TTA mask per mask and the group's name")
+    if not probs or len(probs) != len(truths):
+        raise ValueError("choose_postprocess needs as many predictions as true masks (>= 1)")
+    if tta_probs is not None and (len(tta_probs) != len(probs) or not tta):
+        raise ValueError("choose_postprocess needs one TTA prediction per image and the group")
+    if score not in SCORES:
+        raise ValueError(f"score must be one of {', '.join(SCORES)}; got {score!r}")
 
-    def scores(steps: Mapping[str, Any]) -> np.ndarray:
-        chosen = tta_masks if steps.get("tta") else masks
-        return np.array(
-            [
-                dice(
-                    t,
-                    clean_mask(
-                        m, steps.get("keep"), steps.get("holes", False), steps.get("area", 0)
-                    ),
-                )
-                for m, t in zip(chosen, truths, strict=True)
-            ]
+    def masks(steps: Mapping[str, Any]) -> list[np.ndarray]:
+        chosen = tta_probs if steps.get("tta") else probs
+        cut = steps.get("threshold", threshold)
+        return [
+            clean_mask(
+                np.asarray(p) >= cut,
+                steps.get("keep"),
+                steps.get("holes", False),
+                steps.get("area", 0),
+            )
+            for p in chosen
+        ]
+
+    def evaluate(steps: Mapping[str, Any]) -> tuple[np.ndarray, float, float | None]:
+        """Per-image deciding score, mean Dice, mean Rand error (None for Dice)."""
+        made = masks(steps)
+        dices = np.array([dice(t, m) for m, t in zip(made, truths, strict=True)])
+        if score == "dice":
+            return dices, float(dices.mean()), None
+        rands = np.array([rand_score(t, m) for m, t in zip(made, truths, strict=True)])
+        return rands, float(dices.mean()), float(1.0 - rands.mean())
+
+    def record(name: str, result: tuple, change: np.ndarray, kept: bool) -> dict[str, Any]:
+        out = {"step": name, "mean_dice": round(result[1], 6)}
+        if result[2] is not None:
+            out["mean_rand_error"] = round(result[2], 6)
+        return {**out, "worst_change": round(float(change.min()), 6), "kept": bool(kept)}
+
+    def passes(trial: np.ndarray, current: np.ndarray) -> bool:
+        return (
+            float(trial.mean()) > float(current.mean())
+            and float((trial - current).min()) >= -tolerance
         )
 
     kept: dict[str, Any] = {}
-    current = scores(kept)
-    baseline = float(current.mean())
+    current_result = evaluate(kept)
+    current = current_result[0]
+    first = current_result
+    tried = []
+    if tta_probs is not None:
+        trial = evaluate({"tta": tta})
+        keep = passes(trial[0], current)
+        tried.append(record(f"tta {tta}", trial, trial[0] - current, keep))
+        if keep:
+            kept["tta"], current_result, current = tta, trial, trial[0]
+    options = [t for t in thresholds if t != threshold]
+    if options:
+        trials = {t: evaluate({**kept, "threshold": t}) for t in options}
+        good = [t for t in options if passes(trials[t][0], current)]
+        best = max(good, key=lambda t: float(trials[t][0].mean()), default=None)
+        for t in options:
+            tried.append(record(f"threshold {t:g}", trials[t], trials[t][0] - current, t == best))
+        if best is not None:
+            kept["threshold"], current_result = best, trials[best]
+            current = current_result[0]
     candidates = (
-        ([("tta", tta, f"tta {tta}")] if tta_masks is not None else [])
-        + ([("keep", objects, f"keep {objects} largest")] if objects else [])
+        ([("keep", objects, f"keep {objects} largest")] if objects else [])
         + ([("area", min_area, f"remove objects under {min_area} px")] if min_area else [])
         + [("holes", True, "fill holes")]
     )
-    tried = []
     for key, value, name in candidates:
-        trial = scores({**kept, key: value})
-        change = trial - current
-        keep = float(trial.mean()) > float(current.mean()) and float(change.min()) >= -tolerance
-        tried.append(
-            {
-                "step": name,
-                "mean_dice": round(float(trial.mean()), 6),
-                "worst_change": round(float(change.min()), 6),
-                "kept": bool(keep),
-            }
-        )
+        trial = evaluate({**kept, key: value})
+        keep = passes(trial[0], current)
+        tried.append(record(name, trial, trial[0] - current, keep))
         if keep:
-            kept[key], current = value, trial
+            kept[key], current_result, current = value, trial, trial[0]
     return Choice(
         tta=kept.get("tta"),
+        threshold=kept.get("threshold"),
         keep_largest=kept.get("keep"),
         fill_holes=bool(kept.get("holes", False)),
         min_area=int(kept.get("area", 0)),
-        baseline=round(baseline, 6),
-        dice=round(float(current.mean()), 6),
+        score=score,
+        baseline=round(first[1], 6),
+        dice=round(current_result[1], 6),
+        rand_before=None if first[2] is None else round(first[2], 6),
+        rand_after=None if current_result[2] is None else round(current_result[2], 6),
         tried=tuple(tried),
     )

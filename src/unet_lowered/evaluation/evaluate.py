@@ -38,6 +38,7 @@ from unet_lowered.evaluation import metrics
 from unet_lowered.inference.journal import remove_stale_temps
 from unet_lowered.inference.predictor import (
     PredictOptions,
+    applied_threshold,
     postprocess_steps,
     predict_images,
     probs_to_mask,
@@ -187,7 +188,7 @@ def _summary(
 ) -> dict[str, Any]:
     keys = [k for k in rows[0] if k != "id"]
     worst = sorted(rows, key=lambda r: (r["dice"], r["id"]))[:WORST]
-    threshold = options.threshold if options.threshold is not None else run.config.threshold
+    threshold = applied_threshold(options, run.config)
     steps = postprocess_steps(options, run.config)
     return {
         "run": str(run.dir),

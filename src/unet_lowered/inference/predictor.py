@@ -56,7 +56,8 @@ class PredictOptions:
         overlap: Tile overlap as a fraction of the tile, in ``[0, 1)``.
         blend: Tile blending weights: ``"gaussian"``, ``"linear"`` or ``"constant"``.
         batch_size: Images (resize mode) or tiles (tile mode) per network call.
-        threshold: Foreground probability threshold; None takes the run's.
+        threshold: Foreground probability threshold; None takes the run's (the one chosen
+            on validation, if any: :func:`applied_threshold`).
         keep_largest: Keep the N largest objects (per class); 0 keeps all; None: the
             run's choice (see ``postprocess``).
         fill_holes: Fill holes in the objects; None: the run's choice.
@@ -299,10 +300,19 @@ def restore_size(probs: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out.reshape(h, w, probs.shape[2])
 
 
+def applied_threshold(options: PredictOptions, config: RunConfig) -> float:
+    """The foreground threshold applied: ``options.threshold`` when given, else the one
+    ``unet train`` chose on validation (boundary data; unless ``options.postprocess`` is
+    False), else the run's ``threshold``."""
+    if options.threshold is not None:
+        return options.threshold
+    chosen = (config.postprocess or {}).get("threshold") if options.postprocess else None
+    return float(chosen) if chosen is not None else config.threshold
+
+
 def probs_to_mask(probs: np.ndarray, config: RunConfig, options: PredictOptions) -> np.ndarray:
     """Threshold (or argmax) and clean probabilities: bool ``(H, W)`` or class indices."""
-    threshold = options.threshold if options.threshold is not None else config.threshold
-    mask = to_mask(probs, threshold)
+    mask = to_mask(probs, applied_threshold(options, config))
     keep, holes, min_area = postprocess_steps(options, config)
     return clean_mask(mask, keep, holes, min_area)
 

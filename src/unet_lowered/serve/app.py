@@ -63,6 +63,7 @@ from unet_lowered.inference.overlay import overlay
 from unet_lowered.inference.postprocess import count_components
 from unet_lowered.inference.predictor import (
     PredictOptions,
+    applied_threshold,
     mask_to_png,
     postprocess_steps,
     predict_images,
@@ -272,7 +273,7 @@ class Service:
             "best_epoch": metrics.get("best_epoch"),
             "prediction": {
                 "mode": o.mode,
-                "threshold": o.threshold if o.threshold is not None else c.threshold,
+                "threshold": applied_threshold(o, c),
                 "keep_largest": keep,
                 "fill_holes": holes,
                 "min_area": min_area,

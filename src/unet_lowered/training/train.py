@@ -28,14 +28,14 @@ import unet_lowered
 from unet_lowered.dataset.checks import mask_warnings
 from unet_lowered.dataset.pairs import PreparedData, load_prepared
 from unet_lowered.errors import SettingError, UnetError
-from unet_lowered.evaluation.choose import choose_postprocess, min_area_candidate
-from unet_lowered.evaluation.evaluate import read_truth
-from unet_lowered.inference.predictor import (
-    PredictOptions,
-    predict_images,
-    probs_to_mask,
-    resolve_tta,
+from unet_lowered.evaluation.choose import (
+    BOUNDARY_TOUCHING,
+    THRESHOLDS,
+    choose_postprocess,
+    min_area_candidate,
 )
+from unet_lowered.evaluation.evaluate import read_truth
+from unet_lowered.inference.predictor import PredictOptions, predict_images, resolve_tta
 from unet_lowered.inference.quality import mask_stats
 from unet_lowered.io import atomic, runs
 from unet_lowered.io.images import read_image
@@ -352,31 +352,38 @@ def after_training(
 
     The TTA candidate is the group of the flips (and turns) the run was trained with
     (:func:`~unet_lowered.inference.predictor.resolve_tta` ``"auto"``); a run trained
-    without flips gets none."""
+    without flips gets none. For boundary data (the plan's fingerprint finds at least
+    :data:`~unet_lowered.evaluation.choose.BOUNDARY_TOUCHING` of the objects behind
+    thin gaps, as EM cells are) the choice is scored by the Rand error of the objects
+    and also tries the thresholds :data:`~unet_lowered.evaluation.choose.THRESHOLDS`."""
     stats = mask_stats(train_masks)
     model = runs.load_model(out / runs.MODEL_FILE)
     tta = resolve_tta("auto", run_config) if any(run_config.flips) else None
     variants = {None: PredictOptions(tta=False, postprocess=False)}
     if tta:
         variants[tta] = PredictOptions(tta=True, postprocess=False)
-    masks: dict[str | None, list[np.ndarray]] = {key: [] for key in variants}
+    probs: dict[str | None, list[np.ndarray]] = {key: [] for key in variants}
     truths = []
     batch_size, max_pixels = variants[None].batch_size, variants[None].max_pixels
     for start in range(0, len(val_ids), batch_size):
         ids = val_ids[start : start + batch_size]
         batch = [read_image(dataset.images[i]) for i in ids]
         for key, options in variants.items():
-            for probs in predict_images(model, batch, run_config, options):
-                masks[key].append(probs_to_mask(probs, run_config, options))
+            probs[key] += [p[..., 0] for p in predict_images(model, batch, run_config, options)]
         truths += [read_truth(dataset.masks[i], run_config, max_pixels) for i in ids]
     min_area = min_area_candidate(stats.small_object, [t.shape[:2] for t in truths])
+    touching = ((run_config.plan or {}).get("fingerprint") or {}).get("touching_fraction")
+    boundary = touching is not None and touching >= BOUNDARY_TOUCHING
     choice = choose_postprocess(
-        masks[None],
+        probs[None],
         truths,
         stats.objects,
         min_area=min_area,
-        tta_masks=masks[tta] if tta else None,
+        tta_probs=probs[tta] if tta else None,
         tta=tta,
+        score="rand" if boundary else "dice",
+        threshold=run_config.threshold,
+        thresholds=THRESHOLDS if boundary else (),
     )
     print(choice.describe(), file=sys.stderr, flush=True)
     run_config = dataclasses.replace(
