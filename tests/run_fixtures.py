@@ -30,6 +30,21 @@ def bright_model(image_size: int = 32, channels: int = 1, num_classes: int = 1):
     return model
 
 
+def shifted_model(shift: int, image_size: int = 32):
+    """``logit = 10 * z`` of the pixel ``shift`` columns to the left: a model that is not
+    left-right equivariant, so flips (TTA) change what it predicts."""
+    import keras
+
+    k = 2 * shift + 1
+    inputs = keras.Input((image_size, image_size, 1))
+    outputs = keras.layers.Conv2D(1, k, padding="same", name="logits")(inputs)
+    model = keras.Model(inputs, outputs)
+    kernel = np.zeros((k, k, 1, 1), np.float32)
+    kernel[shift, 0] = 10.0
+    model.get_layer("logits").set_weights([kernel, np.zeros(1, np.float32)])
+    return model
+
+
 def make_run(run_dir: Path, model, **config: Any) -> Path:
     """Write ``model.keras`` and ``config.json`` (contract keys, overridable) into ``run_dir``."""
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ import pytest
 from scipy.special import expit
 
 from dicom_fixtures import write_dicom
-from run_fixtures import bright_model, disk_image, make_run, run_config
+from run_fixtures import bright_model, disk_image, make_run, run_config, shifted_model
 from unet_lowered.errors import UnetError
 from unet_lowered.inference.batch import collect_inputs, exit_status, make_ids, predict_files
 from unet_lowered.inference.predictor import (
@@ -106,16 +106,9 @@ def test_auto_tta_refuses_a_run_trained_without_flips(loaded) -> None:
 
 
 def test_the_runs_tta_choice_applies_by_default_and_flags_override(tmp_path: Path) -> None:
-    import keras
-
-    # Not equivariant: each output pixel is 10x its left neighbour, so the left-right
-    # flip changes the prediction and TTA "lr" averages the left and right neighbours.
-    inputs = keras.Input((32, 32, 1))
-    outputs = keras.layers.Conv2D(1, 3, padding="same", name="logits")(inputs)
-    model = keras.Model(inputs, outputs)
-    kernel = np.zeros((3, 3, 1, 1), np.float32)
-    kernel[1, 0] = 10.0
-    model.get_layer("logits").set_weights([kernel, np.zeros(1, np.float32)])
+    # Each output pixel is 10x its left neighbour, so the left-right flip changes the
+    # prediction and TTA "lr" averages the left and right neighbours.
+    model = shifted_model(1)
     chosen = {"tta": "lr", "keep_largest": None, "fill_holes": False, "min_area": 0}
     r = load_run(make_run(tmp_path / "run", model, flip_lr=True, postprocess=chosen))
     image, _ = disk_image(32, 32)

@@ -403,20 +403,13 @@ def test_bad_data_leaves_no_run_folder(tmp_path: Path) -> None:
 def test_after_training_keeps_tta_for_a_run_trained_with_flips(tmp_path: Path) -> None:
     """A model that sees the image 2 px to its left paints every disk 2 px to the right;
     averaged with its left-right flip it paints the disk in place: TTA "lr" is kept."""
-    import keras
-
-    from run_fixtures import disk_image, run_config
+    from run_fixtures import disk_image, run_config, shifted_model
     from unet_lowered.dataset.pairs import load_prepared
     from unet_lowered.io.images import write_png
     from unet_lowered.io.runs import load_run
     from unet_lowered.training.train import after_training
 
-    inputs = keras.Input((32, 32, 1))
-    outputs = keras.layers.Conv2D(1, 5, padding="same", name="logits")(inputs)
-    model = keras.Model(inputs, outputs)
-    kernel = np.zeros((5, 5, 1, 1), np.float32)
-    kernel[2, 0] = 10.0
-    model.get_layer("logits").set_weights([kernel, np.zeros(1, np.float32)])
+    model = shifted_model(2)
     data, out = tmp_path / "data", tmp_path / "run"
     for k in range(3):
         image, mask = disk_image(32, 32, seed=k)
