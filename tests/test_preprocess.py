@@ -81,3 +81,40 @@ def test_clahe_keeps_dtype_and_shape() -> None:
     image = np.tile(np.arange(64, dtype=np.uint16)[None, :] * 1000, (64, 1))
     out = preprocess.apply_clahe(image)
     assert out.dtype == np.uint16 and out.shape == image.shape
+
+
+def _nuclei(light_objects: bool, shape=(40, 50), channels: int = 1) -> np.ndarray:
+    """Three disks on a noisy background: light on dark (fluorescence) or dark on light
+    (brightfield); the two are each other's negative."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    objects = np.zeros(shape, bool)
+    for cy, cx in ((10, 10), (25, 30), (12, 40)):
+        objects |= (yy - cy) ** 2 + (xx - cx) ** 2 <= 36
+    noise = np.random.default_rng(0).integers(0, 20, shape)
+    image = (30 + noise + 180 * objects).astype(np.uint8)
+    image = image if light_objects else 255 - image
+    return np.stack([image] * channels, -1) if channels == 3 else image
+
+
+def test_light_background_is_told_by_the_median() -> None:
+    assert not preprocess.light_background(preprocess.to_unit(_nuclei(True)))
+    assert preprocess.light_background(preprocess.to_unit(_nuclei(False)))
+    # colour: the mean of the channels; a large image: a regular subsample
+    assert preprocess.light_background(preprocess.to_unit(_nuclei(False, channels=3)))
+    big = np.full((700, 600), 230, np.uint8)
+    big[::50, ::50] = 0
+    assert preprocess.light_background(preprocess.to_unit(big))
+    assert big.size > preprocess.MEDIAN_PIXELS
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_invert_light_gives_both_polarities_the_same_input(channels: int) -> None:
+    light, dark = _nuclei(True, channels=channels), _nuclei(False, channels=channels)
+    want = preprocess.model_input(light, channels, (32, 32))
+    got = preprocess.model_input(dark, channels, (32, 32), invert_light=True)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    # light objects on dark are left alone; without the option nothing is inverted
+    same = preprocess.model_input(light, channels, (32, 32), invert_light=True)
+    np.testing.assert_array_equal(same, want)
+    plain = preprocess.model_input(dark, channels, (32, 32))
+    np.testing.assert_allclose(plain, -want, atol=1e-5)

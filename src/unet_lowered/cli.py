@@ -316,6 +316,15 @@ def train(
     clahe: Annotated[
         bool | None, typer.Option("--clahe/--no-clahe", help="CLAHE first [default: off].")
     ] = None,
+    invert_light: Annotated[
+        bool | None,
+        typer.Option(
+            "--invert-light/--no-invert-light",
+            help="Invert images whose background is light (median in the upper half of "
+            "the range), so all show light objects on dark [default: off; the plan names "
+            "it for data that mix both, as fluorescence and brightfield nuclei].",
+        ),
+    ] = None,
     val_fraction: Annotated[
         float | None, typer.Option(help="Share of ids held out for validation [default: 0.15].")
     ] = None,
@@ -488,6 +497,7 @@ def train(
         "image_size": image_size,
         "input_mode": None if crop is None else ("crop" if crop else "resize"),
         "clahe": clahe,
+        "invert_light": invert_light,
         "val_fraction": val_fraction,
         "seed": seed,
         "epochs": epochs,

@@ -133,6 +133,22 @@ def test_the_threshold_chosen_on_validation_applies_unless_overridden() -> None:
     assert probs_to_mask(probs, chosen, PredictOptions(postprocess=False)).all()
 
 
+@pytest.mark.parametrize("mode", ["resize", "tile"])
+def test_a_run_that_inverts_light_backgrounds_finds_dark_objects(tmp_path: Path, mode: str) -> None:
+    # bright_model marks what is brighter than average: on a dark disk over a light
+    # background that is the background, unless the run inverts the image first.
+    image, mask = disk_image(120, 90)
+    dark = 255 - image
+    model = bright_model(32)
+    inverting = load_run(make_run(tmp_path / "inv", model, invert_light=True)).config
+    assert inverting.invert_light is True
+    assert dice(predict_image(model, dark, inverting, mode=mode)[:, :, 0] >= 0.5, mask) > 0.95
+    assert dice(predict_image(model, image, inverting, mode=mode)[:, :, 0] >= 0.5, mask) > 0.95
+    plain = load_run(make_run(tmp_path / "plain", model)).config
+    assert plain.invert_light is False
+    assert dice(predict_image(model, dark, plain, mode=mode)[:, :, 0] >= 0.5, ~mask) > 0.95
+
+
 def test_colour_image_on_a_gray_run_and_gray_on_a_colour_run(tmp_path: Path, loaded) -> None:
     model, config = loaded
     image, mask = disk_image(120, 90)

@@ -149,3 +149,25 @@ def test_mask_of_another_size_is_the_training_error(tmp_path: Path) -> None:
     write_png(root / "train" / "masks" / "c001.png", np.zeros((5, 5), np.uint8))
     with pytest.raises(UnetError, match=r"c001\.png: mask is 5x5 but its image"):
         _fp(root)
+
+
+def test_polarity_of_mixed_and_single_polarity_sets(tmp_path: Path) -> None:
+    def mixed(k, rng):  # every third image dark objects on a light background
+        image, mask = blobs(k, rng)
+        return (255 - image if k % 3 == 0 else image), mask
+
+    fp = _fp(write_set(tmp_path / "mixed", 12, mixed))
+    assert fp.polarity == {"dark_objects": 4, "light_objects": 8, "median_agrees": 12}
+    assert _fp(write_set(tmp_path / "light", 6, blobs)).polarity == {
+        "dark_objects": 0,
+        "light_objects": 6,
+        "median_agrees": 6,
+    }
+
+    def large_dark(k, rng):  # dark objects over most of the image: the median is one
+        mask = np.zeros((40, 40), bool)
+        mask[:, :30] = True
+        return np.where(mask, 40, 200).astype(np.uint8), mask
+
+    fp = _fp(write_set(tmp_path / "large", 3, large_dark))
+    assert fp.polarity == {"dark_objects": 3, "light_objects": 0, "median_agrees": 0}

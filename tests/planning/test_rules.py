@@ -193,6 +193,31 @@ def test_epochs_with_progressive_resizing_are_cheaper_and_capped() -> None:
     assert rules.schedule_rule(170, 30, 4, 0.17, 600.0)["epochs"].value == 65
 
 
+def test_light_backgrounds_are_not_inverted_and_mixed_polarity_names_the_option() -> None:
+    def pol(dark: int, light: int, agree: int) -> Fingerprint:
+        return fp(polarity={"dark_objects": dark, "light_objects": light, "median_agrees": agree})
+
+    def reason(*counts: int) -> str:
+        planned = rules.polarity_rule(pol(*counts))
+        assert planned.value is False
+        return planned.reason
+
+    mixed = reason(10, 40, 50)  # DSB2018's sample
+    assert "10 of 50 sampled images show dark objects" in mixed
+    assert "tells 50 of 50 apart" in mixed and "--invert-light" in mixed
+    assert "0.8720 -> 0.8639" in mixed  # why it is not planned
+    assert "one polarity" in reason(50, 0, 50)  # chest X-rays: dark lungs
+    assert "one polarity" in reason(0, 24, 24)  # EM: light cells
+    # 2 of 50 is under 5% (3 images): one polarity with a few odd images
+    assert "one polarity" in reason(2, 48, 50)
+    assert "--invert-light" in reason(3, 47, 50)
+    # the median must tell 95% apart: 47 of 50 does not
+    assert "only 47 of 50" in reason(10, 40, 47)
+    assert "--invert-light" in reason(10, 40, 48)
+    assert "predates" in rules.polarity_rule(fp()).reason  # a plan written before the check
+    assert "one polarity" in reason(0, 0, 0)  # no foreground at all
+
+
 def test_postprocess_candidates() -> None:
     assert rules.postprocess_rule(fp()).value == ["keep_largest 2", "fill_holes"]
     many = rules.postprocess_rule(fp(objects_per_image=30.0, holes_fraction=0.5))

@@ -157,6 +157,25 @@ def test_cache_matches_the_shared_preprocessing(tmp_path: Path) -> None:
     assert cache.nbytes == 20 * 16 * 2 + 20 * 16  # uint16 image + uint8 mask
 
 
+def test_cache_inverts_light_backgrounds_as_prediction_does(tmp_path: Path) -> None:
+    from unet_lowered.io.images import read_image
+    from unet_lowered.preprocess import model_input
+
+    root = tmp_path / "flat"
+    image = np.full((40, 30), 220, np.uint8)  # dark nuclei on a light background
+    image[5:15, 5:15] = image[25:35, 10:20] = 40
+    write_png(root / "images" / "b.png", image)
+    write_png(root / "masks" / "b.png", np.where(image < 100, 255, 0).astype(np.uint8))
+    data = load_prepared(root)
+    cache = SampleCache(data, channels=1, image_size=(20, 16), invert_light=True)
+    cached = standardize(cache.sample("b")[0])
+    expected = model_input(read_image(data.images["b"]), 1, (20, 16), invert_light=True)
+    np.testing.assert_allclose(cached, expected, atol=2e-4)
+    assert cached.max() > 1.0  # the nuclei are the light minority now
+    plain = model_input(read_image(data.images["b"]), 1, (20, 16))
+    np.testing.assert_allclose(cached, -plain, atol=2e-4)
+
+
 def test_mixed_sizes_in_resize_mode(tmp_path: Path) -> None:
     root = tmp_path / "flat"
     for k, size in enumerate([(40, 60), (17, 23), (64, 64)]):

@@ -42,7 +42,8 @@ def export_model(
     """Export a ``.keras`` model or a run folder's ``model.keras`` to ONNX or a SavedModel.
 
     The exported model takes ``image`` of shape ``(B, H, W, C)`` float32 (preprocessed
-    as for :func:`unet_lowered.preprocess.model_input`) and returns logits
+    as for :func:`unet_lowered.preprocess.model_input`, with the ``channels``, ``clahe``
+    and ``invert_light`` of the run's ``config.json``) and returns logits
     ``(B, h, w, num_classes)``; ``B`` (and ``H``, ``W`` where the model allows any
     size) are dynamic. A SavedModel serves it as the ``serve`` endpoint.
 

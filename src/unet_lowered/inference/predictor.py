@@ -237,7 +237,10 @@ def prepare_images(
     image's own size. Needs no model, so it can run on another thread than the network.
     """
     size = None if resolve_mode(options.mode, config) == "tile" else config.image_size
-    return [model_input(image, config.channels, size, config.clahe) for image in batch]
+    return [
+        model_input(image, config.channels, size, config.clahe, config.invert_light)
+        for image in batch
+    ]
 
 
 def predict_prepared(

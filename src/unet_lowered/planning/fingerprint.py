@@ -27,7 +27,7 @@ from unet_lowered.dataset.pairs import PreparedData, check_mask_size
 from unet_lowered.errors import UnetError
 from unet_lowered.io import images as imageio
 from unet_lowered.io.progress import track
-from unet_lowered.preprocess import to_unit
+from unet_lowered.preprocess import light_background, to_unit
 
 MAX_SAMPLE = 50
 """Pairs decoded for the fingerprint (nnU-Net samples foreground voxels the same way)."""
@@ -93,6 +93,11 @@ class Fingerprint:
             the transform keeps the statistics; None: too few images to tell);
             ``texture``: per transform the ``asymmetry`` and ``kept`` of
             :func:`texture_symmetry` (local structure, what random crops show).
+        polarity: Of the sampled images with both foreground and background,
+            ``dark_objects`` (foreground darker than background on average),
+            ``light_objects`` (the others) and ``median_agrees``: images whose median
+            tells their polarity (:func:`unet_lowered.preprocess.light_background` is
+            True exactly for the dark-object ones). None in plans written before it.
     """
 
     n_images: int
@@ -109,6 +114,7 @@ class Fingerprint:
     touching_fraction: float
     holes_fraction: float
     symmetry: dict[str, dict[str, Any]]
+    polarity: dict[str, int] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -158,6 +164,7 @@ def fingerprint(
     chosen = sample_ids(ids, max_images, seed)
     fg_values, bg_values, fractions, counts, areas, rel_areas = [], [], [], [], [], []
     touching = holes = gray_rgb = 0
+    polarity = {"dark_objects": 0, "light_objects": 0, "median_agrees": 0}
     depth = 8
     grids: list[tuple[np.ndarray, np.ndarray]] = []
     orientations: list[np.ndarray] = []
@@ -170,6 +177,11 @@ def fingerprint(
         fg = mask > 0
         fractions.append(float(fg.mean()))
         _collect(gray, fg, fg_values, bg_values)
+        if fg.any() and not fg.all():
+            dark = float(gray[fg].mean()) < float(gray[~fg].mean())
+            polarity["dark_objects" if dark else "light_objects"] += 1
+            light = light_background(to_unit(imageio.to_channels(image, data.channels)))
+            polarity["median_agrees"] += light == dark
         labels, n = label_components(fg, 8)
         counts.append(n)
         if n:
@@ -217,6 +229,7 @@ def fingerprint(
             },
             "texture": texture_symmetry(orientations),
         },
+        polarity=polarity,
     )
 
 

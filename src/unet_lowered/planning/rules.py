@@ -166,6 +166,53 @@ def normalisation_rule(fp: Fingerprint) -> dict[str, Planned]:
     }
 
 
+MIXED_POLARITY = 0.05
+"""Both polarities are present when each holds at least this share (and 2) of the
+sampled images ..."""
+
+POLARITY_AGREEMENT = 0.95
+"""... and ``--invert-light`` could serve them when the image's median tells the
+polarity of at least this share."""
+
+
+def polarity_rule(fp: Fingerprint) -> Planned:
+    """Light-background images are not inverted; the reason says when they could be.
+
+    DSB2018 holds fluorescence images (light nuclei on black) beside brightfield and
+    stained tissue (dark nuclei on a light background). ``--invert-light`` inverts the
+    images whose median says their background is light
+    (:func:`unet_lowered.preprocess.light_background`), so all show light objects on
+    dark. It was the plan for data that mix both polarities (each in at least
+    :data:`MIXED_POLARITY` of the sampled images, the median right on at least
+    :data:`POLARITY_AGREEMENT`) until measured: on DSB2018 side by side at 50 epochs it
+    lowered the validation Dice from 0.8720 to 0.8639, the two large brightfield images
+    losing 0.16-0.25 (``benchmarks/RESULTS.md``). A network's first convolution can
+    learn either sign, so the inversion buys little sharing and takes away what tells
+    brightfield from fluorescence. It stays an option (e.g. for a fluorescence-trained
+    run meant for brightfield images), and the reason names it where it would apply.
+    """
+    pol = fp.polarity
+    if not pol:
+        return Planned(False, "off: the fingerprint predates the polarity check")
+    dark, light, agree = pol["dark_objects"], pol["light_objects"], pol["median_agrees"]
+    n = dark + light
+    counts = f"{dark} of {n} sampled images show dark objects on a light background"
+    floor = max(2, math.ceil(MIXED_POLARITY * n))
+    if n == 0 or min(dark, light) < floor:
+        return Planned(False, f"off: {counts} (one polarity)")
+    if agree < POLARITY_AGREEMENT * n:
+        return Planned(
+            False,
+            f"off: {counts}, and the image's median tells only {agree} of {n} apart",
+        )
+    return Planned(
+        False,
+        f"off: {counts} and the image's median tells {agree} of {n} apart, so "
+        "--invert-light could show all as light on dark; not planned: it lowered "
+        "DSB2018's validation Dice (0.8720 -> 0.8639 side by side)",
+    )
+
+
 def augmentation_rule(fp: Fingerprint, input_mode: str) -> dict[str, Planned]:
     """Flips and rotations in training (and as test-time augmentation) when they keep
     the data's statistics.
@@ -479,6 +526,7 @@ def plan_settings(
     advice = {"inference": inference_rule(value["input_mode"])}
     norm = normalisation_rule(fp)
     settings["clahe"] = norm.pop("clahe")
+    settings["invert_light"] = polarity_rule(fp)
     advice.update(norm)
     aug = augmentation_rule(fp, value["input_mode"])
     advice["tta"] = aug.pop("tta")

@@ -79,6 +79,7 @@ class SampleCache:
         image_size: int | tuple[int, int],
         input_mode: str = "resize",
         clahe: bool = False,
+        invert_light: bool = False,
         num_classes: int = 1,
         weight_fn: WeightFn | None = None,
         max_bytes: int = DEFAULT_CACHE_BYTES,
@@ -96,6 +97,8 @@ class SampleCache:
             input_mode: ``"resize"`` (resize every image) or ``"crop"`` (keep full
                 size; :class:`SegmentationSequence` takes crops).
             clahe: Apply CLAHE before scaling.
+            invert_light: Invert images with a light background
+                (:func:`unet_lowered.preprocess.light_background`).
             num_classes: 1 for binary masks, K > 1 for K classes.
             weight_fn: Computes a float ``(H, W)`` weight map from a 0/1 uint8 mask (for
                 ``weighted-bce``; see :func:`default_weight_fn`); None for no weights.
@@ -124,6 +127,7 @@ class SampleCache:
         self.image_size = _size_pair(image_size)
         self.input_mode = input_mode
         self.clahe = clahe
+        self.invert_light = invert_light
         self.num_classes = num_classes
         self.weight_fn = weight_fn
         self.max_pixels = max_pixels
@@ -260,7 +264,7 @@ class SampleCache:
         if masks_only:
             return None, mask, None
         image = imageio.read_image(image_path, self.max_pixels)
-        x = preprocess.prepare_image(image, self.channels, size, self.clahe)
+        x = preprocess.prepare_image(image, self.channels, size, self.clahe, self.invert_light)
         stats = preprocess.mean_std(x)
         return np.rint(np.clip(x, 0.0, 1.0) * 65535).astype(np.uint16), mask, stats
 

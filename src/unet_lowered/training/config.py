@@ -42,6 +42,8 @@ class TrainConfig:
     image_size: int | None = None  # None: auto (see resolve_image_size)
     input_mode: str = "resize"
     clahe: bool = False
+    # invert images with a light background (an option for mixed-polarity data)
+    invert_light: bool = False
     val_fraction: float = 0.15
     seed: int = 0
     # model
@@ -287,6 +289,10 @@ class RunConfig:
     @property
     def clahe(self) -> bool:
         return bool(self.settings.clahe)
+
+    @property
+    def invert_light(self) -> bool:
+        return bool(self.settings.invert_light)
 
     @property
     def input_mode(self) -> str:

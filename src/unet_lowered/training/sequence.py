@@ -319,6 +319,7 @@ def make_sequences(
         image_size=cfg.image_size,
         input_mode=cfg.input_mode,
         clahe=cfg.clahe,
+        invert_light=cfg.invert_light,
         num_classes=data.num_classes,
         weight_fn=weight_fn,
     )
