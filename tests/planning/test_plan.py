@@ -76,6 +76,13 @@ def test_unet_plan_writes_and_prints(tiny: Path, tmp_path: Path) -> None:
     assert all(entry["reason"] for entry in plan["settings"].values())
     assert not (tiny / plan_mod.PLAN_FILE).exists()
     assert "wrote" in result.output and "input-mode" in result.output
+    assert plan["fingerprint"]["polarity"] == {
+        "dark_objects": 0,
+        "light_objects": 10,  # the training split: 10 of the 12 pairs
+        "median_agrees": 10,
+    }
+    assert "objects darker than background" in result.output
+    assert "invert-light" in result.output
     bad = CliRunner().invoke(app, ["plan", str(tiny), "--time-budget", "soon"])
     assert bad.exit_code == 1
 

@@ -273,6 +273,16 @@ def fingerprint_table(plan: Mapping[str, Any]) -> Any:
         ("layout symmetry", kept("layout")),
         ("texture symmetry", kept("texture")),
     ]
+    pol = fp.get("polarity")
+    if pol:
+        n = pol["dark_objects"] + pol["light_objects"]
+        rows.insert(
+            3,
+            (
+                "objects darker than background",
+                f"{pol['dark_objects']} of {n} (the median tells {pol['median_agrees']})",
+            ),
+        )
     for row in rows:
         table.add_row(*row)
     return table
