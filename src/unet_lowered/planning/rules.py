@@ -188,8 +188,8 @@ def polarity_rule(fp: Fingerprint) -> Planned:
     lowered the validation Dice from 0.8720 to 0.8639, the two large brightfield images
     losing 0.16-0.25 (``benchmarks/RESULTS.md``). A network's first convolution can
     learn either sign, so the inversion buys little sharing and takes away what tells
-    brightfield from fluorescence. It stays an option (e.g. for a fluorescence-trained
-    run meant for brightfield images), and the reason names it where it would apply.
+    brightfield from fluorescence. It stays an option, one pair of runs being all the
+    evidence, and the reason names it where it would apply.
     """
     pol = fp.polarity
     if not pol:
