@@ -24,6 +24,7 @@ import argparse
 import csv
 import datetime
 import json
+import math
 import os
 import sys
 import tempfile
@@ -54,9 +55,13 @@ VARIANTS: dict[str, dict] = {
 
 
 def curve(run: Path) -> list[tuple[float, float]]:
-    """``(time_s, val_dice)`` per epoch from a run's history.csv."""
+    """``(time_s, val_dice)`` per epoch from a run's history.csv (Dice NaN for the
+    epochs not validated: the half-size epochs of progressive resizing)."""
+    from unet_lowered.io.runs import history_number
+
     with open(run / "history.csv", newline="") as f:
-        return [(float(r["time_s"]), float(r["val_dice"])) for r in csv.DictReader(f)]
+        rows = list(csv.DictReader(f))
+    return [(float(r["time_s"]), history_number(r.get("val_dice"))) for r in rows]
 
 
 def time_to(points: list[tuple[float, float]], target: float) -> float | None:
@@ -72,7 +77,7 @@ def run_variant(name: str, data: Path, work: Path) -> dict:
     run = work / f"run-{name}"
     metrics = train(data, run, cfg, overwrite=True, provenance=provenance, verbose=2)
     points = curve(run)
-    best_t, best = max(points, key=lambda p: (p[1], -p[0]))
+    best_t, best = max((p for p in points if math.isfinite(p[1])), key=lambda p: (p[1], -p[0]))
     return {
         "variant": name,
         "flags": VARIANTS[name],

@@ -364,8 +364,8 @@ def train(
         float | None,
         typer.Option(
             help="Progressive resizing: this share of the epochs (the first) trains at half "
-            "the image size, each such epoch about twice as fast; validation stays at full "
-            "size [default: the plan's: 0.5 for whole images of 128 px or more, else 0]."
+            "the image size, each such epoch about twice as fast and not validated; validation "
+            "stays at full size [default: the plan's: 0.5 for whole images of 128 px or more, else 0]."
         ),
     ] = None,
     precision: Annotated[
@@ -575,6 +575,12 @@ def train(
             f"{metrics['val_dice']:.4f} (folds: "
             + ", ".join(f"{d:.4f}" for d in metrics["fold_val_dice"])
             + f"; {metrics['train_time_s']:.0f} s); run folder: {out}"
+        )
+        return
+    if metrics.get("val_dice") is None:  # stopped before the first validated epoch
+        typer.echo(
+            f"no validated epoch (model.keras is the last model; "
+            f"{metrics['train_time_s']:.0f} s); run folder: {out}"
         )
         return
     typer.echo(

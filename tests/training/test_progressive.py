@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 from pathlib import Path
 
 import cv2
@@ -120,9 +121,49 @@ def test_progressive_training_keeps_the_full_size_model(tmp_path: Path) -> None:
     assert metrics["epochs_completed"] == 3
     with open(tmp_path / "run" / "history.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 3 and all(np.isfinite(float(r["val_dice"])) for r in rows)
+    # The half-size epoch is not validated; the full-size ones are.
+    assert [r["val_dice"] != "" for r in rows] == [False, True, True]
+    assert all(np.isfinite(float(r["val_dice"])) for r in rows[1:])
+    assert metrics["best_epoch"] in (2, 3)
     for name in ("model.keras", "last.keras"):
         model = keras.saving.load_model(tmp_path / "run" / name, compile=False)
         assert tuple(model.input_shape) == (None, 32, 32, 1), name
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["progressive"] == 0.5
+
+
+def test_validation_skips_only_the_half_size_epochs() -> None:
+    from unet_lowered.training.callbacks import validation_epochs
+
+    assert validation_epochs(35, 17) == list(range(18, 36))  # Keras counts from 1
+    assert validation_epochs(35, 0) == 1  # no progressive resizing: every epoch
+    assert validation_epochs(3, 3) == 1  # never all of them
+
+
+def test_early_stopping_passes_over_epochs_without_validation() -> None:
+    from unet_lowered.training.callbacks import EarlyStopping
+
+    stopper = EarlyStopping(monitor="val_dice", mode="max", patience=1)
+    stopper.set_model(keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)]))
+    stopper.model.stop_training = False  # as fit sets it
+    stopper.on_train_begin()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Keras' own early stopping would warn here
+        for epoch in range(3):
+            stopper.on_epoch_end(epoch, {"loss": 1.0})
+    assert stopper.wait == 0 and not stopper.model.stop_training
+    stopper.on_epoch_end(3, {"val_dice": 0.9})
+    stopper.on_epoch_end(4, {"val_dice": 0.8})  # one worse epoch: patience 1 spent
+    assert stopper.model.stop_training
+
+
+def test_a_fit_without_a_validated_epoch_keeps_its_last_model(tmp_path: Path) -> None:
+    from unet_lowered.training.callbacks import Checkpoint
+
+    checkpoint = Checkpoint(tmp_path, {"best": -1.0, "best_epoch": 0, "epoch": 0})
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    checkpoint.set_model(model)
+    checkpoint.on_epoch_end(0, {"loss": 1.0})  # a half-size epoch: no val_dice
+    assert (tmp_path / "last.keras").is_file() and not (tmp_path / "model.keras").exists()
+    checkpoint.on_train_end()
+    assert (tmp_path / "model.keras").read_bytes() == (tmp_path / "last.keras").read_bytes()

@@ -434,7 +434,8 @@ def schedule_rule(
 
     An epoch costs ``ceil(n_train / b)`` steps plus validation (a forward pass, a third
     of a step per batch) plus :data:`EPOCH_OVERHEAD_S`; with ``progressive``, that share
-    of the epochs runs its steps at :data:`HALF_SIZE_STEP` of the cost.
+    of the epochs runs its steps at :data:`HALF_SIZE_STEP` of the cost and skips
+    validation.
     :data:`BUDGET_SHARE` of the budget is planned, so the cosine schedule reaches its
     end inside the budget (the
     :class:`~unet_lowered.planning.callbacks.TimeBudget` callback stops a slower run at
@@ -446,7 +447,8 @@ def schedule_rule(
     steps = math.ceil(n_train / batch_size)
     val_steps = math.ceil(n_val / batch_size)
     step_cost = progressive * HALF_SIZE_STEP + (1.0 - progressive)
-    epoch_s = steps * step_s * step_cost + val_steps * step_s / 3 + EPOCH_OVERHEAD_S
+    val_s = val_steps * step_s / 3 * (1.0 - progressive)
+    epoch_s = steps * step_s * step_cost + val_s + EPOCH_OVERHEAD_S
     fitted = int(BUDGET_SHARE * budget_s // epoch_s)
     cap, cap_why = MAX_EPOCHS, "the cap"
     if progressive > 0:

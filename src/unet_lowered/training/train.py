@@ -41,7 +41,13 @@ from unet_lowered.io import atomic, runs
 from unet_lowered.io.images import read_image
 from unet_lowered.model import nearest_valid_sizes, output_size, unet
 from unet_lowered.training import distribute
-from unet_lowered.training.callbacks import ImageCounter, read_history, standard_callbacks, warn
+from unet_lowered.training.callbacks import (
+    ImageCounter,
+    read_history,
+    standard_callbacks,
+    validation_epochs,
+    warn,
+)
 from unet_lowered.training.config import RunConfig, TrainConfig
 from unet_lowered.training.feed import as_tf_dataset
 from unet_lowered.training.losses import get_loss
@@ -237,7 +243,9 @@ def train(
                 any_size = train_seq.progressive is not None
                 fit_train = as_tf_dataset(fit_train, any_size=any_size)
                 fit_val = as_tf_dataset(fit_val)
+            half_size_epochs = 0
             if train_seq.progressive is not None:
+                half_size_epochs = train_seq.progressive.epochs
                 # The saved model keeps its input size; training may feed it smaller
                 # batches first (the layers take any valid size).
                 model.input_spec = None
@@ -245,6 +253,7 @@ def train(
                 fit_train,
                 validation_data=fit_val,
                 epochs=cfg.epochs,
+                validation_freq=validation_epochs(cfg.epochs, half_size_epochs),
                 initial_epoch=state["epoch"],
                 callbacks=[EpochSync(train_seq), *callbacks, t_images],
                 shuffle=False,  # the sequence shuffles itself, seeded by (seed, epoch)
