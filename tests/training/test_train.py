@@ -437,3 +437,17 @@ def test_after_training_keeps_tta_for_a_run_trained_with_flips(tmp_path: Path) -
     steps = [t["step"] for t in boundary.postprocess["tried"]]
     assert steps[:4] == ["threshold 0.3", "threshold 0.4", "threshold 0.6", "threshold 0.7"]
     assert "validation_rand_error_before" in boundary.postprocess
+
+
+def test_a_run_stopped_before_any_validated_epoch_says_so(
+    tiny_data: Path, tmp_path: Path, monkeypatch
+) -> None:
+    # A time budget spent in the (unvalidated) half-size epochs: no best validation Dice.
+    from unet_lowered.training import train as train_mod
+
+    metrics = {"val_dice": None, "best_epoch": None, "train_time_s": 5.0}
+    monkeypatch.setattr(train_mod, "train", lambda *args, **kwargs: metrics)
+    run = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", str(tiny_data), "--out", str(run), "--epochs", "1"])
+    assert result.exit_code == 0, result.output
+    assert "no validated epoch (model.keras is the last model; 5 s)" in result.output

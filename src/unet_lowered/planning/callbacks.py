@@ -13,11 +13,13 @@ class TimeBudget(keras.callbacks.Callback):
 
     Two checks. At an epoch's end: stop when another epoch (the longest so far, times
     ``margin``) would end past the deadline. After every training step: stop when one
-    more step (as long as the last) and the epoch's tail (its validation and checkpoints, and once more that long for the
-    post-processing choice after training) would end past it; Keras then still
-    validates and checkpoints the epoch, so the run keeps a model. Before the first
-    epoch has ended, the tail is taken as ``first_reserve`` seconds (default: a tenth
-    of the time left when ``fit`` starts).
+    more step (as long as the last) and the epoch's tail (its validation and
+    checkpoints, and once more that long for the post-processing choice after
+    training) would end past it; Keras then still validates (unless it is a half-size
+    epoch of progressive resizing) and checkpoints the epoch, so the run keeps a model
+    (the last one when no epoch was validated). Before the first epoch has ended, the
+    tail is taken as ``first_reserve`` seconds (default: a tenth of the time left when
+    ``fit`` starts).
 
     Args:
         deadline: ``time.perf_counter()`` value training must end by.
