@@ -50,6 +50,7 @@ VARIANTS: dict[str, dict] = {
     },
     "progressive-30": {"epochs": 30, "progressive": 0.5},
     "progressive-36": {"epochs": 36, "progressive": 0.6},
+    "progressive-60": {"epochs": 60, "progressive": 0.5},
     "progressive-70": {"epochs": 70, "progressive": 0.5},
 }
 """Variant name -> the ``unet train`` flags it adds (as ``TrainConfig`` field names)."""
