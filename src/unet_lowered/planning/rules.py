@@ -68,13 +68,14 @@ history.csv (112 vs 224 px, batch 4, 43 steps an epoch): 3.7 s against 8.3 s an 
 of which about 1.3 s in both is the full-size validation and the checkpoints, so the
 steps take about 2.4 s against 7.0 s."""
 
-WHOLE_IMAGE_SAMPLES = 11900
+WHOLE_IMAGE_SAMPLES = 10200
 """With progressive resizing, whole-image training stops after about this many samples
-(70 epochs of JSRT's 170 training images) even when the budget allows more. Measured on
+(60 epochs of JSRT's 170 training images) even when the budget allows more. Measured on
 JSRT side by side (``benchmarks/time_to_accuracy.py``, ``benchmarks/RESULTS.md``,
-2026-12-04): 70 such epochs reached validation Dice 0.9801 in 562 s and came within
-0.002 of the full-size plan's best (0.9789, 50 epochs, 575 s) at 213 s against its 400 s;
-35 epochs (the cap before) stopped at 0.9771 in 284 s."""
+2026-12-04 02:36): 60 such epochs reached validation Dice 0.9800 in 445 s of fit and
+came within 0.002 of the full-size plan's best (0.9785, 49 epochs, 560 s) at 178 s
+against its 367 s (0.49x); 70 epochs ended level (0.9801) in 515 s and got there at
+191 s (0.52x); 35 epochs (the first cap) stopped at 0.9771."""
 
 
 @dataclass(frozen=True)
@@ -378,7 +379,7 @@ def progressive_rule(input_mode: str, image_size: int) -> Planned:
     The first :data:`PROGRESSIVE` of the epochs train at half the size, at about a third
     of the step time (fast.ai's progressive resizing; the U-Net takes any valid size).
     On JSRT the planned run came within 0.002 of the full-size plan's best validation
-    Dice in 0.53x the time and ended 0.0012 above it (``benchmarks/RESULTS.md``).
+    Dice in 0.49x the time and ended 0.0015 above it (``benchmarks/RESULTS.md``).
     Crops are not resized (they keep native
     resolution on purpose), nor small images.
     """
@@ -386,7 +387,7 @@ def progressive_rule(input_mode: str, image_size: int) -> Planned:
         return Planned(
             PROGRESSIVE,
             f"{PROGRESSIVE:g}: whole images of {image_size} px, the first half of the epochs "
-            f"at {image_size // 2} px (JSRT: within 0.002 of the full-size plan's Dice in 0.53x the time)",
+            f"at {image_size // 2} px (JSRT: within 0.002 of the full-size plan's Dice in 0.49x the time)",
         )
     why = "crops keep their native resolution" if input_mode == "crop" else "small images"
     return Planned(0.0, f"off: {why}")
