@@ -74,8 +74,9 @@ WHOLE_IMAGE_SAMPLES = 10200
 JSRT side by side (``benchmarks/time_to_accuracy.py``, ``benchmarks/RESULTS.md``,
 2026-12-04 02:36): 60 such epochs reached validation Dice 0.9800 in 445 s of fit and
 came within 0.002 of the full-size plan's best (0.9785, 49 epochs, 560 s) at 178 s
-against its 367 s (0.49x); 70 epochs ended level (0.9801) in 515 s and got there at
-191 s (0.52x); 35 epochs (the first cap) stopped at 0.9771."""
+against its 367 s (0.49x; 0.66x in a run at 03:33 against a 41-epoch full-size plan);
+70 epochs ended level (0.9801) in 515 s and got there at 191 s (0.52x); 35 epochs (the
+first cap) stopped at 0.9771."""
 
 
 @dataclass(frozen=True)
@@ -379,7 +380,8 @@ def progressive_rule(input_mode: str, image_size: int) -> Planned:
     The first :data:`PROGRESSIVE` of the epochs train at half the size, at about a third
     of the step time (fast.ai's progressive resizing; the U-Net takes any valid size).
     On JSRT the planned run came within 0.002 of the full-size plan's best validation
-    Dice in 0.49x the time and ended 0.0015 above it (``benchmarks/RESULTS.md``).
+    Dice in 0.49-0.66x the time and ended 0.0015-0.0028 above it (two runs,
+    ``benchmarks/RESULTS.md``).
     Crops are not resized (they keep native
     resolution on purpose), nor small images.
     """
@@ -387,7 +389,7 @@ def progressive_rule(input_mode: str, image_size: int) -> Planned:
         return Planned(
             PROGRESSIVE,
             f"{PROGRESSIVE:g}: whole images of {image_size} px, the first half of the epochs "
-            f"at {image_size // 2} px (JSRT: within 0.002 of the full-size plan's Dice in 0.49x the time)",
+            f"at {image_size // 2} px (JSRT: within 0.002 of the full-size plan's Dice in 0.49-0.66x the time)",
         )
     why = "crops keep their native resolution" if input_mode == "crop" else "small images"
     return Planned(0.0, f"off: {why}")
