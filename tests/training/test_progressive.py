@@ -167,3 +167,21 @@ def test_a_fit_without_a_validated_epoch_keeps_its_last_model(tmp_path: Path) ->
     assert (tmp_path / "last.keras").is_file() and not (tmp_path / "model.keras").exists()
     checkpoint.on_train_end()
     assert (tmp_path / "model.keras").read_bytes() == (tmp_path / "last.keras").read_bytes()
+
+
+def test_plateau_schedule_passes_over_epochs_without_validation() -> None:
+    from unet_lowered.training.callbacks import ReduceLROnPlateau
+
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+    plateau = ReduceLROnPlateau(monitor="val_dice", mode="max", factor=0.5, patience=1)
+    plateau.set_model(model)
+    plateau.on_train_begin()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Keras' own plateau schedule would warn here
+        for epoch in range(3):
+            plateau.on_epoch_end(epoch, {"loss": 1.0})
+    assert abs(float(model.optimizer.learning_rate) - 1e-3) < 1e-9
+    plateau.on_epoch_end(3, {"val_dice": 0.9})
+    plateau.on_epoch_end(4, {"val_dice": 0.8})  # one worse epoch: patience 1 spent
+    assert abs(float(model.optimizer.learning_rate) - 5e-4) < 1e-9

@@ -381,9 +381,8 @@ def progressive_rule(input_mode: str, image_size: int) -> Planned:
     of the step time (fast.ai's progressive resizing; the U-Net takes any valid size).
     On JSRT the planned run came within 0.002 of the full-size plan's best validation
     Dice in 0.49-0.66x the time and ended 0.0015-0.0028 above it (two runs,
-    ``benchmarks/RESULTS.md``).
-    Crops are not resized (they keep native
-    resolution on purpose), nor small images.
+    ``benchmarks/RESULTS.md``). Crops are not resized (they keep native resolution on
+    purpose), nor small images.
     """
     if input_mode == "resize" and image_size >= MIN_PROGRESSIVE_SIZE:
         return Planned(

@@ -42,21 +42,24 @@ def standard_callbacks(out: Path, cfg: TrainConfig, state: dict, val_seq, resume
     return callbacks
 
 
-class EarlyStopping(keras.callbacks.EarlyStopping):
-    """Keras' early stopping that passes over epochs without validation (the half-size
-    epochs of progressive resizing) instead of warning about the missing metric."""
+class _ValidatedEpochsOnly:
+    """Mixin for Keras' monitoring callbacks: pass over epochs without the monitored
+    metric (the unvalidated half-size epochs of progressive resizing) instead of warning
+    about it."""
+
+    monitor: str
 
     def on_epoch_end(self, epoch, logs=None):
         if self.monitor in (logs or {}):
             super().on_epoch_end(epoch, logs)
 
 
-class ReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
-    """Keras' plateau schedule that passes over epochs without validation."""
+class EarlyStopping(_ValidatedEpochsOnly, keras.callbacks.EarlyStopping):
+    """Keras' early stopping, counting validated epochs only."""
 
-    def on_epoch_end(self, epoch, logs=None):
-        if self.monitor in (logs or {}):
-            super().on_epoch_end(epoch, logs)
+
+class ReduceLROnPlateau(_ValidatedEpochsOnly, keras.callbacks.ReduceLROnPlateau):
+    """Keras' plateau schedule, counting validated epochs only."""
 
 
 def validation_epochs(epochs: int, skip: int) -> int | list[int]:
