@@ -32,16 +32,24 @@ from unet_lowered.io.images import to_channels
 
 
 def to_unit(image: np.ndarray) -> np.ndarray:
-    """Scale an image to float32 in ``[0, 1]`` by its own min and max; shape ``(H, W, C)``."""
-    x = image.astype(np.float32)
-    if x.ndim == 2:
-        x = x[:, :, None]
+    """Scale an image to float32 in ``[0, 1]`` by its own min and max; shape ``(H, W, C)``.
+
+    The float32 arithmetic of ``(x - lo) / (hi - lo)``. A uint8/uint16 image (every
+    value exact in float32) is converted and shifted in one pass, its min and max read
+    on the integers: a third fewer passes over a 4k X-ray, the same values.
+    """
+    if image.ndim == 2:
+        image = image[:, :, None]
+    exact = image.dtype in (np.uint8, np.uint16)
+    x = image if exact else image.astype(np.float32)
     lo, hi = float(x.min()), float(x.max())
-    if hi > lo:  # in place: the float32 arithmetic of (x - lo) / (hi - lo), no temporaries
-        x -= lo
-        x /= hi - lo
+    if not hi > lo:
+        return np.zeros(image.shape, np.float32)
+    if exact:
+        x = np.subtract(image, np.float32(lo), dtype=np.float32)
     else:
-        x = np.zeros_like(x)
+        x -= lo
+    x /= hi - lo  # in place: no temporaries
     return x
 
 

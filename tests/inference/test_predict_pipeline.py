@@ -175,6 +175,47 @@ def test_a_write_error_is_one_line(run, inputs, tmp_path, monkeypatch) -> None:
         predict_files(run, [inputs], tmp_path / "out", progress=False)
 
 
+def test_workers_read_and_write_side_by_side_and_record_in_order(
+    run, inputs, tmp_path, monkeypatch
+) -> None:
+    """On two CPUs two images of a batch are decoded, and written, at once; the journal
+    still records them in input order, the slow first image of a batch before the rest."""
+    monkeypatch.setattr(batch.os, "cpu_count", lambda: 2)
+    lock = threading.Lock()
+    running = {"read": 0, "write": 0}
+    most = {"read": 0, "write": 0}
+
+    def counted(step: str, real, slow: tuple[str, ...]):
+        def wrapper(*args, **kwargs):
+            with lock:
+                running[step] += 1
+                most[step] = max(most[step], running[step])
+            time.sleep(0.2 if Path(str(args[1 if step == "write" else 0])).stem in slow else 0.01)
+            try:
+                return real(*args, **kwargs)
+            finally:
+                with lock:
+                    running[step] -= 1
+
+        return wrapper
+
+    first_of_batch = ("a8", "e_rgb")  # batches of 4: [a8 b16 c d_bad] [e_rgb f_empty g16 h8]
+    monkeypatch.setattr(
+        batch.images, "read_image", counted("read", images.read_image, first_of_batch)
+    )
+    monkeypatch.setattr(
+        batch, "_write_outputs", counted("write", batch._write_outputs, first_of_batch)
+    )
+    journaled = []
+    append = batch.Journal.append
+    monkeypatch.setattr(
+        batch.Journal, "append", lambda self, row: (journaled.append(row["id"]), append(self, row))
+    )
+    predict_files(run, [inputs], tmp_path / "out", PredictOptions(batch_size=4), progress=False)
+    assert most == {"read": 2, "write": 2}
+    assert journaled == ["a8", "b16", "c", "d_bad", "e_rgb", "f_empty", "g16", "h8"]
+
+
 # ---------------------------------------------------------------- the runner alone
 
 

@@ -98,3 +98,56 @@ def test_varied_object_counts_are_not_checked() -> None:
         masks.append(mask)
     stats = mask_stats(masks)
     assert stats.objects is None and stats.min_ratio is None
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_objects_match_a_plain_labelling(seed: int) -> None:
+    """Count, areas and each object's place equal scipy's labelling of the same mask."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    mask = ndimage.binary_opening(rng.random((97, 131)) < 0.45)  # blobs of every shape
+    mask[0, -1] = mask[-1, 0] = True  # objects in the corners
+    found = Objects.of(mask[:, :, None])  # (H, W, 1) as masks often come
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3), bool))
+    assert found.count == count > 10
+    expected, got = [], []
+    for k, box in enumerate(ndimage.find_objects(labels), start=1):
+        ys, xs = np.nonzero(labels == k)
+        expected.append((ys.size, box[0].start, box[0].stop - 1, round(xs.mean(), 9)))
+        top, bottom, centre = found.place(k)
+        got.append((int(found.areas[k - 1]), top, bottom, round(centre, 9)))
+        assert np.array_equal(found.labels == k, labels == labels[found.labels == k][0])
+    assert sorted(got) == sorted(expected)
+    assert Objects.of(np.zeros((5, 5), bool)).count == 0
+
+
+def test_areas_of_many_labels_and_large_masks() -> None:
+    """Both ways of counting the pixels per label agree (the histogram's float32 counts
+    are exact below 2**24 pixels, bincount takes over above)."""
+    from unet_lowered.inference.quality import _label_areas
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 70_000, (300, 400)).astype(np.int32)  # more labels than uint16
+    exact = np.bincount(labels.ravel(), minlength=70_000)[1:]
+    assert np.array_equal(_label_areas(labels, 70_000), exact)
+    for n in (50, 1 << 16):  # the histogram, up to its last bin
+        fewer = labels % n
+        assert np.array_equal(_label_areas(fewer, n), np.bincount(fewer.ravel(), minlength=n)[1:])
+
+
+def test_side_by_side_reads_the_two_largest_objects(stats: MaskStats) -> None:
+    """A third, smaller object does not decide; the two largest one above the other do."""
+    mask = lungs()
+    mask[85:90, 45:55] = True  # a small blob below, across the middle
+    assert "not side by side" not in str(assess(mask, None, stats))
+    stacked = np.zeros((100, 100), bool)
+    stacked[10:40, 20:80] = True
+    stacked[55:85, 20:80] = True
+    assert "the two largest objects are not side by side" in str(assess(stacked, None, stats))
+    tied = np.zeros((100, 100), bool)
+    tied[10:60, 10:40] = True  # the largest, left
+    tied[15:35, 60:80] = True  # right, level with it: taken, being higher up ...
+    tied[70:90, 10:30] = True  # ... than this one of the same area, below it
+    assert "not side by side" not in str(assess(tied, None, stats))
+    assert "not side by side" in str(assess(np.flipud(tied), None, stats))
