@@ -237,9 +237,10 @@ def predict_files(
         progress: Show a progress bar (on stderr).
         resume: Finish the interrupted run in ``out_dir`` (same settings; the inputs
             are assumed unchanged) instead of starting over.
-        pipeline: Read, predict and write on three threads and the workers (:func:`_run_pipeline`);
-            False runs the same steps one after another on the calling thread (the
-            outputs are the same byte for byte; for comparisons and debugging).
+        pipeline: Read, predict and write on three threads and the workers
+            (:func:`_run_pipeline`); False runs the same steps one after another on
+            the calling thread (the outputs are the same byte for byte; for
+            comparisons and debugging).
 
     Returns:
         A :class:`PredictReport`. Unreadable or corrupt inputs are listed in
@@ -775,17 +776,21 @@ def _workers(pipeline: bool, per_call: int) -> Iterator[ThreadPoolExecutor | Non
     """The worker threads the pipeline's reader and writer share: one per CPU, at most
     one per image of a network call (``per_call``); None without a pipeline.
 
-    Decoding, resizing, labelling and PNG encoding run in OpenCV, NumPy and SciPy with
-    the GIL released, so the images of a batch are read (and written) side by side, and
-    the first and last batch of a folder, when only the reader or only the writer has
-    work, take a fraction of the time.
+    Decoding, resizing, labelling and PNG encoding run in OpenCV and NumPy with the GIL
+    released, so the images of a batch are read (and written) side by side, and the
+    first and last batch of a folder, when only the reader or only the writer has work,
+    take a fraction of the time. On the way out (an error, Ctrl-C) the images not
+    started are dropped and those started finished.
     """
     if not pipeline:
         yield None
         return
     workers = max(1, min(os.cpu_count() or 1, per_call))
-    with ThreadPoolExecutor(workers, thread_name_prefix="unet-predict-work") as pool:
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="unet-predict-work")
+    try:
         yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _chunks(items: list, n: int) -> Iterator[list]:
