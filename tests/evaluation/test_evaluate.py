@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -93,6 +94,36 @@ def test_resize_mode_uses_the_predict_path(run: Path, data: Path, tmp_path: Path
         run, data, tmp_path / "ev", PredictOptions(mode="resize"), split="val", progress=False
     )
     assert summary["metrics"]["dice"]["mean"] > 0.9
+
+
+@pytest.mark.parametrize("mode", ["resize", "tile"])
+def test_scores_equal_those_of_the_one_image_path(run: Path, tmp_path: Path, mode: str) -> None:
+    """The threaded evaluation scores every image as predict_images one at a time does."""
+    from unet_lowered.evaluation.evaluate import score_image
+    from unet_lowered.inference.predictor import predict_images, probs_to_mask
+    from unet_lowered.io.runs import load_run
+
+    sizes = [(61, 47), (90, 120), (33, 70), (40, 41), (57, 31)]
+    for k, (h, w) in enumerate(sizes):
+        image, mask = disk_image(h, w, seed=k)
+        mask[: h // 4] = False  # the truth differs from the disk: scores below 1
+        images.write_png(tmp_path / "d" / "images" / f"{k}.png", image)
+        images.write_png(tmp_path / "d" / "masks" / f"{k}.png", mask.astype(np.uint8) * 255)
+    options = PredictOptions(mode=mode, batch_size=2)
+    evaluate_run(run, tmp_path / "d", tmp_path / "ev", options, progress=False)
+    rows = read_rows(tmp_path / "ev" / "per_image.csv")
+    r = load_run(run)
+    model, config = r.model(), r.config
+    options = dataclasses.replace(options, mode=mode)
+    for k in range(len(sizes)):
+        image = images.read_image(tmp_path / "d" / "images" / f"{k}.png")
+        truth = read_truth(tmp_path / "d" / "masks" / f"{k}.png", config, options.max_pixels)
+        (probs,) = predict_images(model, [image], config, options)
+        expected = score_image(truth, probs_to_mask(probs, config, options), config)
+        assert 0 < expected["dice"] < 1
+        assert {key: float(v) for key, v in rows[str(k)].items() if key != "id"} == pytest.approx(
+            expected, abs=1e-6
+        )
 
 
 def test_post_processing_is_applied(run: Path, tmp_path: Path) -> None:

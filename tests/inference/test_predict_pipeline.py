@@ -19,7 +19,7 @@ from scipy.special import expit
 from run_fixtures import bright_model, disk_image, make_run
 from unet_lowered.errors import UnetError
 from unet_lowered.inference import batch
-from unet_lowered.inference.batch import _run_pipeline, predict_files
+from unet_lowered.inference.batch import predict_files, run_pipeline
 from unet_lowered.inference.predictor import PredictOptions, probability_fn
 from unet_lowered.inference.tiling import predict_tiled
 from unet_lowered.io import images
@@ -244,7 +244,7 @@ def test_runner_keeps_order_and_stays_bounded() -> None:
             counts["written"] += 1
 
     before = threading.active_count()
-    _run_pipeline(range(200), read, predict, write, ahead=2)
+    run_pipeline(range(200), read, predict, write, ahead=2)
     assert written == [k * 10 + 1 for k in range(200)]
     # in flight at most: being read, 2 queued, being predicted, 2 queued, being written
     assert counts["most_ahead"] <= 7
@@ -267,7 +267,7 @@ def test_runner_interrupted_stops_and_joins(where: str) -> None:
 
     before = threading.active_count()
     with pytest.raises(KeyboardInterrupt):
-        _run_pipeline(range(100), lambda k: k, predict, write)
+        run_pipeline(range(100), lambda k: k, predict, write)
     assert threading.active_count() == before
     assert written == list(range(len(written))) and len(written) <= 5
     if where == "write":
@@ -283,11 +283,11 @@ def test_runner_writes_what_was_predicted_before_an_error() -> None:
         return x
 
     with pytest.raises(ValueError, match="bad batch"):
-        _run_pipeline(range(20), lambda k: k, predict, lambda x, stop: written.append(x))
+        run_pipeline(range(20), lambda k: k, predict, lambda x, stop: written.append(x))
     assert written == list(range(7))
 
 
 def test_runner_plain_loop_known_answer() -> None:
     out: list[float] = []
-    _run_pipeline([1, 2, 3], lambda k: k * 2, expit, lambda x, s: out.append(x), threaded=False)
+    run_pipeline([1, 2, 3], lambda k: k * 2, expit, lambda x, s: out.append(x), threaded=False)
     np.testing.assert_allclose(out, expit(np.array([2, 4, 6])))

@@ -1,12 +1,15 @@
 """Evaluation of a run on images with masks: ``unet evaluate``.
 
 Every image is predicted at its ORIGINAL size through the same path as
-``unet predict`` (:func:`unet_lowered.inference.predictor.predict_images`, then
-threshold and optional post-processing), and compared with its mask at that size
-by the metrics of :mod:`unet_lowered.evaluation.metrics`. Masks are read by the
-rule training uses (:func:`unet_lowered.dataset.masks.read_mask`). Empty masks follow the rule stated there:
-both empty gives Dice 1 (HD95 0); exactly one empty gives Dice 0 (HD95 infinite,
-left out of the HD95 statistics and counted in ``n_nonfinite``).
+``unet predict`` (the steps of :func:`unet_lowered.inference.predictor.predict_images`,
+then threshold and optional post-processing), and compared with its mask at that size
+by the metrics of :mod:`unet_lowered.evaluation.metrics`. As in ``unet predict``, the
+next batches are read while the network runs and the finished ones are scored
+meanwhile (:func:`unet_lowered.inference.batch.run_pipeline`), with the same scores.
+Masks are read by the rule training uses (:func:`unet_lowered.dataset.masks.read_mask`).
+Empty masks follow the rule stated there: both empty gives Dice 1 (HD95 0); exactly
+one empty gives Dice 0 (HD95 infinite, left out of the HD95 statistics and counted in
+``n_nonfinite``).
 
 Outputs (into ``RUN/eval/`` unless told otherwise), each written atomically:
 
@@ -24,6 +27,7 @@ import dataclasses
 import io
 import json
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -35,14 +39,17 @@ from unet_lowered.dataset.masks import MaskValuesError, read_mask, to_classes
 from unet_lowered.dataset.pairs import PreparedData, load_prepared
 from unet_lowered.errors import UnetError
 from unet_lowered.evaluation import metrics
+from unet_lowered.inference.batch import run_pipeline
 from unet_lowered.inference.journal import remove_stale_temps
 from unet_lowered.inference.predictor import (
     PredictOptions,
     applied_threshold,
     postprocess_steps,
-    predict_images,
+    predict_prepared,
+    prepare_images,
     probs_to_mask,
     resolve_mode,
+    restore_size,
     tta_group,
 )
 from unet_lowered.io import atomic, images
@@ -129,22 +136,36 @@ def evaluate_run(
     options = dataclasses.replace(options, mode=mode)
     per_call = options.batch_size if mode == "resize" else 1
     rows: list[dict[str, Any]] = []
+
+    def read(chunk: list[str]) -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
+        """Images and masks of a batch, checked, and the network inputs (reader thread)."""
+        batch = [images.read_image(pairs.images[k], options.max_pixels) for k in chunk]
+        truths = [read_truth(pairs.masks[k], config, options.max_pixels) for k in chunk]
+        for ident, image, truth in zip(chunk, batch, truths, strict=True):
+            if truth.shape != image.shape[:2]:
+                raise UnetError(
+                    f"{pairs.masks[ident]}: mask is {truth.shape[1]}x{truth.shape[0]} but its "
+                    f"image is {image.shape[1]}x{image.shape[0]}; masks must match their images"
+                )
+        return chunk, truths, prepare_images(batch, config, options)
+
+    def predict(item: tuple) -> tuple:
+        chunk, truths, inputs = item
+        return chunk, truths, predict_prepared(model, inputs, config, options)
+
+    def score(item: tuple, stop: threading.Event) -> None:
+        """Masks at the original size, scored (writer thread)."""
+        for ident, truth, p in zip(*item, strict=True):
+            if stop.is_set():
+                return
+            pred = probs_to_mask(restore_size(p, truth.shape), config, options)
+            rows.append({"id": ident, **score_image(truth, pred, config)})
+            advance()
+
     started = time.perf_counter()
     with progress_bar(len(ids), progress, "evaluating") as advance:
-        for i in range(0, len(ids), per_call):
-            chunk = ids[i : i + per_call]
-            batch = [images.read_image(pairs.images[k], options.max_pixels) for k in chunk]
-            probs = predict_images(model, batch, config, options)
-            for ident, image, p in zip(chunk, batch, probs, strict=True):
-                truth = read_truth(pairs.masks[ident], config, options.max_pixels)
-                if truth.shape != image.shape[:2]:
-                    raise UnetError(
-                        f"{pairs.masks[ident]}: mask is {truth.shape[1]}x{truth.shape[0]} but its "
-                        f"image is {image.shape[1]}x{image.shape[0]}; masks must match their images"
-                    )
-                pred = probs_to_mask(p, config, options)
-                rows.append({"id": ident, **score_image(truth, pred, config)})
-                advance()
+        chunks = (ids[i : i + per_call] for i in range(0, len(ids), per_call))
+        run_pipeline(chunks, read, predict, score)
     seconds = time.perf_counter() - started
     out_dir = Path(out) if out is not None else run.dir / "eval"
     summary = _summary(rows, run, pairs, split, options, seconds)

@@ -2,7 +2,7 @@
 
 :func:`predict_files` expands the inputs (:func:`collect_inputs`), gives each a
 unique output id (:func:`make_ids`), and streams them one batch at a time through
-three threads (:func:`_run_pipeline`): a reader decodes and preprocesses the next
+three threads (:func:`run_pipeline`): a reader decodes and preprocesses the next
 batches (:func:`unet_lowered.io.images.read_image`,
 :func:`unet_lowered.inference.predictor.prepare_images`), the calling thread runs
 the network (:func:`unet_lowered.inference.predictor.predict_prepared`), and a
@@ -215,7 +215,7 @@ def predict_files(
     optionally ``<id>_overlay.png``, and at the end ``predictions.csv`` (one row per
     input, in input order, failed ones included with their error in ``status``). Files
     are written atomically. Images stream through three threads, one batch at a time
-    and in input order (:func:`_run_pipeline`): the next batches are decoded and
+    and in input order (:func:`run_pipeline`): the next batches are decoded and
     preprocessed while the network runs on the calling thread, and the finished ones
     post-processed, encoded and written meanwhile; at most two batches wait between
     two steps, so memory stays bounded however many inputs there are. The images of
@@ -238,7 +238,7 @@ def predict_files(
         resume: Finish the interrupted run in ``out_dir`` (same settings; the inputs
             are assumed unchanged) instead of starting over.
         pipeline: Read, predict and write on three threads and the workers
-            (:func:`_run_pipeline`); False runs the same steps one after another on
+            (:func:`run_pipeline`); False runs the same steps one after another on
             the calling thread (the outputs are the same byte for byte; for
             comparisons and debugging).
 
@@ -277,7 +277,7 @@ def predict_files(
             workers=workers,
         )
         chunks = _chunks(list(zip(job.ids, job.files, strict=True)), job.per_call)
-        _run_pipeline(chunks, stages.read, stages.predict, stages.write, threaded=pipeline)
+        run_pipeline(chunks, stages.read, stages.predict, stages.write, threaded=pipeline)
     return job.report
 
 
@@ -544,7 +544,7 @@ class _Raise:
 _END = object()
 
 
-def _run_pipeline(
+def run_pipeline(
     chunks: Iterable[Any],
     read: Callable[[Any], Any],
     predict: Callable[[Any], Any],
