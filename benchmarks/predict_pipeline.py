@@ -10,7 +10,10 @@ runs, each in a fresh child process and interleaved ``--repeats`` times:
   (``preprocess.model_input``), ``predict_on_batch``, sigmoid, resize back,
   threshold, write the mask PNG;
 * ``pipeline``: ``predict_files`` (``unet predict``: reader, network and writer threads);
-* ``plain``: ``predict_files(..., pipeline=False)``, the same steps on one thread.
+* ``plain``: ``predict_files(..., pipeline=False)``, the same steps on one thread;
+* ``evaluate`` and ``evaluate-plain`` (only when named in ``--variants``): ``unet
+  evaluate`` (``evaluate_run``) against the drawings' lung masks, on its three threads
+  and on one; in the table they are compared with each other, not with the loop.
 
 Each child imports TensorFlow, loads the model and warms it up before the clock
 starts, and reports images/s and its peak resident set size (``VmHWM``) before and
@@ -38,7 +41,8 @@ import tempfile
 import time
 from pathlib import Path
 
-VARIANTS = ("loop", "pipeline", "plain")
+VARIANTS = ("loop", "pipeline", "plain", "evaluate", "evaluate-plain")
+DEFAULT_VARIANTS = VARIANTS[:3]
 
 
 def make_inputs(work: Path, count: int, lo: int, hi: int, tile: int, seed: int) -> Path:
@@ -68,10 +72,15 @@ def make_inputs(work: Path, count: int, lo: int, hi: int, tile: int, seed: int) 
     rng = np.random.default_rng(seed)
     folder = work / "in"
     folder.mkdir(parents=True, exist_ok=True)
+    (work / "data" / "masks").mkdir(parents=True, exist_ok=True)
+    if not (work / "data" / "images").exists():
+        (work / "data" / "images").symlink_to(folder.resolve(), target_is_directory=True)
     for k in range(count):
         h = int(rng.integers(lo, hi + 1))
         w = int(np.clip(h * rng.uniform(0.8, 1.2), lo, hi))
-        small, _ = synth_pair(rng, 512)
+        small, lungs = synth_pair(rng, 512)
+        lungs = cv2.resize(lungs.astype(np.uint8) * 255, (w, h), interpolation=cv2.INTER_NEAREST)
+        images.write_png(work / "data" / "masks" / f"xray{k:03d}.png", lungs)
         big = cv2.resize(small.astype(np.float32) * 257, (w, h), interpolation=cv2.INTER_CUBIC)
         big += rng.normal(0, 300, big.shape).astype(np.float32)  # detector noise
         image16 = np.clip(big, 0, 65535).astype(np.uint16)
@@ -233,6 +242,12 @@ def child(variant: str, work: Path, out: Path, args: argparse.Namespace) -> None
         return
     if variant == "loop":
         plain_loop(run, files, out, args.batch_size)
+    elif variant.startswith("evaluate"):
+        from unet_lowered.evaluation.evaluate import evaluate_run
+
+        options = PredictOptions(mode="resize", batch_size=args.batch_size)
+        pipeline = variant == "evaluate"
+        evaluate_run(run, work / "data", out, options, progress=False, pipeline=pipeline)
     else:
         options = PredictOptions(mode="resize", batch_size=args.batch_size)
         report = predict_files(
@@ -276,7 +291,9 @@ def main() -> int:
     parser.add_argument("--tile", type=int, default=256, help="the network's input size")
     parser.add_argument("--batch-size", type=int, default=4, help="images per network call")
     parser.add_argument("--repeats", type=int, default=2, help="interleaved runs per variant")
-    parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated")
+    parser.add_argument(
+        "--variants", default=",".join(DEFAULT_VARIANTS), help=f"comma-separated, of {VARIANTS}"
+    )
     parser.add_argument("--cv2-threads", type=int, default=None, help="cv2.setNumThreads")
     parser.add_argument("--tf-threads", type=int, default=None, help="TF intra-op threads")
     parser.add_argument(
@@ -333,10 +350,11 @@ def main() -> int:
             }
             for v, rs in results.items()
         }
-        if "loop" in summary:
-            base = summary["loop"]["images_per_s"]
-            for v in summary:
-                summary[v]["vs_loop"] = round(summary[v]["images_per_s"] / base, 2)
+        for v in summary:  # predict against the loop, evaluate against its one-thread run
+            base = "evaluate-plain" if v.startswith("evaluate") else "loop"
+            if base in summary:
+                ratio = summary[v]["images_per_s"] / summary[base]["images_per_s"]
+                summary[v]["vs_loop"] = round(ratio, 2)
         stages = None
         if args.stages:
             stages = run_child("stages", work, work / "out-stages", passthrough)
@@ -348,8 +366,20 @@ def main() -> int:
             names = sorted(p.name for p in a.iterdir() if p.name != "predictions.csv")
             same = names == sorted(p.name for p in b.iterdir() if p.name != "predictions.csv")
             same = same and all((a / n).read_bytes() == (b / n).read_bytes() for n in names)
-        print(json.dumps({"summary": summary, "pipeline_outputs_equal_plain": same}))
-    text = results_table(args, size_mb, summary, same, stages)
+        scores = None
+        if "evaluate" in results and "evaluate-plain" in results:  # per_image.csv byte for byte
+            a, b = (work / f"out-{v}-0" / "per_image.csv" for v in ("evaluate", "evaluate-plain"))
+            scores = a.read_bytes() == b.read_bytes()
+        print(
+            json.dumps(
+                {
+                    "summary": summary,
+                    "pipeline_outputs_equal_plain": same,
+                    "evaluate_scores_equal_plain": scores,
+                }
+            )
+        )
+    text = results_table(args, size_mb, summary, same, stages, scores)
     print(text)
     if not args.no_append:
         with open(Path(__file__).resolve().parent / "RESULTS.md", "a") as f:
@@ -358,7 +388,12 @@ def main() -> int:
 
 
 def results_table(
-    args: argparse.Namespace, size_mb: float, summary: dict, same, stages: dict | None = None
+    args: argparse.Namespace,
+    size_mb: float,
+    summary: dict,
+    same,
+    stages: dict | None = None,
+    scores: bool | None = None,
 ) -> str:
     """The Markdown section appended to ``benchmarks/RESULTS.md``."""
     import platform
@@ -383,9 +418,9 @@ def results_table(
         "",
         f"Machine: {cpu}, {os.cpu_count()} cores; untrained default U-Net at {args.tile} px, "
         f"batch {args.batch_size}, {threads}. Pipeline outputs equal the one-thread run's: "
-        f"{same}.",
+        f"{same}. Evaluate scores (`per_image.csv`) equal the one-thread run's: {scores}.",
         "",
-        "| variant | images/s | vs loop | peak RSS MB |",
+        "| variant | images/s | vs loop (evaluate: vs evaluate-plain) | peak RSS MB |",
         "|---|---:|---:|---:|",
         *(
             f"| {v} | {r['images_per_s']:.2f} | {r.get('vs_loop', '')} | {r['peak_rss_mb']} |"

@@ -132,6 +132,25 @@ def test_hausdorff_matches_scipy(truth, pred):
     assert M.hd95(pred, truth) == pytest.approx(want95)  # symmetric
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_surfaces_and_distances_equal_scipy_on_the_whole_image(seed: int) -> None:
+    """Bit for bit: the surface is SciPy's erosion with the 4-neighbourhood, and each
+    distance is SciPy's exact Euclidean distance transform of the whole image read at
+    the surface pixels (as the distances were computed before the k-d tree)."""
+    rng = np.random.default_rng(seed)
+    cross = ndimage.generate_binary_structure(2, 1)
+    for _ in range(40):
+        h, w = rng.integers(2, 120, 2)
+        t = ndimage.binary_opening(rng.random((h, w)) < rng.uniform(0.2, 0.8))
+        p = ndimage.binary_opening(rng.random((h, w)) < rng.uniform(0.2, 0.8))
+        t[rng.integers(h), rng.integers(w)] = p[rng.integers(h), rng.integers(w)] = True
+        st, sp = (m & ~ndimage.binary_erosion(m, cross, border_value=0) for m in (t, p))
+        assert np.array_equal(M.surface(t), st) and np.array_equal(M.surface(p), sp)
+        to_pred, to_true = M.surface_distances(t, p)
+        assert np.array_equal(to_pred, ndimage.distance_transform_edt(~sp)[st])
+        assert np.array_equal(to_true, ndimage.distance_transform_edt(~st)[sp])
+
+
 def test_surface_distances_need_both_masks():
     with pytest.raises(UnetError, match="one of them is empty"):
         M.surface_distances(A, EMPTY)

@@ -105,6 +105,7 @@ def evaluate_run(
     options: PredictOptions | None = None,
     split: str = "all",
     progress: bool = True,
+    pipeline: bool = True,
 ) -> dict[str, Any]:
     """Score a run's model on a folder of images and masks, at the original image sizes.
 
@@ -117,6 +118,8 @@ def evaluate_run(
         split: ``"all"`` pairs, or only the ids of the run's ``"val"`` or ``"train"``
             split (from ``RUN/split.json``).
         progress: Show a progress bar and print the summary table (stderr/stdout).
+        pipeline: Read, predict and score on three threads; False, one after another
+            (the same scores; for comparisons).
 
     Returns:
         The contents of ``summary.json``.
@@ -165,7 +168,7 @@ def evaluate_run(
     started = time.perf_counter()
     with progress_bar(len(ids), progress, "evaluating") as advance:
         chunks = (ids[i : i + per_call] for i in range(0, len(ids), per_call))
-        run_pipeline(chunks, read, predict, score)
+        run_pipeline(chunks, read, predict, score, threaded=pipeline)
     seconds = time.perf_counter() - started
     out_dir = Path(out) if out is not None else run.dir / "eval"
     summary = _summary(rows, run, pairs, split, options, seconds)

