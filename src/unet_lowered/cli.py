@@ -350,6 +350,13 @@ def train(
     learning_rate: Annotated[
         float | None, typer.Option("--lr", help="Learning rate [default: 1e-3 adam, 1e-2 sgd].")
     ] = None,
+    ema: Annotated[
+        float | None,
+        typer.Option(
+            help="Momentum of an exponential moving average of the weights, used for "
+            "validation and the saved models (0.99 is usual; 0: off) [default: 0]."
+        ),
+    ] = None,
     schedule: Annotated[
         str | None,
         typer.Option(
@@ -506,6 +513,7 @@ def train(
         "optimizer": optimizer,
         "learning_rate": learning_rate,
         "schedule": schedule,
+        "ema": ema,
         "patience": patience,
         "progressive": progressive,
         "precision": precision,

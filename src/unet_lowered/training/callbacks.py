@@ -31,6 +31,8 @@ def standard_callbacks(out: Path, cfg: TrainConfig, state: dict, val_seq, resume
         Guard(val_seq, cfg.threshold),
         EarlyStopping(monitor="val_dice", mode="max", patience=cfg.patience, verbose=1),
     ]
+    if cfg.ema > 0:  # first: the checkpoint after it saves the averaged weights
+        callbacks.insert(0, AveragedWeights(resumed=resume))
     if cfg.schedule == "plateau":
         callbacks.append(
             ReduceLROnPlateau(
@@ -40,6 +42,21 @@ def standard_callbacks(out: Path, cfg: TrainConfig, state: dict, val_seq, resume
     if keras.backend.backend() == "tensorflow":
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(out / "logs"), write_graph=False))
     return callbacks
+
+
+class AveragedWeights(keras.callbacks.SwapEMAWeights):
+    """Keras' swap of the weights and their moving average (``--ema``), on every epoch.
+
+    The average is in the model for validation and from each epoch's end to the next
+    epoch's start, so the checkpoints after this callback (``last.keras``,
+    ``model.keras``) hold it, and the optimiser's average slots hold the trained
+    weights meanwhile. A resumed run loads such a checkpoint: ``resumed`` tells the
+    first epoch to swap them back before training goes on, as an uninterrupted run does.
+    """
+
+    def __init__(self, resumed: bool = False):
+        super().__init__(swap_on_epoch=True)
+        self._ema_weights_in_model = resumed
 
 
 class _ValidatedEpochsOnly:

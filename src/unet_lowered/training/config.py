@@ -61,6 +61,9 @@ class TrainConfig:
     learning_rate: float | None = None  # None: 1e-3 for Adam, 1e-2 for SGD
     schedule: str = "cosine"
     patience: int = 15
+    # momentum of an exponential moving average of the weights (0: off); validation and
+    # the saved models use the averaged weights
+    ema: float = 0.0
     # progressive resizing: this share of the epochs (the first ones) at half the size
     progressive: float = 0.0
     precision: str = "auto"
@@ -144,6 +147,10 @@ class TrainConfig:
             )
         if not 0.0 <= cfg.dropout < 1.0:
             raise SettingError("dropout", f"dropout must be in [0, 1), got {cfg.dropout}")
+        if not 0.0 <= cfg.ema < 1.0:
+            raise SettingError(
+                "ema", f"ema must be in [0, 1) (0: off, 0.99 is usual), got {cfg.ema}"
+            )
         if not 0.0 < cfg.threshold < 1.0:
             raise SettingError("threshold", f"threshold must be in (0, 1), got {cfg.threshold}")
         return cfg

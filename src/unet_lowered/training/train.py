@@ -479,10 +479,13 @@ def learning_rate(cfg: TrainConfig, steps: int) -> Any:
 
 def _optimizer(cfg: TrainConfig, steps: int):
     lr = learning_rate(cfg, steps)
+    # With cfg.ema the optimiser keeps the average (Keras' use_ema); callbacks.AveragedWeights
+    # puts it in the model for validation and the checkpoints.
+    ema = {"use_ema": True, "ema_momentum": cfg.ema} if cfg.ema > 0 else {}
     if cfg.optimizer == "sgd":
         # The paper: high momentum (0.99) so that many earlier samples shape each update.
-        return keras.optimizers.SGD(learning_rate=lr, momentum=0.99)
-    return keras.optimizers.Adam(learning_rate=lr)
+        return keras.optimizers.SGD(learning_rate=lr, momentum=0.99, **ema)
+    return keras.optimizers.Adam(learning_rate=lr, **ema)
 
 
 __all__ = ["cpu_supports_bf16", "resolve_precision", "train"]
