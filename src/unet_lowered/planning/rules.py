@@ -74,7 +74,8 @@ WHOLE_IMAGE_SAMPLES = 10200
 JSRT side by side (``benchmarks/time_to_accuracy.py``, ``benchmarks/RESULTS.md``,
 2026-12-04 02:36): 60 such epochs reached validation Dice 0.9800 in 445 s of fit and
 came within 0.002 of the full-size plan's best (0.9785, 49 epochs, 560 s) at 178 s
-against its 367 s (0.49x; 0.66x in a run at 03:33 against a 41-epoch full-size plan);
+against its 367 s (0.49x; 0.66x and 0.58x in runs at 03:33 and 06:30 against full-size
+plans of 41 and 33 epochs);
 70 epochs ended level (0.9801) in 515 s and got there at 191 s (0.52x); 35 epochs (the
 first cap) stopped at 0.9771."""
 
@@ -380,7 +381,7 @@ def progressive_rule(input_mode: str, image_size: int) -> Planned:
     The first :data:`PROGRESSIVE` of the epochs train at half the size, at about a third
     of the step time (fast.ai's progressive resizing; the U-Net takes any valid size).
     On JSRT the planned run came within 0.002 of the full-size plan's best validation
-    Dice in 0.49-0.66x the time and ended 0.0015-0.0028 above it (two runs,
+    Dice in 0.49-0.66x the time and ended 0.0015-0.0033 above it (three runs,
     ``benchmarks/RESULTS.md``). Crops are not resized (they keep native resolution on
     purpose), nor small images.
     """
