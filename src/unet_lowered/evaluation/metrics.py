@@ -1,4 +1,4 @@
-"""Evaluation metrics on masks, in plain NumPy/SciPy (no Keras; one image at a time).
+"""Evaluation metrics on masks, in NumPy, SciPy and OpenCV (no Keras; one image at a time).
 
 Masks are ``(H, W)`` or ``(H, W, 1)`` arrays, nonzero = foreground (bool, 0/1 or
 0/255; threshold probabilities before calling). All distances are in pixels.

@@ -75,9 +75,8 @@ JSRT side by side (``benchmarks/time_to_accuracy.py``, ``benchmarks/RESULTS.md``
 2026-12-04 02:36): 60 such epochs reached validation Dice 0.9800 in 445 s of fit and
 came within 0.002 of the full-size plan's best (0.9785, 49 epochs, 560 s) at 178 s
 against its 367 s (0.49x; 0.66x and 0.58x in runs at 03:33 and 06:30 against full-size
-plans of 41 and 33 epochs);
-70 epochs ended level (0.9801) in 515 s and got there at 191 s (0.52x); 35 epochs (the
-first cap) stopped at 0.9771."""
+plans of 41 and 33 epochs); 70 epochs ended level (0.9801) in 515 s and got there at
+191 s (0.52x); 35 epochs (the first cap) stopped at 0.9771."""
 
 
 @dataclass(frozen=True)
