@@ -15,7 +15,8 @@ one table (with the plan chosen) and appends it, with date and machine, to
   of the probability map, best over thresholds
   (``unet_lowered.evaluation.metrics.best_rand_error``, the figure the U-Net paper
   reports), and of the mask plain ``unet predict`` writes (the run's threshold, TTA
-  and post-processing). Results before 2026-12-02 used scikit-image's convention
+  and post-processing; where the run chose the watershed split, also the mask
+  without it, in brackets). Results before 2026-12-02 used scikit-image's convention
   (``adapted_rand_error``), which gives larger values for the same prediction.
 
     .venv/bin/python benchmarks/accuracy.py                 # all three (about 35 min)
@@ -92,7 +93,8 @@ def run_one(
         "worst_ids": [w["id"] for w in summary["worst"][:3]],
     }
     if name == "isbi":
-        result["rand_error"], result["rand_error_mask"] = _isbi_rand_error(run, data, rows)
+        rand = _isbi_rand_error(run, data, rows)
+        result["rand_error"], result["rand_error_mask"], result["rand_error_unsplit"] = rand
     result["postprocess"] = _chosen(run)
     return result
 
@@ -103,6 +105,8 @@ def _chosen(run: Path) -> str:
 
     chosen = runs.load_run(run).config.postprocess or {}
     steps = [f"tta {chosen['tta']}"] if chosen.get("tta") else []
+    steps += [f"watershed {chosen['watershed']:g}"] if chosen.get("watershed") else []
+    steps += [f"threshold {chosen['threshold']:g}"] if chosen.get("threshold") else []
     steps += [f"keep {chosen['keep_largest']}"] if chosen.get("keep_largest") else []
     steps += [f"min area {chosen['min_area']}"] if chosen.get("min_area") else []
     steps += ["fill holes"] if chosen.get("fill_holes") else []
@@ -159,14 +163,15 @@ def _rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def _isbi_rand_error(run: Path, data: Path, rows: list[dict]) -> tuple[float, float]:
+def _isbi_rand_error(run: Path, data: Path, rows: list[dict]) -> tuple[float, float, float | None]:
     """The ISBI 2012 challenge's Rand error over the validation slices.
 
     Per slice, predicted as plain ``unet predict`` does (the run's TTA choice), then
     the mean of: :func:`unet_lowered.evaluation.metrics.best_rand_error` (the
-    challenge's convention, best over thresholds of the cell probability), and
+    challenge's convention, best over thresholds of the cell probability),
     :func:`~unet_lowered.evaluation.metrics.rand_error` of the 4-connected cells of the
-    mask ``unet predict`` writes (the run's threshold and post-processing).
+    mask ``unet predict`` writes (the run's threshold and post-processing), and of that
+    mask without the watershed split (None when the run chose none).
     """
     from unet_lowered.dataset.masks import label_components
     from unet_lowered.evaluation import metrics
@@ -176,7 +181,8 @@ def _isbi_rand_error(run: Path, data: Path, rows: list[dict]) -> tuple[float, fl
 
     loaded = runs.load_run(run)
     model = loaded.model()
-    best, plain = [], []
+    best, plain, unsplit = [], [], []
+    split = bool((loaded.config.postprocess or {}).get("watershed"))
     for row in rows:
         image = read_image(data / "train" / "images" / f"{row['id']}.png")
         truth = label_components(read_image(data / "train" / "masks" / f"{row['id']}.png") > 0, 4)
@@ -184,13 +190,20 @@ def _isbi_rand_error(run: Path, data: Path, rows: list[dict]) -> tuple[float, fl
         best.append(metrics.best_rand_error(truth[0], probs[..., 0])[0])
         mask = probs_to_mask(probs, loaded.config, PredictOptions())
         plain.append(metrics.rand_error(truth[0], label_components(mask, 4)[0]))
-    return statistics.fmean(best), statistics.fmean(plain)
+        if split:
+            mask = probs_to_mask(probs, loaded.config, PredictOptions(watershed=0))
+            unsplit.append(metrics.rand_error(truth[0], label_components(mask, 4)[0]))
+    return (
+        statistics.fmean(best),
+        statistics.fmean(plain),
+        statistics.fmean(unsplit) if split else None,
+    )
 
 
 def table(results: list[dict]) -> str:
     lines = [
         "| data set | val images | Dice mean | Dice median | Dice worst | IoU mean | "
-        "Rand error (best threshold / mask) | train time | epochs | train img/s | precision | "
+        "Rand error (best threshold / mask [without the watershed split]) | train time | epochs | train img/s | precision | "
         "plan | chosen on validation |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|",
     ]
@@ -199,6 +212,8 @@ def table(results: list[dict]) -> str:
             lines.append(f"| {r['dataset']} | skipped: {r['skipped']} |" + " |" * 11)
             continue
         rand = f"{r['rand_error']:.4f} / {r['rand_error_mask']:.4f}" if "rand_error" in r else "-"
+        if r.get("rand_error_unsplit") is not None:
+            rand += f" [{r['rand_error_unsplit']:.4f}]"
         lines.append(
             f"| {r['dataset']} | {r['n_val']} | {r['dice_mean']:.4f} | {r['dice_median']:.4f} | "
             f"{r['dice_worst']:.4f} | {r['iou_mean']:.4f} | {rand} | {r['train_s'] / 60:.1f} min | "

@@ -656,6 +656,14 @@ _MinArea = Annotated[
     int | None,
     typer.Option(help="Remove objects under this many pixels [default: the run's choice]."),
 ]
+_Watershed = Annotated[
+    float | None,
+    typer.Option(
+        help="Cut objects along the watershed lines of the probabilities, flooded from the "
+        "cores where they reach this value (cells between thin membranes, as in EM); 0: off "
+        "[default: the run's choice].",
+    ),
+]
 _Postprocess = Annotated[
     bool,
     typer.Option(
@@ -696,6 +704,7 @@ def predict(
     keep_largest: _KeepLargest = None,
     fill_holes: _FillHoles = None,
     min_area: _MinArea = None,
+    watershed: _Watershed = None,
     postprocess: _Postprocess = True,
     save_prob: Annotated[
         str | None,
@@ -811,6 +820,7 @@ def evaluate(
     keep_largest: _KeepLargest = None,
     fill_holes: _FillHoles = None,
     min_area: _MinArea = None,
+    watershed: _Watershed = None,
     postprocess: _Postprocess = True,
     overlap: _Overlap = 0.25,
     batch_size: _BatchSize = 4,
@@ -926,6 +936,7 @@ def serve(
     keep_largest: _KeepLargest = None,
     fill_holes: _FillHoles = None,
     min_area: _MinArea = None,
+    watershed: _Watershed = None,
     postprocess: _Postprocess = True,
     overlap: _Overlap = 0.25,
     batch_size: _BatchSize = 4,
@@ -938,7 +949,7 @@ def serve(
     GET /v1/model gives the run's facts, GET /healthz the status. The prediction options
     are `unet predict`'s and the defaults of every request (steps not given: the run's
     chosen post-processing); a request's query (threshold, keep_largest, fill_holes,
-    min_area, postprocess, tta, tta_transforms, mode) overrides them.
+    min_area, watershed, postprocess, tta, tta_transforms, mode) overrides them.
     Example: unet serve runs/lungs --keep-largest 2 --fill-holes, then open http://127.0.0.1:8000
     """
     try:

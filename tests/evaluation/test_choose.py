@@ -149,3 +149,34 @@ def test_boundary_data_chooses_the_threshold_that_separates_the_cells() -> None:
     assert by_dice.threshold is None and by_dice.score == "dice"
     with pytest.raises(ValueError, match="score must be one of dice, rand"):
         choose_postprocess([prob], [truth], objects=None, score="iou")
+
+
+def test_boundary_data_splits_cells_that_no_threshold_separates() -> None:
+    """The gap at p = 0.75 is above every threshold tried: only the watershed split,
+    flooded from the cells' cores, keeps the two cells apart."""
+    prob, truth = membrane_case()
+    prob[10:15, 19:21] = 0.75
+    prob = np.where(truth, 0.99, prob)
+    choice = choose_postprocess(
+        [prob] * 3,
+        [truth] * 3,
+        objects=None,
+        score="rand",
+        thresholds=choose.THRESHOLDS,
+        seeds=choose.WATERSHED_SEEDS,
+    )
+    assert choice.watershed == 0.9  # every seed separates; the first of the best is kept
+    assert choice.rand_before == pytest.approx(1 / 3, abs=1e-6) and choice.rand_after == 0.0
+    steps = [t["step"] for t in choice.tried]
+    assert steps[:3] == [f"watershed split, cores >= {s:g}" for s in choose.WATERSHED_SEEDS]
+    assert [t["kept"] for t in choice.tried[:3]] == [True, False, False]
+    # the thresholds come after the split, on its masks: none improves on 0
+    assert choice.threshold is None
+    assert all(not t["kept"] for t in choice.tried if t["step"].startswith("threshold"))
+    assert "watershed split (cores >= 0.9)" in choice.describe()
+    assert choice.to_json()["watershed"] == 0.9
+    # without a split among the candidates, no threshold separates the cells
+    no_split = choose_postprocess(
+        [prob] * 3, [truth] * 3, objects=None, score="rand", thresholds=choose.THRESHOLDS
+    )
+    assert no_split.watershed is None and no_split.rand_after == pytest.approx(1 / 3, abs=1e-6)

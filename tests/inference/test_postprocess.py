@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
+from unet_lowered.dataset.masks import label_components
 from unet_lowered.inference.postprocess import (
+    basin_borders,
     clean_mask,
     count_components,
     fill_holes,
     keep_largest,
     remove_small,
+    split_touching,
     to_mask,
 )
 
@@ -118,3 +122,95 @@ def test_multi_class_cleaned_per_class() -> None:
 def test_keep_largest_rejects_zero() -> None:
     with pytest.raises(ValueError, match="keep_largest needs n >= 1, got 0"):
         keep_largest(np.zeros((3, 3), bool), 0)
+
+
+# ---------------------------------------------------------------- the watershed split
+
+
+def gapped_membrane(gap_p: float = 0.7) -> np.ndarray:
+    """Two cells (p = 0.99) either side of a 2-px membrane (p = 0.1) with a faint stretch
+    at ``gap_p`` in rows 10-14: thresholded at 0.5, the gap joins the cells."""
+    prob = np.full((40, 40), 0.99, np.float32)
+    prob[:, 19:21] = 0.1
+    prob[10:15, 19:21] = gap_p
+    return prob
+
+
+def test_split_touching_cuts_two_cells_joined_by_a_faint_membrane() -> None:
+    prob = gapped_membrane()
+    mask = prob >= 0.5
+    assert label_components(mask, 4)[1] == 1  # the gap merges the two cells
+    split = split_touching(prob, mask, 0.95)
+    # apart in both neighbourhoods: the Rand error's (4) and the package's (8)
+    assert label_components(split, 4)[1] == 2 and count_components(split) == 2
+    # only pixels of the gap became background; nothing outside the mask became foreground
+    changed = mask & ~split
+    assert not (split & ~mask).any()
+    assert changed.any() and changed[10:15, 19:21].sum() == changed.sum()
+    # every row of the gap is cut (where the floods meet on its flat ridge is a tie)
+    assert (changed[10:15, 19:21].sum(axis=1) >= 1).all()
+    # (H, W, 1) probabilities are taken too
+    assert np.array_equal(split_touching(prob[..., None], mask, 0.95), split)
+
+
+def test_split_touching_follows_a_diagonal_membrane() -> None:
+    # a 1-px membrane along the diagonal, faint in its middle third
+    yy, xx = np.mgrid[0:48, 0:48]
+    prob = np.where(yy == xx, 0.1, 0.99).astype(np.float32)
+    prob[(yy == xx) & (yy >= 16) & (yy < 32)] = 0.8
+    mask = prob >= 0.5
+    assert label_components(mask, 4)[1] == 1
+    split = split_touching(prob, mask, 0.95)
+    # apart in both neighbourhoods: the cut breaks the corner contacts across the
+    # diagonal, one pixel per corner, on the side scanned first (above it)
+    assert label_components(split, 4)[1] == 2 and count_components(split) == 2
+    assert not (split & ~mask).any()
+    removed = mask & ~split
+    clear = (yy < 15) | (yy > 32)  # rows where the membrane is clear, and their corners
+    assert np.array_equal(removed[clear], (xx == yy + 1)[clear])
+    # along the faint stretch the cut runs on the diagonal and at most 2 px above it
+    assert ((xx - yy)[removed & ~clear] >= 0).all() and ((xx - yy)[removed] <= 2).all()
+    assert all(removed[y, y] for y in range(16, 32))
+
+
+def test_basin_borders_keep_regions_apart_in_both_neighbourhoods() -> None:
+    labels = np.array(
+        [
+            [1, 1, 2, 2],
+            [1, 2, 2, 3],
+            [1, 1, 3, 3],
+            [0, 0, 0, 3],
+        ]
+    )
+    border = basin_borders(labels)
+    expected = np.array(
+        [
+            [1, 1, 1, 1],  # (0, 0): 2 down-right; (0, 1): 2 right; (0, 2)-(0, 3): 3 below
+            [1, 1, 1, 0],  # (1, 0): 2 on its right; (1, 1): 1 below; (1, 2): 3 right
+            [0, 1, 0, 0],  # (2, 1): 3 on its right; background (0) borders no one
+            [0, 0, 0, 0],
+        ],
+        bool,
+    )
+    assert np.array_equal(border, expected)
+    kept = np.where(border, 0, labels)
+    for value in (1, 2, 3):
+        others = (kept != 0) & (kept != value)
+        near = ndimage.binary_dilation(kept == value, np.ones((3, 3), bool))
+        assert not (near & others).any()  # no 8-neighbour of another region is left
+    assert not basin_borders(np.ones((3, 3), int)).any()
+
+
+def test_split_touching_leaves_objects_with_one_core_whole() -> None:
+    prob = gapped_membrane()
+    prob[:, :19] = 0.9  # the left cell never reaches the seed: only one core
+    mask = prob >= 0.5
+    assert np.array_equal(split_touching(prob, mask, 0.95), mask)
+    # a cell whose inside dips (a dark organelle at 0.6) but keeps one core stays whole
+    cell = np.full((30, 30), 0.05, np.float32)
+    cell[5:25, 5:25] = 0.99
+    cell[12:18, 12:18] = 0.6
+    assert np.array_equal(split_touching(cell, cell >= 0.5, 0.95), cell >= 0.5)
+    # an empty mask stays empty
+    empty = np.zeros((8, 8), bool)
+    assert not split_touching(np.zeros((8, 8), np.float32), empty, 0.9).any()

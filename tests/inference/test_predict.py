@@ -12,11 +12,13 @@ from scipy.special import expit
 
 from dicom_fixtures import write_dicom
 from run_fixtures import bright_model, disk_image, make_run, run_config, shifted_model
+from unet_lowered.dataset.masks import label_components
 from unet_lowered.errors import UnetError
 from unet_lowered.inference.batch import collect_inputs, exit_status, make_ids, predict_files
 from unet_lowered.inference.predictor import (
     PredictOptions,
     applied_threshold,
+    applied_watershed,
     mask_to_png,
     predict_image,
     probs_to_mask,
@@ -210,6 +212,7 @@ def test_auto_mode_follows_the_run() -> None:
         ),
         (PredictOptions(batch_size=0), "--batch-size must be at least 1"),
         (PredictOptions(min_area=-1), "--min-area must be 0 or more"),
+        (PredictOptions(watershed=1.0), r"--watershed must be in \[0, 1\)"),
     ],
 )
 def test_bad_options_are_explained(options: PredictOptions, message: str) -> None:
@@ -522,6 +525,29 @@ def test_the_runs_postprocessing_applies_by_default_and_flags_override(tmp_path:
     assert components(postprocess=False) == 2  # --no-postprocess
     assert components(keep_largest=0) == 2  # --keep-largest 0 keeps all
     assert components(postprocess=False, keep_largest=1) == 1  # a flag still applies
+
+
+def test_the_runs_watershed_split_applies_by_default_and_flags_override() -> None:
+    # two cells joined by a faint stretch of membrane (p = 0.7 in rows 10-14)
+    prob = np.full((40, 40), 0.99, np.float32)
+    prob[:, 19:21] = 0.1
+    prob[10:15, 19:21] = 0.7
+    probs = prob[..., None]
+    config = run_config(postprocess={"watershed": 0.95, "fill_holes": False})
+
+    def cells(**options) -> int:
+        mask = probs_to_mask(probs, config, PredictOptions(**options))
+        return label_components(mask, 4)[1]
+
+    assert applied_watershed(PredictOptions(), config) == 0.95
+    assert cells() == 2  # the run's choice
+    assert cells(watershed=0) == 1  # --watershed 0: off
+    assert cells(postprocess=False) == 1  # --no-postprocess
+    assert cells(postprocess=False, watershed=0.9) == 2  # a flag still applies
+    assert applied_watershed(PredictOptions(), run_config({})) is None  # a run without
+    # a multi-class run is left as argmax gives it
+    multi = np.concatenate([1 - probs, probs], axis=2)
+    assert probs_to_mask(multi, config, PredictOptions()).max() == 1
 
 
 def test_predictions_csv_flags_each_mask(tmp_path: Path) -> None:

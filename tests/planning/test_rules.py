@@ -227,6 +227,12 @@ def test_postprocess_candidates() -> None:
     assert rules.postprocess_rule(fp()).value == ["keep_largest 2", "fill_holes"]
     many = rules.postprocess_rule(fp(objects_per_image=30.0, holes_fraction=0.5))
     assert many.value == ["min_area"]
+    cells = rules.postprocess_rule(fp(objects_per_image=40.0, touching_fraction=0.84))
+    assert cells.value == ["fill_holes", "min_area", "watershed", "threshold"]
+    assert "84% of the objects behind thin gaps" in cells.reason
+    # at the rule's bound (DSB2018 nuclei: 25%, under it)
+    assert "watershed" in rules.postprocess_rule(fp(touching_fraction=0.5)).value
+    assert "watershed" not in rules.postprocess_rule(fp(touching_fraction=0.49)).value
 
 
 def test_plan_settings_uses_the_measured_step_and_the_users_batch() -> None:

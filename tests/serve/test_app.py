@@ -110,6 +110,7 @@ def test_model_facts(client: TestClient, run: Path) -> None:
         "keep_largest": None,
         "fill_holes": False,
         "min_area": 0,
+        "watershed": None,
         "postprocess": True,
         "tta": None,  # the group applied: none chosen for this run
     }
@@ -216,6 +217,7 @@ def test_the_runs_chosen_postprocessing_and_quality_flag_are_unet_predicts(
             ("&postprocess=false", {"postprocess": False}),
             ("&keep_largest=0", {"keep_largest": 0}),
             ("&postprocess=false&fill_holes=true", {"postprocess": False, "fill_holes": True}),
+            ("&watershed=0.9", {"watershed": 0.9}),
         ]:
             r = c.post(f"/v1/segment?format=png{query}", files=upload(path.read_bytes()))
             expected = reference(run, path, **options)
@@ -224,6 +226,9 @@ def test_the_runs_chosen_postprocessing_and_quality_flag_are_unet_predicts(
             assert figures["components"] == int(expected["row"]["components"]), query
             assert figures["quality"] == expected["row"]["quality"], query
             assert figures["quality"].startswith("check: "), figures["quality"]
+        bad = c.post("/v1/segment?watershed=1.5", files=upload(path.read_bytes()))
+        assert bad.status_code == 400
+        assert bad.json()["error"].startswith("watershed must be in [0, 1)")
     assert [
         int(reference(run, path, **o)["row"]["components"]) for o in ({}, {"keep_largest": 0})
     ] == [1, 2]

@@ -428,15 +428,24 @@ def test_after_training_keeps_tta_for_a_run_trained_with_flips(tmp_path: Path) -
     assert flipless.postprocess["tta"] is None  # no flips in training: not a candidate
     assert all(not t["step"].startswith("tta") for t in flipless.postprocess["tried"])
     assert flipless.postprocess["score"] == "dice"
-    # Boundary data (most objects behind thin gaps, per the plan): Rand error and thresholds.
+    # Boundary data (most objects behind thin gaps, per the plan): Rand error, the
+    # watershed split, then the thresholds.
     plan = {"fingerprint": {"touching_fraction": 0.84}}
     boundary = after_training(
         out, run_config({"depth": 2, "plan": plan}), dataset, dataset.ids, masks
     )
     assert boundary.postprocess["score"] == "rand"
     steps = [t["step"] for t in boundary.postprocess["tried"]]
-    assert steps[:4] == ["threshold 0.3", "threshold 0.4", "threshold 0.6", "threshold 0.7"]
+    splits = [f"watershed split, cores >= {s:g}" for s in (0.9, 0.95, 0.98)]
+    thresholds = ["threshold 0.3", "threshold 0.4", "threshold 0.6", "threshold 0.7"]
+    assert steps[:7] == splits + thresholds
+    assert "watershed" in boundary.postprocess
+    assert all("watershed" not in step for step in steps_of(flipless.postprocess))
     assert "validation_rand_error_before" in boundary.postprocess
+
+
+def steps_of(chosen: dict) -> list[str]:
+    return [t["step"] for t in chosen["tried"]]
 
 
 def test_a_run_stopped_before_any_validated_epoch_says_so(

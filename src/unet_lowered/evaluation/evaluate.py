@@ -44,6 +44,7 @@ from unet_lowered.inference.journal import remove_stale_temps
 from unet_lowered.inference.predictor import (
     PredictOptions,
     applied_threshold,
+    applied_watershed,
     postprocess_steps,
     predict_prepared,
     prepare_images,
@@ -227,6 +228,7 @@ def _summary(
             "mode": options.mode,
             "tta": tta_group(options, run.config),
             "threshold": threshold,
+            "watershed": applied_watershed(options, run.config),
             **dict(zip(("keep_largest", "fill_holes", "min_area"), steps, strict=True)),
             "postprocess_from_run": options.postprocess and run.config.postprocess is not None,
             "overlap": options.overlap,

@@ -6,12 +6,17 @@ Connected components are those of
 :func:`unet_lowered.dataset.masks.label_components` with 8-connectivity (pixels
 touching at a corner belong to the same object); holes are background regions not
 connected to the image border.
+
+For boundary data (cells that tile the image between thin membranes, as in EM),
+:func:`split_touching` cuts objects along the watershed lines of the probability map,
+so that a faint or broken membrane no longer merges two cells.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
+from skimage.segmentation import watershed
 
 from unet_lowered.dataset.masks import label_components
 
@@ -32,6 +37,62 @@ def to_mask(probs: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     if probs.ndim == 3:
         probs = probs[:, :, 0]
     return probs >= threshold
+
+
+def split_touching(probs: np.ndarray, mask: np.ndarray, seed: float) -> np.ndarray:
+    """Cut a mask's objects along the watershed lines of the probability map.
+
+    The cores of the objects (4-connected regions where ``probs >= seed``) flood the
+    map's valleys (``1 - probs``: membranes are ridges) until they meet; the pixels
+    where two floods meet become background (:func:`basin_borders`). Where the network
+    saw a membrane only faintly (a gap in the thresholded mask that joins two cells),
+    the cut still runs along its ridge, so the two cells stay apart. An object with no
+    core of its own, or only one, is left whole; nothing outside the mask becomes
+    foreground.
+
+    Args:
+        probs: ``(H, W)`` or ``(H, W, 1)`` foreground probabilities.
+        mask: The thresholded ``(H, W)`` bool mask.
+        seed: The probability that marks an object's core, in ``(0, 1)`` (above the
+            threshold; ISBI 2012 cells: 0.9-0.98).
+
+    Returns:
+        A ``(H, W)`` bool mask: ``mask`` without the basins' borders; its objects are
+        apart in 4- and in 8-connectivity.
+    """
+    if probs.ndim == 3:
+        probs = probs[:, :, 0]
+    cores, count = label_components(probs >= seed, 4)
+    if count < 2:
+        return mask.copy()
+    # 4-neighbour flooding without skimage's own lines: its 8-neighbour lines (which
+    # would keep objects apart in 8-connectivity) took 16 s on one 512 x 512 EM slice.
+    basins = watershed(1.0 - probs.astype(np.float32, copy=False), cores, connectivity=1)
+    basins[~mask] = 0
+    return mask & ~basin_borders(basins)
+
+
+def basin_borders(labels: np.ndarray) -> np.ndarray:
+    """The labelled pixels (non-zero) that have a differently labelled neighbour after
+    them in scan order (right, down-left, down, down-right); 0 is background and
+    borders no one.
+
+    Removing them leaves no two differently labelled pixels 8-adjacent (of any such
+    pair, the first in scan order is removed), so the regions stay apart in 4- and
+    8-connectivity: a cut one pixel wide where the regions meet side by side, and
+    where they meet only at corners (across a membrane one diagonal pixel wide), one
+    pixel per corner.
+    """
+    border = np.zeros(labels.shape, bool)
+    for here, after in (
+        (np.s_[:, :-1], np.s_[:, 1:]),  # right
+        (np.s_[:-1, :], np.s_[1:, :]),  # down
+        (np.s_[:-1, :-1], np.s_[1:, 1:]),  # down-right
+        (np.s_[:-1, 1:], np.s_[1:, :-1]),  # down-left
+    ):
+        a, b = labels[here], labels[after]
+        border[here] |= (a != b) & (a != 0) & (b != 0)
+    return border
 
 
 def count_components(mask: np.ndarray) -> int:

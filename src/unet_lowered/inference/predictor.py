@@ -32,7 +32,7 @@ import numpy as np
 
 from unet_lowered import options as names
 from unet_lowered.errors import UnetError
-from unet_lowered.inference.postprocess import clean_mask, to_mask
+from unet_lowered.inference.postprocess import clean_mask, split_touching, to_mask
 from unet_lowered.inference.tiling import predict_tiled
 from unet_lowered.inference.tta import tta_predict
 from unet_lowered.io.images import DEFAULT_MAX_PIXELS
@@ -63,6 +63,10 @@ class PredictOptions:
         fill_holes: Fill holes in the objects; None: the run's choice.
         min_area: Remove objects smaller than this many pixels (at the original size);
             None: the run's choice.
+        watershed: Cut objects along the watershed lines of the probability map,
+            flooded from the cores where the probability reaches this value
+            (:func:`~unet_lowered.inference.postprocess.split_touching`; one class
+            only); 0 turns it off; None: the run's choice.
         postprocess: Apply the post-processing the run chose on its validation split
             (``RunConfig.postprocess``) to the steps left None; False leaves them off.
         max_pixels: Refuse images with more pixels than this, before decoding them.
@@ -78,6 +82,7 @@ class PredictOptions:
     keep_largest: int | None = None
     fill_holes: bool | None = None
     min_area: int | None = None
+    watershed: float | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
     postprocess: bool = True
 
@@ -98,6 +103,10 @@ class PredictOptions:
             raise UnetError(f"--keep-largest must be 0 (keep all) or more, got {self.keep_largest}")
         if self.min_area is not None and self.min_area < 0:
             raise UnetError(f"--min-area must be 0 or more pixels, got {self.min_area}")
+        if self.watershed is not None and not 0 <= self.watershed < 1:
+            raise UnetError(
+                f"--watershed must be in [0, 1) (the core probability; 0: off), got {self.watershed}"
+            )
         return self
 
 
@@ -313,9 +322,25 @@ def applied_threshold(options: PredictOptions, config: RunConfig) -> float:
     return float(chosen) if chosen is not None else config.threshold
 
 
+def applied_watershed(options: PredictOptions, config: RunConfig) -> float | None:
+    """The core probability of the watershed split applied, or None (off):
+    ``options.watershed`` when given (0: off), else the one ``unet train`` chose on
+    validation (boundary data; unless ``options.postprocess`` is False)."""
+    seed = options.watershed
+    if seed is None and options.postprocess:
+        seed = (config.postprocess or {}).get("watershed")
+    return float(seed) if seed else None
+
+
 def probs_to_mask(probs: np.ndarray, config: RunConfig, options: PredictOptions) -> np.ndarray:
-    """Threshold (or argmax) and clean probabilities: bool ``(H, W)`` or class indices."""
+    """Threshold (or argmax) and clean probabilities: bool ``(H, W)`` or class indices.
+
+    The order: threshold, the watershed split (one class only), then
+    :func:`~unet_lowered.inference.postprocess.clean_mask`'s steps."""
     mask = to_mask(probs, applied_threshold(options, config))
+    seed = applied_watershed(options, config)
+    if seed is not None and mask.dtype == bool:
+        mask = split_touching(probs, mask, seed)
     keep, holes, min_area = postprocess_steps(options, config)
     return clean_mask(mask, keep, holes, min_area)
 

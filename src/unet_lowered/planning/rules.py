@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from unet_lowered.evaluation.choose import BOUNDARY_TOUCHING
 from unet_lowered.model import nearest_valid_sizes
 from unet_lowered.planning.fingerprint import Fingerprint
 
@@ -478,7 +479,9 @@ def postprocess_rule(fp: Fingerprint) -> Planned:
     """The post-processing steps worth trying on validation (``unet train`` chooses).
 
     Keep-the-N-largest for a few whole objects per image; fill-holes when the true
-    masks have none; a minimum area when images hold many objects (noise specks).
+    masks have none; a minimum area when images hold many objects (noise specks); for
+    boundary data (most objects behind thin gaps, as EM cells), the watershed split and
+    the threshold, scored by the Rand error.
     """
     candidates, why = [], []
     n = fp.objects_per_image
@@ -491,6 +494,12 @@ def postprocess_rule(fp: Fingerprint) -> Planned:
     if n > 4:
         candidates.append("min_area")
         why.append(f"{n:g} objects per image")
+    if fp.touching_fraction >= BOUNDARY_TOUCHING:
+        candidates += ["watershed", "threshold"]
+        why.append(
+            f"{fp.touching_fraction:.0%} of the objects behind thin gaps: boundary data, "
+            "scored by the Rand error"
+        )
     return Planned(candidates, "; ".join(why) + " (chosen on validation after training)")
 
 

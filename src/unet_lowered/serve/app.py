@@ -64,6 +64,7 @@ from unet_lowered.inference.postprocess import count_components
 from unet_lowered.inference.predictor import (
     PredictOptions,
     applied_threshold,
+    applied_watershed,
     mask_to_png,
     postprocess_steps,
     predict_images,
@@ -97,6 +98,7 @@ _QUERY = frozenset(
         "keep_largest",
         "fill_holes",
         "min_area",
+        "watershed",
         "postprocess",
         "tta",
         "tta_transforms",
@@ -122,7 +124,7 @@ class ServeSettings:
         options: Default prediction and post-processing settings (those of
             ``unet predict``: steps left None take the run's choice); a request's query
             (``threshold``, ``keep_largest``, ``fill_holes``, ``min_area``,
-            ``postprocess``, ``tta``, ``tta_transforms``, ``mode``) overrides them.
+            ``watershed``, ``postprocess``, ``tta``, ``tta_transforms``, ``mode``) overrides them.
     """
 
     workers: int = 1
@@ -277,6 +279,7 @@ class Service:
                 "keep_largest": keep,
                 "fill_holes": holes,
                 "min_area": min_area,
+                "watershed": applied_watershed(o, c),
                 "postprocess": o.postprocess,
                 "tta": tta_group(o, c),
             },
@@ -620,6 +623,7 @@ def create_app(
         keep_largest: int | None = None,
         fill_holes: bool | None = None,
         min_area: int | None = None,
+        watershed: float | None = None,
         postprocess: bool | None = None,
         tta: bool | None = None,
         tta_transforms: str | None = None,
@@ -635,6 +639,7 @@ def create_app(
                 "keep_largest": keep_largest,
                 "fill_holes": fill_holes,
                 "min_area": min_area,
+                "watershed": watershed,
                 "postprocess": postprocess,
                 "tta": tta,
                 "tta_transforms": tta_transforms,

@@ -31,6 +31,7 @@ from unet_lowered.errors import SettingError, UnetError
 from unet_lowered.evaluation.choose import (
     BOUNDARY_TOUCHING,
     THRESHOLDS,
+    WATERSHED_SEEDS,
     choose_postprocess,
     min_area_candidate,
 )
@@ -364,7 +365,9 @@ def after_training(
     without flips gets none. For boundary data (the plan's fingerprint finds at least
     :data:`~unet_lowered.evaluation.choose.BOUNDARY_TOUCHING` of the objects behind
     thin gaps, as EM cells are) the choice is scored by the Rand error of the objects
-    and also tries the thresholds :data:`~unet_lowered.evaluation.choose.THRESHOLDS`."""
+    and also tries the watershed split
+    (:data:`~unet_lowered.evaluation.choose.WATERSHED_SEEDS`) and the thresholds
+    :data:`~unet_lowered.evaluation.choose.THRESHOLDS`."""
     stats = mask_stats(train_masks)
     model = runs.load_model(out / runs.MODEL_FILE)
     tta = resolve_tta("auto", run_config) if any(run_config.flips) else None
@@ -393,6 +396,7 @@ def after_training(
         score="rand" if boundary else "dice",
         threshold=run_config.threshold,
         thresholds=THRESHOLDS if boundary else (),
+        seeds=WATERSHED_SEEDS if boundary else (),
     )
     print(choice.describe(), file=sys.stderr, flush=True)
     run_config = dataclasses.replace(
