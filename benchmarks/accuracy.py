@@ -16,7 +16,7 @@ one table (with the plan chosen) and appends it, with date and machine, to
   (``unet_lowered.evaluation.metrics.best_rand_error``, the figure the U-Net paper
   reports), and of the mask plain ``unet predict`` writes (the run's threshold, TTA
   and post-processing; where the run chose the watershed split, also the mask
-  without it, in brackets). Results before 2026-12-02 used scikit-image's convention
+  without it and at the run's own threshold, in brackets). Results before 2026-12-02 used scikit-image's convention
   (``adapted_rand_error``), which gives larger values for the same prediction.
 
     .venv/bin/python benchmarks/accuracy.py                 # all three (about 35 min)
@@ -171,7 +171,8 @@ def _isbi_rand_error(run: Path, data: Path, rows: list[dict]) -> tuple[float, fl
     challenge's convention, best over thresholds of the cell probability),
     :func:`~unet_lowered.evaluation.metrics.rand_error` of the 4-connected cells of the
     mask ``unet predict`` writes (the run's threshold and post-processing), and of that
-    mask without the watershed split (None when the run chose none).
+    mask without the watershed split, at the run's own threshold (the one chosen with
+    the split may suit only split masks; None when the run chose no split).
     """
     from unet_lowered.dataset.masks import label_components
     from unet_lowered.evaluation import metrics
@@ -191,7 +192,8 @@ def _isbi_rand_error(run: Path, data: Path, rows: list[dict]) -> tuple[float, fl
         mask = probs_to_mask(probs, loaded.config, PredictOptions())
         plain.append(metrics.rand_error(truth[0], label_components(mask, 4)[0]))
         if split:
-            mask = probs_to_mask(probs, loaded.config, PredictOptions(watershed=0))
+            before = PredictOptions(watershed=0, threshold=loaded.config.threshold)
+            mask = probs_to_mask(probs, loaded.config, before)
             unsplit.append(metrics.rand_error(truth[0], label_components(mask, 4)[0]))
     return (
         statistics.fmean(best),

@@ -1,0 +1,88 @@
+"""The watershed split on a trained boundary-data run, seed by seed, side by side.
+
+For each validation image of RUN (from ``RUN/split.json``) in DATA (a prepared folder),
+predicts the probabilities as plain ``unet predict`` does (the run's TTA choice), then
+scores the mask at a fixed threshold without the split and with the split at each core
+probability (``unet_lowered.inference.postprocess.split_touching``): the ISBI 2012
+challenge's Rand error of the 4-connected objects per image and its mean, the mean
+Dice, and the split's time. Use it to see what the choice ``unet train`` made rests on,
+and to check it on images the choice did not see (``--split train`` is biased: the
+network was trained on them).
+
+    .venv/bin/python benchmarks/watershed_split.py RUN DATA
+    .venv/bin/python benchmarks/watershed_split.py RUN DATA --threshold 0.3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_SEEDS = (0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path, help="a run folder written by `unet train`")
+    parser.add_argument("data", type=Path, help="the prepared data folder it was trained on")
+    parser.add_argument("--threshold", type=float, default=0.5, help="the mask's threshold")
+    parser.add_argument(
+        "--seeds",
+        default=",".join(f"{s:g}" for s in DEFAULT_SEEDS),
+        help="comma-separated core probabilities",
+    )
+    parser.add_argument("--split", default="val", choices=("val", "train"))
+    args = parser.parse_args(argv)
+    seeds = [float(s) for s in args.seeds.split(",") if s.strip()]
+
+    from unet_lowered.dataset.masks import label_components
+    from unet_lowered.dataset.pairs import load_prepared
+    from unet_lowered.evaluation.metrics import dice, rand_error
+    from unet_lowered.inference.postprocess import split_touching
+    from unet_lowered.inference.predictor import predict_image
+    from unet_lowered.io import runs
+    from unet_lowered.io.images import read_image
+
+    loaded = runs.load_run(args.run)
+    ids = json.loads((args.run / "split.json").read_text())[args.split]
+    pairs = load_prepared(args.data)
+    model = loaded.model()
+    probs, truths = [], []
+    for i in ids:
+        probs.append(predict_image(model, read_image(pairs.images[i]), loaded.config)[..., 0])
+        truths.append(read_image(pairs.masks[i]) > 0)
+    cells = [label_components(t, 4)[0] for t in truths]
+
+    chosen = loaded.config.postprocess or {}
+    print(
+        f"run {args.run}: TTA {chosen.get('tta')}, chosen split {chosen.get('watershed')}, "
+        f"threshold {args.threshold:g}, {len(ids)} {args.split} images: {', '.join(ids)}\n"
+    )
+    print("| cores at | Rand error mean | per image | Dice mean | split time per image |")
+    print("|---|---:|---|---:|---:|")
+    for seed in [None, *seeds]:
+        errors, dices, seconds = [], [], 0.0
+        for p, truth, true_cells in zip(probs, truths, cells, strict=True):
+            mask = p >= args.threshold
+            if seed is not None:
+                start = time.perf_counter()
+                mask = split_touching(p, mask, seed)
+                seconds += time.perf_counter() - start
+            errors.append(rand_error(true_cells, label_components(mask, 4)[0]))
+            dices.append(dice(truth, mask))
+        name = "no split" if seed is None else f"{seed:g}"
+        per_image = " ".join(f"{e:.3f}" for e in errors)
+        timing = "-" if seed is None else f"{1000 * seconds / len(probs):.0f} ms"
+        print(
+            f"| {name} | {statistics.fmean(errors):.4f} | {per_image} | "
+            f"{statistics.fmean(dices):.4f} | {timing} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
