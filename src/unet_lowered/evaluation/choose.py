@@ -15,9 +15,9 @@ image between thin membranes, as in EM: most objects are separated from a neighb
 only by a gap of a few pixels) the Rand F-score of the 4-connected objects in the
 ISBI 2012 challenge's convention (:func:`unet_lowered.evaluation.metrics.rand_error`):
 there what matters is whether the predicted boundaries separate the objects, which
-Dice barely sees, and the watershed split and the threshold decide it. The choice and the figures behind it
-go into the run's ``config.json``; ``unet predict``, ``unet evaluate`` and ``unet
-serve`` apply it by default.
+Dice barely sees, and the watershed split and the threshold decide it. The choice and
+the figures behind it go into the run's ``config.json``; ``unet predict``, ``unet
+evaluate`` and ``unet serve`` apply it by default.
 """
 
 from __future__ import annotations

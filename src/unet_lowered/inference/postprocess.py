@@ -57,8 +57,8 @@ def split_touching(probs: np.ndarray, mask: np.ndarray, seed: float) -> np.ndarr
             threshold; ISBI 2012 cells: 0.9-0.98).
 
     Returns:
-        A ``(H, W)`` bool mask: ``mask`` without the basins' borders; its objects are
-        apart in 4- and in 8-connectivity.
+        A ``(H, W)`` bool mask: ``mask`` without the basins' borders; the objects it
+        cuts apart stay apart in 4- and in 8-connectivity.
     """
     if probs.ndim == 3:
         probs = probs[:, :, 0]

@@ -260,8 +260,9 @@ class RunConfig:
         mask_stats: What the training masks look like (binary runs), for the quality
             flag: :class:`unet_lowered.inference.quality.MaskStats` as JSON, or None.
         postprocess: The post-processing chosen on validation
-            (:func:`unet_lowered.evaluation.choose.choose_postprocess`): ``keep_largest``,
-            ``fill_holes``, ``min_area`` and the figures behind them, or None (none).
+            (:func:`unet_lowered.evaluation.choose.choose_postprocess`): ``tta``,
+            ``threshold``, ``watershed``, ``keep_largest``, ``fill_holes``, ``min_area``
+            and the figures behind them, or None (none).
         plan: The plan the settings came from (:mod:`unet_lowered.planning.plan`), or None.
         settings_sources: Where each setting came from: ``default``, ``plan``, ``file``
             (``--config``) or ``flag``; None when not recorded.
