@@ -469,8 +469,16 @@ def test_cli_predict_exit_status_and_keep_going(
         "--keep-largest",
         "2",
         "--fill-holes",
+        "--watershed",
+        "0.95",
     )
     assert code == 0 and (tmp_path / "o2" / "good.png").is_file()
+    capsys.readouterr()
+    out4 = str(tmp_path / "o4")
+    assert cli("predict", str(run), str(tmp_path / "in"), "--out", out4, "--watershed", "1.5") != 0
+    err = capsys.readouterr().err.strip()
+    assert "--watershed must be in [0, 1)" in err and "Traceback" not in err
+    assert len(err.splitlines()) == 1
     assert cli("predict", str(run), str(tmp_path / "nothing"), "--out", str(tmp_path / "o3")) == 1
     assert "nothing: no such file or folder" in capsys.readouterr().err
 
