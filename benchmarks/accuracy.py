@@ -16,8 +16,9 @@ one table (with the plan chosen) and appends it, with date and machine, to
   (``unet_lowered.evaluation.metrics.best_rand_error``, the figure the U-Net paper
   reports), and of the mask plain ``unet predict`` writes (the run's threshold, TTA
   and post-processing; where the run chose the watershed split, also the mask
-  without it and at the run's own threshold, in brackets). Results before 2026-12-02 used scikit-image's convention
-  (``adapted_rand_error``), which gives larger values for the same prediction.
+  without it and at the run's own threshold, in brackets). Results before 2026-12-02
+  used scikit-image's convention (``adapted_rand_error``), which gives larger values
+  for the same prediction.
 
     .venv/bin/python benchmarks/accuracy.py                 # all three (about 35 min)
     .venv/bin/python benchmarks/accuracy.py --datasets jsrt  # only the chest X-rays

@@ -21,6 +21,7 @@ error of the images when held out is printed beside their mean when chosen on.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -92,24 +93,27 @@ def main(argv: list[str] | None = None) -> int:
             f"{statistics.fmean(dices):.4f} | {timing} |"
         )
     if args.held_out:
-        held_out(probs, truths, cells, args.threshold)
+        held_out(probs, truths, cells, loaded.config, args.threshold)
     return 0
 
 
-def held_out(probs: list, truths: list, cells: list, threshold: float) -> None:
-    """Choose on each half of the images, score the other half; print the means."""
+def held_out(probs: list, truths: list, cells: list, config, threshold: float) -> None:
+    """Choose on each half of the images, score the other half; print the means.
+
+    The masks are made as ``unet predict`` makes them with the choice: ``probs_to_mask``
+    on ``config`` with the choice as its ``postprocess``, at the chosen threshold or else
+    ``threshold``."""
     import itertools
 
     from unet_lowered.dataset.masks import label_components
     from unet_lowered.evaluation.choose import THRESHOLDS, WATERSHED_SEEDS, choose_postprocess
     from unet_lowered.evaluation.metrics import rand_error
-    from unet_lowered.inference.postprocess import clean_mask, split_touching
+    from unet_lowered.inference.predictor import PredictOptions, probs_to_mask
 
     def error(choice, k: int) -> float:
-        mask = probs[k] >= (choice.threshold or threshold)
-        if choice.watershed:
-            mask = split_touching(probs[k], mask, choice.watershed)
-        mask = clean_mask(mask, None, choice.fill_holes, choice.min_area)
+        chosen = dataclasses.replace(config, postprocess=choice.to_json())
+        at = PredictOptions(threshold=choice.threshold or threshold)
+        mask = probs_to_mask(probs[k][..., None], chosen, at)
         return rand_error(cells[k], label_components(mask, 4)[0])
 
     n = len(probs)
