@@ -1,16 +1,16 @@
-"""The watershed split on a trained boundary-data run, seed by seed, side by side.
+"""The watershed split on a trained boundary-data run, merge level by level, side by side.
 
 For each validation image of RUN (from ``RUN/split.json``) in DATA (a prepared folder),
 predicts the probabilities as plain ``unet predict`` does (the run's TTA choice), then
-scores the mask at a fixed threshold without the split and with the split at each core
-probability (``unet_lowered.inference.postprocess.split_touching``): the ISBI 2012
+scores the mask at a fixed threshold without the split and with the split at each merge
+level (``unet_lowered.inference.postprocess.split_touching``): the ISBI 2012
 challenge's Rand error of the 4-connected objects per image and its mean, the mean
 Dice, and the split's time. Use it to see what the choice ``unet train`` made rests on.
 
 ``unet train`` makes its choice on the same validation images it is scored on, so its
 figure is in-sample. ``--held-out`` estimates what that costs: for every way of taking
 half of the images, the choice (``choose_postprocess`` with the thresholds, with and
-without the split's seeds) is made on that half and scored on the other; the mean Rand
+without the split's merge levels) is made on that half and scored on the other; the mean Rand
 error of the images when held out is printed beside their mean when chosen on.
 
     .venv/bin/python benchmarks/watershed_split.py RUN DATA
@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-DEFAULT_SEEDS = (0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
+DEFAULT_MERGES = (0.8, 0.85, 0.9, 0.95, 1.0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,9 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("data", type=Path, help="the prepared data folder it was trained on")
     parser.add_argument("--threshold", type=float, default=0.5, help="the mask's threshold")
     parser.add_argument(
-        "--seeds",
-        default=",".join(f"{s:g}" for s in DEFAULT_SEEDS),
-        help="comma-separated core probabilities",
+        "--merges",
+        default=",".join(f"{m:g}" for m in DEFAULT_MERGES),
+        help="comma-separated merge levels (1: cut every neck)",
     )
     parser.add_argument("--split", default="val", choices=("val", "train"))
     parser.add_argument(
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         help="also choose on half of the images and score the other half, every way",
     )
     args = parser.parse_args(argv)
-    seeds = [float(s) for s in args.seeds.split(",") if s.strip()]
+    merges = [float(m) for m in args.merges.split(",") if m.strip()]
 
     from unet_lowered.dataset.masks import label_components
     from unet_lowered.dataset.pairs import load_prepared
@@ -73,21 +73,21 @@ def main(argv: list[str] | None = None) -> int:
         f"run {args.run}: TTA {chosen.get('tta')}, chosen split {chosen.get('watershed')}, "
         f"threshold {args.threshold:g}, {len(ids)} {args.split} images: {', '.join(ids)}\n"
     )
-    print("| cores at | Rand error mean | per image | Dice mean | split time per image |")
+    print("| merge at | Rand error mean | per image | Dice mean | split time per image |")
     print("|---|---:|---|---:|---:|")
-    for seed in [None, *seeds]:
+    for merge in [None, *merges]:
         errors, dices, seconds = [], [], 0.0
         for p, truth, true_cells in zip(probs, truths, cells, strict=True):
             mask = p >= args.threshold
-            if seed is not None:
+            if merge is not None:
                 start = time.perf_counter()
-                mask = split_touching(p, mask, seed)
+                mask = split_touching(p, mask, merge)
                 seconds += time.perf_counter() - start
             errors.append(rand_error(true_cells, label_components(mask, 4)[0]))
             dices.append(dice(truth, mask))
-        name = "no split" if seed is None else f"{seed:g}"
+        name = "no split" if merge is None else f"{merge:g}"
         per_image = " ".join(f"{e:.3f}" for e in errors)
-        timing = "-" if seed is None else f"{1000 * seconds / len(probs):.0f} ms"
+        timing = "-" if merge is None else f"{1000 * seconds / len(probs):.0f} ms"
         print(
             f"| {name} | {statistics.fmean(errors):.4f} | {per_image} | "
             f"{statistics.fmean(dices):.4f} | {timing} |"
@@ -106,7 +106,7 @@ def held_out(probs: list, truths: list, cells: list, config, threshold: float) -
     import itertools
 
     from unet_lowered.dataset.masks import label_components
-    from unet_lowered.evaluation.choose import THRESHOLDS, WATERSHED_SEEDS, choose_postprocess
+    from unet_lowered.evaluation.choose import THRESHOLDS, WATERSHED_MERGES, choose_postprocess
     from unet_lowered.evaluation.metrics import rand_error
     from unet_lowered.inference.predictor import PredictOptions, probs_to_mask
 
@@ -121,7 +121,7 @@ def held_out(probs: list, truths: list, cells: list, config, threshold: float) -
     print(f"\nchosen on {n // 2} of {n} images, scored on the rest ({len(halves)} ways):\n")
     print("| candidates | mean Rand error, chosen on | held out | choices (split, threshold) |")
     print("|---|---:|---:|---|")
-    for name, seeds in (("thresholds", ()), ("thresholds and the split", WATERSHED_SEEDS)):
+    for name, merges in (("thresholds", ()), ("thresholds and the split", WATERSHED_MERGES)):
         inside, outside, made = [], [], []
         for half in halves:
             rest = [k for k in range(n) if k not in half]
@@ -132,7 +132,7 @@ def held_out(probs: list, truths: list, cells: list, config, threshold: float) -
                 score="rand",
                 threshold=threshold,
                 thresholds=THRESHOLDS,
-                seeds=seeds,
+                merges=merges,
             )
             inside += [error(choice, k) for k in half]
             outside += [error(choice, k) for k in rest]

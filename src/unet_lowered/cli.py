@@ -659,8 +659,9 @@ _MinArea = Annotated[
 _Watershed = Annotated[
     float | None,
     typer.Option(
-        help="Cut objects along the watershed lines of the probabilities, flooded from the "
-        "cores where they reach this value (cells between thin membranes, as in EM); 0: off "
+        help="Cut objects apart at their necks along the watershed lines of the "
+        "probabilities (cells between thin membranes, as in EM), keeping pieces joined where "
+        "their shared boundary's mean probability reaches this merge level (1: never); 0: off "
         "[default: the run's choice].",
     ),
 ]

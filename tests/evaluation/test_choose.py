@@ -152,10 +152,11 @@ def test_boundary_data_chooses_the_threshold_that_separates_the_cells() -> None:
 
 
 def test_boundary_data_splits_cells_that_no_threshold_separates() -> None:
-    """The gap at p = 0.75 is above every threshold tried: only the watershed split,
-    flooded from the cells' cores, keeps the two cells apart."""
+    """The gap at p = 0.87 is above every threshold tried: only the watershed split keeps
+    the two cells apart, and only where its merge level is above the gap's probability
+    (0.9, 0.95), not where the pieces either side of the gap are joined back (0.8, 0.85)."""
     prob, truth = membrane_case()
-    prob[10:15, 19:21] = 0.75
+    prob[10:15, 19:21] = 0.87
     prob = np.where(truth, 0.99, prob)
     choice = choose_postprocess(
         [prob] * 3,
@@ -163,17 +164,20 @@ def test_boundary_data_splits_cells_that_no_threshold_separates() -> None:
         objects=None,
         score="rand",
         thresholds=choose.THRESHOLDS,
-        seeds=choose.WATERSHED_SEEDS,
+        merges=choose.WATERSHED_MERGES,
     )
-    assert choice.watershed == 0.9  # every seed separates; the first of the best is kept
+    assert choice.watershed == 0.9  # 0.9 and 0.95 separate; the first of the best is kept
     assert choice.rand_before == pytest.approx(1 / 3, abs=1e-6) and choice.rand_after == 0.0
     steps = [t["step"] for t in choice.tried]
-    assert steps[:3] == [f"watershed split, cores >= {s:g}" for s in choose.WATERSHED_SEEDS]
-    assert [t["kept"] for t in choice.tried[:3]] == [True, False, False]
+    assert steps[:4] == [f"watershed split, merge >= {m:g}" for m in choose.WATERSHED_MERGES]
+    assert [t["kept"] for t in choice.tried[:4]] == [False, False, True, False]
+    assert [t["mean_rand_error"] for t in choice.tried[:4]] == pytest.approx(
+        [1 / 3, 1 / 3, 0, 0], abs=1e-6
+    )
     # the thresholds come after the split, on its masks: none improves on 0
     assert choice.threshold is None
     assert all(not t["kept"] for t in choice.tried if t["step"].startswith("threshold"))
-    assert "watershed split (cores >= 0.9)" in choice.describe()
+    assert "watershed split (merge >= 0.9)" in choice.describe()
     assert choice.to_json()["watershed"] == 0.9
     # without a split among the candidates, no threshold separates the cells
     no_split = choose_postprocess(

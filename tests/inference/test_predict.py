@@ -212,7 +212,7 @@ def test_auto_mode_follows_the_run() -> None:
         ),
         (PredictOptions(batch_size=0), "--batch-size must be at least 1"),
         (PredictOptions(min_area=-1), "--min-area must be 0 or more"),
-        (PredictOptions(watershed=1.0), r"--watershed must be in \[0, 1\)"),
+        (PredictOptions(watershed=1.5), r"--watershed must be in \[0, 1\] \(the merge level"),
     ],
 )
 def test_bad_options_are_explained(options: PredictOptions, message: str) -> None:
@@ -477,7 +477,7 @@ def test_cli_predict_exit_status_and_keep_going(
     out4 = str(tmp_path / "o4")
     assert cli("predict", str(run), str(tmp_path / "in"), "--out", out4, "--watershed", "1.5") != 0
     err = capsys.readouterr().err.strip()
-    assert "--watershed must be in [0, 1)" in err and "Traceback" not in err
+    assert "--watershed must be in [0, 1]" in err and "Traceback" not in err
     assert len(err.splitlines()) == 1
     assert cli("predict", str(run), str(tmp_path / "nothing"), "--out", str(tmp_path / "o3")) == 1
     assert "nothing: no such file or folder" in capsys.readouterr().err
@@ -552,6 +552,7 @@ def test_the_runs_watershed_split_applies_by_default_and_flags_override() -> Non
     assert cells(watershed=0) == 1  # --watershed 0: off
     assert cells(postprocess=False) == 1  # --no-postprocess
     assert cells(postprocess=False, watershed=0.9) == 2  # a flag still applies
+    assert cells(watershed=0.6) == 1  # merge level under the gap's 0.7: joined back
     assert applied_watershed(PredictOptions(), run_config({})) is None  # a run without
     # a multi-class run is left as argmax gives it
     multi = np.concatenate([1 - probs, probs], axis=2)

@@ -228,7 +228,7 @@ def test_the_runs_chosen_postprocessing_and_quality_flag_are_unet_predicts(
             assert figures["quality"].startswith("check: "), figures["quality"]
         bad = c.post("/v1/segment?watershed=1.5", files=upload(path.read_bytes()))
         assert bad.status_code == 400
-        assert bad.json()["error"].startswith("watershed must be in [0, 1)")
+        assert bad.json()["error"].startswith("watershed must be in [0, 1]")
     assert [
         int(reference(run, path, **o)["row"]["components"]) for o in ({}, {"keep_largest": 0})
     ] == [1, 2]

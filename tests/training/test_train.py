@@ -436,9 +436,9 @@ def test_after_training_keeps_tta_for_a_run_trained_with_flips(tmp_path: Path) -
     )
     assert boundary.postprocess["score"] == "rand"
     steps = [t["step"] for t in boundary.postprocess["tried"]]
-    splits = [f"watershed split, cores >= {s:g}" for s in (0.9, 0.95, 0.98)]
+    splits = [f"watershed split, merge >= {m:g}" for m in (0.8, 0.85, 0.9, 0.95)]
     thresholds = ["threshold 0.3", "threshold 0.4", "threshold 0.6", "threshold 0.7"]
-    assert steps[:7] == splits + thresholds
+    assert steps[:8] == splits + thresholds
     assert "watershed" in boundary.postprocess
     assert all("watershed" not in step for step in steps_of(flipless.postprocess))
     assert "validation_rand_error_before" in boundary.postprocess

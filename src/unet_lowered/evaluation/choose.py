@@ -3,8 +3,8 @@
 After training, ``unet train`` predicts the validation images at their original
 size, scores them without post-processing, then tries each candidate step in turn
 (test-time augmentation over the flips and turns the run was trained with, as
-nnU-Net mirrors at inference; for boundary data, cutting the objects along the
-watershed lines of the probability map, then the probability threshold; keep the
+nnU-Net mirrors at inference; for boundary data, cutting the objects apart at their
+necks where the network saw a membrane, then the probability threshold; keep the
 N largest objects, with N the usual number of objects in the training masks; then
 remove objects under a minimum area, a quarter of nearly the smallest training
 object; then fill holes) on top of what was kept so far. A step is kept when it
@@ -46,13 +46,13 @@ ISBI 2012: 0.84, DSB2018 nuclei: 0.25, lungs: 0)."""
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
 """The probability thresholds tried for boundary data."""
 
-WATERSHED_SEEDS = (0.9, 0.95, 0.98)
-"""The core probabilities of the watershed split tried for boundary data
-(:func:`unet_lowered.inference.postprocess.split_touching`). On the 4 ISBI 2012
-validation slices of two runs (threshold 0.5; ``benchmarks/watershed_split.py``) each
-of them lowered the mean Rand error (0.174 -> 0.126, 0.113, 0.100 and 0.146 -> 0.119,
-0.115, 0.129); which is best differs from run to run, and from 0.99 up the error rises
-again (0.995: 0.155 and 0.168)."""
+WATERSHED_MERGES = (0.8, 0.85, 0.9, 0.95)
+"""The merge levels of the watershed split tried for boundary data: two pieces of an
+object stay joined where their shared boundary's mean probability reaches it
+(:func:`unet_lowered.inference.postprocess.split_touching`). On ISBI 2012 (five runs,
+two sets of 4 validation slices, the choice made on 2 slices and scored on the other
+2), these four beat other grids (merge levels 0.9-1.0, deeper markers) held out;
+which is best differs from run to run (``benchmarks/watershed_split.py``)."""
 
 SCORES = ("dice", "rand")
 
@@ -78,8 +78,8 @@ class Choice:
             or None.
         threshold: The probability threshold chosen (boundary data), or None: the
             run's own.
-        watershed: The core probability of the watershed split chosen (boundary
-            data), or None: off.
+        watershed: The merge level of the watershed split chosen (boundary data),
+            or None: off.
         keep_largest: Keep the N largest objects, or None.
         fill_holes: Fill holes.
         min_area: Remove objects smaller than this many pixels (0: off).
@@ -127,7 +127,7 @@ class Choice:
     def describe(self) -> str:
         """One line for the user: what was chosen, with the validation figures."""
         steps = [f"test-time augmentation ({self.tta})"] if self.tta else []
-        steps += [f"watershed split (cores >= {self.watershed:g})"] if self.watershed else []
+        steps += [f"watershed split (merge >= {self.watershed:g})"] if self.watershed else []
         steps += [f"threshold {self.threshold:g}"] if self.threshold is not None else []
         steps += [f"keep the {self.keep_largest} largest objects"] if self.keep_largest else []
         steps += [f"remove objects under {self.min_area} px"] if self.min_area else []
@@ -186,7 +186,7 @@ def choose_postprocess(
     score: str = "dice",
     threshold: float = 0.5,
     thresholds: Sequence[float] = (),
-    seeds: Sequence[float] = (),
+    merges: Sequence[float] = (),
 ) -> Choice:
     """Choose the post-processing steps on validation predictions.
 
@@ -206,7 +206,7 @@ def choose_postprocess(
         threshold: The run's threshold, where the choice starts.
         thresholds: Other thresholds to try after TTA and the watershed split; the best
             that passes the rule is kept. Empty: the run's threshold stays.
-        seeds: Core probabilities of the watershed split to try after TTA
+        merges: Merge levels of the watershed split to try after TTA
             (:func:`~unet_lowered.inference.postprocess.split_touching`); the best that
             passes the rule is kept. Empty: no split.
 
@@ -227,12 +227,12 @@ def choose_postprocess(
     def masks(steps: Mapping[str, Any]) -> list[np.ndarray]:
         chosen = tta_probs if steps.get("tta") else probs
         cut = steps.get("threshold", threshold)
-        seed = steps.get("watershed")
+        merge = steps.get("watershed")
         out = []
         for p in chosen:
             mask = np.asarray(p) >= cut
-            if seed is not None:
-                mask = split_touching(np.asarray(p, dtype=np.float32), mask, seed)
+            if merge is not None:
+                mask = split_touching(np.asarray(p, dtype=np.float32), mask, merge)
             out.append(
                 clean_mask(mask, steps.get("keep"), steps.get("holes", False), steps.get("area", 0))
             )
@@ -271,7 +271,7 @@ def choose_postprocess(
         if keep:
             kept["tta"], current_result, current = tta, trial, trial[0]
     for key, values, name in (
-        ("watershed", tuple(seeds), "watershed split, cores >= {:g}"),
+        ("watershed", tuple(merges), "watershed split, merge >= {:g}"),
         ("threshold", tuple(t for t in thresholds if t != threshold), "threshold {:g}"),
     ):
         if not values:

@@ -63,8 +63,9 @@ class PredictOptions:
         fill_holes: Fill holes in the objects; None: the run's choice.
         min_area: Remove objects smaller than this many pixels (at the original size);
             None: the run's choice.
-        watershed: Cut objects along the watershed lines of the probability map,
-            flooded from the cores where the probability reaches this value
+        watershed: Cut objects apart at their necks along the watershed lines of
+            the probability map, keeping pieces joined where their shared boundary's
+            mean probability reaches this merge level
             (:func:`~unet_lowered.inference.postprocess.split_touching`; one class
             only); 0 turns it off; None: the run's choice.
         postprocess: Apply the post-processing the run chose on its validation split
@@ -103,9 +104,9 @@ class PredictOptions:
             raise UnetError(f"--keep-largest must be 0 (keep all) or more, got {self.keep_largest}")
         if self.min_area is not None and self.min_area < 0:
             raise UnetError(f"--min-area must be 0 or more pixels, got {self.min_area}")
-        if self.watershed is not None and not 0 <= self.watershed < 1:
+        if self.watershed is not None and not 0 <= self.watershed <= 1:
             raise UnetError(
-                f"--watershed must be in [0, 1) (the core probability; 0: off), got {self.watershed}"
+                f"--watershed must be in [0, 1] (the merge level; 0: off), got {self.watershed}"
             )
         return self
 
@@ -323,13 +324,13 @@ def applied_threshold(options: PredictOptions, config: RunConfig) -> float:
 
 
 def applied_watershed(options: PredictOptions, config: RunConfig) -> float | None:
-    """The core probability of the watershed split applied, or None (off):
+    """The merge level of the watershed split applied, or None (off):
     ``options.watershed`` when given (0: off), else the one ``unet train`` chose on
     validation (boundary data; unless ``options.postprocess`` is False)."""
-    seed = options.watershed
-    if seed is None and options.postprocess:
-        seed = (config.postprocess or {}).get("watershed")
-    return float(seed) if seed else None
+    merge = options.watershed
+    if merge is None and options.postprocess:
+        merge = (config.postprocess or {}).get("watershed")
+    return float(merge) if merge else None
 
 
 def probs_to_mask(probs: np.ndarray, config: RunConfig, options: PredictOptions) -> np.ndarray:
@@ -338,9 +339,9 @@ def probs_to_mask(probs: np.ndarray, config: RunConfig, options: PredictOptions)
     The order: threshold, the watershed split (one class only), then
     :func:`~unet_lowered.inference.postprocess.clean_mask`'s steps."""
     mask = to_mask(probs, applied_threshold(options, config))
-    seed = applied_watershed(options, config)
-    if seed is not None and mask.dtype == bool:
-        mask = split_touching(probs, mask, seed)
+    merge = applied_watershed(options, config)
+    if merge is not None and mask.dtype == bool:
+        mask = split_touching(probs, mask, merge)
     keep, holes, min_area = postprocess_steps(options, config)
     return clean_mask(mask, keep, holes, min_area)
 

@@ -31,7 +31,7 @@ from unet_lowered.errors import SettingError, UnetError
 from unet_lowered.evaluation.choose import (
     BOUNDARY_TOUCHING,
     THRESHOLDS,
-    WATERSHED_SEEDS,
+    WATERSHED_MERGES,
     choose_postprocess,
     min_area_candidate,
 )
@@ -366,7 +366,7 @@ def after_training(
     :data:`~unet_lowered.evaluation.choose.BOUNDARY_TOUCHING` of the objects behind
     thin gaps, as EM cells are) the choice is scored by the Rand error of the objects
     and also tries the watershed split
-    (:data:`~unet_lowered.evaluation.choose.WATERSHED_SEEDS`) and the thresholds
+    (:data:`~unet_lowered.evaluation.choose.WATERSHED_MERGES`) and the thresholds
     :data:`~unet_lowered.evaluation.choose.THRESHOLDS`."""
     stats = mask_stats(train_masks)
     model = runs.load_model(out / runs.MODEL_FILE)
@@ -396,7 +396,7 @@ def after_training(
         score="rand" if boundary else "dice",
         threshold=run_config.threshold,
         thresholds=THRESHOLDS if boundary else (),
-        seeds=WATERSHED_SEEDS if boundary else (),
+        merges=WATERSHED_MERGES if boundary else (),
     )
     print(choice.describe(), file=sys.stderr, flush=True)
     run_config = dataclasses.replace(
