@@ -1,0 +1,133 @@
+"""Accuracy on images the run never saw: neither in training nor in its validation split.
+
+``accuracy.py`` scores a run on its validation split, on which ``unet train`` also chose
+the post-processing, so its figure is in-sample for that choice. This script checks
+the way the issues' targets are checked: it prepares a shared data set, sets every
+K-th image aside (by sorted id), then runs the commands a user runs, in subprocesses:
+
+    unet train DATA --out RUN                  (the plan, default 10-minute budget)
+    unet predict RUN HELD_OUT/images --out OUT (no options: the run's choices)
+
+and scores the masks ``unet predict`` wrote against the set-aside masks: Dice per
+image and, for ISBI 2012, the challenge's Rand error of the 4-connected cells
+(``unet_lowered.evaluation.metrics.rand_error``). Prints one table.
+
+    .venv/bin/python benchmarks/held_out.py --dataset isbi           # every 6th slice
+    .venv/bin/python benchmarks/held_out.py --dataset isbi --every 4 --keep /tmp/ho
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from accuracy import SOURCES  # benchmarks/accuracy.py, beside this script
+from speed import cores, cpu_model
+
+ROOT = Path(__file__).resolve().parents[1]
+UNET = [sys.executable, "-m", "unet_lowered"]
+
+
+def set_aside(data: Path, held: Path, every: int) -> list[str]:
+    """Move every ``every``-th training image and its mask (sorted by id, numbers
+    numerically) from the prepared folder ``data`` into ``held``; return their ids."""
+    from unet_lowered.dataset.pairs import load_prepared
+
+    pairs = load_prepared(data)
+    ids = sorted(pairs.ids, key=lambda i: (len(i), i))
+    chosen = ids[::every]
+    for kind, paths in (("images", pairs.images), ("masks", pairs.masks)):
+        (held / kind).mkdir(parents=True, exist_ok=True)
+        for i in chosen:
+            shutil.move(paths[i], held / kind / Path(paths[i]).name)
+    return chosen
+
+
+def score(out: Path, held: Path, ids: list[str], rand: bool) -> list[dict]:
+    """Per held-out image: Dice and (``rand``) the challenge's Rand error of the mask
+    ``unet predict`` wrote."""
+    from unet_lowered.dataset.masks import label_components
+    from unet_lowered.evaluation.metrics import dice, rand_error
+    from unet_lowered.io.images import read_image
+
+    rows = []
+    for i in ids:
+        (truth_path,) = (held / "masks").glob(f"{i}.*")
+        truth = read_image(truth_path) > 0
+        mask = read_image(out / f"{i}.png") > 0
+        row = {"id": i, "dice": dice(truth, mask)}
+        if rand:
+            row["rand_error"] = rand_error(
+                label_components(truth, 4)[0], label_components(mask, 4)[0]
+            )
+        rows.append(row)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="isbi", choices=sorted(SOURCES))
+    parser.add_argument("--every", type=int, default=6, help="set aside every K-th image")
+    parser.add_argument("--keep", type=Path, help="keep the data, run and masks here")
+    args = parser.parse_args(argv)
+    if args.every < 2:
+        parser.error("--every must be 2 or more")
+    src = SOURCES[args.dataset]
+    if not src.is_dir():
+        print(f"skipped: {src} is absent")
+        return 0
+    from unet_lowered.dataset.prepare import prepare
+
+    with tempfile.TemporaryDirectory(prefix="unet-held-out-") as tmp:
+        work = args.keep or Path(tmp)
+        data, held, run, out = (work / n for n in ("data", "held-out", "run", "masks"))
+        for path in (data, held, run, out):
+            shutil.rmtree(path, ignore_errors=True)
+        prepare(src, data, overwrite=True)
+        ids = set_aside(data, held, args.every)
+        start = time.perf_counter()
+        subprocess.run([*UNET, "train", str(data), "--out", str(run)], check=True)
+        train_s = time.perf_counter() - start
+        subprocess.run(
+            [*UNET, "predict", str(run), str(held / "images"), "--out", str(out)], check=True
+        )
+        rows = score(out, held, ids, rand=args.dataset == "isbi")
+        chosen = (run / "config.json").read_text()
+
+    import json
+
+    post = json.loads(chosen).get("postprocess") or {}
+    rand = args.dataset == "isbi"
+    print(
+        f"\n{args.dataset}: every {args.every}th image set aside ({len(ids)}: {', '.join(ids)}); "
+        f"`unet train` {train_s / 60:.1f} min, chose {_chosen(post)}; {cpu_model()}, "
+        f"{cores()} cores\n"
+    )
+    print("| image | Dice |" + (" Rand error |" if rand else ""))
+    print("|---|---:|" + ("---:|" if rand else ""))
+    for row in rows:
+        cells = f" {row['rand_error']:.4f} |" if rand else ""
+        print(f"| {row['id']} | {row['dice']:.4f} |{cells}")
+    mean = f" **{statistics.fmean(r['rand_error'] for r in rows):.4f}** |" if rand else ""
+    print(f"| mean | **{statistics.fmean(r['dice'] for r in rows):.4f}** |{mean}")
+    return 0
+
+
+def _chosen(post: dict) -> str:
+    steps = [f"TTA {post['tta']}"] if post.get("tta") else []
+    steps += [f"split {post['watershed']:g}"] if post.get("watershed") else []
+    steps += [f"threshold {post['threshold']:g}"] if post.get("threshold") is not None else []
+    steps += [f"keep {post['keep_largest']}"] if post.get("keep_largest") else []
+    steps += [f"min area {post['min_area']}"] if post.get("min_area") else []
+    steps += ["fill holes"] if post.get("fill_holes") else []
+    return ", ".join(steps) or "no post-processing"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
