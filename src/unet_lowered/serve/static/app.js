@@ -87,7 +87,9 @@
     const pp = m.prediction;
     const steps = [
       pp.tta ? `test-time augmentation (${pp.tta})` : "",
-      pp.watershed ? `cut at necks along watershed lines (merged where p \u2265 ${pp.watershed})` : "",
+      pp.watershed
+        ? `cut at necks where a membrane shows (pieces joined where their boundary's mean p \u2265 ${pp.watershed})`
+        : "",
       pp.min_area ? `objects under ${pp.min_area} px removed` : "",
       pp.keep_largest ? `largest ${pp.keep_largest} kept` : "",
       pp.fill_holes ? "holes filled" : "",
