@@ -13,6 +13,7 @@ image and, for ISBI 2012, the challenge's Rand error of the 4-connected cells
 (``unet_lowered.evaluation.metrics.rand_error``). Prints one table.
 
     .venv/bin/python benchmarks/held_out.py --dataset isbi           # every 6th slice
+    .venv/bin/python benchmarks/held_out.py --dataset isbi --start 3  # 3, 9, 15, 21
     .venv/bin/python benchmarks/held_out.py --dataset isbi --every 4 --keep /tmp/ho
 """
 
@@ -34,14 +35,15 @@ ROOT = Path(__file__).resolve().parents[1]
 UNET = [sys.executable, "-m", "unet_lowered"]
 
 
-def set_aside(data: Path, held: Path, every: int) -> list[str]:
-    """Move every ``every``-th training image and its mask (sorted by id, numbers
-    numerically) from the prepared folder ``data`` into ``held``; return their ids."""
+def set_aside(data: Path, held: Path, every: int, start: int = 0) -> list[str]:
+    """Move every ``every``-th training image and its mask, from the ``start``-th on
+    (sorted by id, numbers numerically), from the prepared folder ``data`` into
+    ``held``; return their ids."""
     from unet_lowered.dataset.pairs import load_prepared
 
     pairs = load_prepared(data)
     ids = sorted(pairs.ids, key=lambda i: (len(i), i))
-    chosen = ids[::every]
+    chosen = ids[start::every]
     for kind, paths in (("images", pairs.images), ("masks", pairs.masks)):
         (held / kind).mkdir(parents=True, exist_ok=True)
         for i in chosen:
@@ -74,10 +76,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="isbi", choices=sorted(SOURCES))
     parser.add_argument("--every", type=int, default=6, help="set aside every K-th image")
+    parser.add_argument(
+        "--start", type=int, default=0, help="the first image set aside (0-based, by id)"
+    )
     parser.add_argument("--keep", type=Path, help="keep the data, run and masks here")
     args = parser.parse_args(argv)
     if args.every < 2:
         parser.error("--every must be 2 or more")
+    if not 0 <= args.start < args.every:
+        parser.error("--start must be in [0, --every)")
     src = SOURCES[args.dataset]
     if not src.is_dir():
         print(f"skipped: {src} is absent")
@@ -90,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         for path in (data, held, run, out):
             shutil.rmtree(path, ignore_errors=True)
         prepare(src, data, overwrite=True)
-        ids = set_aside(data, held, args.every)
+        ids = set_aside(data, held, args.every, args.start)
         start = time.perf_counter()
         subprocess.run([*UNET, "train", str(data), "--out", str(run)], check=True)
         train_s = time.perf_counter() - start
