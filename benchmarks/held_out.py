@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     post = json.loads(chosen).get("postprocess") or {}
     rand = args.dataset == "isbi"
     print(
-        f"\n{args.dataset}: every {args.every}th image set aside ({len(ids)}: {', '.join(ids)}); "
+        f"\n{args.dataset}: every {args.every}th image set aside "
+        f"({len(ids)}: {', '.join(_short(i) for i in ids)}); "
         f"`unet train` {train_s / 60:.1f} min, chose {_chosen(post)}; {cpu_model()}, "
         f"{cores()} cores\n"
     )
@@ -120,10 +121,15 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---:|" + ("---:|" if rand else ""))
     for row in rows:
         cells = f" {row['rand_error']:.4f} |" if rand else ""
-        print(f"| {row['id']} | {row['dice']:.4f} |{cells}")
+        print(f"| {_short(row['id'])} | {row['dice']:.4f} |{cells}")
     mean = f" **{statistics.fmean(r['rand_error'] for r in rows):.4f}** |" if rand else ""
     print(f"| mean | **{statistics.fmean(r['dice'] for r in rows):.4f}** |{mean}")
     return 0
+
+
+def _short(image_id: str) -> str:
+    """The first 12 characters of a long id (DSB2018's are 64 hex digits)."""
+    return image_id if len(image_id) <= 16 else image_id[:12]
 
 
 def _chosen(post: dict) -> str:
