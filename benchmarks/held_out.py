@@ -28,10 +28,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from accuracy import SOURCES  # benchmarks/accuracy.py, beside this script
+from accuracy import SOURCES, _chosen  # benchmarks/accuracy.py, beside this script
 from speed import cores, cpu_model
 
-ROOT = Path(__file__).resolve().parents[1]
 UNET = [sys.executable, "-m", "unet_lowered"]
 
 
@@ -105,16 +104,13 @@ def main(argv: list[str] | None = None) -> int:
             [*UNET, "predict", str(run), str(held / "images"), "--out", str(out)], check=True
         )
         rows = score(out, held, ids, rand=args.dataset == "isbi")
-        chosen = (run / "config.json").read_text()
+        chosen = _chosen(run)
 
-    import json
-
-    post = json.loads(chosen).get("postprocess") or {}
     rand = args.dataset == "isbi"
     print(
         f"\n{args.dataset}: every {args.every}th image set aside "
         f"({len(ids)}: {', '.join(_short(i) for i in ids)}); "
-        f"`unet train` {train_s / 60:.1f} min, chose {_chosen(post)}; {cpu_model()}, "
+        f"`unet train` {train_s / 60:.1f} min, chose {chosen}; {cpu_model()}, "
         f"{cores()} cores\n"
     )
     print("| image | Dice |" + (" Rand error |" if rand else ""))
@@ -130,16 +126,6 @@ def main(argv: list[str] | None = None) -> int:
 def _short(image_id: str) -> str:
     """The first 12 characters of a long id (DSB2018's are 64 hex digits)."""
     return image_id if len(image_id) <= 16 else image_id[:12]
-
-
-def _chosen(post: dict) -> str:
-    steps = [f"TTA {post['tta']}"] if post.get("tta") else []
-    steps += [f"split {post['watershed']:g}"] if post.get("watershed") else []
-    steps += [f"threshold {post['threshold']:g}"] if post.get("threshold") is not None else []
-    steps += [f"keep {post['keep_largest']}"] if post.get("keep_largest") else []
-    steps += [f"min area {post['min_area']}"] if post.get("min_area") else []
-    steps += ["fill holes"] if post.get("fill_holes") else []
-    return ", ".join(steps) or "no post-processing"
 
 
 if __name__ == "__main__":
