@@ -422,7 +422,9 @@ def train(
         bool | None,
         typer.Option(
             "--intensity/--no-intensity",
-            help="Brightness/contrast/gamma, CLAHE (1 in 4) and noise [default: on].",
+            help="Brightness/contrast/gamma, CLAHE (1 in 4) and noise [default: the "
+            "plan's: off where the objects are faint (near black on black, as dim "
+            "nuclei in fluorescence), else on].",
         ),
     ] = None,
     foreground_crops: Annotated[

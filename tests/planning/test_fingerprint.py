@@ -13,6 +13,7 @@ from unet_lowered.dataset.pairs import load_prepared
 from unet_lowered.errors import UnetError
 from unet_lowered.io.images import write_png
 from unet_lowered.planning.fingerprint import (
+    faint_share,
     fingerprint,
     orientation_histogram,
     sample_ids,
@@ -171,3 +172,33 @@ def test_polarity_of_mixed_and_single_polarity_sets(tmp_path: Path) -> None:
 
     fp = _fp(write_set(tmp_path / "large", 3, large_dark))
     assert fp.polarity == {"dark_objects": 3, "light_objects": 0, "median_agrees": 0}
+
+
+def test_faint_share_counts_foreground_near_the_backgrounds_end() -> None:
+    # 10x10 objects on 40x40: left half at 0.04 of the range, right half at 0.5
+    gray = np.zeros((40, 40), np.float32)
+    gray[0, 0] = 1.0  # one bright background pixel sets the range
+    fg = np.zeros((40, 40), bool)
+    fg[10:20, 10:20] = True
+    gray[10:20, 10:15] = 0.04
+    gray[10:20, 15:20] = 0.5
+    assert faint_share(gray, fg) == 0.5  # black background: near black is faint
+    assert faint_share(1.0 - gray, fg) == 0.5  # white background: near white is faint
+    assert faint_share(np.where(fg, 1.0, 0.0), fg) == 0.0  # bright objects on black
+    assert faint_share(gray, fg, level=0.6) == 1.0
+
+
+def test_dim_objects_on_black_are_faint_and_bright_ones_are_not(tmp_path: Path) -> None:
+    def dim(k, rng):  # fluorescence-like: half of each object at 10 of 255, half at 128
+        image = np.zeros((40, 40), np.uint8)
+        image[0, 0] = 255
+        mask = np.zeros((40, 40), bool)
+        mask[10:20, 10:20] = True
+        image[10:20, 10:15], image[10:20, 15:20] = 10, 128
+        return image, mask
+
+    assert _fp(write_set(tmp_path / "dim", 3, dim)).faint_fraction == 0.5
+    # the same objects dark on a light background (brightfield): as faint
+    light = write_set(tmp_path / "light", 3, lambda k, rng: (255 - dim(k, rng)[0], dim(k, rng)[1]))
+    assert _fp(light).faint_fraction == 0.5
+    assert _fp(write_set(tmp_path / "blobs", 4, blobs)).faint_fraction == 0.0

@@ -55,6 +55,12 @@ TEXTURE_ASYMMETRY = 0.05
 transform for which the transform keeps the texture (measured for flips / 90-degree
 turns: DSB2018 0.023/0.025, ISBI 2012 0.013/0.034, JSRT 0.013/0.185)."""
 
+FAINT_LEVEL = 0.1
+"""Foreground pixels within this of the background's end of the range (black for a dark
+background, white for a light one) count as faint: the intensity augmentation's
+brightness shift (up to 0.1, :class:`unet_lowered.training.augment.AugmentConfig`)
+clips them into the background."""
+
 TRANSFORMS = {
     "flip_lr": lambda a: a[:, ::-1],
     "flip_ud": lambda a: a[::-1, :],
@@ -98,6 +104,10 @@ class Fingerprint:
             ``light_objects`` (the others) and ``median_agrees``: images whose median
             tells their polarity (:func:`unet_lowered.preprocess.light_background` is
             True exactly for the dark-object ones). None in plans written before it.
+        faint_fraction: Mean share, over the sampled images with both foreground and
+            background, of the foreground pixels within :data:`FAINT_LEVEL` of the
+            background's end of the range (:func:`faint_share`). None in plans written
+            before it.
     """
 
     n_images: int
@@ -115,6 +125,7 @@ class Fingerprint:
     holes_fraction: float
     symmetry: dict[str, dict[str, Any]]
     polarity: dict[str, int] | None = None
+    faint_fraction: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -165,6 +176,7 @@ def fingerprint(
     fg_values, bg_values, fractions, counts, areas, rel_areas = [], [], [], [], [], []
     touching = holes = gray_rgb = 0
     polarity = {"dark_objects": 0, "light_objects": 0, "median_agrees": 0}
+    faint: list[float] = []
     depth = 8
     grids: list[tuple[np.ndarray, np.ndarray]] = []
     orientations: list[np.ndarray] = []
@@ -182,6 +194,7 @@ def fingerprint(
             polarity["dark_objects" if dark else "light_objects"] += 1
             light = light_background(to_unit(imageio.to_channels(image, data.channels)))
             polarity["median_agrees"] += light == dark
+            faint.append(faint_share(gray, fg))
         labels, n = label_components(fg, 8)
         counts.append(n)
         if n:
@@ -230,7 +243,24 @@ def fingerprint(
             "texture": texture_symmetry(orientations),
         },
         polarity=polarity,
+        faint_fraction=round(float(np.mean(faint)), 4) if faint else 0.0,
     )
+
+
+def faint_share(gray: np.ndarray, fg: np.ndarray, level: float = FAINT_LEVEL) -> float:
+    """Share of the foreground pixels within ``level`` of the background's end of the range.
+
+    Args:
+        gray: Float ``(H, W)`` image scaled to ``[0, 1]`` by its own min and max.
+        fg: Bool ``(H, W)`` foreground, with at least one pixel of each kind.
+        level: How close to the end counts as faint.
+
+    Returns:
+        The share, in ``[0, 1]``: the end is black where the background's median is
+        under 0.5 (fluorescence, EM), else white (brightfield, X-ray film).
+    """
+    end = 0.0 if float(np.median(gray[~fg])) < 0.5 else 1.0
+    return float((np.abs(gray[fg] - end) < level).mean())
 
 
 def _read_pair(data: PreparedData, ident: str) -> tuple[np.ndarray, np.ndarray, Any]:

@@ -283,6 +283,10 @@ def fingerprint_table(plan: Mapping[str, Any]) -> Any:
                 f"{pol['dark_objects']} of {n} (the median tells {pol['median_agrees']})",
             ),
         )
+    if fp.get("faint_fraction") is not None:
+        rows.insert(
+            4, ("faint foreground (near the background's end)", f"{fp['faint_fraction']:.1%}")
+        )
     for row in rows:
         table.add_row(*row)
     return table
