@@ -423,8 +423,8 @@ def train(
         typer.Option(
             "--intensity/--no-intensity",
             help="Brightness/contrast/gamma, CLAHE (1 in 4) and noise [default: the "
-            "plan's: off where the objects are faint (near black on black, as dim "
-            "nuclei in fluorescence), else on].",
+            "plan's: off where the objects' edges are faint (near black beside "
+            "black, as dim nuclei in fluorescence), else on].",
         ),
     ] = None,
     foreground_crops: Annotated[

@@ -223,14 +223,14 @@ def test_light_backgrounds_are_not_inverted_and_mixed_polarity_names_the_option(
     assert "one polarity" in reason(0, 0, 0)  # no foreground at all
 
 
-def test_intensity_augmentation_off_for_faint_objects_only() -> None:
-    assert rules.intensity_rule(fp(faint_fraction=0.0002)).value is True  # JSRT
-    assert rules.intensity_rule(fp(faint_fraction=0.0038)).value is True  # ISBI 2012
-    dsb = rules.intensity_rule(fp(faint_fraction=0.0296))
+def test_intensity_augmentation_off_for_faint_edges_only() -> None:
+    assert rules.intensity_rule(fp(faint_edges=0.0)).value is True  # JSRT, ISBI 2012
+    assert rules.intensity_rule(fp(faint_edges=0.0031)).value is True  # unet synth X-rays
+    dsb = rules.intensity_rule(fp(faint_edges=0.088))
     assert dsb.value is False
-    assert "3.0% of the foreground within 0.1" in dsb.reason and "faint" in dsb.reason
-    assert rules.intensity_rule(fp(faint_fraction=0.01)).value is False  # the bound
-    assert rules.intensity_rule(fp(faint_fraction=0.0099)).value is True
+    assert "8.8% of the object edges within 0.1 of black or white" in dsb.reason
+    assert rules.intensity_rule(fp(faint_edges=0.02)).value is False  # the bound
+    assert rules.intensity_rule(fp(faint_edges=0.0199)).value is True
     assert "predates" in rules.intensity_rule(fp()).reason  # a plan written before the check
     assert rules.intensity_rule(fp()).value is True
 
