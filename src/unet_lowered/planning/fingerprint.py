@@ -257,10 +257,11 @@ def faint_edges(gray: np.ndarray, fg: np.ndarray, level: float = FAINT_LEVEL) ->
     The background beside the objects is the ring :data:`FAINT_RING` pixels wide
     around them; its median says which end of the range it sits at (black under 0.5,
     else white). Where that median lies within ``level`` of the end (dim nuclei on
-    black, dark ones on a white page), the share of the edge pixels (the objects' own
-    outermost pixels, 8-connected to the ring) also within ``level`` of it; otherwise 0:
-    a shift cannot merge objects with a background that is not at the end (lungs in a
-    dark film, beside brighter soft tissue).
+    black, dark ones on a white page), the share of the edge pixels (object pixels
+    with a background pixel among their 8 neighbours; the image border is none) also
+    within ``level`` of it; otherwise 0: a shift cannot merge objects with a
+    background that is not at the end (lungs in a dark film, beside brighter soft
+    tissue).
 
     Args:
         gray: Float ``(H, W)`` image scaled to ``[0, 1]`` by its own min and max.
