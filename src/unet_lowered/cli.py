@@ -422,9 +422,7 @@ def train(
         bool | None,
         typer.Option(
             "--intensity/--no-intensity",
-            help="Brightness/contrast/gamma, CLAHE (1 in 4) and noise [default: the "
-            "plan's: off where the objects' edges are faint (near black beside "
-            "black, as dim nuclei in fluorescence), else on].",
+            help="Brightness/contrast/gamma, CLAHE (1 in 4) and noise [default: on].",
         ),
     ] = None,
     foreground_crops: Annotated[

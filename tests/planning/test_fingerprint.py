@@ -13,7 +13,6 @@ from unet_lowered.dataset.pairs import load_prepared
 from unet_lowered.errors import UnetError
 from unet_lowered.io.images import write_png
 from unet_lowered.planning.fingerprint import (
-    faint_edges,
     fingerprint,
     orientation_histogram,
     sample_ids,
@@ -172,41 +171,3 @@ def test_polarity_of_mixed_and_single_polarity_sets(tmp_path: Path) -> None:
 
     fp = _fp(write_set(tmp_path / "large", 3, large_dark))
     assert fp.polarity == {"dark_objects": 3, "light_objects": 0, "median_agrees": 0}
-
-
-def test_faint_edges_are_edges_clipped_with_the_background_beside_them() -> None:
-    # a 10x10 object on black: 36 edge pixels, the 18 of its left half at 0.04
-    gray = np.zeros((40, 40), np.float32)
-    gray[0, 0] = 1.0  # one bright pixel away from the object sets the range
-    fg = np.zeros((40, 40), bool)
-    fg[10:20, 10:20] = True
-    gray[10:20, 10:15] = 0.04
-    gray[10:20, 15:20] = 0.5
-    assert faint_edges(gray, fg) == 0.5  # dim halo on black (fluorescence)
-    assert faint_edges(1.0 - gray, fg) == 0.5  # pale edge on white (brightfield)
-    assert faint_edges(np.where(fg, 1.0, 0.0), fg) == 0.0  # bright objects on black
-    # near black, but beside a background at 0.3 (lungs in a dark film): no shift merges them
-    assert faint_edges(np.where(fg, 0.04, 0.3), fg) == 0.0
-    assert faint_edges(gray, fg, level=0.6) == 1.0
-    # the image border is no edge: of a band along the top, only its lower row is
-    band = np.zeros((40, 40), bool)
-    band[:10] = True
-    image = np.where(band, 0.5, 0.0)
-    image[9] = 0.04
-    assert faint_edges(image, band) == 1.0
-
-
-def test_dim_objects_on_black_have_faint_edges_and_bright_ones_not(tmp_path: Path) -> None:
-    def dim(k, rng):  # fluorescence-like: the left half of the object at 10 of 255
-        image = np.zeros((40, 40), np.uint8)
-        image[0, 0] = 255
-        mask = np.zeros((40, 40), bool)
-        mask[10:20, 10:20] = True
-        image[10:20, 10:15], image[10:20, 15:20] = 10, 128
-        return image, mask
-
-    assert _fp(write_set(tmp_path / "dim", 3, dim)).faint_edges == 0.5
-    # the same objects dark on a light background (brightfield): as faint
-    light = write_set(tmp_path / "light", 3, lambda k, rng: (255 - dim(k, rng)[0], dim(k, rng)[1]))
-    assert _fp(light).faint_edges == 0.5
-    assert _fp(write_set(tmp_path / "blobs", 4, blobs)).faint_edges == 0.0

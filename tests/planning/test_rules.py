@@ -223,18 +223,6 @@ def test_light_backgrounds_are_not_inverted_and_mixed_polarity_names_the_option(
     assert "one polarity" in reason(0, 0, 0)  # no foreground at all
 
 
-def test_intensity_augmentation_off_for_faint_edges_only() -> None:
-    assert rules.intensity_rule(fp(faint_edges=0.0)).value is True  # JSRT, ISBI 2012
-    assert rules.intensity_rule(fp(faint_edges=0.0031)).value is True  # unet synth X-rays
-    dsb = rules.intensity_rule(fp(faint_edges=0.088))
-    assert dsb.value is False
-    assert "8.8% of the object edges within 0.1 of black or white" in dsb.reason
-    assert rules.intensity_rule(fp(faint_edges=0.02)).value is False  # the bound
-    assert rules.intensity_rule(fp(faint_edges=0.0199)).value is True
-    assert "predates" in rules.intensity_rule(fp()).reason  # a plan written before the check
-    assert rules.intensity_rule(fp()).value is True
-
-
 def test_postprocess_candidates() -> None:
     assert rules.postprocess_rule(fp()).value == ["keep_largest 2", "fill_holes"]
     many = rules.postprocess_rule(fp(objects_per_image=30.0, holes_fraction=0.5))
@@ -255,8 +243,8 @@ def test_plan_settings_uses_the_measured_step_and_the_users_batch() -> None:
         return 0.5
 
     settings, advice = rules.plan_settings(fp(n_images=40), 100.0, step_time, n_val=8)
-    assert set(settings) >= {"input_mode", "image_size", "flip_lr", "intensity", "loss",
-                             "batch_size", "epochs", "patience", "time_budget"}  # fmt: skip
+    assert set(settings) >= {"input_mode", "image_size", "flip_lr", "loss", "batch_size",
+                             "epochs", "patience", "time_budget"}  # fmt: skip
     assert set(advice) == {"inference", "normalisation", "tta", "postprocess"}
     assert calls == [4] and settings["batch_size"].value == 2  # 180 updates: batch 2
     # Whole 224 px images: progressive resizing, half the epochs' steps at 0.35 of the cost.

@@ -55,15 +55,6 @@ TEXTURE_ASYMMETRY = 0.05
 transform for which the transform keeps the texture (measured for flips / 90-degree
 turns: DSB2018 0.023/0.025, ISBI 2012 0.013/0.034, JSRT 0.013/0.185)."""
 
-FAINT_LEVEL = 0.1
-"""An object's edge is faint where it and the background beside it both lie within this
-of black (or both of white): the intensity augmentation's brightness shift (up to 0.1,
-:class:`unet_lowered.training.augment.AugmentConfig`) clips them to one value."""
-
-FAINT_RING = 3
-"""Width in pixels of the background ring beside the objects that :func:`faint_edges`
-reads."""
-
 TRANSFORMS = {
     "flip_lr": lambda a: a[:, ::-1],
     "flip_ud": lambda a: a[::-1, :],
@@ -107,10 +98,6 @@ class Fingerprint:
             ``light_objects`` (the others) and ``median_agrees``: images whose median
             tells their polarity (:func:`unet_lowered.preprocess.light_background` is
             True exactly for the dark-object ones). None in plans written before it.
-        faint_edges: Mean share, over the sampled images with both foreground and
-            background, of the objects' edge pixels that lie, with the background beside
-            them, within :data:`FAINT_LEVEL` of black or of white (:func:`faint_edges`).
-            None in plans written before it.
     """
 
     n_images: int
@@ -128,7 +115,6 @@ class Fingerprint:
     holes_fraction: float
     symmetry: dict[str, dict[str, Any]]
     polarity: dict[str, int] | None = None
-    faint_edges: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -179,7 +165,6 @@ def fingerprint(
     fg_values, bg_values, fractions, counts, areas, rel_areas = [], [], [], [], [], []
     touching = holes = gray_rgb = 0
     polarity = {"dark_objects": 0, "light_objects": 0, "median_agrees": 0}
-    faint: list[float] = []
     depth = 8
     grids: list[tuple[np.ndarray, np.ndarray]] = []
     orientations: list[np.ndarray] = []
@@ -197,7 +182,6 @@ def fingerprint(
             polarity["dark_objects" if dark else "light_objects"] += 1
             light = light_background(to_unit(imageio.to_channels(image, data.channels)))
             polarity["median_agrees"] += light == dark
-            faint.append(faint_edges(gray, fg))
         labels, n = label_components(fg, 8)
         counts.append(n)
         if n:
@@ -246,43 +230,7 @@ def fingerprint(
             "texture": texture_symmetry(orientations),
         },
         polarity=polarity,
-        faint_edges=round(float(np.mean(faint)), 4) if faint else 0.0,
     )
-
-
-def faint_edges(gray: np.ndarray, fg: np.ndarray, level: float = FAINT_LEVEL) -> float:
-    """Share of the objects' edge pixels that a brightness shift of ``level`` clips into
-    the background beside them.
-
-    The background beside the objects is the ring :data:`FAINT_RING` pixels wide
-    around them; its median says which end of the range it sits at (black under 0.5,
-    else white). Where that median lies within ``level`` of the end (dim nuclei on
-    black, dark ones on a white page), the share of the edge pixels (object pixels
-    with a background pixel among their 8 neighbours; the image border is none) also
-    within ``level`` of it; otherwise 0: a shift cannot merge objects with a
-    background that is not at the end (lungs in a dark film, beside brighter soft
-    tissue).
-
-    Args:
-        gray: Float ``(H, W)`` image scaled to ``[0, 1]`` by its own min and max.
-        fg: Bool ``(H, W)`` foreground, with at least one pixel of each kind.
-        level: How close to the end counts as faint.
-
-    Returns:
-        The share, in ``[0, 1]``.
-    """
-    cross = np.ones((3, 3), np.uint8)
-    u8 = fg.astype(np.uint8)
-    ring = cv2.dilate(u8, cross, iterations=FAINT_RING).astype(bool) & ~fg
-    inner = cv2.erode(u8, cross, borderType=cv2.BORDER_REPLICATE).astype(bool)
-    edge = fg & ~inner
-    if not ring.any() or not edge.any():
-        return 0.0
-    beside = float(np.median(gray[ring]))
-    end = 0.0 if beside < 0.5 else 1.0
-    if abs(beside - end) >= level:
-        return 0.0
-    return float((np.abs(gray[edge] - end) < level).mean())
 
 
 def _read_pair(data: PreparedData, ident: str) -> tuple[np.ndarray, np.ndarray, Any]:

@@ -283,8 +283,6 @@ def fingerprint_table(plan: Mapping[str, Any]) -> Any:
                 f"{pol['dark_objects']} of {n} (the median tells {pol['median_agrees']})",
             ),
         )
-    if fp.get("faint_edges") is not None:
-        rows.insert(4, ("faint object edges (clipped by a 0.1 shift)", f"{fp['faint_edges']:.1%}"))
     for row in rows:
         table.add_row(*row)
     return table

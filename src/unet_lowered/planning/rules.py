@@ -15,7 +15,7 @@ from typing import Any
 
 from unet_lowered.evaluation.choose import BOUNDARY_TOUCHING
 from unet_lowered.model import nearest_valid_sizes
-from unet_lowered.planning.fingerprint import FAINT_LEVEL, Fingerprint
+from unet_lowered.planning.fingerprint import Fingerprint
 
 RESIZE_CAP = 256
 """Largest side trained by resizing (the ``--image-size auto`` cap of ``unet train``)."""
@@ -273,44 +273,6 @@ def augmentation_rule(fp: Fingerprint, input_mode: str) -> dict[str, Planned]:
         ),
     )
     return out
-
-
-FAINT_EDGES = 0.02
-"""The intensity augmentation is off where at least this share of the objects' edges is
-faint (:attr:`unet_lowered.planning.fingerprint.Fingerprint.faint_edges`; training
-splits of the shared data, three seeded samples of 50 each: DSB2018 0.056-0.107, ISBI
-2012 0, JSRT 0, ``unet synth`` X-rays 0.003)."""
-
-
-def intensity_rule(fp: Fingerprint) -> Planned:
-    """The intensity augmentation (gamma, contrast, brightness, CLAHE, noise) unless the
-    objects' edges are faint.
-
-    Where an object's edge and the background beside it both lie near black (the dim
-    halo of a nucleus in fluorescence, which the masks include), the brightness shift
-    (up to 0.1 of the range) and gamma (up to 1.5) clip them to one value on a share of
-    the samples: the mask then runs out into background the network cannot tell from
-    it, and it learns masks that miss the halos everywhere. Measured on DSB2018
-    (``benchmarks/RESULTS.md``, 2026-12-04: 20 images set aside, the same plan
-    otherwise): held-out Dice 0.9072 with it, 0.9123 without it, 0.9132 without it and
-    without elastic deformation, 0.9155 with this rule. Radiographs and EM, whose
-    objects meet a background that is not at either end, keep it: it covers other
-    exposures and processing, what X-rays from other hospitals differ by.
-    """
-    share = fp.faint_edges
-    if share is None:
-        return Planned(True, "on: the fingerprint predates the faint-edge check")
-    detail = (
-        f"{share:.1%} of the object edges within {FAINT_LEVEL:g} of black or white, "
-        "as the background beside them"
-    )
-    if share >= FAINT_EDGES:
-        return Planned(
-            False,
-            f"off: faint edges ({detail}): brightness shifts and gamma would clip them "
-            "into the background",
-        )
-    return Planned(True, f"on: object edges stand out from the background ({detail})")
 
 
 CROSS_SITE = {"zoom_out": 0.3, "frame_crop": 0.2, "opacity": 0.3, "lowres": 0.2, "stamps": 0.2}
@@ -584,7 +546,6 @@ def plan_settings(
     aug = augmentation_rule(fp, value["input_mode"])
     advice["tta"] = aug.pop("tta")
     settings.update(aug)
-    settings["intensity"] = intensity_rule(fp)
     settings.update(cross_site_rule(fp, value["input_mode"]))
     settings["loss"] = loss_rule(fp)
     settings["progressive"] = progressive_rule(value["input_mode"], value["image_size"])
