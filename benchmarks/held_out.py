@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 <= args.start < args.every:
         parser.error("--start must be in [0, --every)")
     src = SOURCES[args.dataset]
+    rand = args.dataset == "isbi"
     if not src.is_dir():
         print(f"skipped: {src} is absent")
         return 0
@@ -103,10 +104,9 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run(
             [*UNET, "predict", str(run), str(held / "images"), "--out", str(out)], check=True
         )
-        rows = score(out, held, ids, rand=args.dataset == "isbi")
+        rows = score(out, held, ids, rand)
         chosen = _chosen(run)
 
-    rand = args.dataset == "isbi"
     print(
         f"\n{args.dataset}: every {args.every}th image set aside "
         f"({len(ids)}: {', '.join(_short(i) for i in ids)}); "
