@@ -371,8 +371,9 @@ def train(
         float | None,
         typer.Option(
             help="Progressive resizing: this share of the epochs (the first) trains at half "
-            "the image size, each such epoch about twice as fast and not validated; validation "
-            "stays at full size [default: the plan's: 0.5 for whole images of 128 px or more, else 0]."
+            "the image size (with --crop: half-size crops at native resolution), each such epoch "
+            "about twice as fast and not validated; validation stays at full size [default: the "
+            "plan's: 0.5 for whole images of 128 px or more, else 0]."
         ),
     ] = None,
     precision: Annotated[

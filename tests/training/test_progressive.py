@@ -77,6 +77,32 @@ def test_small_epochs_are_the_full_size_examples_resized(tmp_path: Path) -> None
         np.testing.assert_array_equal(a, b)
 
 
+def test_small_epochs_in_crop_mode_are_smaller_crops_at_native_resolution(
+    tmp_path: Path,
+) -> None:
+    from unet_lowered.io.images import read_image
+    from unet_lowered.preprocess import model_input
+    from unet_lowered.training.augment import random_crop
+
+    data = load_prepared(make_prepared(tmp_path, ids_of(2), meta={}, size=(40, 50)))
+    cache = SampleCache(data, channels=1, image_size=32, input_mode="crop")
+    small = Progressive(1, (16, 16), (16, 16))
+    train = SegmentationSequence(
+        cache, data.ids, 2, augment=AugmentConfig.off(), seed=3, progressive=small
+    )
+    x, y = train[0]
+    assert x.shape == (2, 16, 16, 1) and y.shape == (2, 16, 16, 1)
+    for k, ident in enumerate(data.ids):
+        # A 16-px window of the image as prediction sees it: cut, not shrunk.
+        whole = model_input(read_image(data.images[ident]), 1, None)
+        mask = cache.sample(ident)[1]
+        window = random_crop(whole, mask, (16, 16), np.random.default_rng([3, 0, k]))
+        np.testing.assert_allclose(x[k], window[0], atol=1e-3)  # 16-bit storage
+        np.testing.assert_array_equal(y[k, ..., 0], window[1])
+    train.set_epoch(1)  # then the planned crop size
+    assert train[0][0].shape == (2, 32, 32, 1)
+
+
 def test_make_sequences_plans_progressive_for_training_only(tmp_path: Path) -> None:
     data = load_prepared(make_prepared(tmp_path, ids_of(8), meta={}))
     split = {"train": data.ids[:6], "val": data.ids[6:]}

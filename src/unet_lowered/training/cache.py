@@ -180,6 +180,7 @@ class SampleCache:
         ident: str,
         crop_rng: np.random.Generator | None = None,
         foreground: bool = False,
+        crop_size: tuple[int, int] | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """One sample as new arrays, ready for augmentation.
 
@@ -189,11 +190,14 @@ class SampleCache:
                 generator (:func:`random_crop`, before the conversion to float, so large
                 images cost little); None for the whole image.
             foreground: In ``crop`` mode, centre the window on a foreground pixel.
+            crop_size: ``(height, width)`` of that window instead of ``image_size`` (the
+                half-size crops of progressive training).
 
         Returns:
             image float32 ``(H, W, C)`` in ``[0, 1]``, mask uint8 ``(H, W)`` (0/1 or class
             indices), weight float32 ``(H, W)`` or None. ``(H, W)`` is the training size in
-            ``resize`` mode or with ``crop_rng``, else the image's own size.
+            ``resize`` mode or with ``crop_rng`` (``crop_size`` when given), else the
+            image's own size.
         """
         if self.lazy:
             image, raw, self._stats[ident] = self._decode_raw(ident)
@@ -204,7 +208,7 @@ class SampleCache:
             weight = self._weights.get(ident)
         if crop_rng is not None and self.input_mode == "crop":
             image, mask, weight = random_crop(
-                image, mask, self.image_size, crop_rng, weight, foreground
+                image, mask, crop_size or self.image_size, crop_rng, weight, foreground
             )
         image = image.astype(np.float32) * np.float32(1 / 65535)
         mask = mask.copy()  # never hand out the cached array

@@ -81,10 +81,11 @@ class SegmentationSequence(keras.utils.PyDataset):
     Pass ``shuffle=False`` to ``model.fit``: its own batch-order shuffle uses Python's
     global ``random``; this sequence shuffles the samples itself.
 
-    With ``progressive``, the batches of its first epochs are made as usual at the
-    full size, then resized to its smaller size (images by area averaging, targets by
-    nearest neighbour, so class indices stay indices), and centre-cropped to its
-    target size.
+    With ``progressive``, the batches of its first epochs are smaller: whole images are
+    made as usual at the full size, then resized to its smaller size (images by area
+    averaging, targets by nearest neighbour, so class indices stay indices); crops are
+    cut at the smaller size from the image at native resolution (the objects keep their
+    scale, as in prediction). Targets are then centre-cropped to its target size.
 
     Keep ``workers=1`` (the default) for exact reproducibility: on TensorFlow
     :func:`as_tf_dataset` still makes batches ahead on one background thread, and JAX and
@@ -212,18 +213,23 @@ class SegmentationSequence(keras.utils.PyDataset):
         (:func:`unet_lowered.preprocess.standardize_window`), as prediction sees them.
         """
         crop = self.cache.input_mode == "crop"
+        small = self.progressive
+        if small is not None and self.epoch >= small.epochs:
+            small = None
         centred = crop and self.foreground_crops > 0 and rng.random() < self.foreground_crops
-        image, mask, weight = self.cache.sample(ident, crop_rng=rng, foreground=centred)
+        image, mask, weight = self.cache.sample(
+            ident, crop_rng=rng, foreground=centred, crop_size=small.size if small else None
+        )
         window = preprocess.mean_std(image) if crop else None
         if self.augment is not None:
             image, mask, *rest = augment(image, mask, rng, self.augment, weight)
             weight = rest[0] if rest else None
         target = mask[:, :, None] if weight is None else np.stack([mask, weight], axis=-1)
         target_size = self.target_size
-        small = self.progressive
-        if small is not None and self.epoch < small.epochs:
-            image = _resized(image, small.size, cv2.INTER_AREA)
-            target = _resized(target, small.size, cv2.INTER_NEAREST)
+        if small is not None:
+            if not crop:  # crops are cut at the small size: native resolution kept
+                image = _resized(image, small.size, cv2.INTER_AREA)
+                target = _resized(target, small.size, cv2.INTER_NEAREST)
             target_size = small.target_size if small.target_size != small.size else None
         if target_size is not None:
             target = center_crop(target, target_size)
