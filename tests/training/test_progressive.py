@@ -15,9 +15,10 @@ import pytest
 from data_fixtures import ids_of, make_prepared
 from unet_lowered.dataset.pairs import load_prepared
 from unet_lowered.errors import SettingError
-from unet_lowered.preprocess import standardize
+from unet_lowered.io.images import read_image
+from unet_lowered.preprocess import model_input, standardize
 from unet_lowered.training import config as config_mod
-from unet_lowered.training.augment import AugmentConfig
+from unet_lowered.training.augment import AugmentConfig, random_crop
 from unet_lowered.training.cache import SampleCache
 from unet_lowered.training.config import TrainConfig
 from unet_lowered.training.sequence import (
@@ -80,10 +81,6 @@ def test_small_epochs_are_the_full_size_examples_resized(tmp_path: Path) -> None
 def test_small_epochs_in_crop_mode_are_smaller_crops_at_native_resolution(
     tmp_path: Path,
 ) -> None:
-    from unet_lowered.io.images import read_image
-    from unet_lowered.preprocess import model_input
-    from unet_lowered.training.augment import random_crop
-
     data = load_prepared(make_prepared(tmp_path, ids_of(2), meta={}, size=(40, 50)))
     cache = SampleCache(data, channels=1, image_size=32, input_mode="crop")
     small = Progressive(1, (16, 16), (16, 16))
