@@ -379,7 +379,7 @@ def score_run(
         probs_to_mask,
         resolve_mode,
     )
-    from unet_lowered.inference.quality import mask_quality
+    from unet_lowered.inference.quality import imaged_field, mask_quality
     from unet_lowered.io import images
     from unet_lowered.io.runs import load_run
 
@@ -409,10 +409,11 @@ def score_run(
         for p in PERTURBATIONS:
             shifted = [p.fn(im, tr, image_rng(ident, p.name)) for ident, im, tr in originals]
             probs = predict_images(model, [im for im, _ in shifted], config, options)
-            for (_, truth), prob in zip(shifted, probs, strict=True):
+            for (image, truth), prob in zip(shifted, probs, strict=True):
                 mask = probs_to_mask(prob, config, options)
                 row = score_image(truth, mask, config)
-                row["flagged"] = mask_quality(mask, prob, config).startswith("check")
+                flag = mask_quality(mask, prob, config, field=imaged_field(image))
+                row["flagged"] = flag.startswith("check")
                 rows[p.name].append(row)
         print(f"  {min(i + per_call, len(ids))}/{len(ids)} images", file=sys.stderr, flush=True)
     return rows, config, len(ids)

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from unet_lowered.inference.quality import MaskStats, Objects, assess, mask_stats
+from unet_lowered.inference.quality import MaskStats, Objects, assess, imaged_field, mask_stats
 
 
 def lungs(shift: int = 0, size: int = 100, height: int = 50, gap: int = 10) -> np.ndarray:
@@ -151,3 +151,66 @@ def test_side_by_side_reads_the_two_largest_objects(stats: MaskStats) -> None:
     tied[70:90, 10:30] = True  # ... than this one of the same area, below it
     assert "not side by side" not in str(assess(tied, None, stats))
     assert "not side by side" in str(assess(np.flipud(tied), None, stats))
+
+
+def framed(picture: np.ndarray, size: int, value: float, text: bool = False) -> np.ndarray:
+    """``picture`` in the middle of a ``size`` x ``size`` frame of one ``value``; with
+    ``text``, a bright label burned into the frame's top-left corner."""
+    out = np.full((size, size, *picture.shape[2:]), value, picture.dtype)
+    top, left = (size - picture.shape[0]) // 2, (size - picture.shape[1]) // 2
+    out[top : top + picture.shape[0], left : left + picture.shape[1]] = picture
+    if text:
+        out[2:6, 3:7] = np.iinfo(picture.dtype).max  # 4 of 100 pixels of each line
+    return out
+
+
+def film(height: int, width: int, dtype=np.uint8, seed: int = 0) -> np.ndarray:
+    """A picture whose outer lines are not uniform (smooth shading plus noise)."""
+    rng = np.random.default_rng(seed)
+    top = np.iinfo(dtype).max
+    shade = np.add.outer(np.linspace(0.2, 0.8, height), np.linspace(0.0, 0.2, width))
+    return np.clip((shade + rng.normal(0, 0.05, shade.shape)) * top, 0, top).astype(dtype)
+
+
+def test_imaged_field_is_the_picture_inside_a_uniform_frame() -> None:
+    assert imaged_field(film(80, 90)) == 1.0  # no frame
+    assert imaged_field(None) == 1.0
+    assert imaged_field(np.zeros((50, 50), np.uint8)) == 1.0  # one value: no picture to find
+    # a zoomed-out film in black borders, a collimated one in gray, 16-bit, colour
+    assert imaged_field(framed(film(60, 60), 100, 0)) == pytest.approx(0.36)
+    assert imaged_field(framed(film(70, 50), 100, 128)) == pytest.approx(0.35)
+    assert imaged_field(framed(film(60, 60, np.uint16), 100, 0)) == pytest.approx(0.36)
+    colour = np.repeat(film(60, 60)[:, :, None], 3, axis=2)
+    assert imaged_field(framed(colour, 100, 0)) == pytest.approx(0.36)
+    # text burned into the frame (4% of each of its lines) does not stop the frame
+    assert imaged_field(framed(film(60, 60), 100, 0, text=True)) == pytest.approx(0.36)
+    # a frame wider than 45% a side is taken only up to 45%: a film in the bottom-right
+    # corner, 60 frame rows above it and 60 frame columns left of it
+    corner = np.zeros((100, 100), np.uint8)
+    corner[60:, 60:] = film(40, 40)
+    assert imaged_field(corner) == pytest.approx(0.55**2)
+
+
+def test_imaged_field_of_a_large_image_is_read_on_a_coarser_grid() -> None:
+    big = framed(film(2000, 2400, np.uint16), 4000, 0)  # read every 8th pixel
+    assert imaged_field(big) == pytest.approx(2000 * 2400 / 4000**2, abs=0.005)
+
+
+def test_a_small_patient_in_a_large_frame_is_measured_on_the_field(stats: MaskStats) -> None:
+    """The child of ``test_bad_masks_are_flagged_with_the_reason``: lungs of 4.5% of the
+    image, right for a film filling 16% of it; a speck stays flagged, and so does too
+    much foreground, which a frame only makes more."""
+    small = np.zeros((100, 100), bool)
+    small[40:55, 30:45] = small[40:55, 55:70] = True
+    assert "foreground 4.5% of the image, training masks" in str(assess(small, None, stats))
+    assert str(assess(small, None, stats, field=0.16)) == "ok"  # 28% of the field
+    speck = np.zeros((100, 100), bool)
+    speck[45:48, 30:33] = speck[45:48, 55:58] = True
+    quality = str(assess(speck, None, stats, field=0.16))
+    assert "foreground 0.2% of the image (1.1% of the imaged field), training masks" in quality
+    wide = lungs(height=75)
+    wide[20:95, 5:95] = True  # 68% of the image: too much with or without a frame
+    assert "foreground 67.5% of the image (100.0% of the imaged field)" in str(
+        assess(wide, None, stats, field=0.5)
+    )
+    assert str(assess(lungs(), None, stats, field=0.5)) == "ok"  # 30%: in range as it is

@@ -49,7 +49,7 @@ from unet_lowered.inference.predictor import (
     resolve_mode,
     restore_size,
 )
-from unet_lowered.inference.quality import Objects, mask_quality
+from unet_lowered.inference.quality import Objects, imaged_field, mask_quality
 from unet_lowered.io import atomic, images
 from unet_lowered.io.progress import progress_bar, stderr_console
 from unet_lowered.io.runs import load_run
@@ -399,6 +399,7 @@ class _Item:
     image: np.ndarray | None = None  # the decoded image, kept for the overlay only
     x: np.ndarray | None = None  # the network input (preprocess.model_input)
     probs: np.ndarray | None = None  # the network's probabilities, at the input's size
+    field_share: float = 1.0  # the image's quality.imaged_field, for the quality flag
     seconds: float = 0.0
 
 
@@ -447,6 +448,7 @@ class _Stages:
             item.error = e
             return item
         item.shape = image.shape[:2]
+        item.field_share = imaged_field(image)
         item.x = prepare_images([image], self.config, self.options)[0]
         item.image = image if self.save_overlay else None
         item.seconds = time.perf_counter() - started
@@ -518,6 +520,7 @@ class _Stages:
                 self.options,
                 self.save_prob,
                 self.save_overlay,
+                item.field_share,
             )
         except OSError as e:
             raise UnetError(
@@ -651,10 +654,13 @@ def _write_outputs(
     options: PredictOptions,
     save_prob: str | None,
     save_overlay: bool,
+    field_share: float = 1.0,
 ) -> dict[str, Any]:
     """Write the mask (and probability/overlay files) of one image; return its CSV row.
 
-    ``probs`` are at the image's size; ``image`` is needed for the overlay only.
+    ``probs`` are at the image's size; ``image`` is needed for the overlay only;
+    ``field_share`` is its :func:`~unet_lowered.inference.quality.imaged_field` (for the
+    quality flag).
     """
     mask = probs_to_mask(probs, config, options)
     images.write_png(out_dir / f"{image_id}.png", mask_to_png(mask, config))
@@ -679,7 +685,7 @@ def _write_outputs(
         "height": h,
         "foreground_fraction": round(float(np.count_nonzero(mask)) / mask.size, 6),
         "components": count_components(mask) if found is None else found.count,
-        "quality": mask_quality(mask, probs, config, found),
+        "quality": mask_quality(mask, probs, config, found, field_share),
         "status": "ok",
     }
 

@@ -7,7 +7,13 @@ rules hold for lungs, nuclei or anything else without a hand-made lung model:
 
 * the number of objects (8-connected components), when the training masks hold a
   small, steady number of them (2 lungs);
-* the foreground fraction, against the range seen in training, widened by half;
+* the foreground fraction, against the range seen in training, widened by half. A
+  fraction out of that range passes when its fraction of the imaged field
+  (:func:`imaged_field`: the picture inside a uniform frame, such as the black borders
+  of a zoomed-out small patient or a collimator's gray) is in it, so a child's correct
+  lung field is not flagged for being small in its frame. The field only ever lifts
+  this flag: a uniform dark background around cells is no frame, but the whole image's
+  fraction is in range there already;
 * with two objects (lungs): the smaller one's area relative to the larger one,
   and whether they lie side by side;
 * the unsure area: pixels with ``0.1 < p < 0.9`` relative to the mask's area. A
@@ -40,6 +46,63 @@ UNSURE_AREA = 0.38
 """A mask is ``check`` when its unsure pixels (``0.1 < p < 0.9``) cover more than this
 share of its area. Set on the robustness simulations of one JSRT run, where it flagged
 every mask below Dice 0.85 and 7% of the others (``benchmarks/RESULTS.md``)."""
+
+
+FRAME_TOLERANCE = 0.04
+"""A row or column belongs to a frame when :data:`FRAME_UNIFORM` of its pixels lie within
+this share of the image's range (1st to 99th percentile) of the frame's value."""
+
+FRAME_UNIFORM = 0.95
+"""Share of a frame row's or column's pixels that must match the frame's value (burned-in
+text and markers may cover the rest)."""
+
+FRAME_GRID = 512
+""":func:`imaged_field` reads every k-th pixel of larger images, down to this many a side."""
+
+
+def imaged_field(image: np.ndarray | None) -> float:
+    """The share of ``image`` inside its uniform frame, if any (1.0 without one).
+
+    A frame is a run of outer rows and columns, from any side, that hold one value
+    (black borders around a zoomed-out film, the gray of a collimator), with up to
+    5% of each line different (text, side markers); a uniform background around
+    objects counts as one too. :func:`assess` also measures the foreground against the
+    picture inside. At most 45% of the height and of the width is taken from each side.
+    Large images are read on a grid of at most :data:`FRAME_GRID` points a side (a few
+    milliseconds).
+
+    Args:
+        image: ``(H, W)`` or ``(H, W, C)`` array of any dtype, or None (1.0).
+    """
+    if image is None:
+        return 1.0
+    image = np.asarray(image)
+    step = max(1, -(-max(image.shape[:2]) // FRAME_GRID))  # a 4k image: every 8th pixel
+    gray = image[::step, ::step]
+    gray = (gray if gray.ndim == 2 else gray.mean(axis=2)).astype(np.float32)
+    h, w = gray.shape
+    low, high = np.percentile(gray, (1, 99))
+    tolerance = FRAME_TOLERANCE * float(high - low)
+    if h < 3 or w < 3 or tolerance <= 0:
+        return 1.0
+    top, bottom, left, right = 0, h, 0, w
+
+    def uniform(line: np.ndarray, value: float) -> bool:
+        return np.count_nonzero(np.abs(line - value) <= tolerance) >= FRAME_UNIFORM * line.size
+
+    def value_of(line: np.ndarray) -> float:
+        return float(np.median(line))
+
+    frame = [value_of(gray[0]), value_of(gray[-1]), value_of(gray[:, 0]), value_of(gray[:, -1])]
+    while top < 0.45 * h and uniform(gray[top, left:right], frame[0]):
+        top += 1
+    while h - bottom < 0.45 * h and uniform(gray[bottom - 1, left:right], frame[1]):
+        bottom -= 1
+    while left < 0.45 * w and uniform(gray[top:bottom, left], frame[2]):
+        left += 1
+    while w - right < 0.45 * w and uniform(gray[top:bottom, right - 1], frame[3]):
+        right -= 1
+    return (bottom - top) * (right - left) / float(h * w)
 
 
 @dataclass(frozen=True)
@@ -197,6 +260,7 @@ def assess(
     probs: np.ndarray | None,
     stats: MaskStats | None,
     found: Objects | None = None,
+    field: float = 1.0,
 ) -> Quality:
     """Flag a predicted binary mask ``ok`` or ``check``.
 
@@ -207,6 +271,9 @@ def assess(
             recorded) checks only emptiness and confidence.
         found: ``Objects.of(mask)`` when the caller has it already (labelling a 4k
             mask is the costly part); None: labelled here.
+        field: The image's :func:`imaged_field` (1.0: no frame). A foreground fraction
+            out of the training range is not flagged when its fraction of the imaged
+            field is in it: a small patient in a wide frame.
 
     Returns:
         The :class:`Quality`.
@@ -217,15 +284,19 @@ def assess(
     found = Objects.of(mask) if found is None else found
     count, areas = found.count, found.largest_first()
     fraction = float(found.areas.sum()) / mask.size
+    of_field = min(1.0, fraction / max(field, 1e-6))
     if count == 0:
         reasons.append("empty mask")
     elif stats is not None:
         if stats.objects is not None and count != stats.objects:
             reasons.append(f"{count} object(s), training masks have {stats.objects}")
         low, high = stats.fraction
-        if not 0.5 * low <= fraction <= min(1.0, 1.5 * high):
+        plausible = [0.5 * low <= f <= min(1.0, 1.5 * high) for f in (fraction, of_field)]
+        if not any(plausible):
+            in_field = f" ({of_field:.1%} of the imaged field)" if field < 1 else ""
             reasons.append(
-                f"foreground {fraction:.1%} of the image, training masks {low:.1%}-{high:.1%}"
+                f"foreground {fraction:.1%} of the image{in_field}, training masks "
+                f"{low:.1%}-{high:.1%}"
             )
         if stats.objects == 2 and count >= 2:
             ratio = float(areas[1] / areas[0])
@@ -253,14 +324,19 @@ def _side_by_side(found: Objects, width: int) -> bool:
 
 
 def mask_quality(
-    mask: np.ndarray, probs: np.ndarray, config: Any, found: Objects | None = None
+    mask: np.ndarray,
+    probs: np.ndarray,
+    config: Any,
+    found: Objects | None = None,
+    field: float = 1.0,
 ) -> str:
     """The flag of one predicted mask of a run, as ``predictions.csv`` writes it.
 
     Binary runs: :func:`assess` against the run's recorded ``mask_stats`` (``found``:
-    the mask's objects if already labelled). Multi-class runs have no flag yet (``""``).
+    the mask's objects if already labelled; ``field``: the image's
+    :func:`imaged_field`). Multi-class runs have no flag yet (``""``).
     """
     if config.num_classes != 1:
         return ""
     stats = MaskStats.from_json(config.mask_stats) if config.mask_stats else None
-    return str(assess(mask, probs, stats, found))
+    return str(assess(mask, probs, stats, found, field))
