@@ -30,6 +30,22 @@ def test_keeps_the_steps_that_help() -> None:
     assert "keep the 2 largest objects, fill holes" in choice.describe()
 
 
+def test_keep_n_is_kept_when_validation_has_nothing_for_it_to_remove() -> None:
+    """Clean validation masks: keeping the 2 largest changes no score (a tie) and is kept,
+    as the training masks' steady count says; filling holes, with nothing to fill, is
+    not."""
+    truths = [two_boxes() for _ in range(3)]
+    preds = [two_boxes() for _ in range(3)]
+    preds[1][12:28, 5:9] = False  # a miss keep-2 cannot mend: the mean stays
+    choice = choose_postprocess(preds, truths, objects=2)
+    assert choice.keep_largest == 2 and choice.fill_holes is False
+    assert [(t["step"], t["kept"]) for t in choice.tried] == [
+        ("keep 2 largest", True),
+        ("fill holes", False),
+    ]
+    assert choice.tried[0]["worst_change"] == 0.0 and choice.dice == choice.baseline
+
+
 def test_tta_is_kept_when_it_raises_the_mean_and_the_steps_follow_on_its_masks() -> None:
     truths = [two_boxes() for _ in range(3)]
     plain = [two_boxes() for _ in range(3)]
