@@ -85,3 +85,19 @@ def run_config(values: dict[str, Any] | None = None, **more: Any):
     from unet_lowered.training.config import RunConfig
 
     return RunConfig.from_json({"image_size": [32, 32], **(values or {}), **more})
+
+
+FRAMED_STATS = {"objects": 1, "fraction": [0.4, 0.6], "min_ratio": None}
+"""``mask_stats`` for :func:`framed_pictures`: one object on 40-60% of the image."""
+
+
+def framed_pictures() -> dict[str, np.ndarray]:
+    """A 48x48 picture whose bright right half :func:`bright_model` marks (50% of it),
+    alone (``plain``) and in the middle of a 96x96 collimator-gray frame (``framed``,
+    where the mask is 12.5% of the image: out of :data:`FRAMED_STATS`' range, but 50% of
+    the imaged field)."""
+    picture = np.full((48, 48), 250, np.uint8)
+    picture[:, :24] = np.linspace(0, 10, 48).astype(np.uint8)[:, None]  # dark, shaded
+    framed = np.full((96, 96), 60, np.uint8)  # darker than the image's mean: background
+    framed[24:72, 24:72] = picture
+    return {"plain": picture, "framed": framed}

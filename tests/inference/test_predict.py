@@ -11,7 +11,15 @@ import pytest
 from scipy.special import expit
 
 from dicom_fixtures import write_dicom
-from run_fixtures import bright_model, disk_image, make_run, run_config, shifted_model
+from run_fixtures import (
+    FRAMED_STATS,
+    bright_model,
+    disk_image,
+    framed_pictures,
+    make_run,
+    run_config,
+    shifted_model,
+)
 from unet_lowered.dataset.masks import label_components
 from unet_lowered.errors import UnetError
 from unet_lowered.inference.batch import collect_inputs, exit_status, make_ids, predict_files
@@ -571,3 +579,16 @@ def test_predictions_csv_flags_each_mask(tmp_path: Path) -> None:
         rows = {r["id"]: r for r in csv.DictReader(f)}
     assert rows["two"]["quality"] == "ok"
     assert rows["one"]["quality"].startswith("check: 1 object(s), training masks have 2")
+
+
+def test_predictions_csv_measures_the_foreground_in_the_imaged_field(tmp_path: Path) -> None:
+    """A correct mask, small in its wide frame, is ``ok``: half of the imaged field."""
+    run = make_run(tmp_path / "run", bright_model(), mask_stats=FRAMED_STATS)
+    for name, image in framed_pictures().items():
+        images.write_png(tmp_path / "in" / f"{name}.png", image)
+    predict_files(run, [tmp_path / "in"], tmp_path / "out", progress=False)
+    with open(tmp_path / "out" / "predictions.csv", newline="") as f:
+        rows = {r["id"]: r for r in csv.DictReader(f)}
+    assert float(rows["plain"]["foreground_fraction"]) == pytest.approx(0.5, abs=0.03)
+    assert float(rows["framed"]["foreground_fraction"]) == pytest.approx(0.125, abs=0.01)
+    assert rows["plain"]["quality"] == rows["framed"]["quality"] == "ok"

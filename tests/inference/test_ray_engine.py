@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from run_fixtures import bright_model, disk_image, make_run
+from run_fixtures import FRAMED_STATS, bright_model, disk_image, framed_pictures, make_run
 from unet_lowered.errors import UnetError
 from unet_lowered.inference.batch import predict_files
 from unet_lowered.inference.journal import JOURNAL_FILE
@@ -91,6 +91,20 @@ def test_same_files_as_the_local_engine(ray_address, setup, reference, tmp_path)
     assert len(report.written) == N_GOOD
     assert [p for p, _ in report.failed] == [str(inputs / "img05b.png")]
     assert_same_outputs(tmp_path / "out", reference)
+
+
+def test_the_quality_flag_sees_the_imaged_field_as_the_local_engine_does(
+    ray_address, tmp_path
+) -> None:
+    from unet_lowered.inference.ray_engine import predict_files_ray
+
+    run = make_run(tmp_path / "run", bright_model(), mask_stats=FRAMED_STATS)
+    for name, image in framed_pictures().items():
+        images.write_png(tmp_path / "in" / f"{name}.png", image)
+    predict_files(run, [tmp_path / "in"], tmp_path / "local", progress=False)
+    predict_files_ray(run, [tmp_path / "in"], tmp_path / "ray", actors=1, progress=False)
+    assert rows_of(tmp_path / "ray") == rows_of(tmp_path / "local")
+    assert [r["quality"] for r in rows_of(tmp_path / "ray")] == ["ok", "ok"]
 
 
 @pytest.mark.slow  # a fresh process or Ray run: CI runs it (make test-slow)

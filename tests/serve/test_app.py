@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import pytest
 
-from run_fixtures import bright_model, disk_image, make_run
+from run_fixtures import FRAMED_STATS, bright_model, disk_image, framed_pictures, make_run
 
 pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install -e '.[serve]'")
 
@@ -131,6 +131,15 @@ def test_model_facts_without_metrics(tmp_path: Path) -> None:
         facts = c.get("/v1/model").json()
     assert facts["validation_dice"] is None and facts["best_epoch"] is None
     assert facts["threshold"] == 0.3 and facts["prediction"]["threshold"] == 0.3
+
+
+def test_the_quality_flag_measures_the_foreground_in_the_imaged_field(tmp_path: Path) -> None:
+    """A correct mask, small in its wide frame, is ``ok`` (half of the imaged field)."""
+    run = make_run(tmp_path / "run", bright_model(), mask_stats=FRAMED_STATS)
+    with TestClient(create_app(run)) as c:
+        for name, image in framed_pictures().items():
+            figures = c.post("/v1/segment", files=upload(png_bytes(image), f"{name}.png"))
+            assert figures.json()["quality"] == "ok", name
 
 
 @pytest.mark.parametrize("kind", ["png8", "png16", "jpeg", "tiff", "bmp", "dicom"])
