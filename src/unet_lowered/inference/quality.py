@@ -90,10 +90,7 @@ def imaged_field(image: np.ndarray | None) -> float:
     def uniform(line: np.ndarray, value: float) -> bool:
         return np.count_nonzero(np.abs(line - value) <= tolerance) >= FRAME_UNIFORM * line.size
 
-    def value_of(line: np.ndarray) -> float:
-        return float(np.median(line))
-
-    frame = [value_of(gray[0]), value_of(gray[-1]), value_of(gray[:, 0]), value_of(gray[:, -1])]
+    frame = [float(np.median(line)) for line in (gray[0], gray[-1], gray[:, 0], gray[:, -1])]
     while top < 0.45 * h and uniform(gray[top, left:right], frame[0]):
         top += 1
     while h - bottom < 0.45 * h and uniform(gray[bottom - 1, left:right], frame[1]):

@@ -381,8 +381,8 @@ def progressive_rule(input_mode: str, image_size: int) -> Planned:
     The first :data:`PROGRESSIVE` of the epochs train at half the size, at about a third
     of the step time (fast.ai's progressive resizing; the U-Net takes any valid size).
     On JSRT the planned run came within 0.002 of the full-size plan's best validation
-    Dice in 0.49-0.66x the time and ended 0.0015-0.0033 above it (three runs,
-    ``benchmarks/RESULTS.md``). Not for small images, nor for crops: ``--progressive``
+    Dice in 0.49-0.66x the time and ended 0.0012-0.0033 above it (six side-by-side
+    measurements, ``benchmarks/RESULTS.md``). Not for small images, nor for crops: ``--progressive``
     on a crop-trained run cuts half-size crops at native resolution, and on DSB2018 that
     scored 0.8971 on 20 held-out images against 0.9072 without it (2026-12-04).
     """
