@@ -27,6 +27,9 @@ generator per image, seeded by :data:`SEED` and the image id):
   down by 15%, the top filled by replicating the first row);
 * dense lungs with the mask unchanged (the whole lung field): an effusion-like opacity
   from the bases, patchy consolidation (``unet_lowered.training.augment.paint_opacity``);
+  one lung whited out past its outline at two strengths (0.8: ribs still show; 0.95:
+  nearly flat), drawn here with fixed settings rather than the training painter's
+  random ones (:func:`white_out`);
 * low resolution: a 128 px round trip (the 128 px derivatives of other data sets);
   burned-in text and side markers (``augment.stamp``).
 
@@ -286,6 +289,33 @@ def opacity(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, kind:
     return _back(painted * _top(image), image), mask
 
 
+def white_out(
+    image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, strength: float
+) -> Pair:
+    """One of the two largest lungs (chosen by ``rng``) opacified past its outline: the
+    lung dilated by 6% of the width, blurred (sigma 3% of the width) and blended by
+    ``strength`` towards the 80th percentile of the pixels outside the lungs; the mask
+    is unchanged."""
+    x = _unit(image)
+    h, w = mask.shape
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(
+        (mask > 0).astype(np.uint8), connectivity=8
+    )
+    if count < 2:
+        return image, mask
+    largest = 1 + np.argsort(stats[1:, cv2.CC_STAT_AREA])[::-1][:2]
+    side = labels == largest[int(rng.integers(0, len(largest)))]
+    r = max(1, round(0.06 * w))
+    disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+    region = cv2.dilate(side.astype(np.uint8), disk).astype(np.float32)
+    weight = cv2.GaussianBlur(region, (0, 0), 0.03 * w) * strength
+    gray = x if x.ndim == 2 else x.mean(axis=2)
+    white = np.float32(np.quantile(gray[mask == 0], 0.8))
+    if x.ndim == 3:
+        weight = weight[:, :, None]
+    return _back((x * (1 - weight) + white * weight) * _top(image), image), mask
+
+
 def low_resolution(
     image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, side: int
 ) -> Pair:
@@ -337,6 +367,8 @@ PERTURBATIONS: tuple[Perturbation, ...] = (
     Perturbation("neck shown (content 15% down)", partial(show_neck, frac=0.15)),
     Perturbation("effusion inside the lungs", partial(opacity, kind="effusion")),
     Perturbation("consolidation inside the lungs", partial(opacity, kind="consolidation")),
+    Perturbation("white-out of one lung, past its outline, 0.8", partial(white_out, strength=0.8)),
+    Perturbation("white-out of one lung, nearly flat, 0.95", partial(white_out, strength=0.95)),
     Perturbation("low resolution (128 px round trip)", partial(low_resolution, side=128)),
     Perturbation("text and side markers", stamps),
 )

@@ -445,8 +445,9 @@ def train(
     opacity: Annotated[
         float | None,
         typer.Option(
-            help="Probability of an effusion-like or patchy opacity painted inside the lung "
-            "mask, the mask unchanged [default: 0]."
+            help="Probability of a dense opacity in the lung field, the mask unchanged: "
+            "effusion-like or patchy inside the lungs, or one lung whited out past its "
+            "outline [default: 0]."
         ),
     ] = None,
     lowres: Annotated[
@@ -878,8 +879,9 @@ def synth(
     pathology: Annotated[
         str,
         typer.Option(
-            help="Comma-separated: effusion, consolidation (the mask stays the whole lung "
-            "field) and framing (zoomed out into borders, or bases cut off) [default: none]."
+            help="Comma-separated: effusion, consolidation, white-out (the mask stays the "
+            "whole lung field) and framing (zoomed out into borders, or bases cut off) "
+            "[default: none]."
         ),
     ] = "",
     pathology_fraction: Annotated[

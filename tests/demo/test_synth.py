@@ -209,6 +209,20 @@ def test_opacities_whiten_only_the_lungs_and_keep_the_mask(kind: str) -> None:
     assert gain.min() >= -1 and gain.mean() > 5  # whiter lungs
 
 
+def test_white_out_whitens_one_lung_past_its_outline_and_keeps_the_mask() -> None:
+    for seed in (5, 9):
+        plain = synth.synth_sample(np.random.default_rng(seed), 128)
+        ill = synth.synth_sample(np.random.default_rng(seed), 128, "white-out")
+        np.testing.assert_array_equal(ill.mask, plain.mask)  # still the whole lung field
+        gain = ill.image.astype(float) - plain.image
+        assert gain.min() >= -1  # only whiter
+        count, labels = cv2.connectedComponents((plain.mask > 0).astype(np.uint8))
+        lungs = sorted((gain[labels == k].mean() for k in range(1, count)), reverse=True)
+        assert lungs[0] > 20 and lungs[1] < lungs[0] / 4  # one lung whited out
+        ring = cv2.dilate(plain.mask, np.ones((5, 5), np.uint8)) > plain.mask
+        assert gain[ring].max() > 10  # the edge fades past the outline
+
+
 def test_effusion_fills_a_lung_from_its_base() -> None:
     plain = synth.synth_sample(np.random.default_rng(9), 128)
     ill = synth.synth_sample(np.random.default_rng(9), 128, "effusion")

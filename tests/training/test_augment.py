@@ -10,6 +10,7 @@ import pytest
 
 from unet_lowered.errors import UnetError
 from unet_lowered.training.augment import (
+    OPACITIES,
     AugmentConfig,
     augment,
     cross_site_shifts,
@@ -362,6 +363,29 @@ def test_opacity_never_changes_the_mask_and_only_whitens_lungs(kind: str) -> Non
     cfg = AugmentConfig(opacity_p=1.0)
     _, out_mask, _ = cross_site_shifts(image, mask, np.random.default_rng(1), cfg)
     np.testing.assert_array_equal(out_mask, mask)
+
+
+def test_white_out_fades_one_lung_past_its_outline_and_keeps_the_mask() -> None:
+    image, mask = _lungs()  # lungs 0.2 at columns 8-27 and 36-55, rows 16-47
+    image[:, :6] = image[:, 58:] = 0.35  # thin lateral chest wall, darker than the body (0.6)
+    rows = slice(20, 44)
+    for seed in range(6):
+        out = paint_opacity(image, mask > 0, np.random.default_rng(seed), "white-out")
+        assert out.dtype == image.dtype and np.all(out >= image - 1e-6)  # only whiter
+        gain = (out - image)[..., 0]
+        left, right = gain[rows, 10:26].mean(), gain[rows, 38:54].mean()
+        white, other = (left, right) if left > right else (right, left)
+        assert white > 0.1 and other < 0.02  # one lung whited out, the other left as it was
+        wall = gain[rows, :6].mean() if left > right else gain[rows, 58:].mean()
+        far_wall = gain[rows, 58:].mean() if left > right else gain[rows, :6].mean()
+        assert wall > 0.02 and far_wall < 0.005  # past the lung's outline, on its side only
+    cfg = AugmentConfig(opacity_p=1.0)
+    for seed in range(6):  # every kind the training draws keeps the mask
+        _, out_mask, _ = cross_site_shifts(image, mask, np.random.default_rng(seed), cfg)
+        np.testing.assert_array_equal(out_mask, mask)
+    with pytest.raises(ValueError, match="use one of: effusion, consolidation, white-out"):
+        paint_opacity(image, mask > 0, np.random.default_rng(0), "tumour")
+    assert OPACITIES == ("effusion", "consolidation", "white-out")
 
 
 def test_lowres_and_stamps_change_the_image_only() -> None:

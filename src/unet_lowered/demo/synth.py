@@ -18,8 +18,10 @@ their own, so plain samples stay what they were:
 
 * ``effusion``: fluid that whitens a lung from its base up, with a meniscus rising
   at the outer edge; ``consolidation``: smooth patchy opacities inside the lungs.
-  The mask stays the whole lung field, as the reference masks of real data sets
-  draw it however white the lung is.
+  ``white-out``: one lung opacified past its outline (a hemithorax full of fluid),
+  its edge fading into the chest wall and mediastinum. The mask stays the whole
+  lung field, as the reference masks of real data sets draw it however white the
+  lung is.
 * ``framing``: a small patient in a large frame (zoomed out into black borders or
   a collimated field), or a crop that cuts off the lung bases; image and mask
   move together.
@@ -51,7 +53,7 @@ MIN_SIZE = 32
 MAX_SIZE = 4096
 """Largest image side :func:`make_dataset` accepts."""
 
-PATHOLOGIES = ("effusion", "consolidation", "framing")
+PATHOLOGIES = ("effusion", "consolidation", "white-out", "framing")
 """What ``make_dataset(pathology=...)`` and ``unet synth --pathology`` can draw."""
 
 TRAIN_PREFIX = "synth_train_"
@@ -125,7 +127,12 @@ def synth_sample(
     sample = _Renderer(rng, size).render()
     if pathology is None:
         return sample
-    draw = {"effusion": add_effusion, "consolidation": add_consolidation, "framing": reframe}
+    draw = {
+        "effusion": add_effusion,
+        "consolidation": add_consolidation,
+        "white-out": add_white_out,
+        "framing": reframe,
+    }
     if pathology not in draw:
         raise UnetError(f"unknown pathology {pathology!r}; use one of: {', '.join(PATHOLOGIES)}")
     image, mask = draw[pathology](sample.image, sample.mask, rng)
@@ -154,6 +161,19 @@ def add_consolidation(
         ``(image, mask)``: the new uint8 image and the same mask (a copy).
     """
     return _painted(image, mask, rng, "consolidation"), mask.copy()
+
+
+def add_white_out(
+    image: np.ndarray, mask: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """White-out (:func:`unet_lowered.training.augment.paint_opacity`): one lung
+    opacified past its outline, the chest wall and mediastinum beside it whitened too;
+    the mask is unchanged.
+
+    Returns:
+        ``(image, mask)``: the new uint8 image and the same mask (a copy).
+    """
+    return _painted(image, mask, rng, "white-out"), mask.copy()
 
 
 def _painted(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, kind: str):

@@ -78,9 +78,11 @@ class AugmentConfig:
         zoom_out: ``(low, high)`` scale range of the zoom-out.
         frame_crop_p: Probability of a frame crop: the top or bottom 10-30% cut off
             (apices or bases outside the field) and the rest stretched back.
-        opacity_p: Probability of a dense opacity painted INSIDE the lung mask, either
-            effusion-like from the base or patchy like consolidation; the mask is
-            unchanged, so the network learns that a white lung is still lung.
+        opacity_p: Probability of a dense opacity in the lung field, one of
+            :data:`OPACITIES` with equal chance: effusion-like from the base or patchy
+            like consolidation (inside the lung mask), or a white-out of one lung that
+            fades past its outline; the mask is unchanged, so the network learns that a
+            white lung is still lung.
         lowres_p: Probability of a low-resolution round trip (down by 2-4x and back).
         stamp_p: Probability of burned-in text or a side marker stamped in a corner.
 
@@ -300,7 +302,7 @@ def cross_site_shifts(
         if weight is not None:
             weight = _stretch(weight[rows], (h, w), cv2.INTER_NEAREST)
     if _chance(rng, cfg.opacity_p) and mask.any():
-        kind = "effusion" if rng.random() < 0.5 else "consolidation"
+        kind = OPACITIES[int(rng.integers(0, len(OPACITIES)))]
         image = paint_opacity(image, mask > 0, rng, kind)
     if _chance(rng, cfg.lowres_p):
         factor = rng.uniform(2.0, 4.0)
@@ -326,22 +328,31 @@ def _stretch(array: np.ndarray, size: tuple[int, int], interpolation: int) -> np
     return out.reshape(size + array.shape[2:])
 
 
+OPACITIES = ("effusion", "consolidation", "white-out")
+"""The kinds of :func:`paint_opacity`; ``opacity_p`` draws one of them with equal chance."""
+
+
 def paint_opacity(
     image: np.ndarray, lung: np.ndarray, rng: np.random.Generator, kind: str
 ) -> np.ndarray:
-    """A dense opacity inside the lung field, the mask left as it is.
+    """A dense opacity in the lung field, the mask left as it is.
 
     ``effusion``: each lung (a connected object of ``lung``) is whitened from its base
     up to 20-60% of its height, the upper edge rising towards the outer side (the
     meniscus) and soft. ``consolidation``: smooth patches (blurred noise above a
-    threshold). Pixels only get whiter (towards 0.7-0.85, soft tissue), and only
-    inside ``lung``.
+    threshold). Both whiten only inside ``lung`` (towards 0.7-0.85, soft tissue).
+    ``white-out``: one of the two largest lungs opacified *past its outline*, as a
+    hemithorax full of fluid or collapsed lung looks: the lung dilated by 3-8% of the
+    image width and blurred, blended by 0.6-0.95 towards the image's own soft-tissue
+    brightness (a 70-90th percentile of the pixels outside ``lung``), so the lung's
+    edge fades into the chest wall and mediastinum and only the ribs, the other lung
+    and the body's outline tell where the field lies. Pixels only get whiter.
 
     Args:
         image: float ``(H, W)`` or ``(H, W, C)`` in ``[0, 1]``.
         lung: bool ``(H, W)`` lung field.
         rng: The source of randomness.
-        kind: ``"effusion"`` or ``"consolidation"``.
+        kind: One of :data:`OPACITIES`.
 
     Returns:
         The new image, same shape and dtype.
@@ -366,10 +377,34 @@ def paint_opacity(
         noise = cv2.GaussianBlur(noise, (0, 0), rng.uniform(0.03, 0.07) * max(h, w))
         noise /= max(float(noise.std()), 1e-6)
         weight = np.clip((noise - rng.uniform(0.3, 1.0)) * 1.5, 0, 1) * lung * rng.uniform(0.6, 0.9)
+    elif kind == "white-out":
+        return _white_out(image, lung, rng)
     else:
-        raise ValueError(f"unknown opacity {kind!r}; use effusion or consolidation")
+        raise ValueError(f"unknown opacity {kind!r}; use one of: {', '.join(OPACITIES)}")
     white = np.float32(rng.uniform(0.7, 0.85))
     weight = weight.astype(np.float32)
+    if image.ndim == 3:
+        weight = weight[:, :, None]
+    x = image.astype(np.float32)
+    return np.maximum(x, x * (1 - weight) + white * weight).astype(image.dtype)
+
+
+def _white_out(image: np.ndarray, lung: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``paint_opacity(kind="white-out")``: one lung opacified past its outline."""
+    h, w = lung.shape
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(lung.astype(np.uint8), connectivity=8)
+    if count < 2:
+        return image.copy()
+    largest = 1 + np.argsort(stats[1:, cv2.CC_STAT_AREA])[::-1][:2]
+    side = labels == largest[int(rng.integers(0, len(largest)))]
+    radius = max(1, round(rng.uniform(0.03, 0.08) * w))
+    disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    region = cv2.dilate(side.astype(np.uint8), disk).astype(np.float32)
+    weight = cv2.GaussianBlur(region, (0, 0), rng.uniform(0.02, 0.04) * w)
+    weight *= np.float32(rng.uniform(0.6, 0.95))
+    gray = image if image.ndim == 2 else image.mean(axis=2)
+    outside = gray[~lung]
+    white = np.float32(np.quantile(outside, rng.uniform(0.7, 0.9)) if outside.size else 0.8)
     if image.ndim == 3:
         weight = weight[:, :, None]
     x = image.astype(np.float32)
