@@ -297,7 +297,7 @@ def white_out(
     ``strength`` towards the 80th percentile of the pixels outside the lungs; the mask
     is unchanged."""
     x = _unit(image)
-    h, w = mask.shape
+    w = mask.shape[1]
     count, labels, stats, _ = cv2.connectedComponentsWithStats(
         (mask > 0).astype(np.uint8), connectivity=8
     )

@@ -391,8 +391,10 @@ def paint_opacity(
 
 def _white_out(image: np.ndarray, lung: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """``paint_opacity(kind="white-out")``: one lung opacified past its outline."""
-    h, w = lung.shape
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(lung.astype(np.uint8), connectivity=8)
+    w = lung.shape[1]
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(
+        lung.astype(np.uint8), connectivity=8
+    )
     if count < 2:
         return image.copy()
     largest = 1 + np.argsort(stats[1:, cv2.CC_STAT_AREA])[::-1][:2]
