@@ -411,7 +411,7 @@ def score_run(
         probs_to_mask,
         resolve_mode,
     )
-    from unet_lowered.inference.quality import imaged_field, mask_quality
+    from unet_lowered.inference.quality import contrast_grid, imaged_field, mask_quality
     from unet_lowered.io import images
     from unet_lowered.io.runs import load_run
 
@@ -444,7 +444,9 @@ def score_run(
             for (image, truth), prob in zip(shifted, probs, strict=True):
                 mask = probs_to_mask(prob, config, options)
                 row = score_image(truth, mask, config)
-                flag = mask_quality(mask, prob, config, field=imaged_field(image))
+                flag = mask_quality(
+                    mask, prob, config, field=imaged_field(image), grid=contrast_grid(image)
+                )
                 row["flagged"] = flag.startswith("check")
                 rows[p.name].append(row)
         print(f"  {min(i + per_call, len(ids))}/{len(ids)} images", file=sys.stderr, flush=True)

@@ -91,6 +91,12 @@ FRAMED_STATS = {"objects": 1, "fraction": [0.4, 0.6], "min_ratio": None}
 """``mask_stats`` for :func:`framed_pictures`: one object on 40-60% of the image."""
 
 
+DARK_OBJECT_STATS = {**FRAMED_STATS, "contrast": [0.3, 0.5]}
+"""``mask_stats`` of objects darker than their surroundings (as lungs are): the bright
+half that :func:`bright_model` marks in :func:`framed_pictures` (contrast about -1) is
+out of this range, and the quality flag says so when it is given the image."""
+
+
 def framed_pictures() -> dict[str, np.ndarray]:
     """A 48x48 picture whose bright right half :func:`bright_model` marks (50% of it),
     alone (``plain``) and in the middle of a 96x96 collimator-gray frame (``framed``,

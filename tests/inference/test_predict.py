@@ -12,6 +12,7 @@ from scipy.special import expit
 
 from dicom_fixtures import write_dicom
 from run_fixtures import (
+    DARK_OBJECT_STATS,
     FRAMED_STATS,
     bright_model,
     disk_image,
@@ -579,6 +580,20 @@ def test_predictions_csv_flags_each_mask(tmp_path: Path) -> None:
         rows = {r["id"]: r for r in csv.DictReader(f)}
     assert rows["two"]["quality"] == "ok"
     assert rows["one"]["quality"].startswith("check: 1 object(s), training masks have 2")
+
+
+def test_predictions_csv_flags_an_object_unlike_the_training_ones_in_contrast(
+    tmp_path: Path,
+) -> None:
+    """The image reaches the contrast rule: a bright object where training had dark ones."""
+    run = make_run(tmp_path / "run", bright_model(), mask_stats=DARK_OBJECT_STATS)
+    for name, image in framed_pictures().items():
+        images.write_png(tmp_path / "in" / f"{name}.png", image)
+    predict_files(run, [tmp_path / "in"], tmp_path / "out", progress=False)
+    with open(tmp_path / "out" / "predictions.csv", newline="") as f:
+        flags = [r["quality"] for r in csv.DictReader(f)]
+    assert len(flags) == 2
+    assert all(f.startswith("check: an object's contrast with its surroundings -") for f in flags)
 
 
 def test_predictions_csv_measures_the_foreground_in_the_imaged_field(tmp_path: Path) -> None:

@@ -6,7 +6,15 @@ import cv2
 import numpy as np
 import pytest
 
-from unet_lowered.inference.quality import MaskStats, Objects, assess, imaged_field, mask_stats
+from unet_lowered.inference.quality import (
+    MaskStats,
+    Objects,
+    assess,
+    contrast_grid,
+    imaged_field,
+    mask_stats,
+    object_contrast,
+)
 
 
 def lungs(shift: int = 0, size: int = 100, height: int = 50, gap: int = 10) -> np.ndarray:
@@ -214,3 +222,53 @@ def test_a_small_patient_in_a_large_frame_is_measured_on_the_field(stats: MaskSt
         assess(wide, None, stats, field=0.5)
     )
     assert str(assess(lungs(), None, stats, field=0.5)) == "ok"  # 30%: in range as it is
+
+
+def chest(mask: np.ndarray, lung: float = 0.2, body: float = 0.6) -> np.ndarray:
+    """A chest-like picture of a lung mask: dark lungs in a gray body, a bright spine."""
+    image = np.full(mask.shape, body, np.float32)
+    image[mask] = lung
+    image[:, 48:52] = 1.0
+    return image
+
+
+def test_object_contrast_known_answers() -> None:
+    image = np.full((100, 100), 0.6, np.float32)
+    image[:, :5] = 1.0  # a bright band: the range is 0.2 (the square) to 1.0
+    mask = np.zeros((100, 100), bool)
+    mask[30:60, 30:60] = True
+    image[mask] = 0.2
+    mask[80:85, 80:85] = True  # 0.25% of the image: too small to count
+    assert object_contrast(contrast_grid(image), mask) == pytest.approx([0.5])  # 0.4 / 0.8
+    big = cv2.resize(image, (1000, 1000), interpolation=cv2.INTER_NEAREST)
+    grid = contrast_grid(np.dstack([big] * 3))  # colour, read on 256 points a side
+    assert grid.shape == (256, 256)
+    big_mask = cv2.resize(mask.astype(np.uint8), (1000, 1000), interpolation=cv2.INTER_NEAREST)
+    assert object_contrast(grid, big_mask) == pytest.approx([0.5], abs=0.01)
+    image[mask] = 0.9  # a bright object on a darker ring: negative
+    assert object_contrast(contrast_grid(image), mask)[0] == pytest.approx(-0.3 / 0.4)
+    assert object_contrast(contrast_grid(np.zeros((50, 50))), mask[:50, :50]) == []  # flat
+
+
+def test_a_whited_out_lung_is_flagged_by_its_contrast() -> None:
+    masks = [lungs(s, height=h) for s in (-5, 0, 5) for h in (45, 50, 55)]
+    darks = [0.15, 0.2, 0.25] * 3
+    stats = mask_stats(masks, (chest(m, lung=d) for m, d in zip(masks, darks, strict=True)))
+    assert stats.contrast is not None and 0.4 < stats.contrast[0] <= stats.contrast[1] < 0.8
+    assert MaskStats.from_json(stats.to_json()) == stats
+    mask = lungs(2, height=48)
+    probs = np.where(mask, 0.97, 0.02)
+    normal = chest(mask)
+    assert str(assess(mask, probs, stats, grid=contrast_grid(normal))) == "ok"
+    white = normal.copy()
+    left = mask.copy()
+    left[:, 50:] = False
+    white[cv2.dilate(left.astype(np.uint8), np.ones((11, 11), np.uint8)) > 0] = 0.6
+    white[:, 48:52] = 1.0  # the left lung whited out past its outline; the mask is right
+    flag = str(assess(mask, probs, stats, grid=contrast_grid(white)))
+    assert flag.startswith("check: an object's contrast with its surroundings +0.00")
+    assert str(assess(mask, probs, stats)) == "ok"  # no image given: the rule is off
+    # Without images, or when the objects vary in number, there is no contrast rule.
+    assert mask_stats(masks).contrast is None
+    specks = [np.random.default_rng(k).random((64, 64)) > 0.7 for k in range(5)]
+    assert mask_stats(specks, (m.astype(np.float32) for m in specks)).contrast is None

@@ -18,7 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from run_fixtures import FRAMED_STATS, bright_model, disk_image, framed_pictures, make_run
+from run_fixtures import (
+    DARK_OBJECT_STATS,
+    FRAMED_STATS,
+    bright_model,
+    disk_image,
+    framed_pictures,
+    make_run,
+)
 from unet_lowered.errors import UnetError
 from unet_lowered.inference.batch import predict_files
 from unet_lowered.inference.journal import JOURNAL_FILE
@@ -105,6 +112,13 @@ def test_the_quality_flag_sees_the_imaged_field_as_the_local_engine_does(
     predict_files_ray(run, [tmp_path / "in"], tmp_path / "ray", actors=1, progress=False)
     assert rows_of(tmp_path / "ray") == rows_of(tmp_path / "local")
     assert [r["quality"] for r in rows_of(tmp_path / "ray")] == ["ok", "ok"]
+    # The image reaches the contrast rule too: a bright object where training had dark ones.
+    dark = make_run(tmp_path / "dark", bright_model(), mask_stats=DARK_OBJECT_STATS)
+    predict_files_ray(dark, [tmp_path / "in"], tmp_path / "ray-dark", actors=1, progress=False)
+    flags = [r["quality"] for r in rows_of(tmp_path / "ray-dark")]
+    assert len(flags) == 2 and all(
+        "an object's contrast with its surroundings -" in f for f in flags
+    )
 
 
 @pytest.mark.slow  # a fresh process or Ray run: CI runs it (make test-slow)

@@ -18,7 +18,14 @@ import cv2
 import numpy as np
 import pytest
 
-from run_fixtures import FRAMED_STATS, bright_model, disk_image, framed_pictures, make_run
+from run_fixtures import (
+    DARK_OBJECT_STATS,
+    FRAMED_STATS,
+    bright_model,
+    disk_image,
+    framed_pictures,
+    make_run,
+)
 
 pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install -e '.[serve]'")
 
@@ -140,6 +147,13 @@ def test_the_quality_flag_measures_the_foreground_in_the_imaged_field(tmp_path: 
         for name, image in framed_pictures().items():
             figures = c.post("/v1/segment", files=upload(png_bytes(image), f"{name}.png"))
             assert figures.json()["quality"] == "ok", name
+    # The image reaches the contrast rule too: a bright object where training had dark ones.
+    dark = make_run(tmp_path / "dark", bright_model(), mask_stats=DARK_OBJECT_STATS)
+    with TestClient(create_app(dark)) as c:
+        for name, image in framed_pictures().items():
+            figures = c.post("/v1/segment", files=upload(png_bytes(image), f"{name}.png"))
+            flag = figures.json()["quality"]
+            assert flag.startswith("check: an object's contrast with its surroundings -"), name
 
 
 @pytest.mark.parametrize("kind", ["png8", "png16", "jpeg", "tiff", "bmp", "dicom"])

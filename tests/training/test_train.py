@@ -419,11 +419,13 @@ def test_after_training_keeps_tta_for_a_run_trained_with_flips(tmp_path: Path) -
     model.save(out / "model.keras")
     config = run_config({"flip_lr": True, "input_mode": "resize", "depth": 2})
     dataset = load_prepared(data)
-    masks = [np.asarray(disk_image(32, 32, seed=k)[1]) for k in range(3)]
+    masks = [disk_image(32, 32, seed=k) for k in range(3)]  # (image, mask) pairs
     chosen = after_training(out, config, dataset, dataset.ids, masks).postprocess
     assert chosen["tta"] == "lr" and chosen["tried"][0]["step"] == "tta lr"
     assert chosen["validation_dice_after"] > chosen["validation_dice_before"]
     assert load_run(out).config.postprocess["tta"] == "lr"  # written to config.json
+    low, high = load_run(out).config.mask_stats["contrast"]  # a bright disk on dark: below 0
+    assert -1.1 < low <= high < -0.8
     flipless = after_training(out, run_config({"depth": 2}), dataset, dataset.ids, masks)
     assert flipless.postprocess["tta"] is None  # no flips in training: not a candidate
     assert all(not t["step"].startswith("tta") for t in flipless.postprocess["tried"])

@@ -49,7 +49,7 @@ from unet_lowered.inference.predictor import (
     resolve_mode,
     restore_size,
 )
-from unet_lowered.inference.quality import Objects, imaged_field, mask_quality
+from unet_lowered.inference.quality import Objects, contrast_grid, imaged_field, mask_quality
 from unet_lowered.io import atomic, images
 from unet_lowered.io.progress import progress_bar, stderr_console
 from unet_lowered.io.runs import load_run
@@ -400,6 +400,7 @@ class _Item:
     x: np.ndarray | None = None  # the network input (preprocess.model_input)
     probs: np.ndarray | None = None  # the network's probabilities, at the input's size
     field_share: float = 1.0  # the image's quality.imaged_field, for the quality flag
+    grid: np.ndarray | None = None  # its quality.contrast_grid (<= 256 px), for the flag
     seconds: float = 0.0
 
 
@@ -449,6 +450,7 @@ class _Stages:
             return item
         item.shape = image.shape[:2]
         item.field_share = imaged_field(image)
+        item.grid = contrast_grid(image)
         item.x = prepare_images([image], self.config, self.options)[0]
         item.image = image if self.save_overlay else None
         item.seconds = time.perf_counter() - started
@@ -521,6 +523,7 @@ class _Stages:
                 self.save_prob,
                 self.save_overlay,
                 item.field_share,
+                item.grid,
             )
         except OSError as e:
             raise UnetError(
@@ -528,7 +531,7 @@ class _Stages:
                 f"({e.strerror or e}); free disk space or choose another "
                 "--out, then run again with --resume"
             ) from None
-        item.probs = item.image = None
+        item.probs = item.image = item.grid = None
         row["seconds"] = round(item.seconds + time.perf_counter() - started, 4)
         return row
 
@@ -655,12 +658,14 @@ def _write_outputs(
     save_prob: str | None,
     save_overlay: bool,
     field_share: float = 1.0,
+    grid: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Write the mask (and probability/overlay files) of one image; return its CSV row.
 
     ``probs`` are at the image's size; ``image`` is needed for the overlay only;
-    ``field_share`` is its :func:`~unet_lowered.inference.quality.imaged_field` (for the
-    quality flag).
+    ``field_share`` and ``grid`` are its
+    :func:`~unet_lowered.inference.quality.imaged_field` and
+    :func:`~unet_lowered.inference.quality.contrast_grid` (for the quality flag).
     """
     mask = probs_to_mask(probs, config, options)
     images.write_png(out_dir / f"{image_id}.png", mask_to_png(mask, config))
@@ -685,7 +690,7 @@ def _write_outputs(
         "height": h,
         "foreground_fraction": round(float(np.count_nonzero(mask)) / mask.size, 6),
         "components": count_components(mask) if found is None else found.count,
-        "quality": mask_quality(mask, probs, config, found, field_share),
+        "quality": mask_quality(mask, probs, config, found, field_share, grid),
         "status": "ok",
     }
 

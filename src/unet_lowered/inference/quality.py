@@ -18,7 +18,14 @@ rules hold for lungs, nuclei or anything else without a hand-made lung model:
   and whether they lie side by side;
 * the unsure area: pixels with ``0.1 < p < 0.9`` relative to the mask's area. A
   network that cannot tell lung from white effusion or from an empty frame leaves a
-  wide band of such pixels; one that is right leaves a thin rim.
+  wide band of such pixels; one that is right leaves a thin rim;
+* with a small, steady number of large objects (organs such as lungs): each object's
+  contrast with its surroundings (:func:`object_contrast`), against the training
+  masks' range widened by its own width on each side (:data:`CONTRAST_MARGIN` at
+  least). A lung no darker than the
+  chest wall and mediastinum around it is a whited-out lung, whose outline the
+  network had to infer; an "object" far darker than its surroundings is often
+  painted into a black border.
 
 Touching the image border is not a rule: on the robustness simulations it flagged
 many good masks (lung bases cut off by the field of view, zoomed-in films) and no
@@ -46,6 +53,21 @@ UNSURE_AREA = 0.38
 """A mask is ``check`` when its unsure pixels (``0.1 < p < 0.9``) cover more than this
 share of its area. Set on the robustness simulations of one JSRT run, where it flagged
 every mask below Dice 0.85 and 7% of the others (``benchmarks/RESULTS.md``)."""
+
+
+CONTRAST_GRID = 256
+""":func:`contrast_grid` reads images on at most this many points a side."""
+
+CONTRAST_RING = 0.05
+""":func:`object_contrast` compares an object with the ring this share of the grid's
+longer side wide around it (outside the mask)."""
+
+CONTRAST_MIN_AREA = 0.01
+"""Objects under this share of the grid get no contrast (specks say nothing)."""
+
+CONTRAST_MARGIN = 0.1
+"""The contrast rule widens the training range by its own width on each side, and by
+at least this much (training objects that all look alike give a range of width 0)."""
 
 
 FRAME_TOLERANCE = 0.04
@@ -114,12 +136,16 @@ class MaskStats:
         small_object: The 1st percentile of the objects' areas, as a fraction of their
             image's area (None without objects): the post-processing's minimum-area
             candidate is derived from it (:func:`unet_lowered.evaluation.choose.min_area_candidate`).
+        contrast: ``(low, high)``: the 1st and 99th percentile of the training objects'
+            :func:`object_contrast`, when ``objects`` is steady and the images were
+            given; else None (and the rule is off).
     """
 
     objects: int | None
     fraction: tuple[float, float]
     min_ratio: float | None
     small_object: float | None = None
+    contrast: tuple[float, float] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -127,16 +153,19 @@ class MaskStats:
             "fraction": list(self.fraction),
             "min_ratio": self.min_ratio,
             "small_object": self.small_object,
+            "contrast": None if self.contrast is None else list(self.contrast),
         }
 
     @classmethod
     def from_json(cls, values: Mapping[str, Any]) -> MaskStats:
         low, high = values["fraction"]
+        contrast = values.get("contrast")
         return cls(
             objects=values.get("objects"),
             fraction=(float(low), float(high)),
             min_ratio=values.get("min_ratio"),
             small_object=values.get("small_object"),
+            contrast=None if contrast is None else (float(contrast[0]), float(contrast[1])),
         )
 
 
@@ -218,11 +247,15 @@ def _objects(mask: np.ndarray) -> tuple[int, np.ndarray]:
     return found.count, found.largest_first()
 
 
-def mask_stats(masks: Iterable[np.ndarray]) -> MaskStats:
+def mask_stats(
+    masks: Iterable[np.ndarray], images: Iterable[np.ndarray] | None = None
+) -> MaskStats:
     """The statistics :func:`assess` compares with, from the training masks.
 
     Args:
         masks: ``(H, W)`` binary masks (any non-zero value is foreground).
+        images: Their images, in the same order (any size: each is read on its
+            :func:`contrast_grid`), for the objects' contrast; None: no contrast rule.
 
     Returns:
         The :class:`MaskStats`.
@@ -230,7 +263,8 @@ def mask_stats(masks: Iterable[np.ndarray]) -> MaskStats:
     Raises:
         ValueError: No masks.
     """
-    counts, fractions, ratios, objects = [], [], [], []
+    counts, fractions, ratios, objects, contrasts = [], [], [], [], []
+    pictures = None if images is None else iter(images)
     for mask in masks:
         mask = np.asarray(mask) != 0
         count, areas = _objects(mask)
@@ -239,6 +273,8 @@ def mask_stats(masks: Iterable[np.ndarray]) -> MaskStats:
         fractions.append(float(mask.mean()))
         if count >= 2:
             ratios.append(float(areas[1] / areas[0]))
+        if pictures is not None:
+            contrasts.extend(object_contrast(contrast_grid(next(pictures)), mask))
     if not counts:
         raise ValueError("mask_stats needs at least one mask")
     values, tally = np.unique(counts, return_counts=True)
@@ -249,7 +285,78 @@ def mask_stats(masks: Iterable[np.ndarray]) -> MaskStats:
         fraction=(float(np.percentile(fractions, 1)), float(np.percentile(fractions, 99))),
         min_ratio=float(np.percentile(ratios, 1)) if steady and common == 2 and ratios else None,
         small_object=float(np.percentile(objects, 1)) if objects else None,
+        contrast=(
+            (float(np.percentile(contrasts, 1)), float(np.percentile(contrasts, 99)))
+            if steady and contrasts
+            else None
+        ),
     )
+
+
+def contrast_grid(image: np.ndarray) -> np.ndarray:
+    """The image as float32 gray (channels averaged) on at most :data:`CONTRAST_GRID`
+    points a side (area averaging): what :func:`object_contrast` reads. About 0.25 MB,
+    so a prediction pipeline can keep it beside each image in flight. A large image is
+    first read on every k-th pixel (at least 512 a side), in its own dtype."""
+    arr = np.asarray(image)
+    if arr.dtype not in (np.uint8, np.uint16, np.float32):
+        arr = arr.astype(np.float32)
+    h, w = arr.shape[:2]
+    step = max(1, max(h, w) // (2 * CONTRAST_GRID))  # every step-th pixel, then averaged
+    arr = np.ascontiguousarray(arr[::step, ::step])
+    scale = CONTRAST_GRID * step / max(h, w)
+    if scale < 1:
+        size = (max(1, round(w * scale / step)), max(1, round(h * scale / step)))
+        arr = cv2.resize(arr, size, interpolation=cv2.INTER_AREA)
+    gray = arr.astype(np.float32)
+    return gray.mean(axis=2) if gray.ndim == 3 else gray
+
+
+def object_contrast(grid: np.ndarray, mask: np.ndarray, limit: int | None = None) -> list[float]:
+    """How much darker each object is than its surroundings, largest object first.
+
+    The mask is read on the grid (nearest neighbour). For each 8-connected object of at
+    least :data:`CONTRAST_MIN_AREA` of the grid: (median of the ring around it, outside
+    the mask, :data:`CONTRAST_RING` of the longer side wide) minus (median inside it),
+    over the grid's range (1st to 99th percentile). A healthy lung on an X-ray is
+    0.2-0.45 (darker than the chest wall and mediastinum); a lung whited out past its
+    outline about 0; a bright nucleus on a dark background is negative.
+
+    Args:
+        grid: :func:`contrast_grid` of the image.
+        mask: ``(H, W)`` mask of the image (any size; non-zero is foreground).
+        limit: Only the ``limit`` largest objects (None: all).
+
+    Returns:
+        One value per object (none for a flat image or an object with no ring).
+    """
+    mask = as_2d(np.asarray(mask))
+    gh, gw = grid.shape
+    if mask.shape != (gh, gw):  # nearest neighbour, reading only the grid's pixels
+        rows = ((np.arange(gh) + 0.5) * mask.shape[0] / gh).astype(np.intp)
+        cols = ((np.arange(gw) + 0.5) * mask.shape[1] / gw).astype(np.intp)
+        mask = mask[rows[:, None], cols]
+    fg = (mask != 0).astype(np.uint8)
+    low, high = np.percentile(grid, [1, 99])
+    if high <= low:
+        return []
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    order = [
+        k + 1
+        for k in np.argsort(areas, kind="stable")[::-1]
+        if areas[k] >= CONTRAST_MIN_AREA * fg.size
+    ]
+    radius = max(1, round(CONTRAST_RING * max(gh, gw)))
+    disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    values = []
+    for label in order[:limit]:
+        own = (labels == label).astype(np.uint8)
+        ring = (cv2.dilate(own, disk) > 0) & (fg == 0)
+        if ring.any():
+            inside = np.median(grid[own > 0])
+            values.append(float((np.median(grid[ring]) - inside) / (high - low)))
+    return values
 
 
 def assess(
@@ -258,6 +365,7 @@ def assess(
     stats: MaskStats | None,
     found: Objects | None = None,
     field: float = 1.0,
+    grid: np.ndarray | None = None,
 ) -> Quality:
     """Flag a predicted binary mask ``ok`` or ``check``.
 
@@ -271,6 +379,7 @@ def assess(
         field: The image's :func:`imaged_field` (1.0: no frame). A foreground fraction
             out of the training range is not flagged when its fraction of the imaged
             field is in it: a small patient in a wide frame.
+        grid: The image's :func:`contrast_grid`, for the contrast rule (None: off).
 
     Returns:
         The :class:`Quality`.
@@ -301,6 +410,16 @@ def assess(
                 reasons.append(f"the two largest objects differ in size ({ratio:.2f} to 1)")
             if not _side_by_side(found, mask.shape[1]):
                 reasons.append("the two largest objects are not side by side")
+        if stats.contrast is not None and grid is not None and stats.objects is not None:
+            low, high = stats.contrast
+            margin = max(high - low, CONTRAST_MARGIN)
+            for value in object_contrast(grid, mask, stats.objects):
+                if not low - margin <= value <= high + margin:
+                    reasons.append(
+                        f"an object's contrast with its surroundings {value:+.2f}, "
+                        f"training masks {low:+.2f} to {high:+.2f}"
+                    )
+                    break
     if probs is not None and count:
         p = np.asarray(probs, np.float32)
         p = p[..., 0] if p.ndim == 3 else p
@@ -326,14 +445,16 @@ def mask_quality(
     config: Any,
     found: Objects | None = None,
     field: float = 1.0,
+    grid: np.ndarray | None = None,
 ) -> str:
     """The flag of one predicted mask of a run, as ``predictions.csv`` writes it.
 
     Binary runs: :func:`assess` against the run's recorded ``mask_stats`` (``found``:
     the mask's objects if already labelled; ``field``: the image's
-    :func:`imaged_field`). Multi-class runs have no flag yet (``""``).
+    :func:`imaged_field`; ``grid``: its :func:`contrast_grid`). Multi-class runs have
+    no flag yet (``""``).
     """
     if config.num_classes != 1:
         return ""
     stats = MaskStats.from_json(config.mask_stats) if config.mask_stats else None
-    return str(assess(mask, probs, stats, found, field))
+    return str(assess(mask, probs, stats, found, field, grid))

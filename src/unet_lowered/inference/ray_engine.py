@@ -50,7 +50,7 @@ from unet_lowered.inference.batch import (
 )
 from unet_lowered.inference.journal import Journal
 from unet_lowered.inference.predictor import PredictOptions, predict_images
-from unet_lowered.inference.quality import imaged_field
+from unet_lowered.inference.quality import contrast_grid, imaged_field
 from unet_lowered.io import images
 from unet_lowered.io.progress import progress_bar, stderr_console
 from unet_lowered.io.runs import load_run
@@ -470,6 +470,7 @@ class _BatchPredictor:
                         s["save_prob"],
                         s["save_overlay"],
                         imaged_field(image),
+                        contrast_grid(image),
                     )
                 except OSError as e:
                     fatal = (

@@ -73,7 +73,7 @@ from unet_lowered.inference.predictor import (
     resolve_tta,
     tta_group,
 )
-from unet_lowered.inference.quality import imaged_field, mask_quality
+from unet_lowered.inference.quality import contrast_grid, imaged_field, mask_quality
 from unet_lowered.io import images
 from unet_lowered.io.runs import METRICS_FILE, Run, load_run
 
@@ -358,7 +358,9 @@ class Service:
                 "height": h,
                 "foreground_fraction": round(float(np.count_nonzero(mask)) / mask.size, 6),
                 "components": count_components(mask),
-                "quality": mask_quality(mask, probs, self.config, field=imaged_field(image))
+                "quality": mask_quality(
+                    mask, probs, self.config, field=imaged_field(image), grid=contrast_grid(image)
+                )
                 or None,
                 "seconds": round(time.perf_counter() - started, 4),
                 "notes": notes,

@@ -40,6 +40,7 @@ from unet_lowered.dataset.masks import read_mask
 from unet_lowered.dataset.pairs import load_prepared
 from unet_lowered.errors import UnetError
 from unet_lowered.io import atomic, runs
+from unet_lowered.io.images import read_image
 from unet_lowered.training.config import TrainConfig, from_dict
 
 FOLDS_DIR = "folds"
@@ -194,9 +195,12 @@ def _join(
     dataset = load_prepared(data)
     run_config = fold_runs[0].config
     split = plan["split"]
-    train_masks = (read_mask(dataset.masks[i], run_config.num_classes) for i in split["train"])
+    train_samples = (
+        (read_image(dataset.images[i]), read_mask(dataset.masks[i], run_config.num_classes))
+        for i in split["train"]
+    )
     if run_config.num_classes == 1:
-        run_config = after_training(out, run_config, dataset, split["val"], train_masks)
+        run_config = after_training(out, run_config, dataset, split["val"], train_samples)
     else:
         atomic.write_json(out / runs.CONFIG_FILE, run_config.to_json())
     choice = run_config.postprocess or {}

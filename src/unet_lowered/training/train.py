@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import os
 import platform
@@ -266,8 +267,8 @@ def train(
             return {"process_id": dp.process_id, "writer": False}
         metrics = _final_metrics(out, elapsed, t_images, precision)
         if num_classes == 1 and (out / runs.MODEL_FILE).is_file():
-            train_masks = (train_seq.cache.sample(i)[1] for i in split["train"])
-            run_config = after_training(out, run_config, dataset, split["val"], train_masks)
+            train_samples = (train_seq.cache.sample(i)[:2] for i in split["train"])
+            run_config = after_training(out, run_config, dataset, split["val"], train_samples)
             metrics["postprocess"] = run_config.postprocess
         metrics["time_budget_s"] = cfg.time_budget
         metrics["time_used_s"] = round(time.perf_counter() - called, 2)
@@ -353,9 +354,10 @@ def after_training(
     run_config: RunConfig,
     dataset: PreparedData,
     val_ids: Sequence[str],
-    train_masks: Iterable[np.ndarray],
+    train_samples: Iterable[tuple[np.ndarray, np.ndarray]],
 ) -> RunConfig:
-    """Record what the training masks look like (for the quality flag) and choose the
+    """Record what the training masks look like (for the quality flag; ``train_samples``
+    yields each training ``(image, mask)``, one at a time) and choose the
     test-time augmentation and post-processing on the validation images at their
     original size with ``out/model.keras``; rewrite config.json with both and print the
     choice.
@@ -368,7 +370,8 @@ def after_training(
     and also tries the watershed split
     (:data:`~unet_lowered.evaluation.choose.WATERSHED_MERGES`) and the thresholds
     :data:`~unet_lowered.evaluation.choose.THRESHOLDS`."""
-    stats = mask_stats(train_masks)
+    masks, images = itertools.tee(train_samples)  # read in step: one pair held at a time
+    stats = mask_stats((mask for _, mask in masks), (image for image, _ in images))
     model = runs.load_model(out / runs.MODEL_FILE)
     tta = resolve_tta("auto", run_config) if any(run_config.flips) else None
     variants = {None: PredictOptions(tta=False, postprocess=False)}
