@@ -287,8 +287,9 @@ def cross_site_rule(fp: Fingerprint, input_mode: str) -> dict[str, Planned]:
     objects (each at least 5% of the image), and a layout that flips change (fixed
     anatomy). There a run trained on one hospital fails on a small patient in a black
     frame, a collimated film and dense (white) lungs; zoom-outs into black or
-    collimated borders, frame crops, opacities painted inside the mask, low-resolution
-    round trips and burned-in text fix most of it at a small cost on clean images
+    collimated borders, frame crops, opacities in the lung field (inside the mask, or a
+    white-out past its outline), low-resolution round trips and burned-in text fix most
+    of it at a small cost on clean images
     (``benchmarks/RESULTS.md``: black frame Dice 0.03 -> 0.93, collimated 0.82 -> 0.94,
     effusion 0.88 -> 0.92; clean -0.007 in a short run). Other data get none (painting
     opacities inside nuclei or EM cells would teach nothing true).
