@@ -22,10 +22,9 @@ rules hold for lungs, nuclei or anything else without a hand-made lung model:
 * with a small, steady number of large objects (organs such as lungs): each object's
   contrast with its surroundings (:func:`object_contrast`), against the training
   masks' range widened by its own width on each side (:data:`CONTRAST_MARGIN` at
-  least). A lung no darker than the
-  chest wall and mediastinum around it is a whited-out lung, whose outline the
-  network had to infer; an "object" far darker than its surroundings is often
-  painted into a black border.
+  least). A lung no darker than the chest wall and mediastinum around it is a
+  whited-out lung, whose outline the network had to infer; the range is checked on
+  the other side too (an object far darker than its surroundings).
 
 Touching the image border is not a rule: on the robustness simulations it flagged
 many good masks (lung bases cut off by the field of view, zoomed-in films) and no
