@@ -294,26 +294,18 @@ def white_out(
 ) -> Pair:
     """One of the two largest lungs (chosen by ``rng``) opacified past its outline: the
     lung dilated by 6% of the width, blurred (sigma 3% of the width) and blended by
-    ``strength`` towards the 80th percentile of the pixels outside the lungs; the mask
-    is unchanged."""
-    x = _unit(image)
-    w = mask.shape[1]
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(
-        (mask > 0).astype(np.uint8), connectivity=8
-    )
-    if count < 2:
+    ``strength`` towards the 80th percentile of the pixels outside the lungs (a plain
+    blend, where training only whitens; ``augment.white_out``); the mask is unchanged."""
+    from unet_lowered.training.augment import one_lung
+    from unet_lowered.training.augment import white_out as paint
+
+    lung = mask > 0
+    side = one_lung(lung, rng)
+    if side is None:
         return image, mask
-    largest = 1 + np.argsort(stats[1:, cv2.CC_STAT_AREA])[::-1][:2]
-    side = labels == largest[int(rng.integers(0, len(largest)))]
-    r = max(1, round(0.06 * w))
-    disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
-    region = cv2.dilate(side.astype(np.uint8), disk).astype(np.float32)
-    weight = cv2.GaussianBlur(region, (0, 0), 0.03 * w) * strength
-    gray = x if x.ndim == 2 else x.mean(axis=2)
-    white = np.float32(np.quantile(gray[mask == 0], 0.8))
-    if x.ndim == 3:
-        weight = weight[:, :, None]
-    return _back((x * (1 - weight) + white * weight) * _top(image), image), mask
+    w = mask.shape[1]
+    x = paint(_unit(image), side, lung, max(1, round(0.06 * w)), 0.03 * w, strength, 0.8, False)
+    return _back(x * _top(image), image), mask
 
 
 def low_resolution(

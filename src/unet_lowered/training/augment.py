@@ -391,26 +391,67 @@ def paint_opacity(
 
 def _white_out(image: np.ndarray, lung: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """``paint_opacity(kind="white-out")``: one lung opacified past its outline."""
+    side = one_lung(lung, rng)
+    if side is None:
+        return image.copy()
     w = lung.shape[1]
+    return white_out(
+        image,
+        side,
+        lung,
+        radius=max(1, round(rng.uniform(0.03, 0.08) * w)),
+        sigma=rng.uniform(0.02, 0.04) * w,
+        strength=rng.uniform(0.6, 0.95),
+        tissue=rng.uniform(0.7, 0.9),
+    )
+
+
+def one_lung(lung: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
+    """One of the two largest objects of the bool ``lung`` field, chosen by ``rng``
+    (None when it has none)."""
     count, labels, stats, _ = cv2.connectedComponentsWithStats(
         lung.astype(np.uint8), connectivity=8
     )
     if count < 2:
-        return image.copy()
+        return None
     largest = 1 + np.argsort(stats[1:, cv2.CC_STAT_AREA])[::-1][:2]
-    side = labels == largest[int(rng.integers(0, len(largest)))]
-    radius = max(1, round(rng.uniform(0.03, 0.08) * w))
+    return labels == largest[int(rng.integers(0, len(largest)))]
+
+
+def white_out(
+    image: np.ndarray,
+    side: np.ndarray,
+    lung: np.ndarray,
+    radius: int,
+    sigma: float,
+    strength: float,
+    tissue: float,
+    whiten_only: bool = True,
+) -> np.ndarray:
+    """``side`` (one lung) opacified past its outline: dilated by ``radius`` pixels,
+    blurred by ``sigma``, blended by ``strength`` towards the ``tissue`` quantile of the
+    pixels outside ``lung``; with ``whiten_only`` no pixel gets darker.
+
+    Args:
+        image: float ``(H, W)`` or ``(H, W, C)`` in ``[0, 1]``.
+        side: bool ``(H, W)``: the lung to white out.
+        lung: bool ``(H, W)``: the whole lung field (its outside sets the brightness).
+
+    Returns:
+        The new image, same shape and dtype.
+    """
     disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
     region = cv2.dilate(side.astype(np.uint8), disk).astype(np.float32)
-    weight = cv2.GaussianBlur(region, (0, 0), rng.uniform(0.02, 0.04) * w)
-    weight *= np.float32(rng.uniform(0.6, 0.95))
+    weight = cv2.GaussianBlur(region, (0, 0), sigma)
+    weight *= np.float32(strength)
     gray = image if image.ndim == 2 else image.mean(axis=2)
     outside = gray[~lung]
-    white = np.float32(np.quantile(outside, rng.uniform(0.7, 0.9)) if outside.size else 0.8)
+    white = np.float32(np.quantile(outside, tissue) if outside.size else 0.8)
     if image.ndim == 3:
         weight = weight[:, :, None]
     x = image.astype(np.float32)
-    return np.maximum(x, x * (1 - weight) + white * weight).astype(image.dtype)
+    blend = x * (1 - weight) + white * weight
+    return (np.maximum(x, blend) if whiten_only else blend).astype(image.dtype)
 
 
 def stamp(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
