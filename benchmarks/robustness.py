@@ -29,7 +29,10 @@ generator per image, seeded by :data:`SEED` and the image id):
   from the bases, patchy consolidation (``unet_lowered.training.augment.paint_opacity``);
   one lung whited out past its outline at two strengths (0.8: ribs still show; 0.95:
   nearly flat), drawn here with fixed settings rather than the training painter's
-  random ones (:func:`white_out`);
+  random ones (:func:`white_out`); and two painters that training never uses, to see
+  whether what the opacity augmentation taught carries over to opacities drawn
+  otherwise: one hemithorax hazed more towards its base (:func:`hemithorax_haze`) and
+  patchy haze in both lungs past their outlines (:func:`bilateral_haze`);
 * low resolution: a 128 px round trip (the 128 px derivatives of other data sets);
   burned-in text and side markers (``augment.stamp``).
 
@@ -308,6 +311,76 @@ def white_out(
     return _back(x * _top(image), image), mask
 
 
+def _smooth_noise(shape: tuple[int, int], rng: np.random.Generator, cell: int) -> np.ndarray:
+    """Noise of unit spread with features about ``cell`` pixels wide: a coarse normal grid
+    resized by bicubic interpolation to ``shape`` ``(H, W)``, then standardised."""
+    h, w = shape
+    grid = rng.standard_normal((max(2, h // cell), max(2, w // cell))).astype(np.float32)
+    field = cv2.resize(grid, (w, h), interpolation=cv2.INTER_CUBIC)
+    return (field - field.mean()) / max(float(field.std()), 1e-6)
+
+
+def _blend(image: np.ndarray, weight: np.ndarray, level: float) -> Pair:
+    """``x + weight * (level - x)`` on the image in ``[0, 1]``, ``weight`` ``(H, W)``."""
+    x = _unit(image)
+    w = weight if x.ndim == 2 else weight[:, :, None]
+    return _back((x + w * (level - x)) * _top(image), image)
+
+
+def hemithorax_haze(
+    image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, strength: float
+) -> Pair:
+    """Not a training painter: one lung's hemithorax hazed more towards its base, as fluid
+    layering in a patient lying down. The region is the lung's convex hull dilated by 4%
+    of the width; the blend towards the image's own 95th percentile grows from
+    ``0.3 * strength`` at the lung's top row to ``strength`` at its bottom one, mottled
+    by smooth noise (features of 1/12 of the width, +-15%) and blurred by 2% of the
+    width. The mask is unchanged."""
+    from unet_lowered.training.augment import one_lung
+
+    lung = mask > 0
+    side = one_lung(lung, rng)
+    if side is None:
+        return image, mask
+    h, w = lung.shape
+    points = cv2.findNonZero(side.astype(np.uint8))
+    region = np.zeros((h, w), np.uint8)
+    cv2.fillConvexPoly(region, cv2.convexHull(points), 1)
+    r = max(1, round(0.04 * w))
+    region = cv2.dilate(region, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1,) * 2))
+    rows = np.flatnonzero(side.any(axis=1))
+    ramp = np.clip((np.arange(h) - rows[0]) / max(1, rows[-1] - rows[0]), 0.0, 1.0)
+    weight = strength * (0.3 + 0.7 * ramp)[:, None] * region
+    weight *= 1.0 + 0.15 * _smooth_noise((h, w), rng, max(2, w // 12))
+    weight = cv2.GaussianBlur(np.clip(weight, 0, 1).astype(np.float32), (0, 0), 0.02 * w)
+    return _blend(image, weight, float(np.quantile(_unit(image), 0.95))), mask
+
+
+def bilateral_haze(
+    image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, strength: float
+) -> Pair:
+    """Not a training painter: patchy haze in both lungs and past their outlines, heavier
+    below (as in pneumonia of both lungs or oedema). Patches are smooth noise (features
+    of 1/10 of the width) above its 40th percentile, ramped in over half a unit; they
+    cover the lungs dilated by 3% of the width, weighted 0 at the top third of the
+    lungs' rows and 1 at their bottom, blurred by 1.5% of the width, and blend by
+    ``strength`` towards the image's own 90th percentile. The mask is unchanged."""
+    lung = (mask > 0).astype(np.uint8)
+    if not lung.any():
+        return image, mask
+    h, w = lung.shape
+    r = max(1, round(0.03 * w))
+    region = cv2.dilate(lung, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1,) * 2))
+    rows = np.flatnonzero(lung.any(axis=1))
+    start = rows[0] + (rows[-1] - rows[0]) / 3
+    ramp = np.clip((np.arange(h) - start) / max(1.0, rows[-1] - start), 0.0, 1.0)
+    noise = _smooth_noise((h, w), rng, max(2, w // 10))
+    patches = np.clip(2.0 * (noise - np.quantile(noise, 0.4)), 0.0, 1.0)
+    weight = strength * patches * ramp[:, None] * region
+    weight = cv2.GaussianBlur(weight.astype(np.float32), (0, 0), 0.015 * w)
+    return _blend(image, weight, float(np.quantile(_unit(image), 0.9))), mask
+
+
 def low_resolution(
     image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, side: int
 ) -> Pair:
@@ -361,6 +434,14 @@ PERTURBATIONS: tuple[Perturbation, ...] = (
     Perturbation("consolidation inside the lungs", partial(opacity, kind="consolidation")),
     Perturbation("white-out of one lung, past its outline, 0.8", partial(white_out, strength=0.8)),
     Perturbation("white-out of one lung, nearly flat, 0.95", partial(white_out, strength=0.95)),
+    Perturbation(
+        "hemithorax haze from the base, 0.8 (not a training painter)",
+        partial(hemithorax_haze, strength=0.8),
+    ),
+    Perturbation(
+        "patchy haze in both lungs, past them, 0.8 (not a training painter)",
+        partial(bilateral_haze, strength=0.8),
+    ),
     Perturbation("low resolution (128 px round trip)", partial(low_resolution, side=128)),
     Perturbation("text and side markers", stamps),
 )
