@@ -435,12 +435,12 @@ PERTURBATIONS: tuple[Perturbation, ...] = (
     Perturbation("white-out of one lung, past its outline, 0.8", partial(white_out, strength=0.8)),
     Perturbation("white-out of one lung, nearly flat, 0.95", partial(white_out, strength=0.95)),
     Perturbation(
-        "hemithorax haze from the base, 0.8 (not a training painter)",
-        partial(hemithorax_haze, strength=0.8),
+        "hemithorax hazed from the base, 1.0 (not a training painter)",
+        partial(hemithorax_haze, strength=1.0),
     ),
     Perturbation(
-        "patchy haze in both lungs, past them, 0.8 (not a training painter)",
-        partial(bilateral_haze, strength=0.8),
+        "patchy haze in both lungs, past them, 1.0 (not a training painter)",
+        partial(bilateral_haze, strength=1.0),
     ),
     Perturbation("low resolution (128 px round trip)", partial(low_resolution, side=128)),
     Perturbation("text and side markers", stamps),
