@@ -954,7 +954,8 @@ def serve(
     are `unet predict`'s and the defaults of every request (steps not given: the run's
     chosen post-processing); a request's query (threshold, keep_largest, fill_holes,
     min_area, watershed, postprocess, tta, tta_transforms, mode) overrides them.
-    Example: unet serve runs/lungs --keep-largest 2 --fill-holes, then open http://127.0.0.1:8000
+    Example: unet serve runs/lungs, then open http://127.0.0.1:8000 (the run's chosen
+    post-processing applies; e.g. --keep-largest 2 --fill-holes overrides it)
     """
     try:
         from unet_lowered.serve.app import ServeSettings, serve_run

@@ -174,7 +174,7 @@ def _closing(out: Path, r: dict[str, Any]) -> str:
         "  unet prepare  path/to/raw data/prepared",
         "  unet train    data/prepared --out runs/lungs",
         "  unet evaluate runs/lungs data/prepared --split val",
-        "  unet predict  runs/lungs path/to/new/images --out predictions --overlay --keep-largest 2",
+        "  unet predict  runs/lungs path/to/new/images --out predictions --overlay",
         "  unet plot     runs/lungs",
     ]
     return "\n".join(lines)
