@@ -3,8 +3,9 @@
 We have no X-rays from other scanners, so shifts are simulated: every validation
 image of a run is perturbed at its original size (as ``unet_lowered.io.images.read_image``
 decodes it) and predicted through the product's own path, exactly as ``unet evaluate
-RUN DATA --split val`` does (``predict_images`` then ``probs_to_mask`` with the default
-``PredictOptions``). Geometric perturbations are applied identically to the mask
+RUN DATA --split val`` does (``polarity.predict_seen``: the network, with the second
+look at a flagged film with its gray scale inverted; then ``probs_to_mask``, with the
+default ``PredictOptions``). Geometric perturbations are applied identically to the mask
 (nearest neighbour), and Dice and HD95 are scored against that perturbed truth, so the
 ``none`` row equals ``unet evaluate``'s figures.
 
@@ -34,7 +35,9 @@ generator per image, seeded by :data:`SEED` and the image id):
   otherwise: one hemithorax hazed more towards its base (:func:`hemithorax_haze`) and
   patchy haze in both lungs past their outlines (:func:`bilateral_haze`);
 * low resolution: a 128 px round trip (the 128 px derivatives of other data sets);
-  burned-in text and side markers (``augment.stamp``).
+  burned-in text and side markers (``augment.stamp``);
+* the gray scale inverted (:func:`inverted`): a MONOCHROME1 film exported to PNG
+  without its look-up table, which ``--polarity auto`` reads the right way round.
 
 Per perturbation it also reports the quality flag of ``predictions.csv``
 (``unet_lowered.inference.quality``): the share of images flagged ``check`` among
@@ -401,6 +404,13 @@ def stamps(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> Pai
     return _back(x * _top(image), image), mask
 
 
+def inverted(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> Pair:
+    """The film with its gray scale inverted, as a MONOCHROME1 DICOM exported to PNG
+    without its look-up table: ``max + min - v`` in the image's dtype."""
+    top, bottom = int(image.max()), int(image.min())
+    return (top + bottom - image.astype(np.int64)).astype(image.dtype), mask
+
+
 @dataclasses.dataclass(frozen=True)
 class Perturbation:
     """One simulated shift: its table name and ``fn(image, mask, rng) -> (image, mask)``."""
@@ -444,6 +454,7 @@ PERTURBATIONS: tuple[Perturbation, ...] = (
     ),
     Perturbation("low resolution (128 px round trip)", partial(low_resolution, side=128)),
     Perturbation("text and side markers", stamps),
+    Perturbation("gray scale inverted (a MONOCHROME1 film saved as PNG)", inverted),
 )
 """Every simulated shift, in table order; ``none`` first (the baseline)."""
 
@@ -478,13 +489,12 @@ def score_run(
     from unet_lowered.dataset.pairs import load_prepared
     from unet_lowered.errors import UnetError
     from unet_lowered.evaluation.evaluate import SPLITS, _select, read_truth, score_image
+    from unet_lowered.inference.polarity import predict_seen
     from unet_lowered.inference.predictor import (
         PredictOptions,
-        predict_images,
         probs_to_mask,
         resolve_mode,
     )
-    from unet_lowered.inference.quality import contrast_grid, imaged_field, mask_quality
     from unet_lowered.io import images
     from unet_lowered.io.runs import load_run
 
@@ -513,14 +523,12 @@ def score_run(
             originals.append((ident, image, truth))
         for p in PERTURBATIONS:
             shifted = [p.fn(im, tr, image_rng(ident, p.name)) for ident, im, tr in originals]
-            probs = predict_images(model, [im for im, _ in shifted], config, options)
-            for (image, truth), prob in zip(shifted, probs, strict=True):
-                mask = probs_to_mask(prob, config, options)
+            seen = predict_seen(model, [im for im, _ in shifted], config, options)
+            for (_, truth), one in zip(shifted, seen, strict=True):
+                mask = probs_to_mask(one.probs, config, options)
                 row = score_image(truth, mask, config)
-                flag = mask_quality(
-                    mask, prob, config, field=imaged_field(image), grid=contrast_grid(image)
-                )
-                row["flagged"] = flag.startswith("check")
+                row["flagged"] = one.quality(mask, config).startswith("check")
+                row["inverted"] = one.inverted
                 rows[p.name].append(row)
         print(f"  {min(i + per_call, len(ids))}/{len(ids)} images", file=sys.stderr, flush=True)
     return rows, config, len(ids)
@@ -536,12 +544,14 @@ def _share(flags: list[bool]) -> str:
 
 
 def table(rows: dict[str, list[dict[str, float]]]) -> str:
-    """The Markdown table: Dice mean/median/worst, mean finite HD95, change vs ``none``."""
+    """The Markdown table: Dice mean/median/worst, mean finite HD95, change vs ``none``,
+    the quality flag's hits, and how many masks ``--polarity auto`` took from the image
+    with its gray scale inverted."""
     base = statistics.fmean(r["dice"] for r in rows["none"])
     lines = [
         "| perturbation | mean Dice | median | worst | mean HD95 (px, finite) | change vs none "
-        "| flagged, Dice < 0.85 | flagged, Dice >= 0.85 |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| flagged, Dice < 0.85 | flagged, Dice >= 0.85 | read inverted |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, scored in rows.items():
         dice = [r["dice"] for r in scored]
@@ -555,7 +565,8 @@ def table(rows: dict[str, list[dict[str, float]]]) -> str:
         good = [r["flagged"] for r in scored if r["dice"] >= BAD_DICE]
         lines.append(
             f"| {name} | {mean:.4f} | {statistics.median(dice):.4f} | {min(dice):.4f} | "
-            f"{hd_text} | {mean - base:+.4f} | {_share(bad)} | {_share(good)} |"
+            f"{hd_text} | {mean - base:+.4f} | {_share(bad)} | {_share(good)} | "
+            f"{_share([bool(r.get('inverted')) for r in scored])} |"
         )
     return "\n".join(lines)
 

@@ -30,6 +30,40 @@ def bright_model(image_size: int = 32, channels: int = 1, num_classes: int = 1):
     return model
 
 
+def dark_model(image_size: int = 32):
+    """``logit = -10 z``: foreground = darker than average, as lungs are on an X-ray."""
+    model = bright_model(image_size)
+    kernel, bias = model.get_layer("logits").get_weights()
+    model.get_layer("logits").set_weights([-kernel, bias])
+    return model
+
+
+def chest_picture(
+    height: int = 64, width: int = 64, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Two dark 'lungs' (ellipses) side by side on a light 'chest', uint8, and their mask:
+    :func:`dark_model` marks exactly the lungs; ``255 - image`` is the film with its gray
+    scale inverted (a MONOCHROME1 export), where it marks the chest around them."""
+    rng = np.random.default_rng(seed)
+    mask = np.zeros((height, width), np.uint8)
+    for cx in (0.3, 0.7):
+        centre = (round(width * (cx + rng.uniform(-0.02, 0.02))), round(height * 0.5))
+        axes = (round(width * rng.uniform(0.13, 0.16)), round(height * rng.uniform(0.3, 0.34)))
+        cv2.ellipse(mask, centre, axes, 0, 0, 360, 1, -1)
+    image = np.where(mask > 0, 60.0, 200.0) + rng.normal(0, 4, mask.shape)
+    image = cv2.GaussianBlur(image, (0, 0), 1.0)
+    return np.clip(image, 0, 255).astype(np.uint8), mask > 0
+
+
+def chest_stats(count: int = 6) -> dict:
+    """``mask_stats`` of :func:`chest_picture` s, as ``unet train`` records them (with
+    the objects' contrast: two dark objects)."""
+    from unet_lowered.inference.quality import mask_stats
+
+    pairs = [chest_picture(seed=k) for k in range(count)]
+    return mask_stats([m for _, m in pairs], [im for im, _ in pairs]).to_json()
+
+
 def shifted_model(shift: int, image_size: int = 32):
     """``logit = 10 * z`` of the pixel ``shift`` columns to the left: a model that is not
     left-right equivariant, so flips (TTA) change what it predicts."""

@@ -675,6 +675,15 @@ _Postprocess = Annotated[
         "RUN/config.json) to the steps not given above; --no-postprocess leaves them off.",
     ),
 ]
+_Polarity = Annotated[
+    str,
+    typer.Option(
+        help="auto: a gray X-ray whose mask is flagged `check` is predicted again with its "
+        "gray scale inverted (a MONOCHROME1 film saved as PNG without its look-up table), "
+        "and that mask is kept when it passes the flag (lung-like runs only); keep: images "
+        "as stored; invert: invert every image.",
+    ),
+]
 _Overlap = Annotated[float, typer.Option(help="Tile overlap, fraction of the tile.")]
 _BatchSize = Annotated[int, typer.Option(help="Images (resize) or tiles (tile) per network call.")]
 
@@ -709,6 +718,7 @@ def predict(
     min_area: _MinArea = None,
     watershed: _Watershed = None,
     postprocess: _Postprocess = True,
+    polarity: _Polarity = "auto",
     save_prob: Annotated[
         str | None,
         typer.Option(help="Also save probabilities: png (8-bit) or npy (float32)."),
@@ -770,6 +780,8 @@ def predict(
     A killed run (even kill -9) leaves only complete files; run it again with --resume.
     --engine ray predicts the same files on a pool of Ray actors (a cluster, or this machine).
     Post-processing: the run's choice from training unless flags say otherwise (--no-postprocess).
+    A flagged X-ray is tried again with its gray scale inverted (--polarity); predictions.csv
+    says which masks come from an inverted image (gray_scale).
     Example: unet predict runs/lungs scans/ --out masks/ --overlay
     """
     from unet_lowered import options as names
@@ -825,6 +837,7 @@ def evaluate(
     min_area: _MinArea = None,
     watershed: _Watershed = None,
     postprocess: _Postprocess = True,
+    polarity: _Polarity = "auto",
     overlap: _Overlap = 0.25,
     batch_size: _BatchSize = 4,
     progress: Annotated[bool, typer.Option(help="Show a progress bar and the table.")] = True,
@@ -942,6 +955,7 @@ def serve(
     min_area: _MinArea = None,
     watershed: _Watershed = None,
     postprocess: _Postprocess = True,
+    polarity: _Polarity = "auto",
     overlap: _Overlap = 0.25,
     batch_size: _BatchSize = 4,
 ) -> None:
@@ -953,7 +967,7 @@ def serve(
     GET /v1/model gives the run's facts, GET /healthz the status. The prediction options
     are `unet predict`'s and the defaults of every request (steps not given: the run's
     chosen post-processing); a request's query (threshold, keep_largest, fill_holes,
-    min_area, watershed, postprocess, tta, tta_transforms, mode) overrides them.
+    min_area, watershed, postprocess, polarity, tta, tta_transforms, mode) overrides them.
     Example: unet serve runs/lungs, then open http://127.0.0.1:8000 (the run's chosen
     post-processing applies; e.g. --keep-largest 2 --fill-holes overrides it)
     """

@@ -58,6 +58,10 @@ TTA_CHOICES = ("auto", *TTA_SETS)
 BLENDS = ("gaussian", "linear", "constant")
 """Weights for blending overlapping tiles."""
 
+POLARITIES = ("auto", "keep", "invert")
+"""``--polarity``: auto predicts a flagged gray image again with its gray scale inverted
+(:mod:`unet_lowered.inference.polarity`); keep reads images as stored; invert inverts all."""
+
 PROB_FORMATS = ("png", "npy")
 """``--save-prob``: 8-bit PNG or float32 NumPy."""
 

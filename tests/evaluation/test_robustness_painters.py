@@ -91,3 +91,22 @@ def test_a_mask_without_lungs_is_left_alone(robustness) -> None:
     for paint in (robustness.hemithorax_haze, robustness.bilateral_haze):
         out, out_mask = paint(image, empty, np.random.default_rng(0), strength=0.8)
         assert np.array_equal(out, image) and np.array_equal(out_mask, empty)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_inverted_film_swaps_dark_and_light_within_the_films_range(robustness, dtype) -> None:
+    image, mask = chest(dtype)
+    out, same = robustness.inverted(image, mask, np.random.default_rng(0))
+    assert out.dtype == dtype and same is mask
+    top = np.iinfo(dtype).max
+    lung = mask > 0
+    # the lungs (the film's minimum) become its maximum, the bone below (its maximum)
+    # its minimum, the body between moves to max + min - v
+    assert (out[lung] == top).all() and (out[190:] == image.min()).all()
+    body = ~lung
+    body[190:] = False
+    expected = int(top) + int(image.min()) - image[body].astype(np.int64)
+    assert np.array_equal(out[body], expected.astype(dtype))
+    assert int(out.max()) == int(image.max()) and int(out.min()) == int(image.min())
+    twice, _ = robustness.inverted(out, mask, np.random.default_rng(0))
+    assert np.array_equal(twice, image)

@@ -22,6 +22,9 @@ from run_fixtures import (
     DARK_OBJECT_STATS,
     FRAMED_STATS,
     bright_model,
+    chest_picture,
+    chest_stats,
+    dark_model,
     disk_image,
     framed_pictures,
     make_run,
@@ -119,6 +122,30 @@ def test_the_quality_flag_sees_the_imaged_field_as_the_local_engine_does(
     assert len(flags) == 2 and all(
         "an object's contrast with its surroundings -" in f for f in flags
     )
+
+
+def test_an_inverted_film_is_read_the_right_way_round_as_locally(ray_address, tmp_path) -> None:
+    """--polarity auto on the actors: the same masks, flags and gray_scale column."""
+    from unet_lowered.inference.ray_engine import predict_files_ray
+
+    run = make_run(tmp_path / "run", dark_model(), mask_stats=chest_stats())
+    film, _ = chest_picture(seed=10)
+    images.write_png(tmp_path / "in" / "film.png", film)
+    images.write_png(tmp_path / "in" / "inverted.png", 255 - film)
+    predict_files(run, [tmp_path / "in"], tmp_path / "local", progress=False)
+    report = predict_files_ray(run, [tmp_path / "in"], tmp_path / "ray", actors=1, progress=False)
+    rows = rows_of(tmp_path / "ray")
+    assert rows == rows_of(tmp_path / "local")
+    assert [(r["gray_scale"], r["quality"]) for r in rows] == [
+        ("as stored", "ok"),
+        ("inverted", "ok"),
+    ]
+    for name in ("film.png", "inverted.png"):
+        assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "local" / name).read_bytes()
+    assert (tmp_path / "ray" / "film.png").read_bytes() == (
+        tmp_path / "ray" / "inverted.png"
+    ).read_bytes()
+    assert any("inverted.png: read with its gray scale inverted" in n for n in report.notes)
 
 
 @pytest.mark.slow  # a fresh process or Ray run: CI runs it (make test-slow)

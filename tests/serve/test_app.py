@@ -22,6 +22,9 @@ from run_fixtures import (
     DARK_OBJECT_STATS,
     FRAMED_STATS,
     bright_model,
+    chest_picture,
+    chest_stats,
+    dark_model,
     disk_image,
     framed_pictures,
     make_run,
@@ -120,6 +123,8 @@ def test_model_facts(client: TestClient, run: Path) -> None:
         "watershed": None,
         "postprocess": True,
         "tta": None,  # the group applied: none chosen for this run
+        "polarity": "auto",
+        "second_look": False,  # no training statistics: no flag to decide by
     }
     assert facts["postprocess_chosen"] is None and facts["mask_stats"] is None
     assert facts["versions"]["serving"]["unet_lowered"] == unet_lowered.__version__
@@ -154,6 +159,31 @@ def test_the_quality_flag_measures_the_foreground_in_the_imaged_field(tmp_path: 
             figures = c.post("/v1/segment", files=upload(png_bytes(image), f"{name}.png"))
             flag = figures.json()["quality"]
             assert flag.startswith("check: an object's contrast with its surroundings -"), name
+
+
+def test_an_inverted_film_is_read_the_right_way_round(tmp_path: Path) -> None:
+    """polarity=auto (the default): the mask of the film as stored, and a note saying so;
+    polarity=keep: the inverted film's own mask, flagged."""
+    run = make_run(tmp_path / "run", dark_model(), mask_stats=chest_stats())
+    film, _ = chest_picture(seed=10)
+    with TestClient(create_app(run)) as c:
+        stored = c.post("/v1/segment?format=png", files=upload(png_bytes(film), "film.png"))
+        inverted = c.post("/v1/segment?format=png", files=upload(png_bytes(255 - film), "inv.png"))
+        assert decode(inverted.content).tolist() == decode(stored.content).tolist()
+        figures = json.loads(inverted.headers["X-Unet-Result"])
+        assert figures["gray_scale"] == "inverted" and figures["quality"] == "ok"
+        assert figures["notes"] == [
+            "inv.png: read with its gray scale inverted: the mask as stored was flagged, the "
+            "inverted image's passes (a MONOCHROME1 film saved without its look-up table?); "
+            "polarity=keep turns this off"
+        ]
+        assert json.loads(stored.headers["X-Unet-Result"])["gray_scale"] == "as stored"
+        assert c.get("/v1/model").json()["prediction"]["second_look"] is True
+        kept = c.post("/v1/segment?polarity=keep", files=upload(png_bytes(255 - film), "inv.png"))
+        assert kept.json()["gray_scale"] == "as stored"
+        assert kept.json()["quality"].startswith("check: 1 object(s), training masks have 2")
+        bad = c.post("/v1/segment?polarity=sideways", files=upload(png_bytes(film)))
+        assert bad.status_code == 400 and "polarity" in bad.json()["error"]
 
 
 @pytest.mark.parametrize("kind", ["png8", "png16", "jpeg", "tiff", "bmp", "dicom"])

@@ -2,7 +2,9 @@
 
 Every image is predicted at its ORIGINAL size through the same path as
 ``unet predict`` (the steps of :func:`unet_lowered.inference.predictor.predict_images`,
-then threshold and optional post-processing), and compared with its mask at that size
+then threshold and optional post-processing; a flagged X-ray tried again with its
+gray scale inverted, :mod:`unet_lowered.inference.polarity`), and compared with its
+mask at that size
 by the metrics of :mod:`unet_lowered.evaluation.metrics`. As in ``unet predict``, the
 next batches are read while the network runs and the finished ones are scored
 meanwhile (:func:`unet_lowered.inference.batch.run_pipeline`), with the same scores.
@@ -15,9 +17,10 @@ Outputs (into ``RUN/eval/`` unless told otherwise), each written atomically:
 
 * ``per_image.csv``: ``id, dice, iou, precision, recall, hd95, fg_true, fg_pred``
   (multi-class runs: the means over the foreground classes, then ``dice_<value>``
-  per class);
+  per class), then ``gray_scale`` (``as stored`` or ``inverted``, as in
+  ``predictions.csv``);
 * ``summary.json``: per metric ``n, n_nonfinite, mean, median, std, min, max``, the
-  5 worst ids by Dice, the settings used and the folders read.
+  5 worst ids by Dice, the ids read inverted, the settings used and the folders read.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from unet_lowered.errors import UnetError
 from unet_lowered.evaluation import metrics
 from unet_lowered.inference.batch import run_pipeline
 from unet_lowered.inference.journal import remove_stale_temps
+from unet_lowered.inference.polarity import AS_STORED, INVERTED, second_look, second_look_applies
 from unet_lowered.inference.predictor import (
     PredictOptions,
     applied_threshold,
@@ -53,6 +57,7 @@ from unet_lowered.inference.predictor import (
     restore_size,
     tta_group,
 )
+from unet_lowered.inference.quality import contrast_grid, imaged_field
 from unet_lowered.io import atomic, images
 from unet_lowered.io.progress import progress_bar
 from unet_lowered.io.runs import Run, load_run
@@ -141,8 +146,11 @@ def evaluate_run(
     per_call = options.batch_size if mode == "resize" else 1
     rows: list[dict[str, Any]] = []
 
-    def read(chunk: list[str]) -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
-        """Images and masks of a batch, checked, and the network inputs (reader thread)."""
+    look = second_look_applies(config, options)
+
+    def read(chunk: list[str]) -> tuple:
+        """Images and masks of a batch, checked, the network inputs, and what the second
+        look at flagged images needs (reader thread)."""
         batch = [images.read_image(pairs.images[k], options.max_pixels) for k in chunk]
         truths = [read_truth(pairs.masks[k], config, options.max_pixels) for k in chunk]
         for ident, image, truth in zip(chunk, batch, truths, strict=True):
@@ -151,19 +159,26 @@ def evaluate_run(
                     f"{pairs.masks[ident]}: mask is {truth.shape[1]}x{truth.shape[0]} but its "
                     f"image is {image.shape[1]}x{image.shape[0]}; masks must match their images"
                 )
-        return chunk, truths, prepare_images(batch, config, options)
+        fields = [imaged_field(image) if look else 1.0 for image in batch]
+        grids = [contrast_grid(image) if look else None for image in batch]
+        return chunk, truths, prepare_images(batch, config, options), fields, grids
 
     def predict(item: tuple) -> tuple:
-        chunk, truths, inputs = item
-        return chunk, truths, predict_prepared(model, inputs, config, options)
+        chunk, truths, inputs, fields, grids = item
+        probs = predict_prepared(model, inputs, config, options)
+        shapes = [t.shape for t in truths]
+        inverted = second_look(model, inputs, probs, shapes, fields, grids, config, options)
+        return chunk, truths, probs, inverted
 
     def score(item: tuple, stop: threading.Event) -> None:
         """Masks at the original size, scored (writer thread)."""
-        for ident, truth, p in zip(*item, strict=True):
+        for ident, truth, p, inverted in zip(*item, strict=True):
             if stop.is_set():
                 return
             pred = probs_to_mask(restore_size(p, truth.shape), config, options)
-            rows.append({"id": ident, **score_image(truth, pred, config)})
+            row = {"id": ident, **score_image(truth, pred, config)}
+            row["gray_scale"] = INVERTED if inverted else AS_STORED
+            rows.append(row)
             advance()
 
     started = time.perf_counter()
@@ -211,7 +226,7 @@ def _summary(
     options: PredictOptions,
     seconds: float,
 ) -> dict[str, Any]:
-    keys = [k for k in rows[0] if k != "id"]
+    keys = [k for k in rows[0] if k not in ("id", "gray_scale")]
     worst = sorted(rows, key=lambda r: (r["dice"], r["id"]))[:WORST]
     threshold = applied_threshold(options, run.config)
     steps = postprocess_steps(options, run.config)
@@ -224,6 +239,7 @@ def _summary(
         "n_images": len(rows),
         "metrics": {k: metrics.summarize(r[k] for r in rows) for k in keys},
         "worst": [{"id": r["id"], "dice": r["dice"]} for r in worst],
+        "read_inverted": [r["id"] for r in rows if r["gray_scale"] == INVERTED],
         "settings": {
             "mode": options.mode,
             "tta": tta_group(options, run.config),
@@ -231,6 +247,7 @@ def _summary(
             "watershed": applied_watershed(options, run.config),
             **dict(zip(("keep_largest", "fill_holes", "min_area"), steps, strict=True)),
             "postprocess_from_run": options.postprocess and run.config.postprocess is not None,
+            "polarity": options.polarity,
             "overlap": options.overlap,
         },
         "empty_masks": "both empty: Dice 1, HD95 0; exactly one empty: Dice 0, HD95 inf (left out of HD95 stats)",

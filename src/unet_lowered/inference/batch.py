@@ -39,6 +39,7 @@ from unet_lowered import options as names
 from unet_lowered.errors import UnetError
 from unet_lowered.inference.journal import Journal, remove_stale_temps
 from unet_lowered.inference.overlay import overlay
+from unet_lowered.inference.polarity import AS_STORED, INVERTED, inverted_note, second_look
 from unet_lowered.inference.postprocess import count_components
 from unet_lowered.inference.predictor import (
     PredictOptions,
@@ -64,6 +65,7 @@ CSV_COLUMNS = (
     "foreground_fraction",
     "components",
     "quality",
+    "gray_scale",
     "seconds",
     "status",
 )
@@ -401,6 +403,7 @@ class _Item:
     probs: np.ndarray | None = None  # the network's probabilities, at the input's size
     field_share: float = 1.0  # the image's quality.imaged_field, for the quality flag
     grid: np.ndarray | None = None  # its quality.contrast_grid (<= 256 px), for the flag
+    inverted: bool = False  # probs from the image with its gray scale inverted (polarity)
     seconds: float = 0.0
 
 
@@ -457,15 +460,30 @@ class _Stages:
         return item
 
     def predict(self, items: list[_Item]) -> list[_Item]:
-        """The network on the batch's readable images (calling thread)."""
+        """The network on the batch's readable images, then a second look at the
+        flagged ones with their gray scale inverted (calling thread; see
+        :func:`~unet_lowered.inference.polarity.second_look`)."""
         todo = [item for item in items if item.x is not None]
         if todo:
             started = time.perf_counter()
-            probs = predict_prepared(self.model, [i.x for i in todo], self.config, self.options)
+            inputs = [i.x for i in todo]
+            probs = predict_prepared(self.model, inputs, self.config, self.options)
+            inverted = second_look(
+                self.model,
+                inputs,
+                probs,
+                [i.shape for i in todo],
+                [i.field_share for i in todo],
+                [i.grid for i in todo],
+                self.config,
+                self.options,
+            )
             share = (time.perf_counter() - started) / len(todo)
-            for item, p in zip(todo, probs, strict=True):
-                item.probs, item.x = p, None
+            for item, p, inv in zip(todo, probs, inverted, strict=True):
+                item.probs, item.x, item.inverted = p, None, inv
                 item.seconds += share
+                if inv and self.options.polarity == "auto":
+                    item.notes.append(inverted_note(str(item.path)))
         return items
 
     def write(self, items: list[_Item], stop: threading.Event) -> None:
@@ -524,6 +542,7 @@ class _Stages:
                 self.save_overlay,
                 item.field_share,
                 item.grid,
+                item.inverted,
             )
         except OSError as e:
             raise UnetError(
@@ -659,13 +678,16 @@ def _write_outputs(
     save_overlay: bool,
     field_share: float = 1.0,
     grid: np.ndarray | None = None,
+    inverted: bool = False,
 ) -> dict[str, Any]:
     """Write the mask (and probability/overlay files) of one image; return its CSV row.
 
     ``probs`` are at the image's size; ``image`` is needed for the overlay only;
     ``field_share`` and ``grid`` are its
     :func:`~unet_lowered.inference.quality.imaged_field` and
-    :func:`~unet_lowered.inference.quality.contrast_grid` (for the quality flag).
+    :func:`~unet_lowered.inference.quality.contrast_grid` (for the quality flag);
+    ``inverted``: the probabilities come from the image with its gray scale inverted
+    (:mod:`~unet_lowered.inference.polarity`), so the flag reads the grid inverted.
     """
     mask = probs_to_mask(probs, config, options)
     images.write_png(out_dir / f"{image_id}.png", mask_to_png(mask, config))
@@ -682,6 +704,8 @@ def _write_outputs(
     if save_overlay:
         images.write_png(out_dir / f"{image_id}_overlay.png", overlay(image, mask))
     h, w = mask.shape
+    if inverted and grid is not None:
+        grid = -grid  # the image as the network read it
     found = Objects.of(mask) if mask.dtype == bool else None  # labelled once, used twice
     return {
         "id": image_id,
@@ -691,6 +715,7 @@ def _write_outputs(
         "foreground_fraction": round(float(np.count_nonzero(mask)) / mask.size, 6),
         "components": count_components(mask) if found is None else found.count,
         "quality": mask_quality(mask, probs, config, found, field_share, grid),
+        "gray_scale": INVERTED if inverted else AS_STORED,
         "status": "ok",
     }
 

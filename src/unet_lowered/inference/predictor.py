@@ -71,6 +71,10 @@ class PredictOptions:
         postprocess: Apply the post-processing the run chose on its validation split
             (``RunConfig.postprocess``) to the steps left None; False leaves them off.
         max_pixels: Refuse images with more pixels than this, before decoding them.
+        polarity: ``"auto"`` (a gray image whose mask is flagged ``check`` is predicted
+            again with its gray scale inverted; :mod:`unet_lowered.inference.polarity`),
+            ``"keep"`` (images as stored) or ``"invert"`` (every image's gray scale
+            inverted: a folder of MONOCHROME1 films exported without their look-up).
     """
 
     mode: str = "auto"
@@ -86,12 +90,14 @@ class PredictOptions:
     watershed: float | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
     postprocess: bool = True
+    polarity: str = "auto"
 
     def validate(self) -> PredictOptions:
         """Raise :class:`UnetError` naming the valid values of any bad option."""
         names.choose(self.mode, names.PREDICT_MODES, "mode")
         names.choose(self.tta_transforms, names.TTA_CHOICES, "tta-transforms")
         names.choose(self.blend, names.BLENDS, "blend")
+        names.choose(self.polarity, names.POLARITIES, "polarity")
         if not 0 <= self.overlap < 1:
             raise UnetError(
                 f"--overlap must be in [0, 1) (a fraction of the tile), got {self.overlap}"
@@ -244,13 +250,23 @@ def prepare_images(
     """The network inputs of decoded images: :func:`unet_lowered.preprocess.model_input`.
 
     Resize mode: float32 ``(h, w, C)`` at the run's ``image_size``; tile mode: at the
-    image's own size. Needs no model, so it can run on another thread than the network.
+    image's own size. With ``options.polarity == "invert"`` negated: the input of the
+    image with its gray scale inverted. Needs no model, so it can run on another thread
+    than the network.
     """
     size = None if resolve_mode(options.mode, config) == "tile" else config.image_size
+    sign = -1 if options.polarity == "invert" else 1  # see inference.polarity
     return [
-        model_input(image, config.channels, size, config.clahe, config.invert_light)
+        _signed(model_input(image, config.channels, size, config.clahe, config.invert_light), sign)
         for image in batch
     ]
+
+
+def _signed(x: np.ndarray, sign: int) -> np.ndarray:
+    """``x``, or ``-x`` in place: the input of the image with its gray scale inverted."""
+    if sign < 0:
+        np.negative(x, out=x)
+    return x
 
 
 def predict_prepared(

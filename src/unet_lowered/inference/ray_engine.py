@@ -49,8 +49,8 @@ from unet_lowered.inference.batch import (
     open_job,
 )
 from unet_lowered.inference.journal import Journal
-from unet_lowered.inference.predictor import PredictOptions, predict_images
-from unet_lowered.inference.quality import contrast_grid, imaged_field
+from unet_lowered.inference.polarity import inverted_note, predict_seen
+from unet_lowered.inference.predictor import PredictOptions
 from unet_lowered.io import images
 from unet_lowered.io.progress import progress_bar, stderr_console
 from unet_lowered.io.runs import load_run
@@ -454,23 +454,26 @@ class _BatchPredictor:
                 continue
             loaded.append((index, image_id, path, image, notes))
         if loaded:
-            probs = predict_images(self.model, [x[3] for x in loaded], self.config, options)
+            seen = predict_seen(self.model, [x[3] for x in loaded], self.config, options)
             seconds = (time.perf_counter() - started) / len(loaded)
-            for (index, image_id, path, image, notes), p in zip(loaded, probs, strict=True):
+            for (index, image_id, path, image, notes), p in zip(loaded, seen, strict=True):
                 t0 = time.perf_counter()
+                if p.inverted and options.polarity == "auto":
+                    notes.append(inverted_note(str(path)))
                 try:
                     row = _write_outputs(
                         out_dir,
                         image_id,
                         path,
                         image,
-                        p,
+                        p.probs,
                         self.config,
                         options,
                         s["save_prob"],
                         s["save_overlay"],
-                        imaged_field(image),
-                        contrast_grid(image),
+                        p.field,
+                        p.grid,
+                        p.inverted,
                     )
                 except OSError as e:
                     fatal = (

@@ -6,18 +6,20 @@ Endpoints (see the README section "Serve"):
 * ``GET /healthz`` -> ``{"status": "ok"}``;
 * ``GET /v1/model`` -> the run's facts (:meth:`Service.facts`);
 * ``POST /v1/segment`` with a multipart field ``file`` -> JSON
-  ``{id, width, height, foreground_fraction, components, quality, seconds, notes}``, or with
+  ``{id, width, height, foreground_fraction, components, quality, gray_scale, seconds,
+  notes}``, or with
   ``?format=png|overlay|prob`` that image as a PNG (the same figures in the
   ``X-Unet-Result`` header, as JSON);
 * ``POST /v1/preview`` with the same field -> the image as the 8-bit RGB PNG the
   overlay is drawn on (what the page shows; browsers cannot show 16-bit, TIFF or DICOM).
 
 Every image goes through the one prediction path of ``unet predict``
-(:func:`~unet_lowered.inference.predictor.predict_images`, then
+(:func:`~unet_lowered.inference.polarity.predict_seen`: the network, with a second
+look at a flagged X-ray with its gray scale inverted; then
 :func:`~unet_lowered.inference.predictor.probs_to_mask` and
 :func:`~unet_lowered.inference.predictor.mask_to_png`), so the mask is pixel for pixel
 the ``<id>.png`` that ``unet predict RUN FILE`` writes (the run's chosen post-processing
-included), and ``quality`` is its flag in ``predictions.csv``
+included), and ``quality`` and ``gray_scale`` are its columns in ``predictions.csv``
 (:func:`~unet_lowered.inference.quality.mask_quality`). Uploads are written to a
 temporary file and recognised by content (:mod:`unet_lowered.io.images`); the pixel
 limit is checked from the header before decoding.
@@ -60,6 +62,7 @@ from starlette.exceptions import HTTPException
 import unet_lowered
 from unet_lowered.errors import UnetError
 from unet_lowered.inference.overlay import overlay
+from unet_lowered.inference.polarity import inverted_note, predict_seen, second_look_applies
 from unet_lowered.inference.postprocess import count_components
 from unet_lowered.inference.predictor import (
     PredictOptions,
@@ -73,7 +76,6 @@ from unet_lowered.inference.predictor import (
     resolve_tta,
     tta_group,
 )
-from unet_lowered.inference.quality import contrast_grid, imaged_field, mask_quality
 from unet_lowered.io import images
 from unet_lowered.io.runs import METRICS_FILE, Run, load_run
 
@@ -100,6 +102,7 @@ _QUERY = frozenset(
         "min_area",
         "watershed",
         "postprocess",
+        "polarity",
         "tta",
         "tta_transforms",
         "mode",
@@ -282,6 +285,8 @@ class Service:
                 "watershed": applied_watershed(o, c),
                 "postprocess": o.postprocess,
                 "tta": tta_group(o, c),
+                "polarity": o.polarity,
+                "second_look": second_look_applies(c, o),
             },
             "postprocess_chosen": None if c.postprocess is None else dict(c.postprocess),
             "mask_stats": None if c.mask_stats is None else dict(c.mask_stats),
@@ -342,8 +347,11 @@ class Service:
         with tempfile.TemporaryDirectory(prefix="unet-serve-") as tmp:
             image = self._decode(upload, Path(tmp) / "upload", name, notes)
         try:
-            probs = predict_images(self.model, [image], self.config, options)[0]
+            seen = predict_seen(self.model, [image], self.config, options)[0]
+            probs = seen.probs
             mask = probs_to_mask(probs, self.config, options)
+            if seen.inverted and options.polarity == "auto":
+                notes.append(inverted_note(name, "polarity=keep"))
             png = None
             if fmt == "png":
                 png = _encode_png(mask_to_png(mask, self.config))
@@ -358,10 +366,8 @@ class Service:
                 "height": h,
                 "foreground_fraction": round(float(np.count_nonzero(mask)) / mask.size, 6),
                 "components": count_components(mask),
-                "quality": mask_quality(
-                    mask, probs, self.config, field=imaged_field(image), grid=contrast_grid(image)
-                )
-                or None,
+                "quality": seen.quality(mask, self.config) or None,
+                "gray_scale": seen.gray_scale,
                 "seconds": round(time.perf_counter() - started, 4),
                 "notes": notes,
             }
@@ -628,6 +634,7 @@ def create_app(
         min_area: int | None = None,
         watershed: float | None = None,
         postprocess: bool | None = None,
+        polarity: str | None = None,
         tta: bool | None = None,
         tta_transforms: str | None = None,
         mode: str | None = None,
@@ -644,6 +651,7 @@ def create_app(
                 "min_area": min_area,
                 "watershed": watershed,
                 "postprocess": postprocess,
+                "polarity": polarity,
                 "tta": tta,
                 "tta_transforms": tta_transforms,
                 "mode": mode,

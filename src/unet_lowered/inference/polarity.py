@@ -1,0 +1,199 @@
+"""A second look at gray images stored with their gray scale inverted.
+
+A DICOM file says when its gray scale runs from white to black (MONOCHROME1), and
+:func:`unet_lowered.io.images.read_image` presents it the usual way round. A PNG or
+JPEG exported from such a film without that step carries no mark: its lungs are
+white and its bones black, and a network trained on ordinary films finds no lung in
+it (Dice 0.03 on the JSRT validation images; every mask flagged ``check``,
+``benchmarks/RESULTS.md``).
+
+``PredictOptions.polarity`` (``unet predict --polarity``, the service's ``polarity``
+query parameter):
+
+* ``"auto"`` (the default): a mask flagged ``check`` is predicted again from the image
+  with its gray scale inverted, and the second mask is kept when its flag is ``ok``.
+  Only for one-class, one-channel runs whose training masks are a steady number of
+  large objects with a recorded contrast against their surroundings
+  (:class:`~unet_lowered.inference.quality.MaskStats`: lungs on X-rays). There the
+  flag knows which way round the data are: an inverted lung is lighter than the chest
+  wall around it, a contrast the training masks never had. Runs that normalise the
+  polarity themselves (``invert_light``) and cell or EM runs are left as they are;
+* ``"keep"``: every image as stored;
+* ``"invert"``: every image inverted (a folder known to hold only such exports).
+
+The flag that decides is the one ``predictions.csv`` gets (:func:`quality.assess
+<unet_lowered.inference.quality.assess>`), taken on the probabilities at the
+network's size (the run's post-processing applied, its minimum area scaled to that
+size); the flag written is then taken on the kept mask at the image's size, as for
+any image. Only flagged images cost a second network call.
+
+The network's input is the image scaled to ``[0, 1]`` by its own minimum and maximum,
+then standardised (:func:`unet_lowered.preprocess.model_input`), so the image with its
+gray scale inverted (``c - v`` for any ``c``) gives ``-x``: the inversion is a sign on
+the input, with no second decoding. (With CLAHE, the equalised image is the one
+inverted.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from unet_lowered.inference.predictor import (
+    PredictOptions,
+    postprocess_steps,
+    predict_prepared,
+    prepare_images,
+    probs_to_mask,
+    resolve_mode,
+    restore_size,
+)
+from unet_lowered.inference.quality import (
+    MaskStats,
+    assess,
+    contrast_grid,
+    imaged_field,
+    mask_quality,
+)
+from unet_lowered.training.config import RunConfig
+
+AS_STORED = "as stored"
+INVERTED = "inverted"
+"""The values of ``predictions.csv``'s ``gray_scale`` column."""
+
+
+def inverted_note(name: str, off: str = "--polarity keep") -> str:
+    """The note on an image whose mask ``polarity="auto"`` took from it inverted."""
+    return (
+        f"{name}: read with its gray scale inverted: the mask as stored was flagged, the "
+        f"inverted image's passes (a MONOCHROME1 film saved without its look-up table?); "
+        f"{off} turns this off"
+    )
+
+
+def second_look_applies(config: RunConfig, options: PredictOptions) -> bool:
+    """Whether ``polarity="auto"`` looks again at flagged images of this run (see the
+    module docstring for which runs)."""
+    if options.polarity != "auto" or config.num_classes != 1 or config.channels != 1:
+        return False
+    if config.invert_light or not config.mask_stats:
+        return False
+    stats = MaskStats.from_json(config.mask_stats)
+    return stats.objects is not None and stats.contrast is not None
+
+
+@dataclass
+class Seen:
+    """One image's prediction, with what its quality flag needs.
+
+    Attributes:
+        probs: Probabilities at the image's size, ``(H, W, K)``.
+        inverted: Whether they come from the image with its gray scale inverted.
+        field: The image's :func:`~unet_lowered.inference.quality.imaged_field`.
+        grid: The image's :func:`~unet_lowered.inference.quality.contrast_grid`, as
+            stored.
+    """
+
+    probs: np.ndarray
+    inverted: bool
+    field: float
+    grid: np.ndarray
+
+    @property
+    def gray_scale(self) -> str:
+        """``predictions.csv``'s ``gray_scale``: :data:`INVERTED` or :data:`AS_STORED`."""
+        return INVERTED if self.inverted else AS_STORED
+
+    def quality(self, mask: np.ndarray, config: RunConfig) -> str:
+        """The quality flag of ``mask`` (from these probabilities), on the image as the
+        network read it."""
+        grid = -self.grid if self.inverted else self.grid
+        return mask_quality(mask, self.probs, config, None, self.field, grid)
+
+
+def second_look(
+    model: Any,
+    inputs: Sequence[np.ndarray],
+    probs: list[np.ndarray],
+    shapes: Sequence[tuple[int, int]],
+    fields: Sequence[float],
+    grids: Sequence[np.ndarray],
+    config: RunConfig,
+    options: PredictOptions,
+) -> list[bool]:
+    """Predict again, inverted, the inputs whose mask is flagged; keep what is ``ok``.
+
+    Args:
+        model: The run's model.
+        inputs: :func:`~unet_lowered.inference.predictor.prepare_images` outputs.
+        probs: Their :func:`~unet_lowered.inference.predictor.predict_prepared`
+            outputs (at the inputs' size); an entry is replaced where the inverted
+            image's mask is kept.
+        shapes: Each image's ``(H, W)``.
+        fields: Each image's :func:`~unet_lowered.inference.quality.imaged_field`.
+        grids: Each image's :func:`~unet_lowered.inference.quality.contrast_grid`.
+        config: The run's configuration.
+        options: The prediction options (``polarity`` among them).
+
+    Returns:
+        Per input, whether its probabilities now come from the inverted image (all
+        True with ``polarity="invert"``, whose inputs are inverted already).
+    """
+    if options.polarity == "invert":
+        return [True] * len(inputs)
+    inverted = [False] * len(inputs)
+    if not second_look_applies(config, options):
+        return inverted
+    stats = MaskStats.from_json(config.mask_stats)
+
+    def flagged(p: np.ndarray, i: int, sign: int) -> bool:
+        mask = probs_to_mask(p, config, _at_size(options, config, p.shape[:2], shapes[i]))
+        return assess(mask, p, stats, None, fields[i], sign * grids[i]).status == "check"
+
+    todo = [i for i in range(len(inputs)) if flagged(probs[i], i, 1)]
+    if not todo:
+        return inverted
+    again = predict_prepared(model, [-inputs[i] for i in todo], config, options)
+    for i, p in zip(todo, again, strict=True):
+        if not flagged(p, i, -1):
+            probs[i], inverted[i] = p, True
+    return inverted
+
+
+def _at_size(
+    options: PredictOptions, config: RunConfig, size: tuple[int, int], shape: tuple[int, int]
+) -> PredictOptions:
+    """``options`` with the minimum area (pixels at the image's ``shape``) scaled to ``size``."""
+    _, _, min_area = postprocess_steps(options, config)
+    if not min_area or tuple(size) == tuple(shape):
+        return options
+    scaled = round(min_area * size[0] * size[1] / (shape[0] * shape[1]))
+    return dataclasses.replace(options, min_area=scaled)
+
+
+def predict_seen(
+    model: Any, batch: Sequence[np.ndarray], config: RunConfig, options: PredictOptions
+) -> list[Seen]:
+    """:func:`~unet_lowered.inference.predictor.predict_images` with the second look:
+    each image's probabilities at its size, whether they come from it inverted, and
+    what its quality flag reads."""
+    fields = [imaged_field(image) for image in batch]
+    grids = [contrast_grid(image) for image in batch]
+    shapes = [image.shape[:2] for image in batch]
+    per_call = len(batch) if resolve_mode(options.mode, config) == "resize" else 1
+    seen: list[Seen] = []
+    for start in range(0, len(batch), per_call):
+        part = slice(start, start + per_call)
+        inputs = prepare_images(batch[part], config, options)
+        probs = predict_prepared(model, inputs, config, options)
+        inverted = second_look(
+            model, inputs, probs, shapes[part], fields[part], grids[part], config, options
+        )
+        for k, (p, inv) in enumerate(zip(probs, inverted, strict=True)):
+            i = start + k
+            seen.append(Seen(restore_size(p, shapes[i]), inv, fields[i], grids[i]))
+    return seen
