@@ -184,3 +184,30 @@ def test_the_note_names_the_file_and_the_way_out() -> None:
     note = inverted_note("scans/a.png")
     assert note.startswith("scans/a.png: read with its gray scale inverted")
     assert note.endswith("--polarity keep turns this off") and "\n" not in note
+
+
+@pytest.mark.parametrize("mode", ["resize", "tile"])
+def test_the_writer_takes_the_judged_mask_and_flag_unchanged(run, tmp_path, mode) -> None:
+    """Judged at the image's size (an image of the training size, or tile mode), the
+    second look's mask and flag are what the writer takes: the same files and rows as
+    with the look off, for films that need none, flagged or not."""
+    side = 32 if mode == "resize" else 64  # the training size; tile mode: any size
+    film, _ = chest_picture(side, side, seed=4)
+    three, _ = chest_picture(64, 64, seed=5)
+    three[1:8, 24:40] = 60  # flagged both ways: stays as stored
+    images.write_png(tmp_path / "in" / "film.png", film)
+    images.write_png(tmp_path / "in" / "three.png", three)
+    for polarity in ("auto", "keep"):
+        options = PredictOptions(mode=mode, polarity=polarity)
+        predict_files(run, [tmp_path / "in"], tmp_path / polarity, options, progress=False)
+    rows = {p: predicted(tmp_path / p)[0] for p in ("auto", "keep")}
+    for name in ("film", "three"):
+        auto, keep = (
+            {k: v for k, v in rows[p][name].items() if k != "seconds"} for p in ("auto", "keep")
+        )
+        assert auto == keep, name
+        png = f"{name}.png"
+        assert (tmp_path / "auto" / png).read_bytes() == (tmp_path / "keep" / png).read_bytes()
+    assert rows["auto"]["three"]["quality"].startswith("check")
+    if mode == "tile":  # at 32 px the lungs' 2-px gap closes: one object, flagged
+        assert rows["auto"]["film"]["quality"] == "ok"

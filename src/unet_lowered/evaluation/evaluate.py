@@ -167,17 +167,20 @@ def evaluate_run(
         chunk, truths, inputs, fields, grids = item
         probs = predict_prepared(model, inputs, config, options)
         shapes = [t.shape for t in truths]
-        inverted = second_look(model, inputs, probs, shapes, fields, grids, config, options)
-        return chunk, truths, probs, inverted
+        looks = second_look(model, inputs, probs, shapes, fields, grids, config, options)
+        return chunk, truths, probs, looks
 
     def score(item: tuple, stop: threading.Event) -> None:
         """Masks at the original size, scored (writer thread)."""
-        for ident, truth, p, inverted in zip(*item, strict=True):
+        for ident, truth, p, look in zip(*item, strict=True):
             if stop.is_set():
                 return
-            pred = probs_to_mask(restore_size(p, truth.shape), config, options)
+            if look.mask is not None and look.mask.shape == truth.shape:  # judged at full size
+                pred = look.mask
+            else:
+                pred = probs_to_mask(restore_size(p, truth.shape), config, options)
             row = {"id": ident, **score_image(truth, pred, config)}
-            row["gray_scale"] = INVERTED if inverted else AS_STORED
+            row["gray_scale"] = INVERTED if look.inverted else AS_STORED
             rows.append(row)
             advance()
 

@@ -39,7 +39,7 @@ from unet_lowered import options as names
 from unet_lowered.errors import UnetError
 from unet_lowered.inference.journal import Journal, remove_stale_temps
 from unet_lowered.inference.overlay import overlay
-from unet_lowered.inference.polarity import AS_STORED, INVERTED, inverted_note, second_look
+from unet_lowered.inference.polarity import AS_STORED, INVERTED, Look, inverted_note, second_look
 from unet_lowered.inference.postprocess import count_components
 from unet_lowered.inference.predictor import (
     PredictOptions,
@@ -403,7 +403,7 @@ class _Item:
     probs: np.ndarray | None = None  # the network's probabilities, at the input's size
     field_share: float = 1.0  # the image's quality.imaged_field, for the quality flag
     grid: np.ndarray | None = None  # its quality.contrast_grid (<= 256 px), for the flag
-    inverted: bool = False  # probs from the image with its gray scale inverted (polarity)
+    look: Look | None = None  # polarity.second_look's decision (and its flag, if judged)
     seconds: float = 0.0
 
 
@@ -468,7 +468,7 @@ class _Stages:
             started = time.perf_counter()
             inputs = [i.x for i in todo]
             probs = predict_prepared(self.model, inputs, self.config, self.options)
-            inverted = second_look(
+            looks = second_look(
                 self.model,
                 inputs,
                 probs,
@@ -479,10 +479,10 @@ class _Stages:
                 self.options,
             )
             share = (time.perf_counter() - started) / len(todo)
-            for item, p, inv in zip(todo, probs, inverted, strict=True):
-                item.probs, item.x, item.inverted = p, None, inv
+            for item, p, look in zip(todo, probs, looks, strict=True):
+                item.probs, item.x, item.look = p, None, look
                 item.seconds += share
-                if inv and self.options.polarity == "auto":
+                if look.inverted and self.options.polarity == "auto":
                     item.notes.append(inverted_note(str(item.path)))
         return items
 
@@ -542,7 +542,7 @@ class _Stages:
                 self.save_overlay,
                 item.field_share,
                 item.grid,
-                item.inverted,
+                item.look,
             )
         except OSError as e:
             raise UnetError(
@@ -678,7 +678,7 @@ def _write_outputs(
     save_overlay: bool,
     field_share: float = 1.0,
     grid: np.ndarray | None = None,
-    inverted: bool = False,
+    look: Look | None = None,
 ) -> dict[str, Any]:
     """Write the mask (and probability/overlay files) of one image; return its CSV row.
 
@@ -686,10 +686,13 @@ def _write_outputs(
     ``field_share`` and ``grid`` are its
     :func:`~unet_lowered.inference.quality.imaged_field` and
     :func:`~unet_lowered.inference.quality.contrast_grid` (for the quality flag);
-    ``inverted``: the probabilities come from the image with its gray scale inverted
-    (:mod:`~unet_lowered.inference.polarity`), so the flag reads the grid inverted.
+    ``look``: :func:`~unet_lowered.inference.polarity.second_look`'s decision. When
+    it inverted the image, the flag reads the grid inverted; when it judged the mask at
+    the image's size already, its mask and flag are taken (the same values).
     """
-    mask = probs_to_mask(probs, config, options)
+    inverted = look is not None and look.inverted
+    judged = look is not None and look.mask is not None and look.mask.shape == probs.shape[:2]
+    mask = look.mask if judged else probs_to_mask(probs, config, options)
     images.write_png(out_dir / f"{image_id}.png", mask_to_png(mask, config))
     if save_prob == "npy":
         arr = probs[:, :, 0] if probs.shape[2] == 1 else probs
@@ -704,9 +707,13 @@ def _write_outputs(
     if save_overlay:
         images.write_png(out_dir / f"{image_id}_overlay.png", overlay(image, mask))
     h, w = mask.shape
-    if inverted and grid is not None:
-        grid = -grid  # the image as the network read it
-    found = Objects.of(mask) if mask.dtype == bool else None  # labelled once, used twice
+    if judged:
+        found, flag = look.found, look.flag
+    else:
+        if inverted and grid is not None:
+            grid = -grid  # the image as the network read it
+        found = Objects.of(mask) if mask.dtype == bool else None  # labelled once, used twice
+        flag = mask_quality(mask, probs, config, found, field_share, grid)
     return {
         "id": image_id,
         "source": str(path),
@@ -714,7 +721,7 @@ def _write_outputs(
         "height": h,
         "foreground_fraction": round(float(np.count_nonzero(mask)) / mask.size, 6),
         "components": count_components(mask) if found is None else found.count,
-        "quality": mask_quality(mask, probs, config, found, field_share, grid),
+        "quality": flag,
         "gray_scale": INVERTED if inverted else AS_STORED,
         "status": "ok",
     }

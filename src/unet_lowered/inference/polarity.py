@@ -54,6 +54,7 @@ from unet_lowered.inference.predictor import (
 )
 from unet_lowered.inference.quality import (
     MaskStats,
+    Objects,
     assess,
     contrast_grid,
     imaged_field,
@@ -115,6 +116,27 @@ class Seen:
         return mask_quality(mask, self.probs, config, None, self.field, grid)
 
 
+@dataclass
+class Look:
+    """What :func:`second_look` decided for one input.
+
+    Attributes:
+        inverted: Whether its probabilities now come from the image with its gray scale
+            inverted.
+        mask: The mask of the kept probabilities at their size (the run's
+            post-processing applied), when they were judged; None otherwise.
+        found: That mask's objects.
+        flag: Its quality flag, as ``predictions.csv`` writes it. When the probabilities
+            are at the image's size (tile mode, or an image of the training size) these
+            are exactly what the writer would compute, so it takes them.
+    """
+
+    inverted: bool
+    mask: np.ndarray | None = None
+    found: Objects | None = None
+    flag: str | None = None
+
+
 def second_look(
     model: Any,
     inputs: Sequence[np.ndarray],
@@ -124,7 +146,7 @@ def second_look(
     grids: Sequence[np.ndarray],
     config: RunConfig,
     options: PredictOptions,
-) -> list[bool]:
+) -> list[Look]:
     """Predict again, inverted, the inputs whose mask is flagged; keep what is ``ok``.
 
     Args:
@@ -140,28 +162,31 @@ def second_look(
         options: The prediction options (``polarity`` among them).
 
     Returns:
-        Per input, whether its probabilities now come from the inverted image (all
-        True with ``polarity="invert"``, whose inputs are inverted already).
+        Per input, its :class:`Look` (``inverted`` all True with ``polarity="invert"``,
+        whose inputs are inverted already).
     """
     if options.polarity == "invert":
-        return [True] * len(inputs)
-    inverted = [False] * len(inputs)
+        return [Look(True) for _ in inputs]
     if not second_look_applies(config, options):
-        return inverted
+        return [Look(False) for _ in inputs]
     stats = MaskStats.from_json(config.mask_stats)
 
-    def flagged(p: np.ndarray, i: int, sign: int) -> bool:
+    def judge(p: np.ndarray, i: int, inverted: bool) -> Look:
         mask = probs_to_mask(p, config, _at_size(options, config, p.shape[:2], shapes[i]))
-        return assess(mask, p, stats, None, fields[i], sign * grids[i]).status == "check"
+        found = Objects.of(mask)
+        grid = -grids[i] if inverted else grids[i]
+        return Look(inverted, mask, found, str(assess(mask, p, stats, found, fields[i], grid)))
 
-    todo = [i for i in range(len(inputs)) if flagged(probs[i], i, 1)]
+    looks = [judge(p, i, False) for i, p in enumerate(probs)]
+    todo = [i for i, look in enumerate(looks) if look.flag != "ok"]
     if not todo:
-        return inverted
+        return looks
     again = predict_prepared(model, [-inputs[i] for i in todo], config, options)
     for i, p in zip(todo, again, strict=True):
-        if not flagged(p, i, -1):
-            probs[i], inverted[i] = p, True
-    return inverted
+        look = judge(p, i, True)
+        if look.flag == "ok":
+            probs[i], looks[i] = p, look
+    return looks
 
 
 def _at_size(
@@ -190,10 +215,10 @@ def predict_seen(
         part = slice(start, start + per_call)
         inputs = prepare_images(batch[part], config, options)
         probs = predict_prepared(model, inputs, config, options)
-        inverted = second_look(
+        looks = second_look(
             model, inputs, probs, shapes[part], fields[part], grids[part], config, options
         )
-        for k, (p, inv) in enumerate(zip(probs, inverted, strict=True)):
+        for k, (p, look) in enumerate(zip(probs, looks, strict=True)):
             i = start + k
-            seen.append(Seen(restore_size(p, shapes[i]), inv, fields[i], grids[i]))
+            seen.append(Seen(restore_size(p, shapes[i]), look.inverted, fields[i], grids[i]))
     return seen
