@@ -844,7 +844,7 @@ def evaluate(
 ) -> None:
     """Score a run on images with masks at their original size; write per_image.csv and summary.json.
 
-    Predicts exactly as `unet predict` does (same modes and post-processing), then
+    Predicts exactly as `unet predict` does (same modes, post-processing and --polarity), then
     compares with the masks: Dice, IoU, precision, recall, HD95 (pixels), foreground
     fractions. Both masks empty: Dice 1; exactly one empty: Dice 0 (HD95 infinite,
     left out of the HD95 statistics). Prints mean/median/std and the 5 worst ids.
