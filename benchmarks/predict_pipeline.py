@@ -25,6 +25,12 @@ images/s of each variant and the ratio to the loop, and appends it as a table to
     .venv/bin/python benchmarks/predict_pipeline.py --images 4 --min-size 512 \\
         --max-size 1024 --repeats 1 --no-append  # a smoke test
 
+``--lung-stats`` gives the run a lung run's post-processing and mask statistics (those
+of its own masks of the drawings, as ``unet train`` records them), so ``unet predict``
+takes the whole quality flag (with the objects' contrast) and decides on each image
+whether to look again with its gray scale inverted (``unet_lowered.inference.polarity``);
+without it the run has neither, as before.
+
 ``--cv2-threads`` and ``--tf-threads`` set OpenCV's and TensorFlow's thread counts in
 the children (default: the libraries' own choice), to measure how they interact.
 """
@@ -45,8 +51,17 @@ VARIANTS = ("loop", "pipeline", "plain", "evaluate", "evaluate-plain")
 DEFAULT_VARIANTS = VARIANTS[:3]
 
 
-def make_inputs(work: Path, count: int, lo: int, hi: int, tile: int, seed: int) -> Path:
-    """Write ``work/in`` (the images) and ``work/run`` (the model); return ``work``."""
+def make_inputs(
+    work: Path, count: int, lo: int, hi: int, tile: int, seed: int, lung_stats: bool = False
+) -> Path:
+    """Write ``work/in`` (the images) and ``work/run`` (the model); return ``work``.
+
+    With ``lung_stats`` the run's ``config.json`` gets a lung run's post-processing
+    (keep the 2 largest objects, fill holes) and the ``mask_stats`` of the model's own
+    masks of the drawings (with their contrast), as ``unet train`` records them: so
+    ``unet predict`` takes the whole quality flag, mostly ``ok`` as on a trained run,
+    and on the network's thread the flag that decides the second look
+    (``inference.polarity``)."""
     import cv2
     import numpy as np
 
@@ -75,10 +90,12 @@ def make_inputs(work: Path, count: int, lo: int, hi: int, tile: int, seed: int) 
     (work / "data" / "masks").mkdir(parents=True, exist_ok=True)
     if not (work / "data" / "images").exists():
         (work / "data" / "images").symlink_to(folder.resolve(), target_is_directory=True)
+    drawings = []
     for k in range(count):
         h = int(rng.integers(lo, hi + 1))
         w = int(np.clip(h * rng.uniform(0.8, 1.2), lo, hi))
         small, lungs = synth_pair(rng, 512)
+        drawings.append((small, lungs))
         lungs = cv2.resize(lungs.astype(np.uint8) * 255, (w, h), interpolation=cv2.INTER_NEAREST)
         images.write_png(work / "data" / "masks" / f"xray{k:03d}.png", lungs)
         big = cv2.resize(small.astype(np.float32) * 257, (w, h), interpolation=cv2.INTER_CUBIC)
@@ -89,6 +106,14 @@ def make_inputs(work: Path, count: int, lo: int, hi: int, tile: int, seed: int) 
         else:
             image8 = (image16 >> 8).astype(np.uint8)
             cv2.imwrite(str(folder / f"xray{k:03d}.jpg"), image8, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    if lung_stats:  # the model's own masks of the drawings, as a run's training masks
+        from unet_lowered.inference.postprocess import clean_mask
+        from unet_lowered.inference.quality import mask_stats
+
+        own = [clean_mask(im < im.mean(), 2, True, 0) for im, _ in drawings]  # p > 0.5
+        config["mask_stats"] = mask_stats(own, [im for im, _ in drawings]).to_json()
+        config["postprocess"] = {"keep_largest": 2, "fill_holes": True}
+        (run / "config.json").write_text(json.dumps(config))
     return work
 
 
@@ -300,6 +325,12 @@ def main() -> int:
         "--stages", action="store_true", help="also time each step alone (one more child)"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--lung-stats",
+        action="store_true",
+        help="give the run the drawings' mask statistics, as a lung run has: unet predict "
+        "then takes the whole quality flag and the polarity second look",
+    )
     parser.add_argument("--no-append", action="store_true", help="do not append to RESULTS.md")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: temp)")
     parser.add_argument(
@@ -317,7 +348,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         t0 = time.perf_counter()
-        make_inputs(work, args.images, args.min_size, args.max_size, args.tile, args.seed)
+        make_inputs(
+            work, args.images, args.min_size, args.max_size, args.tile, args.seed, args.lung_stats
+        )
         size_mb = sum(p.stat().st_size for p in (work / "in").iterdir()) / 2**20
         print(
             json.dumps(
@@ -417,7 +450,9 @@ def results_table(
         f"median of {args.repeats}",
         "",
         f"Machine: {cpu}, {os.cpu_count()} cores; untrained default U-Net at {args.tile} px, "
-        f"batch {args.batch_size}, {threads}. Pipeline outputs equal the one-thread run's: "
+        f"batch {args.batch_size}, {threads}"
+        f"{'; the run has lung mask statistics (--lung-stats)' if args.lung_stats else ''}. "
+        "Pipeline outputs equal the one-thread run's: "
         f"{same}. Evaluate scores (`per_image.csv`) equal the one-thread run's: {scores}.",
         "",
         "| variant | images/s | vs loop (evaluate: vs evaluate-plain) | peak RSS MB |",

@@ -67,6 +67,61 @@ def test_keep_largest_orders_by_area() -> None:
     np.testing.assert_array_equal(keep_largest(noisy, 10), noisy)  # fewer objects than n
 
 
+def reference_keep_largest(mask: np.ndarray, n: int) -> np.ndarray:
+    """The definition: SciPy's labels in scan order, the n largest, ties by scan order."""
+    labels, count = label_components(mask)
+    areas = np.bincount(labels.ravel(), minlength=count + 1)
+    areas[0] = -1
+    keep = np.zeros(count + 1, bool)
+    keep[np.argsort(-areas, kind="stable")[: min(n, count)]] = True
+    return keep[labels] if count > n else mask
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_fast_fill_holes_and_keep_largest_equal_the_definitions(seed: int) -> None:
+    """Random speckled masks (many objects, many holes, ties of equal area) and masks
+    of equal squares (every area tied): OpenCV's flood fill and labels give exactly
+    SciPy's holes and the n largest objects, ties in scan order."""
+    rng = np.random.default_rng(seed)
+    speckled = ndimage.binary_opening(rng.random((90, 120)) < 0.55, iterations=seed % 2)
+    squares = np.zeros((60, 60), bool)
+    for y, x in rng.permutation([(y, x) for y in range(2, 60, 9) for x in range(2, 60, 9)])[:20]:
+        squares[y : y + 4, x : x + 4] = True  # 20 objects of 16 pixels
+    for mask in (speckled, squares, np.zeros((5, 7), bool), np.ones((5, 7), bool)):
+        np.testing.assert_array_equal(fill_holes(mask), ndimage.binary_fill_holes(mask))
+        for n in (1, 2, 3, 7):
+            np.testing.assert_array_equal(keep_largest(mask, n), reference_keep_largest(mask, n))
+    assert keep_largest(squares, 3).sum() == 48
+
+
+def test_keep_largest_breaks_ties_by_scan_order_whatever_opencvs_label_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """OpenCV does not promise labels in scan order (its parallel labelling on large
+    images): with the labels shuffled, the kept objects are still the definition's."""
+    import cv2
+
+    from unet_lowered.inference import postprocess
+
+    real = cv2.connectedComponentsWithStats
+    rng = np.random.default_rng(0)
+
+    def shuffled(image, connectivity, ltype):
+        count, labels, stats, centroids = real(image, connectivity=connectivity, ltype=ltype)
+        new = np.concatenate([[0], rng.permutation(np.arange(1, count))])  # old -> new
+        order = np.argsort(new)  # new -> old
+        return count, new[labels].astype(np.int32), stats[order], centroids[order]
+
+    monkeypatch.setattr(postprocess.cv2, "connectedComponentsWithStats", shuffled)
+    squares = np.zeros((60, 60), bool)
+    for y in range(2, 60, 9):
+        for x in range(2, 60, 9):
+            squares[y : y + 4, x : x + 4] = True  # 49 objects of 16 pixels
+    squares[2:6, 2:5] = False  # the first one is smaller: 4x1 left
+    for n in (1, 2, 5, 30):
+        np.testing.assert_array_equal(keep_largest(squares, n), reference_keep_largest(squares, n))
+
+
 def test_diagonal_pixels_are_one_object() -> None:
     m = np.eye(5, dtype=bool)
     assert count_components(m) == 1
