@@ -90,35 +90,6 @@ def second_look_applies(config: RunConfig, options: PredictOptions) -> bool:
 
 
 @dataclass
-class Seen:
-    """One image's prediction, with what its quality flag needs.
-
-    Attributes:
-        probs: Probabilities at the image's size, ``(H, W, K)``.
-        inverted: Whether they come from the image with its gray scale inverted.
-        field: The image's :func:`~unet_lowered.inference.quality.imaged_field`.
-        grid: The image's :func:`~unet_lowered.inference.quality.contrast_grid`, as
-            stored.
-    """
-
-    probs: np.ndarray
-    inverted: bool
-    field: float
-    grid: np.ndarray
-
-    @property
-    def gray_scale(self) -> str:
-        """``predictions.csv``'s ``gray_scale``: :data:`INVERTED` or :data:`AS_STORED`."""
-        return INVERTED if self.inverted else AS_STORED
-
-    def quality(self, mask: np.ndarray, config: RunConfig) -> str:
-        """The quality flag of ``mask`` (from these probabilities), on the image as the
-        network read it."""
-        grid = -self.grid if self.inverted else self.grid
-        return mask_quality(mask, self.probs, config, None, self.field, grid)
-
-
-@dataclass
 class Look:
     """What :func:`second_look` decided for one input.
 
@@ -137,6 +108,40 @@ class Look:
     mask: np.ndarray | None = None
     found: Objects | None = None
     flag: str | None = None
+
+
+@dataclass
+class Seen:
+    """One image's prediction, with what its quality flag needs.
+
+    Attributes:
+        probs: Probabilities at the image's size, ``(H, W, K)``.
+        look: :func:`second_look`'s decision (``look.inverted``: the probabilities come
+            from the image with its gray scale inverted).
+        field: The image's :func:`~unet_lowered.inference.quality.imaged_field`.
+        grid: The image's :func:`~unet_lowered.inference.quality.contrast_grid`, as
+            stored.
+    """
+
+    probs: np.ndarray
+    look: Look
+    field: float
+    grid: np.ndarray
+
+    @property
+    def inverted(self) -> bool:
+        return self.look.inverted
+
+    @property
+    def gray_scale(self) -> str:
+        """``predictions.csv``'s ``gray_scale``: :data:`INVERTED` or :data:`AS_STORED`."""
+        return INVERTED if self.inverted else AS_STORED
+
+    def quality(self, mask: np.ndarray, config: RunConfig) -> str:
+        """The quality flag of ``mask`` (from these probabilities), on the image as the
+        network read it."""
+        grid = -self.grid if self.inverted else self.grid
+        return mask_quality(mask, self.probs, config, None, self.field, grid)
 
 
 def second_look(
@@ -222,5 +227,5 @@ def predict_seen(
         )
         for k, (p, look) in enumerate(zip(probs, looks, strict=True)):
             i = start + k
-            seen.append(Seen(restore_size(p, shapes[i]), look.inverted, fields[i], grids[i]))
+            seen.append(Seen(restore_size(p, shapes[i]), look, fields[i], grids[i]))
     return seen

@@ -49,7 +49,7 @@ from unet_lowered.inference.batch import (
     open_job,
 )
 from unet_lowered.inference.journal import Journal
-from unet_lowered.inference.polarity import Look, inverted_note, predict_seen
+from unet_lowered.inference.polarity import inverted_note, predict_seen
 from unet_lowered.inference.predictor import PredictOptions
 from unet_lowered.io import images
 from unet_lowered.io.progress import progress_bar, stderr_console
@@ -473,7 +473,7 @@ class _BatchPredictor:
                         s["save_overlay"],
                         p.field,
                         p.grid,
-                        Look(p.inverted),
+                        p.look,
                     )
                 except OSError as e:
                     fatal = (
