@@ -120,6 +120,13 @@ def test_keep_largest_breaks_ties_by_scan_order_whatever_opencvs_label_order(
     squares[2:6, 2:5] = False  # the first one is smaller: 4x1 left
     for n in (1, 2, 5, 30):
         np.testing.assert_array_equal(keep_largest(squares, n), reference_keep_largest(squares, n))
+    # two objects of 17 pixels starting on the same row: the hook's bounding box starts
+    # further left (column 0), but the block's first pixel (column 4) comes first
+    hook, block = np.zeros((12, 14), bool), np.zeros((12, 14), bool)
+    hook[2:9, 10], hook[8, 0:10] = True, True
+    block[2:7, 4:7], block[2:4, 7] = True, True
+    assert hook.sum() == block.sum() == 17
+    np.testing.assert_array_equal(keep_largest(hook | block, 1), block)
 
 
 def test_diagonal_pixels_are_one_object() -> None:

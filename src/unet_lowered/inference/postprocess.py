@@ -189,8 +189,14 @@ def keep_largest(mask: np.ndarray, n: int) -> np.ndarray:
     cut = np.sort(areas)[::-1][n - 1]  # the n-th largest area
     keep = list(np.flatnonzero(areas > cut) + 1)
     tied = np.flatnonzero(areas == cut) + 1
-    if len(keep) + len(tied) > n:  # order the tied objects by their first pixel
-        firsts = [int(np.argmax((labels == k).ravel())) for k in tied]
+    if len(keep) + len(tied) > n:  # order the tied objects by their first pixel,
+        firsts = []  # which lies on the top row of each one's bounding box
+        for k in tied:
+            top, left, width = (
+                stats[k, c] for c in (cv2.CC_STAT_TOP, cv2.CC_STAT_LEFT, cv2.CC_STAT_WIDTH)
+            )
+            row = labels[top, left : left + width]
+            firsts.append(int(top) * mask.shape[1] + int(left) + int(np.argmax(row == k)))
         tied = tied[np.argsort(firsts, kind="stable")]
     keep += list(tied[: n - len(keep)])
     table = np.zeros(count + 1, dtype=bool)
