@@ -255,18 +255,14 @@ def prepare_images(
     than the network.
     """
     size = None if resolve_mode(options.mode, config) == "tile" else config.image_size
-    sign = -1 if options.polarity == "invert" else 1  # see inference.polarity
-    return [
-        _signed(model_input(image, config.channels, size, config.clahe, config.invert_light), sign)
+    inputs = [
+        model_input(image, config.channels, size, config.clahe, config.invert_light)
         for image in batch
     ]
-
-
-def _signed(x: np.ndarray, sign: int) -> np.ndarray:
-    """``x``, or ``-x`` in place: the input of the image with its gray scale inverted."""
-    if sign < 0:
-        np.negative(x, out=x)
-    return x
+    if options.polarity == "invert":  # the inverted image's input (see inference.polarity)
+        for x in inputs:
+            np.negative(x, out=x)
+    return inputs
 
 
 def predict_prepared(
