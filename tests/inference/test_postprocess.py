@@ -81,7 +81,7 @@ def reference_keep_largest(mask: np.ndarray, n: int) -> np.ndarray:
 def test_fast_fill_holes_and_keep_largest_equal_the_definitions(seed: int) -> None:
     """Random speckled masks (many objects, many holes, ties of equal area) and masks
     of equal squares (every area tied): OpenCV's flood fill and labels give exactly
-    SciPy's holes and the n largest objects, ties in scan order."""
+    SciPy's holes, the n largest objects (ties in scan order) and the small objects."""
     rng = np.random.default_rng(seed)
     speckled = ndimage.binary_opening(rng.random((90, 120)) < 0.55, iterations=seed % 2)
     squares = np.zeros((60, 60), bool)
@@ -91,7 +91,14 @@ def test_fast_fill_holes_and_keep_largest_equal_the_definitions(seed: int) -> No
         np.testing.assert_array_equal(fill_holes(mask), ndimage.binary_fill_holes(mask))
         for n in (1, 2, 3, 7):
             np.testing.assert_array_equal(keep_largest(mask, n), reference_keep_largest(mask, n))
+        labels, count = label_components(mask)
+        areas = np.bincount(labels.ravel(), minlength=count + 1)
+        for min_area in (2, 5, 16, 17):  # SciPy's labels: objects below min_area go
+            np.testing.assert_array_equal(
+                remove_small(mask, min_area), (areas >= min_area)[labels] & mask
+            )
     assert keep_largest(squares, 3).sum() == 48
+    assert remove_small(squares, 16).sum() == 320 and not remove_small(squares, 17).any()
 
 
 def test_keep_largest_breaks_ties_by_scan_order_whatever_opencvs_label_order(
@@ -103,16 +110,25 @@ def test_keep_largest_breaks_ties_by_scan_order_whatever_opencvs_label_order(
 
     from unet_lowered.inference import postprocess
 
-    real = cv2.connectedComponentsWithStats
     rng = np.random.default_rng(0)
 
-    def shuffled(image, connectivity, ltype):
-        count, labels, stats, centroids = real(image, connectivity=connectivity, ltype=ltype)
+    def shuffle(count, labels):
         new = np.concatenate([[0], rng.permutation(np.arange(1, count))])  # old -> new
-        order = np.argsort(new)  # new -> old
-        return count, new[labels].astype(np.int32), stats[order], centroids[order]
+        return new[labels].astype(np.int32), np.argsort(new)  # new -> old
 
-    monkeypatch.setattr(postprocess.cv2, "connectedComponentsWithStats", shuffled)
+    real, real_stats = cv2.connectedComponents, cv2.connectedComponentsWithStats
+
+    def shuffled(image, connectivity, ltype):
+        count, labels = real(image, connectivity=connectivity, ltype=ltype)
+        return count, shuffle(count, labels)[0]
+
+    def shuffled_stats(image, connectivity, ltype):
+        count, labels, stats, centroids = real_stats(image, connectivity=connectivity, ltype=ltype)
+        labels, order = shuffle(count, labels)
+        return count, labels, stats[order], centroids[order]
+
+    monkeypatch.setattr(postprocess.cv2, "connectedComponents", shuffled)
+    monkeypatch.setattr(postprocess.cv2, "connectedComponentsWithStats", shuffled_stats)
     squares = np.zeros((60, 60), bool)
     for y in range(2, 60, 9):
         for x in range(2, 60, 9):

@@ -133,15 +133,15 @@ def test_objects_match_a_plain_labelling(seed: int) -> None:
 def test_areas_of_many_labels_and_large_masks() -> None:
     """Both ways of counting the pixels per label agree (the histogram's float32 counts
     are exact below 2**24 pixels, bincount takes over above)."""
-    from unet_lowered.inference.quality import _label_areas
+    from unet_lowered.inference.postprocess import label_areas
 
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 70_000, (300, 400)).astype(np.int32)  # more labels than uint16
     exact = np.bincount(labels.ravel(), minlength=70_000)[1:]
-    assert np.array_equal(_label_areas(labels, 70_000), exact)
+    assert np.array_equal(label_areas(labels, 70_000), exact)
     for n in (50, 1 << 16):  # the histogram, up to its last bin
         fewer = labels % n
-        assert np.array_equal(_label_areas(fewer, n), np.bincount(fewer.ravel(), minlength=n)[1:])
+        assert np.array_equal(label_areas(fewer, n), np.bincount(fewer.ravel(), minlength=n)[1:])
 
 
 def test_side_by_side_reads_the_two_largest_objects(stats: MaskStats) -> None:

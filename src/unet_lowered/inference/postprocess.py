@@ -155,42 +155,69 @@ def count_components(mask: np.ndarray) -> int:
     return sum(label_components(mask == c)[1] for c in np.unique(mask) if c != 0)
 
 
+def label_objects(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Label a bool mask's 8-connected objects with OpenCV and count their pixels.
+
+    The same objects as :func:`~unet_lowered.dataset.masks.label_components`, in
+    OpenCV's order (not promised to be the scan order: rules must not depend on it). On
+    a 4k mask about 20 ms, against 50 ms for OpenCV's labelling with statistics and 60
+    ms for SciPy's labels and ``np.bincount``.
+
+    Returns:
+        ``(labels, areas)``: int32 ``(H, W)`` labels, 0 the background and ``1..count``
+        the objects; ``areas[k]`` the pixels of label ``k + 1`` (int64, ``count`` long).
+    """
+    fg = np.ascontiguousarray(mask if mask.dtype == bool else mask != 0).view(np.uint8)
+    n, labels = cv2.connectedComponents(fg, connectivity=8, ltype=cv2.CV_32S)
+    return labels, label_areas(labels, n)
+
+
+def label_areas(labels: np.ndarray, n: int) -> np.ndarray:
+    """Pixels of labels ``1..n-1``: OpenCV's histogram of the labels as uint16 (float32
+    counts, exact below 2**24 pixels), else NumPy's ``bincount`` (a seventh the speed)."""
+    if n <= 1 << 16 and labels.size < 1 << 24:
+        hist = cv2.calcHist([labels.astype(np.uint16)], [0], None, [n], [0, n])
+        return hist.ravel()[1:].astype(np.int64)
+    return np.bincount(labels.ravel(), minlength=n)[1:].astype(np.int64)
+
+
 def remove_small(mask: np.ndarray, min_area: int) -> np.ndarray:
     """Drop objects smaller than ``min_area`` pixels from a bool mask."""
     if min_area <= 1:
         return mask.copy()
-    labels, count = label_components(mask)
-    if count == 0:
-        return mask.copy()
-    areas = np.bincount(labels.ravel())
-    keep = areas >= min_area
-    keep[0] = False
-    return keep[labels]
+    labels, areas = label_objects(mask)
+    if np.all(areas >= min_area):
+        return mask.astype(bool, copy=True)
+    table = np.concatenate([[False], areas >= min_area])
+    return table[labels]
 
 
 def keep_largest(mask: np.ndarray, n: int) -> np.ndarray:
     """Keep the ``n`` largest objects (8-connected) of a bool mask (ties: the first in
     scan order).
 
-    OpenCV labels the objects and measures their areas in one pass (a third of
-    :func:`~unet_lowered.dataset.masks.label_components` plus a count on a 4k mask). Its
-    label order is not promised to be the scan order, so objects of equal area at the
-    cut are put in scan order by their first pixels.
+    OpenCV labels the objects and a histogram counts their areas
+    (:func:`label_objects`). OpenCV's label order is not promised to be the scan order,
+    so when objects of equal area compete for the last places, they are labelled again
+    with statistics and put in scan order by their first pixels.
     """
     if n < 1:
         raise ValueError(f"keep_largest needs n >= 1, got {n}")
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(
-        np.ascontiguousarray(mask, dtype=np.uint8), connectivity=8, ltype=cv2.CV_32S
-    )
-    count -= 1  # label 0 is the background
+    labels, areas = label_objects(mask)
+    count = areas.size
     if count <= n:
         return mask.astype(bool, copy=True)
-    areas = stats[1:, cv2.CC_STAT_AREA].astype(np.int64)
-    cut = np.sort(areas)[::-1][n - 1]  # the n-th largest area
+    cut = np.partition(areas, count - n)[count - n]  # the n-th largest area
     keep = list(np.flatnonzero(areas > cut) + 1)
     tied = np.flatnonzero(areas == cut) + 1
-    if len(keep) + len(tied) > n:  # order the tied objects by their first pixel,
-        firsts = []  # which lies on the top row of each one's bounding box
+    if len(keep) + len(tied) > n:
+        _, labels, stats, _ = cv2.connectedComponentsWithStats(
+            np.ascontiguousarray(mask, dtype=np.uint8), connectivity=8, ltype=cv2.CV_32S
+        )  # the same objects, perhaps numbered otherwise
+        areas = stats[1:, cv2.CC_STAT_AREA].astype(np.int64)
+        keep = list(np.flatnonzero(areas > cut) + 1)
+        tied = np.flatnonzero(areas == cut) + 1
+        firsts = []  # each tied object's first pixel lies on the top row of its box
         for k in tied:
             top, left, width = (
                 stats[k, c] for c in (cv2.CC_STAT_TOP, cv2.CC_STAT_LEFT, cv2.CC_STAT_WIDTH)
