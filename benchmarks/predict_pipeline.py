@@ -167,21 +167,26 @@ def plain_loop(run: Path, files: list[Path], out: Path, batch_size: int) -> None
             images.write_png(out / f"{f.stem}.png", (back >= 0.5).astype(np.uint8) * 255)
 
 
-EXTRA_STEPS = ("label objects", "quality flag")
-"""Steps of ``unet predict`` the bare loop does not do (``predictions.csv``'s figures)."""
+EXTRA_STEPS = ("field and contrast", "second look", "label objects", "quality flag")
+"""Steps of ``unet predict`` the bare loop does not do: ``predictions.csv``'s figures
+(what the quality flag reads of the image, the objects, the flag) and the polarity's
+second look (judging each mask at the network's size, predicting the flagged ones again
+inverted; a lung run's only, see ``--lung-stats``)."""
 
 
 def stage_profile(run: Path, files: list[Path], out: Path, batch_size: int) -> dict:
     """Wall and CPU seconds per image of each step of ``unet predict``, one after another.
 
     The steps are the product's own functions, in the order the pipeline runs them:
-    the decode and network input, the network, then the resize back, mask, PNG and
-    ``predictions.csv`` figures (the objects labelled once, the quality flag). CPU time
+    the decode, what the flag reads of the image and the network input, the network
+    and the second look, then the resize back, mask, PNG and ``predictions.csv``
+    figures (the objects labelled once, the quality flag). CPU time
     is the process's (``time.process_time``: every thread, the network's and OpenCV's
     included), so the sum over the steps is the work the two cores must share.
     """
     import numpy as np
 
+    from unet_lowered.inference.polarity import second_look
     from unet_lowered.inference.predictor import (
         PredictOptions,
         mask_to_png,
@@ -190,7 +195,7 @@ def stage_profile(run: Path, files: list[Path], out: Path, batch_size: int) -> d
         probs_to_mask,
         restore_size,
     )
-    from unet_lowered.inference.quality import Objects, mask_quality
+    from unet_lowered.inference.quality import Objects, contrast_grid, imaged_field, mask_quality
     from unet_lowered.io import images
     from unet_lowered.io.runs import load_run
 
@@ -221,15 +226,24 @@ def stage_profile(run: Path, files: list[Path], out: Path, batch_size: int) -> d
     for i in range(0, len(files), batch_size):
         chunk = files[i : i + batch_size]
         decoded = [timed("decode", images.read_image, f) for f in chunk]
+        fields = [timed("field and contrast", imaged_field, im) for im in decoded]
+        grids = [timed("field and contrast", contrast_grid, im) for im in decoded]
         x = timed("network input", prepare_images, decoded, config, options)
         probs = timed("network", predict_prepared, model, x, config, options)
-        for f, im, p in zip(chunk, decoded, probs, strict=True):
-            full = timed("resize back", restore_size, p, im.shape[:2])
+        shapes = [im.shape[:2] for im in decoded]
+        looks = timed(
+            "second look", second_look, model, x, probs, shapes, fields, grids, config, options
+        )
+        for f, shape, p, field, grid, look in zip(
+            chunk, shapes, probs, fields, grids, looks, strict=True
+        ):
+            full = timed("resize back", restore_size, p, shape)
             mask = timed("mask", probs_to_mask, full, config, options)
             png = mask_to_png(mask, config)
             timed("write PNG", images.write_png, out / f"{f.stem}.png", png)
             found = timed("label objects", Objects.of, mask)
-            timed("quality flag", mask_quality, mask, full, config, found)
+            grid = -grid if look.inverted else grid
+            timed("quality flag", mask_quality, mask, full, config, found, field, grid)
     n = len(files)
     return {
         "seconds_per_image": {k: round(v / n, 4) for k, v in wall.items()},
