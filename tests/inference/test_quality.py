@@ -14,6 +14,8 @@ from unet_lowered.inference.quality import (
     imaged_field,
     mask_stats,
     object_contrast,
+    object_shape,
+    upright,
 )
 
 
@@ -272,3 +274,72 @@ def test_a_whited_out_lung_is_flagged_by_its_contrast() -> None:
     assert mask_stats(masks).contrast is None
     specks = [np.random.default_rng(k).random((64, 64)) > 0.7 for k in range(5)]
     assert mask_stats(specks, (m.astype(np.float32) for m in specks)).contrast is None
+
+
+def apex_lungs(shift: int = 0, height: int = 50, size: int = 100) -> np.ndarray:
+    """Two lung-like triangles side by side: a pointed apex at the top, the base (and
+    the widest row) at the bottom, the outer edge straight down."""
+    mask = np.zeros((size, size), bool)
+    top = 20 + shift
+    for row in range(height):
+        width = 3 + round(27 * row / (height - 1))  # 3 px at the apex, 30 at the base
+        mask[top + row, 45 - width : 45] = True  # image-left lung, outer edge on the left
+        mask[top + row, 55 : 55 + width] = True
+    return mask
+
+
+def test_object_shape_known_answers() -> None:
+    square = np.zeros((60, 80), bool)
+    square[10:30, 20:60] = True
+    np.testing.assert_array_equal(object_shape(square), np.ones((24, 24), np.float32))
+    assert not object_shape(np.zeros((30, 30), bool)).any()
+    wedge = np.tril(np.ones((48, 48), bool))  # filled below the diagonal
+    shape = object_shape(wedge)
+    assert (
+        shape[-1, 0] == 1.0 and shape[0, -1] == 0.0 and shape.mean() == pytest.approx(0.5, abs=0.03)
+    )
+    # the n largest objects only: a speck far away does not stretch the box
+    with_speck = square.copy()
+    with_speck[55, 2] = True
+    np.testing.assert_array_equal(object_shape(with_speck, 1), object_shape(square))
+    assert object_shape(with_speck).min() == 0.0  # all objects: the speck widens the box
+    # a 4k mask is read on a coarser grid and gives the small mask's shape
+    big = cv2.resize(apex_lungs().astype(np.uint8), (4000, 4000), interpolation=cv2.INTER_NEAREST)
+    small_shape, big_shape = object_shape(apex_lungs(), 2), object_shape(big, 2)
+    assert np.abs(big_shape - small_shape).mean() < 0.02  # edge pixels differ by sampling
+
+
+def test_upright_reads_a_shape_turned_or_mirrored_upside_down() -> None:
+    mean = object_shape(apex_lungs(), 2)
+    assert upright(mean, mean) > 0.5
+    for flipped in (mean[::-1, ::-1], mean[::-1]):
+        assert upright(flipped, mean) < -0.5
+    assert upright(mean[:, ::-1], mean) == pytest.approx(upright(mean, mean))  # symmetric pair
+    flat = np.ones((24, 24))
+    assert upright(flat, mean) == 0.0 and upright(mean, flat) == 0.0
+
+
+def test_a_mask_upside_down_is_flagged_by_its_shape() -> None:
+    """Training lungs pointed at the top: the same lungs turned 180 degrees or mirrored
+    top to bottom are flagged; upright, mirrored left to right or tilted 8 degrees they
+    are not. Shapes alike upside down (rectangles) or objects that vary in number give
+    no shape rule."""
+    stats = mask_stats([apex_lungs(s, h) for s in (-5, 0, 5) for h in (45, 50, 55)])
+    assert stats.shape is not None and len(stats.shape) == len(stats.shape[0]) == 24
+    assert MaskStats.from_json(stats.to_json()) == stats
+    mask = apex_lungs(2, 48)
+    probs = np.where(mask, 0.97, 0.02)
+    tilt = cv2.getRotationMatrix2D((50, 45), 8, 1.0)
+    tilted = cv2.warpAffine(mask.astype(np.uint8), tilt, (100, 100), flags=cv2.INTER_NEAREST) > 0
+    for fine in (mask, mask[:, ::-1], tilted):
+        assert str(assess(fine, np.where(fine, 0.97, 0.02), stats)) == "ok"
+    for turned in (mask[::-1, ::-1], mask[::-1]):
+        flag = str(assess(turned, probs[::-1], stats))
+        assert flag.startswith("check: the objects' shape is the training masks' upside down (-")
+        assert flag.endswith("): is the image turned?")
+    assert mask_stats([lungs(s, height=h) for s in (-5, 0, 5) for h in (45, 50, 55)]).shape is None
+    specks = [np.random.default_rng(k).random((64, 64)) > 0.7 for k in range(5)]
+    assert mask_stats(specks).shape is None
+    # a run recorded before the rule (no shape) flags nothing new
+    old = MaskStats.from_json({**stats.to_json(), "shape": None})
+    assert str(assess(mask[::-1, ::-1], probs, old)) == "ok"
