@@ -411,6 +411,15 @@ def inverted(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> P
     return (top + bottom - image.astype(np.int64)).astype(image.dtype), mask
 
 
+def turned(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, quarters: int) -> Pair:
+    """The film stored turned ``quarters`` quarter turns counterclockwise (``np.rot90``):
+    upside down (2) or on its side (1, 3), as a scanned film or a DICOM export whose
+    orientation was lost; the mask turned with it."""
+    return np.ascontiguousarray(np.rot90(image, quarters)), np.ascontiguousarray(
+        np.rot90(mask, quarters)
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class Perturbation:
     """One simulated shift: its table name and ``fn(image, mask, rng) -> (image, mask)``."""
@@ -455,6 +464,8 @@ PERTURBATIONS: tuple[Perturbation, ...] = (
     Perturbation("low resolution (128 px round trip)", partial(low_resolution, side=128)),
     Perturbation("text and side markers", stamps),
     Perturbation("gray scale inverted (a MONOCHROME1 film saved as PNG)", inverted),
+    Perturbation("stored upside down (turned 180 deg)", partial(turned, quarters=2)),
+    Perturbation("stored on its side (turned 90 deg)", partial(turned, quarters=1)),
 )
 """Every simulated shift, in table order; ``none`` first (the baseline)."""
 
@@ -529,6 +540,7 @@ def score_run(
                 row = score_image(truth, mask, config)
                 row["flagged"] = one.quality(mask, config).startswith("check")
                 row["inverted"] = one.inverted
+                row["turned"] = one.look.turns != 0
                 rows[p.name].append(row)
         print(f"  {min(i + per_call, len(ids))}/{len(ids)} images", file=sys.stderr, flush=True)
     return rows, config, len(ids)
@@ -546,12 +558,12 @@ def _share(flags: list[bool]) -> str:
 def table(rows: dict[str, list[dict[str, float]]]) -> str:
     """The Markdown table: Dice mean/median/worst, mean finite HD95, change vs ``none``,
     the quality flag's hits, and how many masks ``--polarity auto`` took from the image
-    with its gray scale inverted."""
+    with its gray scale inverted and ``--orientation auto`` from it turned."""
     base = statistics.fmean(r["dice"] for r in rows["none"])
     lines = [
         "| perturbation | mean Dice | median | worst | mean HD95 (px, finite) | change vs none "
-        "| flagged, Dice < 0.85 | flagged, Dice >= 0.85 | read inverted |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| flagged, Dice < 0.85 | flagged, Dice >= 0.85 | read inverted | read turned |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, scored in rows.items():
         dice = [r["dice"] for r in scored]
@@ -566,7 +578,8 @@ def table(rows: dict[str, list[dict[str, float]]]) -> str:
         lines.append(
             f"| {name} | {mean:.4f} | {statistics.median(dice):.4f} | {min(dice):.4f} | "
             f"{hd_text} | {mean - base:+.4f} | {_share(bad)} | {_share(good)} | "
-            f"{_share([bool(r.get('inverted')) for r in scored])} |"
+            f"{_share([bool(r.get('inverted')) for r in scored])} | "
+            f"{_share([bool(r.get('turned')) for r in scored])} |"
         )
     return "\n".join(lines)
 

@@ -684,6 +684,15 @@ _Polarity = Annotated[
         "as stored; invert: invert every image.",
     ),
 ]
+_Orientation = Annotated[
+    str,
+    typer.Option(
+        help="auto: an image whose mask is still flagged `check` is predicted again turned "
+        "180 degrees, then 90 each way (a film stored upside down or on its side), and the "
+        "first turned mask that passes the flag is kept, turned back to the image (runs "
+        "that record their training masks' shape only); keep: images as stored.",
+    ),
+]
 _Overlap = Annotated[float, typer.Option(help="Tile overlap, fraction of the tile.")]
 _BatchSize = Annotated[int, typer.Option(help="Images (resize) or tiles (tile) per network call.")]
 
@@ -719,6 +728,7 @@ def predict(
     watershed: _Watershed = None,
     postprocess: _Postprocess = True,
     polarity: _Polarity = "auto",
+    orientation: _Orientation = "auto",
     save_prob: Annotated[
         str | None,
         typer.Option(help="Also save probabilities: png (8-bit) or npy (float32)."),
@@ -780,8 +790,9 @@ def predict(
     A killed run (even kill -9) leaves only complete files; run it again with --resume.
     --engine ray predicts the same files on a pool of Ray actors (a cluster, or this machine).
     Post-processing: the run's choice from training unless flags say otherwise (--no-postprocess).
-    A flagged X-ray is tried again with its gray scale inverted (--polarity); predictions.csv
-    says which masks come from an inverted image (gray_scale).
+    A flagged X-ray is tried again with its gray scale inverted (--polarity), then turned
+    upside down and on either side (--orientation); predictions.csv says which masks come
+    from an inverted image (gray_scale) or a turned one (orientation).
     Example: unet predict runs/lungs scans/ --out masks/ --overlay
     """
     from unet_lowered import options as names
@@ -838,15 +849,16 @@ def evaluate(
     watershed: _Watershed = None,
     postprocess: _Postprocess = True,
     polarity: _Polarity = "auto",
+    orientation: _Orientation = "auto",
     overlap: _Overlap = 0.25,
     batch_size: _BatchSize = 4,
     progress: Annotated[bool, typer.Option(help="Show a progress bar and the table.")] = True,
 ) -> None:
     """Score a run on images with masks at their original size; write per_image.csv and summary.json.
 
-    Predicts exactly as `unet predict` does (same modes, post-processing and --polarity), then
-    compares with the masks: Dice, IoU, precision, recall, HD95 (pixels), foreground
-    fractions. Both masks empty: Dice 1; exactly one empty: Dice 0 (HD95 infinite,
+    Predicts exactly as `unet predict` does (same modes, post-processing, --polarity and
+    --orientation), then compares with the masks: Dice, IoU, precision, recall, HD95
+    (pixels), foreground fractions. Both masks empty: Dice 1; exactly one empty: Dice 0 (HD95 infinite,
     left out of the HD95 statistics). Prints mean/median/std and the 5 worst ids.
     Example: unet evaluate runs/lungs data/jsrt --split val
     """
@@ -956,6 +968,7 @@ def serve(
     watershed: _Watershed = None,
     postprocess: _Postprocess = True,
     polarity: _Polarity = "auto",
+    orientation: _Orientation = "auto",
     overlap: _Overlap = 0.25,
     batch_size: _BatchSize = 4,
 ) -> None:
@@ -967,7 +980,8 @@ def serve(
     GET /v1/model gives the run's facts, GET /healthz the status. The prediction options
     are `unet predict`'s and the defaults of every request (steps not given: the run's
     chosen post-processing); a request's query (threshold, keep_largest, fill_holes,
-    min_area, watershed, postprocess, polarity, tta, tta_transforms, mode) overrides them.
+    min_area, watershed, postprocess, polarity, orientation, tta, tta_transforms, mode)
+    overrides them.
     Example: unet serve runs/lungs, then open http://127.0.0.1:8000 (the run's chosen
     post-processing applies; e.g. --keep-largest 2 --fill-holes overrides it)
     """

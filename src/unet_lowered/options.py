@@ -62,6 +62,10 @@ POLARITIES = ("auto", "keep", "invert")
 """``--polarity``: auto predicts a flagged gray image again with its gray scale inverted
 (:mod:`unet_lowered.inference.polarity`); keep reads images as stored; invert inverts all."""
 
+ORIENTATIONS = ("auto", "keep")
+"""``--orientation``: auto predicts a flagged image again turned upside down, then a
+quarter each way (:mod:`unet_lowered.inference.polarity`); keep reads images as stored."""
+
 PROB_FORMATS = ("png", "npy")
 """``--save-prob``: 8-bit PNG or float32 NumPy."""
 

@@ -64,6 +64,7 @@ def test_known_scores(run: Path, data: Path, tmp_path: Path) -> None:
         "fg_true",
         "fg_pred",
         "gray_scale",
+        "orientation",
     ]
     exact, half, empty = rows["exact"], rows["half"], rows["empty"]
     assert float(exact["dice"]) == 1 and float(exact["hd95"]) == 0
@@ -123,7 +124,7 @@ def test_scores_equal_those_of_the_one_image_path(run: Path, tmp_path: Path, mod
         expected = score_image(truth, probs_to_mask(probs, config, options), config)
         assert 0 < expected["dice"] < 1
         row = rows[str(k)]
-        assert row.pop("gray_scale") == "as stored"
+        assert row.pop("gray_scale") == row.pop("orientation") == "as stored"
         assert {key: float(v) for key, v in row.items() if key != "id"} == pytest.approx(
             expected, abs=1e-6
         )

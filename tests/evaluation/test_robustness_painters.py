@@ -110,3 +110,17 @@ def test_inverted_film_swaps_dark_and_light_within_the_films_range(robustness, d
     assert int(out.max()) == int(image.max()) and int(out.min()) == int(image.min())
     twice, _ = robustness.inverted(out, mask, np.random.default_rng(0))
     assert np.array_equal(twice, image)
+
+
+def test_turned_film_turns_image_and_mask_together(robustness) -> None:
+    image, mask = chest(np.uint8)
+    image = image[:, :150]  # not square: a quarter turn swaps height and width
+    mask = mask[:, :150]
+    for quarters in (1, 2):
+        out, truth = robustness.turned(image, mask, np.random.default_rng(0), quarters)
+        assert out.shape == (image.shape[::-1] if quarters == 1 else image.shape)
+        assert out.flags.c_contiguous and truth.flags.c_contiguous
+        assert np.array_equal(np.rot90(out, -quarters), image)
+        assert np.array_equal(np.rot90(truth, -quarters), mask)
+    upside_down, _ = robustness.turned(image, mask, np.random.default_rng(0), 2)
+    assert upside_down[0, 0] == image[-1, -1]

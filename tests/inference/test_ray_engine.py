@@ -16,11 +16,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from run_fixtures import (
     DARK_OBJECT_STATS,
     FRAMED_STATS,
+    apex_chest,
+    apex_stats,
     bright_model,
     chest_picture,
     chest_stats,
@@ -146,6 +149,27 @@ def test_an_inverted_film_is_read_the_right_way_round_as_locally(ray_address, tm
         tmp_path / "ray" / "inverted.png"
     ).read_bytes()
     assert any("inverted.png: read with its gray scale inverted" in n for n in report.notes)
+
+
+def test_a_turned_film_is_read_upright_as_locally(ray_address, tmp_path) -> None:
+    """--orientation auto on the actors: the same masks, flags and orientation column."""
+    from unet_lowered.inference.ray_engine import predict_files_ray
+
+    run = make_run(tmp_path / "run", dark_model(64), mask_stats=apex_stats())
+    film, _ = apex_chest(seed=10)
+    images.write_png(tmp_path / "in" / "film.png", film)
+    images.write_png(tmp_path / "in" / "side.png", np.rot90(film))
+    predict_files(run, [tmp_path / "in"], tmp_path / "local", progress=False)
+    report = predict_files_ray(run, [tmp_path / "in"], tmp_path / "ray", actors=1, progress=False)
+    rows = rows_of(tmp_path / "ray")
+    assert rows == rows_of(tmp_path / "local")
+    assert [(r["orientation"], r["quality"]) for r in rows] == [
+        ("as stored", "ok"),
+        ("turned 270", "ok"),
+    ]
+    for name in ("film.png", "side.png"):
+        assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "local" / name).read_bytes()
+    assert any("side.png: read turned 270 degrees" in n for n in report.notes)
 
 
 @pytest.mark.slow  # a fresh process or Ray run: CI runs it (make test-slow)

@@ -21,6 +21,8 @@ import pytest
 from run_fixtures import (
     DARK_OBJECT_STATS,
     FRAMED_STATS,
+    apex_chest,
+    apex_stats,
     bright_model,
     chest_picture,
     chest_stats,
@@ -125,6 +127,8 @@ def test_model_facts(client: TestClient, run: Path) -> None:
         "tta": None,  # the group applied: none chosen for this run
         "polarity": "auto",
         "second_look": False,  # no training statistics: no flag to decide by
+        "orientation": "auto",
+        "turned_look": False,  # nor a shape of the training masks
     }
     assert facts["postprocess_chosen"] is None and facts["mask_stats"] is None
     assert facts["versions"]["serving"]["unet_lowered"] == unet_lowered.__version__
@@ -184,6 +188,32 @@ def test_an_inverted_film_is_read_the_right_way_round(tmp_path: Path) -> None:
         assert kept.json()["quality"].startswith("check: 1 object(s), training masks have 2")
         bad = c.post("/v1/segment?polarity=sideways", files=upload(png_bytes(film)))
         assert bad.status_code == 400 and "polarity" in bad.json()["error"]
+
+
+def test_an_upside_down_film_is_read_turned(tmp_path: Path) -> None:
+    """orientation=auto (the default): the film's own lungs, the way it is stored, read
+    turned 180 degrees, with a note; orientation=keep: flagged by its shape."""
+    run = make_run(tmp_path / "run", dark_model(64), mask_stats=apex_stats())
+    film, _ = apex_chest(seed=10)
+    upside_down = np.ascontiguousarray(film[::-1, ::-1])
+    with TestClient(create_app(run)) as c:
+        stored = c.post("/v1/segment?format=png", files=upload(png_bytes(film), "film.png"))
+        turned = c.post("/v1/segment?format=png", files=upload(png_bytes(upside_down), "ud.png"))
+        assert decode(turned.content)[::-1, ::-1].tolist() == decode(stored.content).tolist()
+        figures = json.loads(turned.headers["X-Unet-Result"])
+        assert figures["orientation"] == "turned 180" and figures["quality"] == "ok"
+        assert figures["notes"] == [
+            "ud.png: read turned 180 degrees counterclockwise: the mask as stored was "
+            "flagged, the turned image's passes (a film stored upside down or on its side?); "
+            "the mask is written the way the image is stored; orientation=keep turns this off"
+        ]
+        assert json.loads(stored.headers["X-Unet-Result"])["orientation"] == "as stored"
+        assert c.get("/v1/model").json()["prediction"]["turned_look"] is True
+        kept = c.post("/v1/segment?orientation=keep", files=upload(png_bytes(upside_down)))
+        assert kept.json()["orientation"] == "as stored"
+        assert kept.json()["quality"].startswith("check: the objects' shape is the training")
+        bad = c.post("/v1/segment?orientation=sideways", files=upload(png_bytes(film)))
+        assert bad.status_code == 400 and "orientation" in bad.json()["error"]
 
 
 @pytest.mark.parametrize("kind", ["png8", "png16", "jpeg", "tiff", "bmp", "dicom"])

@@ -175,6 +175,8 @@ def test_page_segments_an_xray_like_unet_predict(
     assert page.text_content("#fig-quality") == value("quality") == row["quality"]
     assert value("gray") == row["gray_scale"] == "as stored"
     assert page.text_content("#fig-gray") == "as stored"
+    assert value("orientation") == row["orientation"] == "as stored"
+    assert page.text_content("#fig-orientation") == "as stored"
     assert float(value("time")) >= 0 and " s on the server" in page.text_content("#fig-time")
     assert page.text_content("#status") == "Done." and page.is_hidden("#error")
 

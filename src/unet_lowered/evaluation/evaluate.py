@@ -3,7 +3,7 @@
 Every image is predicted at its ORIGINAL size through the same path as
 ``unet predict`` (the steps of :func:`unet_lowered.inference.predictor.predict_images`,
 then threshold and optional post-processing; a flagged X-ray tried again with its
-gray scale inverted, :mod:`unet_lowered.inference.polarity`), and compared with its
+gray scale inverted and turned, :mod:`unet_lowered.inference.polarity`), and compared with its
 mask at that size
 by the metrics of :mod:`unet_lowered.evaluation.metrics`. As in ``unet predict``, the
 next batches are read while the network runs and the finished ones are scored
@@ -17,10 +17,11 @@ Outputs (into ``RUN/eval/`` unless told otherwise), each written atomically:
 
 * ``per_image.csv``: ``id, dice, iou, precision, recall, hd95, fg_true, fg_pred``
   (multi-class runs: the means over the foreground classes, then ``dice_<value>``
-  per class), then ``gray_scale`` (``as stored`` or ``inverted``, as in
-  ``predictions.csv``);
+  per class), then ``gray_scale`` (``as stored`` or ``inverted``) and ``orientation``
+  (``as stored`` or ``turned 90/180/270``), as in ``predictions.csv``;
 * ``summary.json``: per metric ``n, n_nonfinite, mean, median, std, min, max``, the
-  5 worst ids by Dice, the ids read inverted, the settings used and the folders read.
+  5 worst ids by Dice, the ids read inverted and those read turned, the settings used
+  and the folders read.
 """
 
 from __future__ import annotations
@@ -44,7 +45,13 @@ from unet_lowered.errors import UnetError
 from unet_lowered.evaluation import metrics
 from unet_lowered.inference.batch import run_pipeline
 from unet_lowered.inference.journal import remove_stale_temps
-from unet_lowered.inference.polarity import AS_STORED, INVERTED, second_look, second_look_applies
+from unet_lowered.inference.polarity import (
+    AS_STORED,
+    INVERTED,
+    second_look,
+    second_look_applies,
+    turned_look_applies,
+)
 from unet_lowered.inference.predictor import (
     PredictOptions,
     applied_threshold,
@@ -146,7 +153,7 @@ def evaluate_run(
     per_call = options.batch_size if mode == "resize" else 1
     rows: list[dict[str, Any]] = []
 
-    look = second_look_applies(config, options)
+    look = second_look_applies(config, options) or turned_look_applies(config, options)
 
     def read(chunk: list[str]) -> tuple:
         """Images and masks of a batch, checked, the network inputs, and what the second
@@ -181,6 +188,7 @@ def evaluate_run(
                 pred = probs_to_mask(restore_size(p, truth.shape), config, options)
             row = {"id": ident, **score_image(truth, pred, config)}
             row["gray_scale"] = INVERTED if look.inverted else AS_STORED
+            row["orientation"] = look.orientation
             rows.append(row)
             advance()
 
@@ -229,7 +237,7 @@ def _summary(
     options: PredictOptions,
     seconds: float,
 ) -> dict[str, Any]:
-    keys = [k for k in rows[0] if k not in ("id", "gray_scale")]
+    keys = [k for k in rows[0] if k not in ("id", "gray_scale", "orientation")]
     worst = sorted(rows, key=lambda r: (r["dice"], r["id"]))[:WORST]
     threshold = applied_threshold(options, run.config)
     steps = postprocess_steps(options, run.config)
@@ -243,6 +251,7 @@ def _summary(
         "metrics": {k: metrics.summarize(r[k] for r in rows) for k in keys},
         "worst": [{"id": r["id"], "dice": r["dice"]} for r in worst],
         "read_inverted": [r["id"] for r in rows if r["gray_scale"] == INVERTED],
+        "read_turned": {r["id"]: r["orientation"] for r in rows if r["orientation"] != AS_STORED},
         "settings": {
             "mode": options.mode,
             "tta": tta_group(options, run.config),
@@ -251,6 +260,7 @@ def _summary(
             **dict(zip(("keep_largest", "fill_holes", "min_area"), steps, strict=True)),
             "postprocess_from_run": options.postprocess and run.config.postprocess is not None,
             "polarity": options.polarity,
+            "orientation": options.orientation,
             "overlap": options.overlap,
         },
         "empty_masks": "both empty: Dice 1, HD95 0; exactly one empty: Dice 0, HD95 inf (left out of HD95 stats)",

@@ -39,7 +39,15 @@ from unet_lowered import options as names
 from unet_lowered.errors import UnetError
 from unet_lowered.inference.journal import Journal, remove_stale_temps
 from unet_lowered.inference.overlay import overlay
-from unet_lowered.inference.polarity import AS_STORED, INVERTED, Look, inverted_note, second_look
+from unet_lowered.inference.polarity import (
+    AS_STORED,
+    INVERTED,
+    Look,
+    inverted_note,
+    quality_as_read,
+    second_look,
+    turned_note,
+)
 from unet_lowered.inference.postprocess import count_components
 from unet_lowered.inference.predictor import (
     PredictOptions,
@@ -66,6 +74,7 @@ CSV_COLUMNS = (
     "components",
     "quality",
     "gray_scale",
+    "orientation",
     "seconds",
     "status",
 )
@@ -484,6 +493,8 @@ class _Stages:
                 item.seconds += share
                 if look.inverted and self.options.polarity == "auto":
                     item.notes.append(inverted_note(str(item.path)))
+                if look.turns:
+                    item.notes.append(turned_note(str(item.path), look.turns))
         return items
 
     def write(self, items: list[_Item], stop: threading.Event) -> None:
@@ -687,8 +698,9 @@ def _write_outputs(
     :func:`~unet_lowered.inference.quality.imaged_field` and
     :func:`~unet_lowered.inference.quality.contrast_grid` (for the quality flag);
     ``look``: :func:`~unet_lowered.inference.polarity.second_look`'s decision. When
-    it inverted the image, the flag reads the grid inverted; when it judged the mask at
-    the image's size already, its mask and flag are taken (the same values).
+    it inverted or turned the image, the flag is taken as the network read it
+    (:func:`~unet_lowered.inference.polarity.quality_as_read`); when it judged the mask
+    at the image's size already, its mask and flag are taken (the same values).
     """
     inverted = look is not None and look.inverted
     judged = look is not None and look.mask is not None and look.mask.shape == probs.shape[:2]
@@ -709,6 +721,9 @@ def _write_outputs(
     h, w = mask.shape
     if judged:
         found, flag = look.found, look.flag
+    elif look is not None and look.turns:  # the flag as the network read the image
+        found = None
+        flag = quality_as_read(mask, probs, config, None, field_share, grid, look)
     else:
         if inverted and grid is not None:
             grid = -grid  # the image as the network read it
@@ -723,6 +738,7 @@ def _write_outputs(
         "components": count_components(mask) if found is None else found.count,
         "quality": flag,
         "gray_scale": INVERTED if inverted else AS_STORED,
+        "orientation": AS_STORED if look is None else look.orientation,
         "status": "ok",
     }
 

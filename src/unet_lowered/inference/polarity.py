@@ -1,4 +1,4 @@
-"""A second look at gray images stored with their gray scale inverted.
+"""A second look at images stored with their gray scale inverted, or turned.
 
 A DICOM file says when its gray scale runs from white to black (MONOCHROME1), and
 :func:`unet_lowered.io.images.read_image` presents it the usual way round. A PNG or
@@ -28,6 +28,22 @@ size); the flag written is then taken on the kept mask at the image's size, as f
 any image (for an image of the network's size, and in tile mode, it is the flag taken
 here, and the writer takes it: :class:`Look`). Every image costs that flag on the
 network's thread (about 3 ms at 224 px); only flagged ones cost a second network call.
+
+``PredictOptions.orientation`` (``--orientation``, the ``orientation`` query parameter):
+
+* ``"auto"`` (the default): a mask still flagged ``check`` after that is predicted
+  again from the image turned 180 degrees, then a quarter turn each way
+  (:data:`TURNS`), and the first turned view whose mask is ``ok`` is kept, its
+  probabilities turned back, so the mask is written the way the image is stored. Only
+  for one-class runs that record their training masks' shape
+  (:attr:`~unet_lowered.inference.quality.MaskStats.shape`, lungs on X-rays): that is
+  what tells a film upside down from one the right way up, whose lung-like masks pass
+  the other rules about half the time. A run trained before the shape was recorded
+  gets no turned look;
+* ``"keep"``: every image as stored.
+
+The flag of a turned view, and the flag written for its mask, are taken in the frame
+the network read: the mask, probabilities and image turned the same way.
 
 The network's input is the image scaled to ``[0, 1]`` by its own minimum and maximum,
 then standardised (:func:`unet_lowered.preprocess.model_input`), so the image with its
@@ -68,6 +84,35 @@ AS_STORED = "as stored"
 INVERTED = "inverted"
 """The values of ``predictions.csv``'s ``gray_scale`` column."""
 
+TURNS = (2, 1, 3)
+"""The views of :func:`second_look` with ``orientation="auto"``, in the order tried:
+quarter turns counterclockwise (``np.rot90``), upside down first, then on either side."""
+
+
+def orientation_of(turns: int) -> str:
+    """``predictions.csv``'s ``orientation``: ``as stored``, or ``turned 90`` / ``180`` /
+    ``270``: the image was read turned that many degrees counterclockwise."""
+    return AS_STORED if turns % 4 == 0 else f"turned {90 * (turns % 4)}"
+
+
+def turned_note(name: str, turns: int, off: str = "--orientation keep") -> str:
+    """The note on an image whose mask ``orientation="auto"`` took from it turned."""
+    return (
+        f"{name}: read {orientation_of(turns)} degrees counterclockwise: the mask as "
+        f"stored was flagged, the turned image's passes (a film stored upside down or on "
+        f"its side?); the mask is written the way the image is stored; {off} turns this off"
+    )
+
+
+def read_frame(array: np.ndarray, turns: int) -> np.ndarray:
+    """An image-frame array ``(H, W, ...)`` turned as the network read it."""
+    return np.ascontiguousarray(np.rot90(array, turns)) if turns % 4 else array
+
+
+def stored_frame(array: np.ndarray, turns: int) -> np.ndarray:
+    """An array of the turned view ``(W, H, ...)`` or ``(H, W, ...)`` turned back."""
+    return np.ascontiguousarray(np.rot90(array, -turns)) if turns % 4 else array
+
 
 def inverted_note(name: str, off: str = "--polarity keep") -> str:
     """The note on an image whose mask ``polarity="auto"`` took from it inverted."""
@@ -89,6 +134,15 @@ def second_look_applies(config: RunConfig, options: PredictOptions) -> bool:
     return stats.objects is not None and stats.contrast is not None
 
 
+def turned_look_applies(config: RunConfig, options: PredictOptions) -> bool:
+    """Whether ``orientation="auto"`` looks again, turned, at flagged images of this run
+    (one class, training masks of a steady number of objects with a recorded shape)."""
+    if options.orientation != "auto" or config.num_classes != 1 or not config.mask_stats:
+        return False
+    stats = MaskStats.from_json(config.mask_stats)
+    return stats.objects is not None and stats.shape is not None
+
+
 @dataclass
 class Look:
     """What :func:`second_look` decided for one input.
@@ -102,12 +156,21 @@ class Look:
         flag: Its quality flag, as ``predictions.csv`` writes it. When the probabilities
             are at the image's size (tile mode, or an image of the training size) these
             are exactly what the writer would compute, so it takes them.
+        turns: Quarter turns counterclockwise of the view the probabilities come from
+            (0: as stored). The probabilities, ``mask`` and ``found`` are turned back to
+            the image's frame; ``flag`` was taken in the turned one.
     """
 
     inverted: bool
     mask: np.ndarray | None = None
     found: Objects | None = None
     flag: str | None = None
+    turns: int = 0
+
+    @property
+    def orientation(self) -> str:
+        """``predictions.csv``'s ``orientation``: :func:`orientation_of` the turns."""
+        return orientation_of(self.turns)
 
 
 @dataclass
@@ -137,11 +200,36 @@ class Seen:
         """``predictions.csv``'s ``gray_scale``: :data:`INVERTED` or :data:`AS_STORED`."""
         return INVERTED if self.inverted else AS_STORED
 
+    @property
+    def orientation(self) -> str:
+        return self.look.orientation
+
     def quality(self, mask: np.ndarray, config: RunConfig) -> str:
         """The quality flag of ``mask`` (from these probabilities), on the image as the
-        network read it."""
-        grid = -self.grid if self.inverted else self.grid
-        return mask_quality(mask, self.probs, config, None, self.field, grid)
+        network read it (inverted, turned)."""
+        return quality_as_read(mask, self.probs, config, None, self.field, self.grid, self.look)
+
+
+def quality_as_read(
+    mask: np.ndarray,
+    probs: np.ndarray,
+    config: RunConfig,
+    found: Objects | None,
+    field: float,
+    grid: np.ndarray | None,
+    look: Look | None,
+) -> str:
+    """:func:`~unet_lowered.inference.quality.mask_quality` of a mask and its
+    probabilities (the image's frame, as written) taken in the frame the network read
+    them: the grid negated for an inverted look, everything turned for a turned one
+    (``found`` is then labelled again)."""
+    if look is not None and look.inverted and grid is not None:
+        grid = -grid
+    if look is not None and look.turns:
+        mask, probs = read_frame(mask, look.turns), read_frame(probs, look.turns)
+        grid = None if grid is None else read_frame(grid, look.turns)
+        found = None
+    return mask_quality(mask, probs, config, found, field, grid)
 
 
 def second_look(
@@ -154,45 +242,60 @@ def second_look(
     config: RunConfig,
     options: PredictOptions,
 ) -> list[Look]:
-    """Predict again, inverted, the inputs whose mask is flagged; keep what is ``ok``.
+    """Predict the inputs whose mask is flagged again, inverted, then turned
+    (:data:`TURNS`); keep the first view whose mask is ``ok``.
 
     Args:
         model: The run's model.
         inputs: :func:`~unet_lowered.inference.predictor.prepare_images` outputs.
         probs: Their :func:`~unet_lowered.inference.predictor.predict_prepared`
-            outputs (at the inputs' size); an entry is replaced where the inverted
-            image's mask is kept.
+            outputs (at the inputs' size); an entry is replaced where another view's
+            mask is kept (turned back to the input's frame).
         shapes: Each image's ``(H, W)``.
         fields: Each image's :func:`~unet_lowered.inference.quality.imaged_field`.
         grids: Each image's :func:`~unet_lowered.inference.quality.contrast_grid`.
         config: The run's configuration.
-        options: The prediction options (``polarity`` among them).
+        options: The prediction options (``polarity`` and ``orientation`` among them).
 
     Returns:
         Per input, its :class:`Look` (``inverted`` all True with ``polarity="invert"``,
         whose inputs are inverted already).
     """
-    if options.polarity == "invert":
-        return [Look(True) for _ in inputs]
-    if not second_look_applies(config, options):
-        return [Look(False) for _ in inputs]
+    stored = options.polarity == "invert"  # the inputs are inverted already
+    invert = second_look_applies(config, options)
+    turn = turned_look_applies(config, options)
+    if not invert and not turn:
+        return [Look(stored) for _ in inputs]
     stats = MaskStats.from_json(config.mask_stats)
 
-    def judge(p: np.ndarray, i: int, inverted: bool) -> Look:
+    def judge(p: np.ndarray, i: int, inverted: bool, turns: int) -> Look:
+        """The look of probabilities ``p`` of input ``i``'s view, in that view's frame."""
         mask = probs_to_mask(p, config, _at_size(options, config, p.shape[:2], shapes[i]))
         found = Objects.of(mask)
-        grid = -grids[i] if inverted else grids[i]
-        return Look(inverted, mask, found, str(assess(mask, p, stats, found, fields[i], grid)))
+        grid = read_frame(-grids[i] if inverted else grids[i], turns)
+        flag = str(assess(mask, p, stats, found, fields[i], grid))
+        if turns:
+            found = Objects(stored_frame(found.labels, turns), found.count, found.areas)
+            mask = stored_frame(mask, turns)
+        return Look(inverted, mask, found, flag, turns)
 
-    looks = [judge(p, i, False) for i, p in enumerate(probs)]
-    todo = [i for i, look in enumerate(looks) if look.flag != "ok"]
-    if not todo:
-        return looks
-    again = predict_prepared(model, [-inputs[i] for i in todo], config, options)
-    for i, p in zip(todo, again, strict=True):
-        look = judge(p, i, True)
-        if look.flag == "ok":
-            probs[i], looks[i] = p, look
+    def view(inverted: bool, turns: int) -> None:
+        """Predict the flagged inputs in one view; keep the masks that pass."""
+        todo = [i for i, look in enumerate(looks) if look.flag != "ok"]
+        if not todo:
+            return
+        seen = [read_frame(-inputs[i] if inverted != stored else inputs[i], turns) for i in todo]
+        for i, p in zip(todo, predict_prepared(model, seen, config, options), strict=True):
+            look = judge(p, i, inverted, turns)
+            if look.flag == "ok":
+                probs[i], looks[i] = stored_frame(p, turns), look
+
+    looks = [judge(p, i, stored, 0) for i, p in enumerate(probs)]
+    if invert:
+        view(True, 0)
+    if turn:
+        for turns in TURNS:
+            view(stored, turns)
     return looks
 
 

@@ -75,6 +75,10 @@ class PredictOptions:
             again with its gray scale inverted; :mod:`unet_lowered.inference.polarity`),
             ``"keep"`` (images as stored) or ``"invert"`` (every image's gray scale
             inverted: a folder of MONOCHROME1 films exported without their look-up).
+        orientation: ``"auto"`` (an image whose mask is still flagged is predicted
+            again turned 180 degrees, then 90 each way, and the first turned mask that
+            passes the flag is kept, turned back; runs that record their training
+            masks' shape only: :mod:`unet_lowered.inference.polarity`) or ``"keep"``.
     """
 
     mode: str = "auto"
@@ -91,6 +95,7 @@ class PredictOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     postprocess: bool = True
     polarity: str = "auto"
+    orientation: str = "auto"
 
     def validate(self) -> PredictOptions:
         """Raise :class:`UnetError` naming the valid values of any bad option."""
@@ -98,6 +103,7 @@ class PredictOptions:
         names.choose(self.tta_transforms, names.TTA_CHOICES, "tta-transforms")
         names.choose(self.blend, names.BLENDS, "blend")
         names.choose(self.polarity, names.POLARITIES, "polarity")
+        names.choose(self.orientation, names.ORIENTATIONS, "orientation")
         if not 0 <= self.overlap < 1:
             raise UnetError(
                 f"--overlap must be in [0, 1) (a fraction of the tile), got {self.overlap}"

@@ -486,7 +486,7 @@ def assess(
                     break
         if stats.shape is not None and stats.objects is not None:
             score = upright(object_shape(mask, stats.objects, found), np.asarray(stats.shape))
-            if score < 0:
+            if round(score, 2) < 0:  # as printed: a tie (a pair turned a quarter) is none
                 reasons.append(
                     f"the objects' shape is the training masks' upside down ({score:+.2f}): "
                     "is the image turned?"

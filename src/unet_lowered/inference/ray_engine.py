@@ -49,7 +49,7 @@ from unet_lowered.inference.batch import (
     open_job,
 )
 from unet_lowered.inference.journal import Journal
-from unet_lowered.inference.polarity import inverted_note, predict_seen
+from unet_lowered.inference.polarity import inverted_note, predict_seen, turned_note
 from unet_lowered.inference.predictor import PredictOptions
 from unet_lowered.io import images
 from unet_lowered.io.progress import progress_bar, stderr_console
@@ -460,6 +460,8 @@ class _BatchPredictor:
                 t0 = time.perf_counter()
                 if p.inverted and options.polarity == "auto":
                     notes.append(inverted_note(str(path)))
+                if p.look.turns:
+                    notes.append(turned_note(str(path), p.look.turns))
                 try:
                     row = _write_outputs(
                         out_dir,

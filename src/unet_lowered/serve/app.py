@@ -6,8 +6,8 @@ Endpoints (see the README section "Serve"):
 * ``GET /healthz`` -> ``{"status": "ok"}``;
 * ``GET /v1/model`` -> the run's facts (:meth:`Service.facts`);
 * ``POST /v1/segment`` with a multipart field ``file`` -> JSON
-  ``{id, width, height, foreground_fraction, components, quality, gray_scale, seconds,
-  notes}``, or with
+  ``{id, width, height, foreground_fraction, components, quality, gray_scale,
+  orientation, seconds, notes}``, or with
   ``?format=png|overlay|prob`` that image as a PNG (the same figures in the
   ``X-Unet-Result`` header, as JSON);
 * ``POST /v1/preview`` with the same field -> the image as the 8-bit RGB PNG the
@@ -15,11 +15,11 @@ Endpoints (see the README section "Serve"):
 
 Every image goes through the one prediction path of ``unet predict``
 (:func:`~unet_lowered.inference.polarity.predict_seen`: the network, with a second
-look at a flagged X-ray with its gray scale inverted; then
+look at a flagged X-ray with its gray scale inverted, then turned; then
 :func:`~unet_lowered.inference.predictor.probs_to_mask` and
 :func:`~unet_lowered.inference.predictor.mask_to_png`), so the mask is pixel for pixel
 the ``<id>.png`` that ``unet predict RUN FILE`` writes (the run's chosen post-processing
-included), and ``quality`` and ``gray_scale`` are its columns in ``predictions.csv``
+included), and ``quality``, ``gray_scale`` and ``orientation`` are its columns in ``predictions.csv``
 (:func:`~unet_lowered.inference.quality.mask_quality`). Uploads are written to a
 temporary file and recognised by content (:mod:`unet_lowered.io.images`); the pixel
 limit is checked from the header before decoding.
@@ -62,7 +62,13 @@ from starlette.exceptions import HTTPException
 import unet_lowered
 from unet_lowered.errors import UnetError
 from unet_lowered.inference.overlay import overlay
-from unet_lowered.inference.polarity import inverted_note, predict_seen, second_look_applies
+from unet_lowered.inference.polarity import (
+    inverted_note,
+    predict_seen,
+    second_look_applies,
+    turned_look_applies,
+    turned_note,
+)
 from unet_lowered.inference.postprocess import count_components
 from unet_lowered.inference.predictor import (
     PredictOptions,
@@ -103,6 +109,7 @@ _QUERY = frozenset(
         "watershed",
         "postprocess",
         "polarity",
+        "orientation",
         "tta",
         "tta_transforms",
         "mode",
@@ -287,6 +294,8 @@ class Service:
                 "tta": tta_group(o, c),
                 "polarity": o.polarity,
                 "second_look": second_look_applies(c, o),
+                "orientation": o.orientation,
+                "turned_look": turned_look_applies(c, o),
             },
             "postprocess_chosen": None if c.postprocess is None else dict(c.postprocess),
             "mask_stats": None if c.mask_stats is None else dict(c.mask_stats),
@@ -352,6 +361,8 @@ class Service:
             mask = probs_to_mask(probs, self.config, options)
             if seen.inverted and options.polarity == "auto":
                 notes.append(inverted_note(name, "polarity=keep"))
+            if seen.look.turns:
+                notes.append(turned_note(name, seen.look.turns, "orientation=keep"))
             png = None
             if fmt == "png":
                 png = _encode_png(mask_to_png(mask, self.config))
@@ -368,6 +379,7 @@ class Service:
                 "components": count_components(mask),
                 "quality": seen.quality(mask, self.config) or None,
                 "gray_scale": seen.gray_scale,
+                "orientation": seen.orientation,
                 "seconds": round(time.perf_counter() - started, 4),
                 "notes": notes,
             }
@@ -635,6 +647,7 @@ def create_app(
         watershed: float | None = None,
         postprocess: bool | None = None,
         polarity: str | None = None,
+        orientation: str | None = None,
         tta: bool | None = None,
         tta_transforms: str | None = None,
         mode: str | None = None,
@@ -652,6 +665,7 @@ def create_app(
                 "watershed": watershed,
                 "postprocess": postprocess,
                 "polarity": polarity,
+                "orientation": orientation,
                 "tta": tta,
                 "tta_transforms": tta_transforms,
                 "mode": mode,

@@ -171,7 +171,7 @@
     a.removeAttribute("href");
     a.setAttribute("aria-disabled", "true");
     $("download-overlay").disabled = true;
-    for (const id of ["fig-size", "fig-fraction", "fig-components", "fig-quality", "fig-gray", "fig-time"]) {
+    for (const id of ["fig-size", "fig-fraction", "fig-components", "fig-quality", "fig-gray", "fig-orientation", "fig-time"]) {
       $(id).textContent = "\u2013";
       delete $(id).dataset.value;
     }
@@ -185,6 +185,7 @@
     set("fig-quality", r.quality == null ? "none (multi-class run)" : r.quality, r.quality ?? "");
     $("fig-quality").classList.toggle("check", r.quality != null && r.quality !== "ok");
     set("fig-gray", r.gray_scale === "inverted" ? "read inverted" : "as stored", r.gray_scale);
+    set("fig-orientation", r.orientation === "as stored" ? "as stored" : `read ${r.orientation}\u00b0`, r.orientation);
     set("fig-time", `${r.seconds.toFixed(2)} s on the server, ${(totalMs / 1000).toFixed(2)} s in all`, r.seconds);
   }
 
