@@ -93,10 +93,15 @@ def test_keep_leaves_the_turned_films_flagged(run, films, tmp_path) -> None:
     assert all(r["orientation"] == "as stored" for r in rows.values())
     assert rows["upright"]["quality"] == "ok"
     assert rows["upside_down"]["quality"] == (
-        "check: the objects' shape is the training masks' upside down (-0.81): is the image turned?"
+        "check: the objects' shape does not look upright (-0.81 against the training masks, "
+        "+0.05 or more when upright): is the image turned?"
     )
-    for side in ("left", "right"):
-        assert rows[side]["quality"] == "check: the two largest objects are not side by side"
+    for side in ("left", "right"):  # a pair on its side is neither upright nor upside down
+        assert rows[side]["quality"] == (
+            "check: the two largest objects are not side by side; the objects' shape does not "
+            "look upright (+0.00 against the training masks, +0.05 or more when upright): is "
+            "the image turned?"
+        )
     for name, lungs in truth.items():  # the network marks the same dark pixels
         assert np.count_nonzero(masks[name] != lungs) < 0.05 * lungs.size, name
 

@@ -335,8 +335,8 @@ def test_a_mask_upside_down_is_flagged_by_its_shape() -> None:
         assert str(assess(fine, np.where(fine, 0.97, 0.02), stats)) == "ok"
     for turned in (mask[::-1, ::-1], mask[::-1]):
         flag = str(assess(turned, probs[::-1], stats))
-        assert flag.startswith("check: the objects' shape is the training masks' upside down (-")
-        assert flag.endswith("): is the image turned?")
+        assert flag.startswith("check: the objects' shape does not look upright (-")
+        assert flag.endswith("masks, +0.05 or more when upright): is the image turned?")
     assert mask_stats([lungs(s, height=h) for s in (-5, 0, 5) for h in (45, 50, 55)]).shape is None
     specks = [np.random.default_rng(k).random((64, 64)) > 0.7 for k in range(5)]
     assert mask_stats(specks).shape is None

@@ -211,7 +211,7 @@ def test_an_upside_down_film_is_read_turned(tmp_path: Path) -> None:
         assert c.get("/v1/model").json()["prediction"]["turned_look"] is True
         kept = c.post("/v1/segment?orientation=keep", files=upload(png_bytes(upside_down)))
         assert kept.json()["orientation"] == "as stored"
-        assert kept.json()["quality"].startswith("check: the objects' shape is the training")
+        assert kept.json()["quality"].startswith("check: the objects' shape does not look")
         bad = c.post("/v1/segment?orientation=sideways", files=upload(png_bytes(film)))
         assert bad.status_code == 400 and "orientation" in bad.json()["error"]
 

@@ -27,7 +27,8 @@ rules hold for lungs, nuclei or anything else without a hand-made lung model:
   the other side too (an object far darker than its surroundings);
 * with a small, steady number of objects whose mean shape differs from itself upside
   down (lungs: apices up, bases down): the shape of the mask's objects
-  (:func:`object_shape`) against that mean, upright and upside down (:func:`upright`).
+  (:func:`object_shape`) against that mean, upright and upside down (:func:`upright`,
+  :data:`SHAPE_MARGIN`).
   A film stored upside down gets two lung-like shapes that pass every other rule
   about half the time; their shape is the training masks' turned over.
 
@@ -82,6 +83,14 @@ SHAPE_ASYMMETRY = 0.2
 """The shape rule is on only when the training masks' mean shape matches itself at least
 this much better than it matches itself upside down (:func:`upright`): lungs 0.71; a
 shape that looks alike either way cannot tell (a disc, a rectangle)."""
+
+
+SHAPE_MARGIN = 0.05
+"""A mask is flagged when its objects' shape matches the training masks' mean shape
+upright by less than this more than upside down (:func:`upright`). On the validation
+images of three JSRT runs, masks of films the right way up score +0.08 or more (tilted
+by 15 degrees; +0.24 by 8), and those of films upside down +0.001 or less
+(``benchmarks/RESULTS.md``, 2026-12-05)."""
 
 
 FRAME_TOLERANCE = 0.04
@@ -341,9 +350,9 @@ def upright(shape: np.ndarray, mean: np.ndarray) -> float:
     """How much better ``shape`` matches ``mean`` as it is than upside down: its
     correlation with ``mean`` minus the larger of its correlations with ``mean`` turned
     180 degrees and mirrored top to bottom (both :func:`object_shape` arrays). Negative:
-    the shape is the mean's upside down. Lung masks of JSRT validation films score
-    +0.5 to +0.8 (+0.24 tilted by 8 degrees), the same films turned or mirrored upside
-    down -0.09 to -0.47 (``benchmarks/RESULTS.md``)."""
+    the shape is the mean's upside down. The predicted lungs of JSRT validation films
+    score +0.5 to +0.8 (+0.24 tilted by 8 degrees), of the same films turned or
+    mirrored upside down -0.09 to -0.47 (one run; ``benchmarks/RESULTS.md``)."""
     shape, mean = np.asarray(shape, np.float64), np.asarray(mean, np.float64)
     return _correlation(shape, mean) - max(
         _correlation(shape, mean[::-1, ::-1]), _correlation(shape, mean[::-1])
@@ -485,11 +494,13 @@ def assess(
                     )
                     break
         if stats.shape is not None and stats.objects is not None:
-            score = upright(object_shape(mask, stats.objects, found), np.asarray(stats.shape))
-            if round(score, 2) < 0:  # as printed: a tie (a pair turned a quarter) is none
+            shape = object_shape(mask, stats.objects, found)
+            score = round(upright(shape, np.asarray(stats.shape)), 2) + 0.0  # as printed, no -0
+            if score < SHAPE_MARGIN:
                 reasons.append(
-                    f"the objects' shape is the training masks' upside down ({score:+.2f}): "
-                    "is the image turned?"
+                    f"the objects' shape does not look upright ({score:+.2f} against the "
+                    f"training masks, {SHAPE_MARGIN:+.2f} or more when upright): is the image "
+                    "turned?"
                 )
     if probs is not None and count:
         p = np.asarray(probs, np.float32)
