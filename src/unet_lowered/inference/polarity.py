@@ -27,7 +27,8 @@ network's size (the run's post-processing applied, its minimum area scaled to th
 size); the flag written is then taken on the kept mask at the image's size, as for
 any image (for an image of the network's size, and in tile mode, it is the flag taken
 here, and the writer takes it: :class:`Look`). Every image costs that flag on the
-network's thread (about 3 ms at 224 px); only flagged ones cost a second network call.
+network's thread (about 3 ms at 224 px); only flagged ones cost more network calls:
+one for the inverted view, one for each turned view tried (four at most).
 
 ``PredictOptions.orientation`` (``--orientation``, the ``orientation`` query parameter):
 
