@@ -420,6 +420,12 @@ def turned(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, quarte
     )
 
 
+def mirrored(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> Pair:
+    """The film mirrored top to bottom (upside down, and the heart on the other side), as
+    a film digitised from its back and upside down; the mask mirrored with it."""
+    return np.ascontiguousarray(image[::-1]), np.ascontiguousarray(mask[::-1])
+
+
 @dataclasses.dataclass(frozen=True)
 class Perturbation:
     """One simulated shift: its table name and ``fn(image, mask, rng) -> (image, mask)``."""
@@ -466,6 +472,7 @@ PERTURBATIONS: tuple[Perturbation, ...] = (
     Perturbation("gray scale inverted (a MONOCHROME1 film saved as PNG)", inverted),
     Perturbation("stored upside down (turned 180 deg)", partial(turned, quarters=2)),
     Perturbation("stored on its side (turned 90 deg)", partial(turned, quarters=1)),
+    Perturbation("mirrored top to bottom (read turned: heart on the right)", mirrored),
 )
 """Every simulated shift, in table order; ``none`` first (the baseline)."""
 

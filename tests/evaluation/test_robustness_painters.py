@@ -124,3 +124,10 @@ def test_turned_film_turns_image_and_mask_together(robustness) -> None:
         assert np.array_equal(np.rot90(truth, -quarters), mask)
     upside_down, _ = robustness.turned(image, mask, np.random.default_rng(0), 2)
     assert upside_down[0, 0] == image[-1, -1]
+
+
+def test_mirrored_film_flips_image_and_mask_top_to_bottom(robustness) -> None:
+    image, mask = chest(np.uint8)
+    out, truth = robustness.mirrored(image, mask, np.random.default_rng(0))
+    assert np.array_equal(out[::-1], image) and np.array_equal(truth[::-1], mask)
+    assert out.flags.c_contiguous and truth.flags.c_contiguous

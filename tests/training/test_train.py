@@ -76,6 +76,8 @@ def test_train_writes_every_artefact(tiny_data: Path, tmp_path: Path) -> None:
     # What the training masks look like (synthetic lungs: two objects), for the quality flag,
     # and the post-processing chosen on the validation split with the figures behind it.
     assert config["mask_stats"]["objects"] == 2
+    shape = config["mask_stats"]["shape"]  # the synthetic lungs' mean shape, apices up
+    assert len(shape) == len(shape[0]) == 24 and max(map(max, shape)) <= 1.0
     chosen = config["postprocess"]
     assert set(chosen) >= {"keep_largest", "fill_holes", "validation_dice_before", "tried"}
     steps = [t["step"] for t in chosen["tried"]]
