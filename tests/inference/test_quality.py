@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import cv2
 import numpy as np
 import pytest
@@ -10,8 +12,10 @@ from unet_lowered.inference.quality import (
     MaskStats,
     Objects,
     assess,
+    class_mask_stats,
     contrast_grid,
     imaged_field,
+    mask_quality,
     mask_stats,
     object_contrast,
     object_shape,
@@ -343,3 +347,42 @@ def test_a_mask_upside_down_is_flagged_by_its_shape() -> None:
     # a run recorded before the rule (no shape) flags nothing new
     old = MaskStats.from_json({**stats.to_json(), "shape": None})
     assert str(assess(mask[::-1, ::-1], probs, old)) == "ok"
+
+
+def anatomy(shift: int = 0, heart: int = 14) -> tuple[np.ndarray, np.ndarray]:
+    """Class indices: image-left lung 1, image-right lung 2, heart 3 (a disc between
+    the lungs' bases), and a chest image: lungs dark, heart light, body mid-gray."""
+    labels = np.zeros((100, 100), np.uint8)
+    labels[20 + shift : 75 + shift, 12:42] = 1
+    labels[20 + shift : 75 + shift, 58:88] = 2
+    cv2.circle(labels, (50, 70 + shift), heart, 3, -1)
+    image = np.choose(labels, [140.0, 40.0, 40.0, 230.0]).astype(np.float32)
+    return labels, image
+
+
+def test_multi_class_runs_are_flagged_per_class() -> None:
+    """Each class's mask against that class's training masks; reasons named by the
+    class's label value. A run recorded without the classes gets no flag."""
+    from run_fixtures import run_config
+
+    pairs = [anatomy(s, h) for s in (-4, 0, 4) for h in (12, 14, 16)]
+    union, per_class = class_mask_stats((m for m, _ in pairs), (i for _, i in pairs), 4)
+    assert sorted(per_class) == [1, 2, 3]
+    assert [per_class[c].objects for c in (1, 2, 3)] == [1, 1, 1]
+    assert union.objects == 1  # together: the heart touches both lungs
+    assert per_class[3].contrast[0] < 0 < per_class[1].contrast[0]  # light heart, dark lungs
+    assert mask_stats(m == 1 for m, _ in pairs) == dataclasses.replace(per_class[1], contrast=None)
+    recorded = {**union.to_json(), "classes": {str(c): s.to_json() for c, s in per_class.items()}}
+    config = run_config(num_classes=4, label_values=[0, 85, 170, 255], mask_stats=recorded)
+    labels, image = anatomy(1, 15)
+    probs = np.eye(4, dtype=np.float32)[labels] * 0.96 + 0.01
+    grid = contrast_grid(image)
+    assert mask_quality(labels, probs, config, None, 1.0, grid) == "ok"
+    no_heart = np.where(labels == 3, 0, labels)
+    assert mask_quality(no_heart, probs, config, None, 1.0, grid) == "check: class 255: empty mask"
+    split = labels.copy()
+    split[45:48, 12:42] = 0  # the left lung cut in two
+    flag = mask_quality(split, probs, config, None, 1.0, grid)
+    assert flag == "check: class 85: 2 object(s), training masks have 1"
+    older = run_config(num_classes=4, mask_stats=union.to_json())
+    assert mask_quality(labels, probs, older, None, 1.0, grid) == ""

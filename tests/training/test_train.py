@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -464,3 +465,35 @@ def test_a_run_stopped_before_any_validated_epoch_says_so(
     result = CliRunner().invoke(app, ["train", str(tiny_data), "--out", str(run), "--epochs", "1"])
     assert result.exit_code == 0, result.output
     assert "no validated epoch (model.keras is the last model; 5 s)" in result.output
+
+
+def test_after_training_records_each_class_of_a_multi_class_run(tmp_path: Path) -> None:
+    """Class-index masks (a dark disk 1 and a bright square 2): the foreground's
+    statistics, and each class's under ``classes`` (one object each), for the flag."""
+    from run_fixtures import bright_model, run_config
+    from unet_lowered.dataset.pairs import load_prepared
+    from unet_lowered.io.images import write_png
+    from unet_lowered.io.runs import load_run
+    from unet_lowered.training.train import after_training
+
+    data, out = tmp_path / "data", tmp_path / "run"
+    samples = []
+    for k in range(3):
+        labels = np.zeros((32, 32), np.uint8)
+        cv2.circle(labels, (9 + k, 10), 5, 1, -1)
+        labels[18:28, 16 + k : 26 + k] = 2
+        image = np.choose(labels, [120, 20, 240]).astype(np.uint8)
+        write_png(data / "images" / f"c{k}.png", image)
+        write_png(data / "masks" / f"c{k}.png", labels)
+        samples.append((image.astype(np.float32) / 255, labels))
+    out.mkdir()
+    bright_model(32, num_classes=3).save(out / "model.keras")
+    config = run_config({"depth": 2, "num_classes": 3, "label_values": [0, 1, 2]})
+    dataset = load_prepared(data)
+    after_training(out, config, dataset, dataset.ids, samples)
+    recorded = load_run(out).config.mask_stats
+    assert recorded["objects"] == 2  # disk and square together
+    assert sorted(recorded["classes"]) == ["1", "2"]
+    assert [recorded["classes"][c]["objects"] for c in ("1", "2")] == [1, 1]
+    disk, square = (recorded["classes"][c]["contrast"] for c in ("1", "2"))
+    assert disk[0] > 0 > square[1]  # the dark disk, the bright square

@@ -42,6 +42,7 @@ it to ``predictions.csv`` as ``ok`` or ``check: <reasons>``.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -277,44 +278,89 @@ def mask_stats(
     Raises:
         ValueError: No masks.
     """
-    counts, fractions, ratios, objects, contrasts = [], [], [], [], []
-    shapes: dict[int, list[np.ndarray]] = {}  # per object count, the masks' shapes
+    tally = _Tally()
     pictures = None if images is None else iter(images)
     for mask in masks:
-        mask = np.asarray(mask) != 0
+        grid = None if pictures is None else contrast_grid(next(pictures))
+        tally.add(np.asarray(mask) != 0, grid)
+    return tally.stats()
+
+
+def class_mask_stats(
+    masks: Iterable[np.ndarray], images: Iterable[np.ndarray], num_classes: int
+) -> tuple[MaskStats, dict[int, MaskStats]]:
+    """:func:`mask_stats` of the foreground (every class together) and of each class
+    ``1..num_classes-1`` alone, from class-index masks, in one pass over the pairs.
+
+    Returns:
+        ``(foreground, per_class)``; ``per_class`` is empty for one class.
+    """
+    union = _Tally()
+    classes = {c: _Tally() for c in range(1, num_classes)} if num_classes > 1 else {}
+    for mask, image in zip(masks, images, strict=True):
+        mask, grid = np.asarray(mask), contrast_grid(image)
+        union.add(mask != 0, grid)
+        for c, tally in classes.items():
+            tally.add(mask == c, grid)
+    return union.stats(), {c: tally.stats() for c, tally in classes.items()}
+
+
+@dataclass
+class _Tally:
+    """What :func:`mask_stats` gathers from the masks, one at a time."""
+
+    counts: list[int] = dataclasses.field(default_factory=list)
+    fractions: list[float] = dataclasses.field(default_factory=list)
+    ratios: list[float] = dataclasses.field(default_factory=list)
+    objects: list[float] = dataclasses.field(default_factory=list)
+    contrasts: list[float] = dataclasses.field(default_factory=list)
+    shapes: dict[int, list[np.ndarray]] = dataclasses.field(
+        default_factory=dict
+    )  # per object count
+
+    def add(self, mask: np.ndarray, grid: np.ndarray | None) -> None:
+        """One bool mask, and its image's :func:`contrast_grid` (None: no contrast)."""
         found = Objects.of(mask)
         count, areas = found.count, found.largest_first()
         if 1 <= count <= MAX_STEADY_OBJECTS:
-            shapes.setdefault(count, []).append(object_shape(mask, count, found))
-        counts.append(count)
-        objects.extend(areas / mask.size)
-        fractions.append(float(mask.mean()))
+            self.shapes.setdefault(count, []).append(object_shape(mask, count, found))
+        self.counts.append(count)
+        self.objects.extend(areas / mask.size)
+        self.fractions.append(float(mask.mean()))
         if count >= 2:
-            ratios.append(float(areas[1] / areas[0]))
-        if pictures is not None:
-            contrasts.extend(object_contrast(contrast_grid(next(pictures)), mask))
-    if not counts:
-        raise ValueError("mask_stats needs at least one mask")
-    values, tally = np.unique(counts, return_counts=True)
-    common = int(values[np.argmax(tally)])
-    steady = tally.max() >= 0.8 * len(counts) and 1 <= common <= MAX_STEADY_OBJECTS
-    shape = np.round(np.mean(shapes[common], axis=0), 3) if steady else None
-    return MaskStats(
-        objects=common if steady else None,
-        fraction=(float(np.percentile(fractions, 1)), float(np.percentile(fractions, 99))),
-        min_ratio=float(np.percentile(ratios, 1)) if steady and common == 2 and ratios else None,
-        small_object=float(np.percentile(objects, 1)) if objects else None,
-        contrast=(
-            (float(np.percentile(contrasts, 1)), float(np.percentile(contrasts, 99)))
-            if steady and contrasts
-            else None
-        ),
-        shape=(
-            tuple(tuple(float(v) for v in row) for row in shape)
-            if shape is not None and upright(shape, shape) >= SHAPE_ASYMMETRY
-            else None
-        ),
-    )
+            self.ratios.append(float(areas[1] / areas[0]))
+        if grid is not None:
+            self.contrasts.extend(object_contrast(grid, mask))
+
+    def stats(self) -> MaskStats:
+        if not self.counts:
+            raise ValueError("mask_stats needs at least one mask")
+        values, tally = np.unique(self.counts, return_counts=True)
+        common = int(values[np.argmax(tally)])
+        steady = tally.max() >= 0.8 * len(self.counts) and 1 <= common <= MAX_STEADY_OBJECTS
+        shape = np.round(np.mean(self.shapes[common], axis=0), 3) if steady else None
+        ratios, contrasts = self.ratios, self.contrasts
+        return MaskStats(
+            objects=common if steady else None,
+            fraction=(
+                float(np.percentile(self.fractions, 1)),
+                float(np.percentile(self.fractions, 99)),
+            ),
+            min_ratio=float(np.percentile(ratios, 1))
+            if steady and common == 2 and ratios
+            else None,
+            small_object=float(np.percentile(self.objects, 1)) if self.objects else None,
+            contrast=(
+                (float(np.percentile(contrasts, 1)), float(np.percentile(contrasts, 99)))
+                if steady and contrasts
+                else None
+            ),
+            shape=(
+                tuple(tuple(float(v) for v in row) for row in shape)
+                if shape is not None and upright(shape, shape) >= SHAPE_ASYMMETRY
+                else None
+            ),
+        )
 
 
 def object_shape(
@@ -533,10 +579,26 @@ def mask_quality(
 
     Binary runs: :func:`assess` against the run's recorded ``mask_stats`` (``found``:
     the mask's objects if already labelled; ``field``: the image's
-    :func:`imaged_field`; ``grid``: its :func:`contrast_grid`). Multi-class runs have
-    no flag yet (``""``).
+    :func:`imaged_field`; ``grid``: its :func:`contrast_grid`). Multi-class runs: each
+    class's mask against that class's training masks (``mask_stats["classes"]``), the
+    reasons named by class (its label value): ``check: class 3: empty mask``. A class
+    whose training masks do not hold a steady number of objects is not flagged for
+    being absent. Multi-class runs trained before the classes were recorded: ``""``.
     """
-    if config.num_classes != 1:
+    if config.num_classes == 1:
+        stats = MaskStats.from_json(config.mask_stats) if config.mask_stats else None
+        return str(assess(mask, probs, stats, found, field, grid))
+    per_class = (config.mask_stats or {}).get("classes")
+    if not per_class:
         return ""
-    stats = MaskStats.from_json(config.mask_stats) if config.mask_stats else None
-    return str(assess(mask, probs, stats, found, field, grid))
+    values = list(config.label_values or range(config.num_classes))
+    mask, probs = as_2d(np.asarray(mask)), np.asarray(probs)
+    reasons: list[str] = []
+    for key, values_json in sorted(per_class.items(), key=lambda kv: int(kv[0])):
+        c, stats = int(key), MaskStats.from_json(values_json)
+        own = mask == c
+        if stats.objects is None and not own.any():
+            continue  # a class often absent in training
+        quality = assess(own, probs[..., c], stats, None, field, grid)
+        reasons += [f"class {values[c]}: {reason}" for reason in quality.reasons]
+    return str(Quality("check" if reasons else "ok", tuple(reasons)))

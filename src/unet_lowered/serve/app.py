@@ -182,7 +182,8 @@ class Result:
     Attributes:
         figures: The JSON answer: ``id, width, height, foreground_fraction, components,
             quality, seconds, notes``; ``quality`` is ``"ok"`` or ``"check: <reasons>"``
-            (None for multi-class runs, which have no flag).
+            (None for multi-class runs trained before their classes' statistics were
+            recorded, which have no flag).
         png: The PNG asked for (mask, overlay or probability), or None for JSON.
     """
 

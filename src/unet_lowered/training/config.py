@@ -257,8 +257,10 @@ class RunConfig:
         backend: The Keras backend of the run.
         keras_version: Keras' version at training.
         unet_lowered_version: This package's version at training.
-        mask_stats: What the training masks look like (binary runs), for the quality
-            flag: :class:`unet_lowered.inference.quality.MaskStats` as JSON, or None.
+        mask_stats: What the training masks look like, for the quality flag:
+            :class:`unet_lowered.inference.quality.MaskStats` as JSON (of the
+            foreground), with ``classes`` (each class's, by class index) for multi-class
+            runs; or None.
         postprocess: The post-processing chosen on validation
             (:func:`unet_lowered.evaluation.choose.choose_postprocess`): ``tta``,
             ``threshold``, ``watershed``, ``keep_largest``, ``fill_holes``, ``min_area``

@@ -38,7 +38,7 @@ from unet_lowered.evaluation.choose import (
 )
 from unet_lowered.evaluation.evaluate import read_truth
 from unet_lowered.inference.predictor import PredictOptions, predict_images, resolve_tta
-from unet_lowered.inference.quality import mask_stats
+from unet_lowered.inference.quality import class_mask_stats
 from unet_lowered.io import atomic, runs
 from unet_lowered.io.images import read_image
 from unet_lowered.model import nearest_valid_sizes, output_size, unet
@@ -371,7 +371,12 @@ def after_training(
     (:data:`~unet_lowered.evaluation.choose.WATERSHED_MERGES`) and the thresholds
     :data:`~unet_lowered.evaluation.choose.THRESHOLDS`."""
     masks, images = itertools.tee(train_samples)  # read in step: one pair held at a time
-    stats = mask_stats((mask for _, mask in masks), (image for image, _ in images))
+    stats, per_class = class_mask_stats(
+        (mask for _, mask in masks), (image for image, _ in images), run_config.num_classes
+    )
+    recorded = stats.to_json()
+    if per_class:  # multi-class: each class's own statistics, for its flag
+        recorded["classes"] = {str(c): s.to_json() for c, s in per_class.items()}
     model = runs.load_model(out / runs.MODEL_FILE)
     tta = resolve_tta("auto", run_config) if any(run_config.flips) else None
     variants = {None: PredictOptions(tta=False, postprocess=False)}
@@ -402,9 +407,7 @@ def after_training(
         merges=WATERSHED_MERGES if boundary else (),
     )
     print(choice.describe(), file=sys.stderr, flush=True)
-    run_config = dataclasses.replace(
-        run_config, mask_stats=stats.to_json(), postprocess=choice.to_json()
-    )
+    run_config = dataclasses.replace(run_config, mask_stats=recorded, postprocess=choice.to_json())
     atomic.write_json(out / runs.CONFIG_FILE, run_config.to_json())
     return run_config
 

@@ -182,7 +182,7 @@
     set("fig-size", `${r.width} \u00d7 ${r.height} px`, `${r.width}x${r.height}`);
     set("fig-fraction", `${(100 * r.foreground_fraction).toFixed(2)} %`, r.foreground_fraction);
     set("fig-components", String(r.components), r.components);
-    set("fig-quality", r.quality == null ? "none (multi-class run)" : r.quality, r.quality ?? "");
+    set("fig-quality", r.quality == null ? "none (a multi-class run without class statistics)" : r.quality, r.quality ?? "");
     $("fig-quality").classList.toggle("check", r.quality != null && r.quality !== "ok");
     set("fig-gray", r.gray_scale === "inverted" ? "read inverted" : "as stored", r.gray_scale);
     set("fig-orientation", r.orientation === "as stored" ? "as stored" : `read ${r.orientation}\u00b0`, r.orientation);
