@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from unet_lowered.evaluation import choose
-from unet_lowered.evaluation.choose import choose_postprocess, min_area_candidate
+from unet_lowered.evaluation.choose import choose_postprocess, class_dice, min_area_candidate
 
 
 def two_boxes() -> np.ndarray:
@@ -200,3 +200,22 @@ def test_boundary_data_splits_cells_that_no_threshold_separates() -> None:
         [prob] * 3, [truth] * 3, objects=None, score="rand", thresholds=choose.THRESHOLDS
     )
     assert no_split.watershed is None and no_split.rand_after == pytest.approx(1 / 3, abs=1e-6)
+
+
+def test_multi_class_choice_cleans_each_class() -> None:
+    """Class-index predictions: a speck of class 2 in the background and a hole in
+    class 1. Keep the largest per class removes the speck, and filling holes gives the
+    hole back to class 1; each image's Dice is the mean of the two classes'."""
+    truth = np.zeros((40, 40), np.int32)
+    truth[5:20, 5:35] = 1
+    truth[25:35, 10:30] = 2
+    pred = truth.copy()
+    pred[1:3, 1:3] = 2  # a speck of class 2: two class-2 objects
+    pred[14:16, 25:27] = 0  # a hole in class 1
+    assert class_dice(truth, truth, 3) == 1.0
+    before = class_dice(truth, pred, 3)
+    choice = choose_postprocess([pred] * 3, [truth] * 3, objects=1, classes=3)
+    assert choice.keep_largest == 1 and choice.fill_holes
+    assert choice.baseline == pytest.approx(before, abs=1e-6) and choice.dice == 1.0
+    with pytest.raises(ValueError, match="multi-class"):
+        choose_postprocess([pred], [truth], objects=1, classes=3, thresholds=(0.4,))

@@ -384,5 +384,9 @@ def test_multi_class_runs_are_flagged_per_class() -> None:
     split[45:48, 12:42] = 0  # the left lung cut in two
     flag = mask_quality(split, probs, config, None, 1.0, grid)
     assert flag == "check: class 85: 2 object(s), training masks have 1"
+    # the shape rule reads the classes together (the heart below the lungs), once
+    turned = mask_quality(labels[::-1], probs[::-1], config, None, 1.0, grid[::-1])
+    assert turned.startswith("check: the objects' shape does not look upright (-")
+    assert union.shape is not None and per_class[3].shape is None  # a disc: no shape
     older = run_config(num_classes=4, mask_stats=union.to_json())
     assert mask_quality(labels, probs, older, None, 1.0, grid) == ""

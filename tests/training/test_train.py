@@ -467,13 +467,14 @@ def test_a_run_stopped_before_any_validated_epoch_says_so(
     assert "no validated epoch (model.keras is the last model; 5 s)" in result.output
 
 
-def test_after_training_records_each_class_of_a_multi_class_run(tmp_path: Path) -> None:
-    """Class-index masks (a dark disk 1 and a bright square 2): the foreground's
-    statistics, and each class's under ``classes`` (one object each), for the flag."""
+def test_after_training_of_a_multi_class_run(tmp_path: Path) -> None:
+    """Class-index masks (a dark disk 1 and a bright square 2), and a model whose argmax
+    marks the dark pixels 0 and the bright ones 2, with a bright speck in a corner: each
+    class's statistics are recorded (one object each), and keeping the largest object
+    per class, which removes the speck, is chosen on validation."""
     from run_fixtures import bright_model, run_config
     from unet_lowered.dataset.pairs import load_prepared
     from unet_lowered.io.images import write_png
-    from unet_lowered.io.runs import load_run
     from unet_lowered.training.train import after_training
 
     data, out = tmp_path / "data", tmp_path / "run"
@@ -483,6 +484,7 @@ def test_after_training_records_each_class_of_a_multi_class_run(tmp_path: Path) 
         cv2.circle(labels, (9 + k, 10), 5, 1, -1)
         labels[18:28, 16 + k : 26 + k] = 2
         image = np.choose(labels, [120, 20, 240]).astype(np.uint8)
+        image[1:3, 29:31] = 240  # a bright speck the mask does not hold
         write_png(data / "images" / f"c{k}.png", image)
         write_png(data / "masks" / f"c{k}.png", labels)
         samples.append((image.astype(np.float32) / 255, labels))
@@ -490,10 +492,37 @@ def test_after_training_records_each_class_of_a_multi_class_run(tmp_path: Path) 
     bright_model(32, num_classes=3).save(out / "model.keras")
     config = run_config({"depth": 2, "num_classes": 3, "label_values": [0, 1, 2]})
     dataset = load_prepared(data)
-    after_training(out, config, dataset, dataset.ids, samples)
-    recorded = load_run(out).config.mask_stats
+    done = after_training(out, config, dataset, dataset.ids, samples)
+    recorded = done.mask_stats
     assert recorded["objects"] == 2  # disk and square together
     assert sorted(recorded["classes"]) == ["1", "2"]
     assert [recorded["classes"][c]["objects"] for c in ("1", "2")] == [1, 1]
     disk, square = (recorded["classes"][c]["contrast"] for c in ("1", "2"))
     assert disk[0] > 0 > square[1]  # the dark disk, the bright square
+    chosen = done.postprocess
+    assert chosen["keep_largest"] == 1 and chosen["tried"][0]["step"] == "keep 1 largest"
+    assert chosen["validation_dice_after"] > chosen["validation_dice_before"]
+    assert json.loads((out / "config.json").read_text())["postprocess"] == chosen
+
+
+def test_train_records_the_classes_of_a_multi_class_run(tmp_path: Path) -> None:
+    """`unet train` on data prepared with --classes: config.json gets each class's
+    statistics and the post-processing chosen on validation."""
+    from unet_lowered.dataset.prepare import prepare
+    from unet_lowered.io.images import write_png
+
+    for k in range(12):
+        labels = np.zeros((32, 32), np.uint8)
+        cv2.circle(labels, (9 + k % 4, 10), 5, 1, -1)
+        labels[18:28, 14 + k % 5 : 24 + k % 5] = 2
+        write_png(
+            tmp_path / "raw" / "images" / f"c{k}.png",
+            np.choose(labels, [120, 20, 240]).astype(np.uint8),
+        )
+        write_png(tmp_path / "raw" / "masks" / f"c{k}.png", labels)
+    prepare(tmp_path / "raw", tmp_path / "data", classes=True)
+    _train(tmp_path / "data", tmp_path / "run")
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["num_classes"] == 3 and config["postprocess"]["score"] == "dice"
+    assert sorted(config["mask_stats"]["classes"]) == ["1", "2"]
+    assert [config["mask_stats"]["classes"][c]["objects"] for c in ("1", "2")] == [1, 1]

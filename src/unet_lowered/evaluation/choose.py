@@ -160,6 +160,13 @@ class Choice:
         )
 
 
+def class_dice(truth: np.ndarray, mask: np.ndarray, classes: int) -> float:
+    """The mean Dice of classes ``1..classes-1`` of two class-index masks (a class empty
+    in both counts 1, as :func:`~unet_lowered.evaluation.metrics.dice` has it)."""
+    truth, mask = np.asarray(truth), np.asarray(mask)
+    return float(np.mean([dice(truth == c, mask == c) for c in range(1, classes)]))
+
+
 def min_area_candidate(small_object: float | None, sizes: Sequence[tuple[int, int]]) -> int:
     """The minimum-area candidate in pixels, or 0 for none.
 
@@ -193,13 +200,15 @@ def choose_postprocess(
     threshold: float = 0.5,
     thresholds: Sequence[float] = (),
     merges: Sequence[float] = (),
+    classes: int = 1,
 ) -> Choice:
     """Choose the post-processing steps on validation predictions.
 
     Args:
         probs: Foreground probabilities ``(H, W)`` of the validation images (bool masks
-            also do: they are thresholded as 1 and 0).
-        truths: The true bool masks, same sizes.
+            also do: they are thresholded as 1 and 0); with ``classes > 1`` the
+            predicted class indices (argmax) instead.
+        truths: The true bool masks (class indices with ``classes > 1``), same sizes.
         objects: The usual number of objects in the training masks (the N of keep
             the N largest), or None to skip that step.
         tolerance: The largest drop of any image's score a kept step may cause.
@@ -215,6 +224,10 @@ def choose_postprocess(
         merges: Merge levels of the watershed split to try after TTA
             (:func:`~unet_lowered.inference.postprocess.split_touching`); the best that
             passes the rule is kept. Empty: no split.
+        classes: Number of classes. Above 1 (multi-class runs) each step is applied to
+            each class in turn (:func:`~unet_lowered.inference.postprocess.clean_mask`),
+            an image's Dice is the mean over the foreground classes
+            (:func:`class_dice`), and there are no thresholds, split or Rand score.
 
     Returns:
         The :class:`Choice`.
@@ -229,6 +242,9 @@ def choose_postprocess(
         raise ValueError("choose_postprocess needs one TTA prediction per image and the group")
     if score not in SCORES:
         raise ValueError(f"score must be one of {', '.join(SCORES)}; got {score!r}")
+    if classes > 1 and (score != "dice" or thresholds or merges):
+        raise ValueError("a multi-class choice is scored by Dice, without thresholds or split")
+    overlap = dice if classes == 1 else lambda t, m: class_dice(t, m, classes)
 
     def masks(steps: Mapping[str, Any]) -> list[np.ndarray]:
         chosen = tta_probs if steps.get("tta") else probs
@@ -236,7 +252,7 @@ def choose_postprocess(
         merge = steps.get("watershed")
         out = []
         for p in chosen:
-            mask = np.asarray(p) >= cut
+            mask = np.asarray(p) >= cut if classes == 1 else np.asarray(p, np.int32)
             if merge is not None:
                 mask = split_touching(np.asarray(p, dtype=np.float32), mask, merge)
             out.append(
@@ -247,7 +263,7 @@ def choose_postprocess(
     def evaluate(steps: Mapping[str, Any]) -> tuple[np.ndarray, float, float | None]:
         """Per-image deciding score, mean Dice, mean Rand error (None for Dice)."""
         made = masks(steps)
-        dices = np.array([dice(t, m) for m, t in zip(made, truths, strict=True)])
+        dices = np.array([overlap(t, m) for m, t in zip(made, truths, strict=True)])
         if score == "dice":
             return dices, float(dices.mean()), None
         rands = np.array([rand_score(t, m) for m, t in zip(made, truths, strict=True)])

@@ -539,15 +539,7 @@ def assess(
                         f"training masks {low:+.2f} to {high:+.2f}"
                     )
                     break
-        if stats.shape is not None and stats.objects is not None:
-            shape = object_shape(mask, stats.objects, found)
-            score = round(upright(shape, np.asarray(stats.shape)), 2) + 0.0  # as printed, no -0
-            if score < SHAPE_MARGIN:
-                reasons.append(
-                    f"the objects' shape does not look upright ({score:+.2f} against the "
-                    f"training masks, {SHAPE_MARGIN:+.2f} or more when upright): is the image "
-                    "turned?"
-                )
+        reasons += _shape_reasons(mask, stats, found)
     if probs is not None and count:
         p = np.asarray(probs, np.float32)
         p = p[..., 0] if p.ndim == 3 else p
@@ -556,6 +548,21 @@ def assess(
         if unsure > UNSURE_AREA:
             reasons.append(f"unsure area {unsure:.0%} of the mask's")
     return Quality("check" if reasons else "ok", tuple(reasons))
+
+
+def _shape_reasons(mask: np.ndarray, stats: MaskStats, found: Objects | None) -> list[str]:
+    """The shape rule: a reason when the mask's objects do not look upright against the
+    training masks' mean shape (none when no shape or no steady count is recorded)."""
+    if stats.shape is None or stats.objects is None:
+        return []
+    shape = object_shape(mask, stats.objects, found)
+    score = round(upright(shape, np.asarray(stats.shape)), 2) + 0.0  # as printed, no -0
+    if score >= SHAPE_MARGIN:
+        return []
+    return [
+        f"the objects' shape does not look upright ({score:+.2f} against the training "
+        f"masks, {SHAPE_MARGIN:+.2f} or more when upright): is the image turned?"
+    ]
 
 
 def _side_by_side(found: Objects, width: int) -> bool:
@@ -581,7 +588,9 @@ def mask_quality(
     the mask's objects if already labelled; ``field``: the image's
     :func:`imaged_field`; ``grid``: its :func:`contrast_grid`). Multi-class runs: each
     class's mask against that class's training masks (``mask_stats["classes"]``), the
-    reasons named by class (its label value): ``check: class 3: empty mask``. A class
+    reasons named by class (its label value): ``check: class 3: empty mask``; the shape
+    rule is taken on the foreground (every class together), since one object of a
+    pair (a lung) says less about which way up the image is than the pair. A class
     whose training masks do not hold a steady number of objects is not flagged for
     being absent. Multi-class runs trained before the classes were recorded: ``""``.
     """
@@ -595,10 +604,12 @@ def mask_quality(
     mask, probs = as_2d(np.asarray(mask)), np.asarray(probs)
     reasons: list[str] = []
     for key, values_json in sorted(per_class.items(), key=lambda kv: int(kv[0])):
-        c, stats = int(key), MaskStats.from_json(values_json)
+        c, stats = int(key), dataclasses.replace(MaskStats.from_json(values_json), shape=None)
         own = mask == c
         if stats.objects is None and not own.any():
             continue  # a class often absent in training
         quality = assess(own, probs[..., c], stats, None, field, grid)
         reasons += [f"class {values[c]}: {reason}" for reason in quality.reasons]
+    if mask.any():
+        reasons += _shape_reasons(mask != 0, MaskStats.from_json(config.mask_stats), None)
     return str(Quality("check" if reasons else "ok", tuple(reasons)))

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from unet_lowered.dataset.masks import read_mask
+from unet_lowered.dataset.masks import read_mask, to_classes
 from unet_lowered.dataset.pairs import load_prepared
 from unet_lowered.errors import UnetError
 from unet_lowered.io import atomic, runs
@@ -195,14 +195,15 @@ def _join(
     dataset = load_prepared(data)
     run_config = fold_runs[0].config
     split = plan["split"]
+    classes, values = run_config.num_classes, run_config.label_values
     train_samples = (
-        (read_image(dataset.images[i]), read_mask(dataset.masks[i], run_config.num_classes))
+        (
+            read_image(dataset.images[i]),
+            to_classes(read_mask(dataset.masks[i], classes), classes, values),
+        )
         for i in split["train"]
     )
-    if run_config.num_classes == 1:
-        run_config = after_training(out, run_config, dataset, split["val"], train_samples)
-    else:
-        atomic.write_json(out / runs.CONFIG_FILE, run_config.to_json())
+    run_config = after_training(out, run_config, dataset, split["val"], train_samples)
     choice = run_config.postprocess or {}
     metrics = {
         "folds": plan["folds"],

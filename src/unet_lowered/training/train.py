@@ -38,7 +38,7 @@ from unet_lowered.evaluation.choose import (
 )
 from unet_lowered.evaluation.evaluate import read_truth
 from unet_lowered.inference.predictor import PredictOptions, predict_images, resolve_tta
-from unet_lowered.inference.quality import class_mask_stats
+from unet_lowered.inference.quality import MaskStats, class_mask_stats
 from unet_lowered.io import atomic, runs
 from unet_lowered.io.images import read_image
 from unet_lowered.model import nearest_valid_sizes, output_size, unet
@@ -266,7 +266,7 @@ def train(
         if not writer:
             return {"process_id": dp.process_id, "writer": False}
         metrics = _final_metrics(out, elapsed, t_images, precision)
-        if num_classes == 1 and (out / runs.MODEL_FILE).is_file():
+        if (out / runs.MODEL_FILE).is_file():
             train_samples = (train_seq.cache.sample(i)[:2] for i in split["train"])
             run_config = after_training(out, run_config, dataset, split["val"], train_samples)
             metrics["postprocess"] = run_config.postprocess
@@ -349,6 +349,23 @@ def _run_config(
     )
 
 
+def training_mask_stats(
+    run_config: RunConfig, train_samples: Iterable[tuple[np.ndarray, np.ndarray]]
+) -> tuple[MaskStats, dict[str, Any]]:
+    """What the training masks look like, for the quality flag: the foreground's
+    :class:`~unet_lowered.inference.quality.MaskStats`, and the JSON ``config.json``
+    records (multi-class runs: each class's too, under ``classes``). ``train_samples``
+    yields each training ``(image, mask)``, one at a time."""
+    masks, images = itertools.tee(train_samples)  # read in step: one pair held at a time
+    stats, per_class = class_mask_stats(
+        (mask for _, mask in masks), (image for image, _ in images), run_config.num_classes
+    )
+    recorded = stats.to_json()
+    if per_class:
+        recorded["classes"] = {str(c): s.to_json() for c, s in per_class.items()}
+    return stats, recorded
+
+
 def after_training(
     out: Path,
     run_config: RunConfig,
@@ -369,14 +386,21 @@ def after_training(
     thin gaps, as EM cells are) the choice is scored by the Rand error of the objects
     and also tries the watershed split
     (:data:`~unet_lowered.evaluation.choose.WATERSHED_MERGES`) and the thresholds
-    :data:`~unet_lowered.evaluation.choose.THRESHOLDS`."""
-    masks, images = itertools.tee(train_samples)  # read in step: one pair held at a time
-    stats, per_class = class_mask_stats(
-        (mask for _, mask in masks), (image for image, _ in images), run_config.num_classes
-    )
-    recorded = stats.to_json()
-    if per_class:  # multi-class: each class's own statistics, for its flag
-        recorded["classes"] = {str(c): s.to_json() for c, s in per_class.items()}
+    :data:`~unet_lowered.evaluation.choose.THRESHOLDS`.
+
+    Multi-class runs: the steps apply to each class in turn and are scored by the mean
+    Dice over the foreground classes of the predicted classes (argmax); N (keep the N
+    largest) is the largest of the classes' steady object counts, when every class has
+    one, and the minimum-area candidate comes from the smallest class's objects."""
+    stats, recorded = training_mask_stats(run_config, train_samples)
+    classes = run_config.num_classes
+    objects, small_object = stats.objects, stats.small_object
+    if classes > 1:
+        per_class = [MaskStats.from_json(v) for v in recorded["classes"].values()]
+        steady = [c.objects for c in per_class if c.objects is not None]
+        objects = max(steady) if len(steady) == len(per_class) else None
+        smalls = [c.small_object for c in per_class if c.small_object is not None]
+        small_object = min(smalls, default=None)
     model = runs.load_model(out / runs.MODEL_FILE)
     tta = resolve_tta("auto", run_config) if any(run_config.flips) else None
     variants = {None: PredictOptions(tta=False, postprocess=False)}
@@ -389,15 +413,16 @@ def after_training(
         ids = val_ids[start : start + batch_size]
         batch = [read_image(dataset.images[i]) for i in ids]
         for key, options in variants.items():
-            probs[key] += [p[..., 0] for p in predict_images(model, batch, run_config, options)]
+            predicted = predict_images(model, batch, run_config, options)
+            probs[key] += [p[..., 0] if classes == 1 else np.argmax(p, axis=-1) for p in predicted]
         truths += [read_truth(dataset.masks[i], run_config, max_pixels) for i in ids]
-    min_area = min_area_candidate(stats.small_object, [t.shape[:2] for t in truths])
+    min_area = min_area_candidate(small_object, [t.shape[:2] for t in truths])
     touching = ((run_config.plan or {}).get("fingerprint") or {}).get("touching_fraction")
-    boundary = touching is not None and touching >= BOUNDARY_TOUCHING
+    boundary = classes == 1 and touching is not None and touching >= BOUNDARY_TOUCHING
     choice = choose_postprocess(
         probs[None],
         truths,
-        stats.objects,
+        objects,
         min_area=min_area,
         tta_probs=probs[tta] if tta else None,
         tta=tta,
@@ -405,6 +430,7 @@ def after_training(
         threshold=run_config.threshold,
         thresholds=THRESHOLDS if boundary else (),
         merges=WATERSHED_MERGES if boundary else (),
+        classes=classes,
     )
     print(choice.describe(), file=sys.stderr, flush=True)
     run_config = dataclasses.replace(run_config, mask_stats=recorded, postprocess=choice.to_json())
