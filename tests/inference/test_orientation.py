@@ -176,3 +176,38 @@ def test_names_notes_and_a_bad_value() -> None:
     assert note.endswith("--orientation keep turns this off") and "\n" not in note
     with pytest.raises(UnetError, match="unknown --orientation 'sideways'; use one of: auto, keep"):
         PredictOptions(orientation="sideways").validate()
+
+
+def test_a_multi_class_run_reads_a_turned_film_upright(films, tmp_path) -> None:
+    """Two classes (background, lungs; softmax): the flag reads each class and the shape
+    of the foreground, so an upside-down film is read turned as in a one-class run."""
+    from run_fixtures import bright_model
+    from unet_lowered.inference.quality import class_mask_stats
+
+    model = bright_model(64, num_classes=2)  # class 1: 10 z; negated: the dark pixels
+    kernel, bias = model.get_layer("logits").get_weights()
+    model.get_layer("logits").set_weights([-kernel, bias])
+    pairs = [apex_chest(seed=k) for k in range(6)]
+    union, per_class = class_mask_stats(
+        (m.astype(np.uint8) for _, m in pairs), (im for im, _ in pairs), 2
+    )
+    stats = {**union.to_json(), "classes": {"1": per_class[1].to_json()}}
+    run = make_run(tmp_path / "run", model, mask_stats=stats, label_values=[0, 255])
+    assert turned_look_applies(run_config(num_classes=2, mask_stats=stats), PredictOptions())
+    folder, truth = films
+    predict_files(run, [folder / "images"], tmp_path / "out", progress=False)
+    rows, masks = predicted(tmp_path / "out")
+    assert rows["upside_down"]["orientation"] == "turned 180"
+    assert rows["left"]["orientation"] == "turned 270"
+    assert all(r["quality"] == "ok" for r in rows.values())
+    for name, lungs in truth.items():
+        assert np.count_nonzero(masks[name] != lungs) < 0.05 * lungs.size, name
+    keep = tmp_path / "keep"
+    predict_files(
+        run, [folder / "images"], keep, PredictOptions(orientation="keep"), progress=False
+    )
+    flag = predicted(keep)[0]["upside_down"]["quality"]
+    assert flag.startswith("check: the objects' shape does not look upright (-")
+    assert not turned_look_applies(
+        run_config(num_classes=2, mask_stats=union.to_json()), PredictOptions()
+    )

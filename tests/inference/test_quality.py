@@ -384,9 +384,37 @@ def test_multi_class_runs_are_flagged_per_class() -> None:
     split[45:48, 12:42] = 0  # the left lung cut in two
     flag = mask_quality(split, probs, config, None, 1.0, grid)
     assert flag == "check: class 85: 2 object(s), training masks have 1"
+    # the lungs' classes swapped (a film mirrored left to right): each is where the other
+    # should be
+    swapped = np.choose(labels, [0, 2, 1, 3]).astype(labels.dtype)
+    assert mask_quality(swapped, probs, config, None, 1.0, grid) == (
+        "check: class 85: the object's centre at 73% of the width, training masks 26%-26%; "
+        "class 170: the object's centre at 26% of the width, training masks 73%-73%"
+    )
     # the shape rule reads the classes together (the heart below the lungs), once
     turned = mask_quality(labels[::-1], probs[::-1], config, None, 1.0, grid[::-1])
     assert turned.startswith("check: the objects' shape does not look upright (-")
     assert union.shape is not None and per_class[3].shape is None  # a disc: no shape
     older = run_config(num_classes=4, mask_stats=union.to_json())
     assert mask_quality(labels, probs, older, None, 1.0, grid) == ""
+
+
+def test_a_lone_object_is_flagged_far_from_where_training_had_it() -> None:
+    """One object steadily (a disc in the left third): its centre's range is recorded,
+    widened by 0.1 of the width; a disc on the right is flagged, one nearby is not.
+    Two objects (lungs) record no centre."""
+
+    def disc(x: int) -> np.ndarray:
+        mask = np.zeros((100, 100), np.uint8)
+        cv2.circle(mask, (x, 50), 12, 1, -1)
+        return mask > 0
+
+    stats = mask_stats([disc(x) for x in (28, 30, 32)])
+    assert stats.centre == pytest.approx((0.2804, 0.3196), abs=1e-3)
+    assert MaskStats.from_json(stats.to_json()) == stats
+    near, far = disc(40), disc(75)
+    assert str(assess(near, None, stats)) == "ok"
+    assert str(assess(far, None, stats)) == (
+        "check: the object's centre at 75% of the width, training masks 28%-32%"
+    )
+    assert mask_stats([lungs(s) for s in (-5, 0, 5)]).centre is None

@@ -12,17 +12,18 @@ query parameter):
 
 * ``"auto"`` (the default): a mask flagged ``check`` is predicted again from the image
   with its gray scale inverted, and the second mask is kept when its flag is ``ok``.
-  Only for one-class, one-channel runs whose training masks are a steady number of
-  large objects with a recorded contrast against their surroundings
-  (:class:`~unet_lowered.inference.quality.MaskStats`: lungs on X-rays). There the
+  Only for one-channel runs whose training masks are a steady number of large objects
+  with a recorded contrast against their surroundings
+  (:class:`~unet_lowered.inference.quality.MaskStats`: lungs on X-rays; multi-class
+  runs by their foreground, when each class's statistics are recorded). There the
   flag knows which way round the data are: an inverted lung is lighter than the chest
   wall around it, a contrast the training masks never had. Runs that normalise the
   polarity themselves (``invert_light``) and cell or EM runs are left as they are;
 * ``"keep"``: every image as stored;
 * ``"invert"``: every image inverted (a folder known to hold only such exports).
 
-The flag that decides is the one ``predictions.csv`` gets (:func:`quality.assess
-<unet_lowered.inference.quality.assess>`), taken on the probabilities at the
+The flag that decides is the one ``predictions.csv`` gets (:func:`quality.mask_quality
+<unet_lowered.inference.quality.mask_quality>`), taken on the probabilities at the
 network's size (the run's post-processing applied, its minimum area scaled to that
 size); the flag written is then taken on the kept mask at the image's size, as for
 any image (for an image of the network's size, and in tile mode, it is the flag taken
@@ -36,7 +37,8 @@ one for the inverted view, one for each turned view tried (four at most).
   again from the image turned 180 degrees, then a quarter turn each way
   (:data:`TURNS`), and the first turned view whose mask is ``ok`` is kept, its
   probabilities turned back, so the mask is written the way the image is stored. Only
-  for one-class runs that record their training masks' shape
+  for runs that record their training masks' shape (multi-class runs: of the
+  foreground, with each class's statistics)
   (:attr:`~unet_lowered.inference.quality.MaskStats.shape`, lungs on X-rays): that is
   what tells a film upside down from one the right way up, whose lung-like masks pass
   the other rules about half the time. A run trained before the shape was recorded
@@ -74,7 +76,6 @@ from unet_lowered.inference.predictor import (
 from unet_lowered.inference.quality import (
     MaskStats,
     Objects,
-    assess,
     contrast_grid,
     imaged_field,
     mask_quality,
@@ -127,21 +128,27 @@ def inverted_note(name: str, off: str = "--polarity keep") -> str:
 def second_look_applies(config: RunConfig, options: PredictOptions) -> bool:
     """Whether ``polarity="auto"`` looks again at flagged images of this run (see the
     module docstring for which runs)."""
-    if options.polarity != "auto" or config.num_classes != 1 or config.channels != 1:
+    if options.polarity != "auto" or config.channels != 1 or config.invert_light:
         return False
-    if config.invert_light or not config.mask_stats:
-        return False
-    stats = MaskStats.from_json(config.mask_stats)
-    return stats.objects is not None and stats.contrast is not None
+    stats = _flag_stats(config)
+    return stats is not None and stats.objects is not None and stats.contrast is not None
 
 
 def turned_look_applies(config: RunConfig, options: PredictOptions) -> bool:
     """Whether ``orientation="auto"`` looks again, turned, at flagged images of this run
-    (one class, training masks of a steady number of objects with a recorded shape)."""
-    if options.orientation != "auto" or config.num_classes != 1 or not config.mask_stats:
+    (training masks of a steady number of objects with a recorded shape)."""
+    if options.orientation != "auto":
         return False
-    stats = MaskStats.from_json(config.mask_stats)
-    return stats.objects is not None and stats.shape is not None
+    stats = _flag_stats(config)
+    return stats is not None and stats.objects is not None and stats.shape is not None
+
+
+def _flag_stats(config: RunConfig) -> MaskStats | None:
+    """The run's foreground statistics, when its masks get a quality flag (multi-class
+    runs: when each class's statistics are recorded too); else None."""
+    if not config.mask_stats or (config.num_classes > 1 and not config.mask_stats.get("classes")):
+        return None
+    return MaskStats.from_json(config.mask_stats)
 
 
 @dataclass
@@ -153,7 +160,8 @@ class Look:
             inverted.
         mask: The mask of the kept probabilities at their size (the run's
             post-processing applied), when they were judged; None otherwise.
-        found: That mask's objects.
+        found: That mask's objects (one-class runs; None for several classes, whose
+            flag labels each class itself).
         flag: Its quality flag, as ``predictions.csv`` writes it. When the probabilities
             are at the image's size (tile mode, or an image of the training size) these
             are exactly what the writer would compute, so it takes them.
@@ -267,16 +275,17 @@ def second_look(
     turn = turned_look_applies(config, options)
     if not invert and not turn:
         return [Look(stored) for _ in inputs]
-    stats = MaskStats.from_json(config.mask_stats)
+    one = config.num_classes == 1  # several: the flag labels each class itself
 
     def judge(p: np.ndarray, i: int, inverted: bool, turns: int) -> Look:
         """The look of probabilities ``p`` of input ``i``'s view, in that view's frame."""
         mask = probs_to_mask(p, config, _at_size(options, config, p.shape[:2], shapes[i]))
-        found = Objects.of(mask)
+        found = Objects.of(mask) if one else None
         grid = read_frame(-grids[i] if inverted else grids[i], turns)
-        flag = str(assess(mask, p, stats, found, fields[i], grid))
+        flag = mask_quality(mask, p, config, found, fields[i], grid)
         if turns:
-            found = Objects(stored_frame(found.labels, turns), found.count, found.areas)
+            if found is not None:
+                found = Objects(stored_frame(found.labels, turns), found.count, found.areas)
             mask = stored_frame(mask, turns)
         return Look(inverted, mask, found, flag, turns)
 

@@ -25,6 +25,10 @@ rules hold for lungs, nuclei or anything else without a hand-made lung model:
   least). A lung no darker than the chest wall and mediastinum around it is a
   whited-out lung, whose outline the network had to infer; the range is checked on
   the other side too (an object far darker than its surroundings);
+* with one object steadily (a class of a multi-class run, such as the lung on the
+  image's left): where its centre lies across the width, against the training range
+  widened by its own width (:data:`CENTRE_MARGIN` at least), so classes that name a
+  side are not swapped unseen;
 * with a small, steady number of objects whose mean shape differs from itself upside
   down (lungs: apices up, bases down): the shape of the mask's objects
   (:func:`object_shape`) against that mean, upright and upside down (:func:`upright`,
@@ -92,6 +96,11 @@ upright by less than this more than upside down (:func:`upright`). On the valida
 images of three JSRT runs, masks of films the right way up score +0.08 or more (tilted
 by 15 degrees; +0.24 by 8), and those of films upside down +0.001 or less
 (``benchmarks/RESULTS.md``, 2026-12-05)."""
+
+
+CENTRE_MARGIN = 0.1
+"""The position rule widens the training range of a lone object's centre (a share of
+the width) by its own width on each side, and by at least this much."""
 
 
 FRAME_TOLERANCE = 0.04
@@ -167,6 +176,9 @@ class MaskStats:
             objects (:data:`SHAPE_SIDE` rows of values in ``[0, 1]``, 3 decimals), when
             ``objects`` is steady and the shape is no alike upside down
             (:data:`SHAPE_ASYMMETRY`); else None (and the rule is off).
+        centre: ``(low, high)``: the 1st and 99th percentile of the object's centre
+            column, as a share of the width, when the masks hold one object steadily
+            (a class of a multi-class run: the lung on the image's left); else None.
     """
 
     objects: int | None
@@ -175,6 +187,7 @@ class MaskStats:
     small_object: float | None = None
     contrast: tuple[float, float] | None = None
     shape: tuple[tuple[float, ...], ...] | None = None
+    centre: tuple[float, float] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -184,13 +197,14 @@ class MaskStats:
             "small_object": self.small_object,
             "contrast": None if self.contrast is None else list(self.contrast),
             "shape": None if self.shape is None else [list(row) for row in self.shape],
+            "centre": None if self.centre is None else list(self.centre),
         }
 
     @classmethod
     def from_json(cls, values: Mapping[str, Any]) -> MaskStats:
         low, high = values["fraction"]
         contrast = values.get("contrast")
-        shape = values.get("shape")
+        shape, centre = values.get("shape"), values.get("centre")
         return cls(
             objects=values.get("objects"),
             fraction=(float(low), float(high)),
@@ -198,6 +212,7 @@ class MaskStats:
             small_object=values.get("small_object"),
             contrast=None if contrast is None else (float(contrast[0]), float(contrast[1])),
             shape=None if shape is None else tuple(tuple(float(v) for v in row) for row in shape),
+            centre=None if centre is None else (float(centre[0]), float(centre[1])),
         )
 
 
@@ -314,9 +329,8 @@ class _Tally:
     ratios: list[float] = dataclasses.field(default_factory=list)
     objects: list[float] = dataclasses.field(default_factory=list)
     contrasts: list[float] = dataclasses.field(default_factory=list)
-    shapes: dict[int, list[np.ndarray]] = dataclasses.field(
-        default_factory=dict
-    )  # per object count
+    shapes: dict[int, list[np.ndarray]] = dataclasses.field(default_factory=dict)  # by count
+    centres: list[float] = dataclasses.field(default_factory=list)  # of lone objects
 
     def add(self, mask: np.ndarray, grid: np.ndarray | None) -> None:
         """One bool mask, and its image's :func:`contrast_grid` (None: no contrast)."""
@@ -329,6 +343,8 @@ class _Tally:
         self.fractions.append(float(mask.mean()))
         if count >= 2:
             self.ratios.append(float(areas[1] / areas[0]))
+        if count == 1:
+            self.centres.append(found.place(1)[2] / mask.shape[1])
         if grid is not None:
             self.contrasts.extend(object_contrast(grid, mask))
 
@@ -358,6 +374,11 @@ class _Tally:
             shape=(
                 tuple(tuple(float(v) for v in row) for row in shape)
                 if shape is not None and upright(shape, shape) >= SHAPE_ASYMMETRY
+                else None
+            ),
+            centre=(
+                (float(np.percentile(self.centres, 1)), float(np.percentile(self.centres, 99)))
+                if steady and common == 1
                 else None
             ),
         )
@@ -539,6 +560,15 @@ def assess(
                         f"training masks {low:+.2f} to {high:+.2f}"
                     )
                     break
+        if stats.centre is not None and stats.objects == 1:
+            low, high = stats.centre
+            margin = max(high - low, CENTRE_MARGIN)
+            x = found.place(int(np.argmax(found.areas)) + 1)[2] / mask.shape[1]
+            if not low - margin <= x <= high + margin:
+                reasons.append(
+                    f"the object's centre at {x:.0%} of the width, training masks "
+                    f"{low:.0%}-{high:.0%}"
+                )
         reasons += _shape_reasons(mask, stats, found)
     if probs is not None and count:
         p = np.asarray(probs, np.float32)
