@@ -37,7 +37,10 @@ generator per image, seeded by :data:`SEED` and the image id):
 * low resolution: a 128 px round trip (the 128 px derivatives of other data sets);
   burned-in text and side markers (``augment.stamp``);
 * the gray scale inverted (:func:`inverted`): a MONOCHROME1 film exported to PNG
-  without its look-up table, which ``--polarity auto`` reads the right way round.
+  without its look-up table, which ``--polarity auto`` reads the right way round;
+  turned upside down or on its side (:func:`turned`), which ``--orientation auto``
+  reads turned back; both at once (:func:`inverted_turned`); mirrored top to bottom
+  (:func:`mirrored`).
 
 Per perturbation it also reports the quality flag of ``predictions.csv``
 (``unet_lowered.inference.quality``): the share of images flagged ``check`` among
@@ -420,6 +423,14 @@ def turned(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, quarte
     )
 
 
+def inverted_turned(
+    image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, quarters: int
+) -> Pair:
+    """Both at once: the gray scale inverted (:func:`inverted`) and the film turned
+    (:func:`turned`), as one careless export may leave a MONOCHROME1 film."""
+    return turned(*inverted(image, mask, rng), rng, quarters)
+
+
 def mirrored(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> Pair:
     """The film mirrored top to bottom (upside down, and the heart on the other side), as
     a film digitised from its back and upside down; the mask mirrored with it."""
@@ -472,6 +483,8 @@ PERTURBATIONS: tuple[Perturbation, ...] = (
     Perturbation("gray scale inverted (a MONOCHROME1 film saved as PNG)", inverted),
     Perturbation("stored upside down (turned 180 deg)", partial(turned, quarters=2)),
     Perturbation("stored on its side (turned 90 deg)", partial(turned, quarters=1)),
+    Perturbation("gray scale inverted and upside down", partial(inverted_turned, quarters=2)),
+    Perturbation("gray scale inverted and on its side", partial(inverted_turned, quarters=3)),
     Perturbation("mirrored top to bottom (read turned: heart on the right)", mirrored),
 )
 """Every simulated shift, in table order; ``none`` first (the baseline)."""

@@ -690,7 +690,8 @@ _Orientation = Annotated[
         help="auto: an image whose mask is still flagged `check` is predicted again turned "
         "180 degrees, then 90 each way (a film stored upside down or on its side), and the "
         "first turned mask that passes the flag is kept, turned back to the image (runs "
-        "that record their training masks' shape only); keep: images as stored.",
+        "that record their training masks' shape only); with --polarity auto, last the "
+        "turned views inverted; keep: images as stored.",
     ),
 ]
 _Overlap = Annotated[float, typer.Option(help="Tile overlap, fraction of the tile.")]
@@ -791,7 +792,7 @@ def predict(
     --engine ray predicts the same files on a pool of Ray actors (a cluster, or this machine).
     Post-processing: the run's choice from training unless flags say otherwise (--no-postprocess).
     A flagged X-ray is tried again with its gray scale inverted (--polarity), then turned
-    upside down and on either side (--orientation); predictions.csv says which masks come
+    upside down and on either side (--orientation), then both; predictions.csv says which masks come
     from an inverted image (gray_scale) or a turned one (orientation).
     Example: unet predict runs/lungs scans/ --out masks/ --overlay
     """

@@ -211,3 +211,39 @@ def test_a_multi_class_run_reads_a_turned_film_upright(films, tmp_path) -> None:
     assert not turned_look_applies(
         run_config(num_classes=2, mask_stats=union.to_json()), PredictOptions()
     )
+
+
+def test_a_film_inverted_and_turned_is_read_both_ways(run, tmp_path) -> None:
+    """A film with its gray scale inverted and stored upside down or on its side passes
+    in no view of one change alone; the inverted views turned come last and read it,
+    each look only when its option is ``auto``."""
+    film, lungs = apex_chest(seed=10)
+    folder = tmp_path / "images"
+    for name, k in (("upside_down", 2), ("left", 1)):
+        images.write_png(folder / f"{name}.png", np.rot90(255 - film, k))
+    runs = {
+        "auto": PredictOptions(),
+        "polarity keep": PredictOptions(polarity="keep"),
+        "orientation keep": PredictOptions(orientation="keep"),
+    }
+    read = {}
+    for label, options in runs.items():
+        report = predict_files(run, [folder], tmp_path / label, options, progress=False)
+        rows, masks = predicted(tmp_path / label)
+        read[label] = {
+            k: (r["gray_scale"], r["orientation"], r["quality"]) for k, r in rows.items()
+        }
+        if label == "auto":
+            for name, k in (("upside_down", 2), ("left", 1)):
+                truth = np.rot90(lungs, k)
+                assert np.count_nonzero(masks[name] != truth) < 0.05 * truth.size, name
+            assert len(report.notes) == 4  # each film: read inverted, read turned
+    assert read["auto"] == {
+        "upside_down": ("inverted", "turned 180", "ok"),
+        "left": ("inverted", "turned 270", "ok"),
+    }
+    for label in ("polarity keep", "orientation keep"):  # one look alone reads neither
+        assert all(
+            g == "as stored" and o == "as stored" and q.startswith("check")
+            for g, o, q in read[label].values()
+        ), label

@@ -29,7 +29,7 @@ size); the flag written is then taken on the kept mask at the image's size, as f
 any image (for an image of the network's size, and in tile mode, it is the flag taken
 here, and the writer takes it: :class:`Look`). Every image costs that flag on the
 network's thread (about 3 ms at 224 px); only flagged ones cost more network calls:
-one for the inverted view, one for each turned view tried (four at most).
+one for the inverted view, one for each turned view tried (seven at most).
 
 ``PredictOptions.orientation`` (``--orientation``, the ``orientation`` query parameter):
 
@@ -44,6 +44,10 @@ one for the inverted view, one for each turned view tried (four at most).
   the other rules about half the time. A run trained before the shape was recorded
   gets no turned look;
 * ``"keep"``: every image as stored.
+
+When a run gets both looks, the turned views of the image with its gray scale
+inverted come last (a film both inverted and turned passes in no view of one change
+alone).
 
 The flag of a turned view, and the flag written for its mask, are taken in the frame
 the network read: the mask, probabilities and image turned the same way.
@@ -252,7 +256,8 @@ def second_look(
     options: PredictOptions,
 ) -> list[Look]:
     """Predict the inputs whose mask is flagged again, inverted, then turned
-    (:data:`TURNS`); keep the first view whose mask is ``ok``.
+    (:data:`TURNS`), then inverted and turned (when both looks apply); keep the first
+    view whose mask is ``ok``.
 
     Args:
         model: The run's model.
@@ -306,6 +311,9 @@ def second_look(
     if turn:
         for turns in TURNS:
             view(stored, turns)
+    if invert and turn:  # both at once: the last views, for what none of the others read
+        for turns in TURNS:
+            view(True, turns)
     return looks
 
 
