@@ -24,6 +24,9 @@ from unet_lowered.evaluation.evaluate import evaluate_run
 from unet_lowered.inference.batch import predict_files
 from unet_lowered.inference.polarity import (
     TURNS,
+    Look,
+    inverted_note,
+    look_notes,
     orientation_of,
     predict_seen,
     turned_look_applies,
@@ -171,6 +174,13 @@ def test_names_notes_and_a_bad_value() -> None:
         "as stored",
     ]
     assert TURNS == (2, 1, 3)  # upside down first
+    upside_down = Look(False, turns=2)
+    assert look_notes("a.png", upside_down, "auto") == [turned_note("a.png", 2)]
+    assert look_notes("a.png", Look(True), "auto") == [inverted_note("a.png")]
+    assert look_notes("a.png", Look(True), "invert") == []  # inverted on request
+    assert look_notes("a.png", Look(False), "auto") == []
+    both = look_notes("a.png", Look(True, turns=1), "auto", ("p=keep", "o=keep"))
+    assert len(both) == 1 and both[0].endswith("; p=keep or o=keep turns this off")
     note = turned_note("scans/a.png", 2)
     assert note.startswith("scans/a.png: read turned 180 degrees counterclockwise")
     assert note.endswith("--orientation keep turns this off") and "\n" not in note
@@ -237,7 +247,15 @@ def test_a_film_inverted_and_turned_is_read_both_ways(run, tmp_path) -> None:
             for name, k in (("upside_down", 2), ("left", 1)):
                 truth = np.rot90(lungs, k)
                 assert np.count_nonzero(masks[name] != truth) < 0.05 * truth.size, name
-            assert len(report.notes) == 4  # each film: read inverted, read turned
+            assert sorted(report.notes) == [  # one note each, naming both changes
+                f"{folder / name}.png: read with its gray scale inverted and turned {deg} "
+                "degrees counterclockwise: the mask as stored was flagged, and so were those "
+                "of the image inverted or turned alone; the image inverted and turned passes "
+                "(a MONOCHROME1 film saved without its look-up table, stored upside down or "
+                "on its side?); the mask is written the way the image is stored; "
+                "--polarity keep or --orientation keep turns this off"
+                for name, deg in (("left", 270), ("upside_down", 180))
+            ]
     assert read["auto"] == {
         "upside_down": ("inverted", "turned 180", "ok"),
         "left": ("inverted", "turned 270", "ok"),

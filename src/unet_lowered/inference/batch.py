@@ -43,10 +43,9 @@ from unet_lowered.inference.polarity import (
     AS_STORED,
     INVERTED,
     Look,
-    inverted_note,
+    look_notes,
     quality_as_read,
     second_look,
-    turned_note,
 )
 from unet_lowered.inference.postprocess import count_components
 from unet_lowered.inference.predictor import (
@@ -491,10 +490,7 @@ class _Stages:
             for item, p, look in zip(todo, probs, looks, strict=True):
                 item.probs, item.x, item.look = p, None, look
                 item.seconds += share
-                if look.inverted and self.options.polarity == "auto":
-                    item.notes.append(inverted_note(str(item.path)))
-                if look.turns:
-                    item.notes.append(turned_note(str(item.path), look.turns))
+                item.notes += look_notes(str(item.path), look, self.options.polarity)
         return items
 
     def write(self, items: list[_Item], stop: threading.Event) -> None:

@@ -110,6 +110,36 @@ def turned_note(name: str, turns: int, off: str = "--orientation keep") -> str:
     )
 
 
+def look_notes(
+    name: str,
+    look: Look,
+    polarity: str,
+    off: tuple[str, str] = ("--polarity keep", "--orientation keep"),
+) -> list[str]:
+    """The notes on an image whose mask :func:`second_look` took from another view:
+    :func:`inverted_note`, :func:`turned_note`, or one note for both at once.
+
+    Args:
+        name: The image, as the notes name it.
+        look: Its :class:`Look`.
+        polarity: ``PredictOptions.polarity`` (``invert``: every image was inverted on
+            request, which needs no note).
+        off: How to turn the gray-scale look, and the turned look, off.
+    """
+    inverted = look.inverted and polarity == "auto"
+    if inverted and look.turns:
+        return [
+            f"{name}: read with its gray scale inverted and {orientation_of(look.turns)} "
+            f"degrees counterclockwise: the mask as stored was flagged, and so were those "
+            f"of the image inverted or turned alone; the image inverted and turned passes "
+            f"(a MONOCHROME1 film saved without its look-up table, stored upside down or on "
+            f"its side?); the mask is written the way the image is stored; {off[0]} or "
+            f"{off[1]} turns this off"
+        ]
+    notes = [inverted_note(name, off[0])] if inverted else []
+    return notes + ([turned_note(name, look.turns, off[1])] if look.turns else [])
+
+
 def read_frame(array: np.ndarray, turns: int) -> np.ndarray:
     """An image-frame array ``(H, W, ...)`` turned as the network read it."""
     return np.ascontiguousarray(np.rot90(array, turns)) if turns % 4 else array

@@ -49,7 +49,7 @@ from unet_lowered.inference.batch import (
     open_job,
 )
 from unet_lowered.inference.journal import Journal
-from unet_lowered.inference.polarity import inverted_note, predict_seen, turned_note
+from unet_lowered.inference.polarity import look_notes, predict_seen
 from unet_lowered.inference.predictor import PredictOptions
 from unet_lowered.io import images
 from unet_lowered.io.progress import progress_bar, stderr_console
@@ -458,10 +458,7 @@ class _BatchPredictor:
             seconds = (time.perf_counter() - started) / len(loaded)
             for (index, image_id, path, image, notes), p in zip(loaded, seen, strict=True):
                 t0 = time.perf_counter()
-                if p.inverted and options.polarity == "auto":
-                    notes.append(inverted_note(str(path)))
-                if p.look.turns:
-                    notes.append(turned_note(str(path), p.look.turns))
+                notes += look_notes(str(path), p.look, options.polarity)
                 try:
                     row = _write_outputs(
                         out_dir,

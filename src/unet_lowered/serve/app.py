@@ -63,11 +63,10 @@ import unet_lowered
 from unet_lowered.errors import UnetError
 from unet_lowered.inference.overlay import overlay
 from unet_lowered.inference.polarity import (
-    inverted_note,
+    look_notes,
     predict_seen,
     second_look_applies,
     turned_look_applies,
-    turned_note,
 )
 from unet_lowered.inference.postprocess import count_components
 from unet_lowered.inference.predictor import (
@@ -360,10 +359,9 @@ class Service:
             seen = predict_seen(self.model, [image], self.config, options)[0]
             probs = seen.probs
             mask = probs_to_mask(probs, self.config, options)
-            if seen.inverted and options.polarity == "auto":
-                notes.append(inverted_note(name, "polarity=keep"))
-            if seen.look.turns:
-                notes.append(turned_note(name, seen.look.turns, "orientation=keep"))
+            notes += look_notes(
+                name, seen.look, options.polarity, ("polarity=keep", "orientation=keep")
+            )
             png = None
             if fmt == "png":
                 png = _encode_png(mask_to_png(mask, self.config))
