@@ -8,7 +8,8 @@ end of each epoch's validation) against ``val_dice`` is the curve. Printed and a
 to ``benchmarks/RESULTS.md``: per variant the best validation Dice and when it was
 reached, and the seconds each variant needed to reach the target (the first
 variant's best minus 0.002, or ``--target``). The curves go to
-``benchmarks/time_to_accuracy.png``.
+``benchmarks/time_to_accuracy.png``. A second table gives the seconds to several levels
+(the first variant's best minus 0.002, minus 0.001, and the best itself), with ratios.
 
     .venv/bin/python benchmarks/time_to_accuracy.py --variants before,default  # ~10 min
     .venv/bin/python benchmarks/time_to_accuracy.py --variants before,progressive-24
@@ -121,6 +122,34 @@ def table(results: list[dict], target: float) -> str:
     return "\n".join(lines)
 
 
+LEVELS = (-0.002, -0.001, 0.0)
+"""The Dice levels of :func:`levels_table`: the reference's best plus these."""
+
+
+def levels_table(results: list[dict], offsets: tuple[float, ...] = LEVELS) -> str:
+    """Seconds each variant takes to reach several Dice levels (the first variant's
+    best plus each offset), and the ratio to the first variant's seconds: the ratio at
+    ``best - 0.002`` alone depends on how early the reference gets within 0.002 of a
+    best it then barely improves."""
+    best = results[0]["best_val_dice"]
+    names = [r["variant"] for r in results]
+    lines = [
+        "| level | "
+        + " | ".join(names)
+        + " | "
+        + " | ".join(f"{n} / {names[0]}" for n in names[1:])
+        + " |",
+        "|---|" + "---:|" * (2 * len(names) - 1),
+    ]
+    for offset in offsets:
+        level = round(best + offset, 6)
+        reach = [time_to(r["curve"], level) for r in results]
+        cells = ["never" if t is None else f"{t:.0f} s" for t in reach]
+        ratios = [f"{t / reach[0]:.2f}x" if t is not None and reach[0] else "-" for t in reach[1:]]
+        lines.append(f"| {level:.4f} ({offset:+.3f}) | " + " | ".join(cells + ratios) + " |")
+    return "\n".join(lines)
+
+
 def plot(results: list[dict], target: float, out: Path) -> None:
     import matplotlib
 
@@ -190,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     load_end = os.getloadavg()[0]
     target = args.target if args.target is not None else results[0]["best_val_dice"] - 0.002
     text = table(results, target)
+    text += "\n\nPer Dice level (the first epoch reaching it, from each history.csv):\n\n"
+    text += levels_table(results)
     print(text)
     plot(results, target, PLOT)
     print(f"curves: {PLOT}")
