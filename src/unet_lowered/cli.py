@@ -690,8 +690,8 @@ _Orientation = Annotated[
         help="auto: an image whose mask is still flagged `check` is predicted again turned "
         "180 degrees, then 90 each way (a film stored upside down or on its side), and the "
         "first turned mask that passes the flag is kept, turned back to the image (runs "
-        "that record their training masks' shape only); with --polarity auto, last the "
-        "turned views inverted; keep: images as stored.",
+        "that record their training masks' shape only); with --polarity auto, the inverted "
+        "image's turned views are tried last; keep: images as stored.",
     ),
 ]
 _Overlap = Annotated[float, typer.Option(help="Tile overlap, fraction of the tile.")]
