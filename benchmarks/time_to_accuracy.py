@@ -56,6 +56,11 @@ VARIANTS: dict[str, dict] = {
     "progressive-36": {"epochs": 36, "progressive": 0.6},
     "progressive-60": {"epochs": 60, "progressive": 0.5},
     "progressive-70": {"epochs": 70, "progressive": 0.5},
+    # The plan fitted to a shorter budget (epochs, the half-size share and the cosine
+    # all planned for it): the whole run, not a point on the default's curve.
+    "budget-3m": {"time_budget": "3m"},
+    "budget-3.5m": {"time_budget": "3.5m"},
+    "budget-4m": {"time_budget": "4m"},
 }
 """Variant name -> the ``unet train`` flags it adds (as ``TrainConfig`` field names)."""
 

@@ -1,0 +1,170 @@
+"""Where a bf16 training step spends its time, op by op: Keras/TF against PyTorch.
+
+``onednn_profile.py`` times only what oneDNN runs; this script times every op the
+framework runs, with the framework's own profiler, on the same steps as ``speed.py``
+(the default network, the product's loss, Adam; Keras ``mixed_bfloat16`` with the
+threads ``speed.py`` gives TensorFlow, PyTorch bf16 autocast, channels-last):
+
+* TensorFlow: ``tf.profiler`` over the timed steps, read back with the profiler
+  plugin's ``framework_op_stats`` tool (self time per op type);
+* PyTorch: ``torch.profiler`` (self CPU time per ``aten`` op).
+
+Each framework runs in its own child process. Printed per framework: the step's wall
+time without a profiler, then the ops' self time per step grouped into kinds
+(convolutions, ReLU, bias, skip connections, pooling, casts and copies, the rest) and
+the largest ops. Profilers add their own cost, so the sums run a little above the
+step; compare kinds between frameworks, not sums with ``speed.py``.
+
+Run by hand on a quiet machine::
+
+    .venv/bin/python benchmarks/op_profile.py --size 224 --batch 4 [--steps 5] [--top 12]
+
+It prints a Markdown report; nothing is written. Requires ``torch==2.13.0`` (the
+``bench`` extra) for the PyTorch half.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+MARK = "=====OPS"
+
+KINDS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("convolutions", ("conv",)),
+    ("ReLU and its gradient", ("relu", "threshold_backward", "clamp_min")),
+    ("bias add and its gradient", ("biasadd",)),
+    (
+        "skip connections (concat, its gradient's slices, gradient sums)",
+        ("concat", "aten::cat", "slice", "addn", "aten::add"),
+    ),
+    ("max pooling", ("maxpool", "max_pool")),
+    ("casts and copies", ("cast", "copy", "_to_copy")),
+)
+"""Kind name -> lower-case substrings of the op names in it (first match wins)."""
+
+
+def kind_of(op: str) -> str:
+    """The :data:`KINDS` name of an op (``aten::add_`` is Adam's, not a skip's)."""
+    low = op.lower()
+    if low == "aten::add_":
+        return "the rest (Adam, loss, metrics, idle)"
+    for name, needles in KINDS:
+        if any(n in low for n in needles):
+            return name
+    return "the rest (Adam, loss, metrics, idle)"
+
+
+def child(which: str, size: int, batch: int, steps: int) -> None:
+    """Time ``steps`` steps, profile ``steps`` more, print ``{op: (ms, calls)}`` as JSON."""
+    sys.path.insert(0, str(HERE))
+    from speed import keras_configs, make_batch, torch_configs
+
+    x, y = make_batch(batch, size)
+    if which == "keras":
+        import tensorflow as tf
+
+        import unet_lowered  # noqa: F401  (sets the TensorFlow backend)
+
+        tf.config.threading.set_intra_op_parallelism_threads(os.cpu_count() or 1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+        train, _, _ = keras_configs(x, y, size, False, policies=("mixed_bfloat16",))
+        step = train[0]
+    else:
+        train, _, _ = torch_configs(x, y, threads=os.cpu_count() or 1)
+        step = train[1]  # bf16 autocast
+    for _ in range(3):
+        step.step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step.step()
+    step_ms = (time.perf_counter() - start) / steps * 1000
+    ops: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0.0])
+    if which == "keras":
+        from tensorflow.python.profiler.internal import _pywrap_profiler_plugin as plugin
+
+        with tempfile.TemporaryDirectory() as logdir:
+            tf.profiler.experimental.start(logdir)
+            for _ in range(steps):
+                step.step()
+            tf.profiler.experimental.stop()
+            path = glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True)[0]
+            data, ok = plugin.xspace_to_tools_data([path], "framework_op_stats", {})
+        if not ok:
+            raise SystemExit("the TensorFlow profiler returned no op statistics")
+        table = json.loads(data)[0]
+        cols = [c["id"] for c in table["cols"]]
+        for row in table["rows"]:
+            r = dict(zip(cols, [c.get("v") if c else None for c in row["c"]], strict=False))
+            ops[r["type"]][0] += r["total_self_time"] / 1000 / steps
+            ops[r["type"]][1] += r["occurrences"] / steps
+    else:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                step.step()
+        for e in prof.key_averages():
+            if e.key.startswith(("Optimizer.", "autograd::", "ProfilerStep")):
+                continue  # wrappers: their children are counted
+            ops[e.key][0] += e.self_cpu_time_total / 1000 / steps
+            ops[e.key][1] += e.count / steps
+    print(MARK + json.dumps({"step_ms": step_ms, "ops": ops}), flush=True)
+
+
+def report(name: str, step_ms: float, ops: dict[str, list[float]], top: int) -> str:
+    """Markdown: the step, the ops' time per kind, the largest ops."""
+    total = sum(ms for ms, _ in ops.values())
+    kinds: dict[str, float] = collections.defaultdict(float)
+    for op, (ms, _) in ops.items():
+        kinds[kind_of(op)] += ms
+    lines = [
+        f"## {name}: step {step_ms:.0f} ms (no profiler); ops' self time {total:.0f} ms per step\n",
+        "| kind | ms per step | share |",
+        "|---|---:|---:|",
+    ]
+    order = [k for k, _ in KINDS] + ["the rest (Adam, loss, metrics, idle)"]
+    lines += [f"| {k} | {kinds[k]:.1f} | {kinds[k] / total:.0%} |" for k in order if k in kinds]
+    lines += ["", "| op | ms per step | calls per step |", "|---|---:|---:|"]
+    for op, (ms, n) in sorted(ops.items(), key=lambda kv: -kv[1][0])[:top]:
+        lines.append(f"| `{op}` | {ms:.1f} | {n:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, default=224, help="image side in pixels")
+    parser.add_argument("--batch", type=int, default=4, help="batch size")
+    parser.add_argument("--steps", type=int, default=5, help="timed and profiled steps each")
+    parser.add_argument("--top", type=int, default=12, help="ops listed per framework")
+    parser.add_argument("--child", choices=("keras", "torch"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        child(args.child, args.size, args.batch, args.steps)
+        return 0
+    print(f"# Op profile of one bf16 training step ({args.size}x{args.size}, batch {args.batch})\n")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    for which, name in (("keras", "Keras/TF mixed_bfloat16"), ("torch", "PyTorch bf16 autocast")):
+        cmd = [sys.executable, __file__, "--child", which, "--size", str(args.size)]
+        cmd += ["--batch", str(args.batch), "--steps", str(args.steps)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        found = [ln for ln in proc.stdout.splitlines() if ln.startswith(MARK)]
+        if proc.returncode != 0 or not found:
+            print(f"## {name}: failed\n\n```\n{proc.stderr[-2000:]}\n```\n")
+            continue
+        result = json.loads(found[-1][len(MARK) :])
+        print(report(name, result["step_ms"], result["ops"], args.top))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
