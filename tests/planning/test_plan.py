@@ -66,6 +66,18 @@ def test_plan_file_errors(tiny: Path, tmp_path: Path) -> None:
         plan_mod.read_plan(tmp_path / "new.json")
 
 
+def test_a_progressive_plan_times_its_half_size_step_too(tmp_path: Path) -> None:
+    # 128-px whole images: progressive resizing is planned, and a 30 s budget (not the
+    # cap) sets the epochs, so the 64-px step is measured and recorded beside the step.
+    data = write_set(tmp_path / "data", 12, lambda k, rng: blobs(k, rng, size=128))
+    plan = plan_mod.make_plan(data, 30.0)
+    assert plan["settings"]["progressive"]["value"] == 0.5
+    half = plan["step"]["half_size"]
+    assert half["image_size"] == 64 and half["step_s"] > 0
+    assert half["batch_size"] == plan["settings"]["batch_size"]["value"]
+    assert "their steps measured" in plan["settings"]["epochs"]["reason"]
+
+
 def test_unet_plan_writes_and_prints(tiny: Path, tmp_path: Path) -> None:
     out = tmp_path / "elsewhere" / "p.json"
     result = CliRunner().invoke(app, ["plan", str(tiny), "--time-budget", "30s", "--out", str(out)])

@@ -196,6 +196,11 @@ def test_epochs_with_progressive_resizing_are_cheaper_and_capped() -> None:
     assert slow.value == 56 and "budget" in slow.reason
     # Without progressive resizing the budget is filled: 540 s / (43 * 0.17 + 8 * 0.17 / 3 + 0.5) s.
     assert rules.schedule_rule(170, 30, 4, 0.17, 600.0)["epochs"].value == 65
+    # A measured half-size step replaces the 0.35: at 0.15 of 0.3 s (0.5 of it),
+    # 540 s / (43 * 0.3 * 0.75 + 8 * 0.3 / 3 * 0.5 + 0.5) s = 51 epochs instead of 56.
+    measured = rules.schedule_rule(170, 30, 4, 0.3, 600.0, 0.5, half_step_s=0.15)["epochs"]
+    assert measured.value == 51 and "measured 0.50 of a full one" in measured.reason
+    assert "taken as 0.35 of a full one" in slow.reason
 
 
 def test_light_backgrounds_are_not_inverted_and_mixed_polarity_names_the_option() -> None:
@@ -239,22 +244,31 @@ def test_plan_settings_uses_the_measured_step_and_the_users_batch() -> None:
     calls = []
 
     def step_time(values):
-        calls.append(values["batch_size"])
-        return 0.5
+        calls.append((values["batch_size"], values["image_size"]))
+        return 0.5 if values["image_size"] == 224 else 0.1  # the 112-px step: 0.1 s
 
     settings, advice = rules.plan_settings(fp(n_images=40), 100.0, step_time, n_val=8)
     assert set(settings) >= {"input_mode", "image_size", "flip_lr", "loss", "batch_size",
                              "epochs", "patience", "time_budget"}  # fmt: skip
     assert set(advice) == {"inference", "normalisation", "tta", "postprocess"}
-    assert calls == [4] and settings["batch_size"].value == 2  # 180 updates: batch 2
-    # Whole 224 px images: progressive resizing, half the epochs' steps at 0.35 of the cost.
+    assert settings["batch_size"].value == 2  # 180 updates: batch 2
+    # Whole 224 px images: progressive resizing, so the half-size step is measured too,
+    # at the planned batch.
+    assert calls == [(4, 224), (2, 112)]
     assert settings["progressive"].value == 0.5
     assert settings["foreground_crops"].value == 0.0  # whole images
-    # batch 2 at 0.25 s: 20 steps * 0.675 + 4 * 0.25 / 3 * 0.5 + 0.5 = 4.04 s -> 22 epochs
-    assert settings["epochs"].value == 22
+    # batch 2: 0.25 s a step (scaled), 0.1 s at half size (measured, 0.4 of it):
+    # 20 steps * 0.25 * (0.5 * 0.4 + 0.5) + 4 * 0.25 / 3 * 0.5 + 0.5 = 4.17 s -> 21 epochs
+    assert settings["epochs"].value == 21
+    assert "their steps measured 0.40 of a full one" in settings["epochs"].reason
     calls.clear()
     settings, _ = rules.plan_settings(fp(n_images=40), 100.0, step_time, 8, {"batch_size": 8})
-    assert calls == [8]
+    assert calls == [(8, 224), (8, 112)]
+    # A budget whose cap holds even at full-size cost: no second measurement (the
+    # epochs are the cap's, 255 of 40 images, whatever a half-size step costs).
+    calls.clear()
+    settings, _ = rules.plan_settings(fp(n_images=40), 3000.0, step_time, n_val=8)
+    assert calls == [(4, 224)] and settings["epochs"].value == 255
     assert all(isinstance(v.reason, str) and v.reason for v in settings.values())
     settings, _ = rules.plan_settings(fp(), 100.0, None, n_val=8)
     assert "epochs" not in settings

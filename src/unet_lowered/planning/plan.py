@@ -75,13 +75,20 @@ def make_plan(
     measured: dict[str, Any] = {}
 
     def step_time(values: Mapping[str, Any]) -> float:
+        """The first call times the planned step; a second one (progressive resizing)
+        the half-size step, recorded under ``half_size``."""
         from unet_lowered.planning.steptime import measure_step_time
 
-        known = {k: v for k, v in {**values, **fixed}.items() if k in config_mod.FIELDS}
+        # values already hold the user's settings; a half-size call overrides the size
+        known = {k: v for k, v in {**fixed, **values}.items() if k in config_mod.FIELDS}
         known.pop("time_budget", None)
         cfg = TrainConfig(**known).validate()
-        measured.update(measure_step_time(cfg, data.channels, data.num_classes))
-        return measured["step_s"] + measured["augment_s"]
+        step = measure_step_time(cfg, data.channels, data.num_classes)
+        if measured:
+            measured["half_size"] = {**step, "image_size": cfg.image_size}
+        else:
+            measured.update(step)
+        return step["step_s"] + step["augment_s"]
 
     settings, advice = rules.plan_settings(
         fp,

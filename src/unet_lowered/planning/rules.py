@@ -67,7 +67,9 @@ HALF_SIZE_STEP = 0.35
 """A training step at half the size costs this share of a full-size one. From JSRT's
 history.csv (112 vs 224 px, batch 4, 43 steps an epoch): 3.7 s against 8.3 s an epoch,
 of which about 1.3 s in both is the full-size validation and the checkpoints, so the
-steps take about 2.4 s against 7.0 s."""
+steps take about 2.4 s against 7.0 s (AMD EPYC). Used only where the half-size step is
+not measured: :func:`plan_settings` measures it whenever it can change the epochs (on
+an Intel Xeon with AMX it came out at about 0.5, 2026-12-05)."""
 
 WHOLE_IMAGE_SAMPLES = 10200
 """With progressive resizing, whole-image training stops after about this many samples
@@ -429,31 +431,20 @@ def foreground_crops_rule(fp: Fingerprint, input_mode: str) -> Planned:
     return Planned(0.0, "off: whole images hold all their objects")
 
 
-def schedule_rule(
+def _fit_epochs(
     n_train: int,
     n_val: int,
     batch_size: int,
     step_s: float,
     budget_s: float,
-    progressive: float = 0.0,
-) -> dict[str, Planned]:
-    """Epochs fitted to the time budget from the measured step time; patience to match.
-
-    An epoch costs ``ceil(n_train / b)`` steps plus validation (a forward pass, a third
-    of a step per batch) plus :data:`EPOCH_OVERHEAD_S`; with ``progressive``, that share
-    of the epochs runs its steps at :data:`HALF_SIZE_STEP` of the cost and skips
-    validation.
-    :data:`BUDGET_SHARE` of the budget is planned, so the cosine schedule reaches its
-    end inside the budget (the
-    :class:`~unet_lowered.planning.callbacks.TimeBudget` callback stops a slower run at
-    an epoch's end). With progressive resizing, training stops after about
-    :data:`WHOLE_IMAGE_SAMPLES` samples even when the budget allows more. Early
-    stopping waits a third of the epochs, at least 15, so it does not cut the
-    schedule's low-learning-rate end.
-    """
+    progressive: float,
+    half_share: float,
+) -> tuple[int, int, int, str, float]:
+    """``(epochs, fitted, cap, cap_why, epoch_s)``: :func:`schedule_rule`'s arithmetic,
+    a half-size step costing ``half_share`` of a full-size one."""
     steps = math.ceil(n_train / batch_size)
     val_steps = math.ceil(n_val / batch_size)
-    step_cost = progressive * HALF_SIZE_STEP + (1.0 - progressive)
+    step_cost = progressive * half_share + (1.0 - progressive)
     val_s = val_steps * step_s / 3 * (1.0 - progressive)
     epoch_s = steps * step_s * step_cost + val_s + EPOCH_OVERHEAD_S
     fitted = int(BUDGET_SHARE * budget_s // epoch_s)
@@ -462,8 +453,41 @@ def schedule_rule(
         enough = max(1, round(WHOLE_IMAGE_SAMPLES / n_train))
         if enough < cap:
             cap, cap_why = enough, f"enough: about {WHOLE_IMAGE_SAMPLES} samples"
-    epochs = max(1, min(cap, fitted))
-    mean = " (mean, half-size epochs included)" if progressive > 0 else ""
+    return max(1, min(cap, fitted)), fitted, cap, cap_why, epoch_s
+
+
+def schedule_rule(
+    n_train: int,
+    n_val: int,
+    batch_size: int,
+    step_s: float,
+    budget_s: float,
+    progressive: float = 0.0,
+    half_step_s: float | None = None,
+) -> dict[str, Planned]:
+    """Epochs fitted to the time budget from the measured step time; patience to match.
+
+    An epoch costs ``ceil(n_train / b)`` steps plus validation (a forward pass, a third
+    of a step per batch) plus :data:`EPOCH_OVERHEAD_S`; with ``progressive``, that share
+    of the epochs runs half-size steps of ``half_step_s`` (measured; None: taken as
+    :data:`HALF_SIZE_STEP` of a full-size step) and skips validation.
+    :data:`BUDGET_SHARE` of the budget is planned, so the cosine schedule reaches its
+    end inside the budget (the
+    :class:`~unet_lowered.planning.callbacks.TimeBudget` callback stops a slower run at
+    an epoch's end). With progressive resizing, training stops after about
+    :data:`WHOLE_IMAGE_SAMPLES` samples even when the budget allows more. Early
+    stopping waits a third of the epochs, at least 15, so it does not cut the
+    schedule's low-learning-rate end.
+    """
+    share = HALF_SIZE_STEP if half_step_s is None else half_step_s / step_s
+    epochs, fitted, cap, cap_why, epoch_s = _fit_epochs(
+        n_train, n_val, batch_size, step_s, budget_s, progressive, share
+    )
+    steps = math.ceil(n_train / batch_size)
+    mean = ""
+    if progressive > 0:
+        how = "measured" if half_step_s is not None else "taken as"
+        mean = f" (mean, half-size epochs included: their steps {how} {share:.2f} of a full one)"
     why = (
         f"{epochs}: {BUDGET_SHARE:.0%} of the {budget_s:.0f} s budget / {epoch_s:.1f} s per "
         f"epoch{mean} ({steps} steps of {step_s:.2f} s measured + validation)"
@@ -503,6 +527,14 @@ def postprocess_rule(fp: Fingerprint) -> Planned:
             "scored by the Rand error"
         )
     return Planned(candidates, "; ".join(why) + " (chosen on validation after training)")
+
+
+def _capped_anyway(
+    n_train: int, n_val: int, batch: int, step_s: float, budget_s: float, progressive: float
+) -> bool:
+    """Whether the epochs' cap holds even with half-size steps costing a full one."""
+    _, fitted, cap, _, _ = _fit_epochs(n_train, n_val, batch, step_s, budget_s, progressive, 1.0)
+    return fitted >= cap
 
 
 StepTimer = Callable[[Mapping[str, Any]], float]
@@ -568,7 +600,22 @@ def plan_settings(
         b0 = value.get("batch_size", DEFAULT_BATCH)
         # Per-image cost is about constant on a CPU: scale the measured step.
         step = step_default if batch == b0 else step_default * batch / b0
-        settings.update(schedule_rule(n_train, n_val, batch, step, budget_s, value["progressive"]))
+        progressive = value["progressive"]
+        half_step = None
+        # The half-size step is measured only where it can change the epochs: not when
+        # the cap holds even with half-size steps as dear as full ones.
+        size = value["image_size"]
+        if (
+            progressive > 0
+            and isinstance(size, int)
+            and not _capped_anyway(n_train, n_val, batch, step, budget_s, progressive)
+        ):
+            half = nearest_valid_sizes(max(1, size // 2), depth, padding)[0]
+            if half < size:
+                half_step = step_time({**value, "batch_size": batch, "image_size": half})
+        settings.update(
+            schedule_rule(n_train, n_val, batch, step, budget_s, progressive, half_step)
+        )
     settings["time_budget"] = Planned(budget_s, f"{budget_s:g} s: training ends inside it")
     advice["postprocess"] = postprocess_rule(fp)
     return settings, advice
