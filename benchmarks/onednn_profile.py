@@ -41,22 +41,9 @@ def child(which: str, steps: int) -> None:
     import time
 
     sys.path.insert(0, str(HERE))
-    from speed import keras_configs, make_batch, torch_configs
+    from speed import bf16_train_step
 
-    x, y = make_batch(8, 256)
-    if which == "keras":
-        import tensorflow as tf
-
-        import unet_lowered  # noqa: F401  (sets the TensorFlow backend)
-
-        # The threads speed.py uses: all cores inside an op, one op at a time.
-        tf.config.threading.set_intra_op_parallelism_threads(os.cpu_count() or 1)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
-        train, _, _ = keras_configs(x, y, 256, False, policies=("mixed_bfloat16",))
-        step = train[0]
-    else:
-        train, _, _ = torch_configs(x, y, threads=os.cpu_count() or 1)
-        step = train[1]  # bf16 autocast
+    step = bf16_train_step(which, 8, 256)
     for _ in range(3):
         step.step()
     print(START, flush=True)

@@ -67,21 +67,9 @@ def kind_of(op: str) -> str:
 def child(which: str, size: int, batch: int, steps: int) -> None:
     """Time ``steps`` steps, profile ``steps`` more, print ``{op: (ms, calls)}`` as JSON."""
     sys.path.insert(0, str(HERE))
-    from speed import keras_configs, make_batch, torch_configs
+    from speed import bf16_train_step
 
-    x, y = make_batch(batch, size)
-    if which == "keras":
-        import tensorflow as tf
-
-        import unet_lowered  # noqa: F401  (sets the TensorFlow backend)
-
-        tf.config.threading.set_intra_op_parallelism_threads(os.cpu_count() or 1)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
-        train, _, _ = keras_configs(x, y, size, False, policies=("mixed_bfloat16",))
-        step = train[0]
-    else:
-        train, _, _ = torch_configs(x, y, threads=os.cpu_count() or 1)
-        step = train[1]  # bf16 autocast
+    step = bf16_train_step(which, batch, size)
     for _ in range(3):
         step.step()
     start = time.perf_counter()
@@ -90,6 +78,7 @@ def child(which: str, size: int, batch: int, steps: int) -> None:
     step_ms = (time.perf_counter() - start) / steps * 1000
     ops: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0.0])
     if which == "keras":
+        import tensorflow as tf
         from tensorflow.python.profiler.internal import _pywrap_profiler_plugin as plugin
 
         with tempfile.TemporaryDirectory() as logdir:

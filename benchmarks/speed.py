@@ -173,6 +173,27 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+def bf16_train_step(which: str, batch: int, size: int) -> Timed:
+    """One framework's bf16 training step on a batch of :func:`make_batch`, as the
+    profiling scripts run it: ``keras`` (``mixed_bfloat16``, TensorFlow on all cores
+    inside an op and one op at a time, as :func:`main` sets it) or ``torch`` (bf16
+    autocast, all cores). Call it once per process."""
+    import os
+
+    x, y = make_batch(batch, size)
+    if which == "keras":
+        import tensorflow as tf
+
+        import unet_lowered  # noqa: F401  (sets the TensorFlow backend)
+
+        tf.config.threading.set_intra_op_parallelism_threads(os.cpu_count() or 1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+        train, _, _ = keras_configs(x, y, size, False, policies=("mixed_bfloat16",))
+        return train[0]
+    train, _, _ = torch_configs(x, y, threads=os.cpu_count() or 1)
+    return train[1]  # bf16 autocast
+
+
 # ---------------------------------------------------------------- inputs
 
 
