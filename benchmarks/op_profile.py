@@ -9,15 +9,17 @@ threads ``speed.py`` gives TensorFlow, PyTorch bf16 autocast, channels-last):
   plugin's ``framework_op_stats`` tool (self time per op type);
 * PyTorch: ``torch.profiler`` (self CPU time per ``aten`` op).
 
-Each framework runs in its own child process. Printed per framework: the step's wall
-time without a profiler, then the ops' self time per step grouped into kinds
+Each framework runs in its own child process, ``--rounds`` times, the two
+frameworks alternating (the machine is shared: one pass of each swings by 30% from run
+to run). Printed per framework, as medians over the rounds: the step's wall time
+without a profiler, then the ops' self time per step grouped into kinds
 (convolutions, ReLU, bias, skip connections, pooling, casts and copies, the rest) and
 the largest ops. Profilers add their own cost, so the sums run a little above the
 step; compare kinds between frameworks, not sums with ``speed.py``.
 
 Run by hand on a quiet machine::
 
-    .venv/bin/python benchmarks/op_profile.py --size 224 --batch 4 [--steps 5] [--top 12]
+    .venv/bin/python benchmarks/op_profile.py --size 224 --batch 4 [--rounds 3] [--steps 5] [--top 12]
 
 It prints a Markdown report; nothing is written. Requires ``torch==2.13.0`` (the
 ``bench`` extra) for the PyTorch half.
@@ -30,6 +32,7 @@ import collections
 import glob
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -129,29 +132,62 @@ def report(name: str, step_ms: float, ops: dict[str, list[float]], top: int) -> 
     return "\n".join(lines) + "\n"
 
 
+def median_rounds(rounds: list[dict]) -> tuple[float, dict[str, list[float]]]:
+    """The median step and, per op, the median ms and calls over rounds (an op missing
+    from a round counts 0 there)."""
+    names = {op for r in rounds for op in r["ops"]}
+    ops = {
+        op: [
+            statistics.median(r["ops"].get(op, [0.0, 0.0])[0] for r in rounds),
+            statistics.median(r["ops"].get(op, [0.0, 0.0])[1] for r in rounds),
+        ]
+        for op in names
+    }
+    return statistics.median(r["step_ms"] for r in rounds), ops
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=224, help="image side in pixels")
     parser.add_argument("--batch", type=int, default=4, help="batch size")
     parser.add_argument("--steps", type=int, default=5, help="timed and profiled steps each")
+    parser.add_argument("--rounds", type=int, default=3, help="child processes per framework")
     parser.add_argument("--top", type=int, default=12, help="ops listed per framework")
     parser.add_argument("--child", choices=("keras", "torch"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         child(args.child, args.size, args.batch, args.steps)
         return 0
-    print(f"# Op profile of one bf16 training step ({args.size}x{args.size}, batch {args.batch})\n")
+    names = {"keras": "Keras/TF mixed_bfloat16", "torch": "PyTorch bf16 autocast"}
+    print(
+        f"# Op profile of one bf16 training step ({args.size}x{args.size}, batch "
+        f"{args.batch}); medians of {args.rounds} interleaved rounds\n"
+    )
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    for which, name in (("keras", "Keras/TF mixed_bfloat16"), ("torch", "PyTorch bf16 autocast")):
-        cmd = [sys.executable, __file__, "--child", which, "--size", str(args.size)]
-        cmd += ["--batch", str(args.batch), "--steps", str(args.steps)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        found = [ln for ln in proc.stdout.splitlines() if ln.startswith(MARK)]
-        if proc.returncode != 0 or not found:
-            print(f"## {name}: failed\n\n```\n{proc.stderr[-2000:]}\n```\n")
+    results: dict[str, list[dict]] = {"keras": [], "torch": []}
+    failed: dict[str, str] = {}
+    for k in range(args.rounds):
+        order = ("keras", "torch") if k % 2 == 0 else ("torch", "keras")
+        for which in order:
+            if which in failed:
+                continue
+            cmd = [sys.executable, __file__, "--child", which, "--size", str(args.size)]
+            cmd += ["--batch", str(args.batch), "--steps", str(args.steps)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            found = [ln for ln in proc.stdout.splitlines() if ln.startswith(MARK)]
+            if proc.returncode != 0 or not found:
+                failed[which] = proc.stderr[-2000:]
+                continue
+            results[which].append(json.loads(found[-1][len(MARK) :]))
+            print(f"round {k + 1}/{args.rounds}: {which} step {results[which][-1]['step_ms']:.0f} ms",
+                  file=sys.stderr, flush=True)  # fmt: skip
+    for which, name in names.items():
+        if which in failed:
+            print(f"## {name}: failed\n\n```\n{failed[which]}\n```\n")
             continue
-        result = json.loads(found[-1][len(MARK) :])
-        print(report(name, result["step_ms"], result["ops"], args.top))
+        steps = ", ".join(f"{r['step_ms']:.0f}" for r in results[which])
+        step_ms, ops = median_rounds(results[which])
+        print(report(name, step_ms, ops, args.top) + f"\nSteps of the rounds, ms: {steps}.\n")
     return 0
 
 

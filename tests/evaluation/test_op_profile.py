@@ -47,3 +47,14 @@ def test_the_report_sums_each_kind_and_lists_the_largest_ops_first(op_profile) -
     assert f"| {REST} | 1.0 | 10% |" in text
     listed = [line for line in text.splitlines() if line.startswith("| `")]
     assert listed == ["| `Conv2D` | 5.0 | 10 |", "| `ReluGrad` | 3.0 | 20 |"]
+
+
+def test_rounds_are_summed_up_by_their_medians(op_profile) -> None:
+    rounds = [
+        {"step_ms": 150.0, "ops": {"Conv2D": [80.0, 10], "ReluGrad": [20.0, 20]}},
+        {"step_ms": 190.0, "ops": {"Conv2D": [110.0, 10]}},  # no ReluGrad this round
+        {"step_ms": 160.0, "ops": {"Conv2D": [90.0, 10], "ReluGrad": [30.0, 20]}},
+    ]
+    step_ms, ops = op_profile.median_rounds(rounds)
+    assert step_ms == 160.0
+    assert ops == {"Conv2D": [90.0, 10], "ReluGrad": [20.0, 20]}  # medians of 0, 20, 30
