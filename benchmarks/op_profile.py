@@ -55,16 +55,19 @@ KINDS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 """Kind name -> lower-case substrings of the op names in it (first match wins)."""
 
+REST = "the rest (Adam, loss, metrics, idle)"
+"""The kind of every op no :data:`KINDS` entry names."""
+
 
 def kind_of(op: str) -> str:
     """The :data:`KINDS` name of an op (``aten::add_`` is Adam's, not a skip's)."""
     low = op.lower()
     if low == "aten::add_":
-        return "the rest (Adam, loss, metrics, idle)"
+        return REST
     for name, needles in KINDS:
         if any(n in low for n in needles):
             return name
-    return "the rest (Adam, loss, metrics, idle)"
+    return REST
 
 
 def child(which: str, size: int, batch: int, steps: int) -> None:
@@ -124,7 +127,7 @@ def report(name: str, step_ms: float, ops: dict[str, list[float]], top: int) -> 
         "| kind | ms per step | share |",
         "|---|---:|---:|",
     ]
-    order = [k for k, _ in KINDS] + ["the rest (Adam, loss, metrics, idle)"]
+    order = [k for k, _ in KINDS] + [REST]
     lines += [f"| {k} | {kinds[k]:.1f} | {kinds[k] / total:.0%} |" for k in order if k in kinds]
     lines += ["", "| op | ms per step | calls per step |", "|---|---:|---:|"]
     for op, (ms, n) in sorted(ops.items(), key=lambda kv: -kv[1][0])[:top]:

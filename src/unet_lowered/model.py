@@ -271,6 +271,12 @@ def nearest_valid_sizes(size: int, depth: int = 4, padding: str = "same") -> lis
     return [s for s in (below, above) if s is not None]
 
 
+def half_size(size: int, depth: int = 4, padding: str = "same") -> int:
+    """Half of ``size``, rounded down to a size the network takes (progressive
+    resizing's smaller size; not smaller than ``size`` when nothing valid lies below)."""
+    return nearest_valid_sizes(max(1, size // 2), depth, padding)[0]
+
+
 # ---------------------------------------------------------------- size of the network
 
 

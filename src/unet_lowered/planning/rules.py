@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from unet_lowered.evaluation.choose import BOUNDARY_TOUCHING
-from unet_lowered.model import nearest_valid_sizes
+from unet_lowered.model import half_size, nearest_valid_sizes
 from unet_lowered.planning.fingerprint import Fingerprint
 
 RESIZE_CAP = 256
@@ -456,6 +456,14 @@ def _fit_epochs(
     return max(1, min(cap, fitted)), fitted, cap, cap_why, epoch_s
 
 
+def _capped_anyway(
+    n_train: int, n_val: int, batch: int, step_s: float, budget_s: float, progressive: float
+) -> bool:
+    """Whether the epochs' cap holds even with half-size steps costing a full one."""
+    _, fitted, cap, _, _ = _fit_epochs(n_train, n_val, batch, step_s, budget_s, progressive, 1.0)
+    return fitted >= cap
+
+
 def schedule_rule(
     n_train: int,
     n_val: int,
@@ -527,14 +535,6 @@ def postprocess_rule(fp: Fingerprint) -> Planned:
             "scored by the Rand error"
         )
     return Planned(candidates, "; ".join(why) + " (chosen on validation after training)")
-
-
-def _capped_anyway(
-    n_train: int, n_val: int, batch: int, step_s: float, budget_s: float, progressive: float
-) -> bool:
-    """Whether the epochs' cap holds even with half-size steps costing a full one."""
-    _, fitted, cap, _, _ = _fit_epochs(n_train, n_val, batch, step_s, budget_s, progressive, 1.0)
-    return fitted >= cap
 
 
 StepTimer = Callable[[Mapping[str, Any]], float]
@@ -610,7 +610,7 @@ def plan_settings(
             and isinstance(size, int)
             and not _capped_anyway(n_train, n_val, batch, step, budget_s, progressive)
         ):
-            half = nearest_valid_sizes(max(1, size // 2), depth, padding)[0]
+            half = half_size(size, depth, padding)
             if half < size:
                 half_step = step_time({**value, "batch_size": batch, "image_size": half})
         settings.update(

@@ -21,7 +21,7 @@ import numpy as np
 from unet_lowered import preprocess
 from unet_lowered.dataset.pairs import PreparedData
 from unet_lowered.errors import UnetError, listing
-from unet_lowered.model import nearest_valid_sizes, output_size
+from unet_lowered.model import half_size, output_size
 from unet_lowered.training.augment import AugmentConfig, augment, center_crop
 from unet_lowered.training.cache import SampleCache, default_weight_fn
 from unet_lowered.training.config import TrainConfig
@@ -52,7 +52,7 @@ def progressive_plan(
     None when it would change nothing: ``fraction`` 0, no epoch or no smaller valid size.
     """
     n = int(fraction * epochs)
-    half = nearest_valid_sizes(max(1, image_size // 2), depth, padding)[0]
+    half = half_size(image_size, depth, padding)
     if n < 1 or half >= image_size:
         return None
     return Progressive(n, (half, half), output_size((half, half), depth, padding))
