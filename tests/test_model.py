@@ -12,7 +12,9 @@ import pytest
 
 from unet_lowered.cli import main
 from unet_lowered.errors import UnetError
+from unet_lowered.io import runs
 from unet_lowered.model import (
+    UpConv2x2,
     count_flops,
     model_info,
     nearest_valid_sizes,
@@ -120,6 +122,77 @@ def test_save_load_gives_identical_predictions(kwargs, tmp_path, rng):
     x = rng.standard_normal((2, 60, 60, 1)).astype("float32")
     np.testing.assert_array_equal(predict(loaded, x), predict(model, x))
     assert [layer.name for layer in loaded.layers] == [layer.name for layer in model.layers]
+
+
+# ---------------------------------------------------------------- the up-convolution
+
+
+@pytest.mark.backend
+def test_up_convolution_places_each_tap_by_hand():
+    # Two input pixels side by side, channels (1, 2) and (0, 0), and a kernel whose tap
+    # (a, b) maps channel c to filter f with weight 100a + 10b + f + 0.1c (+ bias 1000f):
+    # output pixel (a, b) of filter f is sum_c x_c * K[a, b, f, c] + bias_f; the second
+    # input pixel's 2x2 block, to its right, is the bias alone.
+    a, b, f, c = np.meshgrid(np.arange(2), np.arange(2), np.arange(3), np.arange(2), indexing="ij")
+    kernel = (100 * a + 10 * b + f + 0.1 * c).astype("float32")  # (2, 2, 3, 2)
+    bias = np.array([0, 1000, 2000], "float32")
+    layer = UpConv2x2(3, 2, strides=2)
+    layer.build((1, 1, 1, 2))
+    layer.set_weights([kernel, bias])
+    y = keras.ops.convert_to_numpy(layer(np.array([[[[1, 2], [0, 0]]]], "float32")))
+    expected = 3 * (100 * a + 10 * b + f)[..., 0] + 0.1 * 2 + 1000 * f[..., 0]  # x = (1, 2)
+    assert y.shape == (1, 2, 4, 3)
+    np.testing.assert_allclose(y[0, :, :2], expected, rtol=1e-6)
+    np.testing.assert_allclose(y[0, :, 2:], np.broadcast_to(bias, (2, 2, 3)))
+
+
+@pytest.mark.backend
+@pytest.mark.parametrize(
+    ("kernel", "strides", "padding"),
+    [(2, 2, "valid"), (3, 2, "same"), (2, 1, "valid")],  # the shuffle, then two fall-backs
+)
+def test_up_convolution_equals_conv2d_transpose(kernel, strides, padding, rng):
+    x = rng.standard_normal((2, 5, 7, 3)).astype("float32")
+    plain = keras.layers.Conv2DTranspose(4, kernel, strides=strides, padding=padding)
+    own = UpConv2x2(4, kernel, strides=strides, padding=padding)
+    plain.build(x.shape)
+    own.build(x.shape)
+    weights = [rng.standard_normal(w.shape).astype("float32") for w in plain.get_weights()]
+    plain.set_weights(weights)
+    own.set_weights(weights)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(own(x)), keras.ops.convert_to_numpy(plain(x)), atol=1e-5
+    )
+
+
+def test_default_network_uses_the_shuffled_up_convolution_and_loads_it(tmp_path, rng):
+    model = unet((None, None, 1), base_filters=4, depth=2)
+    ups = [layer for layer in model.layers if layer.name.endswith("_upconv")]
+    assert [type(layer) for layer in ups] == [UpConv2x2, UpConv2x2]
+    assert all(layer._shuffle for layer in ups)  # not the fall-back
+    model.save(tmp_path / "model.keras")
+    loaded = runs.load_model(tmp_path / "model.keras")  # safe mode, the layer registered
+    assert type(loaded.get_layer("dec1_upconv")) is UpConv2x2
+    x = rng.standard_normal((1, 24, 40, 1)).astype("float32")
+    np.testing.assert_array_equal(predict(loaded, x), predict(model, x))
+
+
+def test_a_model_saved_with_conv2d_transpose_still_loads_with_the_same_outputs(tmp_path, rng):
+    # Runs trained before UpConv2x2 hold Keras' Conv2DTranspose; they load unchanged, and
+    # the same weights in today's network give the same logits.
+    config = unet((None, None, 1), base_filters=4, depth=2).get_config()
+    for layer in config["layers"]:
+        if layer["class_name"] == "UpConv2x2":
+            layer.update(class_name="Conv2DTranspose", module="keras.layers", registered_name=None)
+    old = keras.Model.from_config(config)
+    assert type(old.get_layer("dec1_upconv")) is keras.layers.Conv2DTranspose
+    old.save(tmp_path / "old.keras")
+    loaded = runs.load_model(tmp_path / "old.keras")
+    assert type(loaded.get_layer("dec1_upconv")) is keras.layers.Conv2DTranspose
+    new = unet((None, None, 1), base_filters=4, depth=2)
+    new.set_weights(loaded.get_weights())
+    x = rng.standard_normal((1, 32, 16, 1)).astype("float32")
+    np.testing.assert_allclose(predict(new, x), predict(loaded, x), atol=1e-5)
 
 
 def test_logits_stay_float32_under_mixed_precision(mixed_bfloat16, rng):

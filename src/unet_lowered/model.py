@@ -139,13 +139,63 @@ def _conv_block(x: Any, filters: int, padding: str, batch_norm: bool, name: str)
 def _up(x: Any, filters: int, upsampling: str, name: str) -> Any:
     """Double the size and set the filters: a 2x2 up-convolution or bilinear + 2x2 conv."""
     if upsampling == "transpose":
-        return layers.Conv2DTranspose(
+        return UpConv2x2(
             filters, 2, strides=2, kernel_initializer="he_normal", name=f"{name}_upconv"
         )(x)
     x = layers.UpSampling2D(2, interpolation="bilinear", name=f"{name}_upsample")(x)
     return layers.Conv2D(
         filters, 2, padding="same", kernel_initializer="he_normal", name=f"{name}_upconv"
     )(x)
+
+
+@keras.saving.register_keras_serializable(package="unet_lowered")
+class UpConv2x2(layers.Conv2DTranspose):
+    """The paper's 2x2 up-convolution (stride 2), computed as a 1x1 convolution to four
+    times the filters followed by a pixel shuffle.
+
+    A 2x2 kernel at stride 2 never overlaps itself: output pixel ``(2i + a, 2j + b)`` is
+    input pixel ``(i, j)`` times the kernel's tap ``(a, b)`` plus the bias. So one 1x1
+    convolution computes all four taps at once (``filters * 4`` channels, ordered
+    ``(a, b, filter)``) and a reshape and transpose put each tap in its place. The
+    weights are ``Conv2DTranspose``'s (kernel ``(2, 2, filters, in)``, bias
+    ``(filters,)``), the outputs the same (identical in float32); what changes is the
+    cost: TensorFlow's oneDNN fuses the 1x1 convolution's bias into it, where the
+    transposed convolution's bias is a separate op forward and backward (4-5% of a
+    training step at 224 px, batch 4, and 256 px, batch 8; ``benchmarks/RESULTS.md``).
+    Other kernel sizes, strides, padding or ``channels_first`` fall back to
+    ``Conv2DTranspose``.
+    """
+
+    def __init__(self, filters: int, kernel_size: Any = 2, strides: Any = 2, **kwargs: Any):
+        super().__init__(filters, kernel_size, strides=strides, **kwargs)
+        self._shuffle = (
+            tuple(self.kernel_size) == (2, 2)
+            and tuple(self.strides) == (2, 2)
+            and self.padding == "valid"
+            and tuple(self.dilation_rate) == (1, 1)
+            and self.data_format == "channels_last"
+            and self.output_padding is None
+        )
+
+    def call(self, inputs: Any) -> Any:
+        if not self._shuffle:
+            return super().call(inputs)
+        from keras import ops
+
+        channels, filters = self.kernel.shape[-1], self.filters
+        # (2, 2, F, C) -> (C, 2, 2, F) -> a 1x1 kernel (1, 1, C, 4F), taps ordered (a, b, f)
+        kernel = ops.reshape(ops.transpose(self.kernel, (3, 0, 1, 2)), (1, 1, channels, 4 * filters))
+        outputs = ops.conv(inputs, kernel)
+        if self.use_bias:
+            outputs = ops.add(outputs, ops.tile(self.bias, (4,)))
+        # (B, H, W, 2, 2, F) -> (B, H, 2, W, 2, F) -> (B, 2H, 2W, F)
+        shape = ops.shape(inputs)
+        outputs = ops.reshape(outputs, (shape[0], shape[1], shape[2], 2, 2, filters))
+        outputs = ops.transpose(outputs, (0, 1, 3, 2, 4, 5))
+        outputs = ops.reshape(outputs, (shape[0], shape[1] * 2, shape[2] * 2, filters))
+        if self.activation is not None:
+            outputs = self.activation(outputs)
+        return outputs
 
 
 def _base_filters(base_filters: int | None, width: float | None) -> int:

@@ -167,6 +167,8 @@ def load_model(path: str | os.PathLike):
     _check_archive(path)
     import keras
 
+    import unet_lowered.model  # noqa: F401  (registers the model's own layers for loading)
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
