@@ -2,8 +2,9 @@
 the model's own) against Keras' ``Conv2DTranspose``, in one process, same weights.
 
 Both models are the default network (``unet_lowered.model.unet``) under
-``mixed_bfloat16``, with the product's loss and Adam, as ``speed.py`` runs it
-(TensorFlow on all cores inside an op, one op at a time). The second model differs only
+``--policy`` (``mixed_bfloat16``), with the product's loss and Adam, as ``speed.py`` runs
+it (TensorFlow on all cores inside an op, one op at a time), on the Keras backend that
+``KERAS_BACKEND`` names (TensorFlow by default; JAX and PyTorch work too). The second model differs only
 in its four up-convolutions, built as plain ``Conv2DTranspose`` layers and given the
 first model's weights. First the float32 outputs of the two are compared (they must
 agree); then ``--rounds`` rounds alternate the two models, each timing ``--steps``
@@ -12,7 +13,8 @@ training steps (``train_on_batch``) and as many inference calls
 
 Run by hand on a quiet machine::
 
-    .venv/bin/python benchmarks/upconv.py [--size 224] [--batch 4] [--rounds 8] [--steps 5]
+    [KERAS_BACKEND=jax] .venv/bin/python benchmarks/upconv.py [--size 224] [--batch 4]
+        [--rounds 8] [--steps 5] [--policy mixed_bfloat16]
 
 It prints a Markdown table; nothing is written.
 """
@@ -81,17 +83,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=4, help="batch size")
     parser.add_argument("--rounds", type=int, default=8, help="alternating rounds")
     parser.add_argument("--steps", type=int, default=5, help="calls timed per round")
+    parser.add_argument("--policy", default="mixed_bfloat16", help="Keras dtype policy timed")
     args = parser.parse_args(argv)
     import keras
-    import tensorflow as tf
 
-    tf.config.threading.set_intra_op_parallelism_threads(os.cpu_count() or 1)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
+    import unet_lowered  # noqa: F401  (sets the backend: KERAS_BACKEND, TensorFlow by default)
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(os.cpu_count() or 1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
     x, y = speed.make_batch(args.batch, args.size)
-    xt, yt = tf.constant(x), tf.constant(y)
+    xt, yt = keras.ops.convert_to_tensor(x), keras.ops.convert_to_tensor(y)
     diff = max_difference(args.size, xt)
     loss, _ = speed.keras_loss()
-    models = {name: build(args.size, "mixed_bfloat16", plain=i == 1) for i, name in enumerate(VARIANTS)}
+    models = {name: build(args.size, args.policy, plain=i == 1) for i, name in enumerate(VARIANTS)}
     models[VARIANTS[1]].set_weights(models[VARIANTS[0]].get_weights())
     for model in models.values():
         model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss)
@@ -104,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                         args.rounds, args.steps)  # fmt: skip
     print(
         f"# The up-convolution two ways, {args.size}x{args.size}, batch {args.batch}, "
-        f"Keras/TF mixed_bfloat16 (medians of {args.rounds} alternating rounds of "
+        f"Keras on {backend}, {args.policy} (medians of {args.rounds} alternating rounds of "
         f"{args.steps} calls)\n\nfloat32 logits, largest |difference|: {diff:.3g}\n"
     )
     print("| up-convolution | train step, ms | inference call, ms |\n|---|---:|---:|")
