@@ -254,23 +254,36 @@ def keras_loss():
     return bce_dice, "local BCE+Dice (unet_lowered.training.losses.get_loss not available)"
 
 
+def keras_optimizer():
+    """The product's optimizer at 1e-3: ``FusedAdam`` (Keras' Adam, its update one TF
+    kernel); Keras' ``Adam`` where the package predates it."""
+    import keras
+
+    try:
+        from unet_lowered.training.optimizers import FusedAdam
+    except ImportError:
+        return keras.optimizers.Adam(1e-3)
+    return FusedAdam(1e-3)
+
+
 def keras_configs(
     x, y, size: int, xla: bool, policies: tuple[str, ...] = ("float32", "mixed_bfloat16")
 ) -> tuple[list[Timed], list[Timed], dict]:
-    import keras
     import tensorflow as tf
 
     loss, loss_name = keras_loss()
     xt, yt = tf.constant(x), tf.constant(y)
     train, infer = [], []
     variants = [(p, False) for p in policies] + [(p, True) for p in policies if xla]
+    optimizer = "Adam"
     for policy, jit in variants:
         model = keras_model(size, policy)
-        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=loss, jit_compile=jit)
+        model.compile(optimizer=keras_optimizer(), loss=loss, jit_compile=jit)
+        optimizer = type(model.optimizer).__name__
         label = f"Keras/TF {policy}" + (" XLA" if jit else "")
         train.append(Timed(label, lambda m=model: m.train_on_batch(xt, yt), len(x)))
         infer.append(Timed(label, lambda m=model: m.predict_on_batch(xt), len(x)))
-    return train, infer, {"loss": loss_name}
+    return train, infer, {"loss": loss_name, "optimizer": optimizer}
 
 
 # ---------------------------------------------------------------- PyTorch
@@ -610,7 +623,7 @@ def report(
         f"Network: default U-Net (16-32-64-128-256, depth 4, same padding), "
         f"{info['params'] / 1e6:.2f} M parameters, {flops / 1e9:.2f} GFLOP forward per image "
         f"(counted from the layers by `count_flops`; training counted as 3x). "
-        f"Loss: {info['loss']}, Adam. Median of {args.rounds} interleaved rounds x "
+        f"Loss: {info['loss']}, {info.get('optimizer', 'Adam')} (PyTorch: Adam). Median of {args.rounds} interleaved rounds x "
         f"{args.steps} steps after {args.warmup} warm-up steps (range over rounds in brackets).",
         "",
         "| configuration | train img/s | infer img/s | train % of matmul | infer % of matmul |",

@@ -184,7 +184,9 @@ class UpConv2x2(layers.Conv2DTranspose):
 
         channels, filters = self.kernel.shape[-1], self.filters
         # (2, 2, F, C) -> (C, 2, 2, F) -> a 1x1 kernel (1, 1, C, 4F), taps ordered (a, b, f)
-        kernel = ops.reshape(ops.transpose(self.kernel, (3, 0, 1, 2)), (1, 1, channels, 4 * filters))
+        kernel = ops.reshape(
+            ops.transpose(self.kernel, (3, 0, 1, 2)), (1, 1, channels, 4 * filters)
+        )
         outputs = ops.conv(inputs, kernel)
         if self.use_bias:
             outputs = ops.add(outputs, ops.tile(self.bias, (4,)))

@@ -47,6 +47,7 @@ def measure_step_time(
     from unet_lowered.training.augment import augment
     from unet_lowered.training.losses import get_loss, needs_weight_map
     from unet_lowered.training.metrics import DiceMetric, IoUMetric
+    from unet_lowered.training.optimizers import FusedAdam
     from unet_lowered.training.sequence import augment_config
     from unet_lowered.training.train import build_model, resolve_precision
 
@@ -59,7 +60,7 @@ def measure_step_time(
     finally:
         keras.mixed_precision.set_global_policy(before)
     model.compile(
-        optimizer=keras.optimizers.Adam(1e-3),
+        optimizer=FusedAdam(1e-3),  # as unet train's
         loss=get_loss(cfg.loss, num_classes),
         metrics=[DiceMetric(num_classes=num_classes), IoUMetric(num_classes=num_classes)],
     )

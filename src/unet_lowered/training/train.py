@@ -54,6 +54,7 @@ from unet_lowered.training.config import RunConfig, TrainConfig
 from unet_lowered.training.feed import as_tf_dataset
 from unet_lowered.training.losses import get_loss
 from unet_lowered.training.metrics import DiceMetric, IoUMetric
+from unet_lowered.training.optimizers import FusedAdam
 from unet_lowered.training.sequence import EpochSync, make_sequences
 
 
@@ -521,7 +522,7 @@ def _optimizer(cfg: TrainConfig, steps: int):
     if cfg.optimizer == "sgd":
         # The paper: high momentum (0.99) so that many earlier samples shape each update.
         return keras.optimizers.SGD(learning_rate=lr, momentum=0.99, **ema)
-    return keras.optimizers.Adam(learning_rate=lr, **ema)
+    return FusedAdam(learning_rate=lr, **ema)  # Keras' Adam, its update one TF kernel
 
 
 __all__ = ["cpu_supports_bf16", "resolve_precision", "train"]
