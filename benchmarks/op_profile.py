@@ -9,7 +9,9 @@ threads ``speed.py`` gives TensorFlow, PyTorch bf16 autocast, channels-last):
   plugin's ``framework_op_stats`` tool (self time per op type);
 * PyTorch: ``torch.profiler`` (self CPU time per ``aten`` op).
 
-Each framework runs in its own child process, ``--rounds`` times, the two
+Each child fixes glibc's heap thresholds first (``--malloc tuned``, the default, as
+``speed.py`` does; PyTorch's step depends on them, TensorFlow's does not: see
+``speed.py``). Each framework runs in its own child process, ``--rounds`` times, the two
 frameworks alternating (the machine is shared: one pass of each swings by 30% from run
 to run). Printed per framework, as medians over the rounds: the step's wall time
 without a profiler, then the ops' self time per step grouped into kinds
@@ -20,6 +22,7 @@ step; compare kinds between frameworks, not sums with ``speed.py``.
 Run by hand on a quiet machine::
 
     .venv/bin/python benchmarks/op_profile.py --size 224 --batch 4 [--rounds 3] [--steps 5] [--top 12]
+        [--malloc tuned|default]
 
 It prints a Markdown report; nothing is written. Requires ``torch==2.13.0`` (the
 ``bench`` extra) for the PyTorch half.
@@ -70,10 +73,14 @@ def kind_of(op: str) -> str:
     return REST
 
 
-def child(which: str, size: int, batch: int, steps: int) -> None:
-    """Time ``steps`` steps, profile ``steps`` more, print ``{op: (ms, calls)}`` as JSON."""
+def child(which: str, size: int, batch: int, steps: int, malloc: str = "tuned") -> None:
+    """Time ``steps`` steps, profile ``steps`` more, print ``{op: (ms, calls)}`` as JSON;
+    ``malloc="tuned"``: glibc's thresholds fixed first, as ``speed.py --malloc tuned``."""
     sys.path.insert(0, str(HERE))
-    from speed import bf16_train_step
+    from speed import bf16_train_step, tune_malloc
+
+    if malloc == "tuned":
+        tune_malloc()
 
     step = bf16_train_step(which, batch, size)
     for _ in range(3):
@@ -156,15 +163,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=5, help="timed and profiled steps each")
     parser.add_argument("--rounds", type=int, default=3, help="child processes per framework")
     parser.add_argument("--top", type=int, default=12, help="ops listed per framework")
+    parser.add_argument(
+        "--malloc",
+        choices=("tuned", "default"),
+        default="tuned",
+        help="tuned: glibc's mmap and trim thresholds fixed at 256 MiB in each child, as "
+        "speed.py does (PyTorch's step depends on them); default: glibc as it is",
+    )
     parser.add_argument("--child", choices=("keras", "torch"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        child(args.child, args.size, args.batch, args.steps)
+        child(args.child, args.size, args.batch, args.steps, args.malloc)
         return 0
     names = {"keras": "Keras/TF mixed_bfloat16", "torch": "PyTorch bf16 autocast"}
     print(
         f"# Op profile of one bf16 training step ({args.size}x{args.size}, batch "
-        f"{args.batch}); medians of {args.rounds} interleaved rounds\n"
+        f"{args.batch}); medians of {args.rounds} interleaved rounds; heap: "
+        f"`--malloc {args.malloc}`\n"
     )
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     results: dict[str, list[dict]] = {"keras": [], "torch": []}
@@ -176,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             cmd = [sys.executable, __file__, "--child", which, "--size", str(args.size)]
             cmd += ["--batch", str(args.batch), "--steps", str(args.steps)]
+            cmd += ["--malloc", args.malloc]
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
             found = [ln for ln in proc.stdout.splitlines() if ln.startswith(MARK)]
             if proc.returncode != 0 or not found:

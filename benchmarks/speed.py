@@ -32,6 +32,18 @@ Everything runs in ONE process so that the comparison is fair on a shared machin
 
 4. Peak memory (resident set size of the process) after each section.
 
+The heap: glibc's ``malloc`` hands large blocks to ``mmap`` and returns them on free,
+below a threshold it raises as large blocks come and go. PyTorch's CPU tensors come
+from ``malloc``, so its step depends on that history: its bf16 step alone in a process
+took 140 ms at 224 px, batch 4 (Intel Xeon with AMX, 2026-12-05), 110 ms with the
+thresholds fixed high, and 110-130 ms after float32 configurations had run in the same
+process (the order of the rounds decided it). TensorFlow's step is the same either way.
+``--malloc tuned`` (the default) fixes both thresholds at 256 MiB with ``mallopt``
+before anything is allocated (what ``MALLOC_MMAP_THRESHOLD_`` and
+``MALLOC_TRIM_THRESHOLD_`` do, and what Intel's PyTorch tuning guide gets with
+jemalloc or tcmalloc), so that PyTorch is timed at its best and the figures do not
+depend on the order; ``--malloc default`` leaves glibc as it is.
+
 It prints one Markdown table and appends it, with the date and the machine, to
 ``benchmarks/RESULTS.md`` (``--no-append`` to skip).
 """
@@ -93,6 +105,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--quick", action="store_true", help="smoke run: 2 rounds x 1 step, 1024 matmul, 2 epochs"
     )
+    p.add_argument(
+        "--malloc",
+        choices=MALLOC_CHOICES,
+        default="tuned",
+        help="tuned: glibc's mmap and trim thresholds fixed at 256 MiB (PyTorch at its best); "
+        "default: glibc as it is",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.rounds, args.steps, args.warmup, args.matmul, args.epochs = 2, 1, 1, 1024, 2
@@ -102,6 +121,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # ---------------------------------------------------------------- bookkeeping
+
+MALLOC_CHOICES = ("tuned", "default")
+MALLOC_THRESHOLD = 256 * 1024**2
+"""Bytes: glibc's mmap and trim thresholds under ``--malloc tuned``."""
+
+
+def tune_malloc(threshold: int = MALLOC_THRESHOLD) -> bool:
+    """Fix glibc's mmap threshold and trim threshold at ``threshold`` bytes for this
+    process (``mallopt(M_MMAP_THRESHOLD)``, ``mallopt(M_TRIM_THRESHOLD)``): large
+    blocks then stay on the heap and are reused instead of being mapped and zeroed
+    afresh for every tensor. True when glibc took both settings; False elsewhere."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if platform.system() != "Linux" or not name:
+        return False
+    libc = ctypes.CDLL(name)
+    if not hasattr(libc, "mallopt"):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's malloc.h
+    return bool(libc.mallopt(m_mmap_threshold, threshold)) and bool(
+        libc.mallopt(m_trim_threshold, threshold)
+    )
 
 
 @dataclass
@@ -491,6 +534,14 @@ def train_rate(prepared: Path, args: argparse.Namespace, tmp: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    malloc = "glibc as it is"
+    if args.malloc == "tuned":
+        tuned = tune_malloc()
+        malloc = (
+            f"glibc's mmap and trim thresholds fixed at {MALLOC_THRESHOLD // 1024**2} MiB"
+            if tuned
+            else "glibc as it is (mallopt not available here)"
+        )
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")  # as `import unet_lowered` does
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
@@ -569,6 +620,7 @@ def main(argv: list[str] | None = None) -> int:
         "params": params,
         "flops": flops,
         "load": (load_start[0], load_end[0]),
+        "malloc": malloc,
         **k_info,
         **t_info,
     }
@@ -618,7 +670,8 @@ def report(
         f"Python {platform.python_version()}, TensorFlow {_version('tensorflow')}, "
         f"Keras {_version('keras')}, PyTorch {info['torch']}. Threads: TensorFlow intra "
         f"{args.tf_intra} / inter {args.tf_inter}, PyTorch {info['torch_threads']}. "
-        f"Load average (1 min) {info['load'][0]:.2f} at start, {info['load'][1]:.2f} at end.",
+        f"Load average (1 min) {info['load'][0]:.2f} at start, {info['load'][1]:.2f} at end. "
+        f"Heap: {info.get('malloc', 'glibc as it is')} (`--malloc`).",
         "",
         f"Network: default U-Net (16-32-64-128-256, depth 4, same padding), "
         f"{info['params'] / 1e6:.2f} M parameters, {flops / 1e9:.2f} GFLOP forward per image "
