@@ -89,7 +89,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--size", type=int, default=256, help="image side in pixels")
     p.add_argument("--matmul", type=int, default=2048, help="side of the square matmul")
     p.add_argument("--tf-intra", type=int, default=cores, help="TensorFlow intra-op threads")
-    p.add_argument("--tf-inter", type=int, default=1, help="TensorFlow inter-op threads")
+    p.add_argument(
+        "--tf-inter",
+        type=int,
+        default=0,
+        help="TensorFlow inter-op threads (0: TensorFlow's default, as `unet train` runs; "
+        "1 runs one op at a time)",
+    )
     p.add_argument("--torch-threads", type=int, default=2, help="PyTorch intra-op threads")
     p.add_argument("--xla", action="store_true", help="also time Keras with jit_compile=True")
     p.add_argument(
@@ -219,8 +225,8 @@ def cpu_flags() -> set[str]:
 def bf16_train_step(which: str, batch: int, size: int) -> Timed:
     """One framework's bf16 training step on a batch of :func:`make_batch`, as the
     profiling scripts run it: ``keras`` (``mixed_bfloat16``, TensorFlow on all cores
-    inside an op and one op at a time, as :func:`main` sets it) or ``torch`` (bf16
-    autocast, all cores). Call it once per process."""
+    inside an op and its default inter-op threads, as :func:`main` sets it and ``unet
+    train`` runs) or ``torch`` (bf16 autocast, all cores). Call it once per process."""
     import os
 
     x, y = make_batch(batch, size)
@@ -230,7 +236,6 @@ def bf16_train_step(which: str, batch: int, size: int) -> Timed:
         import unet_lowered  # noqa: F401  (sets the TensorFlow backend)
 
         tf.config.threading.set_intra_op_parallelism_threads(os.cpu_count() or 1)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
         train, _, _ = keras_configs(x, y, size, False, policies=("mixed_bfloat16",))
         return train[0]
     train, _, _ = torch_configs(x, y, threads=os.cpu_count() or 1)

@@ -10,8 +10,9 @@ Two levers make the product's step cheaper than Keras' stock layers would:
 
 Each variant is the default network (``unet_lowered.model.unet``) under ``--policy``
 (``mixed_bfloat16``) with the product's loss, as ``speed.py`` runs it (TensorFlow on all
-cores inside an op, one op at a time), on the Keras backend that ``KERAS_BACKEND`` names
-(TensorFlow by default; JAX and PyTorch work too, where ``FusedAdam`` is Keras' Adam);
+cores inside an op, its default inter-op threads, as ``unet train``; ``--tf-inter 1``
+runs one op at a time), on the Keras backend that ``KERAS_BACKEND`` names (TensorFlow by
+default; JAX and PyTorch work too, where ``FusedAdam`` is Keras' Adam);
 ``--deterministic`` turns on TensorFlow's op determinism, as ``unet train`` does:
 
 * ``now``: both levers (the product's step);
@@ -115,6 +116,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=5, help="calls timed per round")
     parser.add_argument("--policy", default="mixed_bfloat16", help="Keras dtype policy timed")
     parser.add_argument(
+        "--tf-inter",
+        type=int,
+        default=0,
+        help="TensorFlow inter-op threads (0: its default, as `unet train` runs)",
+    )
+    parser.add_argument(
         "--deterministic",
         action="store_true",
         help="TensorFlow op determinism on, as `unet train` sets it (all variants)",
@@ -136,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         import tensorflow as tf
 
         tf.config.threading.set_intra_op_parallelism_threads(os.cpu_count() or 1)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(args.tf_inter)
         if args.deterministic:
             tf.config.experimental.enable_op_determinism()
     x, y = speed.make_batch(args.batch, args.size)
