@@ -160,8 +160,9 @@ class UpConv2x2(layers.Conv2DTranspose):
     weights are ``Conv2DTranspose``'s (kernel ``(2, 2, filters, in)``, bias
     ``(filters,)``), the outputs the same (identical in float32); what changes is the
     cost: TensorFlow's oneDNN fuses the 1x1 convolution's bias into it, where the
-    transposed convolution's bias is a separate op forward and backward (4-5% of a
-    training step at 224 px, batch 4, and 256 px, batch 8; ``benchmarks/RESULTS.md``).
+    transposed convolution's bias is a separate op forward and backward (2-6% of a
+    training step and 3-11% of an inference call at 224 px, batch 4, and 256 px, batch
+    8, on 2 cores; ``benchmarks/step_levers.py``, figures in ``benchmarks/RESULTS.md``).
     Other kernel sizes, strides, padding or ``channels_first`` fall back to
     ``Conv2DTranspose``.
     """

@@ -9,7 +9,7 @@ is Keras' ``Adam`` everywhere else: on JAX and PyTorch, with ``amsgrad``, and un
 
 The arithmetic is Keras' own (TensorFlow's kernel computes ``m += (g - m)(1 - b1)``,
 ``v += (g^2 - v)(1 - b2)``, ``w -= lr sqrt(1 - b2^t) / (1 - b1^t) m / (sqrt(v) + eps)``),
-equal up to float32 rounding; it saves about 3 ms of a 120-ms bf16 training step at
+equal up to float32 rounding; it saves 3-7 ms of a 100-120 ms bf16 training step at
 224 px, batch 4, on 2 cores (``benchmarks/step_levers.py``).
 """
 
