@@ -16,8 +16,10 @@ frameworks alternating (the machine is shared: one pass of each swings by 30% fr
 to run). Printed per framework, as medians over the rounds: the step's wall time
 without a profiler, then the ops' self time per step grouped into kinds
 (convolutions, ReLU, bias, skip connections, pooling, casts and copies, the rest) and
-the largest ops. Profilers add their own cost, so the sums run a little above the
-step; compare kinds between frameworks, not sums with ``speed.py``.
+the largest ops. Profilers add their own cost, and TensorFlow runs independent ops side
+by side (its default inter-op threads, as ``unet train``), so its sums run up to twice
+the step: read the kinds as where the cores are busy and compare them between
+frameworks, not the sums with ``speed.py``.
 
 Run by hand on a quiet machine::
 
@@ -42,7 +44,10 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from speed import MALLOC_CHOICES, bf16_train_step, tune_malloc  # benchmarks/speed.py
+
 MARK = "=====OPS"
 
 KINDS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -76,9 +81,6 @@ def kind_of(op: str) -> str:
 def child(which: str, size: int, batch: int, steps: int, malloc: str = "tuned") -> None:
     """Time ``steps`` steps, profile ``steps`` more, print ``{op: (ms, calls)}`` as JSON;
     ``malloc="tuned"``: glibc's thresholds fixed first, as ``speed.py --malloc tuned``."""
-    sys.path.insert(0, str(HERE))
-    from speed import bf16_train_step, tune_malloc
-
     if malloc == "tuned":
         tune_malloc()
 
@@ -165,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=12, help="ops listed per framework")
     parser.add_argument(
         "--malloc",
-        choices=("tuned", "default"),
+        choices=MALLOC_CHOICES,
         default="tuned",
         help="tuned: glibc's mmap and trim thresholds fixed at 256 MiB in each child, as "
         "speed.py does (PyTorch's step depends on them); default: glibc as it is",
