@@ -19,11 +19,15 @@ pixel off, not a missed or invented object.
     .venv/bin/python benchmarks/held_out.py --dataset isbi           # every 6th slice
     .venv/bin/python benchmarks/held_out.py --dataset isbi --start 3  # 3, 9, 15, 21
     .venv/bin/python benchmarks/held_out.py --dataset isbi --every 4 --keep /tmp/ho
+    .venv/bin/python benchmarks/held_out.py --dataset jsrt --train-args "--image-size 320"
+
+``--train-args`` adds options to ``unet train`` (a variant of the plan, scored the same way).
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -53,6 +57,12 @@ def set_aside(data: Path, held: Path, every: int, start: int = 0) -> list[str]:
         for i in chosen:
             shutil.move(paths[i], held / kind / Path(paths[i]).name)
     return chosen
+
+
+def train_command(data: Path, run: Path, train_args: str = "") -> list[str]:
+    """``unet train DATA --out RUN``, then the options in ``train_args`` (one string,
+    split as a shell splits it)."""
+    return [*UNET, "train", str(data), "--out", str(run), *shlex.split(train_args)]
 
 
 def score(out: Path, held: Path, ids: list[str], rand: bool) -> list[dict]:
@@ -105,6 +115,11 @@ def main(argv: list[str] | None = None) -> int:
         "--start", type=int, default=0, help="the first image set aside (0-based, by id)"
     )
     parser.add_argument("--keep", type=Path, help="keep the data, run and masks here")
+    parser.add_argument(
+        "--train-args",
+        default="",
+        help="more options for `unet train`, as one string (e.g. \"--image-size 320\")",
+    )
     args = parser.parse_args(argv)
     if args.every < 2:
         parser.error("--every must be 2 or more")
@@ -125,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         prepare(src, data, overwrite=True)
         ids = set_aside(data, held, args.every, args.start)
         start = time.perf_counter()
-        subprocess.run([*UNET, "train", str(data), "--out", str(run)], check=True)
+        subprocess.run(train_command(data, run, args.train_args), check=True)
         train_s = time.perf_counter() - start
         subprocess.run(
             [*UNET, "predict", str(run), str(held / "images"), "--out", str(out)], check=True
@@ -133,10 +148,12 @@ def main(argv: list[str] | None = None) -> int:
         rows = score(out, held, ids, rand)
         chosen = _chosen(run)
 
+    first = f"from the {args.start}th " if args.start else ""
+    flags = f" {args.train_args}" if args.train_args else ""
     print(
-        f"\n{args.dataset}: every {args.every}th image set aside "
+        f"\n{args.dataset}: every {args.every}th image set aside {first}"
         f"({len(ids)}: {', '.join(_short(i) for i in ids)}); "
-        f"`unet train` {train_s / 60:.1f} min, chose {chosen}; {cpu_model()}, "
+        f"`unet train{flags}` {train_s / 60:.1f} min, chose {chosen}; {cpu_model()}, "
         f"{cores()} cores\n"
     )
     print_table(rows, rand)

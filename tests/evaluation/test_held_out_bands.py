@@ -1,5 +1,5 @@
 """``benchmarks/held_out.py``'s split of the wrong pixels by their distance to the true
-boundary, on masks whose answer is known."""
+boundary, on masks whose answer is known, and its ``unet train`` command."""
 
 from __future__ import annotations
 
@@ -54,3 +54,14 @@ def test_without_true_foreground_every_wrong_pixel_is_far(boundary_bands) -> Non
     empty = np.zeros((4, 4), bool)
 
     assert boundary_bands(empty, ~empty).tolist() == [0, 0, 16]
+
+
+def test_train_args_follow_the_plain_command_split_as_a_shell_would(monkeypatch) -> None:
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from held_out import UNET, train_command
+
+    plain = train_command(Path("d"), Path("r"))
+    extra = train_command(Path("d"), Path("r"), "--image-size 320 --loss 'bce+dice'")
+
+    assert plain == [*UNET, "train", "d", "--out", "r"]
+    assert extra == [*plain, "--image-size", "320", "--loss", "bce+dice"]
