@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--train-args",
         default="",
-        help="more options for `unet train`, as one string (e.g. \"--image-size 320\")",
+        help='more options for `unet train`, as one string (e.g. "--image-size 320")',
     )
     args = parser.parse_args(argv)
     if args.every < 2:
