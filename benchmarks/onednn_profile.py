@@ -12,8 +12,11 @@ switch on, and prints per framework:
 * the summed oneDNN time per step, grouped by (kind, implementation, propagation);
 * the summed time of the whole step that oneDNN accounts for.
 
-TensorFlow runs with the threads ``speed.py`` uses (all cores inside an op, one op at
-a time), PyTorch with all cores.
+TensorFlow runs with the threads ``speed.py`` uses (all cores inside an op, its
+default inter-op threads, as ``unet train``), PyTorch with all cores. With TensorFlow
+running independent ops side by side, their primitives' times overlap and can add up
+to more than the step; ``TF_NUM_INTEROP_THREADS=1`` in the environment runs one op at a
+time, so that each primitive's time is its own.
 
 Run by hand on a quiet machine::
 
