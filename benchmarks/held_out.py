@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = score(out, held, ids, rand)
         chosen = _chosen(run)
 
-    first = f"from the {args.start}th " if args.start else ""
+    first = f"from image {args.start} on (0-based) " if args.start else ""
     flags = f" {args.train_args}" if args.train_args else ""
     print(
         f"\n{args.dataset}: every {args.every}th image set aside {first}"

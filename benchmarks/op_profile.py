@@ -19,7 +19,8 @@ without a profiler, then the ops' self time per step grouped into kinds
 the largest ops. Profilers add their own cost, and TensorFlow runs independent ops side
 by side (its default inter-op threads, as ``unet train``), so its sums run up to twice
 the step: read the kinds as where the cores are busy and compare them between
-frameworks, not the sums with ``speed.py``.
+frameworks, not the sums with ``speed.py``. ``TF_NUM_INTEROP_THREADS=1`` in the
+environment runs TensorFlow one op at a time, so that its self times add up to its step.
 
 Run by hand on a quiet machine::
 
