@@ -356,9 +356,10 @@ def batch_rule(
     """Batch size: 4, at most 5% of the data set's pixels, at least 2; 2 when the budget
     affords few updates.
 
-    nnU-Net caps a batch at 5% of the data set's voxels with a minimum of 2. On a CPU
-    the cost per image is about constant, so a smaller batch buys more updates in the
-    same time: measured on the chest X-rays, batch 4 beat batch 8 at equal time; below
+    nnU-Net caps a batch at 5% of the data set's voxels with a minimum of 2. On a CPU a
+    smaller batch buys more updates in the same time (not quite twice as many at half the
+    batch: 224 px on an Intel Xeon with AMX, 54 ms a step at batch 2 against 89 at 4):
+    measured on the chest X-rays, batch 4 beat batch 8 at equal time; below
     :data:`MIN_UPDATES` updates in the budget, batch 2 is planned.
     """
     h, w = fp.sizes["median_hw"]
@@ -598,7 +599,11 @@ def plan_settings(
     batch = fixed.get("batch_size", settings["batch_size"].value)
     if step_time is not None:
         b0 = value.get("batch_size", DEFAULT_BATCH)
-        # Per-image cost is about constant on a CPU: scale the measured step.
+        # The measured step scaled by the batch: a smaller batch's step costs more than
+        # that (54 against 44 ms at 224 px, batch 2), so such plans ask for an epoch or
+        # two more than the budget holds, and the budget callback ends them. Timing
+        # batch 2 as well made the plans exact but scored lower at 60 and 90 s budgets
+        # (4-6 s more planning, fewer steps; benchmarks/RESULTS.md, 2026-12-05 17:08).
         step = step_default if batch == b0 else step_default * batch / b0
         progressive = value["progressive"]
         half_step = None
