@@ -14,11 +14,13 @@ from unet_lowered.inference.quality import (
     assess,
     class_mask_stats,
     contrast_grid,
+    handed,
     imaged_field,
     mask_quality,
     mask_stats,
     object_contrast,
     object_shape,
+    unsure_share,
     upright,
 )
 
@@ -418,3 +420,40 @@ def test_a_lone_object_is_flagged_far_from_where_training_had_it() -> None:
         "check: the object's centre at 75% of the width, training masks 28%-32%"
     )
     assert mask_stats([lungs(s) for s in (-5, 0, 5)]).centre is None
+
+
+def test_larger_left_records_which_side_the_larger_object_lies_on() -> None:
+    # The image-right rectangle 10 columns narrower: the left one is the larger.
+    def pair(narrow_right: bool) -> np.ndarray:
+        mask = lungs()
+        if narrow_right:
+            mask[:, 75:85] = False
+        else:
+            mask[:, 15:25] = False
+        return mask
+
+    lefty = mask_stats([pair(True)] * 19 + [pair(False)])
+    assert lefty.larger_left == 0.95 and handed(lefty)  # 19 of 20: steady
+    assert MaskStats.from_json(lefty.to_json()) == lefty
+    righty = mask_stats([pair(False)] * 20)
+    assert righty.larger_left == 0.0 and handed(righty)
+    mixed = mask_stats([pair(True)] * 18 + [pair(False)] * 2)
+    assert mixed.larger_left == 0.9 and not handed(mixed)
+    # One object, or a pair one above the other: no side recorded.
+    assert mask_stats([lungs()[:, :50]] * 3).larger_left is None
+    stacked = np.zeros((100, 100), bool)
+    stacked[10:40, 20:80] = stacked[60:80, 20:80] = True
+    assert mask_stats([stacked] * 3).larger_left is None
+    # Runs recorded before the statistic: not handed.
+    assert not handed(MaskStats.from_json({**lefty.to_json(), "larger_left": None}))
+    assert not handed(None)
+
+
+def test_unsure_share_counts_pixels_between_0_1_and_0_9_against_the_area() -> None:
+    probs = np.zeros((10, 10), np.float32)
+    probs[:2] = 0.5  # 20 unsure pixels
+    probs[2:4] = 0.9  # sure: 0.9 is not below 0.9
+    probs[4, :5] = 0.1  # sure: 0.1 is not above 0.1
+    assert unsure_share(probs, 40) == 0.5
+    assert unsure_share(probs[..., None], 80) == 0.25  # (H, W, 1) as (H, W)
+    assert unsure_share(probs, 0) == 0.0

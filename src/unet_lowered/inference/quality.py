@@ -90,6 +90,11 @@ this much better than it matches itself upside down (:func:`upright`): lungs 0.7
 shape that looks alike either way cannot tell (a disc, a rectangle)."""
 
 
+SIDE_STEADY = 0.95
+"""The training masks are handed (:func:`handed`) when at least this share of their
+pairs have the larger object on the same side (JSRT's lungs: 0.99, on the image's left:
+the heart takes room from the left lung)."""
+
 SHAPE_MARGIN = 0.05
 """A mask is flagged when its objects' shape matches the training masks' mean shape
 upright by less than this more than upside down (:func:`upright`). On the validation
@@ -179,6 +184,10 @@ class MaskStats:
         centre: ``(low, high)``: the 1st and 99th percentile of the object's centre
             column, as a share of the width, when the masks hold one object steadily
             (a class of a multi-class run: the lung on the image's left); else None.
+        larger_left: With two objects steadily: the share of the training masks' pairs
+            side by side whose larger object lies on the image's left (JSRT's lungs:
+            0.99); else None. Not a flag rule (disease shrinks either lung); it says
+            whether the masks are :func:`handed`.
     """
 
     objects: int | None
@@ -188,6 +197,7 @@ class MaskStats:
     contrast: tuple[float, float] | None = None
     shape: tuple[tuple[float, ...], ...] | None = None
     centre: tuple[float, float] | None = None
+    larger_left: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -198,6 +208,7 @@ class MaskStats:
             "contrast": None if self.contrast is None else list(self.contrast),
             "shape": None if self.shape is None else [list(row) for row in self.shape],
             "centre": None if self.centre is None else list(self.centre),
+            "larger_left": self.larger_left,
         }
 
     @classmethod
@@ -213,6 +224,7 @@ class MaskStats:
             contrast=None if contrast is None else (float(contrast[0]), float(contrast[1])),
             shape=None if shape is None else tuple(tuple(float(v) for v in row) for row in shape),
             centre=None if centre is None else (float(centre[0]), float(centre[1])),
+            larger_left=values.get("larger_left"),
         )
 
 
@@ -331,6 +343,7 @@ class _Tally:
     contrasts: list[float] = dataclasses.field(default_factory=list)
     shapes: dict[int, list[np.ndarray]] = dataclasses.field(default_factory=dict)  # by count
     centres: list[float] = dataclasses.field(default_factory=list)  # of lone objects
+    lefts: list[bool] = dataclasses.field(default_factory=list)  # pairs: larger on the left?
 
     def add(self, mask: np.ndarray, grid: np.ndarray | None) -> None:
         """One bool mask, and its image's :func:`contrast_grid` (None: no contrast)."""
@@ -343,6 +356,9 @@ class _Tally:
         self.fractions.append(float(mask.mean()))
         if count >= 2:
             self.ratios.append(float(areas[1] / areas[0]))
+        left = larger_on_left(found, mask.shape[1]) if count == 2 else None
+        if left is not None:
+            self.lefts.append(left)
         if count == 1:
             self.centres.append(found.place(1)[2] / mask.shape[1])
         if grid is not None:
@@ -379,6 +395,11 @@ class _Tally:
             centre=(
                 (float(np.percentile(self.centres, 1)), float(np.percentile(self.centres, 99)))
                 if steady and common == 1
+                else None
+            ),
+            larger_left=(
+                round(float(np.mean(self.lefts)), 3)
+                if steady and common == 2 and self.lefts
                 else None
             ),
         )
@@ -571,10 +592,7 @@ def assess(
                 )
         reasons += _shape_reasons(mask, stats, found)
     if probs is not None and count:
-        p = np.asarray(probs, np.float32)
-        p = p[..., 0] if p.ndim == 3 else p
-        between = np.count_nonzero(p > 0.1) - np.count_nonzero(p >= 0.9)  # 0.1 < p < 0.9
-        unsure = float(between) / float(found.areas.sum())
+        unsure = unsure_share(probs, int(found.areas.sum()))
         if unsure > UNSURE_AREA:
             reasons.append(f"unsure area {unsure:.0%} of the mask's")
     return Quality("check" if reasons else "ok", tuple(reasons))
@@ -593,6 +611,35 @@ def _shape_reasons(mask: np.ndarray, stats: MaskStats, found: Objects | None) ->
         f"the objects' shape does not look upright ({score:+.2f} against the training "
         f"masks, {SHAPE_MARGIN:+.2f} or more when upright): is the image turned?"
     ]
+
+
+def larger_on_left(found: Objects, width: int) -> bool | None:
+    """Of the two largest objects, side by side (:func:`_side_by_side`): whether the
+    larger one lies on the image's left (its centroid left of the other's); None when
+    there are fewer than two or they are not side by side."""
+    if found.count < 2 or not _side_by_side(found, width):
+        return None
+    a, b = found.two_largest()
+    if found.areas[b - 1] > found.areas[a - 1]:
+        a, b = b, a
+    return found.place(a)[2] < found.place(b)[2]
+
+
+def handed(stats: MaskStats | None) -> bool:
+    """Whether the training masks tell left from right: two objects side by side, the
+    larger one steadily (:data:`SIDE_STEADY`) on the same side (lungs on chest X-rays).
+    A mirrored image of such data shows anatomy the network never saw."""
+    share = None if stats is None else stats.larger_left
+    return share is not None and not 1 - SIDE_STEADY < share < SIDE_STEADY
+
+
+def unsure_share(probs: np.ndarray, area: int) -> float:
+    """The unsure pixels (``0.1 < p < 0.9``) of foreground probabilities ``(H, W)`` or
+    ``(H, W, 1)``, as a share of a mask's ``area`` (pixels; 0 for an empty mask)."""
+    p = np.asarray(probs, np.float32)
+    p = p[..., 0] if p.ndim == 3 else p
+    between = np.count_nonzero(p > 0.1) - np.count_nonzero(p >= 0.9)
+    return float(between) / float(area) if area else 0.0
 
 
 def _side_by_side(found: Objects, width: int) -> bool:
