@@ -64,16 +64,21 @@ def chest_stats(count: int = 6) -> dict:
     return mask_stats([m for _, m in pairs], [im for im, _ in pairs]).to_json()
 
 
-def apex_chest(height: int = 72, width: int = 56, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def apex_chest(
+    height: int = 72, width: int = 56, seed: int = 0, heart: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
     """Two dark 'lungs' shaped as on a chest X-ray, pointed at the top (apex) and wide at
     the bottom (base), on a light 'chest', uint8, and their mask: :func:`dark_model`
     marks exactly the lungs. Unlike :func:`chest_picture`'s ellipses, the pair is not
-    alike upside down, so their ``mask_stats`` record a shape."""
+    alike upside down, so their ``mask_stats`` record a shape. ``heart``: the image-right
+    lung's inner edge moved out by this share of the width (a heart on that side: the
+    image-left lung is then the larger, and the masks are handed)."""
     rng = np.random.default_rng(seed)
     mask = np.zeros((height, width), np.uint8)
     top, bottom = height * rng.uniform(0.12, 0.16), height * rng.uniform(0.82, 0.86)
     for side in (-1, 1):  # the image-left lung, then its mirror image
-        apex, outer, inner = 0.5 + side * 0.15, 0.5 + side * 0.4, 0.5 + side * 0.06
+        apex, outer = 0.5 + side * 0.15, 0.5 + side * 0.4
+        inner = 0.5 + side * (0.06 + (heart if side == 1 else 0.0))
         corners = [(apex * width, top), (outer * width, bottom), (inner * width, bottom)]
         cv2.fillPoly(mask, [np.round(corners).astype(np.int32)], 1)
     image = np.where(mask > 0, 60.0, 200.0) + rng.normal(0, 4, mask.shape)
@@ -81,12 +86,12 @@ def apex_chest(height: int = 72, width: int = 56, seed: int = 0) -> tuple[np.nda
     return np.clip(image, 0, 255).astype(np.uint8), mask > 0
 
 
-def apex_stats(count: int = 6) -> dict:
+def apex_stats(count: int = 6, heart: float = 0.0) -> dict:
     """``mask_stats`` of :func:`apex_chest` s, as ``unet train`` records them (the
-    objects' contrast and their shape)."""
+    objects' contrast and their shape; with ``heart``, handed)."""
     from unet_lowered.inference.quality import mask_stats
 
-    pairs = [apex_chest(seed=k) for k in range(count)]
+    pairs = [apex_chest(seed=k, heart=heart) for k in range(count)]
     return mask_stats([m for _, m in pairs], [im for im, _ in pairs]).to_json()
 
 

@@ -18,7 +18,8 @@ Outputs (into ``RUN/eval/`` unless told otherwise), each written atomically:
 * ``per_image.csv``: ``id, dice, iou, precision, recall, hd95, fg_true, fg_pred``
   (multi-class runs: the means over the foreground classes, then ``dice_<value>``
   per class), then ``gray_scale`` (``as stored`` or ``inverted``) and ``orientation``
-  (``as stored`` or ``turned 90/180/270``), as in ``predictions.csv``;
+  (``as stored``, ``turned 90/180/270`` or ``mirrored top to bottom``), as in
+  ``predictions.csv``;
 * ``summary.json``: per metric ``n, n_nonfinite, mean, median, std, min, max``, the
   5 worst ids by Dice, the ids read inverted and those read turned, the settings used
   and the folders read.

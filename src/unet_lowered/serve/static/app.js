@@ -185,7 +185,8 @@
     set("fig-quality", r.quality == null ? "none (a multi-class run without class statistics)" : r.quality, r.quality ?? "");
     $("fig-quality").classList.toggle("check", r.quality != null && r.quality !== "ok");
     set("fig-gray", r.gray_scale === "inverted" ? "read inverted" : "as stored", r.gray_scale);
-    set("fig-orientation", r.orientation === "as stored" ? "as stored" : `read ${r.orientation}\u00b0`, r.orientation);
+    const degrees = r.orientation.startsWith("turned") ? "\u00b0" : "";
+    set("fig-orientation", r.orientation === "as stored" ? "as stored" : `read ${r.orientation}${degrees}`, r.orientation);
     set("fig-time", `${r.seconds.toFixed(2)} s on the server, ${(totalMs / 1000).toFixed(2)} s in all`, r.seconds);
   }
 
