@@ -39,8 +39,9 @@ generator per image, seeded by :data:`SEED` and the image id):
 * the gray scale inverted (:func:`inverted`): a MONOCHROME1 film exported to PNG
   without its look-up table, which ``--polarity auto`` reads the right way round;
   turned upside down or on its side (:func:`turned`), which ``--orientation auto``
-  reads turned back; both at once (:func:`inverted_turned`); mirrored top to bottom
-  (:func:`mirrored`).
+  reads turned back; both at once (:func:`inverted_turned`); mirrored left to right
+  (:func:`mirrored_lr`) or top to bottom (:func:`mirrored`), the heart on the image's
+  left, which it reads mirrored back (the ``read turned`` column counts those too).
 
 Per perturbation it also reports the quality flag of ``predictions.csv``
 (``unet_lowered.inference.quality``): the share of images flagged ``check`` among
@@ -437,6 +438,12 @@ def mirrored(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> P
     return np.ascontiguousarray(image[::-1]), np.ascontiguousarray(mask[::-1])
 
 
+def mirrored_lr(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> Pair:
+    """The film mirrored left to right (the heart on the image's left), as a film
+    digitised from its back; the mask mirrored with it."""
+    return np.ascontiguousarray(image[:, ::-1]), np.ascontiguousarray(mask[:, ::-1])
+
+
 @dataclasses.dataclass(frozen=True)
 class Perturbation:
     """One simulated shift: its table name and ``fn(image, mask, rng) -> (image, mask)``."""
@@ -485,7 +492,8 @@ PERTURBATIONS: tuple[Perturbation, ...] = (
     Perturbation("stored on its side (turned 90 deg)", partial(turned, quarters=1)),
     Perturbation("gray scale inverted and upside down", partial(inverted_turned, quarters=2)),
     Perturbation("gray scale inverted and on its side", partial(inverted_turned, quarters=3)),
-    Perturbation("mirrored top to bottom (read turned: heart on the right)", mirrored),
+    Perturbation("mirrored left to right (heart on the left)", mirrored_lr),
+    Perturbation("mirrored top to bottom (upside down, heart on the left)", mirrored),
 )
 """Every simulated shift, in table order; ``none`` first (the baseline)."""
 
