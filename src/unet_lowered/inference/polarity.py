@@ -158,14 +158,15 @@ def look_notes(
     """
     inverted = look.inverted and polarity == "auto"
     if inverted and look.turns:
-        how = orientation_of(look.turns)
-        if look.turns != MIRRORED_TOP_TO_BOTTOM:
-            how += " degrees counterclockwise"
+        mirrored = look.turns == MIRRORED_TOP_TO_BOTTOM
+        how = orientation_of(look.turns) + ("" if mirrored else " degrees counterclockwise")
+        stored_how = "digitised from its back" if mirrored else "stored upside down or on its side"
         return [
-            f"{name}: read with its gray scale inverted and {how}: the mask as stored was flagged, and so were those "
-            f"of the image inverted or turned alone; the image inverted and turned passes "
-            f"(a MONOCHROME1 film saved without its look-up table, stored upside down or on "
-            f"its side?); the mask is written the way the image is stored; {off[0]} or "
+            f"{name}: read with its gray scale inverted and {how}: the mask as stored was "
+            f"flagged, and so were those of the image inverted or turned alone; the image "
+            f"inverted and {'mirrored' if mirrored else 'turned'} passes (a MONOCHROME1 film "
+            f"saved without its look-up table, {stored_how}?); the mask is written the way "
+            f"the image is stored; {off[0]} or "
             f"{off[1]} turns this off"
         ]
     notes = [inverted_note(name, off[0])] if inverted else []
@@ -238,8 +239,9 @@ class Look:
             are at the image's size (tile mode, or an image of the training size) these
             are exactly what the writer would compute, so it takes them.
         turns: Quarter turns counterclockwise of the view the probabilities come from
-            (0: as stored; :data:`MIRRORED_TOP_TO_BOTTOM`: mirrored top to bottom). The probabilities, ``mask`` and ``found`` are turned back to
-            the image's frame; ``flag`` was taken in the turned one.
+            (0: as stored; :data:`MIRRORED_TOP_TO_BOTTOM`: mirrored top to bottom). The
+            probabilities, ``mask`` and ``found`` are turned back to the image's frame;
+            ``flag`` was taken in the turned one.
     """
 
     inverted: bool
