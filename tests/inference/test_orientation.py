@@ -339,6 +339,7 @@ def test_mirrored_views_turn_back_and_are_named() -> None:
         "a.png: read mirrored top to bottom: the mask as stored was flagged"
     )
     look = Look(True, turns=MIRRORED_TOP_TO_BOTTOM)
-    assert look_notes("a.png", look, "auto")[0].startswith(
-        "a.png: read with its gray scale inverted and mirrored top to bottom: "
-    )
+    (note,) = look_notes("a.png", look, "auto")
+    assert note.startswith("a.png: read with its gray scale inverted and mirrored top to bottom: ")
+    assert "the image inverted and mirrored passes" in note
+    assert "digitised from its back?" in note
