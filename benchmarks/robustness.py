@@ -39,9 +39,10 @@ generator per image, seeded by :data:`SEED` and the image id):
 * the gray scale inverted (:func:`inverted`): a MONOCHROME1 film exported to PNG
   without its look-up table, which ``--polarity auto`` reads the right way round;
   turned upside down or on its side (:func:`turned`), which ``--orientation auto``
-  reads turned back; both at once (:func:`inverted_turned`); mirrored left to right
-  (:func:`mirrored_lr`) or top to bottom (:func:`mirrored`), the heart on the image's
-  left, which it reads mirrored back (the ``read turned`` column counts those too).
+  reads turned back; both at once (:func:`inverted_turned`); mirrored top to bottom
+  (:func:`mirrored`), which a handed run reads mirrored back (the ``read turned`` column
+  counts those reads too), and mirrored left to right (:func:`mirrored_lr`), which
+  passes the flag as stored and is read as stored.
 
 Per perturbation it also reports the quality flag of ``predictions.csv``
 (``unet_lowered.inference.quality``): the share of images flagged ``check`` among

@@ -29,7 +29,8 @@ size); the flag written is then taken on the kept mask at the image's size, as f
 any image (for an image of the network's size, and in tile mode, it is the flag taken
 here, and the writer takes it: :class:`Look`). Every image costs that flag on the
 network's thread (about 3 ms at 224 px); only flagged ones cost more network calls:
-one for the inverted view, one for each turned view tried (seven at most).
+one for the inverted view, one for each turned view tried (seven at most), and a film
+read turned 180 degrees one more for its mirrored view (below).
 
 ``PredictOptions.orientation`` (``--orientation``, the ``orientation`` query parameter):
 
@@ -419,10 +420,8 @@ def _mirrored_look(
 
 
 def _area(look: Look) -> int:
-    """The foreground pixels of a judged look's mask."""
-    return (
-        int(look.found.areas.sum()) if look.found is not None else int(np.count_nonzero(look.mask))
-    )
+    """The foreground pixels of a judged look's mask (one-class runs: its objects)."""
+    return int(look.found.areas.sum())
 
 
 def _at_size(
