@@ -691,10 +691,11 @@ _Orientation = Annotated[
         "180 degrees, then 90 each way (a film stored upside down or on its side), and the "
         "first turned mask that passes the flag is kept, turned back to the image (runs "
         "that record their training masks' shape only); with --polarity auto, the inverted "
-        "image's turned views are tried last. A film read turned 180 degrees is also read "
-        "mirrored top to bottom, and that view kept when it passes and the network is surer "
-        "of it (runs whose training masks have the larger lung steadily on one side); "
-        "keep: images as stored.",
+        "image's turned views are tried last. A film read turned 180 degrees, or one that "
+        "passes as stored with the network over twice as unsure as of its validation "
+        "images, is also read mirrored top to bottom, and that view kept when it passes and "
+        "the network is surer of it (runs whose training masks have the larger lung "
+        "steadily on one side); keep: images as stored.",
     ),
 ]
 _Overlap = Annotated[float, typer.Option(help="Tile overlap, fraction of the tile.")]

@@ -343,3 +343,81 @@ def test_mirrored_views_turn_back_and_are_named() -> None:
     assert note.startswith("a.png: read with its gray scale inverted and mirrored top to bottom: ")
     assert "the image inverted and mirrored passes" in note
     assert "digitised from its back?" in note
+    # Mirrored over an inverted read that passed, unsurely: two notes, each true.
+    doubted = Look(True, turns=MIRRORED_TOP_TO_BOTTOM, doubted=True)
+    inverted, mirrored = look_notes("a.png", doubted, "auto")
+    assert inverted == inverted_note("a.png")
+    assert mirrored.startswith("a.png: read mirrored top to bottom: the mask of the image ")
+    assert look_notes("a.png", doubted, "keep") == [mirrored]
+
+
+def test_a_mirrored_film_that_passes_as_stored_is_read_mirrored_when_unsure(
+    tmp_path, monkeypatch
+) -> None:
+    """A film mirrored top to bottom can pass the flag as stored: on JSRT the network
+    painted lungs that look upright on one such film, unsurely (an unsure share 3.6
+    times the run's validation median, Dice 0.78). The network here does the same: on a
+    view whose dark pixels are wider at the top (upside down) it marks them turned
+    upright, less surely (logits halved). A handed run reads that film mirrored top to
+    bottom when its unsure share (0.33) is above :data:`MIRROR_UNSURE` times the run's
+    ``val_unsure``, and only then: the upright film (0.14) gets no second call, and
+    neither does the mirrored one for a run whose validation masks were as unsure, or
+    one that recorded no ``val_unsure``. The contrast rule is off (no recorded
+    contrast), as it would flag the painted lungs on this film."""
+    from unet_lowered.inference import batch, polarity
+
+    real, calls = polarity.predict_prepared, []
+
+    def paints_upright(model, inputs, config, options):
+        calls.append(len(inputs))
+        out = []
+        for x, p in zip(inputs, real(model, inputs, config, options), strict=True):
+            dark = x[..., 0] < 0
+            if dark[: len(dark) // 2].sum() > dark[len(dark) // 2 :].sum():  # upside down
+                q = np.clip(p[::-1], 1e-6, 1 - 1e-6)
+                p = 1 / (1 + np.exp(-0.5 * np.log(q / (1 - q))))
+            out.append(np.ascontiguousarray(p, np.float32))
+        return out
+
+    for module in (batch, polarity):  # the first read, and the second looks
+        monkeypatch.setattr(module, "predict_prepared", paints_upright)
+    film, lungs = apex_chest(seed=10, heart=0.1)
+    folder = tmp_path / "images"
+    images.write_png(folder / "a_mirrored.png", film[::-1])
+    images.write_png(folder / "b_upright.png", film)
+    stats = {**apex_stats(heart=0.1), "contrast": None}
+    read, extra = {}, {}
+    for label, val_unsure in (("unsure", 0.1), ("as unsure", 0.2), ("not recorded", None)):
+        run = make_run(tmp_path / label, dark_model(64),
+                       mask_stats={**stats, "val_unsure": val_unsure})  # fmt: skip
+        calls.clear()
+        report = predict_files(run, [folder], tmp_path / f"out {label}", PredictOptions(),
+                               progress=False)  # fmt: skip
+        rows, masks = predicted(tmp_path / f"out {label}")
+        read[label] = {k: (r["orientation"], r["quality"]) for k, r in rows.items()}
+        extra[label] = calls[1:]  # after the first read of both films
+        if label == "unsure":
+            assert report.notes == [
+                f"{folder / 'a_mirrored'}.png: read mirrored top to bottom: the mask of the "
+                "image unmirrored passed the flag, but the network was unsure of it (over 2 "
+                "times as unsure as of its validation images); the mirrored image's passes, "
+                "and the network is surer of it (a film digitised from its back, upside "
+                "down?); the mask is written the way the image is stored; --orientation keep "
+                "turns this off"
+            ]
+            # the mask is the film's own lungs, in its stored frame; the painted ones
+            # (upright) differ from them by 11% of the film
+            want = lungs[::-1]
+            assert np.count_nonzero(masks["a_mirrored"] != want) < 0.07 * want.size
+            assert np.count_nonzero(lungs != want) > 0.1 * want.size
+    assert read["unsure"] == {
+        "a_mirrored": ("mirrored top to bottom", "ok"),
+        "b_upright": ("as stored", "ok"),
+    }
+    assert extra["unsure"] == [1]  # the mirrored film alone, once
+    for label in ("as unsure", "not recorded"):  # (its flag at the film's own size: check)
+        assert {k: o for k, (o, _) in read[label].items()} == {
+            "a_mirrored": "as stored",
+            "b_upright": "as stored",
+        }
+        assert extra[label] == []

@@ -457,3 +457,12 @@ def test_unsure_share_counts_pixels_between_0_1_and_0_9_against_the_area() -> No
     assert unsure_share(probs, 40) == 0.5
     assert unsure_share(probs[..., None], 80) == 0.25  # (H, W, 1) as (H, W)
     assert unsure_share(probs, 0) == 0.0
+
+
+def test_val_unsure_is_recorded_and_absent_from_older_runs() -> None:
+    stats = mask_stats([lungs()] * 3)
+    assert stats.val_unsure is None  # the training masks alone do not give it
+    recorded = MaskStats.from_json({**stats.to_json(), "val_unsure": 0.0913})
+    assert recorded.val_unsure == 0.0913 and recorded.to_json()["val_unsure"] == 0.0913
+    older = {k: v for k, v in stats.to_json().items() if k != "val_unsure"}
+    assert MaskStats.from_json(older).val_unsure is None

@@ -86,6 +86,11 @@ def test_train_writes_every_artefact(tiny_data: Path, tmp_path: Path) -> None:
     assert steps[1] == f"remove objects under {chosen_area(config)} px"  # the min-area candidate
     assert chosen["keep_largest"] in (None, 2)
     assert metrics["postprocess"] == chosen
+    # How sure the network is of its validation masks: the median share of pixels with
+    # 0.1 < p < 0.9 against the mask at 0.5, predicted again here from model.keras.
+    assert config["mask_stats"]["val_unsure"] == pytest.approx(
+        _val_unsure(run, tiny_data), abs=1e-4
+    )
     split = json.loads((run / "split.json").read_text())
     assert set(split["train"]).isdisjoint(split["val"])
     assert len(split["train"]) + len(split["val"]) == 16
@@ -103,6 +108,35 @@ def test_train_writes_every_artefact(tiny_data: Path, tmp_path: Path) -> None:
     assert saved["images_per_s"] > 0
     # No temporary files left behind by the atomic writes.
     assert not [p for p in run.iterdir() if p.name.startswith(".")]
+
+
+def _val_unsure(run: Path, data: Path) -> float:
+    from unet_lowered.dataset.pairs import load_prepared
+    from unet_lowered.inference.predictor import PredictOptions, predict_images
+    from unet_lowered.io.images import read_image
+    from unet_lowered.io.runs import load_run
+
+    loaded, pairs = load_run(run), load_prepared(data)
+    val = json.loads((run / "split.json").read_text())["val"]
+    batch = [read_image(pairs.images[i]) for i in val]
+    options = PredictOptions(tta=False, postprocess=False)
+    shares = []
+    for p in predict_images(loaded.model(), batch, loaded.config, options):
+        p = p[..., 0]
+        shares.append(np.count_nonzero((p > 0.1) & (p < 0.9)) / np.count_nonzero(p >= 0.5))
+    return float(np.median(shares))
+
+
+def test_validation_unsure_is_the_median_share() -> None:
+    from unet_lowered.training.train import validation_unsure
+
+    sure, half = np.zeros((10, 10), np.float32), np.zeros((10, 10), np.float32)
+    sure[:4] = 0.95  # 40 px of mask, none unsure
+    half[:2], half[2:3] = 0.95, 0.5  # 30 px of mask at 0.5, 10 of them unsure
+    assert validation_unsure([sure, half, half], 0.5) == round(10 / 30, 4)
+    assert validation_unsure([sure, sure, half], 0.5) == 0.0
+    assert validation_unsure([half], 0.6) == 0.5  # at 0.6 the mask is 20 px
+    assert validation_unsure([], 0.5) is None
 
 
 def test_same_seed_same_split_and_dice(tiny_data: Path, tmp_path: Path) -> None:

@@ -30,7 +30,8 @@ any image (for an image of the network's size, and in tile mode, it is the flag 
 here, and the writer takes it: :class:`Look`). Every image costs that flag on the
 network's thread (about 3 ms at 224 px); only flagged ones cost more network calls:
 one for the inverted view, one for each turned view tried (seven at most), and a film
-read turned 180 degrees one more for its mirrored view (below).
+read turned 180 degrees one more for its mirrored view (below), as does a film that
+passes unsurely.
 
 ``PredictOptions.orientation`` (``--orientation``, the ``orientation`` query parameter):
 
@@ -56,8 +57,14 @@ read turned 180 degrees one more for its mirrored view (below).
   (:func:`~unet_lowered.inference.quality.unsure_share`) is the smaller of the two. On
   the 30 JSRT validation films of one run, the anatomy the right way round had the
   smaller unsure share in 30 of 30 pairs (0.095 against 0.140 on average,
-  ``benchmarks/RESULTS.md``, 2026-12-05). Films as stored, or turned a quarter, get no
-  mirrored view.
+  ``benchmarks/RESULTS.md``, 2026-12-05). Such a film can also pass the flag as
+  stored, the network painting lungs that look upright on it, unsurely. So a film of
+  such a run whose mask passes as stored gets the same mirrored view when its unsure
+  share is above :data:`MIRROR_UNSURE` times the run's
+  (:attr:`~unet_lowered.inference.quality.MaskStats.val_unsure`, the median on its
+  validation films, recorded by ``unet train``; runs trained before it was recorded
+  skip this), and keeps it on the same terms (:attr:`Look.doubted`). Films turned a
+  quarter get no mirrored view.
 
 When a run gets both looks, the turned views of the image with its gray scale
 inverted come last (a film both inverted and turned passes in no view of one change
@@ -115,6 +122,15 @@ MIRRORED_TOP_TO_BOTTOM = 6
 right, then turned ``k`` quarters counterclockwise; ``4 + 2`` is top to bottom)."""
 
 
+MIRROR_UNSURE = 2.0
+"""A handed run's film whose mask passes as stored gets the mirrored view too when its
+unsure share is above this many times the run's
+(:attr:`~unet_lowered.inference.quality.MaskStats.val_unsure`: the median on its
+validation films). On two JSRT runs the stored reads of films mirrored top to bottom
+that passed the flag had 3.0 and 3.6 times it; no clean validation film of four runs
+(9 to 60 epochs) was above 2 times it (``benchmarks/RESULTS.md``, 2026-12-05)."""
+
+
 def orientation_of(turns: int) -> str:
     """``predictions.csv``'s ``orientation``: ``as stored``, ``turned 90`` / ``180`` /
     ``270`` (the image was read turned that many degrees counterclockwise), or
@@ -124,9 +140,20 @@ def orientation_of(turns: int) -> str:
     return AS_STORED if turns % 4 == 0 else f"turned {90 * (turns % 4)}"
 
 
-def turned_note(name: str, turns: int, off: str = "--orientation keep") -> str:
+def turned_note(
+    name: str, turns: int, off: str = "--orientation keep", doubted: bool = False
+) -> str:
     """The note on an image whose mask ``orientation="auto"`` took from it turned or
-    mirrored."""
+    mirrored (``doubted``: mirrored, over a mask that passed unmirrored but of which
+    the network was unsure, :attr:`Look.doubted`)."""
+    if turns == MIRRORED_TOP_TO_BOTTOM and doubted:
+        return (
+            f"{name}: read mirrored top to bottom: the mask of the image unmirrored passed "
+            f"the flag, but the network was unsure of it (over {MIRROR_UNSURE:g} times as "
+            f"unsure as of its validation images); the mirrored image's passes, and the "
+            f"network is surer of it (a film digitised from its back, upside down?); the "
+            f"mask is written the way the image is stored; {off} turns this off"
+        )
     if turns == MIRRORED_TOP_TO_BOTTOM:
         return (
             f"{name}: read mirrored top to bottom: the mask as stored was flagged; the "
@@ -158,7 +185,7 @@ def look_notes(
         off: How to turn the gray-scale look, and the turned look, off.
     """
     inverted = look.inverted and polarity == "auto"
-    if inverted and look.turns:
+    if inverted and look.turns and not look.doubted:
         mirrored = look.turns == MIRRORED_TOP_TO_BOTTOM
         how = orientation_of(look.turns) + ("" if mirrored else " degrees counterclockwise")
         stored_how = "digitised from its back" if mirrored else "stored upside down or on its side"
@@ -171,7 +198,7 @@ def look_notes(
             f"{off[1]} turns this off"
         ]
     notes = [inverted_note(name, off[0])] if inverted else []
-    return notes + ([turned_note(name, look.turns, off[1])] if look.turns else [])
+    return notes + ([turned_note(name, look.turns, off[1], look.doubted)] if look.turns else [])
 
 
 def read_frame(array: np.ndarray, turns: int) -> np.ndarray:
@@ -243,6 +270,9 @@ class Look:
             (0: as stored; :data:`MIRRORED_TOP_TO_BOTTOM`: mirrored top to bottom). The
             probabilities, ``mask`` and ``found`` are turned back to the image's frame;
             ``flag`` was taken in the turned one.
+        doubted: Whether a mirrored view was kept over a mask that passed the flag
+            unmirrored but of which the network was unsure (:data:`MIRROR_UNSURE`),
+            rather than over a film read turned 180 degrees.
     """
 
     inverted: bool
@@ -250,6 +280,7 @@ class Look:
     found: Objects | None = None
     flag: str | None = None
     turns: int = 0
+    doubted: bool = False
 
     @property
     def orientation(self) -> str:
@@ -400,23 +431,31 @@ def _mirrored_look(
     options: PredictOptions,
     stored: bool,
 ) -> None:
-    """Films read turned 180 degrees, of a handed run: read them mirrored top to bottom
+    """A handed run's films read turned 180 degrees, and those read as stored whose
+    network was unsure (:data:`MIRROR_UNSURE`): read them mirrored top to bottom
     instead where that view's mask is ``ok`` and the network is surer of it (module
     docstring)."""
-    if not handed(_flag_stats(config)):
+    stats = _flag_stats(config)
+    if stats is None or not handed(stats):
         return
-    todo = [i for i, look in enumerate(looks) if look.turns == 2 and look.flag == "ok"]
+    trigger = None if stats.val_unsure is None else MIRROR_UNSURE * stats.val_unsure
+    shares = {
+        i: unsure_share(probs[i], _area(look))
+        for i, look in enumerate(looks)
+        if look.flag == "ok" and (look.turns == 2 or (look.turns == 0 and trigger is not None))
+    }
+    todo = [i for i, share in shares.items() if looks[i].turns == 2 or share > trigger]
     if not todo:
         return
-    turned = {i: unsure_share(probs[i], _area(looks[i])) for i in todo}
     turns = MIRRORED_TOP_TO_BOTTOM
     seen = [
         read_frame(-inputs[i] if looks[i].inverted != stored else inputs[i], turns) for i in todo
     ]
     for i, p in zip(todo, predict_prepared(model, seen, config, options), strict=True):
         look = judge(p, i, looks[i].inverted, turns)
-        if look.flag == "ok" and unsure_share(p, _area(look)) < turned[i]:
-            probs[i], looks[i] = stored_frame(p, turns), look
+        if look.flag == "ok" and unsure_share(p, _area(look)) < shares[i]:
+            doubted = looks[i].turns == 0
+            probs[i], looks[i] = stored_frame(p, turns), dataclasses.replace(look, doubted=doubted)
 
 
 def _area(look: Look) -> int:

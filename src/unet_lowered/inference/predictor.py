@@ -78,8 +78,10 @@ class PredictOptions:
         orientation: ``"auto"`` (an image whose mask is still flagged is predicted
             again turned 180 degrees, then 90 each way, and the first turned mask that
             passes the flag is kept, turned back; runs that record their training
-            masks' shape only; a film read turned 180 degrees may be read mirrored top
-            to bottom instead: :mod:`unet_lowered.inference.polarity`) or ``"keep"``.
+            masks' shape only; a film read turned 180 degrees, or one whose mask
+            passes as stored but of which the network is unsure, may be read mirrored
+            top to bottom instead: :mod:`unet_lowered.inference.polarity`) or
+            ``"keep"``.
     """
 
     mode: str = "auto"

@@ -188,6 +188,11 @@ class MaskStats:
             side by side whose larger object lies on the image's left (JSRT's lungs:
             0.99); else None. Not a flag rule (disease shrinks either lung); it says
             whether the masks are :func:`handed`.
+        val_unsure: The median :func:`unsure_share` of the network's own masks on the
+            validation split (one-class runs), recorded by ``unet train`` after
+            training; None before (and for older runs). Not a flag rule: it scales when
+            a film that passes gets the mirrored view
+            (:data:`~unet_lowered.inference.polarity.MIRROR_UNSURE`).
     """
 
     objects: int | None
@@ -198,6 +203,7 @@ class MaskStats:
     shape: tuple[tuple[float, ...], ...] | None = None
     centre: tuple[float, float] | None = None
     larger_left: float | None = None
+    val_unsure: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -209,6 +215,7 @@ class MaskStats:
             "shape": None if self.shape is None else [list(row) for row in self.shape],
             "centre": None if self.centre is None else list(self.centre),
             "larger_left": self.larger_left,
+            "val_unsure": self.val_unsure,
         }
 
     @classmethod
@@ -225,6 +232,7 @@ class MaskStats:
             shape=None if shape is None else tuple(tuple(float(v) for v in row) for row in shape),
             centre=None if centre is None else (float(centre[0]), float(centre[1])),
             larger_left=values.get("larger_left"),
+            val_unsure=values.get("val_unsure"),
         )
 
 

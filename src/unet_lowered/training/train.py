@@ -38,7 +38,7 @@ from unet_lowered.evaluation.choose import (
 )
 from unet_lowered.evaluation.evaluate import read_truth
 from unet_lowered.inference.predictor import PredictOptions, predict_images, resolve_tta
-from unet_lowered.inference.quality import MaskStats, class_mask_stats
+from unet_lowered.inference.quality import MaskStats, class_mask_stats, unsure_share
 from unet_lowered.io import atomic, runs
 from unet_lowered.io.images import read_image
 from unet_lowered.model import nearest_valid_sizes, output_size, unet
@@ -367,6 +367,14 @@ def training_mask_stats(
     return stats, recorded
 
 
+def validation_unsure(probs: Sequence[np.ndarray], threshold: float) -> float | None:
+    """The median :func:`~unet_lowered.inference.quality.unsure_share` of validation
+    probabilities ``(H, W)``, each against its mask at ``threshold`` (4 decimals; None
+    without images)."""
+    shares = [unsure_share(p, int(np.count_nonzero(p >= threshold))) for p in probs]
+    return round(float(np.median(shares)), 4) if shares else None
+
+
 def after_training(
     out: Path,
     run_config: RunConfig,
@@ -375,7 +383,8 @@ def after_training(
     train_samples: Iterable[tuple[np.ndarray, np.ndarray]],
 ) -> RunConfig:
     """Record what the training masks look like (for the quality flag; ``train_samples``
-    yields each training ``(image, mask)``, one at a time) and choose the
+    yields each training ``(image, mask)``, one at a time) and, for one-class runs, how
+    sure the network is of its validation masks (:func:`validation_unsure`), and choose the
     test-time augmentation and post-processing on the validation images at their
     original size with ``out/model.keras``; rewrite config.json with both and print the
     choice.
@@ -417,6 +426,8 @@ def after_training(
             predicted = predict_images(model, batch, run_config, options)
             probs[key] += [p[..., 0] if classes == 1 else np.argmax(p, axis=-1) for p in predicted]
         truths += [read_truth(dataset.masks[i], run_config, max_pixels) for i in ids]
+    if classes == 1:  # how sure the network is of its validation masks
+        recorded["val_unsure"] = validation_unsure(probs[None], run_config.threshold)
     min_area = min_area_candidate(small_object, [t.shape[:2] for t in truths])
     touching = ((run_config.plan or {}).get("fingerprint") or {}).get("touching_fraction")
     boundary = classes == 1 and touching is not None and touching >= BOUNDARY_TOUCHING
