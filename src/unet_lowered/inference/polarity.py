@@ -30,8 +30,9 @@ any image (for an image of the network's size, and in tile mode, it is the flag 
 here, and the writer takes it: :class:`Look`). Every image costs that flag on the
 network's thread (about 3 ms at 224 px); only flagged ones cost more network calls:
 one for the inverted view, one for each turned view tried (seven at most), and a film
-read turned 180 degrees one more for its mirrored view (below), as does a film that
-passes unsurely.
+read turned 180 degrees one more for its mirrored view (below). Of the films that
+pass, only those a handed run is unsure of cost one call more, for the same view (1 of
+200 JSRT films).
 
 ``PredictOptions.orientation`` (``--orientation``, the ``orientation`` query parameter):
 
@@ -127,7 +128,7 @@ MIRROR_UNSURE = 2.0
 unsure share is above this many times the run's
 (:attr:`~unet_lowered.inference.quality.MaskStats.val_unsure`: the median on its
 validation films). On two JSRT runs the stored reads of films mirrored top to bottom
-that passed the flag had 3.0 and 3.6 times it; no clean validation film of four runs
+that passed the flag had 3.1 and 3.6 times it; no clean validation film of four runs
 (9 to 60 epochs) was above 2 times it (``benchmarks/RESULTS.md``, 2026-12-05)."""
 
 
