@@ -18,6 +18,7 @@ from unet_lowered.inference.quality import (
     imaged_field,
     mask_quality,
     mask_stats,
+    names_a_side,
     object_contrast,
     object_shape,
     unsure_share,
@@ -466,3 +467,25 @@ def test_val_unsure_is_recorded_and_absent_from_older_runs() -> None:
     assert recorded.val_unsure == 0.0913 and recorded.to_json()["val_unsure"] == 0.0913
     older = {k: v for k, v in stats.to_json().items() if k != "val_unsure"}
     assert MaskStats.from_json(older).val_unsure is None
+
+
+def test_unsure_share_of_class_probabilities() -> None:
+    # Three classes on 10 pixels: 6 sure (top class 0.95), 4 unsure (top class 0.6).
+    p = np.zeros((1, 10, 3), np.float32)
+    p[0, :6] = (0.95, 0.03, 0.02)  # sure background
+    p[0, 6:] = (0.2, 0.6, 0.2)  # unsure class 1
+    assert unsure_share(p, 4) == 1.0
+    p[0, :2] = (0.02, 0.95, 0.03)  # two sure class-1 pixels: the mask is 6 px
+    assert unsure_share(p, 6) == pytest.approx(4 / 6)
+    # Two classes: the same rule as one foreground probability.
+    two = np.stack([1 - p[..., 1], p[..., 1]], axis=-1)
+    assert unsure_share(two, 6) == unsure_share(p[..., 1:2], 6) == pytest.approx(4 / 6)
+
+
+def test_names_a_side() -> None:
+    def centred(low: float, high: float) -> MaskStats:
+        return MaskStats(objects=1, fraction=(0.1, 0.2), min_ratio=None, centre=(low, high))
+
+    assert names_a_side(centred(0.23, 0.34)) and names_a_side(centred(0.69, 0.80))
+    assert not names_a_side(centred(0.45, 0.55))  # across the middle
+    assert not names_a_side(MaskStats(objects=2, fraction=(0.1, 0.2), min_ratio=0.5))

@@ -50,22 +50,28 @@ pass, only those a handed run is unsure of cost one call more, for the same view
 
   A film mirrored top to bottom (digitised from its back, upside down) also reads as
   upside down, and turned 180 degrees it is the right way up with its heart on the
-  other side, which the network segments less surely. For one-class runs whose
-  training masks are handed (:func:`~unet_lowered.inference.quality.handed`: the
-  larger lung steadily on the image's left), a film read turned 180 degrees is
-  predicted once more, mirrored top to bottom (view :data:`MIRRORED_TOP_TO_BOTTOM`),
-  and that view is kept when its mask is ``ok`` and its unsure share
-  (:func:`~unet_lowered.inference.quality.unsure_share`) is the smaller of the two. On
-  the 30 JSRT validation films of one run, the anatomy the right way round had the
-  smaller unsure share in 30 of 30 pairs (0.095 against 0.140 on average,
-  ``benchmarks/RESULTS.md``, 2026-12-05). Such a film can also pass the flag as
-  stored, the network painting lungs that look upright on it, unsurely. So a film of
-  such a run whose mask passes as stored gets the same mirrored view when its unsure
-  share is above :data:`MIRROR_UNSURE` times the run's
+  other side, which the network segments less surely. For runs where that shows
+  (:func:`mirror_tells`: one-class runs whose training masks are
+  :func:`~unet_lowered.inference.quality.handed`, the larger lung steadily on the
+  image's left; multi-class runs with a class that
+  :func:`~unet_lowered.inference.quality.names_a_side`), a film read turned 180
+  degrees is predicted once more, mirrored top to bottom (view
+  :data:`MIRRORED_TOP_TO_BOTTOM`), and that view is kept when its mask is ``ok`` and
+  its unsure share (:func:`~unet_lowered.inference.quality.unsure_share`; several
+  classes: of the most likely class) is the smaller of the two. On the 30 JSRT
+  validation films of one run, the anatomy the right way round had the smaller unsure
+  share in 30 of 30 pairs (0.095 against 0.140 on average, ``benchmarks/RESULTS.md``,
+  2026-12-05). Such a film can also pass the flag as stored, the network painting
+  lungs that look upright on it, unsurely. So a film of a one-class run whose mask
+  passes as stored gets the same mirrored view when its unsure share is above
+  :data:`MIRROR_UNSURE` times the run's
   (:attr:`~unet_lowered.inference.quality.MaskStats.val_unsure`, the median on its
   validation films, recorded by ``unet train``; runs trained before it was recorded
-  skip this), and keeps it on the same terms (:attr:`Look.doubted`). Films turned a
-  quarter get no mirrored view.
+  skip this), and keeps it on the same terms (:attr:`Look.over`). Films turned a
+  quarter get no mirrored view. In a multi-class run whose classes name the image's
+  sides, the film turned 180 degrees has its lungs' classes swapped, and a class's
+  position (the heart's) usually flags it; there the mirrored view is also the last
+  of the views tried for a mask still flagged (after :data:`TURNS`).
 
 When a run gets both looks, the turned views of the image with its gray scale
 inverted come last (a film both inverted and turned passes in no view of one change
@@ -106,6 +112,7 @@ from unet_lowered.inference.quality import (
     handed,
     imaged_field,
     mask_quality,
+    names_a_side,
     unsure_share,
 )
 from unet_lowered.training.config import RunConfig
@@ -142,18 +149,24 @@ def orientation_of(turns: int) -> str:
 
 
 def turned_note(
-    name: str, turns: int, off: str = "--orientation keep", doubted: bool = False
+    name: str, turns: int, off: str = "--orientation keep", over: int | None = None
 ) -> str:
     """The note on an image whose mask ``orientation="auto"`` took from it turned or
-    mirrored (``doubted``: mirrored, over a mask that passed unmirrored but of which
-    the network was unsure, :attr:`Look.doubted`)."""
-    if turns == MIRRORED_TOP_TO_BOTTOM and doubted:
+    mirrored (``over``: for a mirrored view, :attr:`Look.over`)."""
+    if turns == MIRRORED_TOP_TO_BOTTOM and over == 0:
         return (
             f"{name}: read mirrored top to bottom: the mask of the image unmirrored passed "
             f"the flag, but the network was unsure of it (over {MIRROR_UNSURE:g} times as "
             f"unsure as of its validation images); the mirrored image's passes, and the "
             f"network is surer of it (a film digitised from its back, upside down?); the "
             f"mask is written the way the image is stored; {off} turns this off"
+        )
+    if turns == MIRRORED_TOP_TO_BOTTOM and over is None:
+        return (
+            f"{name}: read mirrored top to bottom: the mask as stored was flagged, and so "
+            f"were those of the image turned; the mirrored image's passes (a film "
+            f"digitised from its back, upside down?); the mask is written the way the "
+            f"image is stored; {off} turns this off"
         )
     if turns == MIRRORED_TOP_TO_BOTTOM:
         return (
@@ -186,7 +199,7 @@ def look_notes(
         off: How to turn the gray-scale look, and the turned look, off.
     """
     inverted = look.inverted and polarity == "auto"
-    if inverted and look.turns and not look.doubted:
+    if inverted and look.turns and look.over != 0:
         mirrored = look.turns == MIRRORED_TOP_TO_BOTTOM
         how = orientation_of(look.turns) + ("" if mirrored else " degrees counterclockwise")
         stored_how = "digitised from its back" if mirrored else "stored upside down or on its side"
@@ -199,7 +212,7 @@ def look_notes(
             f"{off[1]} turns this off"
         ]
     notes = [inverted_note(name, off[0])] if inverted else []
-    return notes + ([turned_note(name, look.turns, off[1], look.doubted)] if look.turns else [])
+    return notes + ([turned_note(name, look.turns, off[1], look.over)] if look.turns else [])
 
 
 def read_frame(array: np.ndarray, turns: int) -> np.ndarray:
@@ -271,9 +284,11 @@ class Look:
             (0: as stored; :data:`MIRRORED_TOP_TO_BOTTOM`: mirrored top to bottom). The
             probabilities, ``mask`` and ``found`` are turned back to the image's frame;
             ``flag`` was taken in the turned one.
-        doubted: Whether a mirrored view was kept over a mask that passed the flag
-            unmirrored but of which the network was unsure (:data:`MIRROR_UNSURE`),
-            rather than over a film read turned 180 degrees.
+        over: For a mirrored view kept because the network was surer of it: the view
+            it was kept over, 2 (the film read turned 180 degrees) or 0 (as stored: the
+            mask passed the flag, but the network was unsure of it,
+            :data:`MIRROR_UNSURE`). None otherwise (a multi-class run's mirrored view
+            kept as the first view whose mask passes).
     """
 
     inverted: bool
@@ -281,7 +296,7 @@ class Look:
     found: Objects | None = None
     flag: str | None = None
     turns: int = 0
-    doubted: bool = False
+    over: int | None = None
 
     @property
     def orientation(self) -> str:
@@ -359,8 +374,10 @@ def second_look(
     options: PredictOptions,
 ) -> list[Look]:
     """Predict the inputs whose mask is flagged again, inverted, then turned
-    (:data:`TURNS`), then inverted and turned (when both looks apply); keep the first
-    view whose mask is ``ok``.
+    (:data:`TURNS`; for a multi-class run whose classes name a side, then mirrored top
+    to bottom), then inverted and turned (when both looks apply); keep the first view
+    whose mask is ``ok``. Then the mirrored look of a film read turned 180 degrees, or
+    passing unsurely (:func:`_mirrored_look`).
 
     Args:
         model: The run's model.
@@ -411,13 +428,15 @@ def second_look(
     looks = [judge(p, i, stored, 0) for i, p in enumerate(probs)]
     if invert:
         view(True, 0)
+    # several classes that name the image's sides: also the mirrored view (module docstring)
+    views = TURNS if one or not mirror_tells(config) else (*TURNS, MIRRORED_TOP_TO_BOTTOM)
     if turn:
-        for turns in TURNS:
+        for turns in views:
             view(stored, turns)
     if invert and turn:  # both at once: the last views, for what none of the others read
-        for turns in TURNS:
+        for turns in views:
             view(True, turns)
-    if turn and one:
+    if turn:
         _mirrored_look(model, inputs, probs, looks, judge, config, options, stored)
     return looks
 
@@ -437,7 +456,7 @@ def _mirrored_look(
     instead where that view's mask is ``ok`` and the network is surer of it (module
     docstring)."""
     stats = _flag_stats(config)
-    if stats is None or not handed(stats):
+    if stats is None or not mirror_tells(config):
         return
     trigger = None if stats.val_unsure is None else MIRROR_UNSURE * stats.val_unsure
     shares = {
@@ -455,13 +474,29 @@ def _mirrored_look(
     for i, p in zip(todo, predict_prepared(model, seen, config, options), strict=True):
         look = judge(p, i, looks[i].inverted, turns)
         if look.flag == "ok" and unsure_share(p, _area(look)) < shares[i]:
-            doubted = looks[i].turns == 0
-            probs[i], looks[i] = stored_frame(p, turns), dataclasses.replace(look, doubted=doubted)
+            over = looks[i].turns
+            probs[i], looks[i] = stored_frame(p, turns), dataclasses.replace(look, over=over)
 
 
 def _area(look: Look) -> int:
     """The foreground pixels of a judged look's mask (one-class runs: its objects)."""
+    if look.found is None:  # several classes
+        return int(np.count_nonzero(look.mask))
     return int(look.found.areas.sum())
+
+
+def mirror_tells(config: RunConfig) -> bool:
+    """Whether a mirrored film shows this run anatomy it never saw, so that the network
+    is less sure of it: one-class runs whose training masks are
+    :func:`~unet_lowered.inference.quality.handed`, and multi-class runs with a class
+    that :func:`~unet_lowered.inference.quality.names_a_side`."""
+    stats = _flag_stats(config)
+    if stats is None:
+        return False
+    if config.num_classes == 1:
+        return handed(stats)
+    per_class = (config.mask_stats or {}).get("classes") or {}
+    return any(names_a_side(MaskStats.from_json(v)) for v in per_class.values())
 
 
 def _at_size(

@@ -643,11 +643,23 @@ def handed(stats: MaskStats | None) -> bool:
 
 def unsure_share(probs: np.ndarray, area: int) -> float:
     """The unsure pixels (``0.1 < p < 0.9``) of foreground probabilities ``(H, W)`` or
-    ``(H, W, 1)``, as a share of a mask's ``area`` (pixels; 0 for an empty mask)."""
+    ``(H, W, 1)``, as a share of a mask's ``area`` (pixels; 0 for an empty mask). Class
+    probabilities ``(H, W, K)``, ``K > 1``: the pixels whose most likely class (the
+    background among them) has ``p < 0.9``, the same rule for two classes."""
     p = np.asarray(probs, np.float32)
-    p = p[..., 0] if p.ndim == 3 else p
-    between = np.count_nonzero(p > 0.1) - np.count_nonzero(p >= 0.9)
+    if p.ndim == 3 and p.shape[-1] > 1:
+        between = np.count_nonzero(p.max(axis=-1) < 0.9)
+    else:
+        p = p[..., 0] if p.ndim == 3 else p
+        between = np.count_nonzero(p > 0.1) - np.count_nonzero(p >= 0.9)
     return float(between) / float(area) if area else 0.0
+
+
+def names_a_side(stats: MaskStats) -> bool:
+    """Whether a class's training masks hold one object whose centre lies steadily on
+    one side of the image's middle (the range of :attr:`MaskStats.centre`: a
+    multi-class run's lung on the image's left)."""
+    return stats.centre is not None and (stats.centre[1] < 0.5 or stats.centre[0] > 0.5)
 
 
 def _side_by_side(found: Objects, width: int) -> bool:
