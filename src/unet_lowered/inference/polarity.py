@@ -29,7 +29,8 @@ size); the flag written is then taken on the kept mask at the image's size, as f
 any image (for an image of the network's size, and in tile mode, it is the flag taken
 here, and the writer takes it: :class:`Look`). Every image costs that flag on the
 network's thread (about 3 ms at 224 px); only flagged ones cost more network calls:
-one for the inverted view, one for each turned view tried (seven at most), and a film
+one for the inverted view, one for each turned view tried (seven at most; nine for a
+multi-class run whose classes name a side, with its mirrored views), and a film
 read turned 180 degrees one more for its mirrored view (below). Of the films that
 pass, only those a handed run is unsure of cost one call more, for the same view (1 of
 200 JSRT films).
@@ -451,9 +452,10 @@ def _mirrored_look(
     options: PredictOptions,
     stored: bool,
 ) -> None:
-    """A handed run's films read turned 180 degrees, and those read as stored whose
-    network was unsure (:data:`MIRROR_UNSURE`): read them mirrored top to bottom
-    instead where that view's mask is ``ok`` and the network is surer of it (module
+    """Films read turned 180 degrees, of a run where a mirrored film shows
+    (:func:`mirror_tells`), and a one-class run's films read as stored that the network
+    was unsure of (:data:`MIRROR_UNSURE`): read them mirrored top to bottom instead
+    where that view's mask is ``ok`` and the network is surer of it (module
     docstring)."""
     stats = _flag_stats(config)
     if stats is None or not mirror_tells(config):
