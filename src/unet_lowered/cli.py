@@ -695,7 +695,8 @@ _Orientation = Annotated[
         "passes as stored with the network over twice as unsure as of its validation "
         "images, is also read mirrored top to bottom, and that view kept when it passes and "
         "the network is surer of it (runs whose training masks have the larger lung "
-        "steadily on one side, or a class on one side); keep: images as stored.",
+        "steadily on one side, or a class on one side; such multi-class runs also try the "
+        "mirrored view last for a mask still flagged); keep: images as stored.",
     ),
 ]
 _Overlap = Annotated[float, typer.Option(help="Tile overlap, fraction of the tile.")]

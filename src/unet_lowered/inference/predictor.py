@@ -80,8 +80,9 @@ class PredictOptions:
             passes the flag is kept, turned back; runs that record their training
             masks' shape only; a film read turned 180 degrees, or one whose mask
             passes as stored but of which the network is unsure, may be read mirrored
-            top to bottom instead: :mod:`unet_lowered.inference.polarity`) or
-            ``"keep"``.
+            top to bottom instead, and a multi-class run whose classes name a side
+            tries that view last for a mask still flagged:
+            :mod:`unet_lowered.inference.polarity`) or ``"keep"``.
     """
 
     mode: str = "auto"
