@@ -254,7 +254,13 @@ _TimeBudget = Annotated[
 @app.command()
 def plan(
     data: Annotated[Path, typer.Argument(help="Prepared folder (from `unet prepare`).")],
-    time_budget: _TimeBudget = None,
+    time_budget: Annotated[
+        str | None,
+        typer.Option(
+            help="Time budget of the planned `unet train`, e.g. 90s, 10m, 1h: its epochs "
+            "are planned to fit [default: 10m]."
+        ),
+    ] = None,
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Plan file [default: DATA/plan.json].")
     ] = None,
@@ -271,7 +277,10 @@ def plan(
     console = stderr_console()
     console.print(plan_mod.fingerprint_table(result))
     console.print(plan_mod.plan_table(result))
-    typer.echo(f"wrote {path}; `unet train {data}` uses it (flags and --config override it)")
+    if Path(path).resolve() == (data / plan_mod.PLAN_FILE).resolve():
+        typer.echo(f"wrote {path}; `unet train {data}` uses it (flags and --config override it)")
+    else:
+        typer.echo(f"wrote {path}; `unet train {data}` reads only {data / plan_mod.PLAN_FILE}")
 
 
 @app.command()
@@ -371,15 +380,16 @@ def train(
         float | None,
         typer.Option(
             help="Progressive resizing: this share of the epochs (the first) trains at half "
-            "the image size (with --crop: half-size crops at native resolution), each such epoch "
-            "about twice as fast and not validated; validation stays at full size [default: the "
+            "the image size (with --crop: half-size crops at native resolution), each such step "
+            "a third to a half of a full-size one, and not validated; validation stays at full size [default: the "
             "plan's: 0.5 for whole images of 128 px or more, else 0]."
         ),
     ] = None,
     precision: Annotated[
         str | None,
         typer.Option(
-            help=f"{' | '.join(names.PRECISIONS)} (auto: bf16 on CPUs with AVX512-BF16/AMX) [default: auto]."
+            help=f"{' | '.join(names.PRECISIONS)} (auto: bf16 on TensorFlow with a CPU that "
+            "has AVX512-BF16/AMX, else float32) [default: auto]."
         ),
     ] = None,
     base_filters: Annotated[
@@ -431,7 +441,7 @@ def train(
         typer.Option(
             help="With --crop: probability that a training crop is centred on a foreground "
             "pixel (nnU-Net's foreground oversampling) [default: the plan's: 0.33 for "
-            "crop-trained runs, else 0]."
+            "crop-trained runs whose crops are under half foreground, else 0]."
         ),
     ] = None,
     zoom_out: Annotated[
@@ -890,7 +900,7 @@ def demo(
 ) -> None:
     """Whole pipeline on synthetic chest X-rays: synth, prepare, train, evaluate, predict, plot.
 
-    Needs no data and no internet; takes a few minutes on 2 CPU cores. Re-running replaces
+    Needs no data and no internet; takes about a minute on 2 CPU cores. Re-running replaces
     the previous demo folder.
     """
     from unet_lowered.demo.pipeline import DemoSettings, run_demo

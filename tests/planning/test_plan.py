@@ -88,6 +88,9 @@ def test_unet_plan_writes_and_prints(tiny: Path, tmp_path: Path) -> None:
     assert all(entry["reason"] for entry in plan["settings"].values())
     assert not (tiny / plan_mod.PLAN_FILE).exists()
     assert "wrote" in result.output and "input-mode" in result.output
+    # Only DATA/plan.json is read by `unet train DATA`: the message says so.
+    assert f"reads only {tiny / plan_mod.PLAN_FILE}" in " ".join(result.output.split())
+    assert "uses it" not in result.output
     assert plan["fingerprint"]["polarity"] == {
         "dark_objects": 0,
         "light_objects": 10,  # the training split: 10 of the 12 pairs

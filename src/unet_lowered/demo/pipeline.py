@@ -36,7 +36,7 @@ MARKER = ".unet-demo"
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """Sizes chosen so that the demo ends in about 3-5 minutes on 2 CPU cores.
+    """Sizes chosen so that the demo ends in about a minute on 2 CPU cores.
 
     Attributes:
         count: Synthetic training pairs.

@@ -2,7 +2,7 @@
 
 The run folder layout is documented in :mod:`unet_lowered.io.runs`. Checkpoints are
 written atomically at the end of every epoch, so a run killed at any moment can
-be continued with ``unet train --resume RUN``: the model, optimiser state, epoch
+be continued with ``unet train --resume --out RUN``: the model, optimiser state, epoch
 counter, split and settings all come from the folder.
 """
 
