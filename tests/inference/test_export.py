@@ -5,6 +5,7 @@ Export goes through TensorFlow, so these tests are not marked ``backend``.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 
@@ -176,3 +177,90 @@ def test_cli_export(run_dir, capsys):
         main(["export", str(run_dir), "--format", "tflite"])
     assert exit_info.value.code == 1
     assert capsys.readouterr().err.startswith("error: unknown --format 'tflite'")
+
+
+def tree_hashes(folder) -> dict[str, str]:
+    """Every file and folder under ``folder``, relative, with the SHA-256 of each file."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        if p.is_file()
+        else "/"
+        for p in sorted(folder.rglob("*"))
+    }
+
+
+def run_cli(args, capsys) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in args])
+    return exit_info.value.code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("format", ["saved_model", "onnx"])
+def test_overwrite_refuses_the_run_folder_and_folders_above_it(run_dir, format, capsys):
+    before = tree_hashes(run_dir.parent)
+    code, err = run_cli(["export", run_dir, "-f", format, "-o", run_dir, "--overwrite"], capsys)
+    assert code == 1
+    assert err.startswith(f"error: {run_dir} is the run folder being exported, not a previous ")
+    assert "refusing to overwrite it; choose another --out" in err
+    assert len(err.strip().splitlines()) == 1
+    with pytest.raises(UnetError, match="is a folder that contains the run folder"):
+        export_model(run_dir, format, run_dir.parent, overwrite=True)
+    assert tree_hashes(run_dir.parent) == before
+
+
+@pytest.mark.parametrize("format", ["saved_model", "onnx"])
+def test_overwrite_refuses_a_data_folder(run_dir, tmp_path, format):
+    data = tmp_path / "data"
+    for sub in ("images", "masks"):
+        (data / sub).mkdir(parents=True)
+        (data / sub / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n" + sub.encode())
+    before = tree_hashes(data)
+    with pytest.raises(UnetError, match=r"data is a folder.*not a previous .* export; refusing"):
+        export_model(run_dir, format, data, overwrite=True)
+    assert tree_hashes(data) == before
+
+
+@pytest.mark.parametrize(
+    ("name", "format"),
+    [("model.keras", "onnx"), ("model.keras", "saved_model"), ("config.json", "onnx")],
+)
+def test_overwrite_refuses_the_runs_own_files(run_dir, name, format, capsys):
+    before = tree_hashes(run_dir)
+    out = run_dir / name
+    code, err = run_cli(["export", run_dir, "-f", format, "-o", out, "--overwrite"], capsys)
+    assert code == 1
+    assert err.startswith(f"error: {out} is the ")
+    assert "not a previous" in err and "choose another --out" in err
+    assert tree_hashes(run_dir) == before
+    # the same for a .keras file given directly
+    with pytest.raises(UnetError, match="refusing to overwrite it"):
+        export_model(run_dir / "model.keras", format, out, overwrite=True)
+    assert tree_hashes(run_dir) == before
+
+
+def test_overwrite_refuses_a_file_that_only_looks_like_an_export(run_dir, tmp_path):
+    fake = tmp_path / "fake.onnx"
+    fake.write_bytes((run_dir / "model.keras").read_bytes())  # a zip, not ONNX
+    with pytest.raises(UnetError, match=r"fake.onnx is an .onnx file that is not an ONNX model"):
+        export_model(run_dir, "onnx", fake, overwrite=True)
+    (tmp_path / "m.txt").write_text("notes")
+    with pytest.raises(UnetError, match=r"m.txt is a .txt file, not a previous ONNX export"):
+        export_model(run_dir, "onnx", tmp_path / "m.txt", overwrite=True)
+    with pytest.raises(UnetError, match=r"m.txt is a .txt file, not a previous SavedModel"):
+        export_model(run_dir, "saved_model", tmp_path / "m.txt", overwrite=True)
+    assert fake.read_bytes() == (run_dir / "model.keras").read_bytes()
+    assert (tmp_path / "m.txt").read_text() == "notes"
+
+
+def test_overwrite_replaces_a_previous_export(run_dir, tmp_path, capsys):
+    onnx_out = run_dir / "model.onnx"  # a new path inside the run folder is allowed
+    export_model(run_dir, "onnx", onnx_out)
+    assert export._looks_like_onnx(onnx_out)
+    code, _ = run_cli(["export", run_dir, "-o", onnx_out, "--overwrite"], capsys)
+    assert code == 0
+    served = tmp_path / "served"
+    export_model(run_dir, "saved_model", served)
+    code, _ = run_cli(["export", run_dir, "-f", "saved_model", "-o", served, "--overwrite"], capsys)
+    assert code == 0
+    assert (served / "saved_model.pb").is_file()
+    assert sorted(p.name for p in run_dir.iterdir()) == ["config.json", "model.keras", "model.onnx"]

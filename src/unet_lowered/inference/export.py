@@ -52,7 +52,13 @@ def export_model(
         format: ``"onnx"`` (a file) or ``"saved_model"`` (a folder).
         out: Where to write; default beside the model: ``model.onnx`` or
             ``model_saved_model/``.
-        overwrite: Replace an existing ``out``.
+        overwrite: Replace an existing ``out``, but only a previous export of the same
+            kind: for ONNX a file named ``*.onnx`` whose top-level protobuf fields parse
+            to the end of the file and include ``ir_version`` and ``graph`` (a walk over
+            the fields, skipping their contents); for a SavedModel a folder holding
+            ``saved_model.pb``, or an empty folder. Anything else is refused, with or
+            without ``overwrite``, as is ``out`` being the model file, the model's (run)
+            folder, or a folder that contains it. A new path inside the run folder is fine.
         check: Run the export on random input and compare it with Keras (ONNX: only
             when ``onnxruntime`` is installed).
 
@@ -62,8 +68,8 @@ def export_model(
 
     Raises:
         UnetError: Unknown format, missing optional dependency, non-TensorFlow backend,
-            unreadable model, ``out`` exists without ``overwrite``, or the export
-            differs from Keras.
+            unreadable model, ``out`` exists without ``overwrite``, ``out`` is not a
+            previous export (see ``overwrite``), or the export differs from Keras.
     """
     format = names.choose(format, FORMATS, "format")
     import keras
@@ -80,6 +86,7 @@ def export_model(
 
     model, model_file, image_size = _load(Path(model_path))
     out = Path(out) if out is not None else _default_out(model_file, format)
+    _refuse_non_export(out, format, model_file)
     if out.exists() and not overwrite:
         raise UnetError(
             f"{out} already exists; pass --overwrite to replace it or choose another --out"
@@ -139,6 +146,106 @@ def _default_out(model_file: Path, format: str) -> Path:
     if format == "onnx":
         return model_file.with_suffix(".onnx")
     return model_file.with_name(f"{model_file.stem}_saved_model")
+
+
+def _refuse_non_export(out: Path, format: str, model_file: Path) -> None:
+    """Refuse an ``out`` that is not a previous export of ``format`` (see ``export_model``).
+
+    ``out`` being replaced (with ``--overwrite``) must never cost the run or any other
+    input: not the model file, not its folder or a folder above it, and not an existing
+    file or folder that is not what this export writes.
+    """
+    kind = "ONNX" if format == "onnx" else "SavedModel"
+    home = model_file.parent
+    is_run = (home / runs.CONFIG_FILE).is_file()
+    try:
+        target, home_r, model_r = out.resolve(), home.resolve(), model_file.resolve()
+    except (OSError, RuntimeError):  # a symlink loop: not an export either
+        target, home_r, model_r = out.absolute(), home.absolute(), model_file.absolute()
+    if target == model_r:
+        raise _refusal(out, "the model being exported", kind)
+    if target == home_r:
+        what = "the run folder being exported" if is_run else "the folder of the model"
+        raise _refusal(out, what, kind)
+    if home_r.is_relative_to(target):
+        what = f"a folder that contains the {'run folder' if is_run else 'model'} {home}"
+        raise _refusal(out, what, kind)
+    if not out.exists():
+        return
+    if out.is_dir():
+        if format == "saved_model" and ((out / "saved_model.pb").is_file() or _is_empty(out)):
+            return
+        what = "a folder" + (" without saved_model.pb" if format == "saved_model" else "")
+    elif format == "onnx" and out.suffix.lower() == ".onnx":
+        if _looks_like_onnx(out):
+            return
+        what = "an .onnx file that is not an ONNX model"
+    else:
+        what = f"a {out.suffix} file" if out.suffix else "a file"
+    if is_run and target.parent == home_r:
+        what = f"the run's own {out.name}"
+    raise _refusal(out, what, kind)
+
+
+def _is_empty(folder: Path) -> bool:
+    try:
+        return not any(folder.iterdir())
+    except OSError:  # unreadable: it may hold anything
+        return False
+
+
+def _refusal(out: Path, what: str, kind: str) -> UnetError:
+    return UnetError(
+        f"{out} is {what}, not a previous {kind} export; refusing to overwrite it; "
+        "choose another --out"
+    )
+
+
+def _looks_like_onnx(path: Path) -> bool:
+    """Whether ``path`` parses as an ONNX ``ModelProto`` at its top level (cheap: no contents).
+
+    Walks the top-level protobuf fields, seeking past length-delimited ones (the graph),
+    and asks that they end exactly at the end of the file and include ``ir_version``
+    (field 1, a varint) and ``graph`` (field 7, length-delimited).
+    """
+
+    def varint(f: Any) -> int | None:
+        value = 0
+        for shift in range(0, 70, 7):
+            byte = f.read(1)
+            if not byte:
+                return None
+            value |= (byte[0] & 0x7F) << shift
+            if byte[0] < 0x80:
+                return value
+        return None
+
+    seen = set()
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            for _ in range(100_000):  # a model has a handful of top-level fields
+                position = f.tell()
+                if position == size:
+                    return (1, 0) in seen and (7, 2) in seen
+                tag = varint(f)
+                if tag is None or tag >> 3 == 0:
+                    return False
+                field, wire = tag >> 3, tag & 7
+                if wire == 0:
+                    if varint(f) is None:
+                        return False
+                elif wire in (1, 2, 5):
+                    length = varint(f) if wire == 2 else 8 if wire == 1 else 4
+                    if length is None or f.tell() + length > size:
+                        return False
+                    f.seek(length, os.SEEK_CUR)
+                else:  # groups (3, 4) are not in ONNX; 6, 7 are not wire types
+                    return False
+                seen.add((field, wire))
+    except OSError:
+        return False
+    return False
 
 
 def _float32(model: Any) -> Any:
