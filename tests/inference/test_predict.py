@@ -220,6 +220,7 @@ def test_auto_mode_follows_the_run() -> None:
             "unknown --blend 'box'; use one of: gaussian, linear, constant",
         ),
         (PredictOptions(batch_size=0), "--batch-size must be at least 1"),
+        (PredictOptions(max_pixels=0), "--max-pixels must be positive, got 0"),
         (PredictOptions(min_area=-1), "--min-area must be 0 or more"),
         (PredictOptions(watershed=1.5), r"--watershed must be in \[0, 1\] \(the merge level"),
     ],
@@ -248,8 +249,8 @@ def test_make_ids_disambiguates_collisions() -> None:
         "y",
         "e__s__z",
         "f__s__z",
-        "d__c__w_png",
-        "d__c__w_jpg",
+        "w_png",  # the same stem in one folder: its suffix, no folder names
+        "w_jpg",
     ]
 
 

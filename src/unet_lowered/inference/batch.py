@@ -37,7 +37,7 @@ import numpy as np
 
 from unet_lowered import options as names
 from unet_lowered.errors import UnetError
-from unet_lowered.inference.journal import Journal, remove_stale_temps
+from unet_lowered.inference.journal import JOURNAL_FILE, Journal, remove_stale_temps
 from unet_lowered.inference.overlay import overlay
 from unet_lowered.inference.polarity import (
     AS_STORED,
@@ -60,7 +60,7 @@ from unet_lowered.inference.predictor import (
 from unet_lowered.inference.quality import Objects, contrast_grid, imaged_field, mask_quality
 from unet_lowered.io import atomic, images
 from unet_lowered.io.progress import progress_bar, stderr_console
-from unet_lowered.io.runs import load_run
+from unet_lowered.io.runs import CONFIG_FILE, LAST_FILE, MODEL_FILE, load_run
 from unet_lowered.training.config import RunConfig
 
 CSV_FILE = "predictions.csv"
@@ -152,7 +152,11 @@ def make_ids(files: Sequence[Path]) -> list[str]:
     Files with the same stem from different folders get as many parent folder names as
     needed to tell them apart, joined by ``__`` (``a/x.png`` and ``b/x.png`` become
     ``a__x`` and ``b__x``); the same stem in one folder keeps the suffix (``x_png``,
-    ``x_jpg``). Ids never repeat, so no output overwrites another.
+    ``x_jpg``; with folder names too when the stem also comes from another folder:
+    ``a/x.png``, ``a/x.jpg`` and ``b/x.png`` become ``a__x_png``, ``a__x_jpg`` and
+    ``b__x``). Ids never repeat; :func:`_check_output_names` refuses the rare input
+    whose outputs would still take another's file names (``a.png`` and ``a_prob.png``
+    with ``--save-prob png``).
     """
     stems = Counter(p.stem for p in files)
     ids = [p.stem for p in files]
@@ -162,17 +166,26 @@ def make_ids(files: Sequence[Path]) -> list[str]:
             groups.setdefault(p.stem, []).append(i)
     for stem, members in groups.items():
         parents = [Path(os.path.abspath(files[i])).parent.parts[1:] for i in members]
-        depth = max(len(p) for p in parents)
-        names = [f"{stem}_{files[i].suffix.lstrip('.').lower() or 'file'}" for i in members]
-        for k in range(1, depth + 1):
-            candidate = ["__".join([*parent[-k:], stem]) for parent in parents]
-            if len(set(candidate)) == len(candidate):
-                names = candidate
-                break
+        shared = Counter(parents)  # files of this stem per folder
+        keys = [  # the suffix kept where one folder holds the stem twice
+            f"{stem}_{files[i].suffix.lstrip('.').lower() or 'file'}"
+            if shared[parent] > 1
+            else stem
+            for i, parent in zip(members, parents, strict=True)
+        ]
+        if len(shared) == 1:  # all in one folder: the suffixes tell them apart
+            names = keys
         else:
-            names = [
-                "__".join([*parent, name]) for parent, name in zip(parents, names, strict=True)
-            ]
+            depth = max(len(p) for p in parents)
+            names = ["__".join([*parent, key]) for parent, key in zip(parents, keys, strict=True)]
+            for k in range(1, depth + 1):
+                candidate = [
+                    "__".join([*parent[-k:], key])
+                    for parent, key in zip(parents, keys, strict=True)
+                ]
+                if len(set(candidate)) == len(candidate):
+                    names = candidate
+                    break
         for i, name in zip(members, names, strict=True):
             ids[i] = name
     seen: Counter[str] = Counter()
@@ -186,7 +199,8 @@ def make_ids(files: Sequence[Path]) -> list[str]:
 def _check_out_dir(
     out_dir: Path, inputs: Sequence[str | os.PathLike], files: Sequence[Path]
 ) -> None:
-    """Refuse an output folder that is an input folder, lies inside one, or holds inputs."""
+    """Refuse an output folder that is an input folder, lies inside one, holds inputs, or
+    is a run folder of ``unet train``."""
     out = out_dir.resolve()
     folders = {Path(p).resolve() for p in inputs if Path(p).is_dir()}
     for folder in folders:
@@ -201,6 +215,82 @@ def _check_out_dir(
             f"--out {out_dir} holds input images; predictions are never written beside the "
             "inputs: choose another output folder"
         )
+    if (out / CONFIG_FILE).is_file() and any((out / m).is_file() for m in (MODEL_FILE, LAST_FILE)):
+        raise UnetError(
+            f"--out {out_dir} is a run folder of `unet train` (it holds {CONFIG_FILE} and "
+            "the model); predictions are never written among a run's files: choose an empty "
+            "or new output folder"
+        )
+
+
+_KINDS = {"mask": "", "probabilities": "--save-prob", "overlay": "--overlay"}
+"""Each kind of output file and the option that writes it."""
+
+
+def _output_kind(image_id: str, name: str) -> str:
+    """Which of :func:`_output_names`'s files of ``image_id`` ``name`` is: a key of
+    :data:`_KINDS`."""
+    if name == f"{image_id}.png":
+        return "mask"
+    return "overlay" if name == f"{image_id}_overlay.png" else "probabilities"
+
+
+def _check_output_names(
+    out_dir: Path, files: Sequence[Path], ids: Sequence[str], outputs: dict[str, list[str]]
+) -> None:
+    """Refuse two inputs whose outputs would have the same file name (``a.png`` and
+    ``a_prob.png`` with ``--save-prob png``: the mask of one would replace the other's
+    probabilities), before anything is predicted."""
+    owner: dict[str, int] = {}
+    for k, image_id in enumerate(ids):
+        for name in outputs[image_id]:
+            first = owner.setdefault(name, k)
+            if first == k:
+                continue
+            kinds = [_output_kind(ids[first], name), _output_kind(image_id, name)]
+            drop = sorted({_KINDS[kind] for kind in kinds} - {""})
+            fixes = "rename one of them or predict them into separate --out folders"
+            if drop:
+                fixes = (
+                    "rename one of them, predict them into separate --out folders, or drop "
+                    + " and ".join(drop)
+                )
+            raise UnetError(
+                f"{files[first]} and {files[k]} would both write {out_dir / name} (the "
+                f"{kinds[0]} of the first, the {kinds[1]} of the second); {fixes}"
+            )
+
+
+def _is_predict_output(out_dir: Path) -> bool:
+    """Whether ``out_dir`` holds what an earlier ``unet predict`` left: its progress
+    journal (an interrupted run) or its ``predictions.csv`` (a finished one)."""
+    if (out_dir / JOURNAL_FILE).is_file():
+        return True
+    try:
+        with open(out_dir / CSV_FILE, encoding="utf-8", errors="replace") as f:
+            header = f.readline(4096)
+    except OSError:
+        return False
+    return header.startswith(",".join(CSV_COLUMNS[:2]) + ",")
+
+
+def _check_no_foreign_files(out_dir: Path, names: Iterable[str]) -> None:
+    """Refuse to overwrite files that ``unet predict`` did not write: when ``out_dir``
+    already holds a file this run would write (``names``, or ``predictions.csv``) and is
+    not an earlier ``unet predict``'s output folder (:func:`_is_predict_output`; starting
+    over or ``--resume`` there is fine). Unrelated files with other names are left alone."""
+    try:
+        present = set(os.listdir(out_dir))
+    except OSError:  # no folder yet (or not one: reported when it is created)
+        return
+    clashes = [n for n in dict.fromkeys([*names, CSV_FILE]) if n in present]
+    if not clashes or _is_predict_output(out_dir):
+        return
+    more = f" (and {len(clashes) - 1} more of this run's output names)" if len(clashes) > 1 else ""
+    raise UnetError(
+        f"{out_dir / clashes[0]}: already exists{more} and was not written by `unet predict`; "
+        "predictions never overwrite other files: choose an empty or new --out folder"
+    )
 
 
 def predict_files(
@@ -239,7 +329,10 @@ def predict_files(
     Args:
         run_dir: The run folder written by ``unet train``.
         inputs: Image files, folders or glob patterns.
-        out_dir: The output folder (created; must not be an input folder).
+        out_dir: The output folder (created; must not be an input folder or a run
+            folder). Files there with the names of this call's outputs are replaced
+            only when an earlier ``unet predict`` left them (its ``predictions.csv``
+            or journal is there); unrelated files are left alone.
         options: Prediction and post-processing settings.
         recursive: Walk folders (and ``**`` in globs) recursively.
         save_prob: Also save probabilities: ``"png"``, ``"npy"`` or None.
@@ -261,7 +354,9 @@ def predict_files(
 
     Raises:
         UnetError: Bad options, inputs that match nothing, a bad run folder, an output
-            folder among the inputs, one that cannot be written (read-only, disk full),
+            folder among the inputs or a run folder, one that cannot be written
+            (read-only, disk full), two inputs whose outputs would have the same name,
+            an output folder holding a file of that name that no ``unet predict`` wrote,
             or ``resume`` with other settings than the interrupted run's.
     """
     job = open_job(run_dir, inputs, out_dir, options, recursive, save_prob, save_overlay, resume)
@@ -371,10 +466,13 @@ def open_job(
     _check_out_dir(out_dir, inputs, files)
     ids = make_ids(files)
     run = load_run(run_dir)
-    model, config = run.model(), run.config
+    config = run.config
+    outputs = {i: _output_names(i, config, save_prob, save_overlay) for i in ids}
+    _check_output_names(out_dir, files, ids, outputs)
+    _check_no_foreign_files(out_dir, (n for names_ in outputs.values() for n in names_))
+    model = run.model()
     options = dataclasses.replace(options, mode=resolve_mode(options.mode, config))
     _make_out_dir(out_dir)
-    outputs = {i: _output_names(i, config, save_prob, save_overlay) for i in ids}
     remove_stale_temps(out_dir, [CSV_FILE, *(n for names_ in outputs.values() for n in names_)])
     journal = Journal.open(
         out_dir, _journal_settings(run, options, save_prob, save_overlay), CSV_COLUMNS, resume
