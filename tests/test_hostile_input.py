@@ -619,3 +619,77 @@ def test_dicom_jpeg_ls_predicts(run: Path, tmp_path: Path, capfd) -> None:
     code, err = cli(capfd, "predict", run, tmp_path / "in", "--out", tmp_path / "out")
     assert code == 0, err
     assert images.read_image(tmp_path / "out" / "xray.png").shape == (40, 50)
+
+
+# ---------------------------------------------------------------- train and demo: where they write
+
+
+def test_train_and_demo_onto_a_file_or_into_a_read_only_folder(tmp_path: Path, capfd) -> None:
+    # Refused before any planning or training, in one line naming --out.
+    data = make_prepared(tmp_path, ids_of(4))
+    a_file = tmp_path / "existing.txt"
+    a_file.write_text("keep me")
+    for extra in ([], ["--overwrite"]):
+        code, err = cli(capfd, "train", data, "--out", a_file, "--epochs", "1", *extra)
+        assert code == 1
+        the_line(err, r"^error: --out .*existing\.txt: a file, not a folder; choose another")
+        code, err = cli(capfd, "demo", "--out", a_file, *extra)
+        assert code == 1
+        the_line(err, r"^error: --out .*existing\.txt: a file, not a folder; choose another")
+    code, err = cli(capfd, "train", data, "--out", a_file / "run", "--epochs", "1")
+    assert code == 1
+    the_line(err, r"^error: --out .*existing\.txt/run: .*existing\.txt is a file, not a folder")
+    assert a_file.read_text() == "keep me"
+    with tmpfs(tmp_path / "ro", "1m", read_only=True) as ro:
+        for command in (["train", data, "--epochs", "1"], ["demo"]):
+            code, err = cli(capfd, *command, "--out", ro / "sub" / "run")
+            assert code == 1
+            the_line(err, r"^error: --out .*ro/sub/run: cannot create or write the folder")
+
+
+def test_one_image_gets_advice_that_works(tmp_path: Path, capfd) -> None:
+    data = make_prepared(tmp_path, ids_of(1))
+    for extra in ([], ["--val-fraction", "0.9"]):
+        code, err = cli(capfd, "train", data, "--out", tmp_path / "run", "--epochs", "1", *extra)
+        assert code == 1
+        the_line(err, r"^error: .*prepared: one image; .*pass --overfit-batch")
+        assert not (tmp_path / "run").exists()
+
+
+def test_evaluate_onto_a_file(run: Path, tmp_path: Path, capfd) -> None:
+    data = make_prepared(tmp_path, ids_of(2))
+    a_file = tmp_path / "existing.txt"
+    a_file.write_text("keep me")
+    code, err = cli(capfd, "evaluate", run, data, "--out", a_file)
+    assert code == 1
+    the_line(err, r"^error: --out .*existing\.txt: a file, not a folder; choose another --out")
+    assert a_file.read_text() == "keep me"
+
+
+def test_plot_says_why_samples_are_left_out(run: Path, tmp_path: Path, capfd) -> None:
+    moved = tmp_path / "run"
+    shutil.copytree(run, moved)
+    (moved / "history.csv").write_text("epoch,loss,dice,val_loss,val_dice\n1,0.5,0.5,0.6,0.4\n")
+    (moved / "samples.png").write_bytes(b"old")
+    _set_config(moved, data=str(tmp_path / "gone"))
+    code, err = cli(capfd, "plot", moved)
+    assert code == 0
+    the_line(
+        err,
+        r"^samples\.png left out: the data it was trained on \(.*gone\) is not there or "
+        r"unreadable; run `unet plot` where the data is \(.*samples\.png is from an earlier plot\)",
+    )
+    for bad in (["--samples", "-1"], ["--worst", "-3"]):
+        code, err = cli(capfd, "plot", moved, *bad)
+        assert code == 1
+        the_line(err, rf"^error: {bad[0]} must be 0 or more, got {bad[1]}$")
+
+
+def test_evaluate_warns_when_every_mask_is_empty(run: Path, tmp_path: Path, capfd) -> None:
+    data = make_prepared(tmp_path, ids_of(2), mask_values=(0,))
+    code, err = cli(capfd, "evaluate", run, data, "--out", tmp_path / "ev", "--no-progress")
+    assert code == 0
+    the_line(err, r"^warning: every mask scored in .*prepared is empty, so Dice only counts")
+    data2 = make_prepared(tmp_path / "two", ids_of(2))
+    code, err = cli(capfd, "evaluate", run, data2, "--out", tmp_path / "ev2", "--no-progress")
+    assert code == 0 and "warning: every mask" not in err

@@ -168,7 +168,8 @@ def test_split_is_deterministic_disjoint_and_complete() -> None:
 
 
 @pytest.mark.parametrize(
-    ("n", "fraction", "n_val"), [(2, 0.15, 1), (10, 0.0, 0), (10, 0.25, 2), (3, 0.9, 2)]
+    ("n", "fraction", "n_val"),
+    [(2, 0.15, 1), (10, 0.0, 0), (10, 0.25, 2), (3, 0.9, 2), (1, 0.9, 0), (1, 0.15, 0)],
 )
 def test_split_sizes(n: int, fraction: float, n_val: int) -> None:
     train, val = split_ids(ids_of(n), fraction, seed=0)

@@ -140,3 +140,31 @@ def test_atomic_dir_removes_what_a_killed_run_left(tmp_path):
         (build / "ok.txt").write_text("ok")
     assert _hidden(tmp_path) == []
     assert (tmp_path / "out" / "ok.txt").exists()
+
+
+def test_unwritable_says_disk_full_only_for_a_causeless_error(tmp_path, monkeypatch):
+    import collections
+    import errno as errno_mod
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(atomic.shutil, "disk_usage", lambda _: usage(1, 1, 0))
+    missing = OSError(errno_mod.ENOENT, "No such file or directory")
+    assert "disk is full" not in str(atomic._unwritable(tmp_path / "x", missing))
+    short = OSError("25600 requested and 16352 written")  # NumPy's: no errno
+    assert str(atomic._unwritable(tmp_path / "x", short)).endswith(
+        "(25600 requested and 16352 written; the disk is full); choose a writable place "
+        "with free space"
+    )
+
+
+def test_check_out_folder(tmp_path, monkeypatch):
+    atomic.check_out_folder(tmp_path / "new" / "deeper")  # creatable: nothing raised
+    assert not (tmp_path / "new").exists()  # and nothing created
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(UnetError, match=r"^--out .*f: a file, not a folder"):
+        atomic.check_out_folder(tmp_path / "f")
+    with pytest.raises(UnetError, match=r"^--run .*f/sub: .*f is a file, not a folder"):
+        atomic.check_out_folder(tmp_path / "f" / "sub", option="--run")
+    monkeypatch.setattr(atomic.os, "access", lambda *_: False)
+    with pytest.raises(UnetError, match=r"cannot create or write the folder \(.* read-only"):
+        atomic.check_out_folder(tmp_path / "new")

@@ -146,7 +146,7 @@ def load_prepared(data_dir: str | os.PathLike) -> PreparedData:
     else:
         raise UnetError(
             f"{root}: no train/images + train/masks (as `unet prepare` writes) and no "
-            "images/ + masks/ folders; run `unet prepare SRC DEST` and train on DEST"
+            "images/ + masks/ folders; run `unet prepare SRC DEST` and use DEST"
         )
     found = layouts.Scan(root=root, layout="flat")
     layouts.pair_folder(found, "train", image_dir, mask_dir)
@@ -250,8 +250,8 @@ def split_ids(ids: Iterable[str], val_fraction: float, seed: int) -> tuple[list[
     """Deterministic train/validation split by id.
 
     The ids are sorted, permuted with ``numpy.random.default_rng(seed)`` and the first
-    ``round(val_fraction * n)`` (at least 1 when ``val_fraction > 0`` and ``n >= 2``)
-    go to validation. The same ids, fraction and seed give the same split on any
+    ``round(val_fraction * n)`` (at least 1 when ``val_fraction > 0`` and ``n >= 2``,
+    at most ``n - 1``: training keeps one) go to validation. The same ids, fraction and seed give the same split on any
     machine, whatever order the ids came in.
 
     Args:
@@ -273,8 +273,28 @@ def split_ids(ids: Iterable[str], val_fraction: float, seed: int) -> tuple[list[
     n = len(ordered)
     n_val = round(val_fraction * n)
     if val_fraction > 0 and n >= 2:
-        n_val = min(max(n_val, 1), n - 1)
+        n_val = max(n_val, 1)
+    n_val = min(n_val, max(n - 1, 0))  # training keeps at least one id
     perm = np.random.default_rng(seed).permutation(n)
     val = sorted(ordered[i] for i in perm[:n_val])
     train = sorted(ordered[i] for i in perm[n_val:])
     return train, val
+
+
+def check_split(split: dict[str, list[str]], data: str | os.PathLike) -> None:
+    """Refuse a split that training cannot use: no training or no validation ids.
+
+    Raises:
+        UnetError: One line naming the data folder and what to do.
+    """
+    if not split["train"]:
+        raise UnetError(f"{data}: no training images left after the validation split")
+    if not split["val"]:
+        if len(split["train"]) < 2:
+            raise UnetError(
+                f"{data}: one image; training needs at least two (one to validate on): add "
+                "images, or pass --overfit-batch to check that the network can fit this one"
+            )
+        raise UnetError(
+            f"{data}: the validation split is empty; raise --val-fraction or add images"
+        )

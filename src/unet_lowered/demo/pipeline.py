@@ -28,6 +28,7 @@ from unet_lowered.errors import UnetError
 from unet_lowered.evaluation.evaluate import evaluate_run
 from unet_lowered.evaluation.plots import plot_run
 from unet_lowered.inference.batch import predict_files
+from unet_lowered.io import atomic
 from unet_lowered.training import config as config_mod
 from unet_lowered.training.train import train
 
@@ -138,15 +139,24 @@ def run_demo(
 
 
 def _claim(out: Path, overwrite: bool) -> None:
-    """Make ``out`` an empty demo folder; refuse to replace a folder that is not a demo's."""
-    if out.exists():
-        if not (out / MARKER).is_file() and not overwrite:
-            raise UnetError(
-                f"{out} exists and is not a demo folder; pass --overwrite or choose another --out"
-            )
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    (out / MARKER).write_text("made by `unet demo`; re-running the demo replaces this folder\n")
+    """Make ``out`` an empty demo folder; refuse to replace a folder that is not a demo's,
+    a file, or a place that cannot be written."""
+    atomic.check_out_folder(out)
+    try:
+        if out.exists():
+            if not (out / MARKER).is_file() and not overwrite:
+                raise UnetError(
+                    f"{out} exists and is not a demo folder; pass --overwrite or choose "
+                    "another --out"
+                )
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
+        (out / MARKER).write_text("made by `unet demo`; re-running the demo replaces this folder\n")
+    except OSError as e:
+        raise UnetError(
+            f"--out {out}: cannot create the demo folder ({e.strerror or e}); "
+            "choose a writable place"
+        ) from None
 
 
 def _mean_dice(summary: dict[str, Any]) -> float | None:

@@ -32,6 +32,7 @@ import dataclasses
 import io
 import json
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -140,13 +141,16 @@ def evaluate_run(
 
     Raises:
         UnetError: Bad run or data folder, unmatched ids, a split id missing from the
-            data, or a mask whose size differs from its image.
+            data, a mask whose size differs from its image, or an ``out`` that cannot be
+            written (checked first).
     """
     options = (options or PredictOptions()).validate()
     split = names.choose(split, SPLITS, "split")
     run = load_run(run_dir)
     pairs = load_prepared(data)
     ids = _select(pairs.ids, run, split, Path(data))
+    out_dir = Path(out) if out is not None else run.dir / "eval"
+    atomic.check_out_folder(out_dir)  # before the work, not after it
     config = run.config
     model = run.model()
     mode = resolve_mode(options.mode, config)
@@ -198,7 +202,13 @@ def evaluate_run(
         chunks = (ids[i : i + per_call] for i in range(0, len(ids), per_call))
         run_pipeline(chunks, read, predict, score, threaded=pipeline)
     seconds = time.perf_counter() - started
-    out_dir = Path(out) if out is not None else run.dir / "eval"
+    if rows and not any(row["fg_true"] for row in rows):  # as `unet train` warns of them
+        print(
+            f"warning: every mask scored in {data} is empty, so Dice only counts false "
+            "positives; check the masks (`unet check DATA`)",
+            file=sys.stderr,
+            flush=True,
+        )
     summary = _summary(rows, run, pairs, split, options, seconds)
     remove_stale_temps(out_dir, ["per_image.csv", "summary.json"])  # left by a killed run
     _write_rows(out_dir / "per_image.csv", rows)

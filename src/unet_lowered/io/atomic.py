@@ -83,11 +83,37 @@ def _unwritable(path: Path, error: OSError) -> UnetError:
         full = shutil.disk_usage(path.parent).free < 1 << 20
     except OSError:
         full = False
-    if full and error.errno != errno.ENOSPC:  # e.g. NumPy's "25600 requested and 16352 written"
+    # Only an error that names no cause (NumPy's "25600 requested and 16352 written"):
+    # a read-only or missing place on a file system with no free space (/proc) is not full.
+    if full and error.errno is None:
         reason += "; the disk is full"
     return UnetError(
         f"{path}: cannot be written ({reason}); choose a writable place with free space"
     )
+
+
+def check_out_folder(path: str | os.PathLike, option: str = "--out") -> None:
+    """Refuse, before any work, an output folder that cannot be created or written.
+
+    ``path`` may exist (a folder) or not; then its nearest existing parent must be a
+    writable folder. A file in its place, a read-only file system or a folder without
+    permission is a one-line error naming ``option``.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UnetError(f"{option} {path}: a file, not a folder; choose another {option}")
+    place = path
+    while not place.exists() and place != place.parent:
+        place = place.parent
+    if not place.is_dir():
+        raise UnetError(
+            f"{option} {path}: {place} is a file, not a folder; choose another {option}"
+        )
+    if not os.access(place, os.W_OK | os.X_OK):
+        raise UnetError(
+            f"{option} {path}: cannot create or write the folder ({place} is read-only or "
+            "not writable by you); choose a writable place"
+        )
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from unet_lowered.dataset.pairs import PreparedData, load_prepared
+from unet_lowered.dataset.pairs import PreparedData, check_split, load_prepared
 from unet_lowered.errors import UnetError
 from unet_lowered.planning import rules
 from unet_lowered.planning.budget import parse_duration
@@ -71,6 +71,8 @@ def make_plan(
     base = TrainConfig()
     seed = fixed.get("seed", base.seed)
     split = data.split(fixed.get("val_fraction", base.val_fraction), seed)
+    if not fixed.get("overfit_batch"):  # a split training would refuse, refused first
+        check_split(split, data.root)
     fp = fingerprint(data, split["train"], seed=seed, progress=progress)
     measured: dict[str, Any] = {}
 

@@ -27,7 +27,7 @@ import numpy as np
 
 import unet_lowered
 from unet_lowered.dataset.checks import mask_warnings
-from unet_lowered.dataset.pairs import PreparedData, load_prepared
+from unet_lowered.dataset.pairs import PreparedData, check_split, load_prepared
 from unet_lowered.errors import SettingError, UnetError
 from unet_lowered.evaluation.choose import (
     BOUNDARY_TOUCHING,
@@ -185,7 +185,7 @@ def train(
             if cfg.overfit_batch:
                 first = split["train"][: cfg.batch_size]
                 split = {"train": first, "val": first}
-        _check_split(split, data)
+        check_split(split, data)
         if cfg.image_size is None:
             auto = resolve_image_size(dataset.image_sizes(split["train"]), cfg.depth, cfg.padding)
             cfg = dataclasses.replace(cfg, image_size=auto)
@@ -284,7 +284,9 @@ def train(
 
 
 def _check_run_folder(out: Path, overwrite: bool) -> None:
-    """Refuse to replace an existing folder unless asked, and never one that is not a run."""
+    """Refuse to replace an existing folder unless asked, and never one that is not a run;
+    refuse a place where no run folder can be written (a file, a read-only folder)."""
+    atomic.check_out_folder(out)
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise UnetError(
@@ -300,9 +302,15 @@ def _check_run_folder(out: Path, overwrite: bool) -> None:
 def _start_run_folder(out: Path, overwrite: bool) -> None:
     """An empty run folder at ``out`` (an old run there is removed when ``overwrite``)."""
     _check_run_folder(out, overwrite)
-    if out.exists() and any(out.iterdir()):
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        if out.exists() and any(out.iterdir()):
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UnetError(
+            f"--out {out}: cannot create the run folder ({e.strerror or e}); "
+            "choose a writable place"
+        ) from None
 
 
 def _load_resume(out: Path) -> tuple[RunConfig, dict, dict]:
@@ -322,15 +330,6 @@ def _load_resume(out: Path) -> tuple[RunConfig, dict, dict]:
     if not run_cfg.data:
         raise UnetError(f"{out / runs.CONFIG_FILE}: no 'data' entry; the run cannot be resumed")
     return run_cfg, loaded[1], loaded[2]
-
-
-def _check_split(split: dict[str, list[str]], data: Path) -> None:
-    if not split["train"]:
-        raise UnetError(f"{data}: no training images left after the validation split")
-    if not split["val"]:
-        raise UnetError(
-            f"{data}: the validation split is empty; raise --val-fraction or add images"
-        )
 
 
 def _run_config(
