@@ -218,7 +218,13 @@ def export(
             help="Output .onnx file or SavedModel folder [default: beside the model].",
         ),
     ] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            help="Replace a previous export at --out (an .onnx file or a SavedModel folder); "
+            "never the model, its run folder or other files."
+        ),
+    ] = False,
     check: Annotated[
         bool, typer.Option(help="Run the export on random input and compare it with Keras.")
     ] = True,
@@ -266,11 +272,17 @@ def plan(
     ] = None,
 ) -> None:
     """Fingerprint the data, time a training step and plan `unet train`; writes plan.json."""
+    from unet_lowered.dataset import dataset_json
     from unet_lowered.io.progress import stderr_console
     from unet_lowered.planning import plan as plan_mod
     from unet_lowered.planning.budget import parse_duration
 
     budget = plan_mod.DEFAULT_BUDGET_S if time_budget is None else parse_duration(time_budget)
+    if out is None and not (data / dataset_json.FILE).is_file():  # source data stays as it is
+        raise UnetError(
+            f"{data}: not a folder `unet prepare` wrote (no {dataset_json.FILE}); `unet plan` "
+            f"writes nothing into source data: pass --out FILE, or `unet prepare` it first"
+        )
     result = plan_mod.make_plan(data, budget, progress=sys.stderr.isatty())
     target = out if out is not None else data / plan_mod.PLAN_FILE
     path = plan_mod.write_plan(result, target)
@@ -618,7 +630,10 @@ def plot(
     """Save loss/Dice curves, validation samples and the worst evaluated cases as PNG in RUN."""
     from unet_lowered.evaluation.plots import plot_run
 
-    for path in plot_run(run, samples=samples, worst=worst):
+    def note(line: str) -> None:
+        typer.echo(line, err=True)
+
+    for path in plot_run(run, samples=samples, worst=worst, note=note):
         typer.echo(f"wrote {path}")
 
 

@@ -494,6 +494,29 @@ def test_mask_binarisation(src, tmp_path, mask, foreground, expected):
     assert np.array_equal(written, expected)
 
 
+def test_a_foreground_value_no_mask_holds_is_refused_with_the_values_seen(src, tmp_path):
+    for name in ("a", "b"):
+        png(src / "images" / f"{name}.png", gray(1))
+        png(src / "masks" / f"{name}.png", box(value=255))
+    freeze(src)
+    message = (
+        r"no mask holds --foreground 1 \(values seen: 0, 255\); pass --foreground 255, or "
+        r"leave --foreground out"
+    )
+    with pytest.raises(UnetError, match=message):
+        convert.prepare(src, tmp_path / "out", foreground="1")
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(UnetError, match=message):
+        convert.check(src, foreground="1")
+    # One empty mask among others is a problem of that pair only, as before.
+    png(tmp_path / "src2" / "images" / "c.png", gray(1))
+    png(tmp_path / "src2" / "masks" / "c.png", box(value=1))
+    png(tmp_path / "src2" / "images" / "d.png", gray(1))
+    png(tmp_path / "src2" / "masks" / "d.png", box(value=255))
+    report = convert.prepare(tmp_path / "src2", tmp_path / "out2", foreground="1")
+    assert [p.kind for p in report.problems] == ["empty_mask"]
+
+
 def test_jpeg_and_rgb_masks(src, tmp_path):
     disk = np.zeros((64, 64), np.uint8)
     cv2.circle(disk, (32, 32), 14, 255, -1)
@@ -915,3 +938,15 @@ def test_real_jsrt_anatomy_classes():
     report = convert.check(root, classes=True)
     assert (report.layout, len(report.pairs), report.problems) == ("flat", 200, [])
     assert report.label_values == [0, 1, 2, 3]
+
+
+def test_a_file_given_as_the_data_folder_is_named_as_a_file(tmp_path):
+    a_file = tmp_path / "existing.txt"
+    a_file.write_text("x")
+    for call in (lambda: convert.check(a_file), lambda: convert.prepare(a_file, tmp_path / "o")):
+        with pytest.raises(
+            UnetError, match=r"existing\.txt: a file, not a folder; give the folder"
+        ):
+            call()
+    with pytest.raises(UnetError, match=r"gone: no such folder; give the folder"):
+        convert.check(tmp_path / "gone")

@@ -102,6 +102,24 @@ def test_unet_plan_writes_and_prints(tiny: Path, tmp_path: Path) -> None:
     assert bad.exit_code == 1
 
 
+def test_unet_plan_writes_into_prepared_folders_only(tiny: Path) -> None:
+    # A folder `unet prepare` did not write is source data: nothing is written into it.
+    before = sorted(p.relative_to(tiny) for p in tiny.rglob("*"))
+    refused = CliRunner().invoke(app, ["plan", str(tiny), "--time-budget", "30s"])
+    assert refused.exit_code == 1
+    assert "not a folder `unet prepare` wrote (no dataset.json)" in " ".join(
+        str(refused.exception).split()
+    )
+    assert sorted(p.relative_to(tiny) for p in tiny.rglob("*")) == before
+    from unet_lowered.dataset.prepare import prepare
+
+    prepared = prepare(tiny, tiny.parent / "prepared").dest
+    done = CliRunner().invoke(app, ["plan", str(prepared), "--time-budget", "30s"])
+    assert done.exit_code == 0, done.output
+    assert (prepared / plan_mod.PLAN_FILE).is_file()
+    assert "uses it" in " ".join(done.output.split())
+
+
 def test_unet_train_without_options_uses_the_plan(tiny: Path, tmp_path: Path, monkeypatch) -> None:
     from unet_lowered.planning import steptime
 

@@ -610,6 +610,11 @@ def test_cli_errors_are_one_line(tmp_path: Path, run: Path, capsys) -> None:
     assert "\n" not in err and "choose another --port" in err
     assert cli("serve", str(run), "--workers", "0", "--port", "0") == 1
     assert "--workers must be at least 1" in capsys.readouterr().err
+    for port in ("99999", "-1"):  # the OS would wrap 99999 round to another port
+        assert cli("serve", str(run), "--port", port) == 1
+        assert capsys.readouterr().err.strip() == (
+            f"error: --port {port}: not a TCP port; use 1-65535 (0: any free port)"
+        )
 
 
 def test_cli_help_names_the_options(capsys) -> None:

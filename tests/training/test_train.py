@@ -347,12 +347,30 @@ def test_a_bad_value_from_the_config_file_names_the_file(tmp_path: Path) -> None
         ({"optimizer": "rmsprop"}, "use one of: adam, sgd"),
         ({"val_fraction": 1.5}, "val-fraction must be in [0, 1)"),
         ({"epochs": 0}, "epochs must be at least 1"),
+        ({"learning_rate": -1.0}, "lr must be a positive number, got -1.0"),
+        ({"learning_rate": 0.0}, "lr must be a positive number, got 0.0"),
+        ({"patience": -1}, "patience is a number of epochs, 0 or more, got -1"),
+        ({"scale": 5.0}, "scale must be in [0, 1), got 5.0"),
+        ({"shift": 1.0}, "shift must be in [0, 1), got 1.0"),
+        ({"rotate": 270.0}, "rotate must be in [0, 180], got 270.0"),
+        ({"threshold": "abc"}, "threshold must be a number, got 'abc'"),
+        ({"sigma": 0.0}, "the border weights need w0 >= 0 and sigma > 0"),
     ],
 )
 def test_bad_settings_name_the_valid_values(overrides, message) -> None:
     with pytest.raises(UnetError) as e:
         config_mod.resolve(None, overrides)
     assert message in str(e.value)
+
+
+def test_a_broken_yaml_file_is_named_with_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "cfg.yaml"
+    path.write_text("epochs: 3\nloss: [bce\n  x: 1\n")
+    with pytest.raises(UnetError) as e:
+        config_mod.resolve(path)
+    assert str(e.value) == (
+        f"{path}: not valid YAML/JSON (expected ',' or ']', but got ':' at line 3, column 4)"
+    )
 
 
 def test_config_file_then_flags(tmp_path: Path) -> None:

@@ -234,7 +234,8 @@ def scan(
     """
     root = Path(root)
     if not root.is_dir():
-        raise UnetError(f"{root}: no such folder; give the folder that holds the data set")
+        what = "a file, not a folder" if root.exists() else "no such folder"
+        raise UnetError(f"{root}: {what}; give the folder that holds the data set")
     layout = normalize_layout(layout)
     if (images_dir is None) != (masks_dir is None):
         raise UnetError("--images-dir and --masks-dir go together; give both or neither")

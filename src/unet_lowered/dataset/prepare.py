@@ -331,7 +331,8 @@ def _options(foreground: str | Sequence[int] | None, classes: bool, max_pixels: 
 def _check_paths(src: Path, dest: Path, overwrite: bool) -> None:
     """Refuse a DEST inside SRC, SRC inside DEST, or DEST == SRC."""
     if not src.is_dir():
-        raise UnetError(f"{src}: no such folder; give the folder that holds the data set")
+        what = "a file, not a folder" if src.exists() else "no such folder"
+        raise UnetError(f"{src}: {what}; give the folder that holds the data set")
     s, d = src.resolve(), dest.resolve()
     if d == s or s in d.parents:
         raise UnetError(
@@ -398,7 +399,36 @@ def _convert(found: Scan, out: Path | None, options: _Options, progress: bool) -
         else:
             report.entries.append(entry)
     report.entries.sort(key=lambda e: (SPLITS.index(e.split), e.id))
+    _refuse_absent_foreground(found, items, report, options)
     return report
+
+
+def _refuse_absent_foreground(
+    found: Scan, items: list[Item], report: Report, options: _Options
+) -> None:
+    """``--foreground`` values that no mask holds (``1`` for masks of 0/255) are an error,
+    with the values the masks do hold, rather than a data set of empty masks."""
+    with_masks = [e for e in report.entries if e.split != "test"]
+    if options.foreground is None or options.classes or not with_masks:
+        return
+    if any(e.foreground_fraction for e in with_masks):
+        return
+    seen: set[int] = set()
+    for item in [i for i in items if i.masks][:8]:
+        try:
+            mask, _ = _read(found, item.masks[0], options, _Log())
+        except _Skip:
+            continue
+        seen.update(int(v) for v in np.unique(mask))
+    given = ",".join(str(v) for v in options.foreground)
+    hint = "; ".join([f"values seen: {', '.join(str(v) for v in sorted(seen))}"] if seen else [])
+    others = sorted(seen - {0})
+    values = ",".join(map(str, others)) if len(others) <= 4 else f"{others[0]}-{others[-1]}"
+    advice = f"pass --foreground {values}" if others else "check the masks"
+    raise UnetError(
+        f"{found.root}: no mask holds --foreground {given} ({hint or 'no mask readable'}); "
+        f"{advice}, or leave --foreground out to use the masks' own rule"
+    )
 
 
 def _collect_labels(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib
@@ -94,7 +95,12 @@ def plot_cases(
     return _save(fig, out)
 
 
-def plot_run(run_dir: str | os.PathLike, samples: int = 4, worst: int = 4) -> list[Path]:
+def plot_run(
+    run_dir: str | os.PathLike,
+    samples: int = 4,
+    worst: int = 4,
+    note: Callable[[str], object] | None = None,
+) -> list[Path]:
     """Write ``curves.png``, ``samples.png`` and (after ``unet evaluate``) ``worst.png``.
 
     The images and masks are those of the data folder the run was trained on
@@ -105,10 +111,19 @@ def plot_run(run_dir: str | os.PathLike, samples: int = 4, worst: int = 4) -> li
         run_dir: A run folder from ``unet train``.
         samples: Validation images in ``samples.png``.
         worst: Cases in ``worst.png``.
+        note: Called with one line for each figure left out and why (the training
+            data not found where the run recorded it, for instance).
 
     Returns:
         The PNG files written.
+
+    Raises:
+        UnetError: A bad run folder, or ``samples`` or ``worst`` below 0.
     """
+    for name, value in (("samples", samples), ("worst", worst)):
+        if value < 0:
+            raise UnetError(f"--{name} must be 0 or more, got {value}")
+    note = note or (lambda _line: None)
     run = runs.load_run(run_dir)
     written = [plot_curves(run.dir / runs.HISTORY_FILE, run.dir / "curves.png")]
     model = run.model()
@@ -117,6 +132,17 @@ def plot_run(run_dir: str | os.PathLike, samples: int = 4, worst: int = 4) -> li
     if val_ids[:samples]:
         cases = [_case(model, run, trained_on, i, None) for i in val_ids[:samples]]
         written.append(plot_cases(cases, run.dir / "samples.png", "validation samples"))
+    elif samples > 0:
+        old = run.dir / "samples.png"
+        why = (
+            f"the data it was trained on ({run.config.data}) is not there or unreadable"
+            if trained_on is None
+            else f"none of its validation images is in {run.config.data}"
+        )
+        note(
+            f"samples.png left out: {why}; run `unet plot` where the data is"
+            + (f" ({old} is from an earlier plot)" if old.is_file() else "")
+        )
     per_image = run.dir / "eval" / "per_image.csv"
     if per_image.is_file():
         with open(per_image, newline="") as f:

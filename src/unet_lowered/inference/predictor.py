@@ -114,6 +114,8 @@ class PredictOptions:
             )
         if self.batch_size < 1:
             raise UnetError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.max_pixels < 1:
+            raise UnetError(f"--max-pixels must be positive, got {self.max_pixels}")
         if self.threshold is not None and not 0 < self.threshold < 1:
             raise UnetError(f"--threshold must be between 0 and 1, got {self.threshold}")
         if self.keep_largest is not None and self.keep_largest < 0:

@@ -803,6 +803,8 @@ def listen(host: str, port: int) -> socket.socket:
     Raises:
         UnetError: The address cannot be used (taken, not this machine's, no permission).
     """
+    if not 0 <= port <= 65535:
+        raise UnetError(f"--port {port}: not a TCP port; use 1-65535 (0: any free port)")
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
         sock = socket.socket(family, kind, proto)

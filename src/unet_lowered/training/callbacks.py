@@ -175,10 +175,7 @@ class Guard(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
-            warn(
-                "the loss is NaN/inf; training stopped. Lower --learning-rate, "
-                "or try --precision float32"
-            )
+            warn("the loss is NaN/inf; training stopped. Lower --lr, or try --precision float32")
             self.model.stop_training = True
             return
         done = epoch + 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -121,6 +122,31 @@ class TrainConfig:
 
             canonical["time_budget"] = parse_duration(self.time_budget)
         cfg = dataclasses.replace(self, **canonical)
+        for name in NUMBERS:  # a config file may hold "abc" where a number belongs
+            value = getattr(cfg, name)
+            if value is None and name == "learning_rate":
+                continue
+            if not isinstance(value, int | float) or isinstance(value, bool) or value != value:
+                flag = name.replace("_", "-")
+                raise SettingError(name, f"{flag} must be a number, got {value!r}")
+        if cfg.learning_rate is not None and not 0.0 < cfg.learning_rate < math.inf:
+            raise SettingError(
+                "learning_rate", f"lr must be a positive number, got {cfg.learning_rate}"
+            )
+        if not isinstance(cfg.patience, int) or isinstance(cfg.patience, bool) or cfg.patience < 0:
+            raise SettingError(
+                "patience", f"patience is a number of epochs, 0 or more, got {cfg.patience!r}"
+            )
+        for name, high in (("rotate", 180.0), ("scale", 1.0), ("shift", 1.0)):
+            value = getattr(cfg, name)
+            if not 0.0 <= value <= high or (name != "rotate" and value == high):
+                bound = f"[0, {high:g}]" if name == "rotate" else f"[0, {high:g})"
+                raise SettingError(name, f"{name} must be in {bound}, got {value}")
+        if cfg.w0 < 0 or cfg.sigma <= 0:
+            raise SettingError(
+                "w0" if cfg.w0 < 0 else "sigma",
+                f"the border weights need w0 >= 0 and sigma > 0, got w0 {cfg.w0}, sigma {cfg.sigma}",
+            )
         if not 0.0 <= cfg.val_fraction < 1.0:
             raise SettingError(
                 "val_fraction", f"val-fraction must be in [0, 1), got {cfg.val_fraction}"
@@ -166,6 +192,26 @@ class TrainConfig:
 
 
 FIELDS = {f.name for f in dataclasses.fields(TrainConfig)} - {"extra"}
+#: Settings that hold a real number (``learning_rate`` may also be None: the default).
+NUMBERS = (
+    "val_fraction",
+    "dropout",
+    "learning_rate",
+    "ema",
+    "progressive",
+    "threshold",
+    "w0",
+    "sigma",
+    "rotate",
+    "scale",
+    "shift",
+    "foreground_crops",
+    "zoom_out",
+    "frame_crop",
+    "opacity",
+    "lowres",
+    "stamps",
+)
 
 
 def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
@@ -188,7 +234,7 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
 
             data = yaml.safe_load(text)
     except Exception as e:
-        raise UnetError(f"{path}: not valid YAML/JSON ({e})") from None
+        raise UnetError(f"{path}: not valid YAML/JSON ({_one_line(e)})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -427,3 +473,12 @@ def _mapping_or_none(values: Mapping[str, Any], key: str, source: Any) -> Mappin
     if value is not None and not isinstance(value, Mapping):
         raise UnetError(f"{source}: {key} must be an object or null; re-run `unet train`")
     return value
+
+
+def _one_line(error: Exception) -> str:
+    """A parser's error in one line: YAML's problem and where it is, else the first line."""
+    problem, mark = getattr(error, "problem", None), getattr(error, "problem_mark", None)
+    if problem and mark is not None:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
