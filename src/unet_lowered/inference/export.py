@@ -53,9 +53,8 @@ def export_model(
         out: Where to write; default beside the model: ``model.onnx`` or
             ``model_saved_model/``.
         overwrite: Replace an existing ``out``, but only a previous export of the same
-            kind: for ONNX a file named ``*.onnx`` whose top-level protobuf fields parse
-            to the end of the file and include ``ir_version`` and ``graph`` (a walk over
-            the fields, skipping their contents); for a SavedModel a folder holding
+            kind: for ONNX a file named ``*.onnx`` that ``onnx`` parses as a model with a
+            graph; for a SavedModel a folder holding
             ``saved_model.pb``, or an empty folder. Anything else is refused, with or
             without ``overwrite``, as is ``out`` being the model file, the model's (run)
             folder, or a folder that contains it. A new path inside the run folder is fine.
@@ -202,50 +201,16 @@ def _refusal(out: Path, what: str, kind: str) -> UnetError:
 
 
 def _looks_like_onnx(path: Path) -> bool:
-    """Whether ``path`` parses as an ONNX ``ModelProto`` at its top level (cheap: no contents).
+    """Whether ``path`` is an ONNX model: ``onnx`` parses it (without external data),
+    with an IR version and a graph of at least one node. ``onnx`` is installed whenever
+    the ONNX export runs."""
+    import onnx
 
-    Walks the top-level protobuf fields, seeking past length-delimited ones (the graph),
-    and asks that they end exactly at the end of the file and include ``ir_version``
-    (field 1, a varint) and ``graph`` (field 7, length-delimited).
-    """
-
-    def varint(f: Any) -> int | None:
-        value = 0
-        for shift in range(0, 70, 7):
-            byte = f.read(1)
-            if not byte:
-                return None
-            value |= (byte[0] & 0x7F) << shift
-            if byte[0] < 0x80:
-                return value
-        return None
-
-    seen = set()
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            for _ in range(100_000):  # a model has a handful of top-level fields
-                position = f.tell()
-                if position == size:
-                    return (1, 0) in seen and (7, 2) in seen
-                tag = varint(f)
-                if tag is None or tag >> 3 == 0:
-                    return False
-                field, wire = tag >> 3, tag & 7
-                if wire == 0:
-                    if varint(f) is None:
-                        return False
-                elif wire in (1, 2, 5):
-                    length = varint(f) if wire == 2 else 8 if wire == 1 else 4
-                    if length is None or f.tell() + length > size:
-                        return False
-                    f.seek(length, os.SEEK_CUR)
-                else:  # groups (3, 4) are not in ONNX; 6, 7 are not wire types
-                    return False
-                seen.add((field, wire))
-    except OSError:
+        model = onnx.load_model(str(path), load_external_data=False)
+    except Exception:  # DecodeError and anything else a foreign file makes it raise
         return False
-    return False
+    return model.ir_version > 0 and len(model.graph.node) > 0
 
 
 def _float32(model: Any) -> Any:
