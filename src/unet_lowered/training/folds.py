@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from unet_lowered.dataset.masks import read_mask, to_classes
-from unet_lowered.dataset.pairs import load_prepared
+from unet_lowered.dataset.pairs import check_split, load_prepared
 from unet_lowered.errors import UnetError
 from unet_lowered.io import atomic, runs
 from unet_lowered.io.images import read_image
@@ -140,7 +140,7 @@ def train_folds(
         train_mod._check_run_folder(out, overwrite)
         dataset = load_prepared(data)
         split = dataset.split(cfg.val_fraction, cfg.seed)
-        train_mod._check_split(split, data)
+        check_split(split, data)
         parts = fold_splits(split["train"], folds, cfg.seed)
         if cfg.image_size is None:  # one size for every fold, or they cannot be averaged
             auto = train_mod.resolve_image_size(
