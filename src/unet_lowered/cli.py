@@ -100,7 +100,12 @@ def prepare_cmd(
     max_pixels: _MaxPixelsOpt = 100_000_000,
     strict: _StrictOpt = False,
     overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace DEST if it exists.")
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Replace DEST if `unet prepare` wrote it (or it is empty); never another "
+            "folder or a file.",
+        ),
     ] = False,
 ) -> None:
     """Convert a data set into the canonical layout that training reads.

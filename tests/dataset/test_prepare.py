@@ -732,9 +732,20 @@ def test_existing_dest_needs_overwrite(src, tmp_path, capsys):
     code, _, err = run_cli(capsys, "prepare", src, dest)
     assert code == 1 and "already exists; pass --overwrite" in err
     assert (dest / "old.txt").exists()
+    # --overwrite replaces what `unet prepare` wrote, never another folder or a file.
+    code, _, err = run_cli(capsys, "prepare", src, dest, "--overwrite")
+    assert code == 1 and "is not a folder `unet prepare` wrote (no dataset.json)" in err
+    assert (dest / "old.txt").read_text() == "old"
+    (tmp_path / "f.txt").write_text("f")
+    code, _, err = run_cli(capsys, "prepare", src, tmp_path / "f.txt", "--overwrite")
+    assert code == 1 and (tmp_path / "f.txt").read_text() == "f"
+    (dest / "old.txt").unlink()  # an empty folder may be filled
+    code, _, _ = run_cli(capsys, "prepare", src, dest, "--overwrite")
+    assert code == 0 and (dest / "dataset.json").exists()
+    (dest / "extra.txt").write_text("x")  # a prepared folder is replaced whole
     code, _, _ = run_cli(capsys, "prepare", src, dest, "--overwrite")
     assert code == 0
-    assert not (dest / "old.txt").exists() and (dest / "dataset.json").exists()
+    assert not (dest / "extra.txt").exists() and (dest / "dataset.json").exists()
     assert [p for p in os.listdir(tmp_path) if p.startswith(".")] == []
 
 

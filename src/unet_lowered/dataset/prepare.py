@@ -255,7 +255,8 @@ def prepare(
             ``montgomery``); None detects it.
         images_dir: Flat layout: the image folder (relative to ``src`` or absolute).
         masks_dir: Flat layout: the mask folder.
-        overwrite: Replace an existing ``dest``.
+        overwrite: Replace an existing ``dest`` that ``unet prepare`` wrote (or an empty
+            folder); any other folder or file is refused.
         strict: Fail (write nothing) on any problem, even an empty mask.
         foreground: Mask values that count as foreground (``"255"``, ``"1,2"``, ``"1-3"``).
         classes: Multi-class mode: keep label values, mapped to 0..K-1 (the map goes into
@@ -348,6 +349,12 @@ def _check_paths(src: Path, dest: Path, overwrite: bool) -> None:
         raise UnetError(
             f"{dest} already exists; pass --overwrite to replace it or choose another folder"
         )
+    if dest.exists() and not (dest / dataset_json.FILE).is_file():  # --overwrite given
+        if not dest.is_dir() or any(dest.iterdir()):
+            raise UnetError(
+                f"{dest} is not a folder `unet prepare` wrote (no {dataset_json.FILE}); "
+                "refusing to overwrite it; choose another output folder"
+            )
 
 
 class _Skip(Exception):
