@@ -45,6 +45,15 @@ def test_tiny_demo_runs_the_whole_pipeline(tmp_path: Path) -> None:
     assert "unet train    data/prepared --out runs/lungs" in closing
 
 
+def test_demo_needs_two_pairs(tmp_path: Path) -> None:
+    one = DemoSettings(count=1, test_count=1, size=64, epochs=1)
+    with pytest.raises(
+        UnetError, match=r"^--count must be at least 2 \(training and validation\), got 1$"
+    ):
+        run_demo(tmp_path / "demo", one, echo=lambda _: None)
+    assert not (tmp_path / "demo").exists()
+
+
 def test_demo_rerun_replaces_only_its_own_folder(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     out.mkdir()

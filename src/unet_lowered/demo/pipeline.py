@@ -72,10 +72,13 @@ def run_demo(
         A summary: paths, validation Dice at training size and at original size, timings.
 
     Raises:
-        UnetError: ``out`` exists, is not a demo folder, and ``overwrite`` is false.
+        UnetError: ``out`` exists, is not a demo folder, and ``overwrite`` is false; it
+            cannot be written; fewer than 2 training pairs.
     """
 
     s = settings or DemoSettings()
+    if s.count < 2:  # one pair to train on and one to validate on, at the least
+        raise UnetError(f"--count must be at least 2 (training and validation), got {s.count}")
     out = Path(out)
     _claim(out, overwrite)
     started = time.perf_counter()
