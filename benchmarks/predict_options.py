@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime as dt
 import math
 import os
 import shlex
@@ -36,9 +35,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import cores, cpu_model  # benchmarks/speed.py, beside this script  # noqa: E402
-
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+from speed import append_section  # benchmarks/speed.py, beside this script  # noqa: E402
 
 #: (name, flags of ``unet evaluate``); the first is the reference of the last column.
 VARIANTS: list[tuple[str, list[str]]] = [
@@ -123,21 +120,15 @@ def main(argv: list[str] | None = None) -> int:
     text = table(results)
     print(text)
     if not args.no_append:
-        from unet_lowered.io import atomic
-
-        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         command = shlex.join(["python", "benchmarks/predict_options.py", args.run, args.data])
-        section = (
-            f"\n## {stamp}: predict_options.py, {args.run}\n\n"
-            f"Machine: {cpu_model()}, {cores()} cores. Took "
-            f"{time.perf_counter() - started:.0f} s. `unet evaluate RUN DATA --split val` "
+        path = append_section(
+            f"predict_options.py, {args.run}",
+            f"Took {time.perf_counter() - started:.0f} s. `unet evaluate RUN DATA --split val` "
             f"with each variant's flags, {len(results[0][1])} validation images scored at "
             f"their original size; better / worse: by more than {TIE} Dice. "
-            f"Command: `{command}`\n\n{text}\n"
+            f"Command: `{command}`\n\n{text}",
         )
-        old = RESULTS.read_text() if RESULTS.is_file() else "# Benchmark results\n"
-        atomic.write_text(RESULTS, old.rstrip("\n") + "\n" + section)
-        print(f"appended to {RESULTS}")
+        print(f"appended to {path}")
     return 0
 
 

@@ -214,6 +214,14 @@ def cores() -> int:
     return os.cpu_count() or 1
 
 
+def append_section(heading: str, body: str) -> Path:
+    """Append ``## <UTC time>: <heading>``, the machine line and ``body`` to RESULTS.md
+    (:func:`append_results`) and return its path."""
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    append_results(f"## {stamp}: {heading}\n\nMachine: {cpu_model()}, {cores()} cores. {body}\n")
+    return RESULTS
+
+
 def cpu_flags() -> set[str]:
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime as dt
 import statistics
 import subprocess
 import sys
@@ -33,9 +32,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import cores, cpu_model  # benchmarks/speed.py, beside this script  # noqa: E402
+from speed import append_section  # benchmarks/speed.py, beside this script  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 COUNT, SIZE, EPOCHS = 240, 128, 10
 
 
@@ -88,20 +86,14 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join(lines)
     print(text)
     if not args.no_append:
-        from unet_lowered.io import atomic
-
-        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        section = (
-            f"\n## {stamp}: synth_baseline.py\n\n"
-            f"Machine: {cpu_model()}, {cores()} cores. Took "
-            f"{time.perf_counter() - started:.0f} s. `unet synth --count {COUNT} --size {SIZE}`"
-            f" (seed 0), `unet prepare`, then Otsu on the training images and `unet train "
-            f"DATA --out RUN --epochs {EPOCHS} --progressive 0`. Command: "
-            f"`python benchmarks/synth_baseline.py`\n\n{text}\n"
+        path = append_section(
+            "synth_baseline.py",
+            f"Took {time.perf_counter() - started:.0f} s. `unet synth --count {COUNT} --size "
+            f"{SIZE}` (seed 0), `unet prepare`, then Otsu on the training images and `unet "
+            f"train DATA --out RUN --epochs {EPOCHS} --progressive 0`. Command: "
+            f"`python benchmarks/synth_baseline.py`\n\n{text}",
         )
-        old = RESULTS.read_text() if RESULTS.is_file() else "# Benchmark results\n"
-        atomic.write_text(RESULTS, old.rstrip("\n") + "\n" + section)
-        print(f"appended to {RESULTS}")
+        print(f"appended to {path}")
     return 0
 
 

@@ -45,3 +45,16 @@ def test_otsu_takes_the_darker_side_as_lung(scripts) -> None:
     half = mask.copy()
     half[20:30] = 0  # the truth is half the dark area: Dice 2*100/(200+100)
     assert synth_baseline.otsu_dice(image, half) == pytest.approx(2 / 3)
+
+
+def test_append_section_adds_the_heading_machine_and_body(scripts, tmp_path, monkeypatch) -> None:
+    import speed
+
+    monkeypatch.setattr(speed, "RESULTS", tmp_path / "RESULTS.md")
+    path = speed.append_section("x.py, RUN", "Took 3 s.\n\n| a |")
+    text = path.read_text()
+    assert text.startswith(speed.RESULTS_HEADER)
+    heading, machine, table = text[len(speed.RESULTS_HEADER) :].strip().split("\n\n")
+    assert heading.startswith("## 20") and heading.endswith(" UTC: x.py, RUN")
+    assert machine == f"Machine: {speed.cpu_model()}, {speed.cores()} cores. Took 3 s."
+    assert table == "| a |"

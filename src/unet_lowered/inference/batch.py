@@ -472,7 +472,7 @@ def open_job(
     _check_no_foreign_files(out_dir, (n for names_ in outputs.values() for n in names_))
     model = run.model()
     options = dataclasses.replace(options, mode=resolve_mode(options.mode, config))
-    _make_out_dir(out_dir)
+    atomic.make_out_folder(out_dir)
     remove_stale_temps(out_dir, [CSV_FILE, *(n for names_ in outputs.values() for n in names_)])
     journal = Journal.open(
         out_dir, _journal_settings(run, options, save_prob, save_overlay), CSV_COLUMNS, resume
@@ -835,22 +835,6 @@ def _write_outputs(
         "orientation": AS_STORED if look is None else look.orientation,
         "status": "ok",
     }
-
-
-def _make_out_dir(out_dir: Path) -> None:
-    """Create ``out_dir``; a read-only or unwritable place is a one-line error."""
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UnetError(
-            f"--out {out_dir}: cannot create the folder ({e.strerror or e}); choose a "
-            "writable place"
-        ) from None
-    if not os.access(out_dir, os.W_OK | os.X_OK):
-        raise UnetError(
-            f"--out {out_dir}: the folder is not writable (read-only or no permission); "
-            "choose another output folder"
-        )
 
 
 def _output_names(

@@ -116,6 +116,25 @@ def check_out_folder(path: str | os.PathLike, option: str = "--out") -> None:
         )
 
 
+def make_out_folder(path: str | os.PathLike, option: str = "--out") -> Path:
+    """Create the output folder ``path`` (and its parents); a read-only or unwritable
+    place is a one-line error naming ``option``."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UnetError(
+            f"{option} {path}: cannot create the folder ({e.strerror or e}); choose a "
+            "writable place"
+        ) from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UnetError(
+            f"{option} {path}: the folder is not writable (read-only or no permission); "
+            f"choose another {option}"
+        )
+    return path
+
+
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically and return the path."""
     with atomic_path(path) as tmp:

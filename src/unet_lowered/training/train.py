@@ -302,15 +302,15 @@ def _check_run_folder(out: Path, overwrite: bool) -> None:
 def _start_run_folder(out: Path, overwrite: bool) -> None:
     """An empty run folder at ``out`` (an old run there is removed when ``overwrite``)."""
     _check_run_folder(out, overwrite)
-    try:
-        if out.exists() and any(out.iterdir()):
+    if out.exists() and any(out.iterdir()):
+        try:
             shutil.rmtree(out)
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UnetError(
-            f"--out {out}: cannot create the run folder ({e.strerror or e}); "
-            "choose a writable place"
-        ) from None
+        except OSError as e:
+            raise UnetError(
+                f"--out {out}: cannot remove the old run ({e.strerror or e}); remove it "
+                "yourself or choose another --out"
+            ) from None
+    atomic.make_out_folder(out)
 
 
 def _load_resume(out: Path) -> tuple[RunConfig, dict, dict]:
