@@ -595,6 +595,8 @@ def train(
 
             initialize(Cluster.from_env(cluster))  # waits for all: after the folder check
         cfg, provenance = resolve_settings(data, config, overrides)
+        if provenance.get("note"):
+            typer.echo(provenance["note"], err=True)
         if folds and Cluster.from_env(cluster).multi_process:
             raise UnetError("--folds trains on one host; drop --coordinator/--num-processes")
         if folds:

@@ -47,11 +47,21 @@ def test_a_written_plan_is_used_until_the_data_or_budget_changes(tiny: Path) -> 
     plan_mod.write_plan(plan, tiny / plan_mod.PLAN_FILE)
     cfg, prov = plan_mod.resolve_settings(tiny, None, {"epochs": 1})
     assert cfg.loss == "dice" and prov["sources"]["loss"] == "plan"
-    cfg, _ = plan_mod.resolve_settings(tiny, None, {"epochs": 1, "time_budget": "5m"})
+    assert prov["note"] == f"using the plan in {tiny / plan_mod.PLAN_FILE} (budget 600 s)"
+    cfg, prov = plan_mod.resolve_settings(tiny, None, {"epochs": 1, "time_budget": "5m"})
     assert cfg.loss != "dice" and cfg.time_budget == 300.0  # another budget: planned anew
+    assert prov["note"].endswith("was made for a budget of 600 s, not 300 s; planned anew")
+    # A plan made for a budget of its own: `unet train DATA` without one takes it whole.
+    short = plan_mod.make_plan(tiny, 120.0, measure=False)
+    short["settings"]["loss"]["value"] = "dice"
+    plan_mod.write_plan(short, tiny / plan_mod.PLAN_FILE)
+    cfg, prov = plan_mod.resolve_settings(tiny, None, {})
+    assert cfg.loss == "dice" and cfg.time_budget == 120.0
+    assert prov["sources"]["time_budget"] == "plan" and "(budget 120 s)" in prov["note"]
     write_png(tiny / "train" / "images" / "c000.png", blobs(0, np.random.default_rng(9), 32)[0])
-    cfg, _ = plan_mod.resolve_settings(tiny, None, {"epochs": 1})
+    cfg, prov = plan_mod.resolve_settings(tiny, None, {"epochs": 1})
     assert cfg.loss != "dice"  # the data changed: planned anew
+    assert prov["note"].endswith("was made for other data (images or masks changed); planned anew")
 
 
 def test_plan_file_errors(tiny: Path, tmp_path: Path) -> None:

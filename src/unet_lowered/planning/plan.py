@@ -166,8 +166,9 @@ def resolve_settings(
     """The settings of ``unet train DATA``: defaults < plan < config file < flags.
 
     The plan is ``plan_file`` or ``DATA/plan.json`` when it exists, was made for this
-    data (same :func:`signature`) and for the same time budget; otherwise it is made
-    now (not written into DATA; the run records it). When the config file or a flag
+    data (same :func:`signature`) and, when the user gives a time budget, for that
+    budget (without one, the plan's own budget is used); otherwise it is made now (not
+    written into DATA; the run records it). When the config file or a flag
     sets ``epochs`` and nothing sets ``time_budget``, the user chose the length: the
     planned budget is dropped.
 
@@ -181,7 +182,8 @@ def resolve_settings(
     Returns:
         ``(cfg, provenance)``: the validated settings, and ``{"sources": {setting:
         default|plan|file|flag}, "plan": the plan used, "started": time.perf_counter()
-        at the start}`` (the time budget counts from then).
+        at the start, "note": which plan file was used or why it was not (None when
+        there is none)}`` (the time budget counts from then).
 
     Raises:
         UnetError: A bad config file, flag or data folder (the messages of
@@ -192,19 +194,23 @@ def resolve_settings(
     flags = {k: v for k, v in (overrides or {}).items() if v is not None}
     config_mod.resolve(config_file, flags)  # bad values fail here, named as usual
     user = {**file_values, **flags}
-    budget = user.get("time_budget")
-    budget_s = DEFAULT_BUDGET_S if budget is None else parse_duration(budget)
+    given = None if user.get("time_budget") is None else parse_duration(user["time_budget"])
     dataset = load_prepared(data)
-    plan = None
+    plan, note = None, None
     path = Path(plan_file) if plan_file is not None else Path(data) / PLAN_FILE
     if path.is_file():
         candidate = read_plan(path)
-        if plan_file is not None or (
-            candidate.get("signature") == signature(dataset)
-            and candidate.get("time_budget_s") == budget_s
-        ):
-            plan = candidate
+        its_budget = float(candidate.get("time_budget_s") or DEFAULT_BUDGET_S)
+        if plan_file is None and candidate.get("signature") != signature(dataset):
+            note = f"{path} was made for other data (images or masks changed); planned anew"
+        elif plan_file is None and given is not None and its_budget != given:
+            note = (
+                f"{path} was made for a budget of {its_budget:g} s, not {given:g} s; planned anew"
+            )
+        else:
+            plan, note = candidate, f"using the plan in {path} (budget {its_budget:g} s)"
     if plan is None:
+        budget_s = given if given is not None else DEFAULT_BUDGET_S
         fixed = {k: v for k, v in user.items() if k != "time_budget"}
         plan = make_plan(
             dataset, budget_s, fixed=fixed, measure="epochs" not in user, progress=progress
@@ -225,7 +231,7 @@ def resolve_settings(
             sources[name] = "plan"
         else:
             sources[name] = "default"
-    return cfg, {"sources": sources, "plan": plan, "started": started}
+    return cfg, {"sources": sources, "plan": plan, "started": started, "note": note}
 
 
 def plan_table(plan: Mapping[str, Any]) -> Any:
