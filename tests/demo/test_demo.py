@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,16 @@ def test_tiny_demo_runs_the_whole_pipeline(tmp_path: Path) -> None:
         assert (out / "run" / name).is_file(), name
     assert (out / "run" / "samples.png").is_file()
     assert (out / "run" / "eval" / "per_image.csv").is_file()
+    # It trains as the command it prints would: the plan, with those flags on top.
+    config = json.loads((out / "run" / "config.json").read_text())
+    sources = config["settings_sources"]
+    assert sources["epochs"] == sources["image_size"] == sources["patience"] == "flag"
+    assert sources["loss"] == "plan" and config["plan"]["fingerprint"]
+    (printed,) = [line for line in lines if line.startswith("[3/6] unet train ")]
+    assert printed.endswith("--image-size 64 --epochs 1 --patience 1 --seed 0")
+    assert any(
+        line.startswith("[5/6] unet predict ") and line.endswith(" --overlay") for line in lines
+    )
     predictions = out / "predictions"
     with open(predictions / "predictions.csv", newline="") as f:
         rows = list(csv.DictReader(f))

@@ -29,7 +29,7 @@ from unet_lowered.evaluation.evaluate import evaluate_run
 from unet_lowered.evaluation.plots import plot_run
 from unet_lowered.inference.batch import predict_files
 from unet_lowered.io import atomic
-from unet_lowered.training import config as config_mod
+from unet_lowered.planning.plan import resolve_settings
 from unet_lowered.training.train import train
 
 MARKER = ".unet-demo"
@@ -102,13 +102,13 @@ def run_demo(
 
     echo(
         f"[3/6] unet train {out / 'data'} --out {out / 'run'} "
-        f"--image-size {s.size} --epochs {s.epochs} --patience {s.epochs}"
+        f"--image-size {s.size} --epochs {s.epochs} --patience {s.epochs} --seed {s.seed}"
     )
     t0 = time.perf_counter()
-    cfg = config_mod.resolve(
-        None, {"image_size": s.size, "epochs": s.epochs, "seed": s.seed, "patience": s.epochs}
-    )
-    metrics = train(out / "data", out / "run", cfg)
+    # As `unet train` with those flags: the plan fills in the rest.
+    flags = {"image_size": s.size, "epochs": s.epochs, "seed": s.seed, "patience": s.epochs}
+    cfg, provenance = resolve_settings(out / "data", None, flags)
+    metrics = train(out / "data", out / "run", cfg, provenance=provenance)
     step("train", t0)
 
     echo(f"[4/6] unet evaluate {out / 'run'} {out / 'data'} --split val")
@@ -116,7 +116,10 @@ def run_demo(
     summary = evaluate_run(out / "run", out / "data", split="val")
     step("evaluate", t0)
 
-    echo(f"[5/6] unet predict {out / 'run'} {out / 'data' / 'test'} --out {out / 'predictions'}")
+    echo(
+        f"[5/6] unet predict {out / 'run'} {out / 'data' / 'test'} --out "
+        f"{out / 'predictions'} --overlay"
+    )
     t0 = time.perf_counter()
     predicted = predict_files(
         out / "run", [out / "data" / "test"], out / "predictions", save_overlay=True
