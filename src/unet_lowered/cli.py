@@ -904,6 +904,8 @@ def evaluate(
 
     options = _predict_options(locals())
     evaluate_run(run, data, out, options, split=split, progress=progress)
+    folder = out if out is not None else run / "eval"
+    typer.echo(f"wrote {folder / 'per_image.csv'} and {folder / 'summary.json'}")
 
 
 # ---------------------------------------------------------------- synth, demo

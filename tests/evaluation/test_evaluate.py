@@ -213,5 +213,6 @@ def test_cli_evaluate(run: Path, data: Path, tmp_path: Path, capsys: pytest.Capt
     assert (ev / "summary.json").is_file() and (ev / "per_image.csv").is_file()
     out = capsys.readouterr().out
     assert "dice" in out and "worst by Dice: empty (0.000), half (0.667), exact (1.000)" in out
+    assert out.splitlines()[-1] == f"wrote {ev / 'per_image.csv'} and {ev / 'summary.json'}"
     assert cli("evaluate", str(run), str(tmp_path / "nodata"), "--out", str(ev)) == 1
     assert "nodata: no such data folder" in capsys.readouterr().err

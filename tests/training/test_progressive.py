@@ -124,7 +124,7 @@ def test_onecycle_warms_up_from_a_tenth_then_decays() -> None:
 
 
 @pytest.mark.backend  # also run under JAX and torch by `make test`
-def test_progressive_training_keeps_the_full_size_model(tmp_path: Path) -> None:
+def test_progressive_training_keeps_the_full_size_model(tmp_path: Path, capsys) -> None:
     from unet_lowered.training.train import train
 
     data = make_prepared(tmp_path / "data", ids_of(10), meta={}, size=(32, 32))
@@ -142,6 +142,10 @@ def test_progressive_training_keeps_the_full_size_model(tmp_path: Path) -> None:
     )
     metrics = train(data, tmp_path / "run", cfg, verbose=0)
     assert metrics["epochs_completed"] == 3
+    assert (
+        "epoch 1 trains at half size (16x16, progressive resizing), not validated; "
+        "validation starts at epoch 2, at 32x32"
+    ) in capsys.readouterr().out
     with open(tmp_path / "run" / "history.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     # The half-size epoch is not validated; the full-size ones are.

@@ -397,7 +397,10 @@ def _convert(found: Scan, out: Path | None, options: _Options, progress: bool) -
 
     results = _parallel(work, items)
     for item, (entry, log) in track(
-        zip(items, results, strict=True), len(items), progress, "Converting"
+        zip(items, results, strict=True),
+        len(items),
+        progress,
+        "Converting" if out is not None else "Checking",
     ):
         report.problems.extend(log.problems)
         report.notes.extend(log.notes)

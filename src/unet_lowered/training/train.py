@@ -252,6 +252,19 @@ def train(
                 # The saved model keeps its input size; training may feed it smaller
                 # batches first (the layers take any valid size).
                 model.input_spec = None
+                if writer and state["epoch"] < half_size_epochs:
+                    h, w = size
+                    first = (
+                        "epoch 1 trains"
+                        if half_size_epochs == 1
+                        else f"epochs 1-{half_size_epochs} train"
+                    )
+                    print(
+                        f"{first} at half size ({h // 2}x{w // 2}, progressive resizing), "
+                        f"not validated; validation starts at epoch {half_size_epochs + 1}, "
+                        f"at {h}x{w}",
+                        flush=True,
+                    )
             model.fit(
                 fit_train,
                 validation_data=fit_val,
