@@ -693,3 +693,25 @@ def test_evaluate_warns_when_every_mask_is_empty(run: Path, tmp_path: Path, capf
     data2 = make_prepared(tmp_path / "two", ids_of(2))
     code, err = cli(capfd, "evaluate", run, data2, "--out", tmp_path / "ev2", "--no-progress")
     assert code == 0 and "warning: every mask" not in err
+
+
+def test_usage_errors_are_one_line_naming_the_help(run: Path, tmp_path: Path, capfd) -> None:
+    cases = [
+        (["predict", run], r"^error: Missing argument 'inputs'\. \(see `unet predict --help`\)$"),
+        (
+            ["predict", run, tmp_path, "--out", tmp_path / "o", "--actors", "0"],
+            r"^error: Invalid value for '--actors': .* \(see `unet predict --help`\)$",
+        ),
+        (
+            ["train", "--epochs", "abc"],
+            r"^error: Invalid value for '--epochs': .*`unet train --help`",
+        ),
+        (["nosuch"], r"^error: No such command 'nosuch'\. \(see `unet --help`\)$"),
+    ]
+    for args, pattern in cases:
+        code, err = cli(capfd, *args)
+        assert code == 2
+        assert len(err.strip().splitlines()) == 1, err
+        the_line(err, pattern)
+    code, err = cli(capfd)  # `unet` alone still shows the help
+    assert code == 2 and "Commands:" in err and "predict" in err

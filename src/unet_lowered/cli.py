@@ -1087,13 +1087,21 @@ def main(argv: list[str] | None = None) -> None:
     if args and args[0] in _KERAS_COMMANDS and "--help" not in args:
         _import_keras_quietly()
     try:
-        app(args=argv, prog_name="unet")
+        code = app(args=argv, prog_name="unet", standalone_mode=False)
     except UnetError as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(1)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, typer.Abort):
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    except typer.TyperException as e:  # Click's usage errors (typer's own copy of Click)
+        if type(e).__name__ == "NoArgsIsHelpError":  # `unet` alone: the help, as before
+            typer.echo(e.format_message(), err=True)
+        else:  # a bad option or argument: one line, as the errors of the commands
+            where = getattr(getattr(e, "ctx", None), "command_path", None) or "unet"
+            typer.echo(f"error: {e.format_message()} (see `{where} --help`)", err=True)
+        sys.exit(e.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)  # as Click's standalone mode ends
 
 
 __all__ = ["Path", "app", "main"]
