@@ -411,3 +411,43 @@ def test_truncated_file(tmp_path: Path, cut: float) -> None:
     data = path.read_bytes()
     path.write_bytes(data[: int(len(data) * cut)])
     one_line_error(path)
+
+
+@pytest.mark.parametrize("syntax", ["rle", "j2k"])
+def test_a_truncated_compressed_file_is_called_truncated(tmp_path: Path, syntax: str) -> None:
+    # pydicom reads such a file as an empty data set; its header says there is an image.
+    path = write(tmp_path / "c.dcm", compressed(dataset(ramp(256, 256)), syntax))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 2 // 3])
+    message = one_line_error(path)
+    assert message.endswith(
+        "the file ends before its image data does (its header names an image); it is "
+        "truncated or damaged: copy or export it again"
+    )
+
+
+def test_pixel_data_longer_than_the_header_says_is_refused(tmp_path: Path) -> None:
+    ds = dataset(ramp(64, 64))
+    ds.Rows = 32  # an edited header: the pixel data holds twice the image
+    one_line_error(
+        write(tmp_path / "rows.dcm", ds),
+        "the pixel data holds 8192 bytes, more than the 64x32 image of its header needs (4096)",
+    )
+    padded = dataset(np.zeros((3, 3), np.uint8), bits=8)  # 9 bytes, padded to 10 on disk
+    assert images.read_image(write(tmp_path / "odd.dcm", padded)).shape == (3, 3)
+
+
+def test_a_dicomdir_is_not_an_image(tmp_path: Path) -> None:
+    from unet_lowered.inference.batch import collect_inputs
+
+    source = next(PYDICOM_FILES.rglob("DICOMDIR"), None)
+    if source is None:
+        pytest.skip("pydicom ships no DICOMDIR here")
+    one_line_error(source, "a DICOMDIR, the index of a DICOM export, not an image")
+    export = tmp_path / "export"
+    (export / "IMAGES").mkdir(parents=True)
+    (export / "DICOMDIR").write_bytes(source.read_bytes())
+    write_dicom(export / "IMAGES" / "IM0", ramp())
+    with pytest.raises(UnetError, match="but a DICOMDIR; its images are in the sub-folders"):
+        collect_inputs([export])
+    assert collect_inputs([export], recursive=True) == [export / "IMAGES" / "IM0"]

@@ -124,6 +124,8 @@ def collect_inputs(inputs: Sequence[str | os.PathLike], recursive: bool = False)
             picked = [f for f in files if _is_input(f)]
             if not picked:
                 hint = "" if recursive else " (use --recursive to look in sub-folders)"
+                if not recursive and any(f.name.upper() == "DICOMDIR" for f in files):
+                    hint = " but a DICOMDIR; its images are in the sub-folders: use --recursive"
                 raise UnetError(f"{path}: no image files in this folder{hint}")
             found.update(dict.fromkeys(picked))
         elif glob.has_magic(str(raw)):
@@ -143,6 +145,9 @@ def collect_inputs(inputs: Sequence[str | os.PathLike], recursive: bool = False)
 
 
 def _is_input(path: Path) -> bool:
+    """An image found in a folder or by a glob; a DICOMDIR (an export's index) is not."""
+    if path.name.upper() == "DICOMDIR":
+        return False
     return path.suffix.lower() in images.IMAGE_SUFFIXES or images.is_image_file(path)
 
 

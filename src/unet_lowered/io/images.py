@@ -560,8 +560,34 @@ def _read_dicom(path: Path, stop_before_pixels: bool = False) -> Any:
             f"{path}: corrupt or unreadable DICOM ({_one_line(e)}); re-export it from the PACS"
         ) from None
     if "Rows" not in ds or "Columns" not in ds:
+        meta = getattr(ds, "file_meta", None)
+        sop = str((meta or {}).get("MediaStorageSOPClassUID", ds.get("SOPClassUID", "")))
+        if sop == DICOMDIR_SOP_CLASS or path.name.upper() == "DICOMDIR":
+            raise UnetError(
+                f"{path}: a DICOMDIR, the index of a DICOM export, not an image; give its "
+                "folder with --recursive to read the images it lists"
+            )
+        if not stop_before_pixels and _has_image_header(path, pydicom):
+            raise UnetError(
+                f"{path}: the file ends before its image data does (its header names an "
+                "image); it is truncated or damaged: copy or export it again"
+            )
         raise UnetError(f"{path}: a DICOM file without an image (no Rows/Columns); nothing to read")
     return ds
+
+
+DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+"""Media Storage Directory Storage: a DICOMDIR, the index of an export (no image)."""
+
+
+def _has_image_header(path: Path, pydicom: Any) -> bool:
+    """Whether the elements before the pixel data name an image (Rows and Columns)."""
+    try:
+        with _quiet():
+            head = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    except Exception:
+        return False
+    return "Rows" in head and "Columns" in head
 
 
 def _dicom_header(path: Path) -> ImageHeader:
@@ -646,6 +672,8 @@ def _dicom_pixels(ds: Any, path: Path) -> np.ndarray:
             f"{path}: the pixel data is compressed as {uid.name} and no decoder for it is "
             f"installed; install the DICOM decoders with: {INSTALL_DICOM}"
         )
+    if not decoder.is_encapsulated:
+        _refuse_surplus_pixels(ds, path)
     preferred = _PREFERRED_PLUGINS.get(str(uid))
     try:
         with _quiet(fd2=decoder.is_encapsulated):
@@ -662,6 +690,33 @@ def _dicom_pixels(ds: Any, path: Path) -> np.ndarray:
             f"{path}: cannot decode the {uid.name} pixel data ({_one_line(e)}); the file is "
             "damaged or truncated"
         ) from None
+
+
+def _refuse_surplus_pixels(ds: Any, path: Path) -> None:
+    """Refuse uncompressed gray pixel data a row or more longer than the header's image.
+
+    pydicom only warns of it and reads the first Rows x Columns values: a header whose
+    size was edited (Rows halved, say) would give part of the film, segmented as if it
+    were all of it. A byte or two of padding is allowed.
+    """
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        frames = max(int(ds.get("NumberOfFrames", 1) or 1), 1)
+        bits = int(ds.get("BitsAllocated", 16) or 16)
+        size = len(ds.PixelData)
+    except (TypeError, ValueError, AttributeError):
+        return  # the decoder reports what is wrong with these
+    if samples != 1 or bits not in (8, 16, 32):
+        return
+    row = cols * bits // 8
+    expected = rows * row * frames
+    if size - expected >= row:
+        raise UnetError(
+            f"{path}: the pixel data holds {size} bytes, more than the {cols}x{rows} image"
+            f"{f' x {frames} frames' if frames > 1 else ''} of its header needs ({expected}); "
+            "the header's size is wrong (an edited or cropped export?): export it again"
+        )
 
 
 def _decode_dicom(path: Path, notes: list[str]) -> np.ndarray:
