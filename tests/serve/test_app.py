@@ -673,3 +673,42 @@ def test_two_workers_answer_concurrent_requests_alike(app_for) -> None:
     for answer, expected in zip(answers, alone, strict=True):
         np.testing.assert_array_equal(decode(answer.content), expected)
     assert c.app.state.service.admitted == 0
+
+
+def test_a_stalled_upload_holds_no_place_and_times_out(app_for, monkeypatch) -> None:
+    import asyncio
+
+    from unet_lowered.serve import app as app_mod
+
+    service = app_for(ServeSettings(workers=1, queue=0)).app.state.service
+    monkeypatch.setattr(app_mod, "UPLOAD_TIMEOUT_S", 0.2)
+    admitted_meanwhile: list[int] = []
+
+    class Stalled:  # a client that sent its headers and stopped
+        def __init__(self) -> None:
+            self.headers = {"content-type": "multipart/form-data; boundary=x"}
+
+        async def form(self, **_: Any) -> None:
+            admitted_meanwhile.append(service.admitted)
+            await asyncio.sleep(30)
+
+    with pytest.raises(app_mod.RequestError) as info:
+        asyncio.run(app_mod._with_upload(service, Stalled(), lambda *_: None))
+    assert info.value.status == 408
+    assert info.value.message == "the upload did not arrive within 0.2 s; send it again"
+    assert admitted_meanwhile == [0] and service.admitted == 0
+
+
+def test_head_and_a_client_that_hangs_up(app_for) -> None:
+    from starlette.requests import ClientDisconnect
+
+    c = app_for(ServeSettings())
+    for path in ("/", "/healthz", "/v1/model"):  # uptime probes use HEAD
+        assert c.head(path).status_code == 200, path
+
+    @c.app.post("/hang-up")
+    async def hang_up() -> None:
+        raise ClientDisconnect()
+
+    r = c.post("/hang-up")
+    assert r.status_code == 499 and r.json() == {"error": "the client disconnected"}

@@ -27,8 +27,9 @@ limit is checked from the header before decoding.
 Requests never hurt the service: bad input gets a 4xx JSON ``{"error": "..."}`` naming
 the problem, a failure inside the model a 500 (logged with its traceback). Inference
 runs on ``workers`` threads, off the event loop; at most ``workers + queue`` requests
-are admitted at once and the others get a 503 at once. One log line per request:
-method, path, status, milliseconds.
+are admitted at once (after their upload has arrived, within 60 s: a stalled upload
+holds no place) and the others get a 503 at once. One log line per request: method,
+path, status, milliseconds (499 for a client that hung up).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 import unet_lowered
 from unet_lowered.errors import UnetError
@@ -90,6 +92,8 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 """The page, its script and its style sheet (package data)."""
 
 UPLOAD_FIELD = "file"
+UPLOAD_TIMEOUT_S = 60.0
+"""Seconds a request's body may take to arrive (408 beyond); it holds no place meanwhile."""
 """The multipart field that carries the image."""
 
 FORMATS = ("json", "png", "overlay", "prob")
@@ -623,15 +627,15 @@ def create_app(
     _add_error_handlers(app)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", include_in_schema=False, methods=["GET", "HEAD"])
     async def page() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
-    @app.get("/healthz")
+    @app.api_route("/healthz", methods=["GET", "HEAD"])
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/v1/model")
+    @app.api_route("/v1/model", methods=["GET", "HEAD"])
     async def model_facts() -> dict[str, Any]:
         return service.facts()
 
@@ -700,52 +704,63 @@ def _check_query(request: Request, allowed: frozenset[str] = _QUERY) -> None:
 async def _with_upload(
     service: Service, request: Request, work: Callable[[IO[bytes], str], Result]
 ) -> tuple[Result, str | None]:
-    """Admit the request, parse the multipart field ``file``, run ``work`` on a worker."""
-    if not service.admit():
+    """Parse the multipart field ``file``, then admit the request and run ``work`` on a
+    worker.
+
+    The body is read before admission, within :data:`UPLOAD_TIMEOUT_S`: a slow or
+    stalled upload holds no worker's or queue place (and gets a 408 in the end), so a
+    few idle connections cannot turn every other request away with a 503.
+    """
+    content_type = request.headers.get("content-type", "")
+    if not content_type.lower().startswith("multipart/form-data"):
         raise RequestError(
-            503,
-            f"busy: {service.capacity} requests are already being served or waiting "
-            f"(workers {service.settings.workers} + queue {service.settings.queue}); "
-            "retry in a moment",
-            headers={"Retry-After": "1"},
+            415,
+            f"expected a multipart/form-data upload with the image in the field "
+            f"'{UPLOAD_FIELD}' (curl -F {UPLOAD_FIELD}=@scan.png ...), "
+            f"got {content_type or 'no content type'}",
         )
     try:
-        content_type = request.headers.get("content-type", "")
-        if not content_type.lower().startswith("multipart/form-data"):
+        form = await asyncio.wait_for(
+            request.form(max_files=4, max_fields=16), timeout=UPLOAD_TIMEOUT_S
+        )
+    except TimeoutError:
+        raise RequestError(
+            408, f"the upload did not arrive within {UPLOAD_TIMEOUT_S:g} s; send it again"
+        ) from None
+    except BodyTooLarge as e:
+        raise RequestError(413, str(e)) from None
+    except HTTPException as e:
+        raise RequestError(400, f"the multipart body is malformed: {e.detail}") from None
+    try:
+        upload = form.get(UPLOAD_FIELD)
+        if upload is None:
+            got = ", ".join(sorted(set(form.keys()))) or "none"
             raise RequestError(
-                415,
-                f"expected a multipart/form-data upload with the image in the field "
-                f"'{UPLOAD_FIELD}' (curl -F {UPLOAD_FIELD}=@scan.png ...), "
-                f"got {content_type or 'no content type'}",
+                400,
+                f"no field '{UPLOAD_FIELD}' in the upload (fields sent: {got}); "
+                f"send the image as {UPLOAD_FIELD}=@scan.png",
+            )
+        if isinstance(upload, str):
+            raise RequestError(
+                400,
+                f"the field '{UPLOAD_FIELD}' holds text, not a file; "
+                f"send the image as {UPLOAD_FIELD}=@scan.png",
+            )
+        if not service.admit():
+            raise RequestError(
+                503,
+                f"busy: {service.capacity} requests are already being served or waiting "
+                f"(workers {service.settings.workers} + queue {service.settings.queue}); "
+                "retry in a moment",
+                headers={"Retry-After": "1"},
             )
         try:
-            form = await request.form(max_files=4, max_fields=16)
-        except BodyTooLarge as e:
-            raise RequestError(413, str(e)) from None
-        except HTTPException as e:
-            raise RequestError(400, f"the multipart body is malformed: {e.detail}") from None
-        try:
-            upload = form.get(UPLOAD_FIELD)
-            if upload is None:
-                got = ", ".join(sorted(set(form.keys()))) or "none"
-                raise RequestError(
-                    400,
-                    f"no field '{UPLOAD_FIELD}' in the upload (fields sent: {got}); "
-                    f"send the image as {UPLOAD_FIELD}=@scan.png",
-                )
-            if isinstance(upload, str):
-                raise RequestError(
-                    400,
-                    f"the field '{UPLOAD_FIELD}' holds text, not a file; "
-                    f"send the image as {UPLOAD_FIELD}=@scan.png",
-                )
-            name = _display_name(upload.filename)
-            result = await service.in_worker(work, upload.file, name)
-            return result, upload.filename
+            result = await service.in_worker(work, upload.file, _display_name(upload.filename))
         finally:
-            await form.close()
+            service.release()
+        return result, upload.filename
     finally:
-        service.release()
+        await form.close()
 
 
 def _png_response(result: Result, filename: str) -> Response:
@@ -784,6 +799,13 @@ def _add_error_handlers(app: FastAPI) -> None:
             value = f" (got {err['input']!r})" if "input" in err else ""
             parts.append(f"query {'.'.join(loc)}: {err.get('msg', 'invalid')}{value}")
         return JSONResponse({"error": "; ".join(parts) or "invalid request"}, 422)
+
+    @app.exception_handler(ClientDisconnect)
+    async def gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
+        # The client hung up mid-upload: nothing failed here and nobody reads the answer;
+        # logged as nginx's 499, not as a 500.
+        LOG.info("%s %s: the client disconnected", request.method, request.url.path)
+        return JSONResponse({"error": "the client disconnected"}, 499)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
