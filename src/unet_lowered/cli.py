@@ -671,8 +671,9 @@ _TtaTransforms = Annotated[str, typer.Option(help=_TTA_HELP)]
 _Threshold = Annotated[
     float | None,
     typer.Option(
-        help="Foreground probability threshold [default: the run's, or the one `unet train` "
-        "chose on validation for boundary data such as EM cells]."
+        help="Foreground probability threshold, for one-class runs (a multi-class run takes "
+        "each pixel's most likely class) [default: the run's, or the one `unet train` chose "
+        "on validation for boundary data such as EM cells]."
     ),
 ]
 _KeepLargest = Annotated[
@@ -695,8 +696,8 @@ _Watershed = Annotated[
     typer.Option(
         help="Cut objects apart at their necks along the watershed lines of the "
         "probabilities (cells between thin membranes, as in EM), keeping pieces joined where "
-        "their shared boundary's mean probability reaches this merge level (1: never); 0: off "
-        "[default: the run's choice].",
+        "their shared boundary's mean probability reaches this merge level (1: never); 0: off; "
+        "one-class runs only [default: the run's choice].",
     ),
 ]
 _Postprocess = Annotated[

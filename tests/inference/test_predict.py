@@ -185,6 +185,13 @@ def test_multi_class_softmax_and_label_values(tmp_path: Path) -> None:
     labels = np.argmax(p, axis=2)
     np.testing.assert_array_equal(mask_to_png(labels, r.config)[mask & (labels == 2)], 200)
     assert set(np.unique(mask_to_png(labels, r.config))) <= {0, 100, 200}
+    # A threshold or a watershed would not change a multi-class mask: refused, not ignored.
+    from unet_lowered.inference.predictor import for_run
+
+    for options in (PredictOptions(threshold=0.9), PredictOptions(watershed=0.5)):
+        with pytest.raises(UnetError, match="applies to one-class runs; this run has 3 classes"):
+            for_run(options, r.config)
+    assert for_run(PredictOptions(watershed=0), r.config).mode == "resize"  # 0: off
 
 
 @pytest.mark.parametrize("mode", ["resize", "tile"])

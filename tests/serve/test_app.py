@@ -639,6 +639,10 @@ def test_multi_class_run_answers_label_values(tmp_path: Path, reference) -> None
         assert set(np.unique(mask)) <= {0, 100, 200} and 200 in mask
         assert json.loads(r.headers[RESULT_HEADER])["quality"] is None
         prob = decode(c.post("/v1/segment?format=prob", files=upload(path.read_bytes())).content)
+        for query in ("threshold=0.9", "watershed=0.5"):  # neither would change its mask
+            r = c.post(f"/v1/segment?{query}", files=upload(path.read_bytes()))
+            assert r.status_code == 400
+            assert "applies to one-class runs; this run has 3 classes" in r.json()["error"]
     from unet_lowered.inference.predictor import predict_image
     from unet_lowered.io.runs import load_run
 

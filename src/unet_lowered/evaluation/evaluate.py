@@ -28,7 +28,6 @@ Outputs (into ``RUN/eval/`` unless told otherwise), each written atomically:
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
 import os
@@ -58,11 +57,11 @@ from unet_lowered.inference.predictor import (
     PredictOptions,
     applied_threshold,
     applied_watershed,
+    for_run,
     postprocess_steps,
     predict_prepared,
     prepare_images,
     probs_to_mask,
-    resolve_mode,
     restore_size,
     tta_group,
 )
@@ -153,8 +152,8 @@ def evaluate_run(
     atomic.check_out_folder(out_dir)  # before the work, not after it
     config = run.config
     model = run.model()
-    mode = resolve_mode(options.mode, config)
-    options = dataclasses.replace(options, mode=mode)
+    options = for_run(options, config)
+    mode = options.mode
     per_call = options.batch_size if mode == "resize" else 1
     rows: list[dict[str, Any]] = []
 

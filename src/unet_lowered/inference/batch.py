@@ -50,11 +50,11 @@ from unet_lowered.inference.polarity import (
 from unet_lowered.inference.postprocess import count_components
 from unet_lowered.inference.predictor import (
     PredictOptions,
+    for_run,
     mask_to_png,
     predict_prepared,
     prepare_images,
     probs_to_mask,
-    resolve_mode,
     restore_size,
 )
 from unet_lowered.inference.quality import Objects, contrast_grid, imaged_field, mask_quality
@@ -476,7 +476,7 @@ def open_job(
     _check_output_names(out_dir, files, ids, outputs)
     _check_no_foreign_files(out_dir, (n for names_ in outputs.values() for n in names_))
     model = run.model()
-    options = dataclasses.replace(options, mode=resolve_mode(options.mode, config))
+    options = for_run(options, config)
     atomic.make_out_folder(out_dir)
     remove_stale_temps(out_dir, [CSV_FILE, *(n for names_ in outputs.values() for n in names_)])
     journal = Journal.open(

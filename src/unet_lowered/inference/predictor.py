@@ -24,7 +24,7 @@ network's input. Reading files and writing masks is :mod:`unet_lowered.inference
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import cv2
@@ -130,6 +130,23 @@ class PredictOptions:
 
 
 # ---------------------------------------------------------------- one image
+
+
+def for_run(options: PredictOptions, config: RunConfig) -> PredictOptions:
+    """``options`` checked against the run, with ``mode`` resolved (:func:`resolve_mode`).
+
+    Raises:
+        UnetError: ``threshold`` or ``watershed`` for a multi-class run, which takes the
+            most likely class of each pixel: neither would change its mask.
+    """
+    if config.num_classes > 1:
+        for flag, value in (("--threshold", options.threshold), ("--watershed", options.watershed)):
+            if value:
+                raise UnetError(
+                    f"{flag} applies to one-class runs; this run has {config.num_classes} "
+                    "classes and takes the most likely class of each pixel: drop it"
+                )
+    return replace(options, mode=resolve_mode(options.mode, config))
 
 
 def resolve_mode(mode: str, config: RunConfig) -> str:

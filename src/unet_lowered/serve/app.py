@@ -75,11 +75,11 @@ from unet_lowered.inference.predictor import (
     PredictOptions,
     applied_threshold,
     applied_watershed,
+    for_run,
     mask_to_png,
     postprocess_steps,
     predict_images,
     probs_to_mask,
-    resolve_mode,
     resolve_tta,
     tta_group,
 )
@@ -216,7 +216,7 @@ class Service:
         self.run: Run = load_run(run_dir)
         self.config = self.run.config
         options = dataclasses.replace(settings.options, max_pixels=settings.max_pixels)
-        options = dataclasses.replace(options, mode=resolve_mode(options.mode, self.config))
+        options = for_run(options, self.config)
         if options.tta:
             resolve_tta(options.tta_transforms, self.config)
         self.options = options.validate()
@@ -338,7 +338,7 @@ class Service:
         changes = {k: v for k, v in query.items() if v is not None}
         try:
             options = dataclasses.replace(self.options, **changes)
-            options = dataclasses.replace(options, mode=resolve_mode(options.mode, self.config))
+            options = for_run(options, self.config)
             options.validate()
             if options.tta:
                 resolve_tta(options.tta_transforms, self.config)

@@ -94,11 +94,16 @@
       pp.keep_largest ? `largest ${pp.keep_largest} kept` : "",
       pp.fill_holes ? "holes filled" : "",
     ].filter(Boolean).join(", ") || "none";
+    // A multi-class run takes each pixel's most likely class: no threshold applies.
+    const multi = m.num_classes > 1;
+    const rule = multi ? "the most likely class per pixel" : `threshold ${pp.threshold}`;
     $("model").textContent =
       `Run ${m.run}: ${classes}, trained at ${m.image_size[0]}\u00d7${m.image_size[1]} px ` +
-      `(${m.input_mode}), threshold ${pp.threshold}, post-processing: ${steps}, ` +
+      `(${m.input_mode}), ${rule}, post-processing: ${steps}, ` +
       `validation Dice ${dice}, unet-lowered ${m.versions.serving.unet_lowered}`;
-    $("threshold").placeholder = String(pp.threshold);
+    $("threshold").disabled = multi;
+    $("threshold").value = "";
+    $("threshold").placeholder = multi ? "n/a" : String(pp.threshold);
     $("keep-largest").value = pp.keep_largest ? String(pp.keep_largest) : "";
     $("fill-holes").checked = Boolean(pp.fill_holes);
     document.body.dataset.model = "ready";
