@@ -679,6 +679,7 @@ def test_plot_says_why_samples_are_left_out(run: Path, tmp_path: Path, capfd) ->
         r"^samples\.png left out: the data it was trained on \(.*gone\) is not there or "
         r"unreadable; run `unet plot` where the data is \(.*samples\.png is from an earlier plot\)",
     )
+    the_line(err, r"^worst\.png left out: no evaluation yet; run `unet evaluate .*run DATA` first$")
     for bad in (["--samples", "-1"], ["--worst", "-3"]):
         code, err = cli(capfd, "plot", moved, *bad)
         assert code == 1

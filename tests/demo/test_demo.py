@@ -99,3 +99,23 @@ def test_overlay_tints_truth_green_and_prediction_red() -> None:
     assert rgb[1, 1, 1] > rgb[1, 1, 0]  # green
     assert rgb[2, 2, 0] > rgb[2, 2, 1]  # red
     assert np.allclose(rgb[3, 3], 0.0)
+
+
+def test_multi_class_masks_keep_their_classes_in_the_pictures(tmp_path: Path) -> None:
+    from unet_lowered.evaluation.plots import plot_cases
+    from unet_lowered.inference.overlay import PALETTE, TRUTH_CLASSES_COLOUR, label_colours
+
+    labels = np.zeros((8, 8), np.int32)
+    labels[1:4, 1:4], labels[5:7, 5:7] = 1, 3
+    colours = label_colours(labels)
+    assert (colours[2, 2] == PALETTE[0]).all() and (colours[6, 6] == PALETTE[2]).all()
+    assert (colours[0, 0] == 0).all()
+    assert (label_colours(labels > 0)[6, 6] == PALETTE[0]).all()  # bool: class 1's colour
+    # Each truth class outlined in white, not merged into one green outline.
+    image = np.zeros((8, 8), np.uint8)
+    image[0, 0] = 255
+    rgb = overlay(image, np.zeros_like(labels), truth=labels)
+    assert (rgb[1, 1] == TRUTH_CLASSES_COLOUR).all() and (rgb[5, 5] == TRUTH_CLASSES_COLOUR).all()
+    assert (rgb[4, 4] == 0).all()
+    path = plot_cases([("c", image, labels, labels, 1.0)], tmp_path / "cases.png", "t")
+    assert read_image(path).ndim == 3

@@ -23,7 +23,7 @@ import numpy as np
 from unet_lowered.dataset.pairs import PreparedData, load_prepared
 from unet_lowered.errors import UnetError
 from unet_lowered.evaluation.evaluate import read_truth
-from unet_lowered.inference.overlay import overlay
+from unet_lowered.inference.overlay import label_colours, overlay
 from unet_lowered.inference.predictor import PredictOptions, predict_image, probs_to_mask
 from unet_lowered.io import atomic, runs
 from unet_lowered.io.images import DEFAULT_MAX_PIXELS, read_image
@@ -72,7 +72,9 @@ def plot_cases(
     """One row per case: image, truth, prediction, overlay.
 
     Args:
-        cases: ``(id, image, truth_bool, pred_bool, dice_or_None)`` tuples.
+        cases: ``(id, image, truth, pred, dice_or_None)`` tuples; the masks bool (one
+            class, drawn white on black) or class indices (each class in its overlay
+            colour, as ``unet predict --overlay`` tints it).
         out: PNG path.
         title: Figure title.
     """
@@ -82,12 +84,20 @@ def plot_cases(
     for row, (case_id, image, truth, pred, dice) in zip(axes, cases, strict=True):
         row[0].imshow(image, cmap="gray")
         row[0].set_title(case_id if dice is None else f"{case_id}\nDice {dice:.3f}", fontsize=8)
-        row[1].imshow(truth, cmap="gray", vmin=0, vmax=1)
-        row[1].set_title("truth", fontsize=8)
-        row[2].imshow(pred, cmap="gray", vmin=0, vmax=1)
-        row[2].set_title("prediction", fontsize=8)
+        classes = truth.dtype != bool or pred.dtype != bool
+        for ax, mask, name in ((row[1], truth, "truth"), (row[2], pred, "prediction")):
+            if classes:
+                ax.imshow(label_colours(mask))
+            else:
+                ax.imshow(mask, cmap="gray", vmin=0, vmax=1)
+            ax.set_title(name, fontsize=8)
         row[3].imshow(overlay(image, pred, truth=truth))
-        row[3].set_title("overlay (red prediction, green truth outline)", fontsize=8)
+        row[3].set_title(
+            "overlay (prediction tinted per class, truth outlines white)"
+            if classes
+            else "overlay (red prediction, green truth outline)",
+            fontsize=8,
+        )
         for ax in row:
             ax.axis("off")
     fig.suptitle(title)
@@ -157,15 +167,19 @@ def plot_run(
             written.append(
                 plot_cases(cases, run.dir / "worst.png", "worst cases (last evaluation)")
             )
+        elif worst > 0:
+            note("worst.png left out: the images the last evaluation scored are not there")
+    elif worst > 0:
+        note(f"worst.png left out: no evaluation yet; run `unet evaluate {run.dir} DATA` first")
     return written
 
 
 def _case(model, run: runs.Run, pairs: PreparedData, case_id: str, dice: float | None):
     """One row of a case figure, predicted exactly as `unet predict` does by default."""
     image = read_image(pairs.images[case_id])
-    truth = read_truth(pairs.masks[case_id], run.config, DEFAULT_MAX_PIXELS) > 0
+    truth = read_truth(pairs.masks[case_id], run.config, DEFAULT_MAX_PIXELS)
     probs = predict_image(model, image, run.config)
-    pred = probs_to_mask(probs, run.config, PredictOptions()) > 0
+    pred = probs_to_mask(probs, run.config, PredictOptions())  # bool, or class indices
     return case_id, image, truth, pred, dice
 
 

@@ -14,7 +14,11 @@ from unet_lowered.io.images import to_channels
 from unet_lowered.preprocess import to_unit
 
 TRUTH_COLOUR = (40, 220, 40)
-"""RGB of the reference outline."""
+"""RGB of the reference outline (one class)."""
+
+TRUTH_CLASSES_COLOUR = (255, 255, 255)
+"""RGB of the reference outlines of a multi-class mask, each class's own (green would
+be lost beside class 3's tint)."""
 
 PALETTE = np.array(
     [(255, 64, 64), (64, 160, 255), (80, 220, 80), (255, 200, 0), (200, 80, 255), (0, 220, 220)],
@@ -32,8 +36,9 @@ def overlay(
         image: The decoded image (any bit depth, gray or RGB); stretched to 8 bits.
         mask: bool ``(H, W)`` mask or class indices (0 = background).
         alpha: Tint opacity.
-        truth: A reference mask (bool or class indices) whose foreground outline is
-            drawn in :data:`TRUTH_COLOUR`, or None.
+        truth: A reference mask whose outline is drawn on top, or None: a bool mask's
+            foreground in :data:`TRUTH_COLOUR`; class indices, each class's outline in
+            :data:`TRUTH_CLASSES_COLOUR`.
     """
     rgb = to_unit(to_channels(image, 3))
     out = (rgb * 255).astype(np.float32)
@@ -50,8 +55,23 @@ def overlay(
         )
         cv2.drawContours(out, contours, -1, tuple(float(v) for v in colour), thickness)
     if truth is not None:
-        contours, _ = cv2.findContours(
-            (np.asarray(truth) > 0).astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE
-        )
-        cv2.drawContours(out, contours, -1, tuple(float(v) for v in TRUTH_COLOUR), thickness)
+        truth = np.asarray(truth)
+        classes = truth.dtype != bool and int(truth.max(initial=0)) > 1
+        colour = tuple(float(v) for v in (TRUTH_CLASSES_COLOUR if classes else TRUTH_COLOUR))
+        for c in range(1, int(truth.max(initial=0)) + 1) if classes else [None]:
+            region = truth == c if classes else truth > 0
+            contours, _ = cv2.findContours(
+                region.astype(np.uint8), cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE
+            )
+            cv2.drawContours(out, contours, -1, colour, thickness)
     return np.clip(out, 0, 255).round().astype(np.uint8)
+
+
+def label_colours(mask: np.ndarray) -> np.ndarray:
+    """A mask as a picture: background black, each class in its :data:`PALETTE` colour
+    (uint8 ``(H, W, 3)``); a bool mask's foreground in class 1's."""
+    labels = np.asarray(mask).astype(np.int32)
+    out = np.zeros((*labels.shape, 3), np.uint8)
+    for c in range(1, int(labels.max(initial=0)) + 1):
+        out[labels == c] = PALETTE[(c - 1) % len(PALETTE)].astype(np.uint8)
+    return out
