@@ -716,3 +716,25 @@ def test_head_and_a_client_that_hangs_up(app_for) -> None:
 
     r = c.post("/hang-up")
     assert r.status_code == 499 and r.json() == {"error": "the client disconnected"}
+
+
+def test_uploads_that_are_ambiguous_or_cut_off_and_names_that_are_not_ascii(app_for) -> None:
+    c = app_for(ServeSettings())
+    data = png_bytes(disk_image(30, 40)[0])
+    two = [("file", ("a.png", data, "image/png")), ("file", ("b.png", data, "image/png"))]
+    r = c.post("/v1/segment", files=two)
+    assert r.status_code == 400
+    assert r.json()["error"] == "2 fields 'file' in the upload; send one image per request"
+    cut = b"--x\r\nContent-Disposition: form-da"  # cut off inside the first part's headers
+    r = c.post(
+        "/v1/segment", content=cut, headers={"content-type": "multipart/form-data; boundary=x"}
+    )
+    assert r.status_code == 400
+    assert r.json()["error"].startswith("the multipart body is malformed or cut off")
+    r = c.post("/v1/segment?format=png", files=upload(data, name="lunge ü 肺.png"))
+    assert r.status_code == 200
+    assert r.headers["content-disposition"] == (
+        "inline; filename=\"lunge__mask.png\"; filename*=UTF-8''lunge%20%C3%BC%20%E8%82%BA_mask.png"
+    )
+    plain = c.post("/v1/segment?format=png", files=upload(data, name="scan.png"))
+    assert plain.headers["content-disposition"] == 'inline; filename="scan_mask.png"'

@@ -44,6 +44,7 @@ import socket
 import tempfile
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -495,6 +496,18 @@ def _safe_stem(filename: str | None) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", stem)[:100]
 
 
+def _disposition(upload_name: str | None, suffix: str) -> str:
+    """``inline`` with ``<stem>_<suffix>.png``: the stem in ASCII (:func:`_safe_stem`) and,
+    when the upload's stem was not, also as RFC 6266's ``filename*`` in UTF-8, which
+    browsers prefer (``ünï 肺.png`` comes back as itself, not ``_n_.png``)."""
+    ascii_name = f"{_safe_stem(upload_name)}_{suffix}.png"
+    stem = (Path(upload_name or "image").stem or "image")[:100]
+    if f"{stem}_{suffix}.png" == ascii_name:
+        return f'inline; filename="{ascii_name}"'
+    encoded = urllib.parse.quote(f"{stem}_{suffix}.png", safe="")
+    return f"inline; filename=\"{ascii_name}\"; filename*=UTF-8''{encoded}"
+
+
 def _display_name(filename: str | None) -> str:
     name = Path(filename).name if filename else ""
     return (name or "the upload")[:200]
@@ -680,14 +693,14 @@ def create_app(
         if result.png is None:
             return JSONResponse(result.figures)
         suffix = {"png": "mask", "overlay": "overlay", "prob": "prob"}[fmt]
-        return _png_response(result, f"{_safe_stem(filename)}_{suffix}.png")
+        return _png_response(result, filename, suffix)
 
     @app.post("/v1/preview")
     async def preview(request: Request) -> Response:
         """The uploaded image as an 8-bit RGB PNG (what the page shows under the mask)."""
         _check_query(request, allowed=frozenset())
         result, filename = await _with_upload(service, request, service.preview)
-        return _png_response(result, f"{_safe_stem(filename)}_view.png")
+        return _png_response(result, filename, "view")
 
     return app
 
@@ -732,14 +745,26 @@ async def _with_upload(
     except HTTPException as e:
         raise RequestError(400, f"the multipart body is malformed: {e.detail}") from None
     try:
-        upload = form.get(UPLOAD_FIELD)
-        if upload is None:
+        uploads = form.getlist(UPLOAD_FIELD)
+        if not uploads and not form and int(request.headers.get("content-length") or 0) > 0:
+            raise RequestError(  # a body arrived, but not one complete part of it
+                400,
+                "the multipart body is malformed or cut off (no complete part in it); "
+                f"send the image as {UPLOAD_FIELD}=@scan.png",
+            )
+        if not uploads:
             got = ", ".join(sorted(set(form.keys()))) or "none"
             raise RequestError(
                 400,
                 f"no field '{UPLOAD_FIELD}' in the upload (fields sent: {got}); "
                 f"send the image as {UPLOAD_FIELD}=@scan.png",
             )
+        if len(uploads) > 1:
+            raise RequestError(
+                400,
+                f"{len(uploads)} fields '{UPLOAD_FIELD}' in the upload; send one image per request",
+            )
+        upload = uploads[0]
         if isinstance(upload, str):
             raise RequestError(
                 400,
@@ -763,13 +788,13 @@ async def _with_upload(
         await form.close()
 
 
-def _png_response(result: Result, filename: str) -> Response:
+def _png_response(result: Result, upload_name: str | None, suffix: str) -> Response:
     return Response(
         result.png,
         media_type="image/png",
         headers={
             RESULT_HEADER: json.dumps(result.figures),
-            "Content-Disposition": f'inline; filename="{filename}"',
+            "Content-Disposition": _disposition(upload_name, suffix),
             "Cache-Control": "no-store",
         },
     )
