@@ -393,7 +393,9 @@ def test_unknown_transfer_syntax(tmp_path: Path) -> None:
     ds = jpeg_baseline(np.zeros((8, 8), np.uint8))
     ds.file_meta.TransferSyntaxUID = "1.2.3.4.5.6.8"
     path = write(tmp_path / "privc.dcm", ds, implicit_vr=False, little_endian=True)
-    one_line_error(path, "does not say how")
+    one_line_error(
+        path, "is compressed and its transfer syntax 1.2.3.4.5.6.8 is not a standard one"
+    )
 
 
 def test_no_image_and_huge_header(tmp_path: Path) -> None:

@@ -627,10 +627,14 @@ def _set_transfer_syntax(ds: Any, path: Path) -> Any:
         return uid
     encapsulated = ds["PixelData"].is_undefined_length
     if encapsulated:
+        how = (
+            f"its transfer syntax {uid} is not a standard one"
+            if uid
+            else "the file does not say how (no transfer syntax)"
+        )
         raise UnetError(
-            f"{path}: the pixel data is compressed but the file does not say how (transfer "
-            f"syntax {str(uid) if uid else 'missing'}); re-export it from the PACS with its "
-            "file meta information"
+            f"{path}: the pixel data is compressed and {how}; re-export it from the PACS "
+            "with a standard transfer syntax (uncompressed, JPEG, JPEG-LS, JPEG 2000 or RLE)"
         )
     implicit, little = ds.original_encoding
     if implicit is False:
@@ -688,7 +692,8 @@ def _dicom_pixels(ds: Any, path: Path) -> np.ndarray:
     except Exception as e:  # decoders raise RuntimeError, ValueError, ... with paragraphs
         raise UnetError(
             f"{path}: cannot decode the {uid.name} pixel data ({_one_line(e)}); the file is "
-            "damaged or truncated"
+            "damaged or truncated, or its header does not match its pixel data (bits, size, "
+            "photometric interpretation): export it again"
         ) from None
 
 
