@@ -27,7 +27,7 @@ limit is checked from the header before decoding.
 Requests never hurt the service: bad input gets a 4xx JSON ``{"error": "..."}`` naming
 the problem, a failure inside the model a 500 (logged with its traceback). Inference
 runs on ``workers`` threads, off the event loop; at most ``workers + queue`` requests
-are admitted at once (after their upload has arrived, within 60 s: a stalled upload
+are admitted at once (after their upload has arrived, within 5 minutes: a stalled upload
 holds no place) and the others get a 503 at once. One log line per request: method,
 path, status, milliseconds (499 for a client that hung up).
 """
@@ -93,8 +93,9 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 """The page, its script and its style sheet (package data)."""
 
 UPLOAD_FIELD = "file"
-UPLOAD_TIMEOUT_S = 60.0
-"""Seconds a request's body may take to arrive (408 beyond); it holds no place meanwhile."""
+UPLOAD_TIMEOUT_S = 300.0
+"""Seconds a request's body may take to arrive (408 beyond): 64 MiB at about 220 KB/s. It
+holds no worker or queue place meanwhile, so the limit only frees a stalled connection."""
 """The multipart field that carries the image."""
 
 FORMATS = ("json", "png", "overlay", "prob")
