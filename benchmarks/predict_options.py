@@ -37,6 +37,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from speed import append_section  # benchmarks/speed.py, beside this script  # noqa: E402
 
+UNET = [sys.executable, "-m", "unet_lowered"]
+"""``unet`` of this interpreter's environment, as ``held_out.py`` runs it."""
+
 #: (name, flags of ``unet evaluate``); the first is the reference of the last column.
 VARIANTS: list[tuple[str, list[str]]] = [
     ("plain (the network's mask)", ["--no-postprocess"]),
@@ -59,15 +62,9 @@ VARIANTS: list[tuple[str, list[str]]] = [
 TIE = 0.0005
 
 
-def unet_command() -> list[str]:
-    """The ``unet`` of this interpreter's environment (the checkout's .venv)."""
-    beside = Path(sys.executable).with_name("unet")
-    return [str(beside)] if beside.is_file() else [sys.executable, "-m", "unet_lowered.cli"]
-
-
 def evaluate(run: str, data: str, flags: list[str], out: Path) -> dict[str, dict[str, float]]:
     """``unet evaluate RUN DATA --split val --out OUT FLAGS``; per-image Dice and HD95."""
-    command = [*unet_command(), "evaluate", run, data, "--split", "val", "--out", str(out)]
+    command = [*UNET, "evaluate", run, data, "--split", "val", "--out", str(out)]
     command += [*flags, "--no-progress"]
     done = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy())
     if done.returncode != 0:

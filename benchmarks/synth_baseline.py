@@ -38,10 +38,11 @@ COUNT, SIZE, EPOCHS = 240, 128, 10
 
 
 def unet(*args: str) -> None:
-    """Run ``unet ARGS`` from this interpreter's environment; stop on failure."""
-    beside = Path(sys.executable).with_name("unet")
-    command = [str(beside)] if beside.is_file() else [sys.executable, "-m", "unet_lowered.cli"]
-    done = subprocess.run([*command, *args], capture_output=True, text=True)
+    """Run ``unet ARGS`` from this interpreter's environment (as ``held_out.py`` runs
+    it); stop on failure."""
+    done = subprocess.run(
+        [sys.executable, "-m", "unet_lowered", *args], capture_output=True, text=True
+    )
     if done.returncode != 0:
         tail = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
         raise SystemExit(f"error: unet {' '.join(args)} failed: {tail}")

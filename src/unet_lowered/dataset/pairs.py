@@ -250,9 +250,9 @@ def split_ids(ids: Iterable[str], val_fraction: float, seed: int) -> tuple[list[
     """Deterministic train/validation split by id.
 
     The ids are sorted, permuted with ``numpy.random.default_rng(seed)`` and the first
-    ``round(val_fraction * n)`` (at least 1 when ``val_fraction > 0`` and ``n >= 2``,
-    at most ``n - 1``: training keeps one) go to validation. The same ids, fraction and seed give the same split on any
-    machine, whatever order the ids came in.
+    ``round(val_fraction * n)`` (at least 1 when ``val_fraction > 0`` and ``n >= 2``, at
+    most ``n - 1``: training keeps one) go to validation. The same ids, fraction and seed
+    give the same split on any machine, whatever order the ids came in.
 
     Args:
         ids: The ids (duplicates are an error).

@@ -431,12 +431,12 @@ def _refuse_absent_foreground(
             continue
         seen.update(int(v) for v in np.unique(mask))
     given = ",".join(str(v) for v in options.foreground)
-    hint = "; ".join([f"values seen: {', '.join(str(v) for v in sorted(seen))}"] if seen else [])
+    held = f"values seen: {', '.join(map(str, sorted(seen)))}" if seen else "no mask readable"
     others = sorted(seen - {0})
     values = ",".join(map(str, others)) if len(others) <= 4 else f"{others[0]}-{others[-1]}"
     advice = f"pass --foreground {values}" if others else "check the masks"
     raise UnetError(
-        f"{found.root}: no mask holds --foreground {given} ({hint or 'no mask readable'}); "
+        f"{found.root}: no mask holds --foreground {given} ({held}); "
         f"{advice}, or leave --foreground out to use the masks' own rule"
     )
 

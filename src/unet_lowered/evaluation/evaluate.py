@@ -151,9 +151,9 @@ def evaluate_run(
     out_dir = Path(out) if out is not None else run.dir / "eval"
     atomic.check_out_folder(out_dir)  # before the work, not after it
     config = run.config
-    model = run.model()
     options = for_run(options, config)
     mode = options.mode
+    model = run.model()
     per_call = options.batch_size if mode == "resize" else 1
     rows: list[dict[str, Any]] = []
 

@@ -475,8 +475,8 @@ def open_job(
     outputs = {i: _output_names(i, config, save_prob, save_overlay) for i in ids}
     _check_output_names(out_dir, files, ids, outputs)
     _check_no_foreign_files(out_dir, (n for names_ in outputs.values() for n in names_))
-    model = run.model()
     options = for_run(options, config)
+    model = run.model()
     atomic.make_out_folder(out_dir)
     remove_stale_temps(out_dir, [CSV_FILE, *(n for names_ in outputs.values() for n in names_)])
     journal = Journal.open(

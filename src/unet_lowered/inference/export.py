@@ -54,10 +54,10 @@ def export_model(
             ``model_saved_model/``.
         overwrite: Replace an existing ``out``, but only a previous export of the same
             kind: for ONNX a file named ``*.onnx`` that ``onnx`` parses as a model with a
-            graph; for a SavedModel a folder holding
-            ``saved_model.pb``, or an empty folder. Anything else is refused, with or
-            without ``overwrite``, as is ``out`` being the model file, the model's (run)
-            folder, or a folder that contains it. A new path inside the run folder is fine.
+            graph; for a SavedModel a folder holding ``saved_model.pb``, or an empty
+            folder. Anything else is refused, with or without ``overwrite``, as is ``out``
+            being the model file, the model's (run) folder, or a folder that contains it.
+            A new path inside the run folder is fine.
         check: Run the export on random input and compare it with Keras (ONNX: only
             when ``onnxruntime`` is installed).
 

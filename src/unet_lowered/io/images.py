@@ -702,7 +702,7 @@ def _refuse_surplus_pixels(ds: Any, path: Path) -> None:
 
     pydicom only warns of it and reads the first Rows x Columns values: a header whose
     size was edited (Rows halved, say) would give part of the film, segmented as if it
-    were all of it. A byte or two of padding is allowed.
+    were all of it. Less than a row more (padding to an even length) is read as before.
     """
     try:
         rows, cols = int(ds.Rows), int(ds.Columns)

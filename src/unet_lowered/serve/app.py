@@ -93,10 +93,11 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 """The page, its script and its style sheet (package data)."""
 
 UPLOAD_FIELD = "file"
+"""The multipart field that carries the image."""
+
 UPLOAD_TIMEOUT_S = 300.0
 """Seconds a request's body may take to arrive (408 beyond): 64 MiB at about 220 KB/s. It
 holds no worker or queue place meanwhile, so the limit only frees a stalled connection."""
-"""The multipart field that carries the image."""
 
 FORMATS = ("json", "png", "overlay", "prob")
 """What ``POST /v1/segment`` answers with (``?format=``)."""
