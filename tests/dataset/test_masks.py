@@ -172,3 +172,19 @@ def test_value_counts_uint8_and_uint16_agree():
         values, counts = masks.value_counts(arr)
         assert values.tolist() == [0, 5, 255]
         assert counts.tolist() == [2, 3, 1]
+
+
+def test_to_classes_reads_one_class_by_the_binarize_rules():
+    """Training and evaluation read an unprepared mask as `unet prepare` would write it."""
+    plain = np.array([[0, 255, 255], [0, 0, 255]], np.uint8)
+    np.testing.assert_array_equal(masks.to_classes(plain), plain > 0)
+    ones = np.array([[1, 255, 255], [1, 1, 255]], np.uint8)  # 1 is background here
+    np.testing.assert_array_equal(masks.to_classes(ones), ones == 255)
+    truth = _disk(224, 70)
+    noisy = _jpeg(truth, 75)
+    assert np.count_nonzero(noisy > 0) > np.count_nonzero(truth) + 500  # ringing is not lung
+    np.testing.assert_array_equal(masks.to_classes(noisy), truth > 0)
+    with pytest.raises(masks.MaskValuesError, match="not near-binary"):
+        masks.to_classes(np.tile(np.arange(256, dtype=np.uint8), (16, 1)))
+    labels = np.array([[0, 1], [2, 0]], np.uint8)  # several classes: indices untouched
+    np.testing.assert_array_equal(masks.to_classes(labels, 3), labels)

@@ -8,6 +8,7 @@ import json
 import math
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -176,6 +177,29 @@ def test_read_truth_label_values(tmp_path: Path) -> None:
         match=r"nine.png: mask value 9 is not a class index 0\.\.2 and no label values map it",
     ):
         read_truth(tmp_path / "nine.png", run_config(num_classes=3), 10**6)
+
+
+def test_unprepared_jpeg_and_one_valued_masks_are_read_as_prepare_writes_them(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A JPEG mask's ringing and a 1/255 mask's 1s are not foreground; a warning says so."""
+    image, rect = rectangle_image()
+    images.write_png(tmp_path / "d" / "images" / "jpeg.png", image)
+    ok, buf = cv2.imencode(".jpg", rect.astype(np.uint8) * 255, [cv2.IMWRITE_JPEG_QUALITY, 60])
+    assert ok
+    (tmp_path / "d" / "masks").mkdir()
+    (tmp_path / "d" / "masks" / "jpeg.jpg").write_bytes(buf.tobytes())
+    assert np.count_nonzero(cv2.imdecode(buf, 0)) > 200  # the ringing, read as non-zero
+    images.write_png(tmp_path / "d" / "images" / "ones.png", image)
+    images.write_png(tmp_path / "d" / "masks" / "ones.png", np.where(rect, 255, 1).astype(np.uint8))
+    summary = evaluate_run(run, tmp_path / "d", tmp_path / "ev", TILE, progress=False)
+    rows = read_rows(tmp_path / "ev" / "per_image.csv")
+    for name in ("jpeg", "ones"):  # the model predicts the rectangle exactly
+        assert float(rows[name]["dice"]) == 1 and float(rows[name]["fg_true"]) == 200 / 1200
+    assert summary["metrics"]["dice"]["mean"] == 1
+    err = capsys.readouterr().err
+    assert "warning: 2 of 2 masks are not plain two-valued masks" in err
+    assert "jpeg.jpg: near-binary mask" in err and "lossy JPEG" in err
 
 
 def test_mask_of_another_size_is_refused(run: Path, tmp_path: Path) -> None:

@@ -20,10 +20,10 @@ In multi-class mode (:func:`label_values`, :func:`to_labels`) the original value
 are kept and mapped to class indices ``0..K-1`` in ascending order.
 
 Reading a mask file for training, evaluation and plots is one rule too:
-:func:`read_mask` (rule 1 on the decoded file) and :func:`to_classes` (non-zero is
-foreground for one class; class indices, or the run's label values mapped to
-indices, for several). Everything but :func:`read_mask` is a pure function on
-NumPy arrays.
+:func:`read_mask` (rule 1 on the decoded file) and :func:`to_classes` (rules 3-6 for
+one class, so an unprepared JPEG or 1/255 mask is read as ``unet prepare`` would
+write it; class indices, or the run's label values mapped to indices, for several).
+Everything but :func:`read_mask` is a pure function on NumPy arrays.
 """
 
 from __future__ import annotations
@@ -324,9 +324,12 @@ def to_classes(
 ) -> np.ndarray:
     """Stored mask values to training targets: 0/1 (one class) or class indices.
 
-    One class: non-zero is foreground. Several: values all below ``num_classes`` are
-    class indices already (as ``unet prepare --classes`` writes them); otherwise
-    ``label_values`` (ascending original values) map them to indices.
+    One class: :func:`binarize`'s rules without ``--foreground``, so a 0/255 or 0/1
+    mask (what ``unet prepare`` writes) has its non-zero pixels as foreground, a 1/255
+    mask its 255s, and a near-binary JPEG mask is thresholded at its midpoint instead of
+    counting its ringing. Several: values all below ``num_classes`` are class indices
+    already (as ``unet prepare --classes`` writes them); otherwise ``label_values``
+    (ascending original values) map them to indices.
 
     Args:
         mask: ``(H, W)`` integer array from :func:`read_mask`.
@@ -337,10 +340,11 @@ def to_classes(
         ``(H, W)`` uint8: 0/1, or class indices ``0..K-1``.
 
     Raises:
-        MaskValuesError: A value that is neither a class index nor in ``label_values``.
+        MaskValuesError: One class: many values, not near-binary (a photo saved as a
+            mask?). Several: a value that is neither a class index nor in ``label_values``.
     """
     if num_classes == 1:
-        return (mask > 0).astype(np.uint8)
+        return binarize(mask).mask.astype(np.uint8)
     if int(mask.max(initial=0)) < num_classes:
         return mask.astype(np.uint8)
     if not label_values:

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from unet_lowered import options as names
-from unet_lowered.dataset.masks import MaskValuesError, read_mask, to_classes
+from unet_lowered.dataset.masks import MaskValuesError, binarize, read_mask, to_classes
 from unet_lowered.dataset.pairs import PreparedData, load_prepared
 from unet_lowered.errors import UnetError
 from unet_lowered.evaluation import metrics
@@ -79,22 +79,38 @@ WORST = 5
 METRIC_KEYS = metrics.SCORE_KEYS
 
 
-def read_truth(path: Path, config: RunConfig, max_pixels: int) -> np.ndarray:
+def read_truth(
+    path: Path, config: RunConfig, max_pixels: int, notes: dict[str, str] | None = None
+) -> np.ndarray:
     """Read a mask as training reads it: bool foreground (one class) or class indices.
 
     :func:`unet_lowered.dataset.masks.read_mask`, then
     :func:`~unet_lowered.dataset.masks.to_classes` with the run's classes and label values.
 
+    Args:
+        path: The mask file.
+        config: The run's settings (classes, label values).
+        max_pixels: Refuse larger masks before decoding.
+        notes: If given, one class: ``{path: note}`` for a mask that is not plainly
+            two-valued (a 1/255 mask, a JPEG's ringing thresholded, label values read as
+            foreground), as :func:`~unet_lowered.dataset.masks.binarize` notes it.
+
     Raises:
-        UnetError: Unreadable mask, a colour mask for a multi-class run, or a value that
-            is neither a class index nor in the run's label values.
+        UnetError: Unreadable mask, a colour mask for a multi-class run, or values that
+            cannot be read: one class, many values that are not near-binary; several, a
+            value that is neither a class index nor in the run's label values.
     """
     mask = read_mask(path, config.num_classes, max_pixels)
     try:
+        if config.num_classes == 1:  # to_classes' rule, keeping the note
+            binary = binarize(mask, lossy=path.suffix.lower() in (".jpg", ".jpeg"))
+            if notes is not None and binary.note:
+                notes[str(path)] = binary.note
+            return binary.mask
         classes = to_classes(mask, config.num_classes, config.label_values)
     except MaskValuesError as e:
         raise UnetError(f"{path}: {e}") from None
-    return classes.astype(bool) if config.num_classes == 1 else classes.astype(np.int32)
+    return classes.astype(np.int32)
 
 
 def score_image(truth: np.ndarray, pred: np.ndarray, config: RunConfig) -> dict[str, float]:
@@ -158,12 +174,13 @@ def evaluate_run(
     rows: list[dict[str, Any]] = []
 
     look = second_look_applies(config, options) or turned_look_applies(config, options)
+    notes: dict[str, str] = {}  # masks read by a rule other than plain two values
 
     def read(chunk: list[str]) -> tuple:
         """Images and masks of a batch, checked, the network inputs, and what the second
         look at flagged images needs (reader thread)."""
         batch = [images.read_image(pairs.images[k], options.max_pixels) for k in chunk]
-        truths = [read_truth(pairs.masks[k], config, options.max_pixels) for k in chunk]
+        truths = [read_truth(pairs.masks[k], config, options.max_pixels, notes) for k in chunk]
         for ident, image, truth in zip(chunk, batch, truths, strict=True):
             if truth.shape != image.shape[:2]:
                 raise UnetError(
@@ -205,6 +222,15 @@ def evaluate_run(
         print(
             f"warning: every mask scored in {data} is empty, so Dice only counts false "
             "positives; check the masks (`unet check DATA`)",
+            file=sys.stderr,
+            flush=True,
+        )
+    if notes:
+        first = min(notes)
+        print(
+            f"warning: {len(notes)} of {len(rows)} masks are not plain two-valued masks and "
+            f"were read as `unet prepare` reads them (e.g. {first}: {notes[first]}); "
+            f"`unet prepare {data} DEST` writes them as 0/255 and `unet check` counts them",
             file=sys.stderr,
             flush=True,
         )

@@ -52,8 +52,10 @@ class SampleCache:
     """Every sample decoded once and kept in memory at the working size.
 
     Images pass through :func:`unet_lowered.preprocess.prepare_image` (resized in
-    ``resize`` mode, full size in ``crop`` mode); masks are resized with nearest neighbour. Targets are ``0/1`` for binary data
-    (foreground = non-zero) and class indices ``0..K-1`` for ``num_classes = K > 1``.
+    ``resize`` mode, full size in ``crop`` mode); masks are resized with nearest
+    neighbour. Targets are ``0/1`` for binary data (binarised as ``unet prepare`` does,
+    by :func:`unet_lowered.dataset.masks.to_classes`) and class indices ``0..K-1`` for
+    ``num_classes = K > 1``.
 
     Attributes:
         ids: Cached ids, in the order given.
