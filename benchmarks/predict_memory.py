@@ -75,7 +75,8 @@ def child(run: str, image: str, out: str, tta: bool, batch_size: int) -> None:
     load_run(run).model()  # import TensorFlow and build a model once: the fixed cost
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     started = time.perf_counter()
-    options = PredictOptions(mode="tile", tta=tta, tta_transforms="dihedral", batch_size=batch_size)
+    group = "dihedral" if tta else "auto"  # a group with tta off is refused
+    options = PredictOptions(mode="tile", tta=tta, tta_transforms=group, batch_size=batch_size)
     report = predict_files(run, [image], out, options, progress=False)
     seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

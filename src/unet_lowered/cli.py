@@ -654,7 +654,7 @@ _MODE_HELP = (
 _TTA_HELP = (
     f"With --tta: {', '.join(names.TTA_CHOICES)} (auto: the flips the run was trained "
     "with, dihedral if it also rotated by 90 degrees or more, an error if no flips; "
-    "dihedral: flips + 90-degree rotations)."
+    "dihedral: flips + 90-degree rotations). A group other than auto turns --tta on."
 )
 
 # Prediction options shared by `predict` and `evaluate` (one definition, one help text).

@@ -133,6 +133,24 @@ def test_the_runs_tta_choice_applies_by_default_and_flags_override(tmp_path: Pat
     assert tta_group(PredictOptions(), run_config()) is None  # no choice recorded: none
 
 
+def test_naming_a_tta_group_turns_tta_on(tmp_path: Path) -> None:
+    """`--tta-transforms lr` alone applies lr (it used to be ignored); with --no-tta it is
+    refused."""
+    model = shifted_model(1)
+    r = load_run(make_run(tmp_path / "run", model, flip_lr=True))  # no TTA chosen
+    image, _ = disk_image(32, 32)
+    forced = predict_image(model, image, r.config, tta=True, tta_transforms="lr")
+    assert np.abs(forced - predict_image(model, image, r.config)).max() > 0.1
+    np.testing.assert_array_equal(
+        predict_image(model, image, r.config, tta_transforms="lr"), forced
+    )
+    assert tta_group(PredictOptions(tta_transforms="dihedral"), r.config) == "dihedral"
+    assert PredictOptions(tta_transforms="lr").tta_on is True
+    assert PredictOptions(tta=False).tta_on is False and PredictOptions().tta_on is None
+    with pytest.raises(UnetError, match=r"^--tta-transforms lr names .* --no-tta .* drop one"):
+        PredictOptions(tta=False, tta_transforms="lr").validate()
+
+
 def test_the_threshold_chosen_on_validation_applies_unless_overridden() -> None:
     chosen = run_config({"threshold": 0.5, "postprocess": {"threshold": 0.6}})
     assert applied_threshold(PredictOptions(), chosen) == 0.6

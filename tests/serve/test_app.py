@@ -328,6 +328,23 @@ def test_tta(client: TestClient) -> None:
     np.testing.assert_array_equal(decode(flipped.content), decode(plain.content))
 
 
+def test_options_sent_as_form_fields_are_refused_not_ignored(client: TestClient) -> None:
+    data = png_bytes(disk_image(40, 50)[0])
+    r = client.post("/v1/segment", files=upload(data), data={"threshold": "0.9"})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"] == (
+        "unexpected field(s) in the upload: threshold; send only the image as "
+        "file=@scan.png, options in the query string (/v1/segment?threshold=0.4)"
+    )
+
+
+def test_a_request_turns_off_the_servers_tta_group(app_for) -> None:
+    c = app_for(ServeSettings(options=PredictOptions(tta_transforms="lr")))
+    assert c.get("/v1/model").json()["prediction"]["tta"] == "lr"  # the group turns TTA on
+    data = png_bytes(disk_image(40, 50)[0])
+    assert c.post("/v1/segment?tta=false", files=upload(data)).status_code == 200
+
+
 def test_preview_is_the_overlays_base_image(client: TestClient, format_files) -> None:
     path = format_files["png16"]
     r = client.post("/v1/preview", files=upload(path.read_bytes(), path.name))
@@ -367,6 +384,18 @@ def test_preview_is_the_overlays_base_image(client: TestClient, format_files) ->
         ("?keep_largest=-1", upload(b"x"), 400, r"^keep_largest must be 0 \(keep all\) or more"),
         ("?mode=zoom", upload(b"x"), 400, r"mode"),
         ("?tresh=0.4", upload(b"x"), 400, r"unknown query parameter\(s\): tresh .*threshold"),
+        (
+            "?threshold=0.4&threshold=0.6",
+            upload(b"x"),
+            400,
+            r"^query parameter\(s\) given more than once: threshold; give each once$",
+        ),
+        (
+            "?tta=0&tta_transforms=lr",
+            upload(b"x"),
+            400,
+            r"^tta_transforms lr names .* that tta=false turns off",
+        ),
     ],
 )
 def test_bad_input_is_a_4xx_naming_the_problem(

@@ -52,7 +52,8 @@ class PredictOptions:
             validation split (``RunConfig.postprocess["tta"]``; see :func:`tta_group`).
         tta_transforms: With ``tta=True``, which: ``"auto"`` (the flips the run was
             trained with, see :func:`resolve_tta`), ``"lr"``, ``"ud"``, ``"flips"`` or
-            ``"dihedral"``.
+            ``"dihedral"``. A group other than ``"auto"`` with ``tta=None`` turns
+            test-time augmentation on (:attr:`tta_on`); with ``tta=False`` it is refused.
         overlap: Tile overlap as a fraction of the tile, in ``[0, 1)``.
         blend: Tile blending weights: ``"gaussian"``, ``"linear"`` or ``"constant"``.
         batch_size: Images (resize mode) or tiles (tile mode) per network call.
@@ -101,10 +102,22 @@ class PredictOptions:
     polarity: str = "auto"
     orientation: str = "auto"
 
+    @property
+    def tta_on(self) -> bool | None:
+        """``tta``, or True when it was left None but a transform group was named."""
+        if self.tta is None and self.tta_transforms != "auto":
+            return True
+        return self.tta
+
     def validate(self) -> PredictOptions:
         """Raise :class:`UnetError` naming the valid values of any bad option."""
         names.choose(self.mode, names.PREDICT_MODES, "mode")
         names.choose(self.tta_transforms, names.TTA_CHOICES, "tta-transforms")
+        if self.tta is False and self.tta_transforms != "auto":
+            raise UnetError(
+                f"--tta-transforms {self.tta_transforms} names a test-time augmentation "
+                "that --no-tta turns off; drop one of them"
+            )
         names.choose(self.blend, names.BLENDS, "blend")
         names.choose(self.polarity, names.POLARITIES, "polarity")
         names.choose(self.orientation, names.ORIENTATIONS, "orientation")
@@ -186,13 +199,13 @@ def resolve_tta(which: str, config: RunConfig) -> str:
 
 
 def tta_group(options: PredictOptions, config: RunConfig) -> str | None:
-    """The test-time augmentation applied, or None: ``options.tta`` True resolves
+    """The test-time augmentation applied, or None: ``options.tta_on`` True resolves
     ``options.tta_transforms`` (:func:`resolve_tta`), False turns it off, None takes the
     group ``unet train`` kept on the run's validation split (none for runs trained
     before that choice existed)."""
-    if options.tta is None:
+    if options.tta_on is None:
         return (config.postprocess or {}).get("tta")
-    return resolve_tta(options.tta_transforms, config) if options.tta else None
+    return resolve_tta(options.tta_transforms, config) if options.tta_on else None
 
 
 def _geometry(config: RunConfig) -> tuple[tuple[int, int], tuple[int, int]]:

@@ -220,7 +220,7 @@ class Service:
         self.config = self.run.config
         options = dataclasses.replace(settings.options, max_pixels=settings.max_pixels)
         options = for_run(options, self.config)
-        if options.tta:
+        if options.tta_on:
             resolve_tta(options.tta_transforms, self.config)
         self.options = options.validate()
         self.settings = settings
@@ -339,11 +339,13 @@ class Service:
             RequestError: 400 for a bad value (the message says which values are valid).
         """
         changes = {k: v for k, v in query.items() if v is not None}
+        if changes.get("tta") is False and "tta_transforms" not in changes:
+            changes["tta_transforms"] = "auto"  # off for this request, whatever the server's group
         try:
             options = dataclasses.replace(self.options, **changes)
             options = for_run(options, self.config)
             options.validate()
-            if options.tta:
+            if options.tta_on:
                 resolve_tta(options.tta_transforms, self.config)
         except UnetError as e:
             raise RequestError(400, _query_wording(str(e))) from None
@@ -469,7 +471,11 @@ def _rename(error: object, path: Path, name: str) -> str:
 
 
 def _query_wording(message: str) -> str:
-    """CLI option names in a message (``--keep-largest``) as query parameters (``keep_largest``)."""
+    """CLI option names in a message (``--keep-largest``, ``--no-tta``) as query parameters
+    (``keep_largest``, ``tta=false``)."""
+    message = re.sub(
+        r"--no-([a-z]+(?:-[a-z]+)*)", lambda m: m.group(1).replace("-", "_") + "=false", message
+    )
     return re.sub(r"--([a-z]+(?:-[a-z]+)*)", lambda m: m.group(1).replace("-", "_"), message)
 
 
@@ -708,11 +714,18 @@ def create_app(
 
 
 def _check_query(request: Request, allowed: frozenset[str] = _QUERY) -> None:
+    """400 for a query parameter the endpoint does not take, or one given twice (which
+    value was meant is not ours to guess)."""
     unknown = sorted(set(request.query_params) - allowed)
     if unknown:
         known = ", ".join(sorted(allowed)) or "none"
         raise RequestError(
             400, f"unknown query parameter(s): {', '.join(unknown)} (this endpoint takes: {known})"
+        )
+    twice = sorted(k for k in set(request.query_params) if len(request.query_params.getlist(k)) > 1)
+    if twice:
+        raise RequestError(
+            400, f"query parameter(s) given more than once: {', '.join(twice)}; give each once"
         )
 
 
@@ -765,6 +778,14 @@ async def _with_upload(
             raise RequestError(
                 400,
                 f"{len(uploads)} fields '{UPLOAD_FIELD}' in the upload; send one image per request",
+            )
+        others = sorted(set(form.keys()) - {UPLOAD_FIELD})
+        if others:  # e.g. -F threshold=0.4: it would be ignored, so say where options go
+            raise RequestError(
+                400,
+                f"unexpected field(s) in the upload: {', '.join(others)}; send only the "
+                f"image as {UPLOAD_FIELD}=@scan.png, options in the query string "
+                "(/v1/segment?threshold=0.4)",
             )
         upload = uploads[0]
         if isinstance(upload, str):
