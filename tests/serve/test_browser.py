@@ -4,7 +4,8 @@ Starts ``python -m unet_lowered serve RUN`` on 127.0.0.1 on a free port and driv
 page through Playwright's Python API in Debian's ``chromium`` (``executable_path``; no
 browser is downloaded): upload a synthetic X-ray, wait for the overlay, read the
 figures from the page, move the opacity slider, download the mask and the overlay and
-compare them with what ``unet predict`` writes for the same file. Skips with the
+compare them with what ``unet predict`` writes for the same file; then a multi-class
+run's page (no threshold to set, classes in their colours). Skips with the
 reason when Playwright or Chromium is missing (``.ci/run`` installs Debian's chromium).
 
 Environment:
@@ -18,6 +19,7 @@ Environment:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -64,14 +66,15 @@ def served_run(run: Path) -> Path:
     return Path(chosen) if chosen else run
 
 
-@pytest.fixture(scope="module")
-def server(served_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``unet serve`` on 127.0.0.1 in a subprocess; yields its base URL."""
+@contextlib.contextmanager
+def serving(run: Path, log_dir: Path) -> Iterator[str]:
+    """``unet serve RUN`` on 127.0.0.1 in a subprocess; yields its base URL, and checks
+    its log when it stops."""
     port = free_port()
-    log_path = tmp_path_factory.mktemp("server") / "serve.log"
+    log_path = log_dir / "serve.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "unet_lowered", "serve", str(served_run), "--port", str(port)],
+            [sys.executable, "-m", "unet_lowered", "serve", str(run), "--port", str(port)],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -104,6 +107,13 @@ def server(served_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     log = log_path.read_text()
     assert "Traceback" not in log, log
     assert "GET /healthz 200" in log and "POST /v1/segment 200" in log, log
+
+
+@pytest.fixture(scope="module")
+def server(served_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``unet serve`` of the served run; yields its base URL."""
+    with serving(served_run, tmp_path_factory.mktemp("server")) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -214,3 +224,40 @@ def test_page_segments_an_xray_like_unet_predict(
     assert [p for p in problems if "415" not in p] == []  # the failed upload is logged as 415
     assert all(u.startswith((server, "blob:", "data:")) for u in requests), requests
     page.close()
+
+
+def test_page_shows_a_multi_class_run_in_class_colours(
+    browser: Any, reference, tmp_path: Path
+) -> None:
+    """Classes 100 and 200 (the bright disk is class 200): no threshold to set, the disk
+    tinted in class 2's colour, and the downloaded mask is `unet predict`'s."""
+    from run_fixtures import bright_model, disk_image, make_run
+    from unet_lowered.io import images
+
+    run = make_run(tmp_path / "mc", bright_model(32, num_classes=3), label_values=[0, 100, 200])
+    image, disk = disk_image(60, 50)
+    path = tmp_path / "in" / "cells.png"
+    images.write_png(path, image)
+    expected = reference(run, path)
+    assert set(np.unique(expected["mask"]).tolist()) == {0, 200}
+
+    (tmp_path / "log").mkdir()
+    with serving(run, tmp_path / "log") as url:
+        page = browser.new_page(viewport={"width": 1180, "height": 760}, accept_downloads=True)
+        page.set_default_timeout(60_000)
+        page.goto(url)
+        page.wait_for_selector("body[data-model=ready]")
+        assert "the most likely class per pixel" in page.text_content("#model")
+        assert page.is_disabled("#threshold")
+        assert page.get_attribute("#threshold", "placeholder") == "n/a"
+        page.set_input_files("#file", str(path))
+        page.wait_for_selector("#stage[data-state=done]")
+        inside = np.argwhere(cv2.erode(disk.astype(np.uint8), np.ones((7, 7), np.uint8)) > 0)
+        y, x = (int(v) for v in inside[len(inside) // 2])
+        set_opacity(page, 100)
+        assert canvas_pixel(page, x, y)[:3] == [64, 160, 255]  # overlay.PALETTE[1]: class 2
+        with page.expect_download() as download:
+            page.click("#download-mask")
+        download.value.save_as(tmp_path / "mask.png")
+        np.testing.assert_array_equal(read_png(tmp_path / "mask.png"), expected["mask"])
+        page.close()
