@@ -16,7 +16,9 @@ one table (with the plan chosen) and appends it, with date and machine, to
   (``unet_lowered.evaluation.metrics.best_rand_error``, the figure the U-Net paper
   reports), and of the mask plain ``unet predict`` writes (the run's threshold, TTA
   and post-processing; where the run chose the watershed split, also the mask
-  without it and at the run's own threshold, in brackets). Results before 2026-12-02
+  without it and at the run's own threshold, in brackets); then the challenge
+  leaderboard's figure, after its border thinning and with one threshold for all the
+  validation slices (``leaderboard_rand_error``). Results before 2026-12-02
   used scikit-image's convention (``adapted_rand_error``), which gives larger values
   for the same prediction.
 
@@ -95,7 +97,12 @@ def run_one(
     }
     if name == "isbi":
         rand = _isbi_rand_error(run, data, rows)
-        result["rand_error"], result["rand_error_mask"], result["rand_error_unsplit"] = rand
+        (
+            result["rand_error"],
+            result["rand_error_mask"],
+            result["rand_error_unsplit"],
+            result["rand_error_leaderboard"],
+        ) = rand
     result["postprocess"] = _chosen(run)
     return result
 
@@ -164,7 +171,9 @@ def _rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def _isbi_rand_error(run: Path, data: Path, rows: list[dict]) -> tuple[float, float, float | None]:
+def _isbi_rand_error(
+    run: Path, data: Path, rows: list[dict]
+) -> tuple[float, float, float | None, float]:
     """The ISBI 2012 challenge's Rand error over the validation slices.
 
     Per slice, predicted as plain ``unet predict`` does (the run's TTA choice), then
@@ -173,7 +182,9 @@ def _isbi_rand_error(run: Path, data: Path, rows: list[dict]) -> tuple[float, fl
     :func:`~unet_lowered.evaluation.metrics.rand_error` of the 4-connected cells of the
     mask ``unet predict`` writes (the run's threshold and post-processing), and of that
     mask without the watershed split, at the run's own threshold (the one chosen with
-    the split may suit only split masks; None when the run chose no split).
+    the split may suit only split masks; None when the run chose no split); and the
+    leaderboard's figure for the slices' probabilities
+    (:func:`~unet_lowered.evaluation.metrics.leaderboard_rand_error`).
     """
     from unet_lowered.dataset.masks import label_components
     from unet_lowered.evaluation import metrics
@@ -183,13 +194,15 @@ def _isbi_rand_error(run: Path, data: Path, rows: list[dict]) -> tuple[float, fl
 
     loaded = runs.load_run(run)
     model = loaded.model()
-    best, plain, unsplit = [], [], []
+    best, plain, unsplit, truths, cell_probs = [], [], [], [], []
     split = bool((loaded.config.postprocess or {}).get("watershed"))
     for row in rows:
         image = read_image(data / "train" / "images" / f"{row['id']}.png")
         truth = label_components(read_image(data / "train" / "masks" / f"{row['id']}.png") > 0, 4)
         probs = predict_image(model, image, loaded.config)
         best.append(metrics.best_rand_error(truth[0], probs[..., 0])[0])
+        truths.append(truth[0])
+        cell_probs.append(probs[..., 0])
         mask = probs_to_mask(probs, loaded.config, PredictOptions())
         plain.append(metrics.rand_error(truth[0], label_components(mask, 4)[0]))
         if split:
@@ -200,13 +213,14 @@ def _isbi_rand_error(run: Path, data: Path, rows: list[dict]) -> tuple[float, fl
         statistics.fmean(best),
         statistics.fmean(plain),
         statistics.fmean(unsplit) if split else None,
+        metrics.leaderboard_rand_error(truths, cell_probs)[0],
     )
 
 
 def table(results: list[dict]) -> str:
     lines = [
         "| data set | val images | Dice mean | Dice median | Dice worst | IoU mean | "
-        "Rand error (best threshold / mask [without the watershed split]) | train time | epochs | train img/s | precision | "
+        "Rand error (best threshold / mask [without the watershed split]; leaderboard) | train time | epochs | train img/s | precision | "
         "plan | chosen on validation |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|",
     ]
@@ -217,6 +231,8 @@ def table(results: list[dict]) -> str:
         rand = f"{r['rand_error']:.4f} / {r['rand_error_mask']:.4f}" if "rand_error" in r else "-"
         if r.get("rand_error_unsplit") is not None:
             rand += f" [{r['rand_error_unsplit']:.4f}]"
+        if r.get("rand_error_leaderboard") is not None:
+            rand += f"; {r['rand_error_leaderboard']:.4f}"
         lines.append(
             f"| {r['dataset']} | {r['n_val']} | {r['dice_mean']:.4f} | {r['dice_median']:.4f} | "
             f"{r['dice_worst']:.4f} | {r['iou_mean']:.4f} | {rand} | {r['train_s'] / 60:.1f} min | "

@@ -334,3 +334,84 @@ def test_rand_error_conventions_on_thicker_isbi2012_membranes(thicker, challenge
     assert len(ours) == 24
     assert np.mean(ours) == pytest.approx(challenge, abs=0.001)
     assert np.mean(theirs) == pytest.approx(skimage, abs=0.001)
+
+
+# ---------------------------------------------------------------- the leaderboard's thinning
+
+
+def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """The same lines (label 0) and the same segments, up to renaming the labels."""
+    if not np.array_equal(a == 0, b == 0):
+        return False
+    pairs = set(zip(a.ravel().tolist(), b.ravel().tolist(), strict=True))
+    return len(pairs) == len(np.unique(a)) == len(np.unique(b))
+
+
+def test_thin_borders_is_fijis_watershed(rng):
+    """Against a line-by-line port of Fiji's WatershedTransform2D (tests/fiji_watershed.py)
+    on 300 random maps, ties where two floods meet included."""
+    from fiji_watershed import fiji_watershed
+
+    for _ in range(300):
+        h, w = rng.integers(1, 28, 2)
+        noise = ndimage.gaussian_filter(rng.random((h, w)), rng.uniform(0.5, 2.0))
+        cells = noise > np.quantile(noise, rng.uniform(0.2, 0.95))
+        assert same_partition(M.thin_borders(cells), fiji_watershed(cells)), cells.astype(int)
+
+
+def test_thinning_known_answers():
+    # two cells behind a 5-px predicted membrane; the true line is its middle column
+    cells = np.zeros((4, 11), bool)
+    cells[:, :3] = cells[:, 8:] = True
+    thinned = M.thin_borders(cells)
+    assert (thinned[:, 5] == 0).all() and len(np.unique(thinned[:, :5])) == 1
+    assert len(np.unique(thinned[:, 6:])) == 1 and thinned[0, 0] != thinned[0, 10]
+    truth = np.zeros((4, 11), np.int32)
+    truth[:, :5], truth[:, 6:] = 1, 2
+    assert M.rand_error_thinned(truth, cells) == 0.0
+    assert M.rand_error(truth, label_components(cells, 4)[0]) > 0.2  # 4 of 10 columns singletons
+    # no cell predicted: one segment over both true cells of 20 px each (precision 1/2)
+    assert M.rand_error_thinned(truth, np.zeros((4, 11), bool)) == pytest.approx(1 - 2 / 3)
+
+
+def test_leaderboard_thresholds_are_the_scripts_floats():
+    th = M.leaderboard_thresholds()
+    assert len(th) == 11 and th[0] == 0.0 and th[3] == 0.30000000000000004
+    assert th[-1] == 0.9999999999999999  # 1.0 itself is never reached
+
+
+def test_leaderboard_rand_error_takes_one_threshold_for_the_stack():
+    """Each slice alone is perfect at some threshold, but not both at one: the script
+    averages the slices at each threshold, so the figure is 1/6, not 0."""
+    truth = np.zeros((4, 11), np.int32)
+    truth[:, :5], truth[:, 6:] = 1, 2
+    first = np.zeros((4, 11))
+    first[:, :3] = first[:, 8:] = 0.75  # right up to 0.7; from 0.8 no cell: one segment
+    second = np.full((4, 11), 0.75)
+    second[:, :3] = second[:, 8:] = 0.95  # up to 0.7 all one cell; right at 0.8 and 0.9
+    merged = 1 - 2 / 3  # one segment over two true cells of 20 px: precision 1/2
+    for probs in ([first], [second]):
+        assert M.leaderboard_rand_error([truth], probs)[0] == 0.0
+    error, threshold = M.leaderboard_rand_error([truth, truth], [first, second])
+    assert error == pytest.approx(merged / 2) and threshold == 0.0  # the first of the ties
+    with pytest.raises(UnetError, match="2 true label maps for 1 probability maps"):
+        M.leaderboard_rand_error([truth, truth], [first])
+
+
+@pytest.mark.realdata
+def test_thinning_forgives_thicker_isbi2012_membranes():
+    """The 2 px thicker membranes of the test above, 4 slices: 0.088-level plain error,
+    almost none after thinning (the cells grow back over the extra membrane)."""
+    import cv2
+
+    cross = ndimage.generate_binary_structure(2, 1)
+    truths, probs, plain = [], [], []
+    for path in sorted((shared_dataset("isbi2012") / "train" / "label").glob("*.png"))[:4]:
+        cells = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) > 127
+        truth = label_components(cells, 4)[0]
+        eroded = ndimage.binary_erosion(cells, cross, iterations=2, border_value=1)
+        truths.append(truth)
+        probs.append(eroded.astype(np.float32))
+        plain.append(M.rand_error(truth, label_components(eroded, 4)[0]))
+    error, threshold = M.leaderboard_rand_error(truths, probs)
+    assert np.mean(plain) > 0.07 and error < 0.005 and threshold == 0.0
