@@ -623,8 +623,8 @@ def train(
         )
         return
     typer.echo(
-        f"best validation Dice {metrics['val_dice']:.4f} at epoch {metrics['best_epoch']} "
-        f"({metrics['train_time_s']:.0f} s); run folder: {out}"
+        f"best validation Dice {metrics['val_dice']:.4f} (at the training size) at epoch "
+        f"{metrics['best_epoch']} ({metrics['train_time_s']:.0f} s); run folder: {out}"
     )
 
 

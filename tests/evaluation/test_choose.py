@@ -213,6 +213,11 @@ def test_multi_class_choice_cleans_each_class() -> None:
     pred[1:3, 1:3] = 2  # a speck of class 2: two class-2 objects
     pred[14:16, 25:27] = 0  # a hole in class 1
     assert class_dice(truth, truth, 3) == 1.0
+    assert class_dice(np.zeros_like(truth), np.zeros_like(truth), 3) == 1.0
+    only_one = np.where(truth == 2, 0, truth)  # class 2 absent from both: class 1's Dice
+    shrunk = only_one.copy()
+    shrunk[5:20, 20:35] = 0  # 15x15 of class 1's 15x30 kept
+    assert class_dice(only_one, shrunk, 3) == pytest.approx(2 * 225 / (450 + 225))
     before = class_dice(truth, pred, 3)
     choice = choose_postprocess([pred] * 3, [truth] * 3, objects=1, classes=3)
     assert choice.keep_largest == 1 and choice.fill_holes

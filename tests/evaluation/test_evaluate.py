@@ -160,6 +160,21 @@ def test_multi_class_per_class_columns(tmp_path: Path) -> None:
     assert summary["metrics"]["dice_200"]["mean"] == 1
 
 
+def test_multi_class_mean_leaves_out_a_class_absent_from_both() -> None:
+    from unet_lowered.evaluation.evaluate import score_image
+
+    config = run_config(num_classes=3, label_values=[0, 100, 200])
+    truth = np.zeros((10, 10), np.int32)
+    truth[2:6, 2:6] = 1
+    pred = np.zeros_like(truth)
+    pred[3:7, 3:7] = 1  # class 1: 9 of 16 shared, Dice 18/32; class 2 absent from both
+    row = score_image(truth, pred, config)
+    assert row["dice"] == pytest.approx(18 / 32) and row["dice_200"] == 1.0
+    assert row["hd95"] > 0  # class 1's distance, not halved by a perfect class 2
+    empty = score_image(np.zeros_like(truth), np.zeros_like(truth), config)
+    assert empty["dice"] == 1.0 and empty["hd95"] == 0.0
+
+
 def test_read_truth_label_values(tmp_path: Path) -> None:
     images.write_png(tmp_path / "m.png", np.array([[0, 100], [200, 7]], np.uint8))
     config = run_config(num_classes=3, label_values=[0, 100, 200])

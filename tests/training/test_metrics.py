@@ -79,6 +79,28 @@ def test_multiclass_metric_uses_argmax_and_foreground_classes():
     assert float(iou.result()) == pytest.approx(1.0)
 
 
+def test_multiclass_metric_leaves_out_a_class_absent_from_both():
+    """Class 2 in neither truth nor prediction: the image's Dice is class 1's, 1/2, not
+    the mean with a perfect 1 (as unet evaluate and MONAI's ignore_empty count)."""
+    labels = np.zeros((1, 4, 4, 1), np.float32)
+    labels[0, 0, :, 0] = 1  # 4 px of class 1
+    pred = np.zeros_like(labels)
+    pred[0, 0, :2, 0] = 1  # 2 of them: Dice 2*2 / (2 + 4) = 2/3
+    m = TM.DiceMetric(3)
+    m.update_state(labels, onehot_logits(pred, 3))
+    assert float(m.result()) == pytest.approx(2 / 3, abs=1e-6)
+    empty = TM.IoUMetric(3)  # no foreground anywhere: 1
+    empty.update_state(np.zeros_like(labels), onehot_logits(np.zeros_like(labels), 3))
+    assert float(empty.result()) == 1.0
+
+
+def test_metric_counts_a_probability_at_the_threshold_as_foreground():
+    y = np.ones((1, 1, 1, 1), np.float32)
+    m = TM.DiceMetric()  # logit 0 is probability 0.5: foreground, as unet predict has it
+    m.update_state(y, np.zeros((1, 1, 1, 1), np.float32))
+    assert float(m.result()) == 1.0
+
+
 def test_metric_sample_weight_weights_images():
     m = TM.DiceMetric()
     m.update_state(batch(A, A), hard_logits(batch(A, C)), sample_weight=np.array([3.0, 1.0]))

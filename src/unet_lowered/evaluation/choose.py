@@ -161,10 +161,15 @@ class Choice:
 
 
 def class_dice(truth: np.ndarray, mask: np.ndarray, classes: int) -> float:
-    """The mean Dice of classes ``1..classes-1`` of two class-index masks (a class empty
-    in both counts 1, as :func:`~unet_lowered.evaluation.metrics.dice` has it)."""
+    """The mean Dice of classes ``1..classes-1`` of two class-index masks, over the
+    classes in either (a class absent from both is left out, as ``unet evaluate`` does;
+    1 when every class is absent)."""
     truth, mask = np.asarray(truth), np.asarray(mask)
-    return float(np.mean([dice(truth == c, mask == c) for c in range(1, classes)]))
+    found = np.union1d(np.unique(truth), np.unique(mask))
+    present = [c for c in range(1, classes) if c in found]
+    if not present:
+        return 1.0
+    return float(np.mean([dice(truth == c, mask == c) for c in present]))
 
 
 def min_area_candidate(small_object: float | None, sizes: Sequence[tuple[int, int]]) -> int:

@@ -115,12 +115,17 @@ def read_truth(
 
 def score_image(truth: np.ndarray, pred: np.ndarray, config: RunConfig) -> dict[str, float]:
     """The per-image row: :func:`unet_lowered.evaluation.metrics.score` (one class) or the
-    mean of the per-class scores over the foreground classes, with ``dice_<value>`` per class."""
+    mean of the per-class scores over the foreground classes in the truth or the
+    prediction (a class absent from both is left out, as nnU-Net and MONAI's
+    ``ignore_empty`` do; all of them when every class is absent), with ``dice_<value>``
+    per class (1 for a class absent from both)."""
     num_classes = config.num_classes
     if num_classes == 1:
         return metrics.score(truth, pred)
     per_class = metrics.per_class_scores(truth, pred, num_classes)
-    row = {key: float(np.mean([s[key] for s in per_class.values()])) for key in METRIC_KEYS}
+    counted = [s for s in per_class.values() if s["fg_true"] or s["fg_pred"]]
+    counted = counted or list(per_class.values())
+    row = {key: float(np.mean([s[key] for s in counted])) for key in METRIC_KEYS}
     row["fg_true"], row["fg_pred"] = float((truth > 0).mean()), float((pred > 0).mean())
     names_ = config.label_values or list(range(num_classes))
     for c, s in per_class.items():

@@ -29,7 +29,7 @@ def _hard_overlap(y_true: Any, y_pred: Any, num_classes: int, logit_threshold: f
     target, _ = _split_true(y_true)
     logits = _logits(y_pred, num_classes)
     if num_classes == 1:
-        pred = ops.cast(logits > logit_threshold, "float32")  # (B, H, W, 1)
+        pred = ops.cast(logits >= logit_threshold, "float32")  # p >= t, as predict has it
         true = ops.expand_dims(ops.cast(target > 0.5, "float32"), -1)
     else:
         pred = ops.one_hot(ops.argmax(logits, axis=-1), num_classes, dtype="float32")[..., 1:]
@@ -38,11 +38,22 @@ def _hard_overlap(y_true: Any, y_pred: Any, num_classes: int, logit_threshold: f
     return intersection, ops.sum(pred, axis=(1, 2)), ops.sum(true, axis=(1, 2))
 
 
+def _mean_over_present(scores: Any, totals: Any) -> Any:
+    """Per image, the mean of ``scores`` ``(B, C)`` over the classes with pixels in the
+    truth or the prediction (``totals > 0``); the plain mean (all 1) when none has."""
+    present = ops.cast(totals > 0, "float32")
+    count = ops.sum(present, axis=-1)
+    counted = ops.sum(scores * present, axis=-1) / ops.maximum(count, 1.0)
+    return ops.where(count > 0, counted, ops.mean(scores, axis=-1))
+
+
 class _PerImageMetric(keras.metrics.Metric):
     """Mean over all images seen of a per-image score (itself a mean over foreground classes).
 
-    Binary predictions are ``sigmoid(logit) > threshold``; multi-class predictions are
-    the argmax. A class empty in both truth and prediction scores 1. ``sample_weight``
+    Binary predictions are ``sigmoid(logit) >= threshold`` (as ``unet predict``);
+    multi-class predictions are the argmax. A class empty in both truth and prediction is
+    left out of the image's mean (as ``unet evaluate`` does), and an image with no
+    foreground in either scores 1. ``sample_weight``
     (optional) weights images: shape ``(B,)`` or anything whose mean per image is the weight.
     """
 
@@ -69,7 +80,7 @@ class _PerImageMetric(keras.metrics.Metric):
 
     def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> None:
         overlap = _hard_overlap(y_true, y_pred, self.num_classes, self._logit_threshold)
-        per_image = ops.mean(self._score(*overlap), axis=-1)  # (B,)
+        per_image = _mean_over_present(self._score(*overlap), overlap[1] + overlap[2])
         if sample_weight is None:
             weight = ops.ones_like(per_image)
         else:
