@@ -1,7 +1,8 @@
 """Evaluation metrics on masks, in NumPy, SciPy and OpenCV (no Keras; one image at a time).
 
-Masks are ``(H, W)`` or ``(H, W, 1)`` arrays, nonzero = foreground (bool, 0/1 or
-0/255; threshold probabilities before calling). All distances are in pixels.
+Masks are ``(H, W)`` or ``(H, W, 1)`` arrays, nonzero = foreground (bool, or integer
+0/1 or 0/255; a float array must hold only 0 and 1, so that probabilities are
+thresholded before calling rather than read as foreground). All distances are in pixels.
 
 Empty masks (one rule for every overlap score):
 
