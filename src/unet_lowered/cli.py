@@ -8,9 +8,10 @@ them on one line and exits with status 1.
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -1072,6 +1073,8 @@ def _import_keras_quietly() -> None:
 
             if keras.backend.backend() == "tensorflow":
                 import tensorflow  # noqa: F401
+        except KeyboardInterrupt:  # Ctrl-C: the start-up notices are still noise
+            raise
         except BaseException:
             os.dup2(saved, 2)
             captured.seek(0)
@@ -1082,19 +1085,56 @@ def _import_keras_quietly() -> None:
             os.close(saved)
 
 
+_RESUME_HINTS = {
+    "train": "continue it with `unet train --resume --out RUN`",
+    "predict": "finish it with the same command and --resume",
+}
+
+
+def _interrupted(command: str | None) -> None:
+    """The one line for Ctrl-C, then exit 130 (128 + SIGINT, as shells report it)."""
+    hint = _RESUME_HINTS.get(command or "", "run it again")
+    typer.echo(
+        f"interrupted: outputs already finished are kept, the one being written is not; {hint}",
+        err=True,
+    )
+    sys.exit(130)
+
+
+def _catch_sigint() -> list[bool]:
+    """Ctrl-C raises KeyboardInterrupt as usual and is also remembered: one raised inside
+    a garbage-collection callback (JAX registers one, and Keras imports it) is discarded
+    by Python, and the flag lets :func:`main` notice it. Main thread only."""
+    hit = [False]
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        hit[0] = True
+        raise KeyboardInterrupt
+
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, on_sigint)
+    return hit
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI; user errors become one line on stderr and exit status 1."""
+    """Run the CLI; user errors become one line on stderr and exit status 1, Ctrl-C one
+    line and exit status 130."""
     args = sys.argv[1:] if argv is None else argv
-    if args and args[0] in _KERAS_COMMANDS and "--help" not in args:
-        _import_keras_quietly()
+    command = args[0] if args else None
+    hit = _catch_sigint()
     try:
+        if command in _KERAS_COMMANDS and "--help" not in args:
+            _import_keras_quietly()
+        if hit[0]:  # pressed during the import, and swallowed there
+            raise KeyboardInterrupt
         code = app(args=argv, prog_name="unet", standalone_mode=False)
     except UnetError as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(1)
     except (KeyboardInterrupt, typer.Abort):
-        typer.echo("interrupted", err=True)
-        sys.exit(130)
+        _interrupted(command)
     except typer.TyperException as e:  # Click's usage errors (typer's own copy of Click)
         if type(e).__name__ == "NoArgsIsHelpError":  # `unet` alone: the help, as before
             typer.echo(e.format_message(), err=True)
@@ -1102,6 +1142,8 @@ def main(argv: list[str] | None = None) -> None:
             where = getattr(getattr(e, "ctx", None), "command_path", None) or "unet"
             typer.echo(f"error: {e.format_message()} (see `{where} --help`)", err=True)
         sys.exit(e.exit_code)
+    if code == 130:  # Click turned a KeyboardInterrupt into its exit status, silently
+        _interrupted(command)
     sys.exit(code if isinstance(code, int) else 0)  # as Click's standalone mode ends
 
 

@@ -1,0 +1,99 @@
+"""Ctrl-C: one line naming what to do next, exit status 130, never a traceback.
+
+Three ways a KeyboardInterrupt reaches ``cli.main``: raised out of a command, turned
+by Click into exit status 130 (which it returns silently), or swallowed where Python
+discards exceptions (JAX's garbage-collection callback during the Keras import); plus
+real SIGINTs to subprocesses.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from unet_lowered import cli
+
+LINE = "interrupted: outputs already finished are kept, the one being written is not; "
+
+
+def run_main(monkeypatch, capsys, args: list[str]) -> tuple[int, str]:
+    monkeypatch.setattr(signal, "signal", lambda *a: None)  # leave pytest's handler alone
+    with pytest.raises(SystemExit) as ended:
+        cli.main(args)
+    return ended.value.code, capsys.readouterr().err
+
+
+def test_interrupt_during_the_keras_import(monkeypatch, capsys) -> None:
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_import_keras_quietly", interrupted)
+    code, err = run_main(monkeypatch, capsys, ["train", "data", "--out", "run"])
+    assert code == 130
+    assert err == LINE + "continue it with `unet train --resume --out RUN`\n"
+
+
+def test_an_interrupt_python_swallowed_still_stops(monkeypatch, capsys) -> None:
+    """The handler's flag: a KeyboardInterrupt discarded (as in a gc callback) still ends
+    the command before its work starts."""
+    handlers = []
+    monkeypatch.setattr(signal, "signal", lambda sig, handler: handlers.append(handler))
+
+    def swallowed() -> None:
+        try:
+            handlers[-1](signal.SIGINT, None)
+        except KeyboardInterrupt:
+            pass  # what Python does to an exception in a gc callback
+
+    monkeypatch.setattr(cli, "_import_keras_quietly", swallowed)
+    with pytest.raises(SystemExit) as ended:
+        cli.main(["predict", "run", "images"])
+    assert ended.value.code == 130
+    assert capsys.readouterr().err == LINE + "finish it with the same command and --resume\n"
+
+
+def test_an_interrupt_click_turned_into_130(monkeypatch, capsys) -> None:
+    import unet_lowered.demo.synth as synth
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(synth, "make_dataset", interrupted)
+    code, err = run_main(monkeypatch, capsys, ["synth", "out"])
+    assert code == 130 and err == LINE + "run it again\n"
+
+
+def unet(*args: object) -> subprocess.Popen:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "unet_lowered", *map(str, args)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.slow
+def test_sigint_while_keras_loads_and_while_synth_writes(tmp_path: Path) -> None:
+    proc = unet("model-info")
+    time.sleep(0.5)  # Keras takes seconds to import
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and err == LINE + "run it again\n", err
+
+    proc = unet("synth", tmp_path / "syn", "--count", "3000", "--size", "256")  # ~20 s
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".syn.tmp-*/train_images/*/images/*.png")):  # writing
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and err.endswith(LINE + "run it again\n"), err
+    assert "Traceback" not in err and not (tmp_path / "syn").exists()
