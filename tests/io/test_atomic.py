@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
+import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -168,3 +171,165 @@ def test_check_out_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(atomic.os, "access", lambda *_: False)
     with pytest.raises(UnetError, match=r"cannot create or write the folder \(.* read-only"):
         atomic.check_out_folder(tmp_path / "new")
+
+
+# --- temporary files a kill -9 left behind ----------------------------------------------
+
+OLD = 3600.0  # seconds: well past atomic.STALE_AFTER_S
+
+
+def _leave(path: Path, age: float = OLD, data: bytes = b"half") -> Path:
+    """A file as a killed run leaves it, last written ``age`` seconds ago."""
+    path.write_bytes(data)
+    when = time.time() - age
+    os.utime(path, (when, when))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("final", "write"),
+    [
+        ("last.keras", lambda p: atomic.save_with(p, lambda t: t.write_bytes(b"m"))),
+        ("summary.json", lambda p: atomic.write_json(p, {"a": 1})),
+        ("table", lambda p: atomic.write_bytes(p, b"no suffix")),
+        ("model.keras", lambda p: atomic.copy_file(atomic.write_bytes(p.parent / "x", b"c"), p)),
+    ],
+)
+def test_a_write_removes_the_stale_temps_of_its_own_file_only(tmp_path, final, write):
+    suffix = Path(final).suffix
+    stale = _leave(tmp_path / f".{final}.2lic1mqk{suffix}")  # the audit's name
+    stale_too = _leave(tmp_path / f".{final}.a_9zz0b1{suffix}", age=atomic.STALE_AFTER_S + 5)
+    young = _leave(tmp_path / f".{final}.sw9fe_oi{suffix}", age=0)  # a write in progress
+    kept = [
+        young,
+        _leave(tmp_path / ".other.png.2lic1mqk.png"),  # another output's: not ours
+        _leave(tmp_path / f".{final}.2lic1mqk.bak"),  # another suffix: not our name
+        _leave(tmp_path / f".{final}.2lic1mq{suffix}"),  # 7 random characters
+        _leave(tmp_path / f".{final}.notes"),  # a hidden file of the user's
+    ]
+    folder = tmp_path / f".{final}.dirdirdi{suffix}"  # a folder is never a temp file
+    folder.mkdir()
+    link = tmp_path / f".{final}.linklink{suffix}"
+    link.symlink_to(tmp_path / "elsewhere")
+    kept += [folder, link]
+    write(tmp_path / final)
+    assert not stale.exists() and not stale_too.exists()
+    assert _hidden(tmp_path) == sorted(p.name for p in kept)
+    assert young.read_bytes() == b"half"
+
+
+def test_atomic_path_with_its_own_suffix_removes_its_stale_temps(tmp_path):
+    stale = _leave(tmp_path / ".model.onnx.k2j3h4g5.onnx")
+    other_suffix = _leave(tmp_path / ".model.onnx.k2j3h4g5.tmp")
+    with atomic.atomic_path(tmp_path / "model.onnx", suffix=".onnx") as tmp:
+        tmp.write_bytes(b"onnx")
+    assert not stale.exists()
+    assert _hidden(tmp_path) == [other_suffix.name]
+
+
+def test_a_write_frees_the_stale_temp_before_writing(tmp_path):
+    stale = _leave(tmp_path / ".last.keras.2lic1mqk.keras", data=b"x" * 1000)
+    with atomic.atomic_path(tmp_path / "last.keras") as tmp:
+        assert not stale.exists()  # the space is free for this write
+        tmp.write_bytes(b"m")
+
+
+def test_the_folder_is_listed_once_per_window_not_once_per_write(tmp_path, monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr(
+        atomic, "time", types.SimpleNamespace(time=time.time, monotonic=lambda: clock[0])
+    )
+    listings = []
+    scandir = os.scandir
+    monkeypatch.setattr(atomic.os, "scandir", lambda p: listings.append(p) or scandir(p))
+    for i in range(50):
+        atomic.write_bytes(tmp_path / f"{i}.png", b"p")
+    assert len(listings) == 1  # linear in the number of files written
+    stale = _leave(tmp_path / ".7.png.2lic1mqk.png")  # killed after the listing
+    clock[0] += atomic.STALE_AFTER_S + 1
+    atomic.write_bytes(tmp_path / "7.png", b"p")  # the listing is renewed
+    assert len(listings) == 2
+    assert not stale.exists()
+
+
+# --- a replacement of a folder cut off by a kill --------------------------------------
+
+
+def _interrupted_replacement(tmp_path: Path) -> Path:
+    """What a kill between atomic_dir's two renames leaves: no DEST, the previous DEST
+    under .DEST.tmp-old and the complete (or half-built) new one under .DEST.tmp-*."""
+    dest = tmp_path / "out"
+    old = tmp_path / ".out.tmp-old"
+    (old / "images").mkdir(parents=True)
+    (old / "images" / "a.png").write_bytes(b"previous data")
+    (old / "dataset.json").write_text("{}")
+    half = tmp_path / ".out.tmp-abc12345"
+    half.mkdir()
+    (half / "half.png").write_bytes(b"x")
+    return dest
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+
+
+PREVIOUS = {"dataset.json": b"{}", "images/a.png": b"previous data"}
+
+
+def test_a_killed_replacement_is_undone_before_anything_is_removed(tmp_path):
+    dest = _interrupted_replacement(tmp_path)
+    with pytest.raises(UnetError, match="already exists; pass --overwrite"):
+        with atomic.atomic_dir(dest):
+            pass
+    assert _tree(dest) == PREVIOUS  # the previous DEST is back, whole
+    assert ".out.tmp-old" not in _hidden(tmp_path)
+
+
+def test_a_failed_overwrite_after_a_killed_one_keeps_the_previous_folder(tmp_path):
+    dest = _interrupted_replacement(tmp_path)
+    with pytest.raises(RuntimeError):
+        with atomic.atomic_dir(dest, overwrite=True) as build:
+            (build / "new.png").write_bytes(b"new")
+            raise RuntimeError("failed again")
+    assert _tree(dest) == PREVIOUS
+    assert _hidden(tmp_path) == []
+
+
+def test_an_overwrite_after_a_killed_one_completes(tmp_path):
+    dest = _interrupted_replacement(tmp_path)
+    with atomic.atomic_dir(dest, overwrite=True) as build:
+        (build / "new.png").write_bytes(b"new")
+    assert _tree(dest) == {"new.png": b"new"}
+    assert _hidden(tmp_path) == []
+
+
+def test_restore_replaced(tmp_path):
+    dest = _interrupted_replacement(tmp_path)
+    assert atomic.restore_replaced(dest) is True
+    assert _tree(dest) == PREVIOUS
+    assert atomic.restore_replaced(dest) is False  # nothing to undo
+    # DEST there and a .tmp-old beside it: the kill came after the new DEST was in place
+    (tmp_path / ".out.tmp-old").mkdir()
+    assert atomic.restore_replaced(dest) is False
+    assert _tree(dest) == PREVIOUS
+
+
+def test_a_failed_second_rename_puts_the_previous_folder_back(tmp_path, monkeypatch):
+    dest = tmp_path / "out"
+    dest.mkdir()
+    (dest / "old.txt").write_text("old")
+    replace = os.replace
+
+    def fail_into_dest(src, dst):
+        if Path(dst) == dest:
+            raise OSError(errno.EIO, "I/O error")
+        replace(src, dst)
+
+    monkeypatch.setattr(atomic.os, "replace", fail_into_dest)
+    with pytest.raises(OSError):
+        with atomic.atomic_dir(dest, overwrite=True) as build:
+            (build / "new.txt").write_text("new")
+    assert _tree(dest) == {"old.txt": b"old"}
+    assert _hidden(tmp_path) == []

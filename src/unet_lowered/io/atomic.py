@@ -3,6 +3,20 @@
 Every output goes to a temporary name in the destination's own folder (same
 file system) and is moved into place with :func:`os.replace`, which is atomic
 on POSIX and Windows.
+
+A run killed with ``kill -9`` cannot remove its temporary file. The next write of the
+same file removes it instead (:func:`clear_stale_temps`): every :func:`atomic_path`
+(and so :func:`write_json`, :func:`save_with`, :func:`copy_file` ...) first deletes the
+hidden files ``.<name>.<8 random characters><suffix>`` of the same final ``<name>`` and
+suffix that were last changed more than :data:`STALE_AFTER_S` seconds ago. Another
+output's temporary files are never touched, nor are young ones, so two commands writing
+into one folder (even the same file) do not delete each other's files in progress.
+
+A folder written by :func:`atomic_dir` with ``overwrite`` is swapped in with two renames
+(``DEST`` to ``.DEST.tmp-old``, the new one to ``DEST``); a run killed between them
+leaves no ``DEST``, and the next :func:`atomic_dir` of ``DEST`` (or
+:func:`restore_replaced`) first renames ``.DEST.tmp-old`` back, so the previous folder
+is never lost.
 """
 
 from __future__ import annotations
@@ -11,8 +25,12 @@ import contextlib
 import errno
 import json
 import os
+import re
 import shutil
+import stat
 import tempfile
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -40,16 +58,17 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
             libraries which pick a format from the extension, e.g. ``model.save``, still work).
 
     Yields:
-        The temporary path to write to. It is removed if the block raises.
+        The temporary path to write to. It is removed if the block raises. Temporary
+        files of ``path`` that killed runs left (older than :data:`STALE_AFTER_S`) are
+        removed first, see :func:`clear_stale_temps`.
     """
     path = Path(path)
+    suffix = path.suffix if suffix is None else suffix
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(
-            prefix=f".{path.name}.",
-            suffix=path.suffix if suffix is None else suffix,
-            dir=path.parent,
-        )
+        # Before writing (frees the space a killed run's copy holds, up to a checkpoint's).
+        clear_stale_temps(path, suffix)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     except OSError as e:
         raise _unwritable(path, e) from None
     os.close(fd)
@@ -71,6 +90,79 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+STALE_AFTER_S = 60.0
+"""A temporary file of :func:`atomic_path` not changed for this long is a killed run's."""
+
+_RANDOM = r"[a-z0-9_]{8}"  # what tempfile.mkstemp puts between prefix and suffix
+_MAYBE_TEMP = re.compile(r"\..+\." + _RANDOM + r".*", re.DOTALL)
+_MAX_FOLDERS = 256
+_scans: dict[str, tuple[float, list[str]]] = {}
+"""Per folder (absolute path): when it was last listed, and the names then there that may be
+temporary files (the folder is listed again once that is STALE_AFTER_S old)."""
+_scans_lock = threading.Lock()
+
+
+def clear_stale_temps(path: str | os.PathLike, suffix: str | None = None) -> int:
+    """Delete the temporary files that killed runs left for the output ``path``; return how many.
+
+    Removed are exactly the regular files (not links, not folders) beside ``path`` named as
+    :func:`atomic_path` names its temporary files for ``path`` and ``suffix`` (default: the
+    suffix of ``path``), ``.<name>.<8 random characters><suffix>``, and last modified more
+    than :data:`STALE_AFTER_S` seconds ago: a write in progress changes its file, and no
+    write keeps a temporary file that long without doing so. Temporary files of other
+    outputs are kept, so commands writing other files in the same folder are safe.
+
+    The folder is listed at most once per :data:`STALE_AFTER_S` seconds per process (so
+    writing thousands of files into one folder stays linear); a file a run killed after
+    that listing is removed by a later listing or by the next command.
+    """
+    path = Path(path)
+    suffix = path.suffix if suffix is None else suffix
+    pattern = re.compile(re.escape(f".{path.name}.") + _RANDOM + re.escape(suffix), re.DOTALL)
+    folder = os.path.abspath(path.parent)
+    removed = 0
+    with _scans_lock:
+        names = _candidates(folder)
+        for name in [n for n in names if pattern.fullmatch(n)]:
+            temp = os.path.join(folder, name)
+            try:
+                info = os.lstat(temp)
+            except OSError:
+                names.remove(name)  # renamed into place or removed meanwhile
+                continue
+            if not stat.S_ISREG(info.st_mode) or time.time() - info.st_mtime <= STALE_AFTER_S:
+                continue
+            try:
+                os.unlink(temp)
+            except OSError:
+                continue
+            names.remove(name)
+            removed += 1
+    return removed
+
+
+def _candidates(folder: str) -> list[str]:
+    """The names in ``folder`` that may be temporary files (listed again when that list is
+    STALE_AFTER_S old); the caller holds ``_scans_lock``."""
+    now = time.monotonic()
+    scan = _scans.get(folder)
+    if scan is None or now - scan[0] > STALE_AFTER_S:
+        try:
+            with os.scandir(folder) as entries:
+                names = [
+                    e.name
+                    for e in entries
+                    if _MAYBE_TEMP.fullmatch(e.name) and e.is_file(follow_symlinks=False)
+                ]
+        except OSError:
+            names = []
+        _scans.pop(folder, None)
+        while len(_scans) >= _MAX_FOLDERS:
+            del _scans[next(iter(_scans))]  # the one listed longest ago
+        scan = _scans[folder] = (now, names)
+    return scan[1]
 
 
 _NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
@@ -194,10 +286,19 @@ def atomic_dir(dest: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
         killed run never leaves a half-built ``dest`` (a killed run may leave the
         hidden ``.<name>.tmp-*`` folder, which the next run removes).
 
+    An existing ``dest`` is replaced by two renames: ``dest`` to ``.<name>.tmp-old``, then
+    the new folder to ``dest``. A run killed between them leaves no ``dest``; this (like
+    :func:`restore_replaced`) first renames ``.<name>.tmp-old`` back to ``dest``, so the
+    previous folder is back before anything is removed (and is then an existing ``dest``).
+
     Raises:
         UnetError: ``dest`` exists and ``overwrite`` is false.
     """
     dest = Path(dest)
+    try:
+        restore_replaced(dest)
+    except OSError as e:
+        raise _unwritable(dest, e) from None
     if dest.exists() and not overwrite:
         raise UnetError(
             f"{dest} already exists; pass --overwrite to replace it or choose another folder"
@@ -205,7 +306,7 @@ def atomic_dir(dest: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         for stale in dest.parent.glob(f".{dest.name}.tmp-*"):
-            _remove(stale)
+            _discard(stale, dest)  # .tmp-old too: dest is there, so it holds an older one
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     except OSError as e:
         raise _unwritable(dest, e) from None
@@ -218,16 +319,61 @@ def atomic_dir(dest: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
             raise
         os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp creates 0700; match a plain mkdir
         if dest.exists():
-            old = dest.with_name(f".{dest.name}.tmp-old")
-            _remove(old)
+            old = _old(dest)
+            _discard(old, dest)
             os.replace(dest, old)
-            os.replace(tmp, dest)
-            _remove(old)
+            try:
+                os.replace(tmp, dest)
+            except BaseException:
+                restore_replaced(dest)
+                raise
+            _discard(old, dest)
         else:
             os.replace(tmp, dest)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _old(dest: Path) -> Path:
+    """Where :func:`atomic_dir` keeps the ``dest`` it replaces until the new one is in place."""
+    return dest.with_name(f".{dest.name}.tmp-old")
+
+
+def restore_replaced(dest: str | os.PathLike) -> bool:
+    """Undo a replacement of ``dest`` that a kill cut off; return whether there was one.
+
+    When ``dest`` is missing and ``.<name>.tmp-old`` (the previous ``dest``, moved aside by
+    :func:`atomic_dir` just before it renames the new one into place) is there, rename it
+    back to ``dest``. ``.<name>.tmp-old`` is only ever a whole folder (it is renamed away
+    before it is deleted), so what comes back is the complete previous ``dest``.
+    """
+    dest = Path(dest)
+    old = _old(dest)
+    if os.path.lexists(dest) or not os.path.lexists(old):
+        return False
+    try:
+        os.rename(old, dest)
+    except FileNotFoundError:  # another run restored it first
+        return False
+    return True
+
+
+def _discard(path: Path, dest: Path) -> None:
+    """Delete ``path`` (a file, link or folder). A folder is first renamed to a fresh
+    ``.<dest name>.tmp-del-*`` name, so that a kill while deleting it never leaves a
+    partly deleted ``.tmp-old`` that :func:`restore_replaced` would take for whole."""
+    if path.is_dir() and not path.is_symlink():
+        doomed = path.with_name(f".{dest.name}.tmp-del-{os.urandom(4).hex()}")
+        try:
+            os.rename(path, doomed)
+        except FileNotFoundError:
+            return
+        except OSError:
+            doomed = path
+        shutil.rmtree(doomed, ignore_errors=True)
+    else:
+        _remove(path)
 
 
 def _remove(path: Path) -> None:
