@@ -212,6 +212,23 @@ def test_model_missing_or_a_folder(run: Path) -> None:
     refused(load_run, run, match="a folder")
 
 
+def test_a_run_stopped_before_its_post_processing_choice(run: Path) -> None:
+    """state.json (unet train's) without metrics.json: stopped after the epochs but before
+    the choice was written; refused (plot, for curves in progress, takes it)."""
+    (run / "state.json").write_text('{"epoch": 3}')
+    message = refused(load_run, run, match="training stopped before it finished")
+    assert message.endswith(f"finish it with `unet train --resume --out {run}`")
+    assert load_run(run, unfinished=True).dir == run
+    (run / "metrics.json").write_text("{}")
+    assert load_run(run).dir == run
+
+
+def test_a_folds_run_stopped_before_the_join(run: Path) -> None:
+    (run / "config.json").unlink()
+    (run / "ensemble.json").write_text("{}")
+    refused(load_run, run, match="the --folds run stopped before its folds were joined")
+
+
 def test_a_file_instead_of_a_run_folder(run: Path) -> None:
     refused(load_run, run / "config.json", match="not a run folder")
 

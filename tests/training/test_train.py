@@ -191,6 +191,68 @@ def test_resume_after_sigkill_finishes_all_epochs(tiny_data: Path, tmp_path: Pat
     assert json.loads((run / "metrics.json").read_text())["epochs_completed"] == epochs
 
 
+def test_resume_after_a_kill_between_checkpoint_and_state(
+    tiny_data: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """Killed after a new best epoch's last.keras was in place but before model.keras was
+    copied and state.json written: resume trusts the state inside last.keras, does not
+    train that epoch again, makes model.keras the best epoch's, and ends as the
+    uninterrupted run does."""
+    from unet_lowered.io import atomic, runs
+    from unet_lowered.training import callbacks
+    from unet_lowered.training.train import train
+
+    settings = {"epochs": 3, "seed": 5, "learning_rate": 1e-2}
+    whole = tmp_path / "whole"
+    _train(tiny_data, whole, **settings)
+    reference = _history(whole)
+    dice = [float(r["val_dice"]) for r in reference]
+    kill = next(e for e in range(2, 4) if dice[e - 1] > max(dice[: e - 1]))  # a new best
+    run = tmp_path / "run"
+    copy_file, write_json = atomic.copy_file, atomic.write_json
+
+    def killed(target: Path) -> bool:  # after that epoch's last.keras, nothing is written
+        if Path(target).parent != run or Path(target).name not in ("state.json", "model.keras"):
+            return False
+        last = runs.checkpoint_state(run / runs.LAST_FILE)
+        return bool(last) and last["epoch"] == kill
+
+    def copy_unless_killed(src, dest):
+        if killed(dest):
+            raise KeyboardInterrupt
+        return copy_file(src, dest)
+
+    def write_unless_killed(path, obj):
+        if killed(path):
+            raise KeyboardInterrupt
+        return write_json(path, obj)
+
+    monkeypatch.setattr(callbacks.atomic, "copy_file", copy_unless_killed)
+    monkeypatch.setattr(callbacks.atomic, "write_json", write_unless_killed)
+    with pytest.raises(KeyboardInterrupt):
+        _train(tiny_data, run, **settings)
+    monkeypatch.undo()
+    assert json.loads((run / "state.json").read_text())["epoch"] == kill - 1
+    assert runs.checkpoint_state(run / runs.LAST_FILE)["epoch"] == kill
+    assert runs.checkpoint_state(run / runs.MODEL_FILE)["epoch"] < kill  # the copy never came
+    trained = _history(run)
+    assert len(trained) == kill
+
+    metrics = train(None, run, resume=True, verbose=0)
+    assert f"resuming after epoch {kill}, as last.keras holds" in capsys.readouterr().out
+    rows = _history(run)
+    assert rows[:kill] == trained  # that epoch was not trained again
+    assert [r["loss"] for r in rows] == pytest.approx([r["loss"] for r in reference], abs=1e-5)
+    assert metrics["epochs_completed"] == 3
+    best = runs.checkpoint_state(run / runs.MODEL_FILE)
+    assert (
+        best["epoch"]
+        == metrics["best_epoch"]
+        == json.loads((whole / "metrics.json").read_text())["best_epoch"]
+    )
+    assert metrics["train_time_s"] == pytest.approx(float(rows[-1]["time_s"]), abs=0.01)
+
+
 def test_resume_of_finished_run_trains_nothing_more(tiny_data: Path, tmp_path: Path) -> None:
     from unet_lowered.training.train import train
 

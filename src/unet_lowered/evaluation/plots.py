@@ -134,7 +134,7 @@ def plot_run(
         if value < 0:
             raise UnetError(f"--{name} must be 0 or more, got {value}")
     note = note or (lambda _line: None)
-    run = runs.load_run(run_dir)
+    run = runs.load_run(run_dir, unfinished=True)  # curves of a run in progress too
     written = [plot_curves(run.dir / runs.HISTORY_FILE, run.dir / "curves.png")]
     model = run.model()
     trained_on = _pairs(run.config.data)

@@ -37,6 +37,10 @@ SPLIT_FILE = "split.json"
 STATE_FILE = "state.json"
 HISTORY_FILE = "history.csv"
 METRICS_FILE = "metrics.json"
+CHECKPOINT_STATE = "unet_state.json"
+"""The member of a checkpoint (``last.keras``, and ``model.keras`` copied from it) that
+holds the training state it was saved with: written into the archive before the
+checkpoint is renamed into place, so checkpoint and state can never disagree."""
 
 
 def history_number(text: str | None) -> float:
@@ -98,15 +102,40 @@ class Run:
         return {"train": list(split.get("train", [])), "val": list(split.get("val", []))}
 
 
-def load_run(path: str | os.PathLike) -> Run:
+def add_checkpoint_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
+    """Write ``state`` into the ``.keras`` archive at ``path`` (not yet in place)."""
+    with zipfile.ZipFile(path, "a") as archive:
+        archive.writestr(CHECKPOINT_STATE, json.dumps(state))
+
+
+def checkpoint_state(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The training state a checkpoint was saved with, or None (none recorded, as in
+    checkpoints of older versions, or the file is unreadable)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if CHECKPOINT_STATE not in archive.namelist():
+                return None
+            state = json.loads(archive.read(CHECKPOINT_STATE))
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def load_run(path: str | os.PathLike, unfinished: bool = False) -> Run:
     """Open a run folder written by ``unet train``.
 
     Args:
         path: The run folder (or its ``model.keras``).
+        unfinished: Accept a run whose training has not finished (``unet plot`` shows
+            the curves of a run in progress). Otherwise a run with ``state.json`` (one
+            that ``unet train`` writes) but no ``metrics.json`` is refused: it was stopped
+            after its epochs but before the post-processing choice and its final figures
+            were written, and would be used without them.
 
     Raises:
         UnetError: The folder or its ``config.json``/``model.keras`` is missing or
-            unreadable, or ``config.json`` is damaged or from a newer version.
+            unreadable, ``config.json`` is damaged or from a newer version, or the
+            training has not finished.
     """
     path = Path(path)
     if path.is_file() and path.suffix == ".keras":
@@ -116,6 +145,11 @@ def load_run(path: str | os.PathLike) -> Run:
     if not path.is_dir():
         raise UnetError(f"{path}: no such run folder; pass the --out folder of `unet train`")
     config_path = path / CONFIG_FILE
+    if not config_path.is_file() and (path / "ensemble.json").is_file():
+        raise UnetError(
+            f"{path}: the --folds run stopped before its folds were joined; finish it with "
+            f"`unet train --resume --out {path}`"
+        )
     if not config_path.is_file():
         raise UnetError(
             f"{config_path}: missing; {path} is not a run folder written by `unet train` "
@@ -136,6 +170,12 @@ def load_run(path: str | os.PathLike) -> Run:
         raise UnetError(
             f"{model_path}: missing; training has not finished an epoch yet "
             f"(resume it with `unet train --resume --out {path}`)"
+        )
+    if not unfinished and (path / STATE_FILE).is_file() and not (path / METRICS_FILE).is_file():
+        raise UnetError(
+            f"{path}: training stopped before it finished (no {METRICS_FILE}; the "
+            f"post-processing choice was not made); finish it with "
+            f"`unet train --resume --out {path}`"
         )
     return Run(path, config)
 

@@ -1,8 +1,10 @@
 """The callbacks of ``unet train``: checkpoints, history, guards and the image counter.
 
 Every file is written atomically at the end of an epoch, in an order that makes a
-run killed at any moment resumable: ``history.csv``, then ``last.keras`` (and
-``model.keras`` on a new best), then ``state.json``.
+run killed at any moment resumable: ``history.csv``, then ``last.keras`` carrying the
+epoch's training state inside it (the commit point), then ``model.keras`` on a new best,
+then ``state.json`` (the readable copy; ``unet train --resume`` trusts the state in
+``last.keras`` and repairs ``model.keras`` if the kill came before its copy).
 """
 
 from __future__ import annotations
@@ -109,12 +111,19 @@ class Checkpoint(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         score = float(logs.get("val_dice", float("nan")))
-        last = atomic.save_with(self.out / runs.LAST_FILE, self.model.save)
-        if math.isfinite(score) and score > self.state["best"]:
-            self.state.update(best=score, best_epoch=epoch + 1)
+        state = {**self.state, "epoch": epoch + 1}
+        best = math.isfinite(score) and score > self.state["best"]
+        if best:
+            state.update(best=score, best_epoch=epoch + 1)
+
+        def save(path: Path) -> None:
+            self.model.save(path)
+            runs.add_checkpoint_state(path, state)  # inside the archive, before the rename
+
+        last = atomic.save_with(self.out / runs.LAST_FILE, save)  # the commit point
+        self.state = state
+        if best:
             atomic.copy_file(last, self.out / runs.MODEL_FILE)
-        self.state["epoch"] = epoch + 1
-        # state.json last: a crash before it only repeats this epoch on resume.
         atomic.write_json(self.out / runs.STATE_FILE, self.state)
 
     def on_train_end(self, logs=None):

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import itertools
 import json
+import math
 import os
 import platform
 import shutil
@@ -239,7 +240,10 @@ def train(
         t_images = ImageCounter(cfg.batch_size, len(split["train"]))
         remaining = cfg.epochs - state["epoch"]
         if remaining <= 0:
-            warn(f"{out}: all {cfg.epochs} epochs are already done; nothing to resume")
+            warn(
+                f"{out}: all {cfg.epochs} epochs were done; finishing what the run stopped "
+                "before (the post-processing choice and metrics.json)"
+            )
         else:
             fit_train, fit_val = dp.feed(train_seq, True), dp.feed(val_seq, False)
             if keras.backend.backend() == "tensorflow":  # no tf.data autotune stalls
@@ -342,7 +346,32 @@ def _load_resume(out: Path) -> tuple[RunConfig, dict, dict]:
     run_cfg = RunConfig.from_json(loaded[0], out / runs.CONFIG_FILE)
     if not run_cfg.data:
         raise UnetError(f"{out / runs.CONFIG_FILE}: no 'data' entry; the run cannot be resumed")
-    return run_cfg, loaded[1], loaded[2]
+    return run_cfg, loaded[1], _checkpointed_state(out, loaded[2])
+
+
+def _checkpointed_state(out: Path, written: dict) -> dict:
+    """The state of the epoch last.keras holds (``state.json`` may be one epoch behind it
+    after a kill between the two), with model.keras made the best epoch's if the kill
+    came before its copy. Checkpoints without a recorded state: ``state.json``."""
+    state = runs.checkpoint_state(out / runs.LAST_FILE)
+    if state is None:
+        return written
+    if state.get("epoch") != written.get("epoch"):
+        print(
+            f"{out / runs.STATE_FILE} was behind {runs.LAST_FILE} (stopped between the two); "
+            f"resuming after epoch {state.get('epoch')}, as {runs.LAST_FILE} holds",
+            flush=True,
+        )
+        atomic.write_json(out / runs.STATE_FILE, state)
+    if state.get("best_epoch") is not None and state.get("best_epoch") == state.get("epoch"):
+        best = (
+            runs.checkpoint_state(out / runs.MODEL_FILE)
+            if (out / runs.MODEL_FILE).is_file()
+            else None
+        )
+        if best is None or best.get("epoch") != state["epoch"]:  # stopped before the copy
+            atomic.copy_file(out / runs.LAST_FILE, out / runs.MODEL_FILE)
+    return state
 
 
 def _run_config(
@@ -477,11 +506,19 @@ def _final_metrics(
         "val_dice": float(best["val_dice"]) if "val_dice" in best else None,
         "val_iou": float(best["val_iou"]) if "val_iou" in best else None,
         "val_dice_note": "mean per-image Dice on the validation split, at the training size",
-        "train_time_s": round(elapsed, 2),
+        "train_time_s": round(_fit_seconds(out, elapsed), 2),
         "images_per_s": round(counter.images / counter.seconds, 2) if counter.seconds else None,
         "precision": precision,
         "platform": platform.platform(),
     }
+
+
+def _fit_seconds(out: Path, elapsed: float) -> float:
+    """Seconds of ``fit`` over the whole run: history.csv's ``time_s`` of the last epoch
+    (continued across ``--resume``), or ``elapsed`` (this call's) when it has none."""
+    rows = read_history(out / runs.HISTORY_FILE)
+    done = runs.history_number(rows[-1].get("time_s")) if rows else float("nan")
+    return done if math.isfinite(done) and done >= elapsed else elapsed
 
 
 # ----------------------------------------------------------------------------- fitting
