@@ -78,6 +78,16 @@ def test_unusable_folders_say_what_to_do(tmp_path: Path, setup, message: str) ->
         load_prepared(root)
 
 
+def test_a_folder_a_killed_overwrite_left_aside_is_put_back(tmp_path: Path, capsys) -> None:
+    """`unet prepare --overwrite` killed between its two renames: DEST is missing and the
+    previous data set is whole at .DEST.tmp-old; reading DEST brings it back."""
+    root = make_prepared(tmp_path, ids_of(2))
+    root.rename(root.with_name(f".{root.name}.tmp-old"))
+    data = load_prepared(root)
+    assert data.ids == ids_of(2) and root.is_dir()
+    assert "its previous contents are back" in capsys.readouterr().err
+
+
 def test_missing_dataset_json_is_a_note_and_junk_is_ignored(tmp_path: Path) -> None:
     root = tmp_path / "flat"
     make_pair(root, "a")

@@ -31,10 +31,12 @@ silently. Files whose content is not an image are reported (``not_image``) and s
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from unet_lowered.errors import UnetError
+from unet_lowered.io import atomic
 from unet_lowered.io.images import JUNK_NAMES, is_image_file
 
 LAYOUTS = ("kaggle", "instances", "flat", "montgomery")
@@ -106,6 +108,17 @@ NOTE_KINDS = {
     "test_masks": "masks of test images ignored",
 }
 """Kinds of notes (remarks that are not problems), for the summary table."""
+
+
+def put_back_replaced(root: Path) -> None:
+    """A data folder that a killed ``unet prepare --overwrite`` left aside (missing, its
+    previous contents whole at ``.NAME.tmp-old``) is put back, with a note on stderr."""
+    if not root.is_dir() and atomic.restore_replaced(root):
+        print(
+            f"note: {root} was being replaced when `unet prepare --overwrite` was stopped; "
+            "its previous contents are back",
+            file=sys.stderr,
+        )
 
 
 @dataclass(frozen=True)
@@ -233,6 +246,7 @@ def scan(
         UnetError: ``root`` is not a folder; the layout is unknown, ambiguous, or absent.
     """
     root = Path(root)
+    put_back_replaced(root)
     if not root.is_dir():
         what = "a file, not a folder" if root.exists() else "no such folder"
         raise UnetError(f"{root}: {what}; give the folder that holds the data set")

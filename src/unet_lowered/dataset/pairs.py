@@ -137,6 +137,7 @@ def load_prepared(data_dir: str | os.PathLike) -> PreparedData:
             or a ``dataset.json`` that its reader refuses.
     """
     root = Path(data_dir)
+    layouts.put_back_replaced(root)  # after a killed `unet prepare --overwrite`
     if not root.is_dir():
         raise UnetError(f"{root}: no such data folder; run `unet prepare SRC {root}` first")
     for sub in (root / "train", root):
