@@ -23,6 +23,7 @@ import glob
 import io
 import os
 import queue
+import sys
 import threading
 import time
 from collections import Counter
@@ -337,14 +338,18 @@ def predict_files(
         out_dir: The output folder (created; must not be an input folder or a run
             folder). Files there with the names of this call's outputs are replaced
             only when an earlier ``unet predict`` left them (its ``predictions.csv``
-            or journal is there); unrelated files are left alone.
+            or journal is there); unrelated files are left alone. A run that starts
+            over there removes the earlier run's ``predictions.csv`` once its journal
+            exists, before it replaces any file, so a run killed midway never leaves
+            the old table beside a mix of old and new masks.
         options: Prediction and post-processing settings.
         recursive: Walk folders (and ``**`` in globs) recursively.
         save_prob: Also save probabilities: ``"png"``, ``"npy"`` or None.
         save_overlay: Also save ``<id>_overlay.png``.
         progress: Show a progress bar (on stderr).
-        resume: Finish the interrupted run in ``out_dir`` (same settings; the inputs
-            are assumed unchanged) instead of starting over.
+        resume: Finish the interrupted run in ``out_dir`` (same settings and the same
+            list of inputs; their contents are assumed unchanged) instead of starting
+            over.
         pipeline: Read, predict and write on three threads and the workers
             (:func:`run_pipeline`); False runs the same steps one after another on
             the calling thread (the outputs are the same byte for byte; for
@@ -362,7 +367,8 @@ def predict_files(
             folder among the inputs or a run folder, one that cannot be written
             (read-only, disk full), two inputs whose outputs would have the same name,
             an output folder holding a file of that name that no ``unet predict`` wrote,
-            or ``resume`` with other settings than the interrupted run's.
+            or ``resume`` with other settings or other inputs than the interrupted
+            run's (its journal is then kept).
     """
     job = open_job(run_dir, inputs, out_dir, options, recursive, save_prob, save_overlay, resume)
     console = stderr_console()
@@ -427,10 +433,13 @@ class Job:
         order), also when predicting stopped with an error, and the journal closed; it is
         finished (removed) only after a completed run, so ``--resume`` can go on after any
         other."""
-        completed = False
+        completed = interrupted = False
         try:
             yield
             completed = True
+        except KeyboardInterrupt:
+            interrupted = True
+            raise
         finally:
             order = self.order
             self.rows.sort(key=lambda r: order[r["id"]])
@@ -448,6 +457,19 @@ class Job:
                     self.journal.finish()
                 else:
                     self.journal.close()
+                    if interrupted:
+                        self._tell_interrupted()
+
+    def _tell_interrupted(self) -> None:
+        """One line on stderr after Ctrl-C: how far the run got, and how to finish it."""
+        done, total = len(self.rows), len(self.files)
+        table = _one_line(str(self.out_dir / CSV_FILE))
+        print(
+            f"stopped: {done} of {total} inputs done (listed in {table}); the same command "
+            "with --resume finishes the job",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def open_job(
@@ -480,8 +502,14 @@ def open_job(
     atomic.make_out_folder(out_dir)
     remove_stale_temps(out_dir, [CSV_FILE, *(n for names_ in outputs.values() for n in names_)])
     journal = Journal.open(
-        out_dir, _journal_settings(run, options, save_prob, save_overlay), CSV_COLUMNS, resume
+        out_dir,
+        _journal_settings(run, options, save_prob, save_overlay),
+        CSV_COLUMNS,
+        resume,
+        inputs=[str(f.resolve()) for f in files],
     )
+    if not journal.resumed:
+        _retire_table(out_dir, journal)
     return Job(
         files,
         ids,
@@ -494,6 +522,25 @@ def open_job(
         journal,
         PredictReport(out_dir),
     )
+
+
+def _retire_table(out_dir: Path, journal: Journal) -> None:
+    """Remove an earlier run's ``predictions.csv`` when a run starts over in ``out_dir``.
+
+    Called once the new journal is on the disk and before any file is replaced: a
+    fresh run killed midway (even ``kill -9``) must not leave the old, complete-looking
+    table beside a mix of old and new masks. The journal now marks the folder as
+    ``unet predict``'s (:func:`_is_predict_output`), for ``--resume`` and for the next
+    run's check; the table is written again when the run ends.
+    """
+    try:
+        (out_dir / CSV_FILE).unlink(missing_ok=True)
+    except OSError as e:
+        journal.close()
+        raise UnetError(
+            f"{out_dir / CSV_FILE}: the earlier run's table cannot be removed "
+            f"({e.strerror or e}); remove it, or choose another --out folder"
+        ) from None
 
 
 # ---------------------------------------------------------------- the pipeline
