@@ -716,3 +716,30 @@ def test_usage_errors_are_one_line_naming_the_help(run: Path, tmp_path: Path, ca
         the_line(err, pattern)
     code, err = cli(capfd)  # `unet` alone still shows the help
     assert code == 2 and "Commands:" in err and "predict" in err
+
+
+def test_settings_that_would_be_ignored_or_crash_are_one_line(
+    run: Path, tmp_path: Path, capfd, monkeypatch
+) -> None:
+    images = tmp_path / "in"
+    images.mkdir()
+    code, err = cli(capfd, "predict", run, images, "--out", tmp_path / "o", "--actors", "2")
+    assert code == 1
+    the_line(err, r"^error: --actors applies to --engine ray; add it, or drop them$")
+    code, err = cli(
+        capfd,
+        "predict",
+        run,
+        images,
+        "-o",
+        tmp_path / "o",
+        "--ray-address",
+        "auto",
+        "--actors",
+        "2",
+    )
+    the_line(err, r"^error: --ray-address and --actors apply to --engine ray")
+    monkeypatch.setenv("KERAS_BACKEND", "JAX")  # Keras itself: a traceback
+    code, err = cli(capfd, "model-info")
+    assert code == 1
+    the_line(err, r"^error: KERAS_BACKEND='JAX' is not a backend unet-lowered runs on; .*jax")

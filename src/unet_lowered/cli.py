@@ -594,6 +594,10 @@ def train(
         if Cluster.from_env(cluster).multi_process:  # before JAX computes (in planning)
             from unet_lowered.training.distribute import initialize
 
+            if folds:  # refused before joining: the others would wait for nothing
+                raise UnetError("--folds trains on one host; drop --coordinator/--num-processes")
+            if config_mod.resolve(config, overrides).distribute != "data-parallel":
+                raise UnetError("--coordinator/--num-processes need --distribute data-parallel")
             initialize(Cluster.from_env(cluster))  # waits for all: after the folder check
         cfg, provenance = resolve_settings(data, config, overrides)
         if provenance.get("note"):
@@ -793,8 +797,8 @@ def predict(
         bool,
         typer.Option(
             "--resume",
-            help="Finish an interrupted run into the same --out with the same settings: "
-            "inputs whose files are there are skipped [default: start over].",
+            help="Finish an interrupted run into the same --out with the same inputs and "
+            "settings: inputs whose files are there are skipped [default: start over].",
         ),
     ] = False,
     engine: Annotated[
@@ -853,6 +857,10 @@ def predict(
             run, inputs, out, options, **settings, address=ray_address, actors=actors
         )
     else:
+        given = [f for f, v in (("--ray-address", ray_address), ("--actors", actors)) if v]
+        if given:  # they would be ignored: the user meant the cluster
+            verb = "apply" if len(given) > 1 else "applies"
+            raise UnetError(f"{' and '.join(given)} {verb} to --engine ray; add it, or drop them")
         report = predict_files(run, inputs, out, options, **settings)
     total = len(report.written) + len(report.failed)
     typer.echo(f"wrote {len(report.written)} mask(s) to {out} (table: {report.csv_path})")
@@ -1059,9 +1067,16 @@ def _import_keras_quietly() -> None:
     TensorFlow's C++ start-up notices (absl, oneDNN) ignore ``TF_CPP_MIN_LOG_LEVEL``; they
     are noise for a CLI user. If the import fails, what it printed is shown with the error.
     """
+    import importlib.util
     import os
     import tempfile
 
+    backend = os.environ.get("KERAS_BACKEND")
+    if backend and backend not in ("tensorflow", "jax", "torch"):  # Keras: a traceback
+        raise UnetError(
+            f"KERAS_BACKEND={backend!r} is not a backend unet-lowered runs on; set it to "
+            "tensorflow (the default), jax or torch, in lower case, or unset it"
+        )
     if "keras" in sys.modules:
         return
     sys.stderr.flush()
@@ -1071,8 +1086,12 @@ def _import_keras_quietly() -> None:
         try:
             import keras
 
-            if keras.backend.backend() == "tensorflow":
-                import tensorflow  # noqa: F401
+            # TensorFlow too where it is installed: on JAX and torch Keras still imports
+            # it later (tf.data), and its notices would come then.
+            if importlib.util.find_spec("tensorflow") is not None:
+                import tensorflow
+            elif keras.backend.backend() == "tensorflow":
+                import tensorflow  # noqa: F401  (the error, shown with what it printed)
         except KeyboardInterrupt:  # Ctrl-C: the start-up notices are still noise
             raise
         except BaseException:
@@ -1087,7 +1106,7 @@ def _import_keras_quietly() -> None:
 
 _RESUME_HINTS = {
     "train": "continue it with `unet train --resume --out RUN`",
-    "predict": "finish it with the same command and --resume",
+    "predict": "finish it with the same command and --resume",  # batch.py said how far
 }
 
 

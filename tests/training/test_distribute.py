@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from unet_lowered.errors import SettingError
+from unet_lowered.errors import SettingError, UnetError
 from unet_lowered.training import distribute
 from unet_lowered.training.config import RunConfig, TrainConfig
 
@@ -300,6 +300,47 @@ def test_bad_cluster_is_one_named_error(cluster, setting, message):
     with pytest.raises(SettingError, match=message) as e:
         cluster.check()
     assert e.value.setting == setting
+
+
+def test_a_peer_that_cannot_reach_process_0_says_so_in_one_line(capsys):
+    """JAX would abort with a C++ stack trace after 5 minutes; the port is tried first."""
+    with socket.socket() as s:  # a free port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cluster = distribute.Cluster(f"127.0.0.1:{port}", 2, 1)
+    with pytest.raises(
+        UnetError, match=rf"^process 1: nothing answered at 127\.0\.0\.1:{port} for 1 s"
+    ):
+        distribute._wait_for_coordinator(cluster, timeout=1)
+    assert capsys.readouterr().out == f"process 1: waiting for process 0 at 127.0.0.1:{port}\n"
+    with socket.socket() as listening:  # process 0's coordinator: answered at once
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        distribute._wait_for_coordinator(distribute.Cluster(f"127.0.0.1:{port}", 2, 1), 5)
+    assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ([], "--coordinator/--num-processes need --distribute data-parallel"),
+        (["--distribute", "data-parallel", "--folds", "2"], "--folds trains on one host"),
+    ],
+)
+def test_cluster_flags_that_cannot_work_are_refused_before_joining(
+    prepared, tmp_path, extra, message
+):
+    """Refused at once: joining first would wait 5 minutes for peers that never come."""
+    from typer.testing import CliRunner
+
+    from unet_lowered.cli import app
+
+    args = ["train", str(prepared), "--out", str(tmp_path / "run"), "--coordinator"]
+    args += ["127.0.0.1:1", "--num-processes", "2", "--process-id", "0", *extra]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1 and isinstance(result.exception, UnetError)
+    assert message in str(result.exception)
 
 
 def test_cluster_from_keras_environment(monkeypatch):

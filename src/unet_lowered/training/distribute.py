@@ -121,6 +121,44 @@ class Cluster:
 
 _initialized: Cluster | None = None
 
+JOIN_TIMEOUT_S = 300
+"""How long a process waits for the others (JAX's own ``initialization_timeout``)."""
+
+
+def _wait_for_coordinator(cluster: Cluster, timeout: float = JOIN_TIMEOUT_S) -> None:
+    """Wait until process 0's coordinator accepts connections.
+
+    JAX terminates the whole process with a C++ stack trace when it cannot reach the
+    coordinator in time; trying the address first turns that into one line.
+
+    Raises:
+        UnetError: Nothing answers at ``cluster.coordinator`` within ``timeout`` seconds.
+    """
+    import socket
+    import time
+
+    host, _, port = cluster.coordinator.rpartition(":")
+    deadline = time.monotonic() + timeout
+    said = False
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=2):
+                return
+        except OSError as e:
+            if time.monotonic() > deadline:
+                raise UnetError(
+                    f"process {cluster.process_id}: nothing answered at {cluster.coordinator} "
+                    f"for {timeout:g} s ({e.strerror or e}); start process 0 with the same "
+                    "--coordinator and --num-processes, and check the address and firewall"
+                ) from None
+        if not said:
+            print(
+                f"process {cluster.process_id}: waiting for process 0 at {cluster.coordinator}",
+                flush=True,
+            )
+            said = True
+        time.sleep(0.5)
+
 
 def initialize(cluster: Cluster) -> None:
     """Join the multi-process run (JAX), once per process; one process: nothing to do.
@@ -144,6 +182,16 @@ def initialize(cluster: Cluster) -> None:
         )
     if _initialized is not None:
         raise UnetError(f"this process already joined {_initialized}; start a new process")
+    if cluster.process_id == 0:
+        others = cluster.num_processes - 1
+        print(
+            f"process 0 of {cluster.num_processes}: waiting at {cluster.coordinator} for "
+            f"{others} more process(es) to join (JAX gives up after "
+            f"{JOIN_TIMEOUT_S // 60} minutes)",
+            flush=True,
+        )
+    else:  # JAX aborts the process (no exception) if the coordinator never answers
+        _wait_for_coordinator(cluster)
     import jax
 
     # CPU processes exchange gradients through gloo (JAX's default in 0.10; set for
