@@ -372,6 +372,21 @@ def test_tensorflow_refuses_several_hosts_and_torch_refuses_distribution():
     assert "ERROR SettingError" in out and "not available on the torch backend" in out
 
 
+def test_tensorflow_data_parallel_on_one_device_says_so():
+    """A machine without GPUs: MirroredStrategy has one CPU device, and the run says so."""
+    code = textwrap.dedent(
+        """
+        import sys
+        sys.stderr = sys.stdout
+        from unet_lowered.training import distribute
+        print("DEVICES", distribute.plan("data-parallel", 4).describe()["device_count"])
+        """
+    )
+    out = run_python(code, "tensorflow")
+    assert "--distribute data-parallel: TensorFlow sees one device" in out
+    assert "DEVICES 1" in out
+
+
 class FakeSequence:
     """Batches of 4 of ids 0..n-1: x holds the id, y its negative."""
 

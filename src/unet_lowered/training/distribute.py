@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -343,6 +344,13 @@ def plan(mode: str, batch_size: int, cluster: Cluster | None = None) -> DataPara
 
         logical = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
         devices = [d.name for d in logical]
+        if len(devices) == 1:
+            print(
+                f"--distribute data-parallel: TensorFlow sees one device ({devices[0]}); "
+                "the run trains on it, as without the flag",
+                file=sys.stderr,
+                flush=True,
+            )
         strategy = tf.distribute.MirroredStrategy(devices=devices)
         processes, process_id = 1, 0
     else:
