@@ -69,6 +69,19 @@ def test_an_interrupt_click_turned_into_130(monkeypatch, capsys) -> None:
     assert code == 130 and err == LINE + "run it again\n"
 
 
+def test_ctrl_c_stops_the_server_in_one_line(monkeypatch, capsys, tmp_path) -> None:
+    pytest.importorskip("fastapi", reason="the serve extra is not installed")
+    import unet_lowered.serve.app as serve_app
+
+    def serving(*args, **kwargs):
+        raise KeyboardInterrupt  # how a user stops `unet serve`
+
+    monkeypatch.setattr(serve_app, "serve_run", serving)
+    monkeypatch.setattr(cli, "_import_keras_quietly", lambda: None)
+    code, err = run_main(monkeypatch, capsys, ["serve", str(tmp_path)])
+    assert code == 130 and err == "interrupted: the server stopped\n"
+
+
 def unet(*args: object) -> subprocess.Popen:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     return subprocess.Popen(

@@ -1112,6 +1112,9 @@ _RESUME_HINTS = {
 
 def _interrupted(command: str | None) -> None:
     """The one line for Ctrl-C, then exit 130 (128 + SIGINT, as shells report it)."""
+    if command == "serve":  # writes nothing: Ctrl-C is how it is stopped
+        typer.echo("interrupted: the server stopped", err=True)
+        sys.exit(130)
     hint = _RESUME_HINTS.get(command or "", "run it again")
     typer.echo(
         f"interrupted: outputs already finished are kept, the one being written is not; {hint}",
