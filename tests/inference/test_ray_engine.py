@@ -320,3 +320,4 @@ def test_an_address_where_nothing_listens_is_one_line(setup, tmp_path) -> None:
         predict_files_ray(
             run, [inputs], tmp_path / "out", address=f"127.0.0.1:{port}", progress=False
         )
+    assert not (tmp_path / "out").exists()  # refused before the job wrote its journal there

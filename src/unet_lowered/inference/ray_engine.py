@@ -110,6 +110,8 @@ def predict_files_ray(
     _check_ray_installed()
     if actors is not None and actors < 1:
         raise UnetError(f"--actors {actors}: give at least 1 actor")
+    if address is not None:  # before the job writes its journal into --out
+        _check_reachable(address)
     job = open_job(run_dir, inputs, out_dir, options, recursive, save_prob, save_overlay, resume)
     report, rows, journal = job.report, job.rows, job.journal
     batches: list[list[tuple[int, str, str]]] = []
