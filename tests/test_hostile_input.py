@@ -743,3 +743,21 @@ def test_settings_that_would_be_ignored_or_crash_are_one_line(
     code, err = cli(capfd, "model-info")
     assert code == 1
     the_line(err, r"^error: KERAS_BACKEND='JAX' is not a backend unet-lowered runs on; .*jax")
+
+
+def test_train_names_a_mask_whose_values_cannot_be_read(tmp_path: Path, capfd) -> None:
+    """An unprepared folder with a gradient saved as a mask: the file is named."""
+    from unet_lowered.io.images import write_png
+
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        write_png(tmp_path / "d" / "images" / f"a{i}.png", rng.integers(0, 255, (32, 32), np.uint8))
+        mask = np.zeros((32, 32), np.uint8)
+        mask[8:20, 8:20] = 255
+        if i == 3:
+            mask = np.tile(np.arange(32, dtype=np.uint8) * 8, (32, 1))
+        write_png(tmp_path / "d" / "masks" / f"a{i}.png", mask)
+    code, err = cli(capfd, "train", tmp_path / "d", "--out", tmp_path / "run", "--epochs", "1")
+    assert code == 1
+    the_line(err, r"^error: .*/d/masks/a3\.png: 32 distinct values .* `unet prepare --foreground")
+    assert not (tmp_path / "run").exists()

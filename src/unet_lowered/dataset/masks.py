@@ -235,7 +235,8 @@ def binarize(
         )
     raise MaskValuesError(
         f"{len(values)} distinct values from {values[0]} to {values[-1]} and not near-binary "
-        "(a photo or gradient saved as a mask?); fix the mask or pass --foreground VALUES"
+        "(a photo or gradient saved as a mask?); fix the mask, or name the foreground values "
+        "with `unet prepare --foreground VALUES`"
     )
 
 

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from unet_lowered import options, preprocess
-from unet_lowered.dataset.masks import read_mask, to_classes, to_labels
+from unet_lowered.dataset.masks import MaskValuesError, read_mask, to_classes, to_labels
 from unet_lowered.dataset.pairs import PreparedData, check_mask_size
 from unet_lowered.errors import UnetError, listing
 from unet_lowered.io import images as imageio
@@ -167,7 +167,7 @@ class SampleCache:
         self.foreground = {
             ident: 1.0 - c.get(int(background), 0) / sum(c.values()) for ident, c in counts.items()
         }
-        self._masks = {ident: self._to_target(m) for ident, m in raw_masks.items()}
+        self._masks = {ident: self._target(ident, m) for ident, m in raw_masks.items()}
         del raw_masks
         if weight_fn is not None and not self.lazy:
             weights = self._map(self._weight, list(self._masks.values()))
@@ -203,7 +203,7 @@ class SampleCache:
         """
         if self.lazy:
             image, raw, self._stats[ident] = self._decode_raw(ident)
-            mask = self._to_target(raw)
+            mask = self._target(ident, raw)
             weight = self._weight(mask) if self.weight_fn is not None else None
         else:
             image, mask = self._images[ident], self._masks[ident]
@@ -287,6 +287,13 @@ class SampleCache:
                 "of classes to match or re-run `unet prepare --classes`"
             )
         return np.asarray(values)
+
+    def _target(self, ident: str, raw: np.ndarray) -> np.ndarray:
+        """:meth:`_to_target`, a mask whose values cannot be read named by its file."""
+        try:
+            return self._to_target(raw)
+        except MaskValuesError as e:
+            raise UnetError(f"{self.data.masks[ident]}: {e}") from None
 
     def _to_target(self, raw: np.ndarray) -> np.ndarray:
         if self._lut is not None:  # the stored values of all masks, in order, are the classes
