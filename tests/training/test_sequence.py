@@ -292,6 +292,26 @@ def test_foreground_crops_in_the_training_sequence(tmp_path: Path) -> None:
         TrainConfig(foreground_crops=1.5).validate()
 
 
+def test_validation_windows_are_centred_on_foreground_when_training_crops_are(
+    tmp_path: Path,
+) -> None:
+    """Sparse objects: each validation image's fixed window holds its foreground, so an
+    all-background model cannot score Dice 1 on empty windows; dense data: unchanged."""
+    root = tmp_path / "flat"
+    for k in range(4):  # 120x120 images whose box covers a small corner only
+        make_pair(root, f"s{k}", size=(120, 120), seed=k)
+    data = load_prepared(root)
+    split = {"train": data.ids[:2], "val": data.ids[2:]}
+    for rate, centred in ((0.33, True), (0.0, False)):
+        cfg = TrainConfig(image_size=16, input_mode="crop", batch_size=2, foreground_crops=rate)
+        _, val = make_sequences(data, split, cfg.validate(), workers=1)
+        assert val.foreground_crops == (1.0 if centred else 0.0)
+        _, y = val[0]
+        if centred:
+            assert all(y[k].any() for k in range(2))
+        np.testing.assert_array_equal(val[0][1], y)  # the same windows every time
+
+
 def test_random_crop_pads_by_reflection() -> None:
     image = np.arange(3, dtype=np.float32).reshape(1, 3, 1) * np.ones((3, 1, 1), np.float32)
     mask = image[..., 0].astype(np.uint8)
