@@ -43,6 +43,34 @@ def test_asymmetric_layout_is_found(tmp_path: Path) -> None:
     assert all(v["p"] < 0.01 and v["effect"] > 0.5 for v in layout.values())
 
 
+def test_eight_images_can_tell(tmp_path: Path) -> None:
+    """The smallest sample the test takes: with every sign vector enumerated, a fixed
+    layout is found (p 2/256); 999 random draws could never go below 0.01 here."""
+    layout = _fp(write_set(tmp_path / "d", 8, organ)).symmetry["layout"]
+    assert {k: v["kept"] for k, v in layout.items()} == dict.fromkeys(layout, False)
+    assert all(v["p"] == pytest.approx(2 / 256, abs=1e-4) for v in layout.values())
+
+
+def test_classes_swapped_by_a_flip_are_found(tmp_path: Path) -> None:
+    """Class 1 always on the left, class 2 its mirror image on the right (lungs labelled
+    apart): the foreground as a whole is symmetric, the classes are not."""
+    from unet_lowered.dataset.prepare import prepare
+
+    rng = np.random.default_rng(0)
+    for k in range(12):
+        labels = np.zeros((64, 64), np.uint8)
+        dy = int(rng.integers(-2, 3))
+        labels[10 + dy : 54 + dy, 8:26] = 1
+        labels[10 + dy : 54 + dy, 38:56] = 2
+        image = np.clip(rng.normal(90, 8, labels.shape) + 70 * (labels > 0), 0, 255)
+        write_png(tmp_path / "src" / "images" / f"c{k:02d}.png", image.astype(np.uint8))
+        write_png(tmp_path / "src" / "masks" / f"c{k:02d}.png", labels)
+    prepare(tmp_path / "src", tmp_path / "d", classes=True, progress=False)
+    layout = _fp(tmp_path / "d").symmetry["layout"]
+    assert layout["flip_lr"]["kept"] is False and layout["flip_lr"]["effect"] > 0.9
+    assert layout["flip_ud"]["kept"] is True  # up-down keeps each class where it is
+
+
 def test_too_few_images_cannot_tell(tmp_path: Path) -> None:
     fp = _fp(write_set(tmp_path / "d", 4, organ))
     assert {v["kept"] for v in fp.symmetry["layout"].values()} == {None}
