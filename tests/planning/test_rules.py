@@ -285,7 +285,9 @@ def test_parse_duration(text, seconds) -> None:
     assert budget.parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["soon", "-1m", "0", "10 days", True])
+@pytest.mark.parametrize(
+    "text", ["soon", "-1m", "0", "10 days", True, float("inf"), float("nan"), 10**400]
+)
 def test_parse_duration_refuses(text) -> None:
     with pytest.raises(SettingError, match="time-budget must be a positive duration"):
         budget.parse_duration(text)

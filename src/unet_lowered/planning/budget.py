@@ -4,6 +4,7 @@ keeps training inside one is :class:`unet_lowered.planning.callbacks.TimeBudget`
 
 from __future__ import annotations
 
+import math
 import re
 
 from unet_lowered.errors import SettingError
@@ -21,13 +22,16 @@ def parse_duration(value: object, setting: str = "time_budget") -> float:
     if isinstance(value, bool):
         seconds = None
     elif isinstance(value, int | float):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an integer too large for a float (YAML allows it)
+            seconds = math.inf
     else:
         match = _DURATION.match(str(value))
         seconds = None
         if match:
             seconds = float(match.group(1)) * _UNITS[(match.group(2) or "").lower()]
-    if seconds is None or not seconds > 0:
+    if seconds is None or not 0 < seconds < math.inf:  # YAML's .inf and .nan too
         flag = setting.replace("_", "-")
         raise SettingError(
             setting, f"{flag} must be a positive duration like 90s, 10m or 1h, got {value!r}"
