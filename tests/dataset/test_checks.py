@@ -33,6 +33,12 @@ def test_mask_warnings(fractions: dict, expected: list[str]) -> None:
         assert line.startswith(start), line
 
 
+def test_rare_foreground_advice_only_for_plain_bce() -> None:
+    rare = {"a": 0.005, "b": 0.004}
+    assert "with bce the model may learn" in mask_warnings(rare, loss="bce")[0]
+    assert mask_warnings(rare, loss="bce+dice") == []  # already what it would advise
+
+
 def test_mask_warnings_from_cache_and_from_files(tmp_path: Path) -> None:
     data = load_prepared(make_prepared(tmp_path, ids_of(2), meta={}, mask_values=(0,)))
     cache = SampleCache(data, channels=1, image_size=8)

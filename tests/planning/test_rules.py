@@ -92,6 +92,10 @@ def test_normalisation_is_per_image_without_clahe() -> None:
     planned = rules.normalisation_rule(fp(bit_depth=16))
     assert planned["clahe"].value is False
     assert "16-bit gray" in planned["normalisation"].reason
+    empty = {**BASE.intensity, "foreground": None, "contrast": None}  # masks all empty
+    reason = rules.normalisation_rule(fp(intensity=empty))["normalisation"].reason
+    assert reason.startswith("8-bit gray images (no foreground and background to compare")
+    assert "(," not in reason and "None" not in reason
 
 
 # ---------------------------------------------------------------- flips and rotations
@@ -146,6 +150,11 @@ def test_batch_size_rules() -> None:
     # 10 images of 64x64: 5% of the data is 0.5 images, so the minimum of 2
     tiny = fp(n_images=10, sizes=_sizes(64, 64))
     assert rules.batch_rule(tiny, 64, "resize", None).value == 2
+    assert rules.batch_rule(tiny, 64, "resize", None).reason.startswith(
+        "2: the smallest batch planned (nnU-Net's minimum; 5% of this data's pixels is less"
+    )
+    forty = fp(n_images=40, sizes=_sizes(64, 64))  # 5% is 2 samples: the cap itself
+    assert rules.batch_rule(forty, 64, "resize", None).reason.startswith("2: at most 5%")
     few_updates = rules.batch_rule(fp(), 224, "resize", 300)
     assert few_updates.value == 2 and "300 updates" in few_updates.reason
     assert rules.batch_rule(fp(), 224, "resize", 5000).value == 4

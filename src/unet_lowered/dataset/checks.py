@@ -60,6 +60,7 @@ def mask_warnings(
     ids: Iterable[str] | None = None,
     empty_below: float = EMPTY_FRACTION,
     full_above: float = FULL_FRACTION,
+    loss: str | None = None,
 ) -> list[str]:
     """Warnings about masks that lead to "the predictions are all black".
 
@@ -71,6 +72,8 @@ def mask_warnings(
         ids: The ids to check (e.g. the training split); default all.
         empty_below: Below this fraction a mask counts as nearly empty.
         full_above: Above this fraction a mask counts as nearly all foreground.
+        loss: The loss the training uses; the advice against plain ``bce`` for rare
+            foreground is given only when it is ``bce`` (or not known).
 
     Returns:
         One line per problem (empty when all is well).
@@ -105,7 +108,7 @@ def mask_warnings(
             f"{len(full)} of {n} masks are more than {full_above:.0%} foreground "
             f"({_listing(full)}); are they inverted? foreground must be the non-zero value"
         )
-    if mean < 0.01:
+    if mean < 0.01 and loss in (None, "bce"):
         out.append(
             f"foreground covers only {mean:.2%} of the pixels on average: with bce the model "
             "may learn to predict all background; prefer bce+dice, dice or focal"

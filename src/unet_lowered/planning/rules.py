@@ -158,14 +158,19 @@ def normalisation_rule(fp: Fingerprint) -> dict[str, Planned]:
     """
     fg, bg = fp.intensity["foreground"], fp.intensity["background"]
     contrast = fp.intensity["contrast"]
-    detail = f"foreground mean {fg['mean']:.2f}, background {bg['mean']:.2f}" if fg and bg else ""
+    if fg and bg:
+        detail = (
+            f" (foreground mean {fg['mean']:.2f}, background {bg['mean']:.2f}, contrast {contrast})"
+        )
+    else:  # masks all empty or all foreground: nothing to compare
+        detail = " (no foreground and background to compare in the masks)"
     colour = (
         "colour" if fp.channels == 3 else ("gray stored as RGB" if fp.gray_as_rgb > 0.5 else "gray")
     )
     return {
         "normalisation": Planned(
             "per-image min-max, then zero mean / unit variance",
-            f"{fp.bit_depth}-bit {colour} images ({detail}, contrast {contrast}): "
+            f"{fp.bit_depth}-bit {colour} images{detail}: "
             "intensities are relative, so each image is standardised on its own",
         ),
         "clahe": Planned(False, "off: the intensity augmentation applies CLAHE to 1 image in 4"),
@@ -368,6 +373,11 @@ def batch_rule(
     cap = max(MIN_BATCH, int(DATASET_SHARE * total / per_sample))
     batch = min(DEFAULT_BATCH, cap)
     why = f"{batch}: at most {DATASET_SHARE:.0%} of the data's pixels per batch (nnU-Net)"
+    if batch == MIN_BATCH and int(DATASET_SHARE * total / per_sample) < MIN_BATCH:
+        why = (
+            f"{batch}: the smallest batch planned (nnU-Net's minimum; {DATASET_SHARE:.0%} of "
+            "this data's pixels is less than two samples)"
+        )
     if batch == DEFAULT_BATCH:
         why = f"{batch}: the measured best on CPU (more updates than 8 in the same time)"
     if updates_at_default is not None and updates_at_default < MIN_UPDATES and batch > MIN_BATCH:

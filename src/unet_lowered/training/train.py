@@ -201,7 +201,7 @@ def train(
             output_size=out_hw,
             epoch=state["epoch"],
         )
-        for message in mask_warnings(dataset, split["train"]):
+        for message in mask_warnings(dataset, split["train"], loss=cfg.loss):
             warn(message)
 
         run_config = _run_config(cfg, dataset, data, precision, size)
