@@ -11,8 +11,9 @@ import os
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 # TensorFlow's C++ start-up chatter (oneDNN notices, CPU feature lines) is noise for a CLI user.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# OpenCV prints "[ WARN ]" lines for corrupt files; we report those files ourselves, once.
-os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+# OpenCV prints "[ WARN ]" and "[ERROR]" lines for corrupt files (a PNG whose IHDR is not
+# first); we report those files ourselves, in one line each.
+os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
 
 __version__ = "0.1.0"
 

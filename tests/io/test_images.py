@@ -168,3 +168,27 @@ def test_iter_files_skips_junk_and_survives_link_loops(tmp_path):
     found = [p.relative_to(tmp_path).as_posix() for p in images.iter_files(tmp_path)]
     assert found == ["a.png", "sub/b.png"]
     assert [p.name for p in images.iter_files(tmp_path, recursive=False)] == ["a.png"]
+
+
+def test_opencv_prints_nothing_for_a_damaged_png(tmp_path) -> None:
+    """OpenCV's own "[ERROR] ... IHDR chunk shall be first" line stays off stderr: the
+    product reports such a file itself, in one line."""
+    import subprocess
+    import sys
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    ihdr = struct.pack(">IIBBBBB", 4, 4, 8, 0, 0, 0, 0)
+    path = tmp_path / "late_ihdr.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"tEXt", b"a\x00b") + chunk(b"IHDR", ihdr))
+    code = (
+        "import sys, numpy as np, unet_lowered, cv2; "
+        "print(cv2.imdecode(np.fromfile(sys.argv[1], np.uint8), -1) is None)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OPENCV_LOG_LEVEL"}
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(path)], capture_output=True, text=True, env=env
+    )
+    assert done.stdout.strip() == "True" and done.stderr == "", done.stderr

@@ -56,10 +56,10 @@ from unet_lowered.io import atomic
 _WARNINGS_LOCK = threading.RLock()
 
 # OpenCV warns on stderr about every damaged file, which we report in one line ourselves.
-# The package sets OPENCV_LOG_LEVEL=ERROR by default, which OpenCV reads only when it is
+# The package sets OPENCV_LOG_LEVEL=SILENT by default, which OpenCV reads only when it is
 # first imported; apply it here too, for programs that imported cv2 before us.
-if os.environ.get("OPENCV_LOG_LEVEL", "").upper() == "ERROR":
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+if os.environ.get("OPENCV_LOG_LEVEL", "").upper() == "SILENT":
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 DEFAULT_MAX_PIXELS = 100_000_000
 """Images with more pixels than this (100 megapixels) are refused before decoding."""
