@@ -59,9 +59,13 @@ def test_a_written_plan_is_used_until_the_data_or_budget_changes(tiny: Path) -> 
     assert cfg.loss == "dice" and cfg.time_budget == 120.0
     assert prov["sources"]["time_budget"] == "plan" and "(budget 120 s)" in prov["note"]
     write_png(tiny / "train" / "images" / "c000.png", blobs(0, np.random.default_rng(9), 32)[0])
-    cfg, prov = plan_mod.resolve_settings(tiny, None, {"epochs": 1})
-    assert cfg.loss != "dice"  # the data changed: planned anew
-    assert prov["note"].endswith("was made for other data (images or masks changed); planned anew")
+    cfg, prov = plan_mod.resolve_settings(tiny, None, {})
+    assert cfg.loss != "dice"  # the data changed: planned anew, for the budget chosen
+    assert cfg.time_budget == 120.0  # not the default 600 s
+    assert prov["note"].endswith(
+        "was made for other data (images or masks changed, or copied: the check includes "
+        "file times); planned anew for its budget of 120 s"
+    )
 
 
 def test_plan_file_errors(tiny: Path, tmp_path: Path) -> None:

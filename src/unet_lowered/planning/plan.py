@@ -196,13 +196,17 @@ def resolve_settings(
     user = {**file_values, **flags}
     given = None if user.get("time_budget") is None else parse_duration(user["time_budget"])
     dataset = load_prepared(data)
-    plan, note = None, None
+    plan, note, kept_budget = None, None, None
     path = Path(plan_file) if plan_file is not None else Path(data) / PLAN_FILE
     if path.is_file():
         candidate = read_plan(path)
         its_budget = float(candidate.get("time_budget_s") or DEFAULT_BUDGET_S)
         if plan_file is None and candidate.get("signature") != signature(dataset):
-            note = f"{path} was made for other data (images or masks changed); planned anew"
+            kept_budget = its_budget  # the budget the user chose for this data still holds
+            note = (
+                f"{path} was made for other data (images or masks changed, or copied: the "
+                f"check includes file times); planned anew for its budget of {its_budget:g} s"
+            )
         elif plan_file is None and given is not None and its_budget != given:
             note = (
                 f"{path} was made for a budget of {its_budget:g} s, not {given:g} s; planned anew"
@@ -210,7 +214,7 @@ def resolve_settings(
         else:
             plan, note = candidate, f"using the plan in {path} (budget {its_budget:g} s)"
     if plan is None:
-        budget_s = given if given is not None else DEFAULT_BUDGET_S
+        budget_s = given if given is not None else (kept_budget or DEFAULT_BUDGET_S)
         fixed = {k: v for k, v in user.items() if k != "time_budget"}
         plan = make_plan(
             dataset, budget_s, fixed=fixed, measure="epochs" not in user, progress=progress
