@@ -68,6 +68,20 @@ def test_a_written_plan_is_used_until_the_data_or_budget_changes(tiny: Path) -> 
     )
 
 
+def test_a_bad_value_in_plan_json_names_the_file(tiny: Path) -> None:
+    plan = plan_mod.make_plan(tiny, 600.0, measure=False)
+    plan["settings"]["image_size"]["value"] = 17  # edited by hand
+    plan_mod.write_plan(plan, tiny / plan_mod.PLAN_FILE)
+    with pytest.raises(UnetError) as caught:
+        plan_mod.resolve_settings(tiny, None, {"epochs": 1})
+    message = str(caught.value)
+    assert message.startswith(f"{tiny / plan_mod.PLAN_FILE}: ") and "17" in message
+    assert message.endswith(f"make the plan again with `unet plan {tiny}`, or give --image-size)")
+    cfg, _ = plan_mod.resolve_settings(tiny, None, {"epochs": 1, "image_size": 32})
+    assert cfg.image_size == 32  # the flag wins over the plan's bad value
+    (tiny / plan_mod.PLAN_FILE).unlink()
+
+
 def test_plan_file_errors(tiny: Path, tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     with pytest.raises(UnetError, match="--out FILE"):

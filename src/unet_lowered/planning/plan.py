@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from unet_lowered.dataset.pairs import PreparedData, check_split, load_prepared
-from unet_lowered.errors import UnetError
+from unet_lowered.errors import SettingError, UnetError
 from unet_lowered.planning import rules
 from unet_lowered.planning.budget import parse_duration
 from unet_lowered.planning.fingerprint import fingerprint
@@ -213,6 +213,7 @@ def resolve_settings(
             )
         else:
             plan, note = candidate, f"using the plan in {path} (budget {its_budget:g} s)"
+    from_file = plan is not None
     if plan is None:
         budget_s = given if given is not None else (kept_budget or DEFAULT_BUDGET_S)
         fixed = {k: v for k, v in user.items() if k != "time_budget"}
@@ -224,7 +225,24 @@ def resolve_settings(
         planned.pop("time_budget", None)
     merged = {k: v for k, v in planned.items() if k not in file_values}
     merged.update(flags)
-    cfg = config_mod.resolve(config_file, merged)
+    try:
+        cfg = config_mod.resolve(config_file, merged)
+        if cfg.image_size is not None:  # a size the network cannot take fails here, not later
+            from unet_lowered.model import output_size
+
+            try:
+                output_size(cfg.image_size, cfg.depth, cfg.padding)
+            except UnetError as e:
+                raise SettingError("image_size", str(e)) from None
+    except SettingError as e:
+        if not from_file or e.setting not in planned or e.setting in user:
+            raise
+        flag = e.setting.replace("_", "-")  # a value from plan.json: say so
+        raise SettingError(
+            e.setting,
+            f"{path}: {e} (the plan's {e.setting}; make the plan again with `unet plan "
+            f"{data}`, or give --{flag})",
+        ) from None
     sources = {}
     for name in sorted(config_mod.FIELDS):
         if name in flags:
