@@ -761,3 +761,23 @@ def test_train_names_a_mask_whose_values_cannot_be_read(tmp_path: Path, capfd) -
     assert code == 1
     the_line(err, r"^error: .*/d/masks/a3\.png: 32 distinct values .* `unet prepare --foreground")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_second_command_writing_the_same_folder_is_refused(
+    run: Path, tmp_path: Path, capfd
+) -> None:
+    """While another unet command writes a folder (its lock held), predict, train and
+    prepare into it are refused in one line instead of mixing their files with its."""
+    from unet_lowered.io import atomic
+
+    images = tmp_path / "in"
+    images.mkdir()
+    out = tmp_path / "out"
+    with atomic.exclusive(out, "predicting into"):
+        code, err = cli(capfd, "predict", run, images, "--out", out)
+        assert code == 1
+        the_line(err, rf"^error: {out}: another unet command is predicting into there right now")
+    with atomic.exclusive(tmp_path / "run2", "training into"):
+        code, err = cli(capfd, "train", tmp_path / "data", "--out", tmp_path / "run2")
+        assert code == 1
+        the_line(err, r"run2: another unet command is training into there right now")

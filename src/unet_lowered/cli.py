@@ -8,6 +8,7 @@ them on one line and exits with status 1.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 from pathlib import Path
@@ -122,21 +123,23 @@ def prepare_cmd(
     """
     from unet_lowered.dataset.prepare import DatasetError, prepare
     from unet_lowered.dataset.report import print_report
+    from unet_lowered.io import atomic
 
     try:
-        report = prepare(
-            src,
-            dest,
-            layout=layout,
-            images_dir=images_dir,
-            masks_dir=masks_dir,
-            overwrite=overwrite,
-            strict=strict,
-            foreground=foreground,
-            classes=classes,
-            max_pixels=max_pixels,
-            progress=True,
-        )
+        with atomic.exclusive(dest, "preparing a data set into"):
+            report = prepare(
+                src,
+                dest,
+                layout=layout,
+                images_dir=images_dir,
+                masks_dir=masks_dir,
+                overwrite=overwrite,
+                strict=strict,
+                foreground=foreground,
+                classes=classes,
+                max_pixels=max_pixels,
+                progress=True,
+            )
     except DatasetError as e:
         print_report(e.report)
         raise
@@ -572,44 +575,50 @@ def train(
     from unet_lowered.training.distribute import Cluster
 
     cluster = Cluster(coordinator, num_processes, process_id)
+    from unet_lowered.io import atomic
     from unet_lowered.training import folds as folds_mod
 
-    if resume:
-        if any(v is not None for v in overrides.values()) or config is not None or folds:
-            raise UnetError(
-                "--resume continues a run with its own settings; drop the other options"
-            )
-        if folds_mod.is_ensemble(out):
-            metrics = folds_mod.train_folds(None, out, None, 0, resume=True)
+    with contextlib.ExitStack() as held:  # one writer per run folder (process 0)
+        if (Cluster.from_env(cluster).process_id or 0) == 0:
+            held.enter_context(atomic.exclusive(Path(out), "training into"))
+        if resume:
+            if any(v is not None for v in overrides.values()) or config is not None or folds:
+                raise UnetError(
+                    "--resume continues a run with its own settings; drop the other options"
+                )
+            if folds_mod.is_ensemble(out):
+                metrics = folds_mod.train_folds(None, out, None, 0, resume=True)
+            else:
+                metrics = train_mod.train(None, out, resume=True, cluster=cluster)
+        elif data is None:
+            cfg = config_mod.resolve(config, overrides)  # refuses bad settings first
+            raise UnetError("no data folder given; pass the folder written by `unet prepare`")
         else:
-            metrics = train_mod.train(None, out, resume=True, cluster=cluster)
-    elif data is None:
-        cfg = config_mod.resolve(config, overrides)  # refuses bad settings first
-        raise UnetError("no data folder given; pass the folder written by `unet prepare`")
-    else:
-        from unet_lowered.planning.plan import resolve_settings
+            from unet_lowered.planning.plan import resolve_settings
 
-        if not folds:  # an existing run folder fails before the planning work
-            train_mod._check_run_folder(Path(out), overwrite)
-        if Cluster.from_env(cluster).multi_process:  # before JAX computes (in planning)
-            from unet_lowered.training.distribute import initialize
+            if not folds:  # an existing run folder fails before the planning work
+                train_mod._check_run_folder(Path(out), overwrite)
+            if Cluster.from_env(cluster).multi_process:  # before JAX computes (in planning)
+                from unet_lowered.training.distribute import initialize
 
-            if folds:  # refused before joining: the others would wait for nothing
+                if folds:  # refused before joining: the others would wait for nothing
+                    raise UnetError(
+                        "--folds trains on one host; drop --coordinator/--num-processes"
+                    )
+                if config_mod.resolve(config, overrides).distribute != "data-parallel":
+                    raise UnetError("--coordinator/--num-processes need --distribute data-parallel")
+                initialize(Cluster.from_env(cluster))  # waits for all: after the folder check
+            cfg, provenance = resolve_settings(data, config, overrides)
+            if provenance.get("note"):
+                typer.echo(provenance["note"], err=True)
+            if folds and Cluster.from_env(cluster).multi_process:
                 raise UnetError("--folds trains on one host; drop --coordinator/--num-processes")
-            if config_mod.resolve(config, overrides).distribute != "data-parallel":
-                raise UnetError("--coordinator/--num-processes need --distribute data-parallel")
-            initialize(Cluster.from_env(cluster))  # waits for all: after the folder check
-        cfg, provenance = resolve_settings(data, config, overrides)
-        if provenance.get("note"):
-            typer.echo(provenance["note"], err=True)
-        if folds and Cluster.from_env(cluster).multi_process:
-            raise UnetError("--folds trains on one host; drop --coordinator/--num-processes")
-        if folds:
-            metrics = folds_mod.train_folds(data, out, cfg, folds, overwrite=overwrite)
-        else:
-            metrics = train_mod.train(
-                data, out, cfg, overwrite=overwrite, provenance=provenance, cluster=cluster
-            )
+            if folds:
+                metrics = folds_mod.train_folds(data, out, cfg, folds, overwrite=overwrite)
+            else:
+                metrics = train_mod.train(
+                    data, out, cfg, overwrite=overwrite, provenance=provenance, cluster=cluster
+                )
     if metrics.get("writer") is False:
         typer.echo(f"process {metrics['process_id']} done; process 0 writes {out}")
         return
@@ -850,18 +859,22 @@ def predict(
         progress=progress,
         resume=resume,
     )
-    if names.choose(engine, ("local", "ray"), "engine") == "ray":
-        from unet_lowered.inference.ray_engine import predict_files_ray
+    from unet_lowered.io import atomic
 
-        report = predict_files_ray(
-            run, inputs, out, options, **settings, address=ray_address, actors=actors
-        )
-    else:
-        given = [f for f, v in (("--ray-address", ray_address), ("--actors", actors)) if v]
-        if given:  # they would be ignored: the user meant the cluster
-            verb = "apply" if len(given) > 1 else "applies"
-            raise UnetError(f"{' and '.join(given)} {verb} to --engine ray; add it, or drop them")
-        report = predict_files(run, inputs, out, options, **settings)
+    ray = names.choose(engine, ("local", "ray"), "engine") == "ray"
+    given = [f for f, v in (("--ray-address", ray_address), ("--actors", actors)) if v]
+    if given and not ray:  # they would be ignored: the user meant the cluster
+        verb = "apply" if len(given) > 1 else "applies"
+        raise UnetError(f"{' and '.join(given)} {verb} to --engine ray; add it, or drop them")
+    with atomic.exclusive(out, "predicting into"):  # two predicts would mix their files
+        if ray:
+            from unet_lowered.inference.ray_engine import predict_files_ray
+
+            report = predict_files_ray(
+                run, inputs, out, options, **settings, address=ray_address, actors=actors
+            )
+        else:
+            report = predict_files(run, inputs, out, options, **settings)
     total = len(report.written) + len(report.failed)
     typer.echo(f"wrote {len(report.written)} mask(s) to {out} (table: {report.csv_path})")
     if report.failed:
@@ -911,10 +924,12 @@ def evaluate(
     Example: unet evaluate runs/lungs data/jsrt --split val
     """
     from unet_lowered.evaluation.evaluate import evaluate_run
+    from unet_lowered.io import atomic
 
     options = _predict_options(locals())
-    evaluate_run(run, data, out, options, split=split, progress=progress)
     folder = out if out is not None else run / "eval"
+    with atomic.exclusive(folder, "evaluating into"):
+        evaluate_run(run, data, out, options, split=split, progress=progress)
     typer.echo(f"wrote {folder / 'per_image.csv'} and {folder / 'summary.json'}")
 
 

@@ -333,3 +333,38 @@ def test_a_failed_second_rename_puts_the_previous_folder_back(tmp_path, monkeypa
             (build / "new.txt").write_text("new")
     assert _tree(dest) == {"old.txt": b"old"}
     assert _hidden(tmp_path) == []
+
+
+# ---------------------------------------------------------------- one writer at a time
+
+
+def test_a_second_writer_of_the_same_folder_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    with atomic.exclusive(out, "training into"):
+        assert atomic.locked(out) and (tmp_path / ".run.lock").is_file()
+        with pytest.raises(UnetError) as refused:
+            with atomic.exclusive(out, "predicting into"):
+                pass
+        assert str(refused.value) == (
+            f"{out}: another unet command is predicting into there right now; wait for it "
+            "to finish, or choose another folder"
+        )
+        with atomic.exclusive(tmp_path / "other", "predicting into"):  # another folder: fine
+            pass
+    assert not atomic.locked(out) and not (tmp_path / ".run.lock").exists()
+    with atomic.exclusive(out, "training into"):  # free again
+        pass
+    with atomic.exclusive(tmp_path / "no" / "such" / "run", "training into"):
+        pass  # no lock file possible: the command's own checks speak
+
+
+def test_a_run_being_trained_is_refused_by_its_readers(tmp_path: Path) -> None:
+    from run_fixtures import bright_model, make_run
+    from unet_lowered.io.runs import load_run
+
+    run = make_run(tmp_path / "run", bright_model(16))
+    with atomic.exclusive(run, "training into"):
+        with pytest.raises(UnetError, match="`unet train` is writing this run right now"):
+            load_run(run)
+        assert load_run(run, unfinished=True).dir == run  # unet plot shows it in progress
+    assert load_run(run).dir == run

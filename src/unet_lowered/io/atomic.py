@@ -391,3 +391,82 @@ def _json_default(obj: Any) -> Any:
     if hasattr(obj, "tolist"):
         return obj.tolist()
     raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+# ---------------------------------------------------------------- one writer at a time
+
+
+def _lock_path(target: Path) -> Path:
+    return target.with_name(f".{target.name}.lock")
+
+
+@contextlib.contextmanager
+def exclusive(target: str | os.PathLike, what: str) -> Iterator[None]:
+    """Hold the writer's lock of ``target`` (an output folder) while the block runs.
+
+    An advisory ``flock`` on ``.<name>.lock`` beside ``target``, removed at the end: a
+    second command writing the same ``target`` (two ``unet train --overwrite`` into one
+    run, two ``unet predict`` into one folder) is refused at once instead of mixing its
+    files with the first one's. A killed holder's lock is released by the system.
+    Where ``fcntl`` is missing (Windows) nothing is locked.
+
+    Where the lock file cannot be made (no such parent folder, read-only) nothing is
+    locked: the command's own checks of ``target`` then give their one-line errors.
+
+    Raises:
+        UnetError: Another process holds the lock; ``what`` says what it is doing.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    target = Path(target)
+    path = _lock_path(target)
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:  # no parent folder yet, read-only: the writer's own checks say so
+            yield
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise UnetError(
+                f"{target}: another unet command is {what} there right now; wait for it "
+                "to finish, or choose another folder"
+            ) from None
+        try:  # the file locked must still be the one at the path (a holder removes it)
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        os.close(fd)
+
+
+def locked(target: str | os.PathLike) -> bool:
+    """Whether a command holds :func:`exclusive` on ``target`` now."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return False
+    path = _lock_path(Path(target))
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)  # closing releases a lock taken here
+    return False

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from unet_lowered.errors import UnetError
+from unet_lowered.io import atomic
 from unet_lowered.training.config import RunConfig
 
 MODEL_FILE = "model.keras"
@@ -170,6 +171,10 @@ def load_run(path: str | os.PathLike, unfinished: bool = False) -> Run:
         raise UnetError(
             f"{model_path}: missing; training has not finished an epoch yet "
             f"(resume it with `unet train --resume --out {path}`)"
+        )
+    if not unfinished and atomic.locked(path):
+        raise UnetError(
+            f"{path}: `unet train` is writing this run right now; wait for it to finish"
         )
     if not unfinished and (path / STATE_FILE).is_file() and not (path / METRICS_FILE).is_file():
         raise UnetError(
