@@ -417,6 +417,9 @@ def test_a_bad_value_from_the_config_file_names_the_file(tmp_path: Path) -> None
         ({"rotate": 270.0}, "rotate must be in [0, 180], got 270.0"),
         ({"threshold": "abc"}, "threshold must be a number, got 'abc'"),
         ({"sigma": 0.0}, "the border weights need w0 >= 0 and sigma > 0"),
+        ({"flip_lr": "no"}, "flip-lr is true or false (unquoted in YAML"),  # was: on
+        ({"clahe": 2}, "clahe is true or false"),
+        ({"seed": 1.5}, "seed must be a whole number, 0 or more, got 1.5"),
     ],
 )
 def test_bad_settings_name_the_valid_values(overrides, message) -> None:

@@ -129,6 +129,16 @@ class TrainConfig:
             if not isinstance(value, int | float) or isinstance(value, bool) or value != value:
                 flag = name.replace("_", "-")
                 raise SettingError(name, f"{flag} must be a number, got {value!r}")
+        for name in BOOLEANS:  # YAML's "no" in quotes is a string, and a string is true
+            value = getattr(cfg, name)
+            if not isinstance(value, bool):
+                flag = name.replace("_", "-")
+                raise SettingError(
+                    name,
+                    f"{flag} is true or false (unquoted in YAML, JSON true/false), got {value!r}",
+                )
+        if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool) or cfg.seed < 0:
+            raise SettingError("seed", f"seed must be a whole number, 0 or more, got {cfg.seed!r}")
         if cfg.learning_rate is not None and not 0.0 < cfg.learning_rate < math.inf:
             raise SettingError(
                 "learning_rate", f"lr must be a positive number, got {cfg.learning_rate}"
@@ -193,6 +203,11 @@ class TrainConfig:
 
 FIELDS = {f.name for f in dataclasses.fields(TrainConfig)} - {"extra"}
 #: Settings that hold a real number (``learning_rate`` may also be None: the default).
+BOOLEANS = tuple(
+    f.name for f in dataclasses.fields(TrainConfig) if f.type in ("bool", bool)
+)
+"""The on/off settings: a config file must give them as booleans."""
+
 NUMBERS = (
     "val_fraction",
     "dropout",
