@@ -582,9 +582,18 @@ def train(
         if (Cluster.from_env(cluster).process_id or 0) == 0:
             held.enter_context(atomic.exclusive(Path(out), "training into"))
         if resume:
-            if any(v is not None for v in overrides.values()) or config is not None or folds:
+            flag = {"learning_rate": "lr", "input_mode": "crop/--resize"}
+            given = [
+                f"--{flag.get(k, k.replace('_', '-'))}"
+                for k, v in overrides.items()
+                if v is not None
+            ]
+            given += ["--config"] * (config is not None) + ["--folds"] * bool(folds)
+            given += ["DATA"] * (data is not None) + ["--overwrite"] * overwrite
+            if given:
                 raise UnetError(
-                    "--resume continues a run with its own settings; drop the other options"
+                    "--resume continues a run with its own settings and data; drop "
+                    + ", ".join(given)
                 )
             if folds_mod.is_ensemble(out):
                 metrics = folds_mod.train_folds(None, out, None, 0, resume=True)

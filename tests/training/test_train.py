@@ -420,6 +420,7 @@ def test_a_bad_value_from_the_config_file_names_the_file(tmp_path: Path) -> None
         ({"flip_lr": "no"}, "flip-lr is true or false (unquoted in YAML"),  # was: on
         ({"clahe": 2}, "clahe is true or false"),
         ({"seed": 1.5}, "seed must be a whole number, 0 or more, got 1.5"),
+        ({"upsampling": "bilinear", "progressive": 0.5}, "bilinear cannot take the changing"),
     ],
 )
 def test_bad_settings_name_the_valid_values(overrides, message) -> None:
@@ -492,10 +493,20 @@ def test_config_file_may_say_auto(tmp_path: Path) -> None:
     assert config_mod.resolve(path, {"image_size": 128}).image_size == 128  # flags win
 
 
+def test_config_file_takes_the_flag_name_lr(tmp_path: Path) -> None:
+    path = tmp_path / "cfg.yaml"
+    path.write_text("lr: 0.01\n")
+    assert config_mod.resolve(path).learning_rate == 0.01
+
+
 def test_resume_refuses_other_options(tmp_path: Path) -> None:
-    result = CliRunner().invoke(app, ["train", "--resume", "--out", str(tmp_path), "--epochs", "3"])
+    args = ["train", "--resume", "--out", str(tmp_path), "--epochs", "3", "--lr", "0.1"]
+    result = CliRunner().invoke(app, [*args, "--overwrite", str(tmp_path / "data")])
     assert result.exit_code == 1
-    assert "drop the other options" in str(result.exception) + result.output
+    assert str(result.exception) == (  # DATA and --overwrite were silently ignored before
+        "--resume continues a run with its own settings and data; drop --epochs, --lr, "
+        "DATA, --overwrite"
+    )
 
 
 @pytest.mark.realdata

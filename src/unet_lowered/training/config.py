@@ -137,6 +137,13 @@ class TrainConfig:
                     name,
                     f"{flag} is true or false (unquoted in YAML, JSON true/false), got {value!r}",
                 )
+        if cfg.upsampling == "bilinear" and cfg.progressive:
+            raise SettingError(
+                "upsampling",
+                "upsampling bilinear cannot take the changing input size of progressive "
+                "resizing (Keras' UpSampling2D); set progressive to 0, or keep upsampling "
+                "transpose",
+            )
         if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool) or cfg.seed < 0:
             raise SettingError("seed", f"seed must be a whole number, 0 or more, got {cfg.seed!r}")
         if cfg.learning_rate is not None and not 0.0 < cfg.learning_rate < math.inf:
@@ -203,9 +210,7 @@ class TrainConfig:
 
 FIELDS = {f.name for f in dataclasses.fields(TrainConfig)} - {"extra"}
 #: Settings that hold a real number (``learning_rate`` may also be None: the default).
-BOOLEANS = tuple(
-    f.name for f in dataclasses.fields(TrainConfig) if f.type in ("bool", bool)
-)
+BOOLEANS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.type in ("bool", bool))
 """The on/off settings: a config file must give them as booleans."""
 
 NUMBERS = (
@@ -257,6 +262,7 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     out = {}
     for key, value in data.items():
         name = str(key).replace("-", "_")
+        name = {"lr": "learning_rate"}.get(name, name)  # the flag is --lr
         if name not in FIELDS:
             raise UnetError(
                 f"{path}: unknown setting {key!r}; valid settings: {', '.join(sorted(FIELDS))}"
