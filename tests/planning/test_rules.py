@@ -72,9 +72,21 @@ def test_large_images_with_small_objects_are_cropped() -> None:
     planned = rules.input_rule(fp(sizes=_sizes(512, 512), object_area=SMALL_OBJECTS))
     assert planned["input_mode"].value == "crop"
     assert planned["image_size"].value == 256  # capped at PATCH_CAP
-    planned = rules.input_rule(fp(sizes=_sizes(600, 800, lo=200), object_area=SMALL_OBJECTS))
-    assert planned["image_size"].value == 192  # the smallest side, rounded down
+    planned = rules.input_rule(fp(sizes=_sizes(600, 800, lo=40), object_area=SMALL_OBJECTS))
+    assert planned["image_size"].value == 256  # one 40 px image does not shrink the patch
+    assert "smaller images are mirror-padded" in planned["image_size"].reason
+    planned = rules.input_rule(fp(sizes=_sizes(200, 900), object_area=SMALL_OBJECTS))
+    assert planned["image_size"].value == 192  # the median's shorter side, rounded down
     assert "native resolution" in planned["input_mode"].reason
+
+
+def test_resizing_says_when_it_stretches_or_rescales() -> None:
+    elongated = rules.input_rule(fp(sizes=_sizes(64, 1024)))["input_mode"].reason
+    assert elongated.endswith("the median image is 1024x64, so images are stretched to a square")
+    mixed = {**_sizes(64, 64), "max_hw": [1500, 1500], "spread": 23.4}
+    reason = rules.input_rule(fp(sizes=mixed))["input_mode"].reason
+    assert reason.endswith("images of other sizes (up to 1500 px) are resized to it")
+    assert rules.input_rule(fp(sizes=_sizes(224, 224)))["input_mode"].reason.endswith("own size")
 
 
 def test_large_images_of_whole_organs_are_resized() -> None:

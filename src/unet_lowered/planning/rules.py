@@ -97,19 +97,20 @@ def input_rule(fp: Fingerprint, depth: int = 4, padding: str = "same") -> dict[s
     """Resize whole images, or train on random crops at native resolution.
 
     nnU-Net trains at the data's median resolution with a patch of at most the median
-    image shape. Here: images no larger than :data:`RESIZE_CAP` are trained whole at
+    image shape. Here (the patch from the median image, so one small image does not
+    shrink it for all; images smaller than the patch are mirror-padded): images no larger than :data:`RESIZE_CAP` are trained whole at
     their own size; larger images with small structures (median object under
     :data:`SMALL_OBJECT_FRACTION` of the image: nuclei, EM cells) are cropped at
     native resolution, since resizing would thin their gaps and membranes below a
     pixel; larger images of whole organs are resized to the cap (the structure stays
     many pixels wide). Crop-trained runs predict by overlap-tiling (``--mode auto``).
     """
-    longer, smallest = fp.sizes["median_longer"], min(fp.sizes["min_hw"])
+    longer, shorter = fp.sizes["median_longer"], min(fp.sizes["median_hw"])
     largest = max(fp.sizes["max_hw"])
     small = fp.object_area["median_fraction"] < SMALL_OBJECT_FRACTION
     diameter = fp.object_area["median_diameter"]
     if largest > RESIZE_CAP and small:
-        patch = nearest_valid_sizes(min(smallest, PATCH_CAP), depth, padding)[0]
+        patch = nearest_valid_sizes(min(shorter, PATCH_CAP), depth, padding)[0]
         return {
             "input_mode": Planned(
                 "crop",
@@ -119,8 +120,9 @@ def input_rule(fp: Fingerprint, depth: int = 4, padding: str = "same") -> dict[s
             ),
             "image_size": Planned(
                 patch,
-                f"patch {patch} px: the smallest image side ({smallest}) capped at {PATCH_CAP} "
-                f"for CPU time, {patch / max(diameter, 1):.0f} object diameters of context",
+                f"patch {patch} px: the median image's shorter side ({shorter}) capped at "
+                f"{PATCH_CAP} for CPU time, {patch / max(diameter, 1):.0f} object diameters of "
+                "context (smaller images are mirror-padded to it)",
             ),
         }
     target = min(longer, RESIZE_CAP)
@@ -131,6 +133,11 @@ def input_rule(fp: Fingerprint, depth: int = 4, padding: str = "same") -> dict[s
         else f"whole-organ objects ({fp.object_area['median_fraction']:.1%} of an image) in "
         f"{longer} px images: resized to {RESIZE_CAP}, the structure stays many pixels wide"
     )
+    h, w = fp.sizes["median_hw"]
+    if max(h, w) > 1.25 * min(h, w):  # the network's input is square
+        why += f"; the median image is {w}x{h}, so images are stretched to a square"
+    elif fp.sizes["spread"] > 1.5:
+        why += f"; images of other sizes (up to {largest} px) are resized to it"
     return {
         "input_mode": Planned("resize", why),
         "image_size": Planned(
