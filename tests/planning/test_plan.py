@@ -173,3 +173,28 @@ def test_unet_train_without_options_uses_the_plan(tiny: Path, tmp_path: Path, mo
     assert metrics["epochs_completed"] == 1  # stopped by the budget; the first always runs
     assert metrics["time_used_s"] > 0
     assert not (tiny / plan_mod.PLAN_FILE).exists()  # the data folder is left as it was
+
+
+def test_the_budget_counts_from_the_commands_start(tiny: Path, tmp_path: Path, monkeypatch) -> None:
+    """`unet train --time-budget` counts the Keras import and planning too: the clock
+    handed to training is the one main() started, not the later one of the planning."""
+    import time
+
+    from unet_lowered import cli
+    from unet_lowered.training import train as train_mod
+
+    seen = {}
+
+    def fake_train(data, out, cfg, **kwargs):
+        seen["started"] = kwargs["provenance"]["started"]
+        return {"val_dice": None, "train_time_s": 0.0}
+
+    monkeypatch.setattr(train_mod, "train", fake_train)
+    monkeypatch.setattr(cli.signal, "signal", lambda *a: None)  # keep pytest's Ctrl-C
+    monkeypatch.setattr(cli, "_import_keras_quietly", lambda: time.sleep(0.2))  # the import
+    args = ["train", str(tiny), "--out", str(tmp_path / "run"), "--epochs", "1"]
+    with pytest.raises(SystemExit) as ended:
+        cli.main(args)
+    assert ended.value.code == 0
+    assert seen["started"] == cli._STARTED[0]
+    assert time.perf_counter() - seen["started"] >= 0.2  # the import's 0.2 s are counted
