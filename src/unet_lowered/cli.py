@@ -608,22 +608,20 @@ def train(
             if not folds:  # an existing run folder fails before the planning work
                 train_mod._check_run_folder(Path(out), overwrite)
             if Cluster.from_env(cluster).multi_process:  # before JAX computes (in planning)
-                from unet_lowered.training.distribute import initialize
+                from unet_lowered.training.distribute import check_cluster_mode, initialize
 
                 if folds:  # refused before joining: the others would wait for nothing
                     raise UnetError(
                         "--folds trains on one host; drop --coordinator/--num-processes"
                     )
-                if config_mod.resolve(config, overrides).distribute != "data-parallel":
-                    raise UnetError("--coordinator/--num-processes need --distribute data-parallel")
+                mode = config_mod.resolve(config, overrides).distribute
+                check_cluster_mode(mode, Cluster.from_env(cluster))
                 initialize(Cluster.from_env(cluster))  # waits for all: after the folder check
             cfg, provenance = resolve_settings(data, config, overrides)
             # The budget counts from the command's start, the Keras import included.
             provenance["started"] = min(provenance["started"], _STARTED[0])
             if provenance.get("note"):
                 typer.echo(provenance["note"], err=True)
-            if folds and Cluster.from_env(cluster).multi_process:
-                raise UnetError("--folds trains on one host; drop --coordinator/--num-processes")
             if folds:
                 metrics = folds_mod.train_folds(data, out, cfg, folds, overwrite=overwrite)
             else:
@@ -1114,10 +1112,9 @@ def _import_keras_quietly() -> None:
 
             # TensorFlow too where it is installed: on JAX and torch Keras still imports
             # it later (tf.data), and its notices would come then.
-            if importlib.util.find_spec("tensorflow") is not None:
-                import tensorflow
-            elif keras.backend.backend() == "tensorflow":
-                import tensorflow  # noqa: F401  (the error, shown with what it printed)
+            installed = importlib.util.find_spec("tensorflow") is not None
+            if installed or keras.backend.backend() == "tensorflow":
+                import tensorflow  # noqa: F401
         except KeyboardInterrupt:  # Ctrl-C: the start-up notices are still noise
             raise
         except BaseException:

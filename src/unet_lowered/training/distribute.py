@@ -303,6 +303,19 @@ class DataParallelPlan:
         )
 
 
+def check_cluster_mode(mode: str, cluster: Cluster) -> None:
+    """Several processes train data-parallel only; ``unet train`` checks it before the
+    processes join (a process left waiting for the others would wait 5 minutes).
+
+    Raises:
+        SettingError: ``cluster`` has several processes and ``mode`` is ``none``.
+    """
+    if mode == "none" and cluster.multi_process:
+        raise SettingError(
+            "distribute", "--coordinator/--num-processes need --distribute data-parallel"
+        )
+
+
 def plan(mode: str, batch_size: int, cluster: Cluster | None = None) -> DataParallelPlan:
     """Resolve ``--distribute``: the devices, the strategy, the batch check.
 
@@ -318,12 +331,8 @@ def plan(mode: str, batch_size: int, cluster: Cluster | None = None) -> DataPara
     """
     mode = options.choose(mode, MODES, "distribute")
     cluster = Cluster.from_env(cluster).check()
+    check_cluster_mode(mode, cluster)
     if mode == "none":
-        if cluster.multi_process:
-            raise SettingError(
-                "distribute",
-                "--coordinator/--num-processes need --distribute data-parallel",
-            )
         return DataParallelPlan(batch_size=batch_size)
     backend = keras.backend.backend()
     if backend == "jax":
