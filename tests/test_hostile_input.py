@@ -781,3 +781,33 @@ def test_a_second_command_writing_the_same_folder_is_refused(
         code, err = cli(capfd, "train", tmp_path / "data", "--out", tmp_path / "run2")
         assert code == 1
         the_line(err, r"run2: another unet command is training into there right now")
+
+
+@pytest.mark.parametrize(
+    ("args", "target", "what"),
+    [
+        (
+            ["synth", "{t}/s", "--count", "2", "--test-count", "0", "--size", "64"],
+            "s",
+            "writing a data set into",
+        ),
+        (["demo", "--out", "{t}/demo"], "demo", "running the demo in"),
+        (["plan", "{t}/data"], "data/plan.json", "planning into"),
+        (["export", "{run}", "--format", "saved_model", "--out", "{t}/sm"], "sm", "exporting to"),
+    ],
+)
+def test_synth_demo_plan_and_export_hold_their_output_lock(
+    run: Path, tmp_path: Path, capfd, args: list[str], target: str, what: str
+) -> None:
+    """A second synth, demo, plan or export writing the same place is refused in one line
+    before it writes or replaces anything there."""
+    from unet_lowered.io import atomic
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "dataset.json").write_text("{}")
+    argv = [a.format(t=tmp_path, run=run) for a in args]
+    with atomic.exclusive(tmp_path / target, what):
+        code, err = cli(capfd, *argv)
+    assert code == 1
+    the_line(err, rf"^error: {tmp_path / target}: another unet command is {what} there right now")
+    assert not (tmp_path / target).exists()

@@ -282,6 +282,7 @@ def plan(
 ) -> None:
     """Fingerprint the data, time a training step and plan `unet train`; writes plan.json."""
     from unet_lowered.dataset import dataset_json
+    from unet_lowered.io import atomic
     from unet_lowered.io.progress import stderr_console
     from unet_lowered.planning import plan as plan_mod
     from unet_lowered.planning.budget import parse_duration
@@ -292,9 +293,10 @@ def plan(
             f"{data}: not a folder `unet prepare` wrote (no {dataset_json.FILE}); `unet plan` "
             f"writes nothing into source data: pass --out FILE, or `unet prepare` it first"
         )
-    result = plan_mod.make_plan(data, budget, progress=sys.stderr.isatty())
     target = out if out is not None else data / plan_mod.PLAN_FILE
-    path = plan_mod.write_plan(result, target)
+    with atomic.exclusive(target, "planning into"):  # two plans would time each other's steps
+        result = plan_mod.make_plan(data, budget, progress=sys.stderr.isatty())
+        path = plan_mod.write_plan(result, target)
     console = stderr_console()
     console.print(plan_mod.fingerprint_table(result))
     console.print(plan_mod.plan_table(result))
@@ -962,9 +964,11 @@ def demo(
     the previous demo folder.
     """
     from unet_lowered.demo.pipeline import DemoSettings, run_demo
+    from unet_lowered.io import atomic
 
     settings = DemoSettings(count=count, size=size, epochs=epochs, seed=seed)
-    run_demo(out, settings, overwrite=overwrite, echo=typer.echo)
+    with atomic.exclusive(out, "running the demo in"):  # a second demo would replace it
+        run_demo(out, settings, overwrite=overwrite, echo=typer.echo)
 
 
 @app.command()
@@ -997,10 +1001,14 @@ def synth(
     import time
 
     from unet_lowered.demo.synth import make_dataset
+    from unet_lowered.io import atomic
 
     start = time.perf_counter()
     kinds = tuple(k.strip() for k in pathology.split(",") if k.strip())
-    path = make_dataset(out, count, test_count, size, seed, overwrite, kinds, pathology_fraction)
+    with atomic.exclusive(out, "writing a data set into"):
+        path = make_dataset(
+            out, count, test_count, size, seed, overwrite, kinds, pathology_fraction
+        )
     ms = (time.perf_counter() - start) * 1000 / (count + test_count)
     typer.echo(
         f"wrote {count} training and {test_count} test images ({size}x{size}) to {path} "

@@ -92,12 +92,32 @@ def export_model(
         )
     model = _float32(model)
     _check_exportable(model, model_file)
-    x = _sample_input(model, image_size)
-    expected = keras.ops.convert_to_numpy(model(x, training=False))
+    with atomic.exclusive(out, "exporting to"):  # two exports would race for the rename
+        diff = _write(model, image_size, format, out, overwrite, check)
+    return {
+        "path": out,
+        "format": format,
+        "input_shape": tuple(model.input.shape),
+        "output_shape": tuple(model.output.shape),
+        "max_abs_diff": diff,
+    }
+
+
+def _write(
+    model: Any,
+    image_size: tuple[int, int] | None,
+    format: str,
+    out: Path,
+    overwrite: bool,
+    check: bool,
+) -> float | None:
+    """Write the export of ``model`` to ``out``; the largest difference from Keras, if checked."""
+    import keras
     import tensorflow as tf
 
+    x = _sample_input(model, image_size)
+    expected = keras.ops.convert_to_numpy(model(x, training=False))
     signature = [tf.TensorSpec((None, *model.input.shape[1:]), tf.float32, name="image")]
-
     diff = None
     if format == "onnx":
         remove_stale_temps(out.parent, [out.name])  # what a killed export left behind
@@ -122,13 +142,7 @@ def export_model(
                 f"{out}: the SavedModel cannot be written ({reason}); choose a writable place "
                 "with free space"
             ) from None
-    return {
-        "path": out,
-        "format": format,
-        "input_shape": tuple(model.input.shape),
-        "output_shape": tuple(model.output.shape),
-        "max_abs_diff": diff,
-    }
+    return diff
 
 
 def _load(path: Path) -> tuple[Any, Path, tuple[int, int] | None]:
