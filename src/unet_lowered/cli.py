@@ -1089,8 +1089,9 @@ def serve(
 
 
 _KERAS_COMMANDS = frozenset(
-    {"train", "evaluate", "predict", "plot", "export", "model-info", "demo", "serve"}
+    {"plan", "train", "evaluate", "predict", "plot", "export", "model-info", "demo", "serve"}
 )
+"""The commands that load Keras: imported first, with TensorFlow's start-up notices hidden."""
 
 
 def _import_keras_quietly() -> None:

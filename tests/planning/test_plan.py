@@ -198,3 +198,33 @@ def test_the_budget_counts_from_the_commands_start(tiny: Path, tmp_path: Path, m
     assert ended.value.code == 0
     assert seen["started"] == cli._STARTED[0]
     assert time.perf_counter() - seen["started"] >= 0.2  # the import's 0.2 s are counted
+
+
+def test_unet_plan_prints_no_tensorflow_start_up_notices(tiny: Path, tmp_path: Path) -> None:
+    """TensorFlow's absl and oneDNN lines (printed when it loads, for the step timing)
+    stay off `unet plan`'s stderr, as for every command that loads Keras."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "unet_lowered",
+            "plan",
+            str(tiny),
+            "--time-budget",
+            "10s",
+            "--out",
+            str(tmp_path / "p.json"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "wrote" in done.stdout
+    assert "absl" not in done.stderr and "oneDNN" not in done.stderr, done.stderr
