@@ -101,6 +101,25 @@ def test_overlay_tints_truth_green_and_prediction_red() -> None:
     assert np.allclose(rgb[3, 3], 0.0)
 
 
+def test_a_16_bit_film_is_windowed_so_one_marker_does_not_black_it_out() -> None:
+    """A 12-bit film (values 1000-1800) with a burned-in marker at 65535: the window is
+    its 0.5-99.5th percentiles, so the film keeps its gray levels; 8-bit images are
+    stretched from min to max as before."""
+    from unet_lowered.inference.overlay import display
+
+    film = np.tile(np.linspace(1000, 1800, 200), (200, 1)).astype(np.uint16)
+    film[:10, :15] = 65535  # 150 of 40,000 pixels: under the 0.5% the window cuts
+    gray = display(film)[..., 0]
+    assert gray.shape == (200, 200)
+    assert gray[100, 0] < 0.02 and gray[100, 199] > 0.98  # the film spans the window
+    assert abs(gray[100, 100] - 0.5) < 0.02  # mid-gray, not black as min-max made it
+    assert gray[0, 0] == 1.0  # the marker clipped to white
+    assert overlay(film, np.zeros(film.shape, bool))[100, 100, 0] in range(120, 136)
+    eight = np.array([[10, 20], [30, 250]], np.uint8)
+    assert np.allclose(display(eight)[..., 0], (eight - 10) / 240)
+    assert np.allclose(display(np.full((3, 3), 7, np.uint16)), 0.0)  # flat: black
+
+
 def test_multi_class_masks_keep_their_classes_in_the_pictures(tmp_path: Path) -> None:
     from unet_lowered.evaluation.plots import plot_cases
     from unet_lowered.inference.overlay import PALETTE, TRUTH_CLASSES_COLOUR, label_colours

@@ -27,21 +27,50 @@ PALETTE = np.array(
 """RGB per foreground class 1, 2, ...; class 1 is the binary colour."""
 
 
+DISPLAY_PERCENTILES = (0.5, 99.5)
+"""The display window of an image deeper than 8 bits: these percentiles of its values
+map to black and white. A min-max stretch lets one burned-in marker or hot pixel at
+65535 turn a 12-bit film black; 8-bit images are shown as stored."""
+
+DISPLAY_SAMPLE = 1 << 18
+"""Pixels the display window's percentiles are read from at most (a regular subsample)."""
+
+
+def display(image: np.ndarray) -> np.ndarray:
+    """An image as it is shown: float32 RGB ``(H, W, 3)`` in ``[0, 1]``.
+
+    8-bit images are stretched from their own min to max (:func:`~unet_lowered.preprocess.to_unit`);
+    deeper ones (16-bit, float) are windowed at :data:`DISPLAY_PERCENTILES`. For pictures
+    only: the network's input is normalised as training normalised it.
+    """
+    rgb = to_channels(image, 3)
+    if rgb.dtype == np.uint8:
+        return to_unit(rgb)
+    step = max(1, int(np.sqrt(rgb.shape[0] * rgb.shape[1] / DISPLAY_SAMPLE)))
+    sample = rgb[::step, ::step].astype(np.float32)
+    lo, hi = (float(v) for v in np.percentile(sample, DISPLAY_PERCENTILES))
+    if not hi > lo:  # a flat window: min to max, as for 8 bits
+        return to_unit(rgb)
+    out = np.subtract(rgb, np.float32(lo), dtype=np.float32)
+    out /= hi - lo
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
 def overlay(
     image: np.ndarray, mask: np.ndarray, alpha: float = 0.35, truth: np.ndarray | None = None
 ) -> np.ndarray:
     """The image in RGB with each class tinted and outlined; uint8 ``(H, W, 3)``.
 
     Args:
-        image: The decoded image (any bit depth, gray or RGB); stretched to 8 bits.
+        image: The decoded image (any bit depth, gray or RGB); shown as :func:`display`
+            shows it.
         mask: bool ``(H, W)`` mask or class indices (0 = background).
         alpha: Tint opacity.
         truth: A reference mask whose outline is drawn on top, or None: a bool mask's
             foreground in :data:`TRUTH_COLOUR`; class indices, each class's outline in
             :data:`TRUTH_CLASSES_COLOUR`.
     """
-    rgb = to_unit(to_channels(image, 3))
-    out = (rgb * 255).astype(np.float32)
+    out = display(image) * 255
     labels = mask.astype(np.int32)
     thickness = max(1, round(min(mask.shape) / 300))
     for c in range(1, int(labels.max(initial=0)) + 1):
