@@ -647,8 +647,12 @@ def train(
             f"{metrics['train_time_s']:.0f} s); run folder: {out}"
         )
         return
+    from unet_lowered.io import runs
+    from unet_lowered.training.train import val_dice_where
+
+    where = val_dice_where(runs.load_run(out, unfinished=True).config.input_mode)
     typer.echo(
-        f"best validation Dice {metrics['val_dice']:.4f} (at the training size) at epoch "
+        f"best validation Dice {metrics['val_dice']:.4f} ({where}) at epoch "
         f"{metrics['best_epoch']} ({metrics['train_time_s']:.0f} s); run folder: {out}"
     )
 

@@ -654,3 +654,21 @@ def test_train_records_the_classes_of_a_multi_class_run(tmp_path: Path) -> None:
     assert config["num_classes"] == 3 and config["postprocess"]["score"] == "dice"
     assert sorted(config["mask_stats"]["classes"]) == ["1", "2"]
     assert [config["mask_stats"]["classes"][c]["objects"] for c in ("1", "2")] == [1, 1]
+
+
+@pytest.mark.parametrize(
+    ("flag", "where"),
+    [("--resize", "at the training size"), ("--crop", "on one fixed window of the crop size")],
+)
+def test_the_validation_dice_says_where_it_was_measured(
+    tiny_data: Path, tmp_path: Path, flag: str, where: str
+) -> None:
+    """A crop-trained run's validation Dice is one window per image, not the whole image
+    at the training size: the last line and metrics.json's note say which."""
+    run = tmp_path / "run"
+    args = ["train", str(tiny_data), "--out", str(run), "--epochs", "1", flag]
+    result = CliRunner().invoke(app, [*args, "--image-size", "32", "--base-filters", "4"])
+    assert result.exit_code == 0, result.output
+    assert "best validation Dice" in result.output and f"({where}" in result.output
+    note = json.loads((run / "metrics.json").read_text())["val_dice_note"]
+    assert note.startswith("mean per-image Dice on the validation split, " + where)

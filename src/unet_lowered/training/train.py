@@ -284,6 +284,7 @@ def train(
         if not writer:
             return {"process_id": dp.process_id, "writer": False}
         metrics = _final_metrics(out, elapsed, t_images, precision)
+        metrics["val_dice_note"] = val_dice_note(cfg.input_mode)
         if (out / runs.MODEL_FILE).is_file():
             train_samples = (train_seq.cache.sample(i)[:2] for i in split["train"])
             run_config = after_training(out, run_config, dataset, split["val"], train_samples)
@@ -491,6 +492,18 @@ def after_training(
     return run_config
 
 
+def val_dice_where(input_mode: str) -> str:
+    """Where the validation Dice of a run trained in ``input_mode`` is measured."""
+    if input_mode == "crop":
+        return "on one fixed window of the crop size per validation image"
+    return "at the training size"
+
+
+def val_dice_note(input_mode: str) -> str:
+    """metrics.json's ``val_dice_note``: what its ``val_dice`` is, by ``input_mode``."""
+    return f"mean per-image Dice on the validation split, {val_dice_where(input_mode)}"
+
+
 def _final_metrics(
     out: Path, elapsed: float, counter: ImageCounter, precision: str
 ) -> dict[str, Any]:
@@ -505,7 +518,6 @@ def _final_metrics(
         "best_epoch": best_epoch,
         "val_dice": float(best["val_dice"]) if "val_dice" in best else None,
         "val_iou": float(best["val_iou"]) if "val_iou" in best else None,
-        "val_dice_note": "mean per-image Dice on the validation split, at the training size",
         "train_time_s": round(_fit_seconds(out, elapsed), 2),
         "images_per_s": round(counter.images / counter.seconds, 2) if counter.seconds else None,
         "precision": precision,
