@@ -60,6 +60,8 @@ def test_tta_is_kept_when_it_raises_the_mean_and_the_steps_follow_on_its_masks()
     assert choice.describe().startswith(
         "post-processing chosen on validation: test-time augmentation (dihedral), keep the 2"
     )
+    assert "keep 2 largest: 1.0000 (worst image's Dice +" in choice.describe()
+    assert choose._keep_words(1) == "keep the largest object"
     assert choice.to_json()["tta"] == "dihedral"
 
 
@@ -159,6 +161,10 @@ def test_boundary_data_chooses_the_threshold_that_separates_the_cells() -> None:
     assert steps[:4] == ["threshold 0.3", "threshold 0.4", "threshold 0.6", "threshold 0.7"]
     assert [t["kept"] for t in choice.tried[:4]] == [False, False, True, False]
     assert "threshold 0.6" in choice.describe() and "Rand error" in choice.describe()
+    # The worst image's change is of the Rand F-score (higher is better), and says so.
+    assert "threshold 0.6: Rand error 0.0000 (worst image's Rand F-score +0.3333)" in (
+        choice.describe()
+    )
     assert choice.to_json()["validation_rand_error_after"] == 0.0
     # Scored by Dice, without thresholds to try, the run's threshold stays.
     by_dice = choose_postprocess([prob] * 3, [truth] * 3, objects=None)

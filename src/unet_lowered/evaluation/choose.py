@@ -135,17 +135,18 @@ class Choice:
         steps = [f"test-time augmentation ({self.tta})"] if self.tta else []
         steps += [f"watershed split (merge >= {self.watershed:g})"] if self.watershed else []
         steps += [f"threshold {self.threshold:g}"] if self.threshold is not None else []
-        steps += [f"keep the {self.keep_largest} largest objects"] if self.keep_largest else []
+        steps += [_keep_words(self.keep_largest)] if self.keep_largest else []
         steps += [f"remove objects under {self.min_area} px"] if self.min_area else []
         steps += ["fill holes"] if self.fill_holes else []
         chosen = ", ".join(steps) or "none"
         rand = self.score == "rand"
+        worst = "Rand F-score" if rand else "Dice"  # the deciding score: higher is better
 
         def figure(t: Mapping[str, Any]) -> str:
             return f"Rand error {t['mean_rand_error']:.4f}" if rand else f"{t['mean_dice']:.4f}"
 
         tried = "; ".join(
-            f"{t['step']}: {figure(t)} (worst image {t['worst_change']:+.4f})"
+            f"{t['step']}: {figure(t)} (worst image's {worst} {t['worst_change']:+.4f})"
             + ("" if t["kept"] else ", not kept")
             for t in self.tried
         )
@@ -334,3 +335,8 @@ def choose_postprocess(
         rand_after=None if current_result[2] is None else round(current_result[2], 6),
         tried=tuple(tried),
     )
+
+
+def _keep_words(n: int) -> str:
+    """``keep_largest`` in words: the largest object, or the N largest."""
+    return "keep the largest object" if n == 1 else f"keep the {n} largest objects"
