@@ -70,9 +70,9 @@ class TimeBudget(keras.callbacks.Callback):
             self.model.stop_training = self._stopping = True
 
     def _note(self, what: str, now: float) -> None:
+        took = f"an epoch takes about {self.longest:.0f} s" if self.longest else "the first epoch"
         print(
-            f"time budget: {what} (an epoch takes about {self.longest:.0f} s, "
-            f"{max(0.0, self.deadline - now):.0f} s are left)",
+            f"time budget: {what} ({took}, {max(0.0, self.deadline - now):.0f} s are left)",
             file=sys.stderr,
             flush=True,
         )
