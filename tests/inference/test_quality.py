@@ -92,6 +92,12 @@ def test_empty_and_unsure_masks_are_flagged(stats: MaskStats) -> None:
     unsure = np.count_nonzero(band & ~mask) / np.count_nonzero(mask)
     assert unsure > 0.38  # the band is 4 px wide on 50 px lungs
     assert str(assess(mask, probs, stats)) == f"check: unsure area {unsure:.0%} of the mask's"
+    # More unsure pixels than mask pixels: a ratio, not "937% of the mask's".
+    wide = cv2.dilate(mask.astype(np.uint8), np.ones((41, 41), np.uint8)) > 0
+    haze = np.where(mask, 0.97, np.where(wide, 0.3, 0.02))
+    ratio = np.count_nonzero(wide & ~mask) / np.count_nonzero(mask)
+    assert ratio > 1
+    assert f"unsure area {ratio:.1f} times the mask's" in str(assess(mask, haze, stats))
     thin = cv2.dilate(mask.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
     rim = np.where(mask, 0.97, np.where(thin, 0.3, 0.02))  # a one-pixel rim: sure enough
     assert str(assess(mask, rim, stats)) == "ok"

@@ -602,7 +602,8 @@ def assess(
     if probs is not None and count:
         unsure = unsure_share(probs, int(found.areas.sum()))
         if unsure > UNSURE_AREA:
-            reasons.append(f"unsure area {unsure:.0%} of the mask's")
+            share = f"{unsure:.0%} of" if unsure < 1 else f"{unsure:.1f} times"
+            reasons.append(f"unsure area {share} the mask's")
     return Quality("check" if reasons else "ok", tuple(reasons))
 
 
