@@ -120,6 +120,27 @@ def test_a_16_bit_film_is_windowed_so_one_marker_does_not_black_it_out() -> None
     assert np.allclose(display(np.full((3, 3), 7, np.uint16)), 0.0)  # flat: black
 
 
+def test_many_objects_get_thin_outlines_so_the_gaps_between_them_show() -> None:
+    """At 600 px an outline is 2 px wide; a class of 30 cells 2 px apart gets 1-px
+    outlines, so the gap between two cells stays the image's own gray."""
+    from unet_lowered.inference.overlay import MANY_OBJECTS
+
+    image = np.full((600, 600), 100, np.uint8)
+    image[0, 0] = 0
+    cells = np.zeros((600, 600), bool)
+    for k in range(30):
+        row, col = divmod(k, 6)
+        cells[10 + 50 * row : 56 + 50 * row, 10 + 50 * col : 58 + 50 * col] = True  # 2-px gaps
+    assert 30 > MANY_OBJECTS
+    rgb = overlay(image, cells)
+    gap = rgb[30, 58:60]  # the 2 columns between the first two cells
+    assert (gap == rgb[5, 5]).all()  # untinted, not covered by an outline
+    two = np.zeros_like(cells)
+    two[100:300, 50:250], two[100:300, 350:550] = True, True  # lungs: 2 px outlines
+    thick = overlay(image, two)
+    assert (thick[200, 248] == thick[200, 249]).all() and thick[200, 248, 1] < thick[200, 240, 1]
+
+
 def test_multi_class_masks_keep_their_classes_in_the_pictures(tmp_path: Path) -> None:
     from unet_lowered.evaluation.plots import plot_cases
     from unet_lowered.inference.overlay import PALETTE, TRUTH_CLASSES_COLOUR, label_colours
