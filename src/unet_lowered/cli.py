@@ -252,6 +252,19 @@ def export(
         f"wrote {result['path']} ({format}; input {result['input_shape']} float32, "
         f"logits {result['output_shape']}; {checked})"
     )
+    if result["precision_diff"] is not None:
+        typer.echo(
+            f"the run computes in {result['manifest']['precision']['trained']}; the export "
+            f"in float32: its logits differ from the run's by up to "
+            f"{result['precision_diff']:.2g} on the check input, so a few boundary pixels "
+            "may differ from `unet predict`'s masks"
+        )
+    if result["manifest"] is not None:
+        where = "metadata_props" if format == "onnx" else "file"
+        typer.echo(
+            f"preprocessing, threshold and post-processing of `unet predict`: the export's "
+            f"{where} '{'unet_lowered' if format == 'onnx' else 'unet_lowered.json'}'"
+        )
 
 
 # ---------------------------------------------------------------- plan, train, plot

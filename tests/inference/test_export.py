@@ -264,3 +264,68 @@ def test_overwrite_replaces_a_previous_export(run_dir, tmp_path, capsys):
     assert code == 0
     assert (served / "saved_model.pb").is_file()
     assert sorted(p.name for p in run_dir.iterdir()) == ["config.json", "model.keras", "model.onnx"]
+
+
+def test_a_run_export_describes_how_unet_predict_uses_it(run_dir, rng, capsys):
+    """The export carries the run's preprocessing, activation, threshold and chosen
+    post-processing (ONNX metadata_props, a JSON file in the SavedModel folder); following
+    it on the exported network gives predict's probabilities."""
+    import cv2
+
+    from unet_lowered.inference.predictor import predict_image
+    from unet_lowered.io.runs import load_run
+    from unet_lowered.preprocess import model_input
+
+    config = json.loads((run_dir / "config.json").read_text())
+    config["postprocess"] = {"tta": None, "threshold": 0.4, "keep_largest": 1, "fill_holes": True}
+    (run_dir / "config.json").write_text(json.dumps(config))
+    result = export_model(run_dir, "onnx", run_dir / "m.onnx")
+    onnx = pytest.importorskip("onnx")
+    props = {p.key: p.value for p in onnx.load_model(str(run_dir / "m.onnx")).metadata_props}
+    manifest = json.loads(props["unet_lowered"])
+    assert manifest == json.loads(json.dumps(result["manifest"]))
+    assert manifest["input"]["shape"] == [None, 32, 32, 1]
+    assert manifest["input"]["preprocess"].startswith(
+        "unet_lowered.preprocess.model_input(image, channels=1, size=(32, 32), clahe=False"
+    )
+    assert manifest["output"]["activation"] == "sigmoid"
+    chosen = manifest["predict"]
+    assert (chosen["mode"], chosen["threshold"], chosen["keep_largest"]) == ("resize", 0.4, 1)
+    assert chosen["fill_holes"] is True and chosen["tta"] is None
+    assert manifest["precision"]["max_abs_logit_diff_on_check_input"] is None  # float32 run
+    # The recipe on the exported network gives unet predict's probabilities.
+    image = rng.integers(0, 255, (50, 40), dtype=np.uint8)
+    x = model_input(image, 1, (32, 32))[None]
+    logits = onnx_predict(run_dir / "m.onnx", x)[0, :, :, 0]
+    probs = cv2.resize(1 / (1 + np.exp(-logits)), (40, 50), interpolation=cv2.INTER_LINEAR)
+    run = load_run(run_dir)
+    expected = predict_image(run.model(), image, run.config)[..., 0]
+    np.testing.assert_allclose(probs, expected, atol=1e-4)
+    export_model(run_dir, "saved_model", run_dir / "sm")
+    assert json.loads((run_dir / "sm" / "unet_lowered.json").read_text()) == manifest
+
+
+def test_a_mixed_precision_runs_export_says_how_far_float32_moves_it(tmp_path, capsys):
+    """The float32 export is checked against a float32 copy of the run's model; how far
+    that copy's logits are from the mixed_bfloat16 model predict runs is printed too."""
+    run = tmp_path / "run"
+    run.mkdir()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        unet((32, 32, 1), base_filters=4, depth=2).save(run / "model.keras")
+    finally:
+        keras.config.set_dtype_policy("float32")
+    config = {"image_size": [32, 32], "channels": 1, "num_classes": 1, "padding": "same",
+              "depth": 2, "precision_resolved": "mixed_bfloat16"}  # fmt: skip
+    (run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["export", str(run), "--format", "saved_model"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    manifest = json.loads((run / "model_saved_model" / "unet_lowered.json").read_text())
+    diff = manifest["precision"]["max_abs_logit_diff_on_check_input"]
+    assert manifest["precision"]["trained"] == "mixed_bfloat16" and 0 < diff < 1
+    assert (
+        f"the run computes in mixed_bfloat16; the export in float32: its logits differ from the run's by up to {diff:.2g}"
+        in " ".join(out.split())
+    )

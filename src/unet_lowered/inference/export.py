@@ -83,39 +83,131 @@ def export_model(
         if missing:
             raise UnetError(f"ONNX export needs {' and '.join(missing)}: {_INSTALL_ONNX}")
 
-    model, model_file, image_size = _load(Path(model_path))
+    model, model_file, image_size, config = _load(Path(model_path))
     out = Path(out) if out is not None else _default_out(model_file, format)
     _refuse_non_export(out, format, model_file)
     if out.exists() and not overwrite:
         raise UnetError(
             f"{out} already exists; pass --overwrite to replace it or choose another --out"
         )
+    run_model = model
     model = _float32(model)
     _check_exportable(model, model_file)
+    x = _sample_input(model, image_size)
+    precision_diff = None
+    if model is not run_model:  # a mixed-precision run: what float32 changes, on the same input
+        ours = keras.ops.convert_to_numpy(model(x, training=False))
+        precision_diff = float(np.max(np.abs(ours - _logits(run_model, x))))
+    manifest = None if config is None else describe(config, model.input.shape, precision_diff)
     with atomic.exclusive(out, "exporting to"):  # two exports would race for the rename
-        diff = _write(model, image_size, format, out, overwrite, check)
+        diff = _write(model, x, format, out, overwrite, check, manifest)
     return {
         "path": out,
         "format": format,
         "input_shape": tuple(model.input.shape),
         "output_shape": tuple(model.output.shape),
         "max_abs_diff": diff,
+        "precision_diff": precision_diff,
+        "manifest": manifest,
     }
+
+
+MANIFEST_KEY = "unet_lowered"
+"""The ONNX metadata key, and (with ``.json``) the SavedModel folder's file, of :func:`describe`."""
+
+
+def describe(config: Any, input_shape: Any, precision_diff: float | None = None) -> dict[str, Any]:
+    """What a program needs besides the exported network to reproduce ``unet predict``'s
+    masks with its default options: the input's preprocessing, the output's activation,
+    the threshold, the resize back and the post-processing the run chose on validation.
+    Written into the export (:data:`MANIFEST_KEY`). The second looks at films read
+    inverted or turned and the quality flag are left out: they need the package."""
+    from unet_lowered.inference.predictor import (
+        PredictOptions,
+        applied_threshold,
+        applied_watershed,
+        for_run,
+        postprocess_steps,
+        tta_group,
+    )
+
+    options = for_run(PredictOptions(), config)
+    h, w = config.image_size
+    keep, fill, area = postprocess_steps(options, config)
+    one_class = config.num_classes == 1
+    resize = options.mode == "resize"
+    size = f"resized to {w}x{h} (area when shrinking, bilinear when enlarging), "
+    steps = (
+        f"the image to {config.channels} channel(s), "
+        + ("CLAHE, " if config.clahe else "")
+        + "scaled to [0, 1] by its own min and max, "
+        + ("inverted when its background is light, " if config.invert_light else "")
+        + (size if resize else "kept at its size, ")
+        + "then standardised to zero mean and unit variance over all its pixels"
+    )
+    call = (
+        f"unet_lowered.preprocess.model_input(image, channels={config.channels}, "
+        f"size={(h, w) if resize else None}, clahe={config.clahe}, "
+        f"invert_light={config.invert_light})"
+    )
+    tiles = (
+        f"overlapping tiles of {w}x{h} (mirror-padded borders, Gaussian blending, overlap "
+        f"{options.overlap:g}): unet_lowered.inference.tiling.predict_tiled"
+    )
+    return {
+        "unet_lowered_version": config.unet_lowered_version,
+        "input": {
+            "name": "image",
+            "shape": [None if d is None else int(d) for d in input_shape],
+            "dtype": "float32",
+            "preprocess": f"{call}: {steps}",
+        },
+        "output": {
+            "kind": "logits",
+            "activation": "sigmoid" if one_class else "softmax",
+            "num_classes": config.num_classes,
+            "label_values": None if config.label_values is None else list(config.label_values),
+        },
+        "predict": {
+            "mode": options.mode,
+            "tiles": None if resize else tiles,
+            "tta": tta_group(options, config),
+            "resize_back": "probabilities, bilinear, to the image's size" if resize else None,
+            "mask": "probability >= threshold" if one_class else "most likely class (argmax)",
+            "threshold": applied_threshold(options, config) if one_class else None,
+            "watershed": applied_watershed(options, config),
+            "keep_largest": keep,
+            "fill_holes": fill,
+            "min_area": area,
+        },
+        "precision": {
+            "trained": config.precision,
+            "exported": "float32",
+            "max_abs_logit_diff_on_check_input": precision_diff,
+        },
+    }
+
+
+def _logits(model: Any, x: np.ndarray) -> np.ndarray:
+    import keras
+
+    return keras.ops.convert_to_numpy(keras.ops.cast(model(x, training=False), "float32"))
 
 
 def _write(
     model: Any,
-    image_size: tuple[int, int] | None,
+    x: np.ndarray,
     format: str,
     out: Path,
     overwrite: bool,
     check: bool,
+    manifest: dict[str, Any] | None,
 ) -> float | None:
-    """Write the export of ``model`` to ``out``; the largest difference from Keras, if checked."""
+    """Write the export of ``model`` (with ``manifest``, if any) to ``out``; the largest
+    difference from Keras on ``x``, if checked."""
     import keras
     import tensorflow as tf
 
-    x = _sample_input(model, image_size)
     expected = keras.ops.convert_to_numpy(model(x, training=False))
     signature = [tf.TensorSpec((None, *model.input.shape[1:]), tf.float32, name="image")]
     diff = None
@@ -125,12 +217,16 @@ def _write(
             # Keras' numpy-2 patch for tf2onnx probes `np.object`, which warns; harmless.
             warnings.filterwarnings("ignore", message=".*np.object", category=FutureWarning)
             model.export(tmp, format="onnx", input_signature=signature, verbose=False)
+            if manifest is not None:
+                _add_onnx_metadata(tmp, manifest)
             if check and importlib.util.find_spec("onnxruntime") is not None:
                 diff = _check(_run_onnx(tmp, x), expected, out)
     else:
         try:
             with atomic.atomic_dir(out, overwrite=overwrite) as tmp:
                 model.export(tmp, format="tf_saved_model", input_signature=signature, verbose=False)
+                if manifest is not None:
+                    atomic.write_json(Path(tmp) / f"{MANIFEST_KEY}.json", manifest)
                 if check:
                     loaded = tf.saved_model.load(
                         str(tmp)
@@ -145,14 +241,27 @@ def _write(
     return diff
 
 
-def _load(path: Path) -> tuple[Any, Path, tuple[int, int] | None]:
-    """The model, its file, and the training image size when ``path`` is a run folder."""
+def _add_onnx_metadata(path: str | os.PathLike, manifest: dict[str, Any]) -> None:
+    """Write ``manifest`` as JSON into the ONNX file's ``metadata_props``."""
+    import json
+
+    import onnx
+
+    model = onnx.load_model(str(path))
+    entry = model.metadata_props.add()
+    entry.key, entry.value = MANIFEST_KEY, json.dumps(manifest)
+    onnx.save_model(model, str(path))
+
+
+def _load(path: Path) -> tuple[Any, Path, tuple[int, int] | None, Any]:
+    """The model, its file, the training image size and the run's config when ``path``
+    is a run folder (None for a bare ``.keras`` file)."""
     if path.is_dir():
         run = runs.load_run(path)
-        return run.model(), run.model_path, run.config.image_size
+        return run.model(), run.model_path, run.config.image_size, run.config
     if path.suffix != ".keras":
         raise UnetError(f"{path}: not a .keras file or run folder; pass RUN or RUN/model.keras")
-    return runs.load_model(path), path, None
+    return runs.load_model(path), path, None, None
 
 
 def _default_out(model_file: Path, format: str) -> Path:
