@@ -62,8 +62,11 @@ def export_model(
             when ``onnxruntime`` is installed).
 
     Returns:
-        ``{"path", "format", "input_shape", "output_shape", "max_abs_diff"}``;
-        ``max_abs_diff`` is ``None`` when not checked.
+        ``{"path", "format", "input_shape", "output_shape", "max_abs_diff",
+        "precision_diff", "manifest"}``; ``max_abs_diff`` is ``None`` when not checked;
+        ``precision_diff`` (the float32 copy's logits against a mixed-precision model's on
+        the check input) is ``None`` for a float32 model; ``manifest`` (:func:`describe`,
+        written into the export) is ``None`` for a bare ``.keras`` file.
 
     Raises:
         UnetError: Unknown format, missing optional dependency, non-TensorFlow backend,
