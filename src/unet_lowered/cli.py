@@ -9,6 +9,7 @@ them on one line and exits with status 1.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 from pathlib import Path
@@ -19,6 +20,13 @@ import typer
 import unet_lowered
 from unet_lowered import options as names
 from unet_lowered.errors import UnetError
+
+# The command's own settings (importing the package sets nothing), made before TensorFlow or
+# OpenCV is first imported: TensorFlow's C++ start-up lines are noise for a CLI user, and
+# OpenCV's "[ WARN ]" / "[ERROR]" lines for damaged files repeat what the command reports
+# itself, in one line per file.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
 
 app = typer.Typer(
     name="unet",
@@ -1118,7 +1126,6 @@ def _import_keras_quietly() -> None:
     are noise for a CLI user. If the import fails, what it printed is shown with the error.
     """
     import importlib.util
-    import os
     import tempfile
 
     backend = os.environ.get("KERAS_BACKEND")

@@ -184,7 +184,7 @@ def test_opencv_prints_nothing_for_a_damaged_png(tmp_path) -> None:
     path = tmp_path / "late_ihdr.png"
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"tEXt", b"a\x00b") + chunk(b"IHDR", ihdr))
     code = (
-        "import sys, numpy as np, unet_lowered, cv2; "
+        "import sys, numpy as np, unet_lowered.cli, cv2; "
         "print(cv2.imdecode(np.fromfile(sys.argv[1], np.uint8), -1) is None)"
     )
     env = {k: v for k, v in os.environ.items() if k != "OPENCV_LOG_LEVEL"}

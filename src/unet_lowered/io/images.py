@@ -56,8 +56,8 @@ from unet_lowered.io import atomic
 _WARNINGS_LOCK = threading.RLock()
 
 # OpenCV warns on stderr about every damaged file, which we report in one line ourselves.
-# The package sets OPENCV_LOG_LEVEL=SILENT by default, which OpenCV reads only when it is
-# first imported; apply it here too, for programs that imported cv2 before us.
+# The `unet` command sets OPENCV_LOG_LEVEL=SILENT, which OpenCV reads only when it is
+# first imported; apply it here too, for programs that imported cv2 before that.
 if os.environ.get("OPENCV_LOG_LEVEL", "").upper() == "SILENT":
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
