@@ -16,6 +16,7 @@ from unet_lowered.io import runs
 from unet_lowered.model import (
     UpConv2x2,
     count_flops,
+    half_size,
     model_info,
     nearest_valid_sizes,
     output_size,
@@ -304,6 +305,33 @@ def test_invalid_size_names_the_nearest_valid_sizes(size, depth, padding, neares
         unet((size, 256 if padding == "same" else 572, 1), depth=depth, padding=padding)
 
 
+@pytest.mark.parametrize(
+    ("given", "canonical", "size", "out"),
+    [
+        ({"padding": "SAME"}, {"padding": "same"}, 16, 16),
+        # valid, depth 2: 60 -> 20 (see FORWARD_CASES); unnormalised, the skips went uncropped
+        ({"padding": " Valid "}, {"padding": "valid"}, 60, 20),
+        ({"upsampling": "TRANSPOSE"}, {"upsampling": "transpose"}, 16, 16),  # was bilinear
+    ],
+)
+def test_option_spellings_build_the_canonical_network(given, canonical, size, out):
+    """Case and spaces are ignored, as in every option: the same layers, the same config."""
+    tiny = {"base_filters": 2, "depth": 2}
+    model = unet((size, size, 1), **tiny, **given)
+    assert model.get_config() == unet((size, size, 1), **tiny, **canonical).get_config()
+    assert model.output_shape == (None, out, out, 1)
+
+
+def test_size_helpers_read_the_canonical_padding():
+    assert output_size(572, 4, "VALID") == 388
+    assert output_size((64, 48), 4, " Same ") == (64, 48)
+    assert valid_input_sizes(4, "Valid", up_to=600) == valid_input_sizes(4, "valid", up_to=600)
+    assert nearest_valid_sizes(100, 4, "SAME") == [96, 112]
+    assert half_size(572, 4, "Valid") == half_size(572, 4, "valid") == 284
+    with pytest.raises(UnetError, match="nearest valid sizes are 240 or 256: "):
+        output_size(250, 4, "SAME")
+
+
 def test_valid_input_sizes():
     assert valid_input_sizes(2, "same", up_to=20) == [4, 8, 12, 16, 20]
     valid = valid_input_sizes(4, "valid", up_to=600)
@@ -322,7 +350,9 @@ def test_valid_input_sizes():
             {"upsampling": "nearest"},
             "unknown --upsampling 'nearest'; use one of: transpose, bilinear",
         ),
-        ({"num_classes": 0}, "num_classes must be 1"),
+        ({"num_classes": 0}, "num_classes must be an integer >= 1"),
+        ({"num_classes": 2.5}, r"num_classes must be an integer >= 1 .*, got 2\.5"),
+        ({"num_classes": True}, "num_classes must be an integer >= 1 .*, got True"),
         ({"depth": 0}, "depth .* must be at least 1"),
         ({"dropout": 1.0}, r"dropout must be in \[0, 1\)"),
         ({"base_filters": 32, "width": 0.5}, "give base_filters .* or width .*, not both"),

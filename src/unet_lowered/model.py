@@ -55,15 +55,22 @@ def unet(
     with strong augmentation. ``dropout=0.5`` is the usual choice for the paper's network.
 
     Args:
-        input_shape: ``(H, W, C)``; ``H`` and ``W`` may be ``None`` (any valid size).
+        input_shape: ``(H, W, C)``. ``H`` and ``W`` may be ``None``: the model then
+            takes any size at call time, but only a size the network can take (one of
+            :func:`valid_input_sizes`, or one :func:`nearest_valid_sizes` names:
+            multiples of ``2**depth``, 16 at the default depth, with ``"same"``
+            padding); another (say 50) is not checked here and fails inside the
+            backend when the model is called.
         num_classes: 1 for one binary logit map (sigmoid), N > 1 for N-class logits
-            (softmax).
+            (softmax); a whole number (:func:`check_num_classes`).
         base_filters: Filters of the first level (default 16); doubled per level.
         width: Alternative to ``base_filters``, a fraction of the paper's 64 filters
             (``0.25`` = 16, ``1.0`` = the paper). Give one of the two, not both.
         depth: Number of 2x2 poolings (the paper: 4).
         padding: ``"same"`` (output size = input size; H, W multiples of ``2**depth``) or
             ``"valid"`` (the paper: unpadded convolutions, 572x572 in, 388x388 out).
+            Case and spaces are ignored here and in ``upsampling`` (``"SAME"`` is
+            ``"same"``), as in every option (:func:`unet_lowered.options.choose`).
         dropout: Dropout rate at the end of the contracting path (0 = none).
         batch_norm: Batch normalisation after every 3x3 convolution (not in the paper).
         upsampling: ``"transpose"`` (the paper's 2x2 up-convolution) or ``"bilinear"``
@@ -76,11 +83,13 @@ def unet(
         with ``h = output_size(H, depth, padding)``.
 
     Raises:
-        UnetError: An option is out of range, or ``H``/``W`` is a size the network
-            cannot take (the message names the nearest valid sizes).
+        UnetError: An option is out of range or unknown, or a fixed ``H``/``W`` is a size
+            the network cannot take (the message names the nearest valid sizes).
     """
     filters = _base_filters(base_filters, width)
-    _check_options(input_shape, num_classes, depth, padding, dropout, upsampling)
+    num_classes = check_num_classes(num_classes)
+    # The canonical names ("SAME", " Valid " -> "same", "valid"): every branch below reads them.
+    padding, upsampling = _check_options(input_shape, depth, padding, dropout, upsampling)
     for size in input_shape[:2]:
         if size is not None:
             output_size(size, depth, padding)  # raises with the nearest valid sizes
@@ -218,25 +227,44 @@ def _base_filters(base_filters: int | None, width: float | None) -> int:
     return base_filters
 
 
+def check_num_classes(num_classes: int) -> int:
+    """Check a number of classes (output channels) and return it as an ``int``.
+
+    The one check of the model, the losses and the metrics, which must agree on it.
+
+    Raises:
+        UnetError: Not a whole number >= 1 (``2.5``, ``0``, or a bool: ``True`` is no
+            number of classes).
+    """
+    whole = isinstance(num_classes, numbers.Integral) and not isinstance(num_classes, bool)
+    if whole and num_classes >= 1:
+        return int(num_classes)
+    raise UnetError(
+        f"num_classes must be an integer >= 1 (1 = binary sigmoid, N > 1 = softmax), "
+        f"got {num_classes!r}"
+    )
+
+
 def _check_options(
     input_shape: Sequence[int | None],
-    num_classes: int,
     depth: int,
     padding: str,
     dropout: float,
     upsampling: str,
-) -> None:
-    """Raise :class:`UnetError` with a message saying how to fix any invalid option."""
+) -> tuple[str, str]:
+    """Raise :class:`UnetError` with a message saying how to fix any invalid option.
+
+    Returns:
+        ``(padding, upsampling)`` by their canonical names (:func:`options.choose`).
+    """
     if len(input_shape) != 3 or input_shape[2] is None or input_shape[2] < 1:
         raise UnetError(f"input_shape must be (H, W, C) with C >= 1, got {tuple(input_shape)}")
-    if num_classes < 1:
-        raise UnetError(f"num_classes must be 1 (binary) or more, got {num_classes}")
     if depth < 1:
         raise UnetError(f"depth (the number of poolings) must be at least 1, got {depth}")
-    options.choose(padding, options.PADDINGS, "padding")
+    padding = options.choose(padding, options.PADDINGS, "padding")
     if not 0 <= dropout < 1:
         raise UnetError(f"dropout must be in [0, 1), got {dropout}")
-    options.choose(upsampling, options.UPSAMPLINGS, "upsampling")
+    return padding, options.choose(upsampling, options.UPSAMPLINGS, "upsampling")
 
 
 # ---------------------------------------------------------------- sizes
@@ -280,7 +308,7 @@ def output_size(
     if not isinstance(input_size, numbers.Integral):
         return tuple(output_size(int(s), depth, padding) for s in input_size)
     input_size = int(input_size)
-    options.choose(padding, options.PADDINGS, "padding")
+    padding = options.choose(padding, options.PADDINGS, "padding")
     out = _output_size_or_none(input_size, depth, padding)
     if out is None:
         near = " or ".join(str(s) for s in nearest_valid_sizes(input_size, depth, padding))
@@ -304,6 +332,7 @@ def valid_input_sizes(depth: int = 4, padding: str = "same", up_to: int = 1024) 
     ``2**depth * (b + 4) - 4`` for bottleneck input sizes ``b`` large enough that the
     output is not empty (..., 556, 572, 588, ... at depth 4).
     """
+    padding = options.choose(padding, options.PADDINGS, "padding")
     return [s for s in range(1, up_to + 1) if _output_size_or_none(s, depth, padding)]
 
 
@@ -313,6 +342,7 @@ def nearest_valid_sizes(size: int, depth: int = 4, padding: str = "same") -> lis
     There may be none below a very small ``size``; the list then holds only the
     smallest valid size.
     """
+    padding = options.choose(padding, options.PADDINGS, "padding")
     if _output_size_or_none(size, depth, padding):
         return [size]
     below = next(
