@@ -106,6 +106,32 @@ def test_bce_dice_is_the_sum():
     assert total == pytest.approx(np_(L.bce_loss(y, x)) + np_(L.dice_loss(y, x)), rel=1e-6)
 
 
+# ---- 0/255 masks ----------------------------------------------------------------------
+
+
+def test_a_0_255_mask_gives_the_hand_values_of_its_0_1_mask():
+    # The hand formula's table of test_bce_matches_hand_formula, the truth as 0/255 uint8
+    x = np.array([[0.0, 2.0], [-1.0, 3.0]], np.float32)[None, ..., None]
+    y255 = np.array([[255, 0], [0, 255]], np.uint8)[None, ..., None]
+    bce = (0.693147 + 2.126928 + 0.313262 + 0.048587) / 4  # unclipped, y = 255: about -190
+    assert np_(L.bce_loss(y255, x))[0] == pytest.approx(bce, abs=1e-6)
+    # Dice, truth A (4 px) as 0/255, prediction HALF (2 of them): (2*2 + 1) / (2 + 4 + 1)
+    a255 = (batch(A) * 255).astype(np.uint8)
+    assert np_(L.dice_loss(a255, hard_logits(batch(HALF))))[0] == pytest.approx(1 - 5 / 7)
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_every_binary_loss_reads_0_255_as_0_1(name):
+    rng = np.random.default_rng(4)
+    y = batch(A, B)
+    x = rng.normal(size=(2, 4, 4, 1)).astype(np.float32)
+    weight = 1 + rng.random(y.shape).astype(np.float32)
+    loss = L.get_loss(name, 1)
+    ones = float(np_(loss(np.concatenate([y, weight], -1), x)))
+    got = float(np_(loss(np.concatenate([255 * y, weight], -1), x)))
+    assert got == pytest.approx(ones, rel=1e-6) and got >= 0
+
+
 # ---- focal ------------------------------------------------------------------------------
 
 

@@ -3,10 +3,17 @@
 The model ends without an activation, so every function here takes LOGITS:
 
 * binary (``num_classes=1``): ``y_pred`` is ``(B, H, W, 1)`` logits of a sigmoid;
-  ``y_true`` is ``(B, H, W, 1)`` with 0/1 floats;
+  ``y_true`` is ``(B, H, W, 1)``, a 0/1 mask (any numeric or bool dtype). The target
+  is CLIPPED to ``[0, 1]``, so a 0/255 mask trains exactly
+  as its 0/1 mask, every loss stays >= 0 (Dice in ``[0, 1]``), and a hard mask's
+  foreground is the one the metrics count (truth > 0.5). Clipping rather than
+  thresholding keeps soft targets in ``[0, 1]`` (label smoothing) as they are;
 * multi-class (``num_classes=N > 1``): ``y_pred`` is ``(B, H, W, N)`` logits of a
-  softmax; ``y_true`` is ``(B, H, W, 1)`` with integer labels ``0..N-1`` (sparse,
-  any numeric dtype; class 0 is the background).
+  softmax; ``y_true`` is ``(B, H, W, 1)`` with integer labels, the class INDICES
+  ``0..N-1`` (sparse, any numeric dtype; class 0 is the background), not the label
+  values of the mask files (``{0, 128, 255}`` must become ``{0, 1, 2}``). A label
+  outside ``0..N-1`` counts as no class on TensorFlow and JAX (it adds nothing to the
+  cross-entropy and is no class's truth in Dice) and is refused by PyTorch.
 
 ``y_true`` may carry a per-pixel weight map as a SECOND channel:
 ``(B, H, W, 2) = [mask or labels, weight]`` (see :mod:`unet_lowered.training.weightmap`).
@@ -38,6 +45,7 @@ from keras import ops
 
 from unet_lowered import options
 from unet_lowered.errors import UnetError
+from unet_lowered.model import check_num_classes as _check_num_classes
 
 DEFAULT_SMOOTH = 1.0
 """Dice smoothing term ``s``: an image whose truth and prediction are both empty scores 1."""
@@ -46,15 +54,6 @@ _PACKAGE = "unet_lowered"
 
 
 # ---- helpers ---------------------------------------------------------------------------
-
-
-def _check_num_classes(num_classes: int) -> int:
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise UnetError(
-            f"num_classes must be an integer >= 1 (1 = binary sigmoid, N > 1 = softmax), "
-            f"got {num_classes!r}"
-        )
-    return num_classes
 
 
 def _split_true(y_true: Any) -> tuple[Any, Any]:
@@ -74,6 +73,12 @@ def _split_true(y_true: Any) -> tuple[Any, Any]:
     target = ops.cast(y_true[..., 0], "float32")
     weight = ops.cast(y_true[..., 1], "float32") if channels == 2 else None
     return target, weight
+
+
+def _binary_target(target: Any, num_classes: int) -> Any:
+    """The target ``(B, H, W)`` as the losses read it: a binary one clipped to ``[0, 1]``
+    (0/255 reads as 0/1), multi-class labels as they are."""
+    return ops.clip(target, 0.0, 1.0) if num_classes == 1 else target
 
 
 def _logits(y_pred: Any, num_classes: int) -> Any:
@@ -138,8 +143,9 @@ def bce_loss(y_true: Any, y_pred: Any, num_classes: int = 1) -> Any:
     logits ``z``); multi-class: ``mean_x [-log softmax(z)[label]]``.
 
     Args:
-        y_true: ``(B, H, W, 1)`` mask (0/1) or labels, optionally ``(B, H, W, 2)`` with a
-            weight map as channel 1 (ignored here).
+        y_true: ``(B, H, W, 1)`` mask (0/1; clipped to ``[0, 1]``, so 0/255 reads as 0/1)
+            or class indices ``0..N-1``, optionally ``(B, H, W, 2)`` with a weight map
+            as channel 1 (ignored here).
         y_pred: ``(B, H, W, num_classes)`` logits (any float dtype; computed in float32).
         num_classes: 1 for binary, N > 1 for softmax over N classes.
 
@@ -148,6 +154,7 @@ def bce_loss(y_true: Any, y_pred: Any, num_classes: int = 1) -> Any:
     """
     target, _ = _split_true(y_true)
     logits = _logits(y_pred, num_classes)
+    target = _binary_target(target, num_classes)
     return _mean_per_image(_pixel_crossentropy(target, logits, num_classes))
 
 
@@ -163,7 +170,8 @@ def dice_loss(
     empty prediction give loss 0, and it damps the gradient on tiny objects.
 
     Args:
-        y_true: ``(B, H, W, 1)`` mask or labels (a weight channel is ignored).
+        y_true: ``(B, H, W, 1)`` mask (clipped to ``[0, 1]``) or class indices
+            ``0..N-1`` (a weight channel is ignored).
         y_pred: ``(B, H, W, num_classes)`` logits.
         num_classes: 1 for binary, N > 1 for softmax over N classes.
         smooth: the smoothing term ``s`` (>= 0).
@@ -172,6 +180,7 @@ def dice_loss(
         ``(B,)`` float32 loss per image, in ``[0, 1]``.
     """
     target, _ = _split_true(y_true)
+    target = _binary_target(target, num_classes)
     probs, truth = _foreground_probs(target, _logits(y_pred, num_classes), num_classes)
     intersection = ops.sum(probs * truth, axis=(1, 2))  # (B, C)
     total = ops.sum(probs, axis=(1, 2)) + ops.sum(truth, axis=(1, 2))
@@ -237,6 +246,7 @@ def focal_loss(
     """
     _check_focal(gamma, alpha, num_classes)
     target, _ = _split_true(y_true)
+    target = _binary_target(target, num_classes)
     ce = _pixel_crossentropy(target, _logits(y_pred, num_classes), num_classes)
     # ce >= 0 in exact arithmetic; the clamp keeps round-off from giving pow(<0, gamma) = NaN.
     ce = ops.maximum(ce, 0.0)
@@ -255,7 +265,8 @@ def weighted_bce_loss(y_true: Any, y_pred: Any, num_classes: int = 1) -> Any:
     dividing by the pixel count keeps the scale independent of the image size.
 
     Args:
-        y_true: ``(B, H, W, 2)``: mask (0/1) or labels, then the weight map.
+        y_true: ``(B, H, W, 2)``: mask (0/1, clipped to ``[0, 1]``) or class indices
+            ``0..N-1``, then the weight map.
         y_pred: ``(B, H, W, num_classes)`` logits.
         num_classes: 1 for binary, N > 1 for softmax over N classes.
 
@@ -271,6 +282,7 @@ def weighted_bce_loss(y_true: Any, y_pred: Any, num_classes: int = 1) -> Any:
             "the weighted-bce loss needs y_true of shape (B, H, W, 2) = [mask, weight map]; "
             "add the weight map (unet_lowered.training.weightmap.weight_map) as a second channel"
         )
+    target = _binary_target(target, num_classes)
     ce = _pixel_crossentropy(target, _logits(y_pred, num_classes), num_classes)
     return _mean_per_image(weight * ce)
 
