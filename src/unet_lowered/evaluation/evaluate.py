@@ -34,6 +34,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,7 @@ from unet_lowered.inference.journal import remove_stale_temps
 from unet_lowered.inference.polarity import (
     AS_STORED,
     INVERTED,
+    Look,
     second_look,
     second_look_applies,
     turned_look_applies,
@@ -178,7 +180,6 @@ def evaluate_run(
     per_call = options.batch_size if mode == "resize" else 1
     rows: list[dict[str, Any]] = []
 
-    look = second_look_applies(config, options) or turned_look_applies(config, options)
     notes: dict[str, str] = {}  # masks read by a rule other than plain two values
 
     def read(chunk: list[str]) -> tuple:
@@ -192,15 +193,12 @@ def evaluate_run(
                     f"{pairs.masks[ident]}: mask is {truth.shape[1]}x{truth.shape[0]} but its "
                     f"image is {image.shape[1]}x{image.shape[0]}; masks must match their images"
                 )
-        fields = [imaged_field(image) if look else 1.0 for image in batch]
-        grids = [contrast_grid(image) if look else None for image in batch]
-        return chunk, truths, prepare_images(batch, config, options), fields, grids
+        return chunk, truths, *look_inputs(batch, config, options)
 
     def predict(item: tuple) -> tuple:
         chunk, truths, inputs, fields, grids = item
-        probs = predict_prepared(model, inputs, config, options)
         shapes = [t.shape for t in truths]
-        looks = second_look(model, inputs, probs, shapes, fields, grids, config, options)
+        probs, looks = predict_looks(model, inputs, shapes, fields, grids, config, options)
         return chunk, truths, probs, looks
 
     def score(item: tuple, stop: threading.Event) -> None:
@@ -208,10 +206,7 @@ def evaluate_run(
         for ident, truth, p, look in zip(*item, strict=True):
             if stop.is_set():
                 return
-            if look.mask is not None and look.mask.shape == truth.shape:  # judged at full size
-                pred = look.mask
-            else:
-                pred = probs_to_mask(restore_size(p, truth.shape), config, options)
+            pred = scored_mask(p, look, truth.shape, config, options)
             row = {"id": ident, **score_image(truth, pred, config)}
             row["gray_scale"] = INVERTED if look.inverted else AS_STORED
             row["orientation"] = look.orientation
@@ -248,6 +243,109 @@ def evaluate_run(
     return summary
 
 
+def look_inputs(
+    batch: Sequence[np.ndarray], config: RunConfig, options: PredictOptions
+) -> tuple[list[np.ndarray], list[float], list[np.ndarray | None]]:
+    """The network inputs of decoded images, and what the second look at flagged ones
+    needs: ``(inputs, fields, grids)`` (no model: safe on a reader thread).
+
+    ``inputs``: :func:`~unet_lowered.inference.predictor.prepare_images`; ``fields`` and
+    ``grids``: each image's :func:`~unet_lowered.inference.quality.imaged_field` and
+    :func:`~unet_lowered.inference.quality.contrast_grid` when the run gets a second look
+    (:func:`~unet_lowered.inference.polarity.second_look_applies` or
+    :func:`~unet_lowered.inference.polarity.turned_look_applies`), else 1.0 and None.
+    """
+    look = second_look_applies(config, options) or turned_look_applies(config, options)
+    fields = [imaged_field(image) if look else 1.0 for image in batch]
+    grids = [contrast_grid(image) if look else None for image in batch]
+    return prepare_images(batch, config, options), fields, grids
+
+
+def predict_looks(
+    model: Any,
+    inputs: list[np.ndarray],
+    shapes: Sequence[tuple[int, int]],
+    fields: Sequence[float],
+    grids: Sequence[np.ndarray | None],
+    config: RunConfig,
+    options: PredictOptions,
+) -> tuple[list[np.ndarray], list[Look]]:
+    """The probabilities of :func:`look_inputs`' inputs (at the inputs' size), those of
+    flagged images replaced by the view :func:`~unet_lowered.inference.polarity.second_look`
+    keeps, and each input's :class:`~unet_lowered.inference.polarity.Look`
+    (``shapes``: each image's ``(H, W)``)."""
+    probs = predict_prepared(model, inputs, config, options)
+    looks = second_look(model, inputs, probs, list(shapes), fields, grids, config, options)
+    return probs, looks
+
+
+def scored_mask(
+    probs: np.ndarray,
+    look: Look,
+    shape: tuple[int, int],
+    config: RunConfig,
+    options: PredictOptions,
+) -> np.ndarray:
+    """The mask scored at the image's ``shape``: the second look's mask when it was
+    judged at that size, else the probabilities resized to it, thresholded and cleaned
+    (:func:`~unet_lowered.inference.predictor.probs_to_mask`)."""
+    if look.mask is not None and look.mask.shape == tuple(shape):  # judged at full size
+        return look.mask
+    return probs_to_mask(restore_size(probs, shape), config, options)
+
+
+def predict_masks(
+    model: Any,
+    batch: Sequence[np.ndarray],
+    config: RunConfig,
+    options: PredictOptions | None = None,
+) -> list[tuple[np.ndarray, Look]]:
+    """The masks :func:`evaluate_run` scores for decoded images, and how each was read.
+
+    The steps of :func:`evaluate_run` one after the other (:func:`look_inputs`,
+    :func:`predict_looks`, :func:`scored_mask`), in batches of ``options.batch_size``
+    images (resize mode) or one image (tile mode), as it batches them.
+
+    Args:
+        model: The run's Keras model.
+        batch: Images as :func:`unet_lowered.io.images.read_image` returns them.
+        config: The run's configuration.
+        options: Prediction and post-processing settings (default: ``unet predict``'s).
+
+    Returns:
+        Per image, its mask at the image's size (bool, or class indices) and its
+        :class:`~unet_lowered.inference.polarity.Look` (``inverted``, ``orientation``).
+    """
+    options = for_run((options or PredictOptions()).validate(), config)
+    per_call = options.batch_size if options.mode == "resize" else 1
+    out: list[tuple[np.ndarray, Look]] = []
+    for start in range(0, len(batch), per_call):
+        chunk = batch[start : start + per_call]
+        shapes = [image.shape[:2] for image in chunk]
+        inputs, fields, grids = look_inputs(chunk, config, options)
+        probs, looks = predict_looks(model, inputs, shapes, fields, grids, config, options)
+        for p, look, shape in zip(probs, looks, shapes, strict=True):
+            out.append((scored_mask(p, look, shape, config, options), look))
+    return out
+
+
+def settings_record(options: PredictOptions, config: RunConfig) -> dict[str, Any]:
+    """``summary.json``'s ``settings``: the prediction settings as applied to the run
+    (``options`` resolved by :func:`~unet_lowered.inference.predictor.for_run`)."""
+    steps = postprocess_steps(options, config)
+    return {
+        "mode": options.mode,
+        "tta": tta_group(options, config),
+        "threshold": applied_threshold(options, config),
+        "watershed": applied_watershed(options, config),
+        **dict(zip(("keep_largest", "fill_holes", "min_area"), steps, strict=True)),
+        "postprocess_from_run": options.postprocess and config.postprocess is not None,
+        "polarity": options.polarity,
+        "orientation": options.orientation,
+        "overlap": options.overlap,
+    }
+
+
 def _select(all_ids: list[str], run: Run, split: str, data: Path) -> list[str]:
     if split == "all":
         return all_ids
@@ -280,8 +378,6 @@ def _summary(
 ) -> dict[str, Any]:
     keys = [k for k in rows[0] if k not in ("id", "gray_scale", "orientation")]
     worst = sorted(rows, key=lambda r: (r["dice"], r["id"]))[:WORST]
-    threshold = applied_threshold(options, run.config)
-    steps = postprocess_steps(options, run.config)
     return {
         "run": str(run.dir),
         "data": str(pairs.root),
@@ -293,17 +389,7 @@ def _summary(
         "worst": [{"id": r["id"], "dice": r["dice"]} for r in worst],
         "read_inverted": [r["id"] for r in rows if r["gray_scale"] == INVERTED],
         "read_turned": {r["id"]: r["orientation"] for r in rows if r["orientation"] != AS_STORED},
-        "settings": {
-            "mode": options.mode,
-            "tta": tta_group(options, run.config),
-            "threshold": threshold,
-            "watershed": applied_watershed(options, run.config),
-            **dict(zip(("keep_largest", "fill_holes", "min_area"), steps, strict=True)),
-            "postprocess_from_run": options.postprocess and run.config.postprocess is not None,
-            "polarity": options.polarity,
-            "orientation": options.orientation,
-            "overlap": options.overlap,
-        },
+        "settings": settings_record(options, run.config),
         "empty_masks": "both empty: Dice 1, HD95 0; exactly one empty: Dice 0, HD95 inf (left out of HD95 stats)",
         "seconds": round(seconds, 2),
     }
