@@ -683,14 +683,26 @@ def plot(
     run: Annotated[Path, typer.Argument(help="Run folder written by `unet train`.")],
     samples: Annotated[int, typer.Option(help="Validation images in samples.png.")] = 4,
     worst: Annotated[int, typer.Option(help="Cases in worst.png (needs `unet evaluate`).")] = 4,
+    eval_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--eval",
+            help="The `unet evaluate` output folder worst.png shows [default: RUN/eval].",
+        ),
+    ] = None,
 ) -> None:
-    """Save loss/Dice curves, validation samples and the worst evaluated cases as PNG in RUN."""
+    """Save loss/Dice curves, validation samples and the worst evaluated cases as PNG in RUN.
+
+    samples.png shows masks as plain `unet predict` writes them; worst.png predicts with
+    the settings the evaluation recorded (threshold, post-processing, ...), so each mask
+    drawn is the one its Dice was computed on.
+    """
     from unet_lowered.evaluation.plots import plot_run
 
     def note(line: str) -> None:
         typer.echo(line, err=True)
 
-    for path in plot_run(run, samples=samples, worst=worst, note=note):
+    for path in plot_run(run, samples=samples, worst=worst, note=note, eval_dir=eval_dir):
         typer.echo(f"wrote {path}")
 
 
