@@ -117,6 +117,23 @@ def test_eval_names_the_evaluation_worst_png_shows(tmp_path: Path, drawn) -> Non
         plots.plot_run(run, eval_dir=tmp_path / "nowhere")
 
 
+def test_worst_png_is_left_out_when_the_evaluated_images_are_gone(tmp_path: Path, drawn) -> None:
+    """The evaluated folder moved: no worst.png of the training images that share its
+    ids, but a note naming the folder."""
+    data = ramp_data(tmp_path / "d")
+    run = trained_run(tmp_path / "run", bright_model(32), data, ["a"])
+    evaluated = ramp_data(tmp_path / "e")
+    evaluate_run(run, evaluated, None, progress=False)
+    evaluated.rename(tmp_path / "moved")
+    notes: list[str] = []
+    plots.plot_run(run, note=notes.append)
+    assert list(drawn) == ["samples.png"]
+    assert notes == [
+        f"worst.png left out: the images {run / 'eval'} scored ({evaluated}) are not there; "
+        "run `unet plot` where they are"
+    ]
+
+
 def test_cli_plot_eval(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from unet_lowered.cli import main
 

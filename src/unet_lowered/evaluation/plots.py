@@ -379,7 +379,8 @@ def plot_run(
         rows = _worst_rows(per_image, worst)
         summary = _read_summary(eval_dir)
         options = evaluated_options(summary.get("settings") or {}, run.config, eval_dir)
-        evaluated = _pairs(summary.get("data")) or trained_on
+        scored = summary.get("data") or run.config.data  # older summaries name none
+        evaluated = _pairs(scored)  # not the training data when it is gone: other images
         rows = [r for r in rows if evaluated and r["id"] in evaluated.images]
         if rows:
             cases = _cases(
@@ -393,7 +394,10 @@ def plot_run(
             title = _worst_title(eval_dir, summary, run.config)
             written.append(plot_cases(cases, run.dir / "worst.png", title, classes))
         elif worst > 0:
-            note(f"worst.png left out: the images {eval_dir} scored are not there")
+            note(
+                f"worst.png left out: the images {eval_dir} scored ({scored}) are not there; "
+                "run `unet plot` where they are"
+            )
     elif worst > 0:
         note(f"worst.png left out: no evaluation yet; run `unet evaluate {run.dir} DATA` first")
     return written
