@@ -115,6 +115,11 @@ def test_eval_names_the_evaluation_worst_png_shows(tmp_path: Path, drawn) -> Non
     )
     with pytest.raises(UnetError, match=r"^\S*nowhere/per_image\.csv: missing; pass --eval the"):
         plots.plot_run(run, eval_dir=tmp_path / "nowhere")
+    summary = json.loads((other / "summary.json").read_text())
+    summary["settings"]["mode"] = "sideways"
+    (other / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(UnetError, match=r"^\S*other/summary\.json: its settings are not options"):
+        plots.plot_run(run, eval_dir=other)
 
 
 def test_worst_png_is_left_out_when_the_evaluated_images_are_gone(tmp_path: Path, drawn) -> None:

@@ -378,7 +378,8 @@ def plot_run(
     if per_image.is_file():
         rows = _worst_rows(per_image, worst)
         summary = _read_summary(eval_dir)
-        options = evaluated_options(summary.get("settings") or {}, run.config, eval_dir)
+        settings = summary.get("settings") or {}
+        options = evaluated_options(settings, run.config, eval_dir / "summary.json")
         scored = summary.get("data") or run.config.data  # older summaries name none
         evaluated = _pairs(scored)  # not the training data when it is gone: other images
         rows = [r for r in rows if evaluated and r["id"] in evaluated.images]
