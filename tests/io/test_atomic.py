@@ -368,3 +368,59 @@ def test_a_run_being_trained_is_refused_by_its_readers(tmp_path: Path) -> None:
             load_run(run)
         assert load_run(run, unfinished=True).dir == run  # unet plot shows it in progress
     assert load_run(run).dir == run
+
+
+def test_a_symlink_to_a_folder_shares_its_lock_and_dot_names_the_current_folder(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A writer through a symbolic link to a folder is refused as one through the folder
+    (the lock was beside the link's own name), and `.` locks the current folder (its empty
+    name made a traceback)."""
+    real = tmp_path / "run"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real, target_is_directory=True)
+    with atomic.exclusive(real, "training into"):
+        assert atomic.locked(tmp_path / "link")
+        with pytest.raises(UnetError, match="another unet command is predicting into"):
+            with atomic.exclusive(tmp_path / "link", "predicting into"):
+                pass
+    monkeypatch.chdir(real)
+    with atomic.exclusive(Path("."), "predicting into"):
+        assert (tmp_path / ".run.lock").is_file() and atomic.locked(real)
+    with atomic.exclusive(Path("/"), "predicting into"):  # no name: nothing to lock
+        pass
+
+
+def test_a_folder_written_as_dot_and_a_broken_link_as_destination(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d").mkdir()
+    monkeypatch.chdir(tmp_path / "d")
+    with atomic.atomic_dir(Path("."), overwrite=True) as tmp:
+        (tmp / "new.txt").write_text("x")
+    assert (tmp_path / "d" / "new.txt").read_text() == "x" and _hidden(tmp_path) == []
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(UnetError, match=r"dangling: a broken symbolic link \(to .*nowhere\)"):
+        with atomic.atomic_dir("dangling"):
+            pass
+
+
+def test_temporary_names_of_a_long_name_fit_the_file_system(tmp_path: Path) -> None:
+    """A 246-byte name (the file system allows 255) got a 260-byte temporary name, and its
+    write failed with 'File name too long'. Killed runs' temporaries of it are found."""
+    name = "é" * 60 + "L" * 122 + ".png"  # 60 * 2 + 122 + 4 = 246 bytes
+    assert len(os.fsencode(name)) == 246
+    atomic.write_bytes(tmp_path / name, b"png")
+    assert (tmp_path / name).read_bytes() == b"png" and _hidden(tmp_path) == []
+    stem = atomic.temp_stem(name, 2 + 8 + 4)
+    assert len(os.fsencode(f".{stem}.abcd1234.png")) <= 255 and name.startswith(stem)
+    stale = tmp_path / f".{stem}.abcd1234.png"
+    stale.write_bytes(b"half")
+    os.utime(stale, (time.time() - 120, time.time() - 120))
+    atomic._scans.clear()
+    assert atomic.clear_stale_temps(tmp_path / name) == 1 and not stale.exists()
+    with atomic.atomic_dir(tmp_path / ("D" * 250)) as tmp:
+        (tmp / "f").write_text("x")
+    assert (tmp_path / ("D" * 250) / "f").is_file()
+    with atomic.exclusive(tmp_path / ("D" * 250), "predicting into"):
+        assert atomic.locked(tmp_path / ("D" * 250))

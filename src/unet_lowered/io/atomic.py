@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import json
 import os
 import re
@@ -48,6 +49,25 @@ def _read_umask() -> int:
 _UMASK = _read_umask()
 
 
+NAME_MAX = 255
+"""Bytes in one file name on the usual file systems (ext4, XFS, APFS, NTFS)."""
+
+
+def temp_stem(name: str, extra: int) -> str:
+    """``name`` as it appears in a hidden temporary name that adds ``extra`` bytes to it:
+    cut (by whole characters) so the temporary name fits :data:`NAME_MAX`, as the final
+    name does. A 246-byte image name made a 260-byte temporary one, and its write failed
+    with "File name too long"."""
+    while name and len(os.fsencode(name)) + extra > NAME_MAX:
+        name = name[:-1]
+    return name
+
+
+def _temp_file_stem(name: str, suffix: str) -> str:
+    """:func:`temp_stem` of :func:`atomic_path`'s ``.<name>.<8 random><suffix>``."""
+    return temp_stem(name, 2 + 8 + len(os.fsencode(suffix)))
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; move it onto ``path`` if the block succeeds.
@@ -68,7 +88,8 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         path.parent.mkdir(parents=True, exist_ok=True)
         # Before writing (frees the space a killed run's copy holds, up to a checkpoint's).
         clear_stale_temps(path, suffix)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+        prefix = f".{_temp_file_stem(path.name, suffix)}."
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
     except OSError as e:
         raise _unwritable(path, e) from None
     os.close(fd)
@@ -120,7 +141,8 @@ def clear_stale_temps(path: str | os.PathLike, suffix: str | None = None) -> int
     """
     path = Path(path)
     suffix = path.suffix if suffix is None else suffix
-    pattern = re.compile(re.escape(f".{path.name}.") + _RANDOM + re.escape(suffix), re.DOTALL)
+    stem = _temp_file_stem(path.name, suffix)
+    pattern = re.compile(re.escape(f".{stem}.") + _RANDOM + re.escape(suffix), re.DOTALL)
     folder = os.path.abspath(path.parent)
     removed = 0
     with _scans_lock:
@@ -294,7 +316,12 @@ def atomic_dir(dest: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     Raises:
         UnetError: ``dest`` exists and ``overwrite`` is false.
     """
-    dest = Path(dest)
+    dest = Path(os.path.abspath(dest))  # `.` and `..` have no name to build temporaries from
+    if dest.is_symlink() and not dest.exists():
+        raise UnetError(
+            f"{dest}: a broken symbolic link (to {os.readlink(dest)}); remove it, create its "
+            "target folder, or choose another folder"
+        )
     try:
         restore_replaced(dest)
     except OSError as e:
@@ -305,9 +332,10 @@ def atomic_dir(dest: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
         )
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        for stale in dest.parent.glob(f".{dest.name}.tmp-*"):
+        stem = _temp_dir_stem(dest.name)
+        for stale in dest.parent.glob(f".{glob.escape(stem)}.tmp-*"):
             _discard(stale, dest)  # .tmp-old too: dest is there, so it holds an older one
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{stem}.tmp-", dir=dest.parent))
     except OSError as e:
         raise _unwritable(dest, e) from None
     try:
@@ -335,9 +363,14 @@ def atomic_dir(dest: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _temp_dir_stem(name: str) -> str:
+    """:func:`temp_stem` of :func:`atomic_dir`'s ``.<name>.tmp-<8 random>``."""
+    return temp_stem(name, 2 + len("tmp-") + 8)
+
+
 def _old(dest: Path) -> Path:
     """Where :func:`atomic_dir` keeps the ``dest`` it replaces until the new one is in place."""
-    return dest.with_name(f".{dest.name}.tmp-old")
+    return dest.with_name(f".{_temp_dir_stem(dest.name)}.tmp-old")
 
 
 def restore_replaced(dest: str | os.PathLike) -> bool:
@@ -364,7 +397,7 @@ def _discard(path: Path, dest: Path) -> None:
     ``.<dest name>.tmp-del-*`` name, so that a kill while deleting it never leaves a
     partly deleted ``.tmp-old`` that :func:`restore_replaced` would take for whole."""
     if path.is_dir() and not path.is_symlink():
-        doomed = path.with_name(f".{dest.name}.tmp-del-{os.urandom(4).hex()}")
+        doomed = path.with_name(f".{_temp_dir_stem(dest.name)}.tmp-del-{os.urandom(4).hex()}")
         try:
             os.rename(path, doomed)
         except FileNotFoundError:
@@ -396,8 +429,13 @@ def _json_default(obj: Any) -> Any:
 # ---------------------------------------------------------------- one writer at a time
 
 
-def _lock_path(target: Path) -> Path:
-    return target.with_name(f".{target.name}.lock")
+def _lock_path(target: Path) -> Path | None:
+    """``.<name>.lock`` beside ``target`` as the file system resolves it (so a symbolic
+    link to a run locks the run itself, and `.` the current folder); None for `/`."""
+    real = Path(os.path.realpath(target))
+    if not real.name:
+        return None
+    return real.with_name(f".{temp_stem(real.name, 2 + len('lock'))}.lock")
 
 
 @contextlib.contextmanager
@@ -423,6 +461,9 @@ def exclusive(target: str | os.PathLike, what: str) -> Iterator[None]:
         return
     target = Path(target)
     path = _lock_path(target)
+    if path is None:
+        yield
+        return
     while True:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -459,6 +500,8 @@ def locked(target: str | os.PathLike) -> bool:
     except ImportError:  # pragma: no cover - Windows
         return False
     path = _lock_path(Path(target))
+    if path is None:
+        return False
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
