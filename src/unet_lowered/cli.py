@@ -1015,7 +1015,10 @@ def synth(
     test_count: Annotated[int, typer.Option(help="Test images (no masks).")] = 20,
     size: Annotated[int, typer.Option(help="Side of the square images in pixels.")] = 256,
     seed: Annotated[int, typer.Option(help="Seed; the same seed gives the same files.")] = 0,
-    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(help="Replace OUT if it is a folder `unet synth` wrote, or an empty one."),
+    ] = False,
     pathology: Annotated[
         str,
         typer.Option(

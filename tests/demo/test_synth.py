@@ -148,6 +148,27 @@ def test_existing_output_needs_overwrite(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
 
 
+def test_overwrite_replaces_only_what_synth_wrote(tmp_path):
+    """--overwrite deleted any folder or file (a thesis, a prepared data set); now only an
+    empty folder or one holding synth's own layout is replaced."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.txt").write_text("precious")
+    with pytest.raises(UnetError, match=r"mine holds thesis.txt, which `unet synth` does not"):
+        synth.make_dataset(mine, count=1, test_count=0, size=32, overwrite=True)
+    assert (mine / "thesis.txt").read_text() == "precious"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UnetError, match=r"file is not a folder; --overwrite replaces only"):
+        synth.make_dataset(tmp_path / "file", count=1, test_count=0, size=32, overwrite=True)
+    out = synth.make_dataset(tmp_path / "d", count=1, test_count=0, size=32)
+    (out / "train_images" / "patient_7").mkdir()
+    with pytest.raises(UnetError, match=r"holds train_images/patient_7"):
+        synth.make_dataset(out, count=1, test_count=0, size=32, overwrite=True)
+    (tmp_path / "empty").mkdir()
+    synth.make_dataset(tmp_path / "empty", count=1, test_count=0, size=32, overwrite=True)
+    assert (tmp_path / "empty" / "train_images").is_dir()
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

@@ -266,6 +266,8 @@ def make_dataset(
 
     _check_size(size)
     out = Path(out)
+    if overwrite:
+        _refuse_non_synth(out)
     width = max(4, len(str(max(count, test_count) - 1)))
     with atomic.atomic_dir(out, overwrite=overwrite) as tmp:
         for i in range(count):
@@ -278,6 +280,37 @@ def make_dataset(
             s = synth_sample(np.random.default_rng([seed, 1, i]), size, kind(1, i))
             images.write_png(tmp / "test_images" / sid / f"{sid}.png", s.image)
     return out
+
+
+def _refuse_non_synth(out: Path) -> None:
+    """``--overwrite`` replaces only what this writes: an empty folder, or one holding
+    ``train_images/`` and ``test_images/`` of ``synth_*`` ids and nothing else. Anything
+    else (a prepared data set, a user's folder, a file) was deleted without a word.
+
+    Raises:
+        UnetError: ``out`` exists and is not such a folder.
+    """
+    if not os.path.lexists(out):
+        return
+    why = None
+    if not out.is_dir() or out.is_symlink():
+        why = "is not a folder"
+    else:
+        allowed = {"train_images": TRAIN_PREFIX, "test_images": TEST_PREFIX}
+        for entry in out.iterdir():
+            prefix = allowed.get(entry.name)
+            if prefix is None or not entry.is_dir():
+                why = f"holds {entry.name}, which `unet synth` does not write"
+                break
+            odd = next((e.name for e in entry.iterdir() if not e.name.startswith(prefix)), None)
+            if odd is not None:
+                why = f"holds {entry.name}/{odd}, which `unet synth` does not write"
+                break
+    if why:
+        raise UnetError(
+            f"{out} {why}; --overwrite replaces only a folder `unet synth` wrote, or an "
+            "empty one: choose another folder"
+        )
 
 
 def _check_size(size: int) -> None:
