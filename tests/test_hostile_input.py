@@ -811,3 +811,34 @@ def test_synth_demo_plan_and_export_hold_their_output_lock(
     assert code == 1
     the_line(err, rf"^error: {tmp_path / target}: another unet command is {what} there right now")
     assert not (tmp_path / target).exists()
+
+
+def test_a_folder_that_cannot_be_listed_is_named_not_skipped(tmp_path, monkeypatch) -> None:
+    """An unreadable input folder gave a PermissionError traceback (and, with --recursive,
+    'no image files' or silently fewer masks); now one line names it. Root reads every
+    folder, so the denial is simulated."""
+    from unet_lowered.errors import UnetError
+    from unet_lowered.io import images
+
+    (tmp_path / "in" / "locked").mkdir(parents=True)
+    (tmp_path / "in" / "a.png").write_bytes(b"x")
+    real_scandir = os.scandir
+
+    def scandir(path=".", *args):
+        if str(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path, *args)
+
+    real_listdir = os.listdir
+
+    def listdir(path="."):
+        if str(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_listdir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    monkeypatch.setattr(os, "listdir", listdir)  # Path.iterdir
+    with pytest.raises(UnetError, match=r"^.*/in/locked: cannot be read \(Permission denied\)"):
+        images.iter_files(tmp_path / "in")
+    with pytest.raises(UnetError, match=r"^.*/in/locked: cannot be read \(Permission denied\)"):
+        images.iter_files(tmp_path / "in" / "locked", recursive=False)

@@ -387,15 +387,30 @@ def iter_files(folder: str | os.PathLike, recursive: bool = True) -> list[Path]:
     """List the files under ``folder``, sorted, skipping OS junk and hidden files.
 
     Symbolic links to folders are not followed, so link loops cannot trap the walk.
+
+    Raises:
+        UnetError: ``folder`` or (``recursive``) a folder under it cannot be listed (no
+            permission): its files would be left out without a word.
     """
     folder = Path(folder)
     out: list[Path] = []
+
+    def unreadable(error: OSError) -> None:
+        where = error.filename or folder
+        raise UnetError(
+            f"{where}: cannot be read ({error.strerror or error}); fix its permissions or "
+            "leave it out"
+        )
+
     if recursive:
-        for root, dirs, files in os.walk(folder, followlinks=False):
+        for root, dirs, files in os.walk(folder, onerror=unreadable, followlinks=False):
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             out.extend(Path(root) / f for f in files if _keep(f))
     else:
-        out = [p for p in folder.iterdir() if p.is_file() and _keep(p.name)]
+        try:
+            out = [p for p in folder.iterdir() if p.is_file() and _keep(p.name)]
+        except OSError as e:
+            unreadable(e)
     return sorted(out)
 
 
