@@ -221,6 +221,14 @@ def _check_out_dir(
             f"--out {out_dir} holds input images; predictions are never written beside the "
             "inputs: choose another output folder"
         )
+    # Files named one by one (or by a glob) make their folders inputs too: masks written
+    # under one would be read as images by a later `unet predict FOLDER --recursive`.
+    inside = next((p for p in sorted(parents) if p in out.parents), None)
+    if inside is not None:
+        raise UnetError(
+            f"--out {out_dir} is inside {inside}, which holds input images; predictions are "
+            "never written among the inputs: choose another output folder"
+        )
     if (out / CONFIG_FILE).is_file() and any((out / m).is_file() for m in (MODEL_FILE, LAST_FILE)):
         raise UnetError(
             f"--out {out_dir} is a run folder of `unet train` (it holds {CONFIG_FILE} and "
