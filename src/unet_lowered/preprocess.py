@@ -172,8 +172,10 @@ def prepare_image(
     """Steps 1-4: channels, optional CLAHE, ``[0, 1]`` scaling (and polarity), resize.
 
     Args:
-        image: ``(H, W)`` or ``(H, W, 3)`` uint8/uint16 array from
-            :func:`unet_lowered.io.images.read_image`.
+        image: An array from :func:`unet_lowered.io.images.read_image` (``(H, W)`` or
+            ``(H, W, 3)`` uint8/uint16), or any that
+            :func:`~unet_lowered.io.images.to_channels` takes (``(H, W, 1)``, RGBA;
+            floats, scaled by their own min and max); CLAHE takes uint8/uint16 only.
         channels: 1 or 3, as the model was trained.
         size: ``(height, width)`` to resize to, or None to keep the size (tiling, crops).
         clahe: Apply CLAHE first.
@@ -204,8 +206,10 @@ def model_input(
     :func:`standardize`.
 
     Args:
-        image: ``(H, W)`` or ``(H, W, 3)`` uint8/uint16 array from
-            :func:`unet_lowered.io.images.read_image`.
+        image: An array from :func:`unet_lowered.io.images.read_image` (``(H, W)`` or
+            ``(H, W, 3)`` uint8/uint16), or any that
+            :func:`~unet_lowered.io.images.to_channels` takes (``(H, W, 1)``, RGBA;
+            floats, scaled by their own min and max); CLAHE takes uint8/uint16 only.
         channels: 1 or 3, as the model was trained.
         size: ``(height, width)`` to resize to, or None to keep the size (tiling).
         clahe: Apply CLAHE first.

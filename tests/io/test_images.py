@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import struct
 import zlib
 
@@ -154,6 +155,37 @@ def test_gray_as_rgb_and_channels():
     assert not images.is_gray_as_rgb(gray)
     with pytest.raises(ValueError, match="1 or 3"):
         images.to_channels(gray, 2)
+
+
+@pytest.mark.parametrize(
+    ("form", "channels", "shape", "dtype"),
+    [
+        (lambda g: g[:, :, None], 1, (2, 3), np.uint8),
+        (lambda g: g[:, :, None], 3, (2, 3, 3), np.uint8),  # was (2, 3, 1)
+        (lambda g: np.dstack([g, g, g, g]), 1, (2, 3), np.uint8),
+        (lambda g: np.dstack([g, g, g, g]), 3, (2, 3, 3), np.uint8),  # was (2, 3, 4)
+        (lambda g: np.dstack([g, g, g]).astype(np.float64), 1, (2, 3), np.float32),
+        (lambda g: np.dstack([g, g, g]).astype(np.int64), 1, (2, 3), np.float32),
+        (lambda g: np.dstack([g, g, g]).astype(np.float64), 3, (2, 3, 3), np.float64),
+    ],
+    ids=["HxWx1-gray", "HxWx1-rgb", "rgba-gray", "rgba-rgb", "f64-gray", "int64-gray", "f64-rgb"],
+)
+def test_to_channels_takes_every_layout_of_a_gray_image(form, channels, shape, dtype):
+    gray = np.arange(6, dtype=np.uint8).reshape(2, 3)
+    out = images.to_channels(form(gray), channels)
+    assert out.shape == shape and out.dtype == dtype
+    expected = gray if channels == 1 else np.dstack([gray, gray, gray])
+    assert np.allclose(out, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("shape", "hint"),
+    [((2, 3, 2), ""), ((3, 5, 6), "move the channel axis last"), ((1, 2, 3, 3), "one image")],
+)
+def test_to_channels_names_a_shape_it_cannot_take(shape, hint):
+    message = re.escape(f"an image of shape {shape}: expected (H, W)") + f".*{hint}"
+    with pytest.raises(UnetError, match=message):
+        images.to_channels(np.zeros(shape, np.uint8), 1)
 
 
 def test_iter_files_skips_junk_and_survives_link_loops(tmp_path):

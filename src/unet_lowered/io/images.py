@@ -370,17 +370,53 @@ def is_gray_as_rgb(image: np.ndarray) -> bool:
     )
 
 
+_CV_DTYPES = (np.uint8, np.uint16, np.float32)
+"""The dtypes OpenCV's colour conversions take."""
+
+
 def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
-    """Return ``image`` with 1 (gray, 2-D) or 3 (RGB) channels, converting as needed."""
-    if channels == 1:
-        if image.ndim == 2:
-            return image
-        return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    """Return ``image`` as gray ``(H, W)`` (``channels=1``) or RGB ``(H, W, 3)`` (3).
+
+    Args:
+        image: ``(H, W)`` or ``(H, W, 1)`` gray, ``(H, W, 3)`` RGB or ``(H, W, 4)`` RGBA
+            (the alpha is dropped), of any numeric or bool dtype. uint8, uint16 and
+            float32 are kept; an image whose colours must be converted is first made
+            float32 if it is of another dtype (float64, integers, bool), since OpenCV
+            converts only those three.
+        channels: 1 or 3.
+
+    Returns:
+        ``(H, W)`` for 1 channel, ``(H, W, 3)`` for 3 (a gray image repeated).
+
+    Raises:
+        UnetError: ``image`` has another shape (the message names it).
+        ValueError: ``channels`` is not 1 or 3.
+    """
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 2:
+        return image if channels == 1 else np.repeat(image[:, :, None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] not in (3, 4):
+        if image.ndim == 4:
+            hint = "; pass one image at a time, not a batch"
+        elif image.ndim == 3 and image.shape[0] in (1, 3, 4):
+            hint = "; move the channel axis last (np.moveaxis(image, 0, -1))"
+        else:
+            hint = ""
+        raise UnetError(
+            f"an image of shape {image.shape}: expected (H, W) or (H, W, 1) gray, "
+            f"(H, W, 3) RGB or (H, W, 4) RGBA{hint}"
+        )
+    if channels == 3 and image.shape[2] == 3:
+        return image
+    if image.dtype not in _CV_DTYPES:
+        image = image.astype(np.float32)
     if channels == 3:
-        if image.ndim == 3:
-            return image
-        return np.repeat(image[:, :, None], 3, axis=2)
-    raise ValueError(f"channels must be 1 or 3, got {channels}")
+        return cv2.cvtColor(image, cv2.COLOR_RGBA2RGB)
+    return cv2.cvtColor(image, cv2.COLOR_RGBA2GRAY if image.shape[2] == 4 else cv2.COLOR_RGB2GRAY)
 
 
 def iter_files(folder: str | os.PathLike, recursive: bool = True) -> list[Path]:
