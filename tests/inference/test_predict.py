@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import re
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -30,6 +32,7 @@ from unet_lowered.inference.predictor import (
     applied_watershed,
     mask_to_png,
     predict_image,
+    predict_images,
     probs_to_mask,
     resolve_mode,
     resolve_tta,
@@ -91,6 +94,32 @@ def test_tta_of_an_equivariant_model_changes_nothing(loaded, mode: str, which: s
     plain = predict_image(model, image, config, mode=mode)
     with_tta = predict_image(model, image, config, mode=mode, tta=True, tta_transforms=which)
     np.testing.assert_allclose(with_tta, plain, atol=1e-5)
+
+
+class CountingModel:
+    """A model that records the batch size of each network call."""
+
+    def __init__(self, model) -> None:
+        self.model, self.input_shape, self.calls = model, model.input_shape, []
+
+    def predict_on_batch(self, batch: np.ndarray) -> np.ndarray:
+        self.calls.append(len(batch))
+        return self.model.predict_on_batch(batch)
+
+
+@pytest.mark.parametrize(("tta", "calls"), [(False, [2, 2, 1]), (True, [2, 2, 2, 2, 1, 1])])
+def test_batch_size_is_images_per_network_call(loaded, tta: bool, calls: list[int]) -> None:
+    """Five images at batch_size 2: three calls (each twice with left-right TTA), not one
+    call with all five; the probabilities are those of one image at a time."""
+    model, config = loaded
+    batch = [disk_image(40 + 3 * i, 30)[0] for i in range(5)]
+    options = PredictOptions(mode="resize", tta=tta, tta_transforms="lr" if tta else "auto")
+    counting = CountingModel(model)
+    got = predict_images(counting, batch, config, replace(options, batch_size=2))
+    assert counting.calls == calls
+    one_by_one = predict_images(model, batch, config, replace(options, batch_size=1))
+    for p, q in zip(got, one_by_one, strict=True):
+        np.testing.assert_allclose(p, q, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -188,6 +217,37 @@ def test_colour_image_on_a_gray_run_and_gray_on_a_colour_run(tmp_path: Path, loa
 
     r = load_run(run3)
     assert dice(predict_image(r.model(), image, r.config)[:, :, 0] >= 0.5, mask) > 0.95
+
+
+GRAY_FORMS = {
+    "HxWx1 uint8": lambda g: g[:, :, None],  # was cv2.error (-15) in cvtColor
+    "HxWx3 uint8": lambda g: np.repeat(g[:, :, None], 3, axis=2),
+    "HxWx4 RGBA uint8": lambda g: np.dstack([g, g, g, np.full_like(g, 255)]),
+    "HxW uint16": lambda g: g.astype(np.uint16) * 257,
+    "HxW float32 in [0, 1]": lambda g: g.astype(np.float32) / 255,
+    "HxW float64 in [0, 1]": lambda g: g / 255.0,
+    "HxWx3 float64": lambda g: np.repeat(g[:, :, None], 3, axis=2) / 255.0,  # was cv2.error
+    "HxWx1 float64": lambda g: g[:, :, None] / 255.0,
+}
+
+
+@pytest.mark.parametrize("form", GRAY_FORMS)
+@pytest.mark.parametrize("channels", [1, 3])
+def test_every_form_of_a_gray_image_gives_its_probabilities(tmp_path: Path, form, channels) -> None:
+    image, _ = disk_image(40, 30)
+    run = load_run(make_run(tmp_path / "run", bright_model(32, channels=channels)))
+    model, config = run.model(), run.config
+    expected = predict_image(model, image, config)
+    got = predict_image(model, GRAY_FORMS[form](image), config)
+    assert got.shape == expected.shape == (40, 30, 1)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(40, 30, 2), (3, 40, 30, 1), (40,)])
+def test_an_image_of_another_shape_is_refused_naming_it(loaded, shape) -> None:
+    model, config = loaded
+    with pytest.raises(UnetError, match=re.escape(f"an image of shape {shape}: expected (H, W)")):
+        predict_image(model, np.zeros(shape, np.uint8), config)
 
 
 def test_multi_class_softmax_and_label_values(tmp_path: Path) -> None:

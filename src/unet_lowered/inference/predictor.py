@@ -268,7 +268,8 @@ def predict_images(
 
     Args:
         model: The run's Keras model (logits out).
-        batch: Images as :func:`unet_lowered.io.images.read_image` returns them, any sizes.
+        batch: Images as :func:`unet_lowered.io.images.read_image` returns them, any sizes
+            (or any array :func:`predict_image` takes).
         config: The run's configuration.
         options: Mode, TTA and tiling settings (post-processing fields are not used here).
 
@@ -312,8 +313,9 @@ def predict_prepared(
 ) -> list[np.ndarray]:
     """Probabilities for :func:`prepare_images` outputs, each at its INPUT's size.
 
-    Same padding in resize mode: the whole batch in one network call; tile mode and
-    valid padding: overlap-tile prediction of each input
+    Same padding in resize mode: ``options.batch_size`` inputs per network call (the
+    last call takes the rest); tile mode and valid padding: overlap-tile prediction of
+    each input, ``options.batch_size`` tiles per call
     (:func:`unet_lowered.inference.tiling.predict_tiled`). Resize-mode results are
     brought back to the image's size by :func:`restore_size`.
 
@@ -324,8 +326,9 @@ def predict_prepared(
     mode = resolve_mode(options.mode, config)
     out_tile, margin = _geometry(config)
     fn = probability_fn(model, config, tta_group(options, config))
-    if mode == "resize" and margin == (0, 0):  # same padding: the whole batch in one call
-        return list(fn(np.stack(inputs))) if len(inputs) else []
+    if mode == "resize" and margin == (0, 0):  # same padding: whole inputs, batch_size a call
+        step = options.batch_size
+        return [p for i in range(0, len(inputs), step) for p in fn(np.stack(inputs[i : i + step]))]
     return [
         predict_tiled(x, fn, out_tile, options.overlap, margin, options.blend, options.batch_size)
         for x in inputs
@@ -342,10 +345,25 @@ def predict_image(
 ) -> np.ndarray:
     """Probabilities ``(H, W, K)`` for one decoded image at its original size.
 
+    The network only: threshold and clean them with :func:`probs_to_mask`. ``unet
+    predict`` (and ``unet serve``) do more: a gray image whose mask is flagged
+    ``check`` is predicted again inverted, then turned (a film exported without its
+    MONOCHROME1 look-up, or scanned upside down), and each mask gets its quality flag.
+    For that from Python, use :func:`unet_lowered.inference.polarity.predict_seen` with
+    ``for_run(PredictOptions(), config)``: its :class:`~unet_lowered.inference.polarity.Seen`
+    holds the probabilities (``.probs``, for :func:`probs_to_mask`), ``.gray_scale``,
+    ``.orientation`` and ``.quality(mask, config)``, the flag ``predictions.csv`` writes.
+
     Args:
-        model: The run's Keras model.
-        image: ``(H, W)`` or ``(H, W, 3)`` uint8/uint16 array.
-        config: The run's configuration.
+        model: The run's Keras model (:meth:`unet_lowered.io.runs.Run.model`).
+        image: ``(H, W)`` or ``(H, W, 1)`` gray, ``(H, W, 3)`` RGB or ``(H, W, 4)`` RGBA
+            (alpha dropped), converted to the run's channels
+            (:func:`~unet_lowered.io.images.to_channels`). uint8/uint16 as
+            :func:`~unet_lowered.io.images.read_image` returns them, or float (float32
+            or float64, any range) or integer arrays: each image is scaled by its own
+            minimum and maximum, so ``image / 255.0`` gives the probabilities of
+            ``image``. Runs trained with ``clahe`` take uint8/uint16 only.
+        config: The run's configuration (:attr:`unet_lowered.io.runs.Run.config`).
         mode: ``"auto"``, ``"resize"`` or ``"tile"``.
         tta: Test-time augmentation over flips (and rotations); None: the run's choice.
         **tiling: ``tta_transforms``, ``overlap``, ``blend`` or ``batch_size`` (see
@@ -353,6 +371,9 @@ def predict_image(
 
     Returns:
         float32 ``(H, W, num_classes)`` probabilities.
+
+    Raises:
+        UnetError: An option is invalid, or ``image`` has a shape other than those above.
     """
     options = PredictOptions(mode=mode, tta=tta, **tiling)
     return predict_images(model, [image], config, options)[0]
