@@ -365,6 +365,22 @@ def test_bad_options_raise_unet_error(kwargs, message):
         unet(**kwargs)
 
 
+def test_a_loaded_model_is_typed_and_the_package_ships_its_marker():
+    """``Run.model()`` and ``load_model`` say they return a ``keras.Model`` (without
+    importing Keras with the module), and ``py.typed`` is installed with the package."""
+    import typing
+    from pathlib import Path
+
+    import unet_lowered
+
+    for fn in (runs.Run.model, runs.load_model):
+        assert fn.__annotations__["return"] == "keras.Model"
+        assert typing.get_type_hints(fn, {"keras": keras, **vars(runs)})["return"] is keras.Model
+    assert (Path(unet_lowered.__file__).parent / "py.typed").is_file()
+    pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text(encoding="utf-8")
+    assert '"unet_lowered" = ["py.typed"]' in pyproject  # [tool.setuptools.package-data]
+
+
 # ---------------------------------------------------------------- parameters and FLOPs
 
 

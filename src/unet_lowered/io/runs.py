@@ -25,11 +25,14 @@ import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from unet_lowered.errors import UnetError
 from unet_lowered.io import atomic
 from unet_lowered.training.config import RunConfig
+
+if TYPE_CHECKING:  # Keras is imported when a model is loaded, not with this module
+    import keras
 
 MODEL_FILE = "model.keras"
 LAST_FILE = "last.keras"
@@ -68,7 +71,7 @@ class Run:
     def model_path(self) -> Path:
         return self.dir / MODEL_FILE
 
-    def model(self, which: str = MODEL_FILE):
+    def model(self, which: str = MODEL_FILE) -> keras.Model:
         """Load the best (default) or last model, without compiling, in Keras safe mode.
 
         Raises:
@@ -191,7 +194,7 @@ MAX_MODEL_BYTES = 4 * 1024**3
 _OWN_PACKAGE = "unet_lowered>"
 
 
-def load_model(path: str | os.PathLike):
+def load_model(path: str | os.PathLike) -> keras.Model:
     """Load a ``.keras`` file for inference: no compile, safe mode (no code from the file).
 
     Before Keras reads it, the archive is checked: a zip whose members are intact
