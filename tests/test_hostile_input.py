@@ -844,18 +844,17 @@ def test_a_folder_that_cannot_be_listed_is_named_not_skipped(tmp_path, monkeypat
         images.iter_files(tmp_path / "in" / "locked", recursive=False)
 
 
-def test_files_named_one_by_one_keep_the_output_out_of_their_folder(run, tmp_path, capfd):
+def test_a_pattern_keeps_the_output_out_of_its_folder(run, tmp_path, capfd):
     """`unet predict RUN "imgs/*.png" --out imgs/masks` was accepted (only folders given as
     inputs were checked), and a later `unet predict RUN imgs --recursive` read the masks
-    as X-rays."""
+    as X-rays. Files the shell names one by one are not folders the user gave."""
     from unet_lowered.io.images import write_png
 
     write_png(tmp_path / "imgs" / "a.png", np.zeros((32, 32), np.uint8))
-    code, err = cli(
-        capfd, "predict", run, tmp_path / "imgs" / "a.png", "--out", tmp_path / "imgs" / "masks"
-    )
+    pattern = f"{tmp_path}/imgs/*.png"
+    code, err = cli(capfd, "predict", run, pattern, "--out", tmp_path / "imgs" / "masks")
     assert code == 1
-    the_line(
-        err, rf"^error: --out .*/imgs/masks is inside {tmp_path}/imgs, which holds input images"
-    )
+    the_line(err, rf"^error: --out .*/imgs/masks is inside {tmp_path}/imgs, whose images ")
     assert sorted(p.name for p in (tmp_path / "imgs").iterdir()) == ["a.png"]
+    code, err = cli(capfd, "predict", run, tmp_path / "imgs" / "a.png", "--out", tmp_path / "m")
+    assert code == 0, err

@@ -12,6 +12,14 @@ back out of the message: :class:`SettingError` names the setting at fault.
 from __future__ import annotations
 
 
+def one_line(text: str) -> str:
+    """``text`` with line breaks and other control characters (an escape sequence in a
+    file name, say) shown as escapes (``\\n``, ``\\x1b``), so it prints as one line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c == "\t" else repr(c)[1:-1] for c in text)
+
+
 class UnetError(ValueError):
     """A problem with the user's input or options, with a message that says how to fix it.
 
@@ -20,10 +28,7 @@ class UnetError(ValueError):
     """
 
     def __str__(self) -> str:
-        text = super().__str__()
-        if text.isprintable():
-            return text
-        return "".join(c if c.isprintable() or c == "\t" else repr(c)[1:-1] for c in text)
+        return one_line(super().__str__())
 
 
 class SettingError(UnetError):

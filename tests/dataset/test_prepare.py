@@ -961,3 +961,26 @@ def test_a_file_given_as_the_data_folder_is_named_as_a_file(tmp_path):
             call()
     with pytest.raises(UnetError, match=r"gone: no such folder; give the folder"):
         convert.check(tmp_path / "gone")
+
+
+def test_the_report_shows_control_characters_in_names_as_escapes(tmp_path: Path) -> None:
+    """A file named with a line break or an escape sequence broke the problem lines
+    across the terminal (and reached it raw); they are shown as \\n and \\x1b, as predict's."""
+    import io
+
+    import numpy as np
+    from rich.console import Console
+
+    from unet_lowered.dataset.prepare import check
+    from unet_lowered.dataset.report import print_report
+    from unet_lowered.io.images import write_png
+
+    for name in ("a\nb.png", "ok.png", "esc\x1b[2Jx.png"):
+        write_png(tmp_path / "raw" / "images" / name, np.zeros((8, 8), np.uint8))
+    write_png(tmp_path / "raw" / "masks" / "ok.png", np.zeros((8, 8), np.uint8))
+    buffer = io.StringIO()
+    print_report(check(tmp_path / "raw"), Console(file=buffer, width=400))
+    text = buffer.getvalue()
+    assert "\x1b" not in text and "images/a\\nb.png" in text and "esc\\x1b[2Jx.png" in text
+    lines = [line for line in text.splitlines() if line.startswith("missing_mask")]
+    assert len(lines) == 2

@@ -7,6 +7,7 @@ from typing import Any
 from unet_lowered.dataset import dataset_json
 from unet_lowered.dataset.layouts import NOTE_KINDS, PROBLEM_KINDS
 from unet_lowered.dataset.prepare import Report
+from unet_lowered.errors import one_line
 
 
 def print_report(report: Report, console: Any = None, max_lines: int = 200) -> None:
@@ -25,7 +26,7 @@ def print_report(report: Report, console: Any = None, max_lines: int = 200) -> N
     counts = report.counts()
     mode = report.mode if report.label_values is None else f"classes {report.label_values}"
     header = f"{report.source}: layout {report.layout}, masks {mode}"
-    console.print(escape(header), highlight=False, soft_wrap=True)
+    console.print(escape(one_line(header)), highlight=False, soft_wrap=True)
     table = Table("", "count", "what", title=None)
     table.add_row("train pairs", str(counts["train"]), "image + mask (train/)")
     if counts["val"]:
@@ -38,10 +39,11 @@ def print_report(report: Report, console: Any = None, max_lines: int = 200) -> N
         table.add_row(f"note: {kind}", str(n), NOTE_KINDS.get(kind, ""))
     console.print(table)
     for p in report.problems[:max_lines]:
-        console.print(escape(f"{p.kind:<13} {p.message}"), soft_wrap=True, highlight=False)
+        line = one_line(f"{p.kind:<13} {p.message}")
+        console.print(escape(line), soft_wrap=True, highlight=False)
     if len(report.problems) > max_lines:
         more = len(report.problems) - max_lines
         where = f" (all are in {report.dest / dataset_json.FILE})" if report.dest else ""
         console.print(f"... and {more} more problem(s){where}", highlight=False)
     if report.dest is not None:
-        console.print(escape(f"wrote {report.dest}"), highlight=False, soft_wrap=True)
+        console.print(escape(one_line(f"wrote {report.dest}")), highlight=False, soft_wrap=True)

@@ -37,7 +37,7 @@ import cv2
 import numpy as np
 
 from unet_lowered import options as names
-from unet_lowered.errors import UnetError
+from unet_lowered.errors import UnetError, one_line
 from unet_lowered.inference.journal import JOURNAL_FILE, Journal, remove_stale_temps
 from unet_lowered.inference.overlay import overlay
 from unet_lowered.inference.polarity import (
@@ -221,14 +221,17 @@ def _check_out_dir(
             f"--out {out_dir} holds input images; predictions are never written beside the "
             "inputs: choose another output folder"
         )
-    # Files named one by one (or by a glob) make their folders inputs too: masks written
-    # under one would be read as images by a later `unet predict FOLDER --recursive`.
-    inside = next((p for p in sorted(parents) if p in out.parents), None)
-    if inside is not None:
-        raise UnetError(
-            f"--out {out_dir} is inside {inside}, which holds input images; predictions are "
-            "never written among the inputs: choose another output folder"
-        )
+    # A pattern (`"imgs/*.png"`, expanded here, not by the shell) names its folder as the
+    # input: masks written under it would be read as images by `unet predict imgs -r`.
+    for pattern in (str(p) for p in inputs if glob.has_magic(str(p))):
+        parts = Path(pattern).parts
+        fixed = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+        folder = Path(*parts[:fixed]).resolve() if fixed else Path.cwd()
+        if out == folder or folder in out.parents:
+            raise UnetError(
+                f"--out {out_dir} is inside {folder}, whose images {pattern} names; "
+                "predictions are never written among the inputs: choose another output folder"
+            )
     if (out / CONFIG_FILE).is_file() and any((out / m).is_file() for m in (MODEL_FILE, LAST_FILE)):
         raise UnetError(
             f"--out {out_dir} is a run folder of `unet train` (it holds {CONFIG_FILE} and "
@@ -471,7 +474,7 @@ class Job:
     def _tell_interrupted(self) -> None:
         """One line on stderr after Ctrl-C: how far the run got, and how to finish it."""
         done, total = len(self.rows), len(self.files)
-        table = _one_line(str(self.out_dir / CSV_FILE))
+        table = one_line(str(self.out_dir / CSV_FILE))
         print(
             f"stopped: {done} of {total} inputs done (listed in {table}); the same command "
             "with --resume finishes the job",
@@ -932,14 +935,9 @@ def _note(report: PredictReport, console: Any, notes: list[str]) -> None:
     from rich.markup import escape
 
     for note in notes:
-        note = _one_line(note)
+        note = one_line(note)
         report.notes.append(note)
         console.print(f"[yellow]note[/yellow] {escape(note)}", soft_wrap=True)
-
-
-def _one_line(text: str) -> str:
-    """``text`` with line breaks and other control characters shown as escapes."""
-    return "".join(c if c.isprintable() or c == "\t" else repr(c)[1:-1] for c in text)
 
 
 def _fail(
@@ -952,7 +950,7 @@ def _fail(
 ) -> None:
     from rich.markup import escape
 
-    message = _one_line(
+    message = one_line(
         str(error) if isinstance(error, UnetError) else f"{path}: {type(error).__name__}: {error}"
     )
     report.failed.append((str(path), message))
