@@ -858,3 +858,39 @@ def test_a_pattern_keeps_the_output_out_of_its_folder(run, tmp_path, capfd):
     assert sorted(p.name for p in (tmp_path / "imgs").iterdir()) == ["a.png"]
     code, err = cli(capfd, "predict", run, tmp_path / "imgs" / "a.png", "--out", tmp_path / "m")
     assert code == 0, err
+
+
+def test_running_out_of_memory_is_one_line(monkeypatch, capfd) -> None:
+    """NumPy's MemoryError and TensorFlow's ResourceExhaustedError gave a traceback."""
+    from unet_lowered import cli as cli_mod
+    from unet_lowered.training import train as train_mod
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError(
+            "Unable to allocate 2.00 GiB for an array with shape (512, 1024, 1024, 1)"
+        )
+
+    monkeypatch.setattr(train_mod, "train", no_memory)
+    with pytest.raises(SystemExit) as done:
+        cli_mod.main(["train", "--resume", "--out", "somewhere"])
+    err = capfd.readouterr().err
+    assert done.value.code == 1 and err.count("\n") == 1
+    assert (
+        err.startswith("error: out of memory (Unable to allocate 2.00 GiB")
+        and "--batch-size" in err
+    )
+
+    class ResourceExhaustedError(Exception):
+        pass
+
+    def oom(*args, **kwargs):
+        raise ResourceExhaustedError("OOM when allocating tensor\nwith shape[8,16,1024,1024]")
+
+    monkeypatch.setattr(train_mod, "train", oom)
+    with pytest.raises(SystemExit) as done:
+        cli_mod.main(["train", "--resume", "--out", "somewhere"])
+    err = capfd.readouterr().err
+    assert done.value.code == 1 and err == (
+        "error: out of memory (OOM when allocating tensor); lower --batch-size or --image-size"
+        " (a --resume run keeps its own)\n"
+    )

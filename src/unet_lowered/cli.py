@@ -1181,6 +1181,18 @@ _RESUME_HINTS = {
 }
 
 
+def _out_of_memory(command: str | None, error: BaseException) -> str:
+    """The one line for a command that ran out of memory (a traceback before)."""
+    what = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+    advice = {
+        "train": "lower --batch-size or --image-size (a --resume run keeps its own)",
+        "predict": "lower --batch-size or --max-pixels, or predict fewer images at once",
+        "evaluate": "lower --batch-size or --max-pixels",
+        "serve": "lower --workers, or send smaller images",
+    }.get(command or "", "free memory or use smaller inputs")
+    return f"out of memory ({what}); {advice}"
+
+
 def _interrupted(command: str | None) -> None:
     """The one line for Ctrl-C, then exit 130 (128 + SIGINT, as shells report it)."""
     if command == "serve":  # writes nothing: Ctrl-C is how it is stopped
@@ -1232,6 +1244,14 @@ def main(argv: list[str] | None = None) -> None:
         code = app(args=argv, prog_name="unet", standalone_mode=False)
     except UnetError as e:
         typer.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    except MemoryError as e:  # NumPy's allocation errors are MemoryErrors too
+        typer.echo(f"error: {_out_of_memory(command, e)}", err=True)
+        sys.exit(1)
+    except Exception as e:
+        if type(e).__name__ != "ResourceExhaustedError":  # TensorFlow's out of memory
+            raise
+        typer.echo(f"error: {_out_of_memory(command, e)}", err=True)
         sys.exit(1)
     except (KeyboardInterrupt, typer.Abort):
         _interrupted(command)
