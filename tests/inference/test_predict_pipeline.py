@@ -175,6 +175,30 @@ def test_a_write_error_is_one_line(run, inputs, tmp_path, monkeypatch) -> None:
         predict_files(run, [inputs], tmp_path / "out", progress=False)
 
 
+def test_a_full_disk_names_the_output_and_resume(run, inputs, tmp_path, monkeypatch) -> None:
+    """The atomic writes turn a full disk into UnwritableError, which the write step's
+    `except OSError` missed: the user read the CSV's error (the last write to fail) and
+    nothing about --resume. Now the first failed output is named, with --resume."""
+    from unet_lowered.io import atomic
+
+    real = atomic.tempfile.mkstemp
+    calls = []
+
+    def filling(*args, **kwargs):
+        calls.append(kwargs.get("prefix"))
+        if len(calls) > 3:
+            raise OSError(28, "No space left on device")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(atomic.tempfile, "mkstemp", filling)
+    with pytest.raises(UnetError) as failed:
+        predict_files(run, [inputs], tmp_path / "out", pipeline=False, progress=False)
+    message = str(failed.value)
+    assert "cannot write the outputs of" in message and "(No space left on device)" in message
+    assert message.endswith("then run again with --resume")
+    assert "predictions.csv" not in message  # its own failed write stays quiet
+
+
 def test_workers_read_and_write_side_by_side_and_record_in_order(
     run, inputs, tmp_path, monkeypatch
 ) -> None:

@@ -456,11 +456,11 @@ class Job:
             self.rows.sort(key=lambda r: order[r["id"]])
             try:
                 self.report.csv_path = _write_csv(self.out_dir / CSV_FILE, self.rows)
-            except OSError as e:
+            except (OSError, atomic.UnwritableError) as e:  # atomic writes raise the latter
                 self.journal.close()
                 if completed:  # else the error that stopped the run is the one to report
                     raise UnetError(
-                        f"{self.out_dir / CSV_FILE}: cannot be written ({e.strerror or e}); "
+                        f"{self.out_dir / CSV_FILE}: cannot be written ({_reason(e)}); "
                         "free disk space, then run again with --resume"
                     ) from None
             else:
@@ -712,10 +712,10 @@ class _Stages:
                 item.grid,
                 item.look,
             )
-        except OSError as e:
+        except (OSError, atomic.UnwritableError) as e:  # atomic writes raise the latter
             raise UnetError(
                 f"{self.out_dir}: cannot write the outputs of {item.path} "
-                f"({e.strerror or e}); free disk space or choose another "
+                f"({_reason(e)}); free disk space or choose another "
                 "--out, then run again with --resume"
             ) from None
         item.probs = item.image = item.grid = None
@@ -956,6 +956,13 @@ def _fail(
     report.failed.append((str(path), message))
     rows.append({"id": image_id, "source": str(path), "status": f"failed: {message}"})
     console.print(f"[red]skipped[/red] {escape(message)}", soft_wrap=True)
+
+
+def _reason(error: OSError | atomic.UnwritableError) -> str:
+    """Why a write failed, in the system's words."""
+    if isinstance(error, atomic.UnwritableError):
+        return error.reason
+    return error.strerror or str(error)
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> Path:

@@ -190,7 +190,16 @@ def _candidates(folder: str) -> list[str]:
 _NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
 
 
-def _unwritable(path: Path, error: OSError) -> UnetError:
+class UnwritableError(UnetError):
+    """An output that cannot be written (read-only place, disk full); ``reason`` is why,
+    in the system's words."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def _unwritable(path: Path, error: OSError) -> UnwritableError:
     """The one-line error for an output that cannot be written (read-only, disk full)."""
     reason = error.strerror or str(error)
     try:
@@ -201,8 +210,9 @@ def _unwritable(path: Path, error: OSError) -> UnetError:
     # a read-only or missing place on a file system with no free space (/proc) is not full.
     if full and error.errno is None:
         reason += "; the disk is full"
-    return UnetError(
-        f"{path}: cannot be written ({reason}); choose a writable place with free space"
+    return UnwritableError(
+        f"{path}: cannot be written ({reason}); choose a writable place with free space",
+        reason,
     )
 
 
