@@ -159,3 +159,34 @@ def test_multi_class_masks_keep_their_classes_in_the_pictures(tmp_path: Path) ->
     assert (rgb[4, 4] == 0).all()
     path = plot_cases([("c", image, labels, labels, 1.0)], tmp_path / "cases.png", "t")
     assert read_image(path).ndim == 3
+
+
+@pytest.mark.parametrize("kind", ["gray8", "rgb8", "gray16", "rgb16", "float"])
+def test_the_uint8_display_is_the_float_display_rounded(kind: str) -> None:
+    """The overlay is built in uint8 (a 99-megapixel JPEG's float overlay took over 6 GB):
+    its base is :func:`display` rounded to 8 bits, within one level."""
+    from unet_lowered.inference.overlay import display, display_rgb8
+
+    rng = np.random.default_rng(3)
+    shape = (300, 200) if kind.startswith("gray") or kind == "float" else (300, 200, 3)
+    if kind.endswith("16"):
+        image = rng.integers(1000, 1800, shape).astype(np.uint16)
+        image[:5, :5] = 65535  # a marker the window leaves out
+    elif kind == "float":
+        image = rng.normal(0.3, 0.1, shape)
+    else:
+        image = rng.integers(20, 230, shape).astype(np.uint8)
+    shown = display_rgb8(image)
+    assert shown.dtype == np.uint8 and shown.shape == (300, 200, 3)
+    reference = np.rint(display(image) * 255)
+    assert np.abs(shown.astype(int) - reference).max() <= 1
+
+
+def test_the_overlay_tints_by_its_opacity_in_whole_levels() -> None:
+    image = np.full((100, 100), 200, np.uint8)
+    image[0, 0] = 0  # so 200 is shown white
+    mask = np.zeros((100, 100), bool)
+    mask[20:80, 20:80] = True
+    rgb = overlay(image, mask, alpha=0.5)
+    # class 1's colour (255, 64, 64) half over white: (255, 159.5, 159.5)
+    assert tuple(rgb[50, 50]) == (255, 160, 160) and tuple(rgb[90, 90]) == (255, 255, 255)
