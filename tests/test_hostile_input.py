@@ -894,3 +894,16 @@ def test_running_out_of_memory_is_one_line(monkeypatch, capfd) -> None:
         "error: out of memory (OOM when allocating tensor); lower --batch-size or --image-size"
         " (a --resume run keeps its own)\n"
     )
+
+
+def test_evaluate_writes_nothing_among_the_images_or_masks_it_reads(run, tmp_path, capfd):
+    """`unet evaluate RUN DATA --out DATA/masks` wrote per_image.csv and summary.json
+    among the masks (then `unet check` counted them as bad masks)."""
+    from unet_lowered.io.images import write_png
+
+    for sub in ("images", "masks"):
+        write_png(tmp_path / "d" / sub / "a.png", np.zeros((32, 32), np.uint8))
+    code, err = cli(capfd, "evaluate", run, tmp_path / "d", "--out", tmp_path / "d" / "masks")
+    assert code == 1
+    the_line(err, rf"^error: --out {tmp_path}/d/masks is inside {tmp_path}/d/masks, which this")
+    assert sorted(p.name for p in (tmp_path / "d" / "masks").iterdir()) == ["a.png"]

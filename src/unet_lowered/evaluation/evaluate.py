@@ -173,6 +173,12 @@ def evaluate_run(
     ids = _select(pairs.ids, run, split, Path(data))
     out_dir = Path(out) if out is not None else run.dir / "eval"
     atomic.check_out_folder(out_dir)  # before the work, not after it
+    for folder in (pairs.image_dir, pairs.mask_dir):  # input data is never modified
+        if folder is not None and out_dir.resolve().is_relative_to(Path(folder).resolve()):
+            raise UnetError(
+                f"--out {out_dir} is inside {folder}, which this evaluation reads; choose "
+                "another folder"
+            )
     config = run.config
     options = for_run(options, config)
     mode = options.mode
@@ -346,6 +352,28 @@ def settings_record(options: PredictOptions, config: RunConfig) -> dict[str, Any
     }
 
 
+def settings_words(settings: dict[str, Any]) -> str:
+    """:func:`settings_record` in words, for the table's title: the mode, the threshold
+    and each post-processing step applied (a --threshold 0.97 table looked like a default
+    one)."""
+    words = [f"{settings.get('mode')} mode"]
+    if settings.get("tta"):
+        words.append(f"TTA {settings['tta']}")
+    if settings.get("threshold") is not None:
+        words.append(f"threshold {settings['threshold']:g}")
+    if settings.get("watershed"):
+        words.append(f"watershed split (merge >= {settings['watershed']:g})")
+    if settings.get("keep_largest"):
+        words.append(f"keep {settings['keep_largest']} largest")
+    if settings.get("fill_holes"):
+        words.append("fill holes")
+    if settings.get("min_area"):
+        words.append(f"remove objects under {settings['min_area']} px")
+    if len(words) == 1 + (settings.get("threshold") is not None) + bool(settings.get("tta")):
+        words.append("no post-processing")
+    return ", ".join(words)
+
+
 def _select(all_ids: list[str], run: Run, split: str, data: Path) -> list[str]:
     if split == "all":
         return all_ids
@@ -380,9 +408,9 @@ def _summary(
     worst = sorted(rows, key=lambda r: (r["dice"], r["id"]))[:WORST]
     return {
         "run": str(run.dir),
-        "data": str(pairs.root),
-        "images": str(pairs.image_dir),
-        "masks": str(pairs.mask_dir),
+        "data": str(Path(pairs.root).resolve()),  # `unet plot` reads it from anywhere
+        "images": str(Path(pairs.image_dir).resolve()),
+        "masks": str(Path(pairs.mask_dir).resolve()),
         "split": split,
         "n_images": len(rows),
         "metrics": {k: metrics.summarize(r[k] for r in rows) for k in keys},
@@ -408,8 +436,10 @@ def print_summary(summary: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    n = summary["n_images"]
     table = Table(
-        title=f"{summary['n_images']} images ({summary['split']}), {summary['settings']['mode']} mode"
+        title=f"{n} image{'' if n == 1 else 's'} ({summary['split']}), "
+        + settings_words(summary["settings"])
     )
     for column in ("metric", "mean", "median", "std", "min", "max"):
         table.add_column(column, justify="left" if column == "metric" else "right")
@@ -417,7 +447,8 @@ def print_summary(summary: dict[str, Any]) -> None:
         cells = [
             "-" if s[c] is None else f"{s[c]:.4f}" for c in ("mean", "median", "std", "min", "max")
         ]
-        name = key + (f" ({s['n_nonfinite']} inf)" if s["n_nonfinite"] else "")
+        name = key + (" (px)" if key.startswith("hd95") else "")
+        name += f" ({s['n_nonfinite']} inf)" if s["n_nonfinite"] else ""
         table.add_row(name, *cells)
     console = Console()
     console.print(table)
