@@ -254,13 +254,134 @@ def test_resume_after_a_kill_between_checkpoint_and_state(
 
 
 def test_resume_of_finished_run_trains_nothing_more(tiny_data: Path, tmp_path: Path) -> None:
+    """A run stopped after its epochs but before metrics.json is finished without
+    training; a finished run (metrics.json written) is not resumed at all."""
     from unet_lowered.training.train import train
 
     run = tmp_path / "run"
     _train(tiny_data, run, epochs=1)
+    assert json.loads((run / "state.json").read_text())["finished"] == "all epochs"
+    (run / "metrics.json").unlink()  # stopped before the post-processing choice
     metrics = train(None, run, resume=True, verbose=0)
     assert metrics["epochs_completed"] == 1
     assert len(_history(run)) == 1
+    with pytest.raises(UnetError, match=r"finished at epoch 1 \(all epochs\); nothing to resume"):
+        train(None, run, resume=True, verbose=0)
+
+
+def _killed_after(monkeypatch, run: Path, epoch: int) -> None:
+    """Make training into ``run`` stop (KeyboardInterrupt, as Ctrl-C) right after the
+    files of ``epoch`` are written, as a kill between two epochs would leave them."""
+    from unet_lowered.training import callbacks
+
+    write_json = callbacks.atomic.write_json
+
+    def write_then_stop(path, obj):
+        write_json(path, obj)
+        if Path(path) == run / "state.json" and obj.get("epoch") == epoch:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(callbacks.atomic, "write_json", write_then_stop)
+
+
+def test_early_stopping_state_counts_validated_epochs_after_the_best() -> None:
+    from unet_lowered.training.callbacks import early_stopping_state, run_ending
+
+    def row(epoch: int, dice: str) -> dict[str, str]:
+        return {"epoch": str(epoch), "loss": "0.5", "val_dice": dice}
+
+    # epochs 1-2 at half size (not validated), best at 4, a row of epoch 8 past the
+    # checkpoint (written before a kill that came before last.keras)
+    rows = [row(1, ""), row(2, ""), row(3, "0.5"), row(4, "0.7"), row(5, "0.6")]
+    rows += [row(6, ""), row(7, "0.69"), row(8, "0.8")]
+    state = {"epoch": 7, "best": 0.7, "best_epoch": 4}
+    assert early_stopping_state(state, rows) == (0.7, 2)
+    assert early_stopping_state({"epoch": 2, "best": -1.0, "best_epoch": None}, rows) == (None, 0)
+
+    cfg = config_mod.resolve(None, {**TINY, "epochs": 10, "patience": 3})
+    assert run_ending(state, rows, cfg) is None
+    assert run_ending(state, rows, config_mod.resolve(None, {**TINY, "patience": 2})) == (
+        "all epochs"
+    )
+    cfg2 = config_mod.resolve(None, {**TINY, "epochs": 10, "patience": 2})
+    assert run_ending(state, rows, cfg2) == "early stopping"
+    assert run_ending({**state, "finished": "time budget"}, rows, cfg) == "time budget"
+
+
+def test_resume_stops_where_the_uninterrupted_run_stops(
+    tiny_data: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """A run killed after the epoch before early stopping ends it, then resumed, gives
+    the uninterrupted run: the same epochs (no more), the plateau schedule's lowered rate
+    at the same epoch, the same best epoch and Dice; a --resume of it is refused."""
+    from unet_lowered.training.train import train
+
+    settings = {"epochs": 10, "patience": 3, "schedule": "plateau", "seed": 2}
+    settings["learning_rate"] = 1e-2
+    whole = _train(tiny_data, tmp_path / "whole", **settings)
+    reference = _history(tmp_path / "whole")
+    stop = whole["epochs_completed"]
+    # The case this test is about: early stopping ended it, after the plateau schedule
+    # lowered the rate in the epoch before (patience 3 for stopping, 2 for the rate).
+    assert stop < 10 and stop - whole["best_epoch"] == 3, reference
+    assert float(reference[-1]["lr"]) < float(reference[-2]["lr"]), reference
+    state = json.loads((tmp_path / "whole" / "state.json").read_text())
+    assert state["finished"] == "early stopping"
+
+    run = tmp_path / "run"
+    _killed_after(monkeypatch, run, stop - 1)
+    with pytest.raises(KeyboardInterrupt):
+        _train(tiny_data, run, **settings)
+    monkeypatch.undo()
+    assert len(_history(run)) == stop - 1
+
+    metrics = train(None, run, resume=True, verbose=0)
+    rows = _history(run)
+    assert [r["epoch"] for r in rows] == [r["epoch"] for r in reference]
+    assert [r["lr"] for r in rows] == [r["lr"] for r in reference]
+    for key in ("loss", "val_dice"):
+        assert [float(r[key]) for r in rows] == pytest.approx(
+            [float(r[key]) for r in reference], abs=1e-5
+        )
+    assert metrics["best_epoch"] == whole["best_epoch"]
+    assert metrics["val_dice"] == pytest.approx(whole["val_dice"], abs=1e-5)
+    with pytest.raises(
+        UnetError, match=rf"finished at epoch {stop} \(early stopping\); nothing to resume"
+    ):
+        train(None, run, resume=True, verbose=0)
+
+
+def test_resume_has_what_is_left_of_the_time_budget(
+    tiny_data: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """A run that used 900 s of a 1000 s budget before it was killed resumes with about
+    100 s left (not a fresh 1000 s), and its time_used_s counts the whole run."""
+    from unet_lowered.planning import callbacks as budget_mod
+    from unet_lowered.training.train import train
+
+    deadlines: list[float] = []
+
+    class Recorded(budget_mod.TimeBudget):
+        def __init__(self, deadline: float, *args, **kwargs):
+            super().__init__(deadline, *args, **kwargs)
+            deadlines.append(deadline - time.perf_counter())  # the time left
+
+    run = tmp_path / "run"
+    cfg = config_mod.resolve(None, {**TINY, "epochs": 3, "time_budget": 1000})
+    _killed_after(monkeypatch, run, 1)
+    with pytest.raises(KeyboardInterrupt):  # planning "began" 900 s before this call
+        train(tiny_data, run, cfg, verbose=0, provenance={"started": time.perf_counter() - 900})
+    monkeypatch.undo()
+    used = json.loads((run / "state.json").read_text())["time_used_s"]
+    assert 900 < used < 990
+
+    monkeypatch.setattr(budget_mod, "TimeBudget", Recorded)
+    metrics = train(None, run, resume=True, verbose=0)
+    assert len(deadlines) == 1 and 0 < deadlines[0] <= 1000 - used, deadlines
+    assert metrics["epochs_completed"] == 3
+    assert metrics["time_budget_s"] == 1000
+    assert used < metrics["time_used_s"] < 1000
+    assert json.loads((run / "state.json").read_text())["time_used_s"] > used
 
 
 def test_overfit_batch_learns(tiny_data: Path, tmp_path: Path) -> None:
@@ -350,6 +471,7 @@ def test_checkpoint_keeps_the_best_epoch_in_model_keras(tmp_path: Path) -> None:
     reloaded = keras.saving.load_model(tmp_path / "model.keras")
     assert not keras.ops.convert_to_numpy(reloaded.weights[0]).any()
     state = json.loads((tmp_path / "state.json").read_text())
+    assert state.pop("time_used_s") >= 0  # the run's time so far
     assert state == {"epoch": 2, "best": 0.5, "best_epoch": 1}
 
 

@@ -45,8 +45,11 @@ from unet_lowered.io.images import read_image
 from unet_lowered.model import nearest_valid_sizes, output_size, unet
 from unet_lowered.training import distribute
 from unet_lowered.training.callbacks import (
+    Checkpoint,
     ImageCounter,
+    fit_ending,
     read_history,
+    run_ending,
     standard_callbacks,
     validation_epochs,
     warn,
@@ -122,7 +125,9 @@ def train(
             folder with ``images/`` and ``masks/``. Ignored (read from the run) when resuming.
         out: The run folder to create (or to continue, with ``resume``).
         cfg: Settings; defaults if None. Ignored when resuming (the run's are used).
-        resume: Continue the run in ``out`` from its last completed epoch.
+        resume: Continue the run in ``out`` from its last completed epoch, early
+            stopping and the plateau schedule where they were, and within what is left
+            of its time budget.
         overwrite: Replace an existing run folder (fresh runs only).
         verbose: Keras ``fit`` verbosity; None: a progress bar on a terminal, one line per
             epoch otherwise (logs stay readable).
@@ -133,7 +138,9 @@ def train(
             :func:`unet_lowered.planning.plan.resolve_settings`, recorded in config.json.
             With ``cfg.time_budget`` set, training stops before it would pass the budget,
             counted from ``provenance["started"]`` (``time.perf_counter()`` when planning
-            began) or else from this call.
+            began) or else from this call; a resumed run has the budget less the time
+            the run used before (``state.json``'s ``time_used_s``), and ``metrics.json``'s
+            ``time_used_s`` is the whole run's.
         cluster: How this process joins a multi-process ``--distribute data-parallel``
             run (JAX); None: one process, or Keras' ``KERAS_DISTRIBUTION_*`` variables.
             Only process 0 writes the run folder; the others return
@@ -144,7 +151,8 @@ def train(
 
     Raises:
         UnetError: Bad data folder, an existing run folder without ``overwrite``, or nothing
-            to resume.
+            to resume (no epoch finished, or the run finished: its epochs done, early
+            stopping, its time budget or a NaN loss ended it, and metrics.json is written).
     """
     # The budget counts from the start of `unet train`: planning (the fingerprint, the
     # step timing) is part of it.
@@ -152,9 +160,11 @@ def train(
     out = Path(out)
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
+    ended = None
     if resume:
         run_cfg, split, state = _load_resume(out)
         cfg, data = run_cfg.settings, run_cfg.data
+        ended = _resume_ending(out, state, cfg)
     else:
         cfg = (cfg or TrainConfig()).validate()
         if data is None:
@@ -165,6 +175,9 @@ def train(
         if split is not None:
             split = {"train": sorted(split["train"]), "val": sorted(split["val"])}
     data = Path(data)
+    # The run's time counts from `since`: a resumed run's from before this call by the
+    # time it used before (up to its last checkpoint).
+    since = called - float(state.get("time_used_s") or 0.0)
 
     keras.utils.set_random_seed(cfg.seed)
     _deterministic_ops()
@@ -231,18 +244,19 @@ def train(
         # The other processes run the same callbacks (saving the model is a collective
         # operation on JAX) into a scratch folder, removed at the end.
         files = out if writer else Path(dp_scope.enter_context(tempfile.TemporaryDirectory()))
-        callbacks = standard_callbacks(files, cfg, state, val_seq, resume)
+        callbacks = standard_callbacks(files, cfg, state, val_seq, resume, since=since)
+        budget = None
         if cfg.time_budget:
             from unet_lowered.planning.callbacks import TimeBudget
 
-            callbacks.append(TimeBudget(called + cfg.time_budget))
+            budget = TimeBudget(since + cfg.time_budget)
+            callbacks.append(budget)
         started = time.perf_counter()
         t_images = ImageCounter(cfg.batch_size, len(split["train"]))
-        remaining = cfg.epochs - state["epoch"]
-        if remaining <= 0:
+        if ended is not None:
             warn(
-                f"{out}: all {cfg.epochs} epochs were done; finishing what the run stopped "
-                "before (the post-processing choice and metrics.json)"
+                f"{out}: training ended at epoch {state['epoch']} ({ended}); finishing what "
+                "the run stopped before (the post-processing choice and metrics.json)"
             )
         else:
             fit_train, fit_val = dp.feed(train_seq, True), dp.feed(val_seq, False)
@@ -279,6 +293,10 @@ def train(
                 shuffle=False,  # the sequence shuffles itself, seeded by (seed, epoch)
                 verbose=verbose if writer else 0,
             )
+            done = next(c for c in callbacks if isinstance(c, Checkpoint)).state["epoch"]
+            ended = fit_ending(callbacks, budget, done, cfg.epochs)
+        if writer and ended is not None:  # a --resume of it is refused from now on
+            _mark_finished(out, ended)
         elapsed = time.perf_counter() - started
         dp_scope.close()  # what follows runs on one device, in process 0 only
         if not writer:
@@ -290,7 +308,7 @@ def train(
             run_config = after_training(out, run_config, dataset, split["val"], train_samples)
             metrics["postprocess"] = run_config.postprocess
         metrics["time_budget_s"] = cfg.time_budget
-        metrics["time_used_s"] = round(time.perf_counter() - called, 2)
+        metrics["time_used_s"] = round(time.perf_counter() - since, 2)
         atomic.write_json(out / runs.METRICS_FILE, metrics)
         return metrics
     finally:
@@ -350,13 +368,38 @@ def _load_resume(out: Path) -> tuple[RunConfig, dict, dict]:
     return run_cfg, loaded[1], _checkpointed_state(out, loaded[2])
 
 
+def _resume_ending(out: Path, state: dict, cfg: TrainConfig) -> str | None:
+    """Why the run in ``out`` (in ``state``) ended, or None if it has epochs to train.
+
+    Raises:
+        UnetError: It ended and its metrics.json is written: nothing is left to resume.
+    """
+    ended = run_ending(state, read_history(out / runs.HISTORY_FILE), cfg)
+    if ended is not None and (out / runs.METRICS_FILE).is_file():
+        raise UnetError(
+            f"{out}: finished at epoch {state['epoch']} ({ended}); nothing to resume; "
+            "train a new run (another --out, or --overwrite to replace this one)"
+        )
+    return ended
+
+
+def _mark_finished(out: Path, ended: str) -> None:
+    """Record in state.json why training ended (``"finished"``)."""
+    path = out / runs.STATE_FILE
+    if path.is_file():
+        atomic.write_json(path, {**json.loads(path.read_text()), "finished": ended})
+
+
 def _checkpointed_state(out: Path, written: dict) -> dict:
     """The state of the epoch last.keras holds (``state.json`` may be one epoch behind it
     after a kill between the two), with model.keras made the best epoch's if the kill
-    came before its copy. Checkpoints without a recorded state: ``state.json``."""
+    came before its copy. Checkpoints without a recorded state: ``state.json``. What state.json adds after the
+    checkpoint (``"finished"``) is kept when both are at the same epoch."""
     state = runs.checkpoint_state(out / runs.LAST_FILE)
     if state is None:
         return written
+    if state.get("epoch") == written.get("epoch"):
+        state = {**written, **state}
     if state.get("epoch") != written.get("epoch"):
         print(
             f"{out / runs.STATE_FILE} was behind {runs.LAST_FILE} (stopped between the two); "
