@@ -384,6 +384,17 @@ def test_resume_has_what_is_left_of_the_time_budget(
     assert json.loads((run / "state.json").read_text())["time_used_s"] > used
 
 
+def test_train_gives_back_the_callers_precision_policy(tiny_data: Path, tmp_path: Path) -> None:
+    import keras
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        _train(tiny_data, tmp_path / "run", epochs=1)  # a float32 run
+        assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
 def test_overfit_batch_learns(tiny_data: Path, tmp_path: Path) -> None:
     metrics = _train(
         tiny_data,

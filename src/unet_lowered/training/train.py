@@ -120,6 +120,13 @@ def train(
 ) -> dict[str, Any]:
     """Train a U-Net and write the run folder.
 
+    For the same seed to give the same run, this seeds Python's, NumPy's and the
+    backend's global random generators with ``cfg.seed``
+    (``keras.utils.set_random_seed``) and, on TensorFlow, switches on op determinism
+    (``tf.config.experimental.enable_op_determinism``), for the rest of the process:
+    neither is undone on return. The global mixed-precision policy is set to the run's
+    for the call and given back as it was.
+
     Args:
         data: A prepared folder (``train/images``, ``train/masks``, ``dataset.json``) or any
             folder with ``images/`` and ``masks/``. Ignored (read from the run) when resuming.
@@ -190,6 +197,7 @@ def train(
             "time_budget", "--time-budget is for one process; give --epochs on several hosts"
         )
     precision = resolve_precision(cfg.precision)
+    policy = keras.mixed_precision.global_policy()  # the caller's, given back at the end
     keras.mixed_precision.set_global_policy(precision)
     dp_scope = contextlib.ExitStack()
     try:
@@ -313,7 +321,7 @@ def train(
         return metrics
     finally:
         dp_scope.close()
-        keras.mixed_precision.set_global_policy("float32")
+        keras.mixed_precision.set_global_policy(policy)
 
 
 # ----------------------------------------------------------------------------- run folder
