@@ -103,10 +103,11 @@ def test_train_folds_writes_an_ensemble_run_that_predict_uses(
     assert result.exit_code == 0, result.output
     assert len(list(out.glob("*.png"))) == 16
 
-    # resume after an interruption during fold 1: fold 0 is kept, fold 1 trained again
+    # resume after an interruption during fold 1 (after its epochs): fold 0 is kept,
+    # fold 1 finished, the folds joined again
     fold0_model = (run / "folds" / "fold_0" / "model.keras").stat().st_mtime_ns
-    (run / "folds" / "fold_1" / "metrics.json").unlink()
-    (run / "model.keras").unlink()
+    for path in ("folds/fold_1/metrics.json", "model.keras", "metrics.json"):
+        (run / path).unlink()
     result = CliRunner().invoke(app, ["train", "--out", str(run), "--resume"])
     assert result.exit_code == 0, result.output
     assert (run / "model.keras").is_file()
@@ -124,3 +125,28 @@ def test_folds_refuses_bad_values(tiny_data: Path, tmp_path: Path) -> None:
     assert isinstance(result.exception, UnetError)  # main() prints it on one line
     assert "--folds 99: only 14 training images" in str(result.exception)
     assert not (tmp_path / "r2").exists()  # refused before the run folder is made
+
+
+def test_train_folds_records_the_plan_that_chooses_the_post_processing(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    """The plan and the settings' sources reach each fold's config.json and the
+    ensemble's; a plan whose fingerprint finds boundary data (touching objects) has the
+    ensemble's post-processing scored by the Rand error, as a single run's would be.
+    A finished ensemble is not resumed."""
+    from unet_lowered.training import config as config_mod
+    from unet_lowered.training.folds import train_folds
+
+    settings = {"image_size": 32, "base_filters": 4, "depth": 2, "epochs": 1, "batch_size": 4}
+    cfg = config_mod.resolve(None, {**settings, "precision": "float32"})
+    plan = {"fingerprint": {"touching_fraction": 0.9}, "budget_s": 60}
+    sources = {"epochs": "flag", "image_size": "flag", "loss": "plan"}
+    run = tmp_path / "ens"
+    train_folds(tiny_data, run, cfg, 2, verbose=0, provenance={"plan": plan, "sources": sources})
+    for folder in (run, run / "folds" / "fold_0", run / "folds" / "fold_1"):
+        config = json.loads((folder / "config.json").read_text())
+        assert config["plan"] == plan, folder
+        assert config["settings_sources"] == sources, folder
+    assert json.loads((run / "config.json").read_text())["postprocess"]["score"] == "rand"
+    with pytest.raises(UnetError, match="the 2-fold ensemble is finished; nothing to resume"):
+        train_folds(None, run, None, 0, resume=True)

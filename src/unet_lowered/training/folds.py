@@ -8,12 +8,13 @@ nnU-Net's five-fold cross-validation does. The folds' best models are then joine
 into one Keras model that averages their probabilities, saved as the run's
 ``model.keras``, so ``unet predict``, ``evaluate``, ``serve`` and ``export`` use the
 ensemble without knowing it is one. Post-processing is chosen for the ensemble on the
-held-out validation split, like a single run's.
+held-out validation split, like a single run's (scored as the plan's fingerprint
+says, e.g. by the Rand error on boundary data).
 
 Layout::
 
     RUN/model.keras        the ensemble: input -> K fold models -> mean
-    RUN/config.json        fold 0's settings and facts, the ensemble's post-processing
+    RUN/config.json        fold 0's settings, facts and plan, the ensemble's post-processing
     RUN/split.json         {"train": the K folds together, "val": held out}
     RUN/ensemble.json      K, each fold's ids, validation Dice and training time
     RUN/metrics.json       the ensemble's held-out validation Dice, the folds' figures
@@ -30,7 +31,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,7 @@ def train_folds(
     resume: bool = False,
     overwrite: bool = False,
     verbose: int | str | None = None,
+    provenance: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train a K-fold ensemble into one run folder (the module docstring has the layout).
 
@@ -117,19 +119,30 @@ def train_folds(
             fold resumes from its last epoch, the others start.
         overwrite: Replace an existing run folder (fresh runs only).
         verbose: Keras ``fit`` verbosity, as for :func:`unet_lowered.training.train.train`.
+        provenance: ``{"sources": ..., "plan": ...}`` from
+            :func:`unet_lowered.planning.plan.resolve_settings` (fresh runs only; kept in
+            ensemble.json for a resume): recorded in each fold's config.json and the
+            ensemble's, whose post-processing choice reads the plan's fingerprint.
+            ``provenance["started"]`` is not used: each fold's share of a time budget
+            counts from the fold's start.
 
     Returns:
         The contents of ``metrics.json``.
 
     Raises:
         UnetError: Bad data or settings, too many folds, an existing folder without
-            ``overwrite``, or nothing to resume.
+            ``overwrite``, or nothing to resume (also: the ensemble is finished).
     """
     from unet_lowered.training import train as train_mod
 
     out = Path(out)
     if resume:
         plan = _read_plan(out)
+        if (out / runs.METRICS_FILE).is_file():
+            raise UnetError(
+                f"{out}: the {plan['folds']}-fold ensemble is finished; nothing to resume; "
+                "train a new run (another --out, or --overwrite to replace this one)"
+            )
         cfg = from_dict(plan["settings"]).validate()
         data = Path(plan["data"])
     else:
@@ -156,6 +169,11 @@ def train_folds(
             "settings": cfg.to_dict(),
             "split": split,
             "fold_splits": parts,
+            # What each fold's config.json records, also for folds a resume starts.
+            "provenance": {
+                "plan": (provenance or {}).get("plan"),
+                "sources": (provenance or {}).get("sources"),
+            },
         }
         atomic.write_json(out / ENSEMBLE_FILE, plan)
         atomic.write_json(out / runs.SPLIT_FILE, split)
@@ -176,7 +194,13 @@ def train_folds(
             metrics = train_mod.train(None, fold_dir, resume=True, verbose=verbose)
         else:
             metrics = train_mod.train(
-                data, fold_dir, cfg, overwrite=True, verbose=verbose, split=part
+                data,
+                fold_dir,
+                cfg,
+                overwrite=True,
+                verbose=verbose,
+                split=part,
+                provenance=plan.get("provenance"),  # ensembles of older versions: none
             )
         fold_metrics.append(metrics)
     return _join(out, plan, fold_metrics, time.perf_counter() - started)
