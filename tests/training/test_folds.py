@@ -46,21 +46,59 @@ def test_fold_splits_cover_the_ids_once() -> None:
         fold_splits(ids, 11, seed=0)
 
 
-def test_ensemble_averages_the_members() -> None:
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-z.astype(np.float64)))
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z.astype(np.float64) - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def _probabilities(logits: np.ndarray) -> np.ndarray:
+    """What every consumer of a U-Net's logits applies: sigmoid (1 channel) or softmax."""
+    return _sigmoid(logits) if logits.shape[-1] == 1 else _softmax(logits)
+
+
+@pytest.mark.parametrize("classes", [1, 3])
+def test_ensemble_averages_the_members_probabilities(classes: int, tmp_path: Path) -> None:
+    """The ensemble's output, after sigmoid/softmax, is the mean of the members'
+    probabilities (not the probability of their mean logit), also after a save and a
+    load with the package's loader."""
     import keras
 
+    from unet_lowered.io.runs import load_model
+
+    rng = np.random.default_rng(0)
     members = []
-    for bias in (0.2, 0.6):  # constant outputs: sigmoid-free 1x1 convolutions
-        inputs = keras.Input((8, 8, 1))
-        conv = keras.layers.Conv2D(1, 1, kernel_initializer="zeros", bias_initializer="zeros")
+    for _ in range(3):  # 1x1 convolutions with large weights: logits far apart
+        inputs = keras.Input((8, 8, 2))
+        conv = keras.layers.Conv2D(classes, 1)
         model = keras.Model(inputs, conv(inputs), name="unet")  # same name: renamed
-        conv.bias.assign([bias])
+        conv.kernel.assign(rng.normal(0, 5, (1, 1, 2, classes)))
+        conv.bias.assign(rng.normal(0, 1, classes))
         members.append(model)
+    x = rng.normal(size=(2, 8, 8, 2)).astype(np.float32)
+    mean = np.mean([_probabilities(m.predict(x, verbose=0)) for m in members], axis=0)
     model = ensemble_model(members)
-    out = model.predict(np.zeros((2, 8, 8, 1), np.float32), verbose=0)
-    assert out.shape == (2, 8, 8, 1)
-    np.testing.assert_allclose(out, 0.4, rtol=1e-6)
-    assert [m.name for m in members] == ["fold_0", "fold_1"]
+    assert [m.name for m in members] == ["fold_0", "fold_1", "fold_2"]
+    model.save(tmp_path / "ensemble.keras")
+    for ensemble in (model, load_model(tmp_path / "ensemble.keras")):
+        out = ensemble.predict(x, verbose=0)
+        assert out.shape == (2, 8, 8, classes) and out.dtype == np.float32
+        np.testing.assert_allclose(_probabilities(out), mean, atol=1e-5)
+
+
+def test_ensemble_of_sure_members_gives_finite_logits() -> None:
+    """Mean probabilities of 0 and 1 (in float32) still give finite logits of the right
+    sign and size: the mean is taken in log space, not by clipping."""
+    from unet_lowered.training.folds import MeanProbability
+
+    z = np.array([-300.0, -40.0, 0.0, 40.0, 300.0], np.float32).reshape(1, 1, 5, 1)
+    out = np.asarray(MeanProbability()([z, z]))
+    np.testing.assert_allclose(out, z, rtol=1e-6)
+    two = np.asarray(MeanProbability()([z, -z]))  # one member sure of each side: p = 0.5
+    np.testing.assert_allclose(two, 0.0, atol=1e-6)
 
 
 def test_train_folds_writes_an_ensemble_run_that_predict_uses(
@@ -94,8 +132,8 @@ def test_train_folds_writes_an_ensemble_run_that_predict_uses(
     ensemble = load_run(run).model()
     x = np.random.default_rng(0).random((2, 32, 32, 1), dtype=np.float32)
     members = [keras.saving.load_model(run / "folds" / f"fold_{k}" / "model.keras") for k in (0, 1)]
-    expected = (members[0].predict(x, verbose=0) + members[1].predict(x, verbose=0)) / 2
-    np.testing.assert_allclose(ensemble.predict(x, verbose=0), expected, atol=1e-6)
+    expected = np.mean([_sigmoid(m.predict(x, verbose=0)) for m in members], axis=0)
+    np.testing.assert_allclose(_sigmoid(ensemble.predict(x, verbose=0)), expected, atol=1e-5)
 
     images = tiny_data / "train" / "images"
     out = tmp_path / "pred"

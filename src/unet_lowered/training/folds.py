@@ -5,15 +5,16 @@ The validation split is held out first, exactly as for a single run (same
 same images). The remaining training ids are cut into K folds; fold ``k`` trains a
 normal run on the other K-1 folds and picks its best epoch on fold ``k``, as
 nnU-Net's five-fold cross-validation does. The folds' best models are then joined
-into one Keras model that averages their probabilities, saved as the run's
-``model.keras``, so ``unet predict``, ``evaluate``, ``serve`` and ``export`` use the
-ensemble without knowing it is one. Post-processing is chosen for the ensemble on the
-held-out validation split, like a single run's (scored as the plan's fingerprint
-says, e.g. by the Rand error on boundary data).
+into one Keras model that averages their probabilities (:class:`MeanProbability`),
+saved as the run's ``model.keras``; its output is the logits of the mean probability,
+so ``unet predict``, ``evaluate``, ``serve`` and ``export`` use the ensemble without
+knowing it is one. Post-processing is chosen for the ensemble on the held-out
+validation split, like a single run's (scored as the plan's fingerprint says, e.g. by
+the Rand error on boundary data).
 
 Layout::
 
-    RUN/model.keras        the ensemble: input -> K fold models -> mean
+    RUN/model.keras        the ensemble: input -> K fold models -> mean probability
     RUN/config.json        fold 0's settings, facts and plan, the ensemble's post-processing
     RUN/split.json         {"train": the K folds together, "val": held out}
     RUN/ensemble.json      K, each fold's ids, validation Dice and training time
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -35,6 +37,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import keras
 import numpy as np
 
 from unet_lowered.dataset.masks import read_mask, to_classes
@@ -76,23 +79,55 @@ def fold_splits(ids: Sequence[str], folds: int, seed: int) -> list[dict[str, lis
     return [{"train": sorted(set(ordered) - set(part)), "val": part} for part in parts]
 
 
+@keras.saving.register_keras_serializable(package="unet_lowered")
+class MeanProbability(keras.layers.Layer):
+    """The logits of the mean of K models' probabilities.
+
+    Called on a list of K logit maps ``(B, H, W, C)`` (any float dtype), it returns
+    float32 logits ``(B, H, W, C)`` whose sigmoid (``C == 1``) or softmax (``C > 1``)
+    is the mean of the K maps' sigmoids or softmaxes, exactly what every consumer of a
+    U-Net's logits then applies. With ``z_k`` the K logits and ``LSE_k`` the
+    log-sum-exp over them:
+
+        one class:   logit(mean_k sigmoid(z_k))
+                       = LSE_k(log sigmoid(z_k)) - LSE_k(log sigmoid(-z_k))
+        C classes:   log(mean_k softmax(z_k)) = LSE_k(log_softmax(z_k)) - log K
+
+    computed in log space, so a mean probability of 0 or 1 in float32 still gives finite
+    logits of the right sign (no clipping). Plain ``keras.ops``: any backend.
+    """
+
+    def call(self, inputs: Sequence[Any]) -> Any:
+        ops = keras.ops
+        z = ops.stack([ops.cast(x, "float32") for x in inputs], axis=0)  # (K, B, H, W, C)
+        if z.shape[-1] == 1:
+            return ops.logsumexp(ops.log_sigmoid(z), axis=0) - ops.logsumexp(
+                ops.log_sigmoid(-z), axis=0
+            )
+        return ops.logsumexp(ops.log_softmax(z, axis=-1), axis=0) - math.log(len(inputs))
+
+    def compute_output_shape(self, input_shape: Sequence[Any]) -> Any:
+        return input_shape[0]
+
+
 def ensemble_model(models: Sequence[Any]):
-    """One Keras model that feeds its input to every model and averages their outputs.
+    """One Keras model that feeds its input to every model and averages their
+    probabilities (:class:`MeanProbability`).
 
     Args:
-        models: Models with the same input and output shapes (each fold's best model).
+        models: Models with the same input and output shapes (each fold's best model),
+            each giving logits (one channel: sigmoid; N: softmax over the channels).
 
     Returns:
-        A functional model ``"ensemble"`` whose sub-models are named ``fold_<k>``.
+        A functional model ``"ensemble"`` whose sub-models are named ``fold_<k>`` and
+        whose output, float32 logits, is named ``mean``.
     """
-    import keras
-
     inputs = keras.Input(shape=models[0].input_shape[1:], name="image")
     outputs = []
     for k, model in enumerate(models):
         model.name = f"fold_{k}"
         outputs.append(model(inputs))
-    mean = keras.layers.Average(name="mean", dtype="float32")(outputs)
+    mean = MeanProbability(name="mean", dtype="float32")(outputs)
     return keras.Model(inputs, mean, name="ensemble")
 
 
