@@ -408,6 +408,26 @@ def test_bad_input_is_a_4xx_naming_the_problem(
     assert client.get("/healthz").status_code == 200
 
 
+def test_no_room_for_the_upload_is_a_507_naming_the_temporary_folder(
+    client: TestClient, monkeypatch
+) -> None:
+    """A full temporary folder gave 500 'internal error (OSError)' and a traceback."""
+    import shutil as shutil_mod
+
+    from unet_lowered.serve import app as app_mod
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(app_mod.shutil, "copyfileobj", full)
+    r = client.post("/v1/segment", files=upload(png_bytes(np.zeros((32, 32), np.uint8))))
+    assert r.status_code == 507, r.text
+    assert r.json()["error"].startswith("the server cannot store the upload in its temporary")
+    assert "(No space left on device)" in r.json()["error"]
+    monkeypatch.setattr(app_mod.shutil, "copyfileobj", shutil_mod.copyfileobj)
+    assert client.get("/healthz").status_code == 200
+
+
 def test_not_multipart_and_malformed_multipart(client: TestClient) -> None:
     r = client.post("/v1/segment", content=b"\x89PNG", headers={"content-type": "image/png"})
     assert r.status_code == 415 and "multipart/form-data" in r.json()["error"]

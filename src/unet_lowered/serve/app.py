@@ -417,8 +417,11 @@ class Service:
         EXIF orientation applied, ...) is appended to ``notes``, naming the upload.
         """
         upload.seek(0)
-        with open(path, "wb") as f:
-            shutil.copyfileobj(upload, f, 1024 * 1024)
+        try:
+            with open(path, "wb") as f:
+                shutil.copyfileobj(upload, f, 1024 * 1024)
+        except OSError as e:
+            raise _no_room(e) from None
         if path.stat().st_size == 0:
             raise RequestError(400, f"{name}: the uploaded file is empty")
         if images.sniff_format(path) is None:
@@ -450,6 +453,18 @@ class Service:
             raise RequestError(
                 422, f"{name}: cannot decode the image ({type(e).__name__}: {e})"
             ) from None
+
+
+def _no_room(error: OSError) -> RequestError:
+    """507 for an upload the server's temporary folder has no room for (a 500 with a
+    traceback in the log before)."""
+    folder = tempfile.gettempdir()
+    return RequestError(
+        507,
+        f"the server cannot store the upload in its temporary folder {folder} "
+        f"({error.strerror or error}); try a smaller image, or ask its operator to free "
+        "space there (or set TMPDIR)",
+    )
 
 
 def _read_metrics(run_dir: Path) -> dict[str, Any] | None:
@@ -759,6 +774,8 @@ async def _with_upload(
         raise RequestError(413, str(e)) from None
     except HTTPException as e:
         raise RequestError(400, f"the multipart body is malformed: {e.detail}") from None
+    except OSError as e:  # Starlette spools large parts to the temporary folder
+        raise _no_room(e) from None
     try:
         uploads = form.getlist(UPLOAD_FIELD)
         if not uploads and not form and int(request.headers.get("content-length") or 0) > 0:
