@@ -1047,7 +1047,15 @@ def synth(
     kinds = tuple(k.strip() for k in pathology.split(",") if k.strip())
     with atomic.exclusive(out, "writing a data set into"):
         path = make_dataset(
-            out, count, test_count, size, seed, overwrite, kinds, pathology_fraction
+            out,
+            count,
+            test_count,
+            size,
+            seed,
+            overwrite,
+            kinds,
+            pathology_fraction,
+            progress=sys.stderr.isatty(),
         )
     ms = (time.perf_counter() - start) * 1000 / (count + test_count)
     typer.echo(

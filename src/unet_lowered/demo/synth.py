@@ -45,6 +45,7 @@ import numpy as np
 
 from unet_lowered.errors import UnetError
 from unet_lowered.io import atomic, images
+from unet_lowered.io.progress import progress_bar
 from unet_lowered.training.augment import paint_opacity
 
 MIN_SIZE = 32
@@ -220,6 +221,7 @@ def make_dataset(
     overwrite: bool = False,
     pathology: tuple[str, ...] | list[str] = (),
     pathology_fraction: float = 0.5,
+    progress: bool = False,
 ) -> Path:
     """Write a synthetic chest-X-ray data set in the Kaggle layout, atomically.
 
@@ -237,6 +239,7 @@ def make_dataset(
         pathology: Kinds of :data:`PATHOLOGIES` to draw; each image gets one of them
             with probability ``pathology_fraction`` (chosen by ``(seed, split, i)``).
         pathology_fraction: Share of the images that get one.
+        progress: Show a progress bar on stderr.
 
     Returns:
         The path of the written folder.
@@ -269,16 +272,21 @@ def make_dataset(
     if overwrite:
         _refuse_non_synth(out)
     width = max(4, len(str(max(count, test_count) - 1)))
-    with atomic.atomic_dir(out, overwrite=overwrite) as tmp:
+    with (
+        atomic.atomic_dir(out, overwrite=overwrite) as tmp,
+        progress_bar(count + test_count, progress, "synthesising") as advance,
+    ):
         for i in range(count):
             sid = f"{TRAIN_PREFIX}{i:0{width}d}"
             s = synth_sample(np.random.default_rng([seed, 0, i]), size, kind(0, i))
             images.write_png(tmp / "train_images" / sid / "images" / f"{sid}.png", s.image)
             images.write_png(tmp / "train_images" / sid / "masks" / f"{sid}.png", s.mask)
+            advance()
         for i in range(test_count):
             sid = f"{TEST_PREFIX}{i:0{width}d}"
             s = synth_sample(np.random.default_rng([seed, 1, i]), size, kind(1, i))
             images.write_png(tmp / "test_images" / sid / f"{sid}.png", s.image)
+            advance()
     return out
 
 
