@@ -984,3 +984,24 @@ def test_the_report_shows_control_characters_in_names_as_escapes(tmp_path: Path)
     assert "\x1b" not in text and "images/a\\nb.png" in text and "esc\\x1b[2Jx.png" in text
     lines = [line for line in text.splitlines() if line.startswith("missing_mask")]
     assert len(lines) == 2
+
+
+def test_names_in_decomposed_unicode_pair_with_composed_ones(tmp_path: Path) -> None:
+    """images/café.png written by macOS (e + combining accent) and masks/café.png (one é)
+    were reported as an image without a mask, naming a file that visibly exists."""
+    import unicodedata
+
+    import numpy as np
+
+    from unet_lowered.dataset.prepare import check
+    from unet_lowered.io.images import write_png
+
+    nfd, nfc = unicodedata.normalize("NFD", "café"), unicodedata.normalize("NFC", "café")
+    assert nfd != nfc
+    write_png(tmp_path / "raw" / "images" / f"{nfd}.png", np.zeros((8, 8), np.uint8))
+    mask = np.zeros((8, 8), np.uint8)
+    mask[2:6, 2:6] = 255
+    write_png(tmp_path / "raw" / "masks" / f"{nfc}.png", mask)
+    report = check(tmp_path / "raw")
+    assert [p.kind for p in report.problems] == []
+    assert report.counts()["train"] == 1

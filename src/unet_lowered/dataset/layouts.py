@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import os
 import sys
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -341,6 +342,12 @@ def _image_files(scan: Scan, files: list[Path]) -> list[Path]:
     return kept
 
 
+def _nfc(name: str) -> str:
+    """``name`` in Unicode's composed form (NFC): macOS and its zip files write ``café`` as
+    ``cafe`` + a combining accent, other systems as one ``é``, and the two must pair."""
+    return unicodedata.normalize("NFC", name)
+
+
 def _by_stem(scan: Scan, files: list[Path]) -> dict[str, Path | None]:
     """Map stem -> file; a stem seen twice (``a.png`` and ``a.jpg``) is a ``duplicate_id``.
 
@@ -348,7 +355,7 @@ def _by_stem(scan: Scan, files: list[Path]) -> dict[str, Path | None]:
     """
     groups: dict[str, list[Path]] = {}
     for f in files:
-        groups.setdefault(f.stem, []).append(f)
+        groups.setdefault(_nfc(f.stem), []).append(f)
     out: dict[str, Path | None] = {}
     for stem, group in groups.items():
         if len(group) == 1:
@@ -529,6 +536,7 @@ def mask_id(stem: str, image_ids: set[str] | dict[str, Path]) -> str | None:
     Returns:
         The matching image id, or None.
     """
+    stem = _nfc(stem)
     if stem in image_ids:
         return stem
     lower = stem.lower()
