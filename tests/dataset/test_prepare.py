@@ -1005,3 +1005,39 @@ def test_names_in_decomposed_unicode_pair_with_composed_ones(tmp_path: Path) -> 
     report = check(tmp_path / "raw")
     assert [p.kind for p in report.problems] == []
     assert report.counts()["train"] == 1
+
+
+def test_files_that_cannot_be_opened_are_unreadable_not_other_problems(tmp_path, monkeypatch):
+    """A mask without read permission was 'not an image' and its image 'has no mask'; a
+    broken link was left out without a word (its mask then 'has no image')."""
+    import builtins
+
+    import numpy as np
+
+    from unet_lowered.dataset.prepare import check
+    from unet_lowered.io.images import write_png
+
+    for name in ("a", "b"):
+        write_png(tmp_path / "raw" / "images" / f"{name}.png", np.zeros((8, 8), np.uint8))
+        write_png(tmp_path / "raw" / "masks" / f"{name}.png", np.zeros((8, 8), np.uint8))
+    (tmp_path / "raw" / "images" / "c.png").symlink_to(tmp_path / "nowhere.png")
+    write_png(tmp_path / "raw" / "masks" / "c.png", np.zeros((8, 8), np.uint8))
+    locked = str(tmp_path / "raw" / "masks" / "b.png")
+    real_open = builtins.open
+
+    def open_(file, *args, **kwargs):  # root reads everything: the denial is simulated
+        if str(file) == locked:
+            raise PermissionError(13, "Permission denied", locked)
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", open_)
+    problems = [(p.kind, p.message) for p in check(tmp_path / "raw").problems]
+    assert (
+        "unreadable",
+        "masks/b.png: cannot be read (Permission denied); fix it or remove it",
+    ) in problems
+    assert (
+        "unreadable",
+        "images/c.png: cannot be read (a broken symbolic link); fix it or remove it",
+    ) in problems
+    assert not any(kind == "not_image" for kind, _ in problems)

@@ -305,7 +305,7 @@ def _listdir(folder: Path) -> tuple[list[Path], list[Path]]:
         path = Path(entry.path)
         if entry.is_dir():  # follows links: safe, since no walk here recurses without limit
             dirs.append(path)
-        elif entry.is_file():
+        elif entry.is_file() or entry.is_symlink():  # a broken link: reported as unreadable
             files.append(path)
     return files, dirs
 
@@ -328,9 +328,17 @@ def _under(root: Path, sub: str | os.PathLike | None) -> Path:
 
 
 def _image_files(scan: Scan, files: list[Path]) -> list[Path]:
-    """Keep the files whose content is an image; report the others as ``not_image``."""
+    """Keep the files whose content is an image; report the others as ``not_image``, and
+    those that cannot be opened (no permission, a broken link) as ``unreadable``."""
     kept = []
     for f in files:
+        try:
+            with open(f, "rb"):
+                pass
+        except OSError as e:
+            why = "a broken symbolic link" if f.is_symlink() and not f.exists() else e.strerror
+            scan.problem("unreadable", f, f"cannot be read ({why}); fix it or remove it")
+            continue
         if not is_image_file(f):
             scan.problem(
                 "not_image",
