@@ -412,7 +412,11 @@ def test_predict_onto_a_full_disk(run: Path, tmp_path: Path, capfd) -> None:
             "npy",
         )
         assert code == 1
-        the_line(err, r"^error: .*cannot be written \(.*(No space left on device|disk is full)\)")
+        the_line(  # the first output that failed, and how to finish the job
+            err,
+            r"^error: .*cannot write the outputs of .*n0\.png \((No space left on device|.*disk "
+            r"is full)\); free disk space .* then run again with --resume$",
+        )
         assert_complete(small)
         for npy in small.glob("[!.]*.npy"):
             np.load(npy)

@@ -1256,11 +1256,6 @@ def main(argv: list[str] | None = None) -> None:
     except MemoryError as e:  # NumPy's allocation errors are MemoryErrors too
         typer.echo(f"error: {_out_of_memory(command, e)}", err=True)
         sys.exit(1)
-    except Exception as e:
-        if type(e).__name__ != "ResourceExhaustedError":  # TensorFlow's out of memory
-            raise
-        typer.echo(f"error: {_out_of_memory(command, e)}", err=True)
-        sys.exit(1)
     except (KeyboardInterrupt, typer.Abort):
         _interrupted(command)
     except typer.TyperException as e:  # Click's usage errors (typer's own copy of Click)
@@ -1270,6 +1265,11 @@ def main(argv: list[str] | None = None) -> None:
             where = getattr(getattr(e, "ctx", None), "command_path", None) or "unet"
             typer.echo(f"error: {e.format_message()} (see `{where} --help`)", err=True)
         sys.exit(e.exit_code)
+    except Exception as e:  # last: only TensorFlow's out of memory is caught here
+        if type(e).__name__ != "ResourceExhaustedError":
+            raise
+        typer.echo(f"error: {_out_of_memory(command, e)}", err=True)
+        sys.exit(1)
     if code == 130:  # Click turned a KeyboardInterrupt into its exit status, silently
         _interrupted(command)
     sys.exit(code if isinstance(code, int) else 0)  # as Click's standalone mode ends
