@@ -646,7 +646,9 @@ def train(
             if provenance.get("note"):
                 typer.echo(provenance["note"], err=True)
             if folds:
-                metrics = folds_mod.train_folds(data, out, cfg, folds, overwrite=overwrite)
+                metrics = folds_mod.train_folds(
+                    data, out, cfg, folds, overwrite=overwrite, provenance=provenance
+                )
             else:
                 metrics = train_mod.train(
                     data, out, cfg, overwrite=overwrite, provenance=provenance, cluster=cluster

@@ -188,3 +188,35 @@ def test_train_folds_records_the_plan_that_chooses_the_post_processing(
     assert json.loads((run / "config.json").read_text())["postprocess"]["score"] == "rand"
     with pytest.raises(UnetError, match="the 2-fold ensemble is finished; nothing to resume"):
         train_folds(None, run, None, 0, resume=True)
+
+
+def test_an_ensemble_loads_in_a_fresh_process(tmp_path: Path) -> None:
+    """unet predict, evaluate, serve and export load with runs.load_model in a process
+    that never imported the folds module: its MeanProbability layer must be known."""
+    import os
+    import subprocess
+    import sys
+
+    import keras
+
+    from unet_lowered.training.folds import ensemble_model
+
+    members = []
+    for _ in range(2):
+        inputs = keras.Input((8, 8, 1))
+        members.append(keras.Model(inputs, keras.layers.Conv2D(1, 1)(inputs), name="unet"))
+    ensemble_model(members).save(tmp_path / "ensemble.keras")
+    code = (
+        "import sys; from unet_lowered.io.runs import load_model; "
+        "print(load_model(sys.argv[1]).output.shape)"
+    )
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "ensemble.keras")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().endswith("(None, 8, 8, 1)")

@@ -215,7 +215,10 @@ def load_model(path: str | os.PathLike) -> keras.Model:
     _check_archive(path)
     import keras
 
-    import unet_lowered.model  # noqa: F401  (registers the model's own layers for loading)
+    # Registers the package's own layers for loading: the model's, an ensemble's
+    # MeanProbability (Keras finds a class only once its module is imported).
+    import unet_lowered.model
+    import unet_lowered.training.folds  # noqa: F401
 
     try:
         with warnings.catch_warnings():
