@@ -83,6 +83,16 @@ def test_clahe_keeps_dtype_and_shape() -> None:
     assert out.dtype == np.uint16 and out.shape == image.shape
 
 
+def test_clahe_takes_float_images_as_their_16_bit_scaling() -> None:
+    """A float image (from a Python caller) gave cv2.error: it is scaled to uint16 by its
+    min and max first, so it gets what the same image stored in 16 bits gets."""
+    ramp = np.tile(np.linspace(0.2, 0.7, 64)[None, :], (64, 1))
+    as16 = np.rint((ramp - 0.2) / 0.5 * 65535).astype(np.uint16)
+    np.testing.assert_array_equal(preprocess.apply_clahe(ramp), preprocess.apply_clahe(as16))
+    rgb = np.repeat(ramp[:, :, None], 3, axis=2).astype(np.float32)
+    assert preprocess.apply_clahe(rgb).shape == (64, 64, 3)
+
+
 def _nuclei(light_objects: bool, shape=(40, 50), channels: int = 1) -> np.ndarray:
     """Three disks on a noisy background: light on dark (fluorescence) or dark on light
     (brightfield); the two are each other's negative."""

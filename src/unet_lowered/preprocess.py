@@ -77,8 +77,16 @@ def light_background(x: np.ndarray) -> bool:
 
 
 def apply_clahe(image: np.ndarray, clip_limit: float = 2.0, grid: int = 8) -> np.ndarray:
-    """CLAHE on a gray image or on the lightness of an RGB image; dtype kept (uint8/uint16)."""
+    """CLAHE on a gray image or on the lightness of an RGB image; dtype kept (uint8/uint16).
+
+    Other dtypes (a float or int32 array from a Python caller; files decode to uint8 or
+    uint16) are first scaled to uint16 by their own min and max: OpenCV's CLAHE takes
+    only those two (a float image gave a raw cv2.error).
+    """
     op = cv2.createCLAHE(clipLimit=clip_limit, tileGridSize=(grid, grid))
+    if image.dtype not in (np.uint8, np.uint16):
+        image = np.rint(to_unit(image) * 65535).astype(np.uint16)
+        image = image[:, :, 0] if image.shape[2] == 1 else image
     if image.ndim == 2:
         return op.apply(image)
     if image.dtype != np.uint8:
