@@ -911,3 +911,15 @@ def test_evaluate_writes_nothing_among_the_images_or_masks_it_reads(run, tmp_pat
     assert code == 1
     the_line(err, rf"^error: --out {tmp_path}/d/masks is inside {tmp_path}/d/masks, which this")
     assert sorted(p.name for p in (tmp_path / "d" / "masks").iterdir()) == ["a.png"]
+
+
+def test_a_file_and_a_link_to_it_are_predicted_once_under_the_files_name(run, tmp_path, capfd):
+    """link0.png -> scan.png in one folder: the mask was named after the link, which
+    sorts first, and scan.png got none."""
+    from unet_lowered.io.images import write_png
+
+    write_png(tmp_path / "in" / "scan.png", np.zeros((32, 32), np.uint8))
+    (tmp_path / "in" / "a_link.png").symlink_to(tmp_path / "in" / "scan.png")
+    code, err = cli(capfd, "predict", run, tmp_path / "in", "--out", tmp_path / "out")
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["scan.png"]

@@ -138,8 +138,10 @@ def collect_inputs(inputs: Sequence[str | os.PathLike], recursive: bool = False)
         else:
             raise UnetError(f"{raw}: no such file or folder; check the path")
     unique: dict[Path, Path] = {}
-    for p in found:
-        unique.setdefault(p.resolve(), p)
+    for p in found:  # one file under two names: its own name, not a link's, names outputs
+        kept = unique.setdefault(p.resolve(), p)
+        if kept.is_symlink() and not p.is_symlink():
+            unique[p.resolve()] = p
     if not unique:
         raise UnetError("no input images given")
     return sorted(unique.values())
