@@ -42,6 +42,7 @@ from unet_lowered.inference.predictor import PredictOptions, predict_images, res
 from unet_lowered.inference.quality import MaskStats, class_mask_stats, unsure_share
 from unet_lowered.io import atomic, runs
 from unet_lowered.io.images import read_image
+from unet_lowered.io.progress import progress_bar
 from unet_lowered.model import nearest_valid_sizes, output_size, unet
 from unet_lowered.training import distribute
 from unet_lowered.training.callbacks import (
@@ -512,13 +513,19 @@ def after_training(
     probs: dict[str | None, list[np.ndarray]] = {key: [] for key in variants}
     truths = []
     batch_size, max_pixels = variants[None].batch_size, variants[None].max_pixels
-    for start in range(0, len(val_ids), batch_size):
-        ids = val_ids[start : start + batch_size]
-        batch = [read_image(dataset.images[i]) for i in ids]
-        for key, options in variants.items():
-            predicted = predict_images(model, batch, run_config, options)
-            probs[key] += [p[..., 0] if classes == 1 else np.argmax(p, axis=-1) for p in predicted]
-        truths += [read_truth(dataset.masks[i], run_config, max_pixels) for i in ids]
+    label = "post-processing: predicting validation images"  # large images take minutes
+    with progress_bar(len(val_ids), sys.stderr.isatty(), label) as advance:
+        for start in range(0, len(val_ids), batch_size):
+            ids = val_ids[start : start + batch_size]
+            batch = [read_image(dataset.images[i]) for i in ids]
+            for key, options in variants.items():
+                predicted = predict_images(model, batch, run_config, options)
+                probs[key] += [
+                    p[..., 0] if classes == 1 else np.argmax(p, axis=-1) for p in predicted
+                ]
+            truths += [read_truth(dataset.masks[i], run_config, max_pixels) for i in ids]
+            for _ in ids:
+                advance()
     if classes == 1:  # how sure the network is of its validation masks
         recorded["val_unsure"] = validation_unsure(probs[None], run_config.threshold)
     min_area = min_area_candidate(small_object, [t.shape[:2] for t in truths])
