@@ -923,3 +923,15 @@ def test_a_file_and_a_link_to_it_are_predicted_once_under_the_files_name(run, tm
     code, err = cli(capfd, "predict", run, tmp_path / "in", "--out", tmp_path / "out")
     assert code == 0, err
     assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == ["scan.png"]
+
+
+def test_train_writes_no_run_among_the_images_or_masks_it_reads(tmp_path, capfd):
+    """`unet train DATA --out DATA/train/images/r` was accepted, and the run's files then
+    sat among the training images."""
+    data = make_prepared(tmp_path, ids_of(4))
+    images = data / "train" / "images"
+    before = sorted(p.name for p in images.iterdir())
+    code, err = cli(capfd, "train", data, "--out", images / "r", "--epochs", "1")
+    assert code == 1
+    the_line(err, rf"^error: --out {images}/r is inside {images}, which training reads")
+    assert sorted(p.name for p in images.iterdir()) == before

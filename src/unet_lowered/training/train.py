@@ -203,6 +203,15 @@ def train(
     dp_scope = contextlib.ExitStack()
     try:
         dataset = load_prepared(data)  # bad data fails here, before RUN is touched
+        if not resume:  # input data is never modified: no run among the images or masks
+            for folder in (dataset.image_dir, dataset.mask_dir):
+                if folder is not None and Path(out).resolve().is_relative_to(
+                    Path(folder).resolve()
+                ):
+                    raise UnetError(
+                        f"--out {out} is inside {folder}, which training reads; choose "
+                        "another folder"
+                    )
         if split is None:
             split = dataset.split(cfg.val_fraction, cfg.seed)
             if cfg.overfit_batch:
