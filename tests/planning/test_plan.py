@@ -154,7 +154,6 @@ def test_unet_train_without_options_uses_the_plan(tiny: Path, tmp_path: Path, mo
     # A short budget and a fast step: the plan asks for the cap of 2 epochs, the budget
     # callback stops after the first (its epoch, with graph tracing, takes seconds).
     monkeypatch.setattr(rules, "MAX_EPOCHS", 2)
-    monkeypatch.setattr(rules, "FIXED_S", 0.0)  # a 2 s budget is all fit's
     monkeypatch.setattr(plan_mod, "DEFAULT_BUDGET_S", 2.0)
     fake = {"step_s": 0.001, "augment_s": 0.0, "batch_size": 2}
     monkeypatch.setattr(steptime, "measure_step_time", lambda *a, **k: fake)
