@@ -331,7 +331,10 @@ def plan(
 def train(
     data: Annotated[
         Path | None,
-        typer.Argument(help="Prepared folder (from `unet prepare`); omit with --resume."),
+        typer.Argument(
+            help="Prepared folder (from `unet prepare`); with --resume, only where the run's "
+            "data is now, if it moved."
+        ),
     ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder to write.")] = Path(
         "runs/unet"
@@ -612,16 +615,20 @@ def train(
                 if v is not None
             ]
             given += ["--config"] * (config is not None) + ["--folds"] * bool(folds)
-            given += ["DATA"] * (data is not None) + ["--overwrite"] * overwrite
+            given += ["--overwrite"] * overwrite
             if given:
                 raise UnetError(
                     "--resume continues a run with its own settings and data; drop "
                     + ", ".join(given)
                 )
             if folds_mod.is_ensemble(out):
+                if data is not None:
+                    raise UnetError(
+                        "--resume of a --folds ensemble reads the data it was trained on; drop DATA"
+                    )
                 metrics = folds_mod.train_folds(None, out, None, 0, resume=True)
-            else:
-                metrics = train_mod.train(None, out, resume=True, cluster=cluster)
+            else:  # DATA: where the run's data is now, if it moved
+                metrics = train_mod.train(data, out, resume=True, cluster=cluster)
         elif data is None:
             cfg = config_mod.resolve(config, overrides)  # refuses bad settings first
             raise UnetError("no data folder given; pass the folder written by `unet prepare`")

@@ -636,10 +636,48 @@ def test_resume_refuses_other_options(tmp_path: Path) -> None:
     args = ["train", "--resume", "--out", str(tmp_path), "--epochs", "3", "--lr", "0.1"]
     result = CliRunner().invoke(app, [*args, "--overwrite", str(tmp_path / "data")])
     assert result.exit_code == 1
-    assert str(result.exception) == (  # DATA and --overwrite were silently ignored before
-        "--resume continues a run with its own settings and data; drop --epochs, --lr, "
-        "DATA, --overwrite"
+    assert str(result.exception) == (  # --overwrite was silently ignored before
+        "--resume continues a run with its own settings and data; drop --epochs, --lr, --overwrite"
     )
+
+
+def test_resume_finds_moved_data_where_it_is_told(
+    tiny_data: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """A run whose data folder moved could not be resumed: the recorded folder was gone
+    and DATA was refused with --resume. DATA now names the new place (its split must be
+    there), and the run records it."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    run = tmp_path / "run"
+    _killed_after(monkeypatch, run, 1)
+    with pytest.raises(KeyboardInterrupt):
+        _train(data, run, epochs=3)
+    monkeypatch.undo()
+    data.rename(tmp_path / "moved")
+    result = CliRunner().invoke(app, ["train", "--resume", "--out", str(run)])
+    assert result.exit_code == 1
+    assert str(result.exception) == (
+        f"{run}: trained on {data}, which is not there any more; if the data moved, give "
+        f"its new place: unet train --resume --out {run} DATA"
+    )
+    other = tmp_path / "other"  # a data folder without the run's images
+    shutil.copytree(tmp_path / "moved", other)
+    for image in sorted((other / "train" / "images").iterdir())[:2]:
+        image.unlink()
+        (other / "train" / "masks" / image.name).unlink()
+    result = CliRunner().invoke(app, ["train", "--resume", "--out", str(run), str(other)])
+    assert result.exit_code == 1 and "image(s) of the run's split are not in this folder" in (
+        str(result.exception)
+    )
+    result = CliRunner().invoke(
+        app, ["train", "--resume", "--out", str(run), str(tmp_path / "moved")]
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "state.json").read_text())["epoch"] == 3
+    assert json.loads((run / "config.json").read_text())["data"] == str(tmp_path / "moved")
 
 
 @pytest.mark.realdata

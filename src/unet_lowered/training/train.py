@@ -29,7 +29,7 @@ import numpy as np
 import unet_lowered
 from unet_lowered.dataset.checks import mask_warnings
 from unet_lowered.dataset.pairs import PreparedData, check_split, load_prepared
-from unet_lowered.errors import SettingError, UnetError
+from unet_lowered.errors import SettingError, UnetError, listing
 from unet_lowered.evaluation.choose import (
     BOUNDARY_TOUCHING,
     THRESHOLDS,
@@ -130,7 +130,9 @@ def train(
 
     Args:
         data: A prepared folder (``train/images``, ``train/masks``, ``dataset.json``) or any
-            folder with ``images/`` and ``masks/``. Ignored (read from the run) when resuming.
+            folder with ``images/`` and ``masks/``. When resuming, None reads the folder
+            the run recorded; a folder given instead (the data moved) must hold the
+            run's split, and the run records its new place.
         out: The run folder to create (or to continue, with ``resume``).
         cfg: Settings; defaults if None. Ignored when resuming (the run's are used).
         resume: Continue the run in ``out`` from its last completed epoch, early
@@ -171,7 +173,14 @@ def train(
     ended = None
     if resume:
         run_cfg, split, state = _load_resume(out)
-        cfg, data = run_cfg.settings, run_cfg.data
+        cfg = run_cfg.settings
+        if data is None:
+            data = run_cfg.data
+            if data is not None and not Path(data).exists():
+                raise UnetError(
+                    f"{out}: trained on {data}, which is not there any more; if the data "
+                    f"moved, give its new place: unet train --resume --out {out} DATA"
+                )
         ended = _resume_ending(out, state, cfg)
     else:
         cfg = (cfg or TrainConfig()).validate()
@@ -203,6 +212,13 @@ def train(
     dp_scope = contextlib.ExitStack()
     try:
         dataset = load_prepared(data)  # bad data fails here, before RUN is touched
+        if resume:  # the data of the run, maybe moved: every id of its split is there
+            missing = sorted((set(split["train"]) | set(split["val"])) - set(dataset.images))
+            if missing:
+                raise UnetError(
+                    f"{data}: {len(missing)} image(s) of the run's split are not in this "
+                    f"folder ({listing(missing)}); give the folder {out} was trained on"
+                )
         if not resume:  # input data is never modified: no run among the images or masks
             for folder in (dataset.image_dir, dataset.mask_dir):
                 if folder is not None and Path(out).resolve().is_relative_to(
