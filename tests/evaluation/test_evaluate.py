@@ -255,3 +255,17 @@ def test_cli_evaluate(run: Path, data: Path, tmp_path: Path, capsys: pytest.Capt
     assert out.splitlines()[-1] == f"wrote {ev / 'per_image.csv'} and {ev / 'summary.json'}"
     assert cli("evaluate", str(run), str(tmp_path / "nodata"), "--out", str(ev)) == 1
     assert "nodata: no such data folder" in capsys.readouterr().err
+
+
+def test_the_table_title_says_the_threshold_and_each_step_applied() -> None:
+    from unet_lowered.evaluation.evaluate import settings_words
+
+    plain = {"mode": "resize", "tta": None, "threshold": 0.97, "watershed": None}
+    plain |= {"keep_largest": 0, "fill_holes": False, "min_area": 0}
+    assert settings_words(plain) == "resize mode, threshold 0.97, no post-processing"
+    steps = {"mode": "tile", "tta": "dihedral", "threshold": 0.5, "watershed": 0.9}
+    steps |= {"keep_largest": 2, "fill_holes": True, "min_area": 10}
+    assert settings_words(steps) == (
+        "tile mode, TTA dihedral, threshold 0.5, watershed split (merge >= 0.9), "
+        "keep 2 largest, fill holes, remove objects under 10 px"
+    )

@@ -57,6 +57,20 @@ class PreparedData:
         """All paired ids, sorted."""
         return sorted(self.images)
 
+    def refuse_out_inside(self, out: str | os.PathLike, reader: str) -> None:
+        """Refuse an output folder inside the images or masks folder (input data is
+        never modified); ``reader`` names who reads them, e.g. ``"training"``.
+
+        Raises:
+            UnetError: ``out`` is inside one of them.
+        """
+        target = Path(out).resolve()
+        for folder in (self.image_dir, self.mask_dir):
+            if target.is_relative_to(Path(folder).resolve()):
+                raise UnetError(
+                    f"--out {out} is inside {folder}, which {reader} reads; choose another folder"
+                )
+
     @property
     def recorded_split(self) -> dict[str, str]:
         """``"train"`` or ``"val"`` per paired id, as ``dataset.json`` records (else empty)."""

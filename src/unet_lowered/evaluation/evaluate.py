@@ -173,12 +173,7 @@ def evaluate_run(
     ids = _select(pairs.ids, run, split, Path(data))
     out_dir = Path(out) if out is not None else run.dir / "eval"
     atomic.check_out_folder(out_dir)  # before the work, not after it
-    for folder in (pairs.image_dir, pairs.mask_dir):  # input data is never modified
-        if folder is not None and out_dir.resolve().is_relative_to(Path(folder).resolve()):
-            raise UnetError(
-                f"--out {out_dir} is inside {folder}, which this evaluation reads; choose "
-                "another folder"
-            )
+    pairs.refuse_out_inside(out_dir, "this evaluation")
     config = run.config
     options = for_run(options, config)
     mode = options.mode
@@ -361,17 +356,16 @@ def settings_words(settings: dict[str, Any]) -> str:
         words.append(f"TTA {settings['tta']}")
     if settings.get("threshold") is not None:
         words.append(f"threshold {settings['threshold']:g}")
+    steps = []
     if settings.get("watershed"):
-        words.append(f"watershed split (merge >= {settings['watershed']:g})")
+        steps.append(f"watershed split (merge >= {settings['watershed']:g})")
     if settings.get("keep_largest"):
-        words.append(f"keep {settings['keep_largest']} largest")
+        steps.append(f"keep {settings['keep_largest']} largest")
     if settings.get("fill_holes"):
-        words.append("fill holes")
+        steps.append("fill holes")
     if settings.get("min_area"):
-        words.append(f"remove objects under {settings['min_area']} px")
-    if len(words) == 1 + (settings.get("threshold") is not None) + bool(settings.get("tta")):
-        words.append("no post-processing")
-    return ", ".join(words)
+        steps.append(f"remove objects under {settings['min_area']} px")
+    return ", ".join(words + (steps or ["no post-processing"]))
 
 
 def _select(all_ids: list[str], run: Run, split: str, data: Path) -> list[str]:

@@ -227,7 +227,7 @@ def remove_stale_temps(out_dir: Path, names: Iterable[str]) -> int:
     Only hidden files named as :func:`unet_lowered.io.atomic.atomic_path` names them
     (``.<name>.<8 random characters><suffix>``), for a ``<name>`` this run writes.
     """
-    wanted = {atomic.temp_stem(n, 2 + 8 + len(os.fsencode(Path(n).suffix))) for n in names}
+    wanted = {atomic.temp_file_stem(n, Path(n).suffix) for n in names}
     removed = 0
     try:
         entries = list(os.scandir(out_dir))

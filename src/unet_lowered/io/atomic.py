@@ -63,8 +63,9 @@ def temp_stem(name: str, extra: int) -> str:
     return name
 
 
-def _temp_file_stem(name: str, suffix: str) -> str:
-    """:func:`temp_stem` of :func:`atomic_path`'s ``.<name>.<8 random><suffix>``."""
+def temp_file_stem(name: str, suffix: str) -> str:
+    """:func:`temp_stem` of :func:`atomic_path`'s ``.<name>.<8 random><suffix>`` (what
+    its temporary names and :func:`clear_stale_temps` use)."""
     return temp_stem(name, 2 + 8 + len(os.fsencode(suffix)))
 
 
@@ -88,7 +89,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         path.parent.mkdir(parents=True, exist_ok=True)
         # Before writing (frees the space a killed run's copy holds, up to a checkpoint's).
         clear_stale_temps(path, suffix)
-        prefix = f".{_temp_file_stem(path.name, suffix)}."
+        prefix = f".{temp_file_stem(path.name, suffix)}."
         fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
     except OSError as e:
         raise _unwritable(path, e) from None
@@ -141,7 +142,7 @@ def clear_stale_temps(path: str | os.PathLike, suffix: str | None = None) -> int
     """
     path = Path(path)
     suffix = path.suffix if suffix is None else suffix
-    stem = _temp_file_stem(path.name, suffix)
+    stem = temp_file_stem(path.name, suffix)
     pattern = re.compile(re.escape(f".{stem}.") + _RANDOM + re.escape(suffix), re.DOTALL)
     folder = os.path.abspath(path.parent)
     removed = 0

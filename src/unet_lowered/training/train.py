@@ -219,15 +219,8 @@ def train(
                     f"{data}: {len(missing)} image(s) of the run's split are not in this "
                     f"folder ({listing(missing)}); give the folder {out} was trained on"
                 )
-        if not resume:  # input data is never modified: no run among the images or masks
-            for folder in (dataset.image_dir, dataset.mask_dir):
-                if folder is not None and Path(out).resolve().is_relative_to(
-                    Path(folder).resolve()
-                ):
-                    raise UnetError(
-                        f"--out {out} is inside {folder}, which training reads; choose "
-                        "another folder"
-                    )
+        if not resume:
+            dataset.refuse_out_inside(out, "training")
         if split is None:
             split = dataset.split(cfg.val_fraction, cfg.seed)
             if cfg.overfit_batch:
