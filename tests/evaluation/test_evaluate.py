@@ -252,9 +252,22 @@ def test_cli_evaluate(run: Path, data: Path, tmp_path: Path, capsys: pytest.Capt
     assert (ev / "summary.json").is_file() and (ev / "per_image.csv").is_file()
     out = capsys.readouterr().out
     assert "dice" in out and "worst by Dice: empty (0.000), half (0.667), exact (1.000)" in out
+    assert "hd95 (px) (1 inf)" in out  # the unit, and the empty image left out of its stats
     assert out.splitlines()[-1] == f"wrote {ev / 'per_image.csv'} and {ev / 'summary.json'}"
     assert cli("evaluate", str(run), str(tmp_path / "nodata"), "--out", str(ev)) == 1
     assert "nodata: no such data folder" in capsys.readouterr().err
+
+
+def test_summary_records_absolute_paths_for_plot_from_anywhere(
+    run: Path, data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(data.parent)
+    evaluate_run(run, Path(data.name), Path("ev-rel"), TILE, progress=False)
+    summary = json.loads((data.parent / "ev-rel" / "summary.json").read_text())
+    assert summary["data"] == str(data.resolve())
+    assert summary["images"] == str((data / "images").resolve())
+    assert summary["masks"] == str((data / "masks").resolve())
+    assert Path(summary["run"]).is_absolute()
 
 
 def test_the_table_title_says_the_threshold_and_each_step_applied() -> None:

@@ -188,6 +188,14 @@ def test_train_folds_records_the_plan_that_chooses_the_post_processing(
     assert json.loads((run / "config.json").read_text())["postprocess"]["score"] == "rand"
     with pytest.raises(UnetError, match="the 2-fold ensemble is finished; nothing to resume"):
         train_folds(None, run, None, 0, resume=True)
+    # DATA with --resume of an ensemble is refused before anything is read or written
+    before = sorted((p, p.stat().st_mtime_ns) for p in run.rglob("*"))
+    result = CliRunner().invoke(app, ["train", str(tiny_data), "--out", str(run), "--resume"])
+    assert result.exit_code != 0
+    assert "--resume of a --folds ensemble reads the data it was trained on; drop DATA" in str(
+        result.exception
+    )
+    assert sorted((p, p.stat().st_mtime_ns) for p in run.rglob("*")) == before
 
 
 def test_an_ensemble_loads_in_a_fresh_process(tmp_path: Path) -> None:
