@@ -343,6 +343,10 @@ def test_make_ids_never_repeats() -> None:
     files = [Path("/d/a/x.png"), Path("/d/b/x.png"), Path("/d/c/a__x.png")]
     ids = make_ids(files)
     assert len(set(ids)) == 3
+    # the renaming of a repeat must not take a literal name either: x.png and x.jpg
+    # become x_png and x_jpg, a literal x_png.png repeats x_png, and x_png-2 is taken
+    files = [Path("/d/x.png"), Path("/d/x.jpg"), Path("/d/x_png.png"), Path("/d/x_png-2.png")]
+    assert make_ids(files) == ["x_png", "x_jpg", "x_png-3", "x_png-2"]
 
 
 def test_collect_inputs_files_folders_globs(tmp_path: Path) -> None:

@@ -196,11 +196,16 @@ def make_ids(files: Sequence[Path]) -> list[str]:
                     break
         for i, name in zip(members, names, strict=True):
             ids[i] = name
-    seen: Counter[str] = Counter()
+    taken = set(ids)
+    seen: set[str] = set()
     for i, name in enumerate(ids):  # a file literally named like a disambiguated id
-        seen[name] += 1
-        if seen[name] > 1:
-            ids[i] = f"{name}-{seen[name]}"
+        if name in seen:
+            n = 2
+            while f"{name}-{n}" in taken:  # nor like this renaming (``x-2.png``)
+                n += 1
+            ids[i] = f"{name}-{n}"
+            taken.add(ids[i])
+        seen.add(ids[i])
     return ids
 
 
