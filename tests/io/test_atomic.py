@@ -405,6 +405,24 @@ def test_a_folder_written_as_dot_and_a_broken_link_as_destination(tmp_path, monk
             pass
 
 
+def test_an_overwrite_through_a_link_to_a_folder_replaces_the_folder_and_keeps_the_link(
+    tmp_path: Path,
+) -> None:
+    """The link was renamed away and a plain folder put in its place: the data went to the
+    link's disk, not the target's, and the target kept the old contents."""
+    real = tmp_path / "big-disk" / "lungs"
+    real.mkdir(parents=True)
+    (real / "old.txt").write_text("old")
+    link = tmp_path / "lungs"
+    link.symlink_to(real, target_is_directory=True)
+    with atomic.atomic_dir(link, overwrite=True) as build:
+        assert build.parent == real.parent  # built beside the target, renamed in place
+        (build / "new.txt").write_text("new")
+    assert link.is_symlink() and link.resolve() == real.resolve()
+    assert sorted(p.name for p in real.iterdir()) == ["new.txt"]
+    assert _hidden(tmp_path) == [] and _hidden(real.parent) == []
+
+
 def test_temporary_names_of_a_long_name_fit_the_file_system(tmp_path: Path) -> None:
     """A 246-byte name (the file system allows 255) got a 260-byte temporary name, and its
     write failed with 'File name too long'. Killed runs' temporaries of it are found."""

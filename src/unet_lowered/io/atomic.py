@@ -319,6 +319,9 @@ def atomic_dir(dest: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
         killed run never leaves a half-built ``dest`` (a killed run may leave the
         hidden ``.<name>.tmp-*`` folder, which the next run removes).
 
+    A symbolic link to a folder is followed: the folder it names is replaced, beside
+    itself, and the link still names it.
+
     An existing ``dest`` is replaced by two renames: ``dest`` to ``.<name>.tmp-old``, then
     the new folder to ``dest``. A run killed between them leaves no ``dest``; this (like
     :func:`restore_replaced`) first renames ``.<name>.tmp-old`` back to ``dest``, so the
@@ -333,6 +336,8 @@ def atomic_dir(dest: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
             f"{dest}: a broken symbolic link (to {os.readlink(dest)}); remove it, create its "
             "target folder, or choose another folder"
         )
+    if dest.is_symlink() and dest.is_dir():  # replace the folder, keep the link to it
+        dest = Path(os.path.realpath(dest))
     try:
         restore_replaced(dest)
     except OSError as e:
