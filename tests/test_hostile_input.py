@@ -722,6 +722,24 @@ def test_usage_errors_are_one_line_naming_the_help(run: Path, tmp_path: Path, ca
     assert code == 2 and "Commands:" in err and "predict" in err
 
 
+def test_a_usage_error_is_refused_before_keras_is_imported(tmp_path: Path) -> None:
+    """A mistyped option took the 5-10 s of the Keras import before its one line."""
+    code = (
+        "import sys\n"
+        "from unet_lowered.cli import main\n"
+        "try:\n"
+        "    main(sys.argv[1:])\n"
+        "except SystemExit as e:\n"
+        "    print(e.code, 'keras' in sys.modules, 'tensorflow' in sys.modules)\n"
+    )
+    for args in (["train", "d", "--out", "r", "--bogus"], ["predict", "r"]):
+        done = subprocess.run(
+            [sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=tmp_path
+        )
+        assert done.stdout.split() == ["2", "False", "False"], done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
 def test_settings_that_would_be_ignored_or_crash_are_one_line(
     run: Path, tmp_path: Path, capfd, monkeypatch
 ) -> None:

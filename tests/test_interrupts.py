@@ -53,7 +53,7 @@ def test_an_interrupt_python_swallowed_still_stops(monkeypatch, capsys) -> None:
 
     monkeypatch.setattr(cli, "_import_keras_quietly", swallowed)
     with pytest.raises(SystemExit) as ended:
-        cli.main(["predict", "run", "images"])
+        cli.main(["predict", "run", "images", "--out", "masks"])
     assert ended.value.code == 130
     assert capsys.readouterr().err == LINE + "finish it with the same command and --resume\n"
 

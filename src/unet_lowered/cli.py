@@ -1192,6 +1192,17 @@ def _import_keras_quietly() -> None:
             os.close(saved)
 
 
+def _check_usage(command: str, args: list[str]) -> None:
+    """Parse a command's arguments without running it: a mistyped option or a missing
+    argument raises Click's usage error at once, not after the 5-10 s Keras import.
+    The commands' options have no callbacks, so parsing does nothing else."""
+    group = typer.main.get_command(app)
+    sub = group.get_command(group.context_class(group), command)  # type: ignore[attr-defined]
+    if sub is not None:
+        with sub.make_context(f"unet {command}", list(args)):
+            pass
+
+
 _RESUME_HINTS = {
     "train": "continue it with `unet train --resume --out RUN`",
     "predict": "finish it with the same command and --resume",  # batch.py said how far
@@ -1255,6 +1266,7 @@ def main(argv: list[str] | None = None) -> None:
     hit = _catch_sigint()
     try:
         if command in _KERAS_COMMANDS and "--help" not in args:
+            _check_usage(command, args[1:])  # a typo is refused before the import's seconds
             _import_keras_quietly()
         if hit[0]:  # pressed during the import, and swallowed there
             raise KeyboardInterrupt
