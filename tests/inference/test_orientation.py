@@ -369,7 +369,7 @@ def test_a_mirrored_film_that_passes_as_stored_is_read_mirrored_when_unsure(
 
     real, calls = polarity.predict_prepared, []
 
-    def paints_upright(model, inputs, config, options):
+    def paints_upright(model, inputs, config, options, on_tiles=None):
         calls.append(len(inputs))
         out = []
         for x, p in zip(inputs, real(model, inputs, config, options), strict=True):
@@ -453,7 +453,7 @@ def reads_by_position(surer_upright: bool):
     import cv2
     from scipy.ndimage import maximum_filter, minimum_filter
 
-    def predict(model, inputs, config, options):
+    def predict(model, inputs, config, options, on_tiles=None):
         out = []
         for x in inputs:
             v = x[..., 0]

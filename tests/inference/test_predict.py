@@ -697,3 +697,29 @@ def test_predictions_csv_measures_the_foreground_in_the_imaged_field(tmp_path: P
     assert float(rows["plain"]["foreground_fraction"]) == pytest.approx(0.5, abs=0.03)
     assert float(rows["framed"]["foreground_fraction"]) == pytest.approx(0.125, abs=0.01)
     assert rows["plain"]["quality"] == rows["framed"]["quality"] == "ok"
+
+
+def test_a_large_tile_mode_image_shows_its_tiles(
+    tmp_path: Path, run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bar counted files only: one huge image sat at 0/1 for minutes. Its tiles now
+    get a line of their own (shown from PART_MIN tiles), removed when they are done."""
+    from unet_lowered.io import progress
+
+    lines: list[tuple[str, int, int]] = []
+    part = progress.Advance.part
+
+    def recording(self, label):
+        update = part(self, label)
+        return lambda done, total: (lines.append((label, done, total)), update(done, total))
+
+    monkeypatch.setattr(progress.Advance, "part", recording)
+    monkeypatch.setattr(progress, "PART_MIN", 1)
+    image, _ = disk_image(100, 90)
+    images.write_png(tmp_path / "in" / "big.png", image)
+    images.write_png(tmp_path / "in" / "small.png", image[:32, :32])
+    options = PredictOptions(mode="tile", batch_size=2)
+    predict_files(run, [tmp_path / "in"], tmp_path / "out", options, progress=True)
+    big = [line for line in lines if line[0] == "tiles of big.png"]
+    assert big[-1][1] == big[-1][2] > 2 and [d for _, d, _ in big] == sorted(d for _, d, _ in big)
+    assert ("tiles of small.png", 1, 1) in lines

@@ -90,6 +90,14 @@ def test_plus_one_same_padding_with_margin_crops_the_border() -> None:
     np.testing.assert_allclose(y, x + 1, atol=1e-5)
 
 
+def test_tiles_are_reported_as_they_are_done() -> None:
+    """(1001, 777) in 256-px tiles at 25% overlap: 5 x 4 starts, 20 tiles, 3 a call."""
+    seen: list[tuple[int, int]] = []
+    x = np.zeros((1001, 777, 1), np.float32)
+    predict_tiled(x, plus_one, 256, overlap=0.25, batch_size=3, on_tiles=lambda *a: seen.append(a))
+    assert seen == [(3, 20), (6, 20), (9, 20), (12, 20), (15, 20), (18, 20), (20, 20)]
+
+
 def test_two_dimensional_image_and_more_output_channels() -> None:
     x = np.arange(35 * 23, dtype=np.float32).reshape(35, 23)
     y = predict_tiled(x, lambda b: np.concatenate([b, -b], axis=-1), 16)

@@ -643,7 +643,9 @@ class _Stages:
         if todo:
             started = time.perf_counter()
             inputs = [i.x for i in todo]
-            probs = predict_prepared(self.model, inputs, self.config, self.options)
+            part = getattr(self.advance, "part", None)  # a huge image's tiles: a line of theirs
+            on_tiles = None if part is None else part(f"tiles of {one_line(todo[0].path.name)}")
+            probs = predict_prepared(self.model, inputs, self.config, self.options, on_tiles)
             looks = second_look(
                 self.model,
                 inputs,

@@ -309,7 +309,11 @@ def prepare_images(
 
 
 def predict_prepared(
-    model: Any, inputs: Sequence[np.ndarray], config: RunConfig, options: PredictOptions
+    model: Any,
+    inputs: Sequence[np.ndarray],
+    config: RunConfig,
+    options: PredictOptions,
+    on_tiles: Callable[[int, int], None] | None = None,
 ) -> list[np.ndarray]:
     """Probabilities for :func:`prepare_images` outputs, each at its INPUT's size.
 
@@ -317,7 +321,8 @@ def predict_prepared(
     last call takes the rest); tile mode and valid padding: overlap-tile prediction of
     each input, ``options.batch_size`` tiles per call
     (:func:`unet_lowered.inference.tiling.predict_tiled`). Resize-mode results are
-    brought back to the image's size by :func:`restore_size`.
+    brought back to the image's size by :func:`restore_size`. ``on_tiles`` follows the
+    tiles of each input in tile mode (``(done, total)``, a progress bar's line).
 
     Returns:
         One float32 ``(h, w, K)`` array per input.
@@ -330,7 +335,9 @@ def predict_prepared(
         step = options.batch_size
         return [p for i in range(0, len(inputs), step) for p in fn(np.stack(inputs[i : i + step]))]
     return [
-        predict_tiled(x, fn, out_tile, options.overlap, margin, options.blend, options.batch_size)
+        predict_tiled(
+            x, fn, out_tile, options.overlap, margin, options.blend, options.batch_size, on_tiles
+        )
         for x in inputs
     ]
 

@@ -97,6 +97,7 @@ def predict_tiled(
     margin: int | tuple[int, int] = 0,
     blend: str = "gaussian",
     batch_size: int = 4,
+    on_tiles: Callable[[int, int], None] | None = None,
 ) -> np.ndarray:
     """Predict an image of any size tile by tile and stitch the outputs without seams.
 
@@ -117,6 +118,7 @@ def predict_tiled(
             valid-padding network, half the difference between its input and output sizes.
         blend: ``"gaussian"``, ``"linear"`` or ``"constant"`` weights (see :func:`blend_weights`).
         batch_size: Tiles per ``predict_fn`` call (bounds memory).
+        on_tiles: Called ``(tiles done, tiles in all)`` after each call (a progress bar).
 
     Returns:
         float32 array ``(H, W, K)``: the blended outputs.
@@ -157,6 +159,8 @@ def predict_tiled(
         for (y, x0), o in zip(chunk, out, strict=True):
             acc[y : y + th, x0 : x0 + tw] += o * weights[:, :, None]
             norm[y : y + th, x0 : x0 + tw] += weights
+        if on_tiles is not None:
+            on_tiles(b + len(chunk), len(starts))
     acc /= norm[:, :, None]
     return acc[:height, :width]
 

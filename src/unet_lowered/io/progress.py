@@ -20,11 +20,44 @@ def stderr_console() -> Any:
     return Console(stderr=True)
 
 
+PART_MIN = 50
+"""Parts (tiles) an item needs before :meth:`Advance.part` shows a line of its own: a
+second's work or more, so small items do not flicker a line on and off."""
+
+
+class Advance:
+    """What :func:`progress_bar` yields: calling it advances the bar by one step;
+    :meth:`part` follows the parts of one long step (the tiles of a huge image)."""
+
+    def __init__(self, bar: Any, task: Any):
+        self._bar, self._task = bar, task
+
+    def __call__(self) -> None:
+        self._bar.advance(self._task)
+
+    def part(self, label: str) -> Callable[[int, int], None]:
+        """A ``(done, total)`` callback for the parts of the current step: a second line
+        ``label`` counting them once ``total`` reaches :data:`PART_MIN`, removed when
+        ``done`` reaches ``total``. Safe from any thread (rich's bars lock)."""
+        task: list[Any] = []
+
+        def update(done: int, total: int) -> None:
+            if total < PART_MIN:
+                return
+            if not task:
+                task.append(self._bar.add_task(label, total=total))
+            self._bar.update(task[0], completed=done)
+            if done >= total:
+                self._bar.remove_task(task[0])
+
+        return update
+
+
 @contextlib.contextmanager
 def progress_bar(
     total: int, enabled: bool = True, label: str = "working", console: Any = None
-) -> Iterator[Callable[[], None]]:
-    """A progress bar; yields the function that advances it by one step.
+) -> Iterator[Advance]:
+    """A progress bar; yields the :class:`Advance` that advances it by one step.
 
     Args:
         total: Number of steps.
@@ -40,12 +73,16 @@ def progress_bar(
         TimeRemainingColumn,
     )
 
-    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}", markup=False),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+    )
     with Progress(
         *columns, console=console or stderr_console(), disable=not enabled, transient=False
     ) as bar:
-        task = bar.add_task(label, total=total)
-        yield lambda: bar.advance(task)
+        yield Advance(bar, bar.add_task(label, total=total))
 
 
 def track(

@@ -1,0 +1,37 @@
+"""The progress bar's second line for the parts (tiles) of one long step."""
+
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+
+from unet_lowered.io import progress
+
+
+def test_a_long_step_gets_a_line_of_its_parts_until_they_are_done() -> None:
+    console = Console(file=io.StringIO(), force_terminal=False)
+    with progress.progress_bar(2, True, "predicting", console) as advance:
+        bar = advance._bar
+        small = advance.part("tiles of small.png")
+        for done in range(1, progress.PART_MIN):
+            small(done, progress.PART_MIN - 1)
+        assert [t.description for t in bar.tasks] == ["predicting"]  # too few to show
+        advance()
+        huge = advance.part("tiles of huge.png")
+        huge(4, 200)
+        lines = {t.description: (t.completed, t.total) for t in bar.tasks}
+        assert lines == {"predicting": (1, 2), "tiles of huge.png": (4, 200)}
+        huge(200, 200)
+        assert [t.description for t in bar.tasks] == ["predicting"]  # gone when done
+        advance()
+        assert bar.tasks[0].completed == 2
+
+
+def test_names_with_brackets_are_shown_as_they_are() -> None:
+    """The labels are plain text: rich markup in a file name is neither read nor fails."""
+    console = Console(file=io.StringIO(), force_terminal=True, width=80)
+    with progress.progress_bar(1, True, "predicting", console) as advance:
+        advance.part("tiles of [/red]x[b].png")(1, 100)
+        advance._bar.refresh()
+    assert "tiles of [/red]x[b].png" in console.file.getvalue()
