@@ -1,6 +1,6 @@
 # Two commands matter: `make demo` (install, then run the whole pipeline on
 # synthetic data) and `make test` (install, then lint and run every test).
-# Both create .venv on first use; nothing else is needed but Python 3.10+ and make.
+# Both create .venv on first use; nothing else is needed but Python 3.11+ and make.
 
 PYTHON ?= python3
 VENV   ?= .venv

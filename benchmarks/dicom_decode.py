@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 import warnings
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -91,7 +91,7 @@ def main() -> None:
             versions.append(f"{dist} {md.version(dist)}")
         except md.PackageNotFoundError:
             pass
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         f"## {stamp}: dicom_decode.py, 2048x2560 12-bit, best of {args.rounds}",
         "",

@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         model.fit(feed, verbose=0, shuffle=False, **fit_args)
         return time.perf_counter() - start
 
-    started = dt.datetime.now(dt.timezone.utc)
+    started = dt.datetime.now(dt.UTC)
     load_start = os.getloadavg()[0]
     for variant in VARIANTS:  # warm-up: tracing, first iterators
         run(variant, 0, [])

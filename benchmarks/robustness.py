@@ -634,7 +634,7 @@ def report(
     text: str, config: RunConfig, args: argparse.Namespace, n_images: int, seconds: float
 ) -> str:
     """The RESULTS.md section: header, machine, run settings, command, table."""
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     command = shlex.join(["python", "benchmarks/robustness.py", args.run, args.data])
     command += f" --split {args.split}" if args.split != "val" else ""
     run_dir, split = args.run, args.split

@@ -346,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
 def section(
     args: argparse.Namespace, what: str, f: dict, load_start: float, load_end: float
 ) -> str:
-    now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     errors = ", ".join(f"{k}: {v}" for k, v in f["errors"].items()) or "none"
     command = (
         "python benchmarks/serve_load.py"

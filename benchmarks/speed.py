@@ -217,7 +217,7 @@ def cores() -> int:
 def append_section(heading: str, body: str) -> Path:
     """Append ``## <UTC time>: <heading>``, the machine line and ``body`` to RESULTS.md
     (:func:`append_results`) and return its path."""
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     append_results(f"## {stamp}: {heading}\n\nMachine: {cpu_model()}, {cores()} cores. {body}\n")
     return RESULTS
 
@@ -566,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
     from unet_lowered.model import count_flops, unet
 
     load_start = os.getloadavg()
-    started = dt.datetime.now(dt.timezone.utc)
+    started = dt.datetime.now(dt.UTC)
     notes: list[str] = []
     memory: list[tuple[str, float]] = []
 
