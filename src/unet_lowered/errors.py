@@ -31,6 +31,12 @@ class UnetError(ValueError):
         return one_line(super().__str__())
 
 
+class MissingExtraError(UnetError):
+    """An optional dependency is not installed (pydicom for a DICOM file, say). Unlike a
+    damaged file it says nothing about the input: the whole command stops with it
+    rather than skipping the file."""
+
+
 class SettingError(UnetError):
     """A bad value for one setting (``--loss``, ``epochs``, ...).
 

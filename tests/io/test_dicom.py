@@ -453,3 +453,32 @@ def test_a_dicomdir_is_not_an_image(tmp_path: Path) -> None:
     with pytest.raises(UnetError, match="but a DICOMDIR; its images are in the sub-folders"):
         collect_inputs([export])
     assert collect_inputs([export], recursive=True) == [export / "IMAGES" / "IM0"]
+
+
+def test_a_missing_extra_stops_prepare_and_predict_instead_of_skipping_every_dicom(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Without pydicom, prepare wrote a data set quietly lacking every DICOM pair (each
+    counted as a corrupt file, exit 0) and predict skipped each one: the files are fine,
+    the environment lacks an extra, so both stop at once and name it."""
+    import sys
+
+    from run_fixtures import bright_model, make_run
+    from unet_lowered.dataset.prepare import prepare
+    from unet_lowered.errors import MissingExtraError
+    from unet_lowered.inference.batch import predict_files
+
+    raw = tmp_path / "raw"
+    for name, writer in (("a", "dicom"), ("b", "png")):
+        if writer == "dicom":
+            write_dicom(raw / "images" / f"{name}.dcm", ramp())
+        else:
+            images.write_png(raw / "images" / f"{name}.png", (ramp() >> 4).astype(np.uint8))
+        images.write_png(raw / "masks" / f"{name}.png", np.zeros((64, 64), np.uint8))
+    monkeypatch.setitem(sys.modules, "pydicom", None)
+    with pytest.raises(MissingExtraError, match=r"a\.dcm: reading DICOM needs pydicom.*\[dicom\]"):
+        prepare(raw, tmp_path / "prepared", progress=False)
+    assert not (tmp_path / "prepared").exists()
+    run = make_run(tmp_path / "run", bright_model(32))
+    with pytest.raises(MissingExtraError, match=r"a\.dcm: reading DICOM needs pydicom"):
+        predict_files(run, [raw / "images"], tmp_path / "masks", progress=False)

@@ -39,7 +39,7 @@ import numpy as np
 from unet_lowered.dataset import dataset_json, masks
 from unet_lowered.dataset.dataset_json import SPLITS
 from unet_lowered.dataset.layouts import Item, Problem, Scan, scan
-from unet_lowered.errors import UnetError
+from unet_lowered.errors import MissingExtraError, UnetError
 from unet_lowered.io import atomic, images
 from unet_lowered.io.images import DEFAULT_MAX_PIXELS
 from unet_lowered.io.progress import track
@@ -158,7 +158,7 @@ class Report:
         return {
             "format": dataset_json.FORMAT,
             "version": dataset_json.VERSION,
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "source": str(self.source),
             "layout": self.layout,
             "mode": self.mode,
@@ -603,6 +603,8 @@ def _merged_mask(
 def _header(found: Scan, path: Path, options: _Options, log: _Log) -> images.ImageHeader:
     try:
         header = images.read_header(path)
+    except MissingExtraError:  # the files are fine; the environment lacks an extra
+        raise
     except UnetError as e:
         _problem(log, found, "unreadable", path, _strip_path(str(e), path))
         raise _Skip from None
@@ -631,6 +633,8 @@ def _read(
         header = _header(found, path, options, log)
     try:
         return images.read_image(path, options.max_pixels), header.format
+    except MissingExtraError:
+        raise
     except UnetError as e:
         _problem(log, found, "unreadable", path, _strip_path(str(e), path))
         raise _Skip from None

@@ -37,7 +37,7 @@ import cv2
 import numpy as np
 
 from unet_lowered import options as names
-from unet_lowered.errors import UnetError, one_line
+from unet_lowered.errors import MissingExtraError, UnetError, one_line
 from unet_lowered.inference.journal import JOURNAL_FILE, Journal, remove_stale_temps
 from unet_lowered.inference.overlay import overlay
 from unet_lowered.inference.polarity import (
@@ -624,6 +624,8 @@ class _Stages:
         started = time.perf_counter()
         try:
             image = images.read_image(path, self.options.max_pixels, item.notes)
+        except MissingExtraError:  # not this file's fault: stop, do not skip them all
+            raise
         except (UnetError, OSError, cv2.error) as e:
             item.error = e
             return item

@@ -50,7 +50,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from unet_lowered.errors import UnetError
+from unet_lowered.errors import MissingExtraError, UnetError
 from unet_lowered.io import atomic
 
 _WARNINGS_LOCK = threading.RLock()
@@ -59,7 +59,11 @@ _WARNINGS_LOCK = threading.RLock()
 # The `unet` command sets OPENCV_LOG_LEVEL=SILENT, which OpenCV reads only when it is
 # first imported; apply it here too, for programs that imported cv2 before that.
 if os.environ.get("OPENCV_LOG_LEVEL", "").upper() == "SILENT":
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    _logging = getattr(cv2.utils, "logging", None)  # OpenCV 4.13 and later
+    if _logging is not None:
+        _logging.setLogLevel(_logging.LOG_LEVEL_SILENT)
+    else:
+        cv2.setLogLevel(0)  # the older spelling: 0 is LOG_LEVEL_SILENT
 
 DEFAULT_MAX_PIXELS = 100_000_000
 """Images with more pixels than this (100 megapixels) are refused before decoding."""
@@ -593,7 +597,7 @@ def _pydicom(path: Path) -> Any:
     try:
         import pydicom
     except ImportError:
-        raise UnetError(
+        raise MissingExtraError(
             f"{path}: reading DICOM needs pydicom and its decoders; install them with: "
             f"{INSTALL_DICOM}"
         ) from None
@@ -723,7 +727,7 @@ def _dicom_pixels(ds: Any, path: Path) -> np.ndarray:
             "DICOM decoder reads; convert the file to an uncompressed DICOM or to PNG"
         ) from None
     if not decoder.is_available:
-        raise UnetError(
+        raise MissingExtraError(
             f"{path}: the pixel data is compressed as {uid.name} and no decoder for it is "
             f"installed; install the DICOM decoders with: {INSTALL_DICOM}"
         )
