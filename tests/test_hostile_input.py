@@ -30,6 +30,7 @@ import pytest
 from data_fixtures import ids_of, make_prepared
 from dicom_fixtures import compressed, dataset, without_preamble, write
 from run_fixtures import bright_model, disk_image, make_run
+from unet_lowered.errors import UnetError
 from unet_lowered.io import images
 
 IMAGE, _ = disk_image(40, 50)  # 40 rows, 50 columns
@@ -765,6 +766,37 @@ def test_settings_that_would_be_ignored_or_crash_are_one_line(
     code, err = cli(capfd, "model-info")
     assert code == 1
     the_line(err, r"^error: KERAS_BACKEND='JAX' is not a backend unet-lowered runs on; .*jax")
+
+
+def test_a_backend_that_is_not_installed_is_one_line(
+    tmp_path: Path, capfd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """KERAS_BACKEND=jax (or a keras.json naming torch) without it installed gave about 28
+    lines of Keras' import traceback ending in ModuleNotFoundError."""
+    import importlib.util
+
+    from unet_lowered import cli as cli_mod
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name in ("jax", "torch") else real(name, *a),
+    )
+    monkeypatch.delitem(sys.modules, "keras")  # as in a fresh process; put back afterwards
+    monkeypatch.setenv("KERAS_BACKEND", "jax")
+    with pytest.raises(
+        UnetError, match=r"^KERAS_BACKEND is jax, which is not installed; .*\[backends\]"
+    ):
+        cli_mod._import_keras_quietly()
+    monkeypatch.delenv("KERAS_BACKEND")
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    (tmp_path / "keras.json").write_text(json.dumps({"backend": "torch"}))
+    config = str(tmp_path / "keras.json")
+    with pytest.raises(
+        UnetError, match=f"^the backend in {config} is torch, which is not installed"
+    ):
+        cli_mod._import_keras_quietly()
 
 
 def test_train_names_a_mask_whose_values_cannot_be_read(tmp_path: Path, capfd) -> None:

@@ -1168,6 +1168,14 @@ def _import_keras_quietly() -> None:
         )
     if "keras" in sys.modules:
         return
+    config = _keras_json()
+    wanted = backend or _keras_json_backend(config)
+    if wanted in ("jax", "torch") and importlib.util.find_spec(wanted) is None:
+        where = "KERAS_BACKEND" if backend else f"the backend in {config}"
+        raise UnetError(
+            f"{where} is {wanted}, which is not installed; install it with: pip install "
+            "'unet-lowered[backends]', or use tensorflow (the default)"
+        )
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as captured:
@@ -1201,6 +1209,28 @@ def _check_usage(command: str, args: list[str]) -> None:
     if sub is not None:
         with sub.make_context(f"unet {command}", list(args)):
             pass
+
+
+def _keras_json() -> str:
+    """Keras' own config file, found as Keras finds it: ``$KERAS_HOME/keras.json``, else
+    ``~/.keras/keras.json`` (``/tmp/.keras`` when the home folder is not writable)."""
+    home = os.environ.get("KERAS_HOME")
+    if home is None:
+        base = os.path.expanduser("~")
+        home = os.path.join(base if os.access(base, os.W_OK) else "/tmp", ".keras")
+    return os.path.join(home, "keras.json")
+
+
+def _keras_json_backend(config: str) -> str | None:
+    """The backend ``config`` names, which Keras uses when ``KERAS_BACKEND`` is unset."""
+    import json
+
+    try:
+        with open(config) as f:
+            value = json.load(f).get("backend")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
 
 
 _RESUME_HINTS = {
