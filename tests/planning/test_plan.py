@@ -39,6 +39,13 @@ def test_sources_of_each_setting(tiny: Path, tmp_path: Path) -> None:
     assert prov["plan"]["step"] is None and "epochs" not in prov["plan"]["settings"]
     cfg, prov = plan_mod.resolve_settings(tiny, None, {"epochs": 1, "flip_lr": False})
     assert cfg.flip_lr is False and prov["sources"]["flip_lr"] == "flag"
+    # no plan.json: `unet train` says it plans, for which budget (it said nothing)
+    assert prov["note"] == (
+        f"no plan in {tiny / plan_mod.PLAN_FILE}; planning for the epochs given (`unet plan` "
+        "prints the choices and their reasons; the run records them)"
+    )
+    _, prov = plan_mod.resolve_settings(tiny, None, {"time_budget": "2m"})
+    assert "; planning for a budget of 120 s (" in prov["note"]
 
 
 def test_a_written_plan_is_used_until_the_data_or_budget_changes(tiny: Path) -> None:

@@ -182,8 +182,8 @@ def resolve_settings(
     Returns:
         ``(cfg, provenance)``: the validated settings, and ``{"sources": {setting:
         default|plan|file|flag}, "plan": the plan used, "started": time.perf_counter()
-        at the start, "note": which plan file was used or why it was not (None when
-        there is none)}`` (the time budget counts from then).
+        at the start, "note": which plan file was used, or why the settings were
+        planned anew}`` (the time budget counts from then).
 
     Raises:
         UnetError: A bad config file, flag or data folder (the messages of
@@ -216,6 +216,16 @@ def resolve_settings(
     from_file = plan is not None
     if plan is None:
         budget_s = given if given is not None else (kept_budget or DEFAULT_BUDGET_S)
+        if note is None:
+            length = (
+                "the epochs given"
+                if "epochs" in user and given is None
+                else f"a budget of {budget_s:g} s"
+            )
+            note = (
+                f"no plan in {path}; planning for {length} (`unet plan` prints the choices "
+                "and their reasons; the run records them)"
+            )
         fixed = {k: v for k, v in user.items() if k != "time_budget"}
         plan = make_plan(
             dataset, budget_s, fixed=fixed, measure="epochs" not in user, progress=progress
