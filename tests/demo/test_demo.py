@@ -190,3 +190,15 @@ def test_the_overlay_tints_by_its_opacity_in_whole_levels() -> None:
     rgb = overlay(image, mask, alpha=0.5)
     # class 1's colour (255, 64, 64) half over white: (255, 159.5, 159.5)
     assert tuple(rgb[50, 50]) == (255, 160, 160) and tuple(rgb[90, 90]) == (255, 255, 255)
+
+
+def test_the_closing_text_says_when_serve_needs_its_extra(monkeypatch) -> None:
+    from unet_lowered.demo import pipeline
+
+    result = {"seconds": 30, "val_dice_training_size": 0.97, "val_dice_original_size": None}
+    monkeypatch.setattr(pipeline, "_has_serve", lambda: False)
+    line = next(x for x in pipeline._closing(Path("d"), result).splitlines() if "serve" in x)
+    assert line.endswith("(first: pip install 'unet-lowered[serve]')")
+    monkeypatch.setattr(pipeline, "_has_serve", lambda: True)
+    line = next(x for x in pipeline._closing(Path("d"), result).splitlines() if "serve" in x)
+    assert line.endswith("then open http://127.0.0.1:8000")

@@ -169,6 +169,13 @@ def _mean_dice(summary: dict[str, Any]) -> float | None:
     return summary.get("metrics", {}).get("dice", {}).get("mean")
 
 
+def _has_serve() -> bool:
+    """Whether the serve extra (FastAPI, uvicorn) is installed."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("fastapi", "uvicorn"))
+
+
 def _closing(out: Path, r: dict[str, Any]) -> str:
     dice_orig = r["val_dice_original_size"]
     lines = [
@@ -183,7 +190,8 @@ def _closing(out: Path, r: dict[str, Any]) -> str:
         f"  plots           {out / 'run'}/curves.png, samples.png, worst.png",
         "",
         "Try the trained run in a browser (a web page and an HTTP API on this machine):",
-        f"  unet serve {out / 'run'}      then open http://127.0.0.1:8000",
+        f"  unet serve {out / 'run'}      then open http://127.0.0.1:8000"
+        + ("" if _has_serve() else "  (first: pip install 'unet-lowered[serve]')"),
         "",
         "Next, on your own data (Kaggle layout or images/ + masks/):",
         "  unet check    path/to/raw",
