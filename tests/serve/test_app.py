@@ -379,7 +379,14 @@ def test_preview_is_the_overlays_base_image(client: TestClient, format_files) ->
         ("", upload(b"BMxx", "x.bmp", field="image"), 400, r"no field 'file' .*fields sent: image"),
         ("", {"file": (None, "text")}, 400, r"the field 'file' holds text, not a file"),
         ("?format=gif", upload(b"x"), 400, r"format=gif is not one of json, png, overlay, prob"),
-        ("?threshold=abc", upload(b"x"), 422, r"query threshold: .*valid number.*'abc'"),
+        ("?threshold=abc", upload(b"x"), 422, r"^threshold=abc is not a number \(e\.g\. "),
+        (  # was pydantic's "Input should be a valid integer, unable to parse string ..."
+            "?keep_largest=1.5&fill_holes=maybe",
+            upload(b"x"),
+            422,
+            r"^keep_largest=1\.5 is not a whole number \(e\.g\. keep_largest=2\); "
+            r"fill_holes=maybe is not true or false \(e\.g\. fill_holes=true\)$",
+        ),
         ("?threshold=1.5", upload(b"x"), 400, r"^threshold must be between 0 and 1, got 1\.5$"),
         ("?keep_largest=-1", upload(b"x"), 400, r"^keep_largest must be 0 \(keep all\) or more"),
         ("?mode=zoom", upload(b"x"), 400, r"mode"),
@@ -454,8 +461,8 @@ def test_pixel_limit_is_checked_from_the_header(client: TestClient, app_for) -> 
     r = client.post("/v1/segment", files=upload(png_header_only(50000, 40000), "huge.png"))
     assert r.status_code == 413, r.text
     assert r.json()["error"] == (
-        "huge.png: 50000x40000 is 2000.0 megapixels, over this service's limit of 100.0 "
-        "(unet serve --max-pixels)"
+        "huge.png: 50000x40000 is 2000.0 megapixels, over this service's limit of 100.0; "
+        "send a smaller image, or ask the server's operator to raise it (unet serve --max-pixels)"
     )
     small = app_for(ServeSettings(max_pixels=1000))
     assert small.get("/v1/model").json()["limits"]["max_pixels"] == 1000
@@ -469,7 +476,10 @@ def test_upload_size_limit(app_for) -> None:
     noise = np.random.default_rng(0).integers(0, 256, (120, 120), dtype=np.uint8)
     data = png_bytes(noise)
     assert len(data) > 12_000
-    message = "the upload is over this service's limit of 0.01 MB (unet serve --max-upload-mb)"
+    message = (  # worded for the client, who cannot change the server's flag
+        "the upload is over this service's limit of 0.01 MB; send a smaller file, or ask "
+        "the server's operator to raise it (unet serve --max-upload-mb)"
+    )
     r = c.post("/v1/segment", files=upload(data))
     assert r.status_code == 413 and r.json() == {"error": message}
 
@@ -750,6 +760,38 @@ def test_a_stalled_upload_holds_no_place_and_times_out(app_for, monkeypatch) -> 
     assert info.value.status == 408
     assert info.value.message == "the upload did not arrive within 0.2 s; send it again"
     assert admitted_meanwhile == [0] and service.admitted == 0
+
+
+def test_openapi_schema_describes_the_upload_and_the_answers(client: TestClient) -> None:
+    """The upload endpoints read their multipart body themselves, so FastAPI's schema had
+    no request body (no field 'file'), only a JSON 200 and a 422 of its own shape."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. a duplicate operation id (GET and HEAD)
+        schema = client.get("/openapi.json").json()
+    ids = [op["operationId"] for ops in schema["paths"].values() for op in ops.values()]
+    assert len(ids) == len(set(ids)), ids
+    error = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
+    for path in ("/v1/segment", "/v1/preview"):
+        op = schema["paths"][path]["post"]
+        body = op["requestBody"]
+        assert body["required"] is True
+        form = body["content"]["multipart/form-data"]["schema"]
+        assert form["required"] == ["file"]
+        assert form["properties"]["file"]["type"] == "string"
+        assert form["properties"]["file"]["format"] == "binary"
+        responses = op["responses"]
+        assert "image/png" in responses["200"]["content"], path
+        for status in ("400", "408", "413", "415", "422", "500", "503", "507"):
+            assert responses[status]["content"]["application/json"]["schema"] == error, status
+        assert "Retry-After" in responses["503"]["headers"]
+    figures = schema["paths"]["/v1/segment"]["post"]["responses"]["200"]["content"]
+    assert set(figures["application/json"]["schema"]["properties"]) == {
+        "id", "width", "height", "foreground_fraction", "components", "quality",
+        "gray_scale", "orientation", "seconds", "notes",
+    }  # fmt: skip
+    assert "image/png" not in schema["paths"]["/v1/model"]["get"]["responses"]["200"]["content"]
 
 
 def test_head_and_a_client_that_hangs_up(app_for) -> None:

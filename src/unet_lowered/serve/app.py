@@ -440,8 +440,8 @@ class Service:
             raise RequestError(
                 413,
                 f"{name}: {header.width}x{header.height} is {header.pixels / 1e6:.1f} "
-                f"megapixels, over this service's limit of {limit / 1e6:.1f} "
-                "(unet serve --max-pixels)",
+                f"megapixels, over this service's limit of {limit / 1e6:.1f}; send a "
+                "smaller image, or ask the server's operator to raise it (unet serve --max-pixels)",
             )
         try:
             image = images.read_image(path, limit, notes)
@@ -656,8 +656,8 @@ def create_app(
     app.add_middleware(
         BodyLimit,
         max_bytes=service.settings.max_upload_bytes,
-        message=f"the upload is over this service's limit of {limit_mb:g} MB "
-        "(unet serve --max-upload-mb)",
+        message=f"the upload is over this service's limit of {limit_mb:g} MB; send a smaller "
+        "file, or ask the server's operator to raise it (unet serve --max-upload-mb)",
     )
     app.add_middleware(RequestLog)  # added last: outermost, so it logs every answer
     _add_error_handlers(app)
@@ -667,15 +667,40 @@ def create_app(
     async def page() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
-    @app.api_route("/healthz", methods=["GET", "HEAD"])
+    # HEAD (uptime probes) answers as GET; kept out of the schema, where it would repeat
+    # GET's operation id
+    @app.get("/healthz")
+    @app.head("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.api_route("/v1/model", methods=["GET", "HEAD"])
+    @app.get("/v1/model")
+    @app.head("/v1/model", include_in_schema=False)
     async def model_facts() -> dict[str, Any]:
         return service.facts()
 
-    @app.post("/v1/segment")
+    @app.post(
+        "/v1/segment",
+        openapi_extra=_UPLOAD_BODY,
+        responses={
+            200: {
+                "description": "The figures as JSON (format=json), or the mask, overlay or "
+                "probability as a PNG (format=png|overlay|prob) with the figures in the "
+                f"{RESULT_HEADER} header.",
+                "content": {
+                    "application/json": {"schema": _FIGURES_SCHEMA},
+                    "image/png": {"schema": {"type": "string", "format": "binary"}},
+                },
+                "headers": {
+                    RESULT_HEADER: {
+                        "description": "The JSON figures (image formats only)",
+                        "schema": {"type": "string"},
+                    }
+                },
+            },
+            **_REFUSALS,
+        },
+    )
     async def segment(
         request: Request,
         fmt: str = Query("json", alias="format"),
@@ -718,7 +743,18 @@ def create_app(
         suffix = {"png": "mask", "overlay": "overlay", "prob": "prob"}[fmt]
         return _png_response(result, filename, suffix)
 
-    @app.post("/v1/preview")
+    @app.post(
+        "/v1/preview",
+        openapi_extra=_UPLOAD_BODY,
+        responses={
+            200: {
+                "description": "The image as the 8-bit RGB PNG the overlay is drawn on.",
+                "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+            },
+            **_REFUSALS,
+        },
+        response_class=Response,
+    )
     async def preview(request: Request) -> Response:
         """The uploaded image as an 8-bit RGB PNG (what the page shows under the mask)."""
         _check_query(request, allowed=frozenset())
@@ -726,6 +762,80 @@ def create_app(
         return _png_response(result, filename, "view")
 
     return app
+
+
+_UPLOAD_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": [UPLOAD_FIELD],
+                    "properties": {
+                        UPLOAD_FIELD: {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "The image: PNG (8 or 16 bit), JPEG, TIFF, BMP, "
+                            "GIF or DICOM, recognised by content",
+                        }
+                    },
+                }
+            }
+        },
+    }
+}
+"""The OpenAPI request body of the upload endpoints (they parse the multipart body
+themselves, so FastAPI does not see the field)."""
+
+_ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {"error": {"type": "string"}},
+}
+_FIGURES_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"},
+        "width": {"type": "integer"},
+        "height": {"type": "integer"},
+        "foreground_fraction": {"type": "number"},
+        "components": {"type": "integer"},
+        "quality": {"type": "string", "nullable": True},
+        "gray_scale": {"type": "string"},
+        "orientation": {"type": "string"},
+        "seconds": {"type": "number"},
+        "notes": {"type": "array", "items": {"type": "string"}},
+    },
+}
+_REFUSALS: dict[int | str, dict[str, Any]] = {
+    status: {"description": what, "content": {"application/json": {"schema": _ERROR_SCHEMA}}}
+    for status, what in [
+        (400, "An empty file, no field 'file' or two, a malformed body, a bad option value"),
+        (408, "The upload did not arrive within 5 minutes"),
+        (413, "An upload over --max-upload-mb, or an image over --max-pixels"),
+        (415, "Not multipart/form-data, or content that is not an image"),
+        (422, "A corrupt image, or a query value of the wrong type"),
+        (500, "A failure inside the model (logged)"),
+        (503, "Busy: every worker and queue place is taken (Retry-After: 1)"),
+        (507, "No room for the upload in the server's temporary folder"),
+    ]
+}
+_REFUSALS[503]["headers"] = {"Retry-After": {"schema": {"type": "integer"}}}
+
+_KINDS = {"int": "a whole number", "float": "a number", "bool": "true or false"}
+
+
+def _value_wording(err: dict[str, Any]) -> str:
+    """One plain sentence for a query value of the wrong type (pydantic's ``int_parsing``:
+    'Input should be a valid integer, unable to parse string as an integer')."""
+    name = ".".join(str(x) for x in err.get("loc", ()) if x not in ("query", "body"))
+    kind = _KINDS.get(str(err.get("type", "")).split("_")[0])
+    if kind is None:
+        return f"query {name}: {err.get('msg', 'invalid')}"
+    value = err.get("input")
+    example = {"a whole number": "2", "a number": "0.4", "true or false": "true"}[kind]
+    return f"{name}={value} is not {kind} (e.g. {name}={example})"
 
 
 def _check_query(request: Request, allowed: frozenset[str] = _QUERY) -> None:
@@ -858,11 +968,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        parts = []
-        for err in exc.errors():
-            loc = [str(x) for x in err.get("loc", ()) if x not in ("query", "body")]
-            value = f" (got {err['input']!r})" if "input" in err else ""
-            parts.append(f"query {'.'.join(loc)}: {err.get('msg', 'invalid')}{value}")
+        parts = [_value_wording(err) for err in exc.errors()]
         return JSONResponse({"error": "; ".join(parts) or "invalid request"}, 422)
 
     @app.exception_handler(ClientDisconnect)
