@@ -281,8 +281,8 @@ _TimeBudget = Annotated[
     str | None,
     typer.Option(
         help="Time budget of the whole command, e.g. 90s, 10m, 1h: epochs are planned to "
-        "fit and training stops before passing it [default: 10m when planned; none when "
-        "--epochs is given].",
+        "fit and training stops before passing it [default: planned: 10m, or the budget of "
+        "DATA/plan.json; none when --epochs is given].",
     ),
 ]
 
@@ -357,8 +357,8 @@ def train(
     image_size: Annotated[
         int | None,
         typer.Option(
-            help="Training input size (square) [default: auto: the median longer side of "
-            "the training images, at most 256, rounded down to a size the network takes "
+            help="Training input size (square) [default: planned: the median longer side "
+            "of the training images, at most 256, rounded down to a size the network takes "
             "(a multiple of 16 at depth 4)]."
         ),
     ] = None,
@@ -366,19 +366,20 @@ def train(
         bool | None,
         typer.Option(
             "--crop/--resize",
-            help="Random crops of --image-size instead of resizing [default: resize].",
+            help="Random crops of --image-size instead of resizing [default: planned: "
+            "crops for large images with small structures, else resize].",
         ),
     ] = None,
     clahe: Annotated[
-        bool | None, typer.Option("--clahe/--no-clahe", help="CLAHE first [default: off].")
+        bool | None, typer.Option("--clahe/--no-clahe", help="CLAHE first [default: planned].")
     ] = None,
     invert_light: Annotated[
         bool | None,
         typer.Option(
             "--invert-light/--no-invert-light",
             help="Invert images whose background is light (median in the upper half of "
-            "the range), so all show light objects on dark [default: off; the plan names "
-            "it for data that mix both, as fluorescence and brightfield nuclei].",
+            "the range), so all show light objects on dark [default: planned: on for data "
+            "that mix both, as fluorescence and brightfield nuclei, else off].",
         ),
     ] = None,
     val_fraction: Annotated[
@@ -387,14 +388,20 @@ def train(
     seed: Annotated[
         int | None, typer.Option(help="Seed for split, init, augmentation [default: 0].")
     ] = None,
-    epochs: Annotated[int | None, typer.Option(help="Epochs [default: 45].")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Batch size [default: 4].")] = None,
+    epochs: Annotated[
+        int | None,
+        typer.Option(help="Epochs [default: planned to fit --time-budget, from a timed step]."),
+    ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(help="Batch size [default: planned: 4; 2 for small data or budgets]."),
+    ] = None,
     loss: Annotated[
         str | None,
         typer.Option(
             help=f"{' | '.join(names.LOSSES)}; aliases "
             + ", ".join(f"{a}={b}" for a, b in names.LOSS_ALIASES.items())
-            + " [default: bce+dice]."
+            + " [default: planned: weighted-bce for touching objects, else bce+dice]."
         ),
     ] = None,
     optimizer: Annotated[
@@ -421,15 +428,19 @@ def train(
         ),
     ] = None,
     patience: Annotated[
-        int | None, typer.Option(help="Early stopping patience on val Dice [default: 15].")
+        int | None,
+        typer.Option(
+            help="Early stopping patience on val Dice [default: planned: a third of the epochs, "
+            "at least 15].",
+        ),
     ] = None,
     progressive: Annotated[
         float | None,
         typer.Option(
             help="Progressive resizing: this share of the epochs (the first) trains at half "
             "the image size (with --crop: half-size crops at native resolution), each such step "
-            "a third to a half of a full-size one, and not validated; validation stays at full size [default: the "
-            "plan's: 0.5 for whole images of 128 px or more, else 0]."
+            "a third to a half of a full-size one, and not validated; validation stays at full size "
+            "[default: planned: 0.5 for whole images of 128 px or more, else 0]."
         ),
     ] = None,
     precision: Annotated[
@@ -458,13 +469,23 @@ def train(
     ] = None,
     flip_lr: Annotated[
         bool | None,
-        typer.Option("--flip-lr/--no-flip-lr", help="Left-right flips [default: off]."),
+        typer.Option(
+            "--flip-lr/--no-flip-lr",
+            help="Left-right flips [default: planned: on where they keep the data's statistics].",
+        ),
     ] = None,
     flip_ud: Annotated[
-        bool | None, typer.Option("--flip-ud/--no-flip-ud", help="Up-down flips [default: off].")
+        bool | None,
+        typer.Option(
+            "--flip-ud/--no-flip-ud",
+            help="Up-down flips [default: planned: on where they keep the data's statistics].",
+        ),
     ] = None,
     rotate: Annotated[
-        float | None, typer.Option(help="Max rotation, degrees [default: 10].")
+        float | None,
+        typer.Option(
+            help="Max rotation, degrees [default: planned: 180 for rotation-free data, else 10]."
+        ),
     ] = None,
     scale: Annotated[
         float | None, typer.Option(help="Max relative scale change [default: 0.2].")
@@ -487,33 +508,41 @@ def train(
         float | None,
         typer.Option(
             help="With --crop: probability that a training crop is centred on a foreground "
-            "pixel (nnU-Net's foreground oversampling) [default: the plan's: 0.33 for "
+            "pixel (nnU-Net's foreground oversampling) [default: planned: 0.33 for "
             "crop-trained runs whose crops are under half foreground, else 0]."
         ),
     ] = None,
     zoom_out: Annotated[
         float | None,
-        typer.Option(help="Probability of a zoom-out into black/collimated borders [default: 0]."),
+        typer.Option(
+            help="Probability of a zoom-out into black/collimated borders [default: planned: 0.3 for radiograph-like data, else 0]."
+        ),
     ] = None,
     frame_crop: Annotated[
         float | None,
-        typer.Option(help="Probability of cutting off the top or bottom 10-30% [default: 0]."),
+        typer.Option(
+            help="Probability of cutting off the top or bottom 10-30% [default: planned: 0.2 for radiograph-like data, else 0]."
+        ),
     ] = None,
     opacity: Annotated[
         float | None,
         typer.Option(
             help="Probability of a dense opacity in the lung field, the mask unchanged: "
             "effusion-like or patchy inside the lungs, or one lung whited out past its "
-            "outline [default: 0]."
+            "outline [default: planned: 0.3 for radiograph-like data, else 0]."
         ),
     ] = None,
     lowres: Annotated[
         float | None,
-        typer.Option(help="Probability of a 2-4x low-resolution round trip [default: 0]."),
+        typer.Option(
+            help="Probability of a 2-4x low-resolution round trip [default: planned: 0.2 for radiograph-like data, else 0]."
+        ),
     ] = None,
     stamps: Annotated[
         float | None,
-        typer.Option(help="Probability of burned-in text or a side marker [default: 0]."),
+        typer.Option(
+            help="Probability of burned-in text or a side marker [default: planned: 0.2 for radiograph-like data, else 0]."
+        ),
     ] = None,
     overfit_batch: Annotated[
         bool | None,

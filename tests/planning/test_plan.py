@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -235,3 +236,24 @@ def test_unet_plan_prints_no_tensorflow_start_up_notices(tiny: Path, tmp_path: P
     assert done.returncode == 0, done.stderr
     assert "wrote" in done.stdout
     assert "absl" not in done.stderr and "oneDNN" not in done.stderr, done.stderr
+
+
+def test_train_help_says_which_settings_the_plan_chooses(tiny: Path) -> None:
+    """`unet train --help` showed plain defaults (epochs 45, zoom-out 0, ...) for settings
+    every `unet train` takes from the plan. Each planned setting's help now says so, and
+    the cross-site probabilities it names are the rule's."""
+    import typer
+
+    from unet_lowered.cli import app
+    from unet_lowered.planning.rules import CROSS_SITE
+
+    train = typer.main.get_command(app).commands["train"]  # type: ignore[attr-defined]
+    helps = {p.name: p.help or "" for p in train.params}
+    helps["input_mode"] = helps["crop"]
+    planned = plan_mod.make_plan(tiny, 600.0, measure=False)["settings"]
+    assert set(CROSS_SITE) <= set(planned)
+    for name in planned:
+        assert "plan" in helps[name], (name, helps[name])
+        assert not re.search(r"\[default: [^p]", helps[name]), (name, helps[name])
+    for name, p in CROSS_SITE.items():
+        assert f"[default: planned: {p:g} for radiograph-like data, else 0]" in helps[name]
