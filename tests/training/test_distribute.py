@@ -273,6 +273,32 @@ def test_two_processes_leave_one_run_folder_written_by_process_0(prepared):
     assert len(config["distribute_info"]["devices"]) == 2
 
 
+@needs_jax
+@pytest.mark.slow  # a fresh process
+def test_process_0_alone_gives_up_in_one_line_before_jax_aborts():
+    """JAX ends a coordinator whose peers never join with a C++ stack trace after 5
+    minutes; process 0 now ends a few seconds earlier with one line (the wait shortened
+    here to 8 s)."""
+    code = (
+        "import sys\n"
+        "from unet_lowered.training import distribute\n"
+        "distribute.JOIN_TIMEOUT_S = 8\n"
+        "distribute.initialize(distribute.Cluster(sys.argv[1], 3, 0))\n"
+    )
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    address = f"127.0.0.1:{free_port()}"
+    done = subprocess.run(
+        [sys.executable, "-c", code, address], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"error: process 0: the other 2 process(es) did not all join at {address} within 8 s; "
+        "start them with the same --coordinator and --num-processes (--process-id 1..2), "
+        "then run this again"
+    )
+    assert "Traceback" not in done.stderr and "Check failed" not in done.stderr
+
+
 # ----------------------------------------------------------------------------- in-process
 
 

@@ -187,8 +187,7 @@ def initialize(cluster: Cluster) -> None:
         others = cluster.num_processes - 1
         print(
             f"process 0 of {cluster.num_processes}: waiting at {cluster.coordinator} for "
-            f"{others} more process(es) to join (JAX gives up after "
-            f"{JOIN_TIMEOUT_S // 60} minutes)",
+            f"{others} more process(es) to join (for {JOIN_TIMEOUT_S // 60:g} minutes)",
             flush=True,
         )
     else:  # JAX aborts the process (no exception) if the coordinator never answers
@@ -199,6 +198,7 @@ def initialize(cluster: Cluster) -> None:
     # older versions, where CPU collectives were off by default). GPUs use NCCL.
     with contextlib.suppress(AttributeError, ValueError):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    watchdog = _give_up_before_jax(cluster) if cluster.process_id == 0 else None
     try:
         keras.distribution.initialize(
             cluster.coordinator, cluster.num_processes, cluster.process_id
@@ -210,7 +210,33 @@ def initialize(cluster: Cluster) -> None:
             f"of {cluster.num_processes} ({first}); start every process with the same "
             "--coordinator and --num-processes, process 0 reachable at that address"
         ) from None
+    finally:
+        if watchdog is not None:
+            watchdog.cancel()
     _initialized = cluster
+
+
+def _give_up_before_jax(cluster: Cluster) -> Any:
+    """A timer that ends process 0 with one line a few seconds before JAX would abort it
+    with a C++ stack trace (its coordinator waits :data:`JOIN_TIMEOUT_S` for the others).
+    Started before joining and cancelled once every process has joined."""
+    import threading
+
+    def give_up() -> None:
+        others = cluster.num_processes - 1
+        sys.stderr.write(
+            f"error: process 0: the other {others} process(es) did not all join at "
+            f"{cluster.coordinator} within {JOIN_TIMEOUT_S:g} s; start them with the same "
+            f"--coordinator and --num-processes (--process-id 1..{others}), then run this "
+            "again\n"
+        )
+        sys.stderr.flush()
+        os._exit(1)  # JAX's join blocks the main thread; nothing else can end it cleanly
+
+    timer = threading.Timer(max(1.0, JOIN_TIMEOUT_S - 5), give_up)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 @dataclass(frozen=True)
