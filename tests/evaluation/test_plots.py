@@ -152,6 +152,19 @@ def test_cli_plot_eval(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
         f"wrote {run / 'curves.png'}",
         f"wrote {run / 'worst.png'}",
     ]
+    # the evaluation of another run is refused: its Dice would title this run's masks
+    other = trained_run(tmp_path / "other", bright_model(32), data, ["a"])
+    with pytest.raises(SystemExit) as done:
+        main(["plot", str(other), "--eval", str(tmp_path / "ev"), "--samples", "0"])
+    assert done.value.code == 1
+    assert capsys.readouterr().err.strip() == (
+        f"error: {tmp_path / 'ev'}: an evaluation of another run ({run}); pass --eval an "
+        f"evaluation of {other}, or plot {run}"
+    )
+    run.rename(tmp_path / "moved")  # the evaluated run moved: its evaluation still plots
+    with pytest.raises(SystemExit) as done:
+        main(["plot", str(tmp_path / "moved"), "--eval", str(tmp_path / "ev"), "--samples", "0"])
+    assert done.value.code == 0
 
 
 def test_samples_read_an_inverted_film_as_predict_does(tmp_path: Path, drawn) -> None:

@@ -378,6 +378,7 @@ def plot_run(
     if per_image.is_file():
         rows = _worst_rows(per_image, worst)
         summary = _read_summary(eval_dir)
+        _refuse_another_runs(eval_dir, summary, run.dir)
         settings = summary.get("settings") or {}
         options = evaluated_options(settings, run.config, eval_dir / "summary.json")
         scored = summary.get("data") or run.config.data  # older summaries name none
@@ -483,6 +484,19 @@ def _worst_rows(per_image: Path, worst: int) -> list[dict[str, str]]:
             f"{per_image}: damaged ({type(e).__name__}: {e}); run `unet evaluate` again"
         ) from None
     return rows[:worst]
+
+
+def _refuse_another_runs(eval_dir: Path, summary: Mapping[str, Any], run_dir: Path) -> None:
+    """Refuse an evaluation of another run: its worst cases would be drawn with this run's
+    masks under the other's Dice. A run folder moved since (the recorded one gone) passes."""
+    recorded = summary.get("run")
+    if not isinstance(recorded, str) or not Path(recorded).is_dir():
+        return
+    if Path(recorded).resolve() != Path(run_dir).resolve():
+        raise UnetError(
+            f"{eval_dir}: an evaluation of another run ({recorded}); pass --eval an "
+            f"evaluation of {run_dir}, or plot {recorded}"
+        )
 
 
 def _read_summary(eval_dir: Path) -> dict[str, Any]:
