@@ -271,12 +271,13 @@ def test_multi_class_pictures_have_a_legend_and_per_class_dice(tmp_path: Path, f
 
 
 def test_the_overlay_title_says_the_colour_overlay_draws(tmp_path: Path, figures) -> None:
-    """overlay() outlines a multi-class truth in white only when it holds a class above 1;
-    one holding class 1 alone is outlined green, and the title says that."""
+    """overlay() outlines a multi-class truth (class indices) in white whichever classes
+    it holds (one holding class 1 alone was outlined green, the binary colour, by a rule
+    on its largest value), a bool one in green, and the title says which."""
     image = np.zeros((12, 12), np.uint8)
     image[0, 0] = 255
     for top, colour, words in (
-        (1, TRUTH_COLOUR, "truth outline green"),
+        (1, TRUTH_CLASSES_COLOUR, "truth outlines white"),
         (2, TRUTH_CLASSES_COLOUR, "truth outlines white"),
     ):
         truth = np.zeros((12, 12), np.int32)
@@ -284,6 +285,7 @@ def test_the_overlay_title_says_the_colour_overlay_draws(tmp_path: Path, figures
         assert (overlay(image, np.zeros_like(truth), truth=truth)[3, 5] == colour).all()
         plots.plot_cases([("c", image, truth, truth, 1.0)], tmp_path / "c.png", "t")
         assert words in figures["c.png"].axes[3].get_title()
+    assert (overlay(image, truth > 0, truth=truth > 0)[3, 5] == TRUTH_COLOUR).all()
     plots.plot_cases([("c", image, truth > 0, truth > 0, 1.0)], tmp_path / "c.png", "t")
     assert figures["c.png"].axes[3].get_title() == "overlay: prediction red,\ntruth outline green"
     empty = np.zeros_like(truth)

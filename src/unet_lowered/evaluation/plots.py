@@ -273,17 +273,14 @@ def _case_title(case: Case) -> str:
 
 def _overlay_title(truth: np.ndarray, multi: bool) -> str:
     """What :func:`~unet_lowered.inference.overlay.overlay` draws for this truth: each
-    class's outline in white when the truth holds a class above 1, else one green one
-    (its rule), none for an empty truth."""
+    class's outline in white for class indices, one green outline for a bool mask (its
+    rule), none for an empty truth."""
     first = "overlay: prediction red," if not multi else "overlay: prediction tinted per class,"
-    top = int(np.max(truth, initial=0))
-    if top == 0:
+    if int(np.max(truth, initial=0)) == 0:
         return f"{first}\nno truth (empty mask)"
-    if not multi:
-        return f"{first}\ntruth outline green"
-    if truth.dtype != bool and top > 1:
+    if truth.dtype != bool:
         return f"{first}\ntruth outlines white"
-    return f"{first}\ntruth outline green (class 1 only)"
+    return f"{first}\ntruth outline green"
 
 
 def class_names(config: RunConfig) -> list[str] | None:

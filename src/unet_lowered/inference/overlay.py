@@ -134,7 +134,7 @@ def overlay(
         cv2.drawContours(out, contours, -1, tuple(int(v) for v in colour), thin)
     if truth is not None:
         truth = np.asarray(truth)
-        classes = truth.dtype != bool and int(truth.max(initial=0)) > 1
+        classes = truth.dtype != bool  # class indices, whichever classes this one holds
         colour = tuple(int(v) for v in (TRUTH_CLASSES_COLOUR if classes else TRUTH_COLOUR))
         for c in range(1, int(truth.max(initial=0)) + 1) if classes else [None]:
             region = truth == c if classes else truth > 0
