@@ -628,7 +628,12 @@ def test_page_is_served_from_the_package_and_needs_no_internet(client: TestClien
         assert element in html
     assert 'src="/static/app.js"' in html and 'href="/static/style.css"' in html
     texts = {"/": html}
-    for name, kind in [("app.js", "javascript"), ("style.css", "text/css")]:
+    assert 'src="/static/layers.js"' in html  # also the page's Web Worker
+    for name, kind in [
+        ("app.js", "javascript"),
+        ("layers.js", "javascript"),
+        ("style.css", "text/css"),
+    ]:
         r = client.get(f"/static/{name}")
         assert r.status_code == 200 and kind in r.headers["content-type"]
         assert r.text == (STATIC_DIR / name).read_text()
