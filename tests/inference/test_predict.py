@@ -298,7 +298,7 @@ def test_auto_mode_follows_the_run() -> None:
     ("options", "message"),
     [
         (PredictOptions(overlap=1.0), r"--overlap must be in \[0, 1\)"),
-        (PredictOptions(threshold=1.5), "--threshold must be between 0 and 1"),
+        (PredictOptions(threshold=1.5), "--threshold must be above 0 and below 1"),
         (PredictOptions(keep_largest=-1), r"--keep-largest must be 0 \(keep all\) or more"),
         (
             PredictOptions(blend="box"),

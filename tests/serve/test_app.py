@@ -387,7 +387,7 @@ def test_preview_is_the_overlays_base_image(client: TestClient, format_files) ->
             r"^keep_largest=1\.5 is not a whole number \(e\.g\. keep_largest=2\); "
             r"fill_holes=maybe is not true or false \(e\.g\. fill_holes=true\)$",
         ),
-        ("?threshold=1.5", upload(b"x"), 400, r"^threshold must be between 0 and 1, got 1\.5$"),
+        ("?threshold=1.5", upload(b"x"), 400, r"^threshold must be above 0 and below 1, got 1\.5$"),
         ("?keep_largest=-1", upload(b"x"), 400, r"^keep_largest must be 0 \(keep all\) or more"),
         ("?mode=zoom", upload(b"x"), 400, r"mode"),
         ("?tresh=0.4", upload(b"x"), 400, r"unknown query parameter\(s\): tresh .*threshold"),

@@ -374,7 +374,9 @@ def test_no_stale_picture_after_a_failure_and_a_server_that_is_gone(
     page.fill("#threshold", "1.5")
     page.press("#threshold", "Tab")
     page.wait_for_selector("#stage[data-state=error]")
-    assert page.text_content("#error") == "chest.png: threshold must be between 0 and 1, got 1.5"
+    assert (
+        page.text_content("#error") == "chest.png: threshold must be above 0 and below 1, got 1.5"
+    )
     assert canvas_pixel(page, x, y)[:3] == [int(image[y, x])] * 3
     assert page.text_content("#veil") == "no result" and page.is_visible("#veil")
     assert page.text_content("#fig-fraction") == "\u2013"

@@ -130,7 +130,7 @@ class PredictOptions:
         if self.max_pixels < 1:
             raise UnetError(f"--max-pixels must be positive, got {self.max_pixels}")
         if self.threshold is not None and not 0 < self.threshold < 1:
-            raise UnetError(f"--threshold must be between 0 and 1, got {self.threshold}")
+            raise UnetError(f"--threshold must be above 0 and below 1, got {self.threshold}")
         if self.keep_largest is not None and self.keep_largest < 0:
             raise UnetError(f"--keep-largest must be 0 (keep all) or more, got {self.keep_largest}")
         if self.min_area is not None and self.min_area < 0:
