@@ -107,6 +107,15 @@ def prepare_cmd(
     masks_dir: _MasksDirOpt = None,
     foreground: _ForegroundOpt = None,
     classes: _ClassesOpt = False,
+    class_names: Annotated[
+        str | None,
+        typer.Option(
+            "--class-names",
+            help="With --classes: a name for each class but the background, in the order of "
+            "their mask values, e.g. 'left lung,right lung,heart' (in dataset.json; the "
+            "pictures and unet serve show them) [default: class 1, class 2, ...].",
+        ),
+    ] = None,
     max_pixels: _MaxPixelsOpt = 100_000_000,
     strict: _StrictOpt = False,
     overwrite: Annotated[
@@ -145,6 +154,7 @@ def prepare_cmd(
                 strict=strict,
                 foreground=foreground,
                 classes=classes,
+                class_names=class_names,
                 max_pixels=max_pixels,
                 progress=True,
             )

@@ -7,6 +7,7 @@ afterwards (the ``src`` fixture compares file hashes at teardown).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 from pathlib import Path
@@ -562,6 +563,43 @@ def test_classes_mode_keeps_labels(src, tmp_path):
         [0, 1, 2, 3],
         [],
     )
+
+
+def test_class_names_are_recorded_and_checked(src, tmp_path):
+    """--class-names names the classes besides the background, in the order of their
+    mask values; a wrong count or a bad name is refused and nothing is written."""
+    png(src / "images" / "a.png", gray(1))
+    png(src / "masks" / "a.png", box(value=100) + box(rows=(4, 6), value=200))
+    freeze(src)
+    dest = tmp_path / "out"
+    report = convert.prepare(src, dest, classes=True, class_names="left lung, heart")
+    assert report.class_names == ["background", "left lung", "heart"]
+    info = dataset_json.read(dest)
+    assert info.class_names == ("background", "left lung", "heart")
+    from rich.console import Console
+
+    from unet_lowered.dataset.report import print_report
+
+    out = io.StringIO()
+    print_report(report, Console(file=out, width=200))
+    assert "masks classes [0, 100, 200] (background, left lung, heart)" in out.getvalue()
+    for names, message in (
+        ("lung", r"gives 1 name\(s\), but the masks hold 2 class\(es\) .*values 100, 200\)"),
+        ("lung,lung", "each name must be different"),
+        (["lung", "background"], "each name must be different"),
+        ("lung,", "not empty"),
+    ):
+        with pytest.raises(UnetError, match=message):
+            convert.prepare(src, tmp_path / "bad", classes=True, class_names=names)
+        assert not (tmp_path / "bad").exists()
+    with pytest.raises(UnetError, match="--class-names names the classes of --classes"):
+        convert.prepare(src, tmp_path / "bad", class_names="a,b")
+    # a dataset.json whose names do not fit its classes is refused when read
+    meta = json.loads((dest / dataset_json.FILE).read_text())
+    meta["class_names"] = ["background", "lung"]
+    (dest / dataset_json.FILE).write_text(json.dumps(meta))
+    with pytest.raises(UnetError, match="class_names must be a list of 3 different names"):
+        dataset_json.read(dest)
 
 
 def test_classes_mode_refuses_jpeg_labels_and_foreground(src, tmp_path):

@@ -268,6 +268,18 @@ def test_multi_class_pictures_have_a_legend_and_per_class_dice(tmp_path: Path, f
             "overlay: prediction tinted per class,\ntruth outlines white"
         )
     assert figures["worst.png"].axes[0].get_title() == "a\nDice 1.000\nclass 1 1.000, class 2 1.000"
+    named = trained_run(
+        tmp_path / "named",
+        bright_model(32, num_classes=3),
+        data,
+        ["a"],
+        label_values=[0, 100, 200],
+        class_names=["background", "lung", "heart"],
+    )
+    assert plots.class_names(load_run(named).config) == [
+        "lung: class 1 (value 100)",
+        "heart: class 2 (value 200)",
+    ]
 
 
 def test_the_overlay_title_says_the_colour_overlay_draws(tmp_path: Path, figures) -> None:

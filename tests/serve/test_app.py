@@ -691,12 +691,19 @@ def test_cli_help_names_the_options(capsys) -> None:
 def test_multi_class_run_answers_label_values(tmp_path: Path, reference) -> None:
     """Three classes: the mask holds the run's label values, as unet predict writes it;
     ``format=prob`` is the probability of any foreground class; no quality flag."""
-    run = make_run(tmp_path / "run", bright_model(32, num_classes=3), label_values=[0, 100, 200])
+    run = make_run(
+        tmp_path / "run",
+        bright_model(32, num_classes=3),
+        label_values=[0, 100, 200],
+        class_names=["background", "lung", "heart"],
+    )
     path = tmp_path / "disk.png"
     images.write_png(path, disk_image(45, 60)[0])
     expected = reference(run, path)
     with TestClient(create_app(run)) as c:
-        assert c.get("/v1/model").json()["label_values"] == [0, 100, 200]
+        facts = c.get("/v1/model").json()
+        assert facts["label_values"] == [0, 100, 200]
+        assert facts["class_names"] == ["background", "lung", "heart"]
         r = c.post("/v1/segment?format=png", files=upload(path.read_bytes()))
         mask = decode(r.content)
         np.testing.assert_array_equal(mask, expected["mask"])

@@ -238,7 +238,12 @@ def test_page_shows_a_multi_class_run_in_class_colours(
     from run_fixtures import bright_model, disk_image, make_run
     from unet_lowered.io import images
 
-    run = make_run(tmp_path / "mc", bright_model(32, num_classes=3), label_values=[0, 100, 200])
+    run = make_run(
+        tmp_path / "mc",
+        bright_model(32, num_classes=3),
+        label_values=[0, 100, 200],
+        class_names=["background", "nucleus", "cell"],
+    )
     image, disk = disk_image(60, 50)
     path = tmp_path / "in" / "cells.png"
     images.write_png(path, image)
@@ -258,8 +263,8 @@ def test_page_shows_a_multi_class_run_in_class_colours(
         # which colour is which class, under the picture
         assert page.is_visible("#legend")
         assert page.locator("#legend li").all_text_contents() == [
-            "class 1 (mask value 100)",
-            "class 2 (mask value 200)",
+            "nucleus: class 1 (mask value 100)",
+            "cell: class 2 (mask value 200)",
         ]
         swatches = page.eval_on_selector_all(
             "#legend .swatch", "els => els.map(e => getComputedStyle(e).backgroundColor)"

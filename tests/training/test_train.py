@@ -805,8 +805,8 @@ def test_after_training_of_a_multi_class_run(tmp_path: Path) -> None:
 
 
 def test_train_records_the_classes_of_a_multi_class_run(tmp_path: Path) -> None:
-    """`unet train` on data prepared with --classes: config.json gets each class's
-    statistics and the post-processing chosen on validation."""
+    """`unet train` on data prepared with --classes: config.json gets the class names,
+    each class's statistics and the post-processing chosen on validation."""
     from unet_lowered.dataset.prepare import prepare
     from unet_lowered.io.images import write_png
 
@@ -819,10 +819,11 @@ def test_train_records_the_classes_of_a_multi_class_run(tmp_path: Path) -> None:
             np.choose(labels, [120, 20, 240]).astype(np.uint8),
         )
         write_png(tmp_path / "raw" / "masks" / f"c{k}.png", labels)
-    prepare(tmp_path / "raw", tmp_path / "data", classes=True)
+    prepare(tmp_path / "raw", tmp_path / "data", classes=True, class_names="disk,square")
     _train(tmp_path / "data", tmp_path / "run")
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["num_classes"] == 3 and config["postprocess"]["score"] == "dice"
+    assert config["class_names"] == ["background", "disk", "square"]  # from dataset.json
     assert sorted(config["mask_stats"]["classes"]) == ["1", "2"]
     assert [config["mask_stats"]["classes"][c]["objects"] for c in ("1", "2")] == [1, 1]
 

@@ -12,6 +12,7 @@ never half-understood. The fields every reader relies on::
     mode          "binary" (masks 0/255) or "classes" (masks 0..K-1)
     num_classes   1, or K for --classes
     label_values  the original mask value of each class (--classes), else null
+    class_names   a name per class, background first (--class-names), else null or absent
     items         [{id, split: train|val|test, image, mask, height, width, channels,
                     bit_depth, foreground_fraction, ...}]
     problems, notes, counts, skipped: the report of the conversion
@@ -46,6 +47,7 @@ class DatasetInfo:
         mode: ``"binary"`` or ``"classes"``.
         num_classes: 1 (binary) or the number of classes.
         label_values: The original mask value of each class, or None.
+        class_names: A name per class (background first), or None.
         splits: ``{id: "train" | "val" | "test"}`` for every item.
         meta: The whole parsed file (the report fields included).
     """
@@ -56,6 +58,7 @@ class DatasetInfo:
     mode: str
     num_classes: int
     label_values: tuple[int, ...] | None
+    class_names: tuple[str, ...] | None
     splits: Mapping[str, str]
     meta: Mapping[str, Any]
 
@@ -123,6 +126,9 @@ def read(folder: str | os.PathLike) -> DatasetInfo:
             raise bad("label_values", "a list of whole numbers or null")
         if mode == "classes" and len(label_values) != num_classes:
             raise bad("label_values", f"one value per class ({num_classes})")
+    class_names = meta.get("class_names")
+    if class_names is not None and check_class_names(class_names, int(num_classes)) is None:
+        raise bad("class_names", f"a list of {num_classes} different names (background first)")
     items = meta.get("items")
     if not isinstance(items, list):
         raise bad("items", "a list")
@@ -143,6 +149,7 @@ def read(folder: str | os.PathLike) -> DatasetInfo:
         mode=mode,
         num_classes=int(num_classes),
         label_values=None if label_values is None else tuple(int(v) for v in label_values),
+        class_names=None if class_names is None else tuple(class_names),
         splits=splits,
         meta=meta,
     )
@@ -150,3 +157,20 @@ def read(folder: str | os.PathLike) -> DatasetInfo:
 
 def _whole(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+MAX_NAME = 40
+"""The longest class name (characters): it has to fit a legend and a table column."""
+
+
+def check_class_names(names: Any, num_classes: int) -> tuple[str, ...] | None:
+    """``names`` as a tuple when it names each of ``num_classes`` classes (background
+    first) with different, non-empty, printable names of at most :data:`MAX_NAME`
+    characters; else None (the caller says where the names came from)."""
+    if not isinstance(names, list | tuple) or len(names) != num_classes or num_classes < 2:
+        return None
+    ok = all(
+        isinstance(n, str) and n.strip() == n and 0 < len(n) <= MAX_NAME and n.isprintable()
+        for n in names
+    )
+    return tuple(names) if ok and len(set(names)) == len(names) else None

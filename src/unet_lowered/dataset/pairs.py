@@ -86,6 +86,11 @@ class PreparedData:
         return list(self.info.label_values)
 
     @property
+    def class_names(self) -> tuple[str, ...] | None:
+        """A name per class (background first) from ``dataset.json``, or None."""
+        return None if self.info is None else self.info.class_names
+
+    @property
     def num_classes(self) -> int:
         """``num_classes`` from ``dataset.json``; 1 (binary) without one."""
         return 1 if self.info is None else self.info.num_classes

@@ -30,7 +30,7 @@ import shutil
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +115,8 @@ class Report:
         skipped: ``"<split>/<id>"`` of the pairs left out because of a problem.
         label_values: Multi-class mode: the original mask value of each class; else None.
         foreground: The ``--foreground`` values, or None.
+        class_names: Multi-class mode with ``--class-names``: a name per class,
+            ``"background"`` first; else None.
         dest: The written folder (None for :func:`check` or when nothing was written).
     """
 
@@ -128,6 +130,7 @@ class Report:
     label_values: list[int] | None = None
     foreground: list[int] | None = None
     dest: Path | None = None
+    class_names: list[str] | None = None
 
     @property
     def pairs(self) -> list[Entry]:
@@ -164,6 +167,7 @@ class Report:
             "mode": self.mode,
             "num_classes": num_classes,
             "label_values": self.label_values,
+            "class_names": self.class_names,
             "label_map": (
                 {str(v): k for k, v in enumerate(self.label_values)}
                 if self.label_values is not None
@@ -184,6 +188,7 @@ class _Options:
     foreground: tuple[int, ...] | None
     classes: bool
     max_pixels: int
+    class_names: tuple[str, ...] | None = None
 
 
 # ---------------------------------------------------------------- public API
@@ -243,6 +248,7 @@ def prepare(
     strict: bool = False,
     foreground: str | Sequence[int] | None = None,
     classes: bool = False,
+    class_names: str | Sequence[str] | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: bool = False,
 ) -> Report:
@@ -261,6 +267,9 @@ def prepare(
         foreground: Mask values that count as foreground (``"255"``, ``"1,2"``, ``"1-3"``).
         classes: Multi-class mode: keep label values, mapped to 0..K-1 (the map goes into
             ``dataset.json``).
+        class_names: With ``classes``: a name for each class but the background, in the
+            order of their mask values (``"left lung,right lung,heart"`` or a list);
+            recorded in ``dataset.json`` and shown by the pictures and ``unet serve``.
         max_pixels: Refuse images with more pixels than this, before decoding.
         progress: Show a progress bar on stderr.
 
@@ -276,6 +285,8 @@ def prepare(
     src_path, dest_path = Path(src), Path(dest)
     _check_paths(src_path, dest_path, overwrite)
     options = _options(foreground, classes, max_pixels)
+    names = _parse_class_names(class_names, classes)
+    options = replace(options, class_names=None if names is None else tuple(names))
     found = scan(src_path, layout, images_dir, masks_dir)
     with atomic.atomic_dir(dest_path, overwrite=overwrite) as build:
         report = _convert(found, build, options, progress)
@@ -327,6 +338,34 @@ def _options(foreground: str | Sequence[int] | None, classes: bool, max_pixels: 
     if max_pixels < 1:
         raise UnetError(f"--max-pixels must be positive, got {max_pixels}")
     return _Options(values, classes, int(max_pixels))
+
+
+def _parse_class_names(names: str | Sequence[str] | None, classes: bool) -> list[str] | None:
+    """``--class-names`` as a list (comma-separated text or a list), checked for --classes."""
+    if names is None:
+        return None
+    if not classes:
+        raise UnetError("--class-names names the classes of --classes; add --classes")
+    return [n.strip() for n in (names.split(",") if isinstance(names, str) else names)]
+
+
+def _named_classes(names: list[str], label_values: list[int]) -> list[str]:
+    """``["background", *names]`` once it names every class the masks hold, each once."""
+    found = label_values[1:]
+    if len(names) != len(found):
+        raise UnetError(
+            f"--class-names gives {len(names)} name(s), but the masks hold {len(found)} "
+            f"class(es) besides the background (mask values {', '.join(map(str, found))}); "
+            "give one name per class, in the order of their mask values"
+        )
+    full = ["background", *names]
+    if dataset_json.check_class_names(full, len(full)) is None:
+        raise UnetError(
+            f"--class-names {','.join(names)!r}: each name must be different (and not "
+            f"'background'), not empty, at most {dataset_json.MAX_NAME} characters, with "
+            "no control characters"
+        )
+    return full
 
 
 def _check_paths(src: Path, dest: Path, overwrite: bool) -> None:
@@ -384,6 +423,8 @@ def _convert(found: Scan, out: Path | None, options: _Options, progress: bool) -
     if options.classes:
         items, label_values = _collect_labels(found, items, report, options, progress)
         report.label_values = [int(v) for v in label_values]
+        if options.class_names is not None:  # before any file is converted
+            report.class_names = _named_classes(list(options.class_names), report.label_values)
     if out is not None:
         for sub in ("train/images", "train/masks", "test"):
             (out / sub).mkdir(parents=True, exist_ok=True)

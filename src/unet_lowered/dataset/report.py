@@ -25,6 +25,8 @@ def print_report(report: Report, console: Any = None, max_lines: int = 200) -> N
     console = console or Console()
     counts = report.counts()
     mode = report.mode if report.label_values is None else f"classes {report.label_values}"
+    if report.class_names:
+        mode += " (" + ", ".join(report.class_names) + ")"
     header = f"{report.source}: layout {report.layout}, masks {mode}"
     console.print(escape(one_line(header)), highlight=False, soft_wrap=True)
     table = Table("", "count", "what", title=None)

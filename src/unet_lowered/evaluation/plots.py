@@ -286,12 +286,15 @@ def _overlay_title(truth: np.ndarray, multi: bool) -> str:
 def class_names(config: RunConfig) -> list[str] | None:
     """The legend of a multi-class run's pictures: ``class k (value v)`` per foreground
     class, ``v`` its mask value from ``label_values`` (``class k`` when none is
-    recorded); None for one class."""
+    recorded), after its name from ``unet prepare --class-names`` (``heart: class 3``);
+    None for one class."""
     if config.num_classes == 1:
         return None
     values = config.label_values or tuple(range(config.num_classes))
+    names = config.class_names
     return [
-        f"class {c}" if values[c] == c else f"class {c} (value {values[c]})"
+        (f"{names[c]}: " if names else "")
+        + (f"class {c}" if values[c] == c else f"class {c} (value {values[c]})")
         for c in range(1, config.num_classes)
     ]
 

@@ -279,6 +279,7 @@ class Service:
             "run_name": self.run.dir.name,
             "num_classes": c.num_classes,
             "label_values": None if c.label_values is None else list(c.label_values),
+            "class_names": None if c.class_names is None else list(c.class_names),
             "image_size": list(c.image_size),
             "channels": c.channels,
             "input_mode": c.input_mode,

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from unet_lowered import options
+from unet_lowered.dataset.dataset_json import check_class_names
 from unet_lowered.errors import SettingError, UnetError
 
 CONFIG_VERSION = 1
@@ -318,6 +319,8 @@ class RunConfig:
         channels: 1 (gray) or 3 (RGB) input channels.
         num_classes: 1 (binary, sigmoid) or K > 1 classes (softmax).
         label_values: The original mask value of each class (multi-class), or None.
+        class_names: A name per class, background first (``unet prepare --class-names``),
+            or None.
         precision: The precision policy training ran under (``float32``,
             ``mixed_bfloat16``).
         data: The data folder trained on (absolute), for ``--resume`` and ``unet plot``.
@@ -346,6 +349,7 @@ class RunConfig:
     channels: int = 1
     num_classes: int = 1
     label_values: tuple[int, ...] | None = None
+    class_names: tuple[str, ...] | None = None
     precision: str = "float32"
     data: str | None = None
     backend: str | None = None
@@ -397,6 +401,7 @@ class RunConfig:
             channels=self.channels,
             num_classes=self.num_classes,
             label_values=None if self.label_values is None else list(self.label_values),
+            class_names=None if self.class_names is None else list(self.class_names),
             learning_rate=self.settings.lr,
             precision_resolved=self.precision,
             data=self.data,
@@ -464,6 +469,12 @@ class RunConfig:
                 f"{source}: label_values {label_values!r} must be different whole numbers, one "
                 f"per class ({num_classes}); re-run `unet train`"
             )
+        class_names = values.get("class_names")
+        if class_names is not None and check_class_names(class_names, num_classes) is None:
+            raise UnetError(
+                f"{source}: class_names {class_names!r} must be {num_classes} different names, "
+                "background first; re-run `unet train`"
+            )
         for key in ("precision_resolved", "data", "backend", "keras_version"):
             if values.get(key) is not None and not isinstance(values[key], str):
                 raise UnetError(
@@ -475,6 +486,7 @@ class RunConfig:
             channels=int(channels),
             num_classes=int(num_classes),
             label_values=None if not label_values else tuple(int(v) for v in label_values),
+            class_names=None if class_names is None else tuple(class_names),
             precision=str(values.get("precision_resolved", "float32")),
             data=values.get("data"),
             backend=values.get("backend"),

@@ -454,6 +454,7 @@ def _run_config(
         channels=dataset.channels,
         num_classes=dataset.num_classes,
         label_values=None if dataset.label_values is None else tuple(dataset.label_values),
+        class_names=dataset.class_names if dataset.num_classes > 1 else None,
         precision=precision,
         data=str(data.resolve()),
         backend=keras.backend.backend(),

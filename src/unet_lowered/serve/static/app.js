@@ -199,7 +199,8 @@
     document.body.dataset.model = "ready";
   }
 
-  // Multi-class runs: which colour is which class (the mask's value in brackets).
+  // Multi-class runs: which colour is which class (its name from `unet prepare
+  // --class-names` first, the mask's value in brackets).
   function showLegend(m) {
     const legend = $("legend");
     const items = [];
@@ -209,7 +210,8 @@
       swatch.className = "swatch";
       swatch.style.background = `rgb(${PALETTE[(k - 1) % PALETTE.length].join(",")})`;
       const value = m.label_values ? m.label_values[k] : k;
-      li.append(swatch, `class ${k} (mask value ${value})`);
+      const name = m.class_names ? `${m.class_names[k]}: ` : "";
+      li.append(swatch, `${name}class ${k} (mask value ${value})`);
       items.push(li);
     }
     legend.replaceChildren(...items);
