@@ -915,7 +915,8 @@ def test_a_pattern_keeps_the_output_out_of_its_folder(run, tmp_path, capfd):
 
 
 def test_running_out_of_memory_is_one_line(monkeypatch, capfd) -> None:
-    """NumPy's MemoryError and TensorFlow's ResourceExhaustedError gave a traceback."""
+    """NumPy's MemoryError, TensorFlow's ResourceExhaustedError and OpenCV's
+    "Insufficient memory" gave a traceback."""
     from unet_lowered import cli as cli_mod
     from unet_lowered.training import train as train_mod
 
@@ -947,6 +948,21 @@ def test_running_out_of_memory_is_one_line(monkeypatch, capfd) -> None:
     assert done.value.code == 1 and err == (
         "error: out of memory (OOM when allocating tensor); lower --batch-size or --image-size"
         " (a --resume run keeps its own)\n"
+    )
+
+    def opencv_oom(*args, **kwargs):  # what a huge cv2.resize raises (OpenCV 5.1's text)
+        raise cv2.error(
+            "OpenCV(5.1.0) /io/opencv/modules/core/src/alloc.cpp:73: error: (-4:Insufficient "
+            "memory) Failed to allocate 90000000000 bytes in function 'OutOfMemoryError'\n"
+        )
+
+    monkeypatch.setattr(train_mod, "train", opencv_oom)
+    with pytest.raises(SystemExit) as done:
+        cli_mod.main(["train", "--resume", "--out", "somewhere"])
+    err = capfd.readouterr().err
+    assert done.value.code == 1 and err == (
+        "error: out of memory (OpenCV: Failed to allocate 90000000000 bytes); lower "
+        "--batch-size or --image-size (a --resume run keeps its own)\n"
     )
 
 

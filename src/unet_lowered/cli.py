@@ -1278,9 +1278,23 @@ _RESUME_HINTS = {
 }
 
 
+def _is_out_of_memory(error: BaseException) -> bool:
+    """TensorFlow's ResourceExhaustedError, or OpenCV's "Insufficient memory" (a
+    ``cv2.error`` from its allocator, e.g. resizing to a huge size)."""
+    if type(error).__name__ == "ResourceExhaustedError":
+        return True
+    return type(error).__module__ == "cv2" and "Insufficient memory" in str(error)
+
+
 def _out_of_memory(command: str | None, error: BaseException) -> str:
     """The one line for a command that ran out of memory (a traceback before)."""
-    what = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    what = lines[0][:160] if lines else type(error).__name__
+    if type(error).__module__ == "cv2":  # "OpenCV(5.1.0) <file>: error: (-4:Insufficient
+        import re  # memory) Failed to allocate N bytes in function '...'": keep the middle
+
+        found = re.search(r"Insufficient memory\) (.+?)(?: in function|$)", str(error))
+        what = f"OpenCV: {found.group(1)}" if found else what
     advice = {
         "train": "lower --batch-size or --image-size (a --resume run keeps its own)",
         "predict": "lower --batch-size or --max-pixels, or predict fewer images at once",
@@ -1355,8 +1369,8 @@ def main(argv: list[str] | None = None) -> None:
             where = getattr(getattr(e, "ctx", None), "command_path", None) or "unet"
             typer.echo(f"error: {e.format_message()} (see `{where} --help`)", err=True)
         sys.exit(e.exit_code)
-    except Exception as e:  # last: only TensorFlow's out of memory is caught here
-        if type(e).__name__ != "ResourceExhaustedError":
+    except Exception as e:  # last: only out of memory (TensorFlow's, OpenCV's) is caught here
+        if not _is_out_of_memory(e):
             raise
         typer.echo(f"error: {_out_of_memory(command, e)}", err=True)
         sys.exit(1)
