@@ -94,7 +94,8 @@ class ImageHeader:
         height: Height in pixels (likewise).
         channels: Channels as stored (1 gray, 2 gray+alpha, 3 RGB, 4 RGBA).
         bit_depth: Bits per channel (8 or 16; 16 for DICOM).
-        frames: Frames or pages in the file (only the first is read).
+        frames: Frames or pages in the file (only the first is read); a TIFF's pages
+            are counted up to :data:`FRAMES_COUNTED`.
         orientation: EXIF orientation of a JPEG (1 = as stored; 2-8 are applied).
     """
 
@@ -273,8 +274,8 @@ def read_header(path: str | os.PathLike) -> ImageHeader:
             with Image.open(path) as im:
                 width, height = im.size
                 mode = im.mode
-                frames = int(getattr(im, "n_frames", 1) or 1)
                 orientation = _exif_orientation(im) if fmt == "jpeg" else 1
+                frames = _count_frames(im, fmt)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, struct.error) as e:
         raise UnetError(
             f"{path}: corrupt or unreadable {fmt.upper()} header ({_one_line(e)})"
@@ -286,6 +287,30 @@ def read_header(path: str | os.PathLike) -> ImageHeader:
     if orientation >= 5:  # rotated by 90 degrees: shown with width and height swapped
         width, height = height, width
     return ImageHeader(fmt, width, height, channels, bit_depth, frames, orientation)
+
+
+FRAMES_COUNTED = 100
+"""A multi-page TIFF's pages are counted up to this many (see :func:`_count_frames`)."""
+
+
+def _count_frames(im: Any, fmt: str) -> int:
+    """Frames of an open Pillow image; a TIFF's pages only up to :data:`FRAMES_COUNTED`.
+
+    Pillow counts a TIFF's pages by walking its chain of directories in time quadratic
+    in their number, and a file of a few megabytes can chain a hundred thousand pages;
+    only the first page is read, so a few suffice for the note. GIF frames are counted
+    to the end: Pillow skips over them without decoding, in time linear in the file.
+    """
+    if fmt != "tiff":
+        return int(getattr(im, "n_frames", 1) or 1)
+    frames = 1
+    try:
+        while frames < FRAMES_COUNTED:
+            im.seek(frames)  # reads the next directory only
+            frames += 1
+    except EOFError:
+        pass
+    return frames
 
 
 def read_image(
@@ -339,8 +364,9 @@ def read_image(
     frames = _png_frames(path) if header.format == "png" else header.frames
     if frames > 1:
         kind = {"png": "animated PNG", "gif": "animated GIF", "tiff": "multi-page TIFF"}
+        many = "at least " if header.format == "tiff" and frames >= FRAMES_COUNTED else ""
         notes.append(
-            f"{path}: {kind.get(header.format, header.format.upper())} with {frames} "
+            f"{path}: {kind.get(header.format, header.format.upper())} with {many}{frames} "
             "frames; the first frame is used"
         )
     if header.orientation != 1:
