@@ -9,7 +9,8 @@ in one convention:
   scaled to ``uint16``); alpha is dropped.
 
 The pixel count is read from the file header and checked against ``max_pixels``
-*before* decoding, so a small file that decodes to gigabytes is refused cheaply.
+*before* decoding, so a small file that decodes to gigabytes is refused cheaply. Pillow's
+own limit is ``max_pixels`` while it decodes.
 
 What is read, and how:
 
@@ -265,11 +266,12 @@ def read_header(path: str | os.PathLike) -> ImageHeader:
         return _png_header(path)
     from PIL import Image, UnidentifiedImageError
 
-    Image.MAX_IMAGE_PIXELS = None  # we apply our own limit in read_image
     try:
         # Damaged files make PIL warn before it fails. catch_warnings swaps a process-wide
         # filter list, so threads (prepare decodes in parallel) must take turns here.
-        with _WARNINGS_LOCK, warnings.catch_warnings():
+        # Pillow's own pixel limit is lifted while only the header is read (read_image
+        # applies --max-pixels to the size found here), and restored after.
+        with _WARNINGS_LOCK, warnings.catch_warnings(), _pillow_limit(None):
             warnings.simplefilter("ignore")
             with Image.open(path) as im:
                 width, height = im.size
@@ -313,6 +315,27 @@ def _count_frames(im: Any, fmt: str) -> int:
     return frames
 
 
+@contextlib.contextmanager
+def _pillow_limit(max_pixels: int | None) -> Iterator[None]:
+    """Set Pillow's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``) for a block.
+
+    Pillow refuses images over twice the limit when it opens them; the limit is a
+    process-wide setting, so it is set here for one header read or decode (under the
+    lock every Pillow use in this module holds) and restored after: a header read leaves
+    it unchanged for the rest of the process, and a decode (a GIF, a DICOM's JPEG frame
+    through pydicom's Pillow decoder) has Pillow refuse anything over ``max_pixels``.
+    """
+    from PIL import Image
+
+    with _WARNINGS_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = max_pixels
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
 def read_image(
     path: str | os.PathLike,
     max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -343,9 +366,9 @@ def read_image(
             f"over the limit of {max_pixels / 1e6:.0f}; raise it with --max-pixels if the image is real"
         )
     if header.format == "dicom":
-        return _decode_dicom(path, notes)
+        return _decode_dicom(path, notes, max_pixels)
     if header.format == "gif":
-        image = _decode_gif(path)
+        image = _decode_gif(path, max_pixels)
     else:
         data = np.fromfile(path, dtype=np.uint8)  # imdecode, unlike imread, copes with any path
         try:
@@ -540,12 +563,12 @@ def _orient(image: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
-def _decode_gif(path: Path) -> np.ndarray:
+def _decode_gif(path: Path, max_pixels: int) -> np.ndarray:
     """The first frame of a GIF as RGB (or gray, when its palette is gray)."""
     from PIL import Image
 
     try:
-        with _WARNINGS_LOCK, warnings.catch_warnings():
+        with _WARNINGS_LOCK, warnings.catch_warnings(), _pillow_limit(max_pixels):
             warnings.simplefilter("ignore")
             with Image.open(path) as im:
                 im.seek(0)
@@ -734,7 +757,7 @@ _PREFERRED_PLUGINS = {
 """Decoder plugin tried first per transfer syntax (the others are tried if it fails)."""
 
 
-def _dicom_pixels(ds: Any, path: Path) -> np.ndarray:
+def _dicom_pixels(ds: Any, path: Path, max_pixels: int) -> np.ndarray:
     """The first frame's decoded values, or a one-line error naming the fix."""
     if "PixelData" not in ds:
         what = "float" if ("FloatPixelData" in ds or "DoubleFloatPixelData" in ds) else "no"
@@ -761,7 +784,7 @@ def _dicom_pixels(ds: Any, path: Path) -> np.ndarray:
         _refuse_surplus_pixels(ds, path)
     preferred = _PREFERRED_PLUGINS.get(str(uid))
     try:
-        with _quiet(fd2=decoder.is_encapsulated):
+        with _quiet(fd2=decoder.is_encapsulated), _pillow_limit(max_pixels):
             if preferred in decoder.available_plugins:
                 try:
                     return pixel_array(ds, index=0, decoding_plugin=preferred)
@@ -805,14 +828,14 @@ def _refuse_surplus_pixels(ds: Any, path: Path) -> None:
         )
 
 
-def _decode_dicom(path: Path, notes: list[str]) -> np.ndarray:
+def _decode_dicom(path: Path, notes: list[str], max_pixels: int) -> np.ndarray:
     """Decode a DICOM image as a viewer presents it (see the module docstring), to uint16."""
     with _quiet():  # pydicom converts values (and warns) lazily, on access
-        return _present(_read_dicom(path), path, notes)
+        return _present(_read_dicom(path), path, notes, max_pixels)
 
 
-def _present(ds: Any, path: Path, notes: list[str]) -> np.ndarray:
-    pixels = _dicom_pixels(ds, path)
+def _present(ds: Any, path: Path, notes: list[str], max_pixels: int) -> np.ndarray:
+    pixels = _dicom_pixels(ds, path, max_pixels)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames > 1:
         notes.append(f"{path}: multi-frame DICOM with {frames} frames; the first frame is used")
