@@ -1,8 +1,9 @@
-"""Limits that hold whatever a file claims: Pillow's decompression-bomb limit, and the cost
-of counting a TIFF's pages."""
+"""Limits that hold whatever a file claims: a compressed DICOM frame's own size, Pillow's
+decompression-bomb limit, and the cost of counting a TIFF's pages."""
 
 from __future__ import annotations
 
+import io
 import struct
 from pathlib import Path
 
@@ -10,13 +11,163 @@ import numpy as np
 import pytest
 from PIL import Image, TiffImagePlugin
 
-from dicom_fixtures import jpeg_baseline, write
+from dicom_fixtures import compressed, dataset, jpeg_baseline, jpeg_lossless, write
+from unet_lowered.errors import UnetError
 from unet_lowered.io import images
 
 
 def _gray(rows: int = 32, cols: int = 48) -> np.ndarray:
     """A small gray ramp (JPEG 2000 encodes nothing much smaller)."""
     return np.tile(np.linspace(0, 255, cols).round().astype(np.uint8), (rows, 1))
+
+
+# ---------------------------------------------------------------- compressed DICOM frames
+
+
+def _encapsulated(ds, frame: bytes, syntax: str, fragments: int = 1):
+    from pydicom.encaps import encapsulate
+
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.PixelData = encapsulate([frame], fragments_per_frame=fragments)
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    return ds
+
+
+def _frame(ds) -> bytes:
+    from pydicom.encaps import get_frame
+
+    return get_frame(ds.PixelData, 0)
+
+
+def _patched(ds, marker: bytes, at: int, fmt: str, *values: int):
+    """``ds`` with ``values`` packed at ``at`` bytes after the first ``marker`` in its pixel data."""
+    data = bytearray(ds.PixelData)
+    pos = data.index(marker) + at
+    struct.pack_into(fmt, data, pos, *values)
+    ds.PixelData = bytes(data)
+    return ds
+
+
+def _jpeg_claiming(height: int, width: int):
+    # SOF0: FF C0, length, precision, then height and width
+    return _patched(jpeg_baseline(_gray()), b"\xff\xc0", 5, ">HH", height, width)
+
+
+def _jpegls_claiming(height: int, width: int):
+    ds = compressed(dataset(_gray().astype(np.uint16) * 16), "jpegls")
+    return _patched(ds, b"\xff\xf7", 5, ">HH", height, width)  # SOF55, laid out as SOF0
+
+
+def _j2k_claiming(height: int, width: int):
+    ds = compressed(dataset(_gray().astype(np.uint16) * 16), "j2k")
+    # SIZ follows SOC: FF4F FF51, Lsiz, Rsiz, then Xsiz, Ysiz (offsets 0 here)
+    return _patched(ds, b"\xff\x4f\xff\x51", 8, ">II", width, height)
+
+
+def _lossless_claiming(height: int, width: int):
+    ds = jpeg_lossless(_gray().astype(np.uint16) * 16)
+    return _patched(ds, b"\xff\xc3", 5, ">HH", height, width)  # SOF3
+
+
+def _jp2(image: np.ndarray) -> bytes:
+    """``image`` as a JP2 file: the codestream inside a box structure (Pillow's default)."""
+    out = io.BytesIO()
+    Image.fromarray(image).save(out, "JPEG2000", irreversible=False)
+    assert out.getvalue()[4:8] == b"jP  "
+    return out.getvalue()
+
+
+def _jp2_claiming(height: int, width: int):
+    from pydicom.uid import JPEG2000Lossless
+
+    ds = _encapsulated(dataset(_gray(), bits=8), _jp2(_gray()), JPEG2000Lossless)
+    return _patched(ds, b"\xff\x4f\xff\x51", 8, ">II", width, height)
+
+
+CLAIMING = {
+    "jpeg": _jpeg_claiming,
+    "jpegls": _jpegls_claiming,
+    "j2k": _j2k_claiming,
+    "lossless": _lossless_claiming,
+    "jp2": _jp2_claiming,
+}
+
+
+@pytest.fixture
+def dicom() -> None:
+    """Skip the test when the ``dicom`` extra is not installed."""
+    pytest.importorskip("pydicom")
+
+
+@pytest.fixture
+def no_decoding(dicom: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail the test if pydicom is asked to decode: the refusal must come before."""
+    pixels = pytest.importorskip("pydicom.pixels")
+
+    def decoded(*args, **kwargs):
+        raise AssertionError("the frame was decoded")
+
+    monkeypatch.setattr(pixels, "pixel_array", decoded)
+
+
+@pytest.mark.parametrize("kind", sorted(CLAIMING))
+def test_compressed_frame_larger_than_its_header_refused_before_decoding(
+    tmp_path: Path, kind: str, no_decoding: None
+) -> None:
+    # a 48x32 header around a frame that declares 20000x20000 (400 megapixels)
+    path = write(tmp_path / f"{kind}.dcm", CLAIMING[kind](20000, 20000))
+    with pytest.raises(UnetError) as e:
+        images.read_image(path)
+    assert str(e.value) == (
+        f"{path}: the compressed frame is 20000x20000 but the header says 48x32; "
+        "re-export it from the PACS"
+    )
+
+
+@pytest.mark.parametrize("kind", sorted(CLAIMING))
+def test_compressed_frame_matching_its_header_is_read(
+    tmp_path: Path, kind: str, dicom: None
+) -> None:
+    path = write(tmp_path / f"{kind}.dcm", CLAIMING[kind](32, 48))  # the true size
+    assert images.read_image(path).shape == (32, 48)
+
+
+def test_compressed_frame_of_other_samples_refused(tmp_path: Path, no_decoding: None) -> None:
+    from pydicom.uid import JPEG2000Lossless
+
+    rgb = np.repeat(_gray()[:, :, None], 3, axis=2)
+    ds = _encapsulated(dataset(_gray(), bits=8), _jp2(rgb), JPEG2000Lossless)
+    path = write(tmp_path / "rgb.dcm", ds)
+    with pytest.raises(
+        UnetError,
+        match=r"is 48x32 with 3 samples per pixel but the header says "
+        r"48x32 with 1; re-export",
+    ):
+        images.read_image(path)
+
+
+def test_frame_header_split_over_fragments_is_found(tmp_path: Path, no_decoding: None) -> None:
+    from pydicom.uid import JPEGBaseline8Bit
+
+    ds = _jpeg_claiming(5000, 5000)
+    frame = _frame(ds)
+    # the first fragment (a few bytes) ends long before the frame header
+    ds = _encapsulated(ds, frame, JPEGBaseline8Bit, fragments=len(frame) // 6)
+    path = write(tmp_path / "split.dcm", ds)
+    with pytest.raises(UnetError, match="the compressed frame is 5000x5000 but the header"):
+        images.read_image(path)
+
+
+def test_frame_header_of_endless_segments_refused(tmp_path: Path, no_decoding: None) -> None:
+    from pydicom.uid import JPEGBaseline8Bit
+
+    frame = _frame(jpeg_baseline(_gray()))
+    app = b"\xff\xe1\x00\x02" * 5000  # empty APP1 segments before the frame header
+    ds = _encapsulated(dataset(_gray(), bits=8), frame[:2] + app + frame[2:], JPEGBaseline8Bit)
+    path = write(tmp_path / "segments.dcm", ds)
+    with pytest.raises(UnetError, match=r"the compressed frame's header is damaged \(over 4096 "):
+        images.read_image(path)
 
 
 # ---------------------------------------------------------------- Pillow's own limit

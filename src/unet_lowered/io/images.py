@@ -9,8 +9,9 @@ in one convention:
   scaled to ``uint16``); alpha is dropped.
 
 The pixel count is read from the file header and checked against ``max_pixels``
-*before* decoding, so a small file that decodes to gigabytes is refused cheaply. Pillow's
-own limit is ``max_pixels`` while it decodes.
+*before* decoding, so a small file that decodes to gigabytes is refused cheaply. A
+compressed DICOM frame declares its own size too, and is refused unless it is the size
+the DICOM header gives; Pillow's own limit is ``max_pixels`` while it decodes.
 
 What is read, and how:
 
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import struct
 import sys
 import threading
@@ -758,7 +760,12 @@ _PREFERRED_PLUGINS = {
 
 
 def _dicom_pixels(ds: Any, path: Path, max_pixels: int) -> np.ndarray:
-    """The first frame's decoded values, or a one-line error naming the fix."""
+    """The first frame's decoded values, or a one-line error naming the fix.
+
+    A compressed frame declares its own size, which the decoders allocate before pydicom
+    compares it with Rows and Columns: it is read first (:func:`_refuse_frame_size`), so
+    that a small file whose frame claims gigapixels is refused before decoding.
+    """
     if "PixelData" not in ds:
         what = "float" if ("FloatPixelData" in ds or "DoubleFloatPixelData" in ds) else "no"
         raise UnetError(
@@ -780,7 +787,9 @@ def _dicom_pixels(ds: Any, path: Path, max_pixels: int) -> np.ndarray:
             f"{path}: the pixel data is compressed as {uid.name} and no decoder for it is "
             f"installed; install the DICOM decoders with: {INSTALL_DICOM}"
         )
-    if not decoder.is_encapsulated:
+    if decoder.is_encapsulated:
+        _refuse_frame_size(ds, path)
+    else:
         _refuse_surplus_pixels(ds, path)
     preferred = _PREFERRED_PLUGINS.get(str(uid))
     try:
@@ -826,6 +835,184 @@ def _refuse_surplus_pixels(ds: Any, path: Path) -> None:
             f"{f' x {frames} frames' if frames > 1 else ''} of its header needs ({expected}); "
             "the header's size is wrong (an edited or cropped export?): export it again"
         )
+
+
+def _refuse_frame_size(ds: Any, path: Path) -> None:
+    """Refuse a compressed first frame whose own header disagrees with Rows/Columns/samples.
+
+    The size is read from the JPEG frame header (SOFn, DHP; JPEG-LS SOF55 and its
+    oversize-dimension LSE) or the JPEG 2000 SIZ marker (in a bare codestream or a JP2
+    file's ``jp2c`` box), first in the first fragment, then, only if that ends before
+    the header does, in the whole first frame. Streams of another kind (RLE, whose
+    segments are bounded by Rows and Columns) and headers that cannot be found are left
+    to the decoder, which refuses what it cannot read.
+    """
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        data = ds.PixelData
+    except (TypeError, ValueError, AttributeError):
+        return  # the decoder reports what is wrong with these
+    try:
+        sizes = _codestream_sizes(_first_fragment(data))
+        if sizes is _INCOMPLETE:
+            sizes = _first_frame_sizes(ds, data)
+    except ValueError as e:
+        raise UnetError(
+            f"{path}: the compressed frame's header is damaged ({e}); re-export it from the PACS"
+        ) from None
+    if not isinstance(sizes, list):
+        return
+    for width, height, components in sizes:
+        if (width, height, components) != (cols, rows, samples):
+            what = f" with {components} samples per pixel" if components != samples else ""
+            said = f" with {samples}" if components != samples else ""
+            raise UnetError(
+                f"{path}: the compressed frame is {width}x{height}{what} but the header "
+                f"says {cols}x{rows}{said}; re-export it from the PACS"
+            )
+
+
+def _first_frame_sizes(ds: Any, data: bytes) -> list[tuple[int, int, int]] | object | None:
+    """:func:`_codestream_sizes` of the whole first frame (its fragments joined)."""
+    from pydicom.encaps import get_frame
+
+    try:
+        frames = max(int(ds.get("NumberOfFrames", 1) or 1), 1)
+        offsets = None
+        if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds:
+            offsets = (ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
+        frame = get_frame(data, 0, number_of_frames=frames, extended_offsets=offsets)
+    except Exception:  # a damaged encapsulation: the decoder says so
+        return None
+    return _codestream_sizes(memoryview(frame))
+
+
+_INCOMPLETE = object()
+"""What :func:`_codestream_sizes` returns when its data ends before the frame header."""
+
+
+def _first_fragment(data: bytes) -> memoryview:
+    """The first fragment of encapsulated pixel data (after the Basic Offset Table), or
+    the empty view when the items are not where DICOM puts them."""
+    view = memoryview(data)
+    pos = 0
+    for item in range(2):  # the Basic Offset Table, then the first fragment
+        if len(view) < pos + 8:
+            return view[:0]
+        tag, length = struct.unpack_from("<II", view, pos)
+        if tag != 0xE000FFFE:  # (FFFE,E000) Item, little endian
+            return view[:0]
+        pos += 8
+        if item == 1:
+            return view[pos : pos + length]
+        pos += length
+    return view[:0]  # not reached
+
+
+# JPEG markers that give a frame's size: SOF0-SOF15 but DHT (C4), JPG (C8) and DAC
+# (CC), DHP (DE, hierarchical), JPEG-LS SOF55 (F7); LSE (F8) of ID 4 gives a JPEG-LS
+# image's size when it does not fit 16 bits.
+_JPEG_SIZE_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC} | {0xDE, 0xF7}
+_JPEG_STANDALONE = frozenset(range(0xD0, 0xD9)) | {0x01}  # RSTn, SOI, TEM: no length
+_JP2_SIGNATURE = b"\x00\x00\x00\x0cjP  \r\n\x87\n"
+
+
+def _codestream_sizes(data: memoryview) -> list[tuple[int, int, int]] | object | None:
+    """The (width, height, components) a JPEG, JPEG-LS or JPEG 2000 stream declares.
+
+    Returns a list (every size a JPEG declares before its first scan: decoders differ in
+    which one they use), :data:`_INCOMPLETE` when ``data`` ends before the header does,
+    or None for another kind of stream or one without a size before its first scan.
+
+    Raises:
+        ValueError: The header is made of more segments or boxes than any real one.
+    """
+    if len(data) < 12:
+        return _INCOMPLETE
+    head = bytes(data[:12])
+    if head[:2] == b"\xff\xd8":
+        return _jpeg_sizes(data)
+    if head[:4] == b"\xff\x4f\xff\x51":
+        return _j2k_size(data, 0)
+    if head == _JP2_SIGNATURE:
+        return _jp2_size(data)
+    return None
+
+
+_HEADER_PARTS = 4096
+"""Marker segments (JPEG) or boxes (JP2) walked before giving up: real files have tens."""
+
+_JPEG_MARKER = re.compile(rb"\xff+([^\xff])", re.DOTALL)
+"""A marker: fill bytes 0xFF, then its code (bytes before it are skipped, as libjpeg does)."""
+
+
+def _jpeg_sizes(data: memoryview) -> list[tuple[int, int, int]] | object | None:
+    """Walk a JPEG's marker segments to its first scan, collecting the sizes of SOFn,
+    DHP and LSE (ID 4)."""
+    sizes: list[tuple[int, int, int]] = []
+    components = 0
+    pos, end = 2, len(data)
+    for _ in range(_HEADER_PARTS):
+        found = _JPEG_MARKER.search(data, pos)
+        if found is None:
+            return _INCOMPLETE
+        marker, pos = found.group(1)[0], found.end()
+        if marker in _JPEG_STANDALONE or marker == 0x00:
+            continue
+        if marker in (0xD9, 0xDA):  # end of image, start of scan
+            return sizes or None
+        if pos + 2 > end:
+            return _INCOMPLETE
+        length = (data[pos] << 8) | data[pos + 1]
+        if length < 2:
+            return sizes or None
+        if pos + length > end:
+            return _INCOMPLETE
+        if marker in _JPEG_SIZE_MARKERS and length >= 8:
+            height, width, components = struct.unpack(">HHB", data[pos + 3 : pos + 8])
+            sizes.append((width, height, components))
+        elif marker == 0xF8 and length >= 4 and data[pos + 2] == 4:
+            n = data[pos + 3]  # LSE ID 4: bytes per value, then height and width
+            if n and length >= 4 + 2 * n:
+                height = int.from_bytes(data[pos + 4 : pos + 4 + n], "big")
+                width = int.from_bytes(data[pos + 4 + n : pos + 4 + 2 * n], "big")
+                sizes.append((width, height, components or 1))
+        pos += length
+    raise ValueError(f"over {_HEADER_PARTS} marker segments before the image data")
+
+
+def _j2k_size(data: memoryview, pos: int) -> list[tuple[int, int, int]] | object | None:
+    """The size in a JPEG 2000 codestream's SIZ marker, which follows SOC at ``pos``."""
+    if len(data) < pos + 42:
+        return _INCOMPLETE
+    siz = bytes(data[pos : pos + 42])
+    if siz[:4] != b"\xff\x4f\xff\x51":
+        return None
+    xsiz, ysiz, xosiz, yosiz = struct.unpack(">IIII", siz[8:24])
+    (components,) = struct.unpack(">H", siz[40:42])
+    return [(xsiz - xosiz, ysiz - yosiz, components)]
+
+
+def _jp2_size(data: memoryview) -> list[tuple[int, int, int]] | object | None:
+    """The size in the codestream of a JP2 file's ``jp2c`` box (its boxes walked)."""
+    pos, end = 0, len(data)
+    for _ in range(_HEADER_PARTS):
+        if pos + 8 > end:
+            return _INCOMPLETE
+        length, kind = struct.unpack(">I4s", data[pos : pos + 8])
+        start = pos + 8
+        if length == 1:  # a 64-bit length follows
+            if pos + 16 > end:
+                return _INCOMPLETE
+            (length,) = struct.unpack(">Q", data[pos + 8 : pos + 16])
+            start = pos + 16
+        if kind == b"jp2c":
+            return _j2k_size(data, start)
+        if length < start - pos:  # 0 (to the end of the file, not jp2c) or damaged
+            return None
+        pos += length
+    raise ValueError(f"over {_HEADER_PARTS} boxes before the image data")
 
 
 def _decode_dicom(path: Path, notes: list[str], max_pixels: int) -> np.ndarray:
