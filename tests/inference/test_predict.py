@@ -715,6 +715,14 @@ def test_a_large_tile_mode_image_shows_its_tiles(
 
     monkeypatch.setattr(progress.Advance, "part", recording)
     monkeypatch.setattr(progress, "PART_MIN", 1)
+    import io
+
+    from rich.console import Console
+
+    from unet_lowered.inference import batch
+
+    terminal = Console(file=io.StringIO(), force_terminal=True)  # a bar, not log lines
+    monkeypatch.setattr(batch, "stderr_console", lambda: terminal)
     image, _ = disk_image(100, 90)
     images.write_png(tmp_path / "in" / "big.png", image)
     images.write_png(tmp_path / "in" / "small.png", image[:32, :32])

@@ -10,7 +10,7 @@ from unet_lowered.io import progress
 
 
 def test_a_long_step_gets_a_line_of_its_parts_until_they_are_done() -> None:
-    console = Console(file=io.StringIO(), force_terminal=False)
+    console = Console(file=io.StringIO(), force_terminal=True)
     with progress.progress_bar(2, True, "predicting", console) as advance:
         bar = advance._bar
         small = advance.part("tiles of small.png")
@@ -35,3 +35,29 @@ def test_names_with_brackets_are_shown_as_they_are() -> None:
         advance.part("tiles of [/red]x[b].png")(1, 100)
         advance._bar.refresh()
     assert "tiles of [/red]x[b].png" in console.file.getvalue()
+
+
+def test_in_a_log_plain_lines_say_how_far_the_work_is(monkeypatch) -> None:
+    """Not a terminal (nohup, cron, CI): a rich bar printed nothing until the end, then
+    one line with the time remaining (0:00:00). Plain lines come at the start, every
+    LOG_EVERY_S seconds and at the end, with the time so far; no escapes, no returns."""
+    clock = iter([0.0, 5.0, 31.0, 40.0, 75.0, 80.0, 81.0])
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    console = Console(file=io.StringIO(), force_terminal=False, width=80)
+    with progress.progress_bar(4, True, "predicting", console) as advance:  # starts at 0
+        advance()  # 5 s: too soon
+        advance()  # 31 s: a line
+        tiles = advance.part("tiles of huge.png")
+        tiles(10, 100)  # 40 s: too soon after the last line
+        tiles(60, 100)  # 75 s: a line
+        advance()  # 80 s: too soon
+        advance()  # 81 s: the end
+    assert console.file.getvalue().splitlines() == [
+        "predicting: 0/4",
+        "predicting: 2/4, 31 s",
+        "tiles of huge.png: 60/100, 75 s",
+        "predicting: 4/4, 81 s",
+    ]
+    with progress.progress_bar(3, False, "predicting", console) as advance:
+        advance()
+    assert console.file.getvalue().count("\n") == 4  # disabled: nothing

@@ -2,11 +2,15 @@
 
 A rich bar on stderr, so stdout stays clean for results and pipes. Disabled bars
 cost nothing and print nothing, so callers pass their ``progress`` flag straight in.
+When stderr is not a terminal (a log file under nohup, cron or CI), where a rich bar
+shows nothing until the end, plain lines say how far the work is: at the start, every
+:data:`LOG_EVERY_S` seconds, and at the end.
 """
 
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
@@ -18,6 +22,10 @@ def stderr_console() -> Any:
     from rich.console import Console
 
     return Console(stderr=True)
+
+
+LOG_EVERY_S = 30.0
+"""Seconds between two progress lines in a log (stderr not a terminal)."""
 
 
 PART_MIN = 50
@@ -53,6 +61,39 @@ class Advance:
         return update
 
 
+class LogAdvance(Advance):
+    """:class:`Advance` for a log: a plain line ``label: done/total, N s`` at the start,
+    at most every :data:`LOG_EVERY_S` seconds, and at the end; the parts of a long step
+    (tiles) on lines of their own, as often."""
+
+    def __init__(self, console: Any, label: str, total: int):
+        self._console, self._label, self._total, self._done = console, label, total, 0
+        self._start = self._last = time.monotonic()
+        self._say(f"{label}: 0/{total}")
+
+    def _say(self, line: str) -> None:
+        self._console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+    def _elapsed(self, now: float) -> str:
+        return f"{now - self._start:.0f} s"
+
+    def __call__(self) -> None:
+        self._done += 1
+        now = time.monotonic()
+        if self._done == self._total or now - self._last >= LOG_EVERY_S:
+            self._last = now
+            self._say(f"{self._label}: {self._done}/{self._total}, {self._elapsed(now)}")
+
+    def part(self, label: str) -> Callable[[int, int], None]:
+        def update(done: int, total: int) -> None:
+            now = time.monotonic()
+            if total >= PART_MIN and done < total and now - self._last >= LOG_EVERY_S:
+                self._last = now
+                self._say(f"{label}: {done}/{total}, {self._elapsed(now)}")
+
+        return update
+
+
 @contextlib.contextmanager
 def progress_bar(
     total: int, enabled: bool = True, label: str = "working", console: Any = None
@@ -63,8 +104,13 @@ def progress_bar(
         total: Number of steps.
         enabled: Show it (False: advancing does nothing visible).
         label: Text before the bar.
-        console: A rich console (default: a new one on stderr).
+        console: A rich console (default: a new one on stderr). Not a terminal: plain
+            lines instead of a bar (:class:`LogAdvance`).
     """
+    console = console or stderr_console()
+    if enabled and not console.is_terminal:
+        yield LogAdvance(console, label, total)
+        return
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -79,9 +125,7 @@ def progress_bar(
         MofNCompleteColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(
-        *columns, console=console or stderr_console(), disable=not enabled, transient=False
-    ) as bar:
+    with Progress(*columns, console=console, disable=not enabled, transient=False) as bar:
         yield Advance(bar, bar.add_task(label, total=total))
 
 
