@@ -136,8 +136,10 @@ def test_model_facts(client: TestClient, run: Path) -> None:
     assert facts["limits"] == {
         "max_upload_mb": 64.0,
         "max_pixels": 100_000_000,
+        "max_passes": 125_000,  # 128 megapixels of network input, in 32x32 tiles
         "workers": 1,
         "queue": 8,
+        "uploads": 13,  # workers + queue + 4
     }
 
 

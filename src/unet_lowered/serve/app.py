@@ -44,6 +44,7 @@ import socket
 import tempfile
 import threading
 import time
+import unicodedata
 import urllib.parse
 import uuid
 from collections.abc import Callable
@@ -66,7 +67,9 @@ import unet_lowered
 from unet_lowered.errors import UnetError
 from unet_lowered.inference.overlay import overlay
 from unet_lowered.inference.polarity import (
+    TURNS,
     look_notes,
+    mirror_tells,
     predict_seen,
     second_look_applies,
     turned_look_applies,
@@ -81,11 +84,16 @@ from unet_lowered.inference.predictor import (
     postprocess_steps,
     predict_images,
     probs_to_mask,
+    resolve_mode,
     resolve_tta,
     tta_group,
 )
+from unet_lowered.inference.tiling import tile_starts
+from unet_lowered.inference.tta import tta_transforms
 from unet_lowered.io import images
 from unet_lowered.io.runs import METRICS_FILE, Run, load_run
+from unet_lowered.model import output_size
+from unet_lowered.training.config import RunConfig
 
 LOG = logging.getLogger("unet_lowered.serve")
 
@@ -123,6 +131,33 @@ _QUERY = frozenset(
 )
 _MB = 1024 * 1024
 
+WORK_MEGAPIXELS = 128.0
+"""Network input a request may cost by default, in megapixels (``max_passes`` None): as
+many passes of the run's input tile, 7,812 for a 128x128 run, 1,953 for 256x256. The
+README's "unet serve" section gives the figures behind it (under a minute per request
+for a demo-sized run on two cores)."""
+
+UPLOADS_BEYOND_CAPACITY = 4
+"""Uploads received at once besides ``workers + queue`` (``uploads`` None)."""
+
+SECURITY_HEADERS = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (
+        b"content-security-policy",
+        b"default-src 'none'; script-src 'self'; worker-src 'self'; style-src 'self'; "
+        b"img-src 'self' blob: data:; connect-src 'self'; base-uri 'none'; "
+        b"form-action 'self'; frame-ancestors 'none'",
+    ),
+    (b"referrer-policy", b"no-referrer"),
+)
+"""On every answer. The page loads its script, style sheet and Web Worker from this
+server, draws pictures from ``blob:`` URLs, and its icon is ``data:,``; nothing else."""
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+"""Addresses that only this machine reaches: a server on one answers only to the
+loopback names."""
+
 
 # ---------------------------------------------------------------- settings and results
 
@@ -137,6 +172,14 @@ class ServeSettings:
             service answers 503 at once.
         max_upload_mb: Largest request body accepted, in MiB (413 beyond).
         max_pixels: Largest image accepted, in pixels, read from the header (413 beyond).
+        max_passes: Network passes of the run's input tile a request may cost (413
+            beyond, before decoding; :func:`network_passes`); None: as many as
+            :data:`WORK_MEGAPIXELS` of network input.
+        uploads: Uploads received or held at once (bodies being read, and those of the
+            requests admitted); beyond it a 503 before the body is read. None:
+            ``workers + queue +`` :data:`UPLOADS_BEYOND_CAPACITY`.
+        allowed_hosts: Names besides the address it listens on that a request's
+            ``Host`` may give (a proxy's name; any port); ``"*"`` allows any.
         options: Default prediction and post-processing settings (those of
             ``unet predict``: steps left None take the run's choice); a request's query
             (``threshold``, ``keep_largest``, ``fill_holes``, ``min_area``,
@@ -147,6 +190,9 @@ class ServeSettings:
     queue: int = 8
     max_upload_mb: float = 64.0
     max_pixels: int = images.DEFAULT_MAX_PIXELS
+    max_passes: int | None = None
+    uploads: int | None = None
+    allowed_hosts: tuple[str, ...] = ()
     options: PredictOptions = field(default_factory=PredictOptions)
 
     def validate(self) -> ServeSettings:
@@ -159,6 +205,18 @@ class ServeSettings:
             raise UnetError(f"--max-upload-mb must be above 0, got {self.max_upload_mb}")
         if self.max_pixels < 1:
             raise UnetError(f"--max-pixels must be at least 1, got {self.max_pixels}")
+        if self.max_passes is not None and self.max_passes < 1:
+            raise UnetError(f"--max-passes must be at least 1, got {self.max_passes}")
+        if self.uploads is not None and self.uploads < self.workers + self.queue:
+            raise UnetError(
+                f"--uploads must be at least --workers + --queue ({self.workers + self.queue}), "
+                f"got {self.uploads}"
+            )
+        for name in self.allowed_hosts:
+            if not name or any(c in name for c in "/@ ") or name.startswith(":"):
+                raise UnetError(
+                    f"--allow-host {name!r}: not a host name (e.g. --allow-host scan.example.org)"
+                )
         self.options.validate()
         return self
 
@@ -197,6 +255,59 @@ class Result:
     png: bytes | None = None
 
 
+@dataclass(frozen=True)
+class Work:
+    """What one image costs the network, counted before it is decoded.
+
+    Attributes:
+        tiles: Input tiles of the run's ``image_size`` per look (1 in resize mode with
+            same padding).
+        views: Test-time augmentation views of each tile (1 without TTA).
+        looks: Looks at the image at most: 1, or with ``polarity``/``orientation`` auto
+            a flagged image's second looks (inverted, turned, both, mirrored).
+    """
+
+    tiles: int
+    views: int
+    looks: int
+
+    @property
+    def passes(self) -> int:
+        """Network passes over one input tile, at most."""
+        return self.tiles * self.views * self.looks
+
+
+def network_passes(config: RunConfig, options: PredictOptions, height: int, width: int) -> Work:
+    """The network passes an image of ``height x width`` costs at most with ``options``.
+
+    Counted as :func:`~unet_lowered.inference.predictor.predict_prepared` and
+    :func:`~unet_lowered.inference.polarity.second_look` spend them: resize mode with
+    same padding predicts one input; tile mode (and valid padding) one input tile per
+    :func:`~unet_lowered.inference.tiling.tile_starts` pair of the input (the image's
+    size, or the run's in resize mode); each tile once per TTA view
+    (:func:`~unet_lowered.inference.tta.tta_transforms`); and a flagged image again in
+    every view the second look tries.
+    """
+    in_h, in_w = config.image_size
+    th, tw = output_size(config.image_size, config.depth, config.padding)
+    mode = resolve_mode(options.mode, config)
+    if mode == "resize" and (th, tw) == (in_h, in_w):
+        tiles = 1
+    else:
+        h, w = (height, width) if mode == "tile" else (in_h, in_w)
+        tiles = len(tile_starts(max(h, th), th, options.overlap)) * len(
+            tile_starts(max(w, tw), tw, options.overlap)
+        )
+    group = tta_group(options, config)
+    views = len(tta_transforms(group, square=in_h == in_w)) if group else 1
+    invert = second_look_applies(config, options)
+    turn = turned_look_applies(config, options)
+    mirrored = turn and mirror_tells(config)
+    turned = len(TURNS) + (1 if mirrored and config.num_classes > 1 else 0)
+    looks = 1 + invert + turn * turned + (invert and turn) * turned + mirrored
+    return Work(tiles, views, looks)
+
+
 # ---------------------------------------------------------------- the service
 
 
@@ -226,9 +337,15 @@ class Service:
         self.settings = settings
         self.model = model if model is not None else self.run.model()
         self.metrics = _read_metrics(self.run.dir)
+        self.max_passes = settings.max_passes or max(
+            1,
+            round(WORK_MEGAPIXELS * 1e6 / (self.config.image_size[0] * self.config.image_size[1])),
+        )
+        self.upload_places = settings.uploads or self.capacity + UPLOADS_BEYOND_CAPACITY
         self._executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="unet-serve")
         self._lock = threading.Lock()
         self._admitted = 0
+        self._uploads = 0
 
     # -- admission: at most workers + queue requests at once
 
@@ -252,6 +369,25 @@ class Service:
     def admitted(self) -> int:
         with self._lock:
             return self._admitted
+
+    # -- uploads: at most ``upload_places`` bodies received or held at once
+
+    def start_upload(self) -> bool:
+        """Take a place for one upload before its body is read; False when all are taken."""
+        with self._lock:
+            if self._uploads >= self.upload_places:
+                return False
+            self._uploads += 1
+            return True
+
+    def end_upload(self) -> None:
+        with self._lock:
+            self._uploads -= 1
+
+    @property
+    def uploads(self) -> int:
+        with self._lock:
+            return self._uploads
 
     async def in_worker(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn(*args)`` on an inference thread, off the event loop."""
@@ -323,8 +459,10 @@ class Service:
             "limits": {
                 "max_upload_mb": self.settings.max_upload_mb,
                 "max_pixels": self.settings.max_pixels,
+                "max_passes": self.max_passes,
                 "workers": self.settings.workers,
                 "queue": self.settings.queue,
+                "uploads": self.upload_places,
             },
             "formats": list(FORMATS),
         }
@@ -364,7 +502,7 @@ class Service:
         started = time.perf_counter()
         notes: list[str] = []
         with tempfile.TemporaryDirectory(prefix="unet-serve-") as tmp:
-            image = self._decode(upload, Path(tmp) / "upload", name, notes)
+            image = self._decode(upload, Path(tmp) / "upload", name, notes, options)
         try:
             seen = predict_seen(self.model, [image], self.config, options)[0]
             probs = seen.probs
@@ -411,8 +549,60 @@ class Service:
         h, w = image.shape[:2]
         return Result({"width": w, "height": h}, _encode_png(view))
 
-    def _decode(self, upload: IO[bytes], path: Path, name: str, notes: list[str]) -> np.ndarray:
-        """Write the upload to ``path``, check its header against the limit, decode it.
+    def _check_work(self, name: str, height: int, width: int, options: PredictOptions) -> None:
+        """413 for an image whose prediction would cost more than ``max_passes`` network
+        passes (:func:`network_passes`), naming the options with which it would fit.
+
+        413, as for ``--max-pixels``: the image is larger than the service is willing to
+        process this way; the same request with another image or options fits, so it is
+        not a malformed (400) or unprocessable (422) one.
+        """
+        work = network_passes(self.config, options, height, width)
+        limit = self.max_passes
+        if work.passes <= limit:
+            return
+        parts = [f"{work.tiles:,} tile(s)" if work.tiles > 1 else "1 input"]
+        if work.views > 1:
+            parts.append(f"{work.views} TTA views")
+        if work.looks > 1:
+            parts.append(f"up to {work.looks} looks at a flagged image")
+        changes = []
+        if options.mode == "tile":
+            changes.append(("mode=resize", {"mode": "resize"}))
+        if work.views > 1:
+            changes.append(("tta=false", {"tta": False, "tta_transforms": "auto"}))
+        if work.looks > 1:
+            changes.append(
+                ("polarity=keep&orientation=keep", {"polarity": "keep", "orientation": "keep"})
+            )
+
+        def fits(change: dict[str, Any]) -> bool:
+            changed = dataclasses.replace(options, **change)
+            return network_passes(self.config, changed, height, width).passes <= limit
+
+        fitting = [text for text, change in changes if fits(change)]
+        together = {k: v for _, change in changes for k, v in change.items()}
+        if not fitting and len(changes) > 1 and fits(together):
+            fitting = ["&".join(text for text, _ in changes)]
+        advice = f"send it with {' or '.join(fitting)}, or" if fitting else "send"
+        raise RequestError(
+            413,
+            f"{name}: {width}x{height} would take up to {work.passes:,} network passes "
+            f"({' x '.join(parts)} of {self.config.image_size[0]}x{self.config.image_size[1]}), "
+            f"over this service's limit of {limit:,} per request; {advice} a smaller image "
+            "(or ask the server's operator to raise it: unet serve --max-passes)",
+        )
+
+    def _decode(
+        self,
+        upload: IO[bytes],
+        path: Path,
+        name: str,
+        notes: list[str],
+        options: PredictOptions | None = None,
+    ) -> np.ndarray:
+        """Write the upload to ``path``, check its header against the limits (pixels; with
+        ``options``, the network passes it would cost), decode it.
 
         What :func:`~unet_lowered.io.images.read_image` notes (first frame of several,
         EXIF orientation applied, ...) is appended to ``notes``, naming the upload.
@@ -444,6 +634,8 @@ class Service:
                 f"megapixels, over this service's limit of {limit / 1e6:.1f}; send a "
                 "smaller image, or ask the server's operator to raise it (unet serve --max-pixels)",
             )
+        if options is not None:
+            self._check_work(name, header.height, header.width, options)
         try:
             image = images.read_image(path, limit, notes)
             notes[:] = [_rename(note, path, name) for note in notes]
@@ -515,17 +707,36 @@ def _prob_png(probs: np.ndarray) -> np.ndarray:
     return np.clip(p * 255 + 0.5, 0, 255).astype(np.uint8)
 
 
+def _base_name(filename: str | None) -> str:
+    """The file's own name from a multipart ``filename``: the text after its last ``/``
+    or ``\\`` (a browser sends the name alone; older ones and other clients a path, of
+    either kind), with every control, bidi and other invisible format character (U+202E
+    would turn ``gnp.exe`` round on screen) and line separator replaced by ``_``."""
+    name = re.split(r"[/\\]", filename or "")[-1]
+    return "".join(
+        "_" if unicodedata.category(c)[0] == "C" or unicodedata.category(c) in ("Zl", "Zp") else c
+        for c in name
+    )
+
+
+def _stem(filename: str | None) -> str:
+    """The upload's name without its last suffix (``scan.tar.png`` -> ``scan.tar``)."""
+    name = _base_name(filename)
+    stem = name.rsplit(".", 1)[0] if name.rfind(".") > 0 else name
+    return stem[:100] or "image"
+
+
 def _safe_stem(filename: str | None) -> str:
-    stem = Path(filename or "image").stem or "image"
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", stem)[:100]
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", _stem(filename))
 
 
 def _disposition(upload_name: str | None, suffix: str) -> str:
     """``inline`` with ``<stem>_<suffix>.png``: the stem in ASCII (:func:`_safe_stem`) and,
     when the upload's stem was not, also as RFC 6266's ``filename*`` in UTF-8, which
-    browsers prefer (``ünï 肺.png`` comes back as itself, not ``_n_.png``)."""
+    browsers prefer (``ünï 肺.png`` comes back as itself, not ``_n_.png``); control and
+    bidi characters are ``_`` in both (:func:`_base_name`)."""
     ascii_name = f"{_safe_stem(upload_name)}_{suffix}.png"
-    stem = (Path(upload_name or "image").stem or "image")[:100]
+    stem = _stem(upload_name)
     if f"{stem}_{suffix}.png" == ascii_name:
         return f'inline; filename="{ascii_name}"'
     encoded = urllib.parse.quote(f"{stem}_{suffix}.png", safe="")
@@ -533,8 +744,8 @@ def _disposition(upload_name: str | None, suffix: str) -> str:
 
 
 def _display_name(filename: str | None) -> str:
-    name = Path(filename).name if filename else ""
-    return (name or "the upload")[:200]
+    """The upload's name as messages give it (:func:`_base_name`), or ``the upload``."""
+    return (_base_name(filename) or "the upload")[:200]
 
 
 # ---------------------------------------------------------------- middleware
@@ -564,6 +775,87 @@ class RequestLog:
         finally:
             ms = (time.perf_counter() - started) * 1000
             LOG.info("%s %s %d %.1f ms", scope["method"], scope["path"], status, ms)
+
+
+def host_names(host: str, port: int, allowed: tuple[str, ...] = ()) -> frozenset[str]:
+    """The ``Host`` values a server listening on ``host:port`` answers to (lower case).
+
+    On a loopback address ``localhost``, ``127.0.0.1`` and ``[::1]`` with the port; on
+    another, that address with the port (and on all of them, ``0.0.0.0`` or ``::``, the
+    loopback names too); and the ``allowed`` names with any port or none.
+    """
+    names = {f"{name}:{port}" for name in ("localhost", "127.0.0.1", "[::1]")}
+    if host not in (*LOOPBACK, "0.0.0.0", "::"):
+        names = {f"[{host}]:{port}" if ":" in host else f"{host}:{port}"}
+    if port == 80:
+        names |= {name.rsplit(":", 1)[0] for name in names}
+    return frozenset(n.lower() for n in names) | frozenset(a.lower() for a in allowed)
+
+
+def _host_allowed(host: str, hosts: frozenset[str]) -> bool:
+    """``host`` (a lower-case ``Host`` value) is in ``hosts``, or its name without the
+    port is (a name allowed with any port), or ``hosts`` holds ``*``."""
+    name = host.split("]")[0] + "]" if host.startswith("[") else host.rsplit(":", 1)[0]
+    return host in hosts or name in hosts or "*" in hosts
+
+
+class Guard:
+    """ASGI middleware: the answers' security headers, the ``Host`` check, cross-site posts.
+
+    * Every answer gets :data:`SECURITY_HEADERS` (no MIME sniffing, no framing, a
+      Content-Security-Policy of this server only).
+    * With ``hosts`` (:func:`host_names`), a request whose ``Host`` is none of them gets a
+      400: a web page whose name was pointed at this address (DNS rebinding) cannot read
+      ``/v1/model`` (which names the run's folder) or use the service.
+    * A request other than GET, HEAD and OPTIONS whose ``Origin`` is not this server's
+      (``http://`` + its ``Host``) gets a 403: another site's form cannot post here. A
+      page of this server sends its own origin; curl and scripts send none.
+    """
+
+    def __init__(self, app: Any, hosts: frozenset[str] | None) -> None:
+        self.app = app
+        self.hosts = hosts
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def secured(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                given = {k.lower() for k, _ in message.get("headers") or []}
+                extra = [(k, v) for k, v in SECURITY_HEADERS if k not in given]
+                message = {**message, "headers": [*(message.get("headers") or []), *extra]}
+            await send(message)
+
+        headers = dict(scope.get("headers") or [])
+        host = headers.get(b"host", b"").decode("latin-1")
+        refusal = self._refusal(scope["method"], host, headers.get(b"origin"))
+        if refusal is not None:
+            status, message = refusal
+            await JSONResponse({"error": message}, status)(scope, receive, secured)
+            return
+        await self.app(scope, receive, secured)
+
+    def _refusal(self, method: str, host: str, origin: bytes | None) -> tuple[int, str] | None:
+        if self.hosts is not None and not _host_allowed(host.lower(), self.hosts):
+            shown = ascii(host)[1:-1] if host else "(none)"
+            names = ", ".join(sorted(n for n in self.hosts if ":" in n) or sorted(self.hosts))
+            return (
+                400,
+                f"Host {shown} is not this server's; it answers to {names}. Open it by one "
+                "of those, or ask its operator to allow the name (unet serve --allow-host)",
+            )
+        if origin is None or method in ("GET", "HEAD", "OPTIONS"):
+            return None
+        text = origin.decode("latin-1")
+        if text.lower() in (f"http://{host}".lower(), f"https://{host}".lower()):
+            return None
+        return (
+            403,
+            f"a {method} from the page of {ascii(text)[1:-1]} is refused: only this server's "
+            "own page may post here (other clients send no Origin header)",
+        )
 
 
 class BodyLimit:
@@ -621,6 +913,7 @@ def create_app(
     *,
     model: Any = None,
     warm_up: bool = True,
+    address: tuple[str, int] | None = None,
 ) -> FastAPI:
     """The FastAPI application serving one run (loaded here, once).
 
@@ -629,6 +922,9 @@ def create_app(
         settings: Workers, queue, limits and default prediction options.
         model: A model to use instead of ``RUN/model.keras`` (tests).
         warm_up: Predict one blank image before serving.
+        address: The host and port the server listens on: a request's ``Host`` must
+            name them (:func:`host_names`, with ``settings.allowed_hosts``). None: any
+            ``Host`` (a server of your own in front checks it).
 
     Returns:
         The application; its :class:`Service` is ``app.state.service``.
@@ -660,6 +956,10 @@ def create_app(
         message=f"the upload is over this service's limit of {limit_mb:g} MB; send a smaller "
         "file, or ask the server's operator to raise it (unet serve --max-upload-mb)",
     )
+    hosts = None
+    if address is not None:
+        hosts = host_names(address[0], address[1], service.settings.allowed_hosts)
+    app.add_middleware(Guard, hosts=hosts)  # around the others: its headers on every answer
     app.add_middleware(RequestLog)  # added last: outermost, so it logs every answer
     _add_error_handlers(app)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
@@ -863,7 +1163,10 @@ async def _with_upload(
 
     The body is read before admission, within :data:`UPLOAD_TIMEOUT_S`: a slow or
     stalled upload holds no worker's or queue place (and gets a 408 in the end), so a
-    few idle connections cannot turn every other request away with a 503.
+    few idle connections cannot turn every other request away with a 503. It holds one
+    of ``service.upload_places`` from before its body is read until its answer: beyond
+    those, a 503 comes before the body is read, so uploads cannot fill the temporary
+    folder while every worker is busy.
     """
     content_type = request.headers.get("content-type", "")
     if not content_type.lower().startswith("multipart/form-data"):
@@ -873,6 +1176,23 @@ async def _with_upload(
             f"'{UPLOAD_FIELD}' (curl -F {UPLOAD_FIELD}=@scan.png ...), "
             f"got {content_type or 'no content type'}",
         )
+    if not service.start_upload():
+        raise RequestError(
+            503,
+            f"busy: {service.upload_places} uploads are already being received or served; "
+            "retry in a moment",
+            headers={"Retry-After": "1"},
+        )
+    try:
+        return await _read_and_run(service, request, work)
+    finally:
+        service.end_upload()
+
+
+async def _read_and_run(
+    service: Service, request: Request, work: Callable[[IO[bytes], str], Result]
+) -> tuple[Result, str | None]:
+    """:func:`_with_upload` once the upload has a place: read it, admit it, run it."""
     try:
         form = await asyncio.wait_for(
             request.form(max_files=4, max_fields=16), timeout=UPLOAD_TIMEOUT_S
@@ -1036,8 +1356,8 @@ def serve_run(
     _configure_logging()
     sock = listen(host, port)
     try:
-        app = create_app(run_dir, settings)
         bound = sock.getsockname()[1]
+        app = create_app(run_dir, settings, address=(host, bound))
         shown = f"[{host}]" if ":" in host else host
         config = uvicorn.Config(
             app,
@@ -1050,10 +1370,12 @@ def serve_run(
             f"serving {run_dir} on http://{shown}:{bound}/ "
             f"(workers {settings.workers}, queue {settings.queue}); Ctrl+C stops"
         )
-        if host not in ("127.0.0.1", "localhost", "::1"):
+        if host not in LOOPBACK:
+            names = ", ".join(sorted(host_names(host, bound, settings.allowed_hosts)))
             echo(
                 f"note: listening on {host}: anyone who can reach this address can use the "
-                "service (there is no authentication)"
+                f"service (there is no authentication); it answers to Host {names} "
+                "(--allow-host adds a name)"
             )
         uvicorn.Server(config).run(sockets=[sock])
     finally:
@@ -1083,7 +1405,10 @@ __all__ = [
     "Result",
     "ServeSettings",
     "Service",
+    "Work",
     "create_app",
+    "host_names",
     "listen",
+    "network_passes",
     "serve_run",
 ]
