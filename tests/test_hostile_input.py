@@ -1001,3 +1001,23 @@ def test_train_writes_no_run_among_the_images_or_masks_it_reads(tmp_path, capfd)
     assert code == 1
     the_line(err, rf"^error: --out {images}/r is inside {images}, which training reads")
     assert sorted(p.name for p in images.iterdir()) == before
+
+
+def test_names_the_output_encoding_cannot_show_are_escaped(tmp_path: Path) -> None:
+    """PYTHONIOENCODING=ascii (or a terminal in another encoding): a file name with é in
+    a report ended in a UnicodeEncodeError traceback; it is shown escaped."""
+    for name in ("a", "nomaské"):
+        images.write_png(tmp_path / "raw" / "images" / f"{name}.png", np.zeros((8, 8), np.uint8))
+    images.write_png(tmp_path / "raw" / "masks" / "a.png", np.full((8, 8), 255, np.uint8))
+    env = {**os.environ, "PYTHONIOENCODING": "ascii"}
+    done = subprocess.run(
+        [sys.executable, "-m", "unet_lowered", "check", str(tmp_path / "raw")],
+        capture_output=True,
+        text=True,
+        env=env,
+        encoding="ascii",
+        errors="strict",
+    )
+    assert done.returncode == 0, done.stderr
+    assert "images/nomask\\xe9.png: image has no mask" in done.stdout
+    assert "Traceback" not in done.stderr

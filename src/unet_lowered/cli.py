@@ -1344,6 +1344,9 @@ def main(argv: list[str] | None = None) -> None:
     import time
 
     _STARTED[0] = time.perf_counter()
+    for stream in (sys.stdout, sys.stderr):  # a name the terminal's encoding cannot show
+        with contextlib.suppress(AttributeError, ValueError):  # (PYTHONIOENCODING=ascii)
+            stream.reconfigure(errors="backslashreplace")  # is escaped, not a traceback
     args = sys.argv[1:] if argv is None else argv
     command = args[0] if args else None
     hit = _catch_sigint()
