@@ -1021,3 +1021,20 @@ def test_names_the_output_encoding_cannot_show_are_escaped(tmp_path: Path) -> No
     assert done.returncode == 0, done.stderr
     assert "images/nomask\\xe9.png: image has no mask" in done.stdout
     assert "Traceback" not in done.stderr
+
+
+def test_a_closed_output_pipe_ends_quietly_as_unix_tools_do() -> None:
+    """`unet model-info | true` ended with a silent status 1 (Click's), which reads as a
+    user error under `set -o pipefail`; it ends as `cat` does, by SIGPIPE (141)."""
+    reader, writer = os.pipe()
+    os.close(reader)  # nobody reads: the first write fails
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "unet_lowered", "model-info"],
+            stdout=writer,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    finally:
+        os.close(writer)
+    assert done.returncode == -13 and done.stderr == ""  # killed by SIGPIPE, no traceback

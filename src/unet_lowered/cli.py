@@ -1334,6 +1334,10 @@ def _catch_sigint() -> list[bool]:
     return hit
 
 
+_SOCKET_COMMANDS = frozenset({"serve", "train", "predict"})
+"""Commands that write to sockets (the server's clients; JAX's peers in a multi-process
+run; a Ray cluster): a closed one must stay an error they handle, not end the process."""
+
 _STARTED = [float("inf")]
 """``time.perf_counter()`` when :func:`main` began (a time budget counts from it)."""
 
@@ -1349,6 +1353,10 @@ def main(argv: list[str] | None = None) -> None:
             stream.reconfigure(errors="backslashreplace")  # is escaped, not a traceback
     args = sys.argv[1:] if argv is None else argv
     command = args[0] if args else None
+    if argv is None and command not in _SOCKET_COMMANDS and hasattr(signal, "SIGPIPE"):
+        # `unet evaluate ... | head -1`: end quietly as Unix tools do (status 141), not with
+        # Click's silent status 1 (read as a user error). Not where sockets are written.
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     hit = _catch_sigint()
     try:
         if command in _KERAS_COMMANDS and "--help" not in args:
