@@ -1136,6 +1136,30 @@ def serve(
     max_pixels: Annotated[
         int, typer.Option(help="Refuse images with more pixels than this, from the header (413).")
     ] = 100_000_000,
+    max_passes: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Network passes (tiles x TTA views x looks at a flagged image) one request "
+            "may cost; beyond it a 413 before decoding [default: 128 megapixels of network "
+            "input, 7,812 passes of a 128x128 run].",
+        ),
+    ] = None,
+    uploads: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Uploads received or held at once; beyond them a 503 before the body is "
+            "read [default: --workers + --queue + 4].",
+        ),
+    ] = None,
+    allow_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A Host name the server answers to besides the address it listens on (a "
+            "proxy's name, any port; '*' allows any). Repeatable.",
+        ),
+    ] = None,
     mode: _Mode = "auto",
     tta: _Tta = None,
     tta_transforms: _TtaTransforms = "auto",
@@ -1179,6 +1203,9 @@ def serve(
         queue=queue,
         max_upload_mb=max_upload_mb,
         max_pixels=max_pixels,
+        max_passes=max_passes,
+        uploads=uploads,
+        allowed_hosts=tuple(allow_host or ()),
         options=options,
     )
     serve_run(run, settings, host=host, port=port, echo=typer.echo)

@@ -688,6 +688,22 @@ def test_cli_help_names_the_options(capsys) -> None:
     out = capsys.readouterr().out
     for option in ["--host", "--port", "--workers", "--queue", "--max-upload-mb", "--max-pixels"]:
         assert option in out
+    for option in ["--max-passes", "--uploads", "--allow-host"]:  # the refusals name them
+        assert option in out
+
+
+def test_cli_limits_reach_the_service(tmp_path: Path, monkeypatch) -> None:
+    import unet_lowered.serve.app as serve_app
+
+    seen = {}
+    monkeypatch.setattr(serve_app, "serve_run", lambda run, settings, **kw: seen.update(s=settings))
+    args = ["serve", str(tmp_path), "--max-passes", "500", "--uploads", "3"]
+    assert cli(*args, "--allow-host", "scanner.lan", "--allow-host", "proxy") == 0
+    settings = seen["s"]
+    assert (settings.max_passes, settings.uploads) == (500, 3)
+    assert settings.allowed_hosts == ("scanner.lan", "proxy")
+    assert cli("serve", str(tmp_path)) == 0
+    assert (seen["s"].max_passes, seen["s"].uploads, seen["s"].allowed_hosts) == (None, None, ())
 
 
 def test_multi_class_run_answers_label_values(tmp_path: Path, reference) -> None:
