@@ -22,7 +22,7 @@ from unet_lowered import cli
 LINE = "interrupted: outputs already finished are kept, the one being written is not; "
 
 
-def run_main(monkeypatch, capsys, args: list[str]) -> tuple[int, str]:
+def run_main(monkeypatch, capsys, args: list[str] | None) -> tuple[int, str]:
     monkeypatch.setattr(signal, "signal", lambda *a: None)  # leave pytest's handler alone
     with pytest.raises(SystemExit) as ended:
         cli.main(args)
@@ -36,7 +36,34 @@ def test_interrupt_during_the_keras_import(monkeypatch, capsys) -> None:
     monkeypatch.setattr(cli, "_import_keras_quietly", interrupted)
     code, err = run_main(monkeypatch, capsys, ["train", "data", "--out", "run"])
     assert code == 130
-    assert err == LINE + "continue it with `unet train --resume --out RUN`\n"
+    assert err == LINE + (
+        "no epoch finished, so there is nothing to resume; start it again with --overwrite "
+        "--out run\n"
+    )
+
+
+def test_an_interrupted_training_names_its_run_folder(monkeypatch, capsys, tmp_path) -> None:
+    """The hint said `--resume --out RUN` literally; before the first epoch it sent the
+    user to --resume, which answered 'nothing to resume'. A real `unet` process ends by
+    os._exit(130), past TensorFlow's threads (an abort, status 134, 2 times in 15)."""
+    from unet_lowered.io import runs
+    from unet_lowered.training import train as train_mod
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / runs.LAST_FILE).write_bytes(b"an epoch's checkpoint")
+    monkeypatch.setattr(train_mod, "train", interrupted)
+    monkeypatch.setattr(cli, "_import_keras_quietly", lambda: None)
+    code, err = run_main(monkeypatch, capsys, ["train", "--resume", f"--out={run}"])
+    assert code == 130 and err == LINE + f"continue it with `unet train --resume --out {run}`\n"
+    exits = []
+    monkeypatch.setattr(os, "_exit", lambda status: exits.append(status) or sys.exit(status))
+    monkeypatch.setattr(sys, "argv", ["unet", "train", "--resume", "-o", str(run)])
+    code, err = run_main(monkeypatch, capsys, None)
+    assert code == 130 and exits == [130] and f"--resume --out {run}`" in err
 
 
 def test_an_interrupt_python_swallowed_still_stops(monkeypatch, capsys) -> None:

@@ -312,9 +312,10 @@ def plan(
     ] = None,
 ) -> None:
     """Fingerprint the data, time a training step and plan `unet train`; writes plan.json."""
+    from rich.console import Console
+
     from unet_lowered.dataset import dataset_json
     from unet_lowered.io import atomic
-    from unet_lowered.io.progress import stderr_console
     from unet_lowered.planning import plan as plan_mod
     from unet_lowered.planning.budget import parse_duration
 
@@ -328,7 +329,7 @@ def plan(
     with atomic.exclusive(target, "planning into"):  # two plans would time each other's steps
         result = plan_mod.make_plan(data, budget, progress=sys.stderr.isatty())
         path = plan_mod.write_plan(result, target)
-    console = stderr_console()
+    console = Console()  # the result: on stdout, as check, prepare and evaluate print theirs
     console.print(plan_mod.fingerprint_table(result))
     console.print(plan_mod.plan_table(result))
     if Path(path).resolve() == (data / plan_mod.PLAN_FILE).resolve():
@@ -1300,7 +1301,6 @@ def _keras_json_backend(config: str) -> str | None:
 
 
 _RESUME_HINTS = {
-    "train": "continue it with `unet train --resume --out RUN`",
     "predict": "finish it with the same command and --resume",  # batch.py said how far
 }
 
@@ -1331,17 +1331,45 @@ def _out_of_memory(command: str | None, error: BaseException) -> str:
     return f"out of memory ({what}); {advice}"
 
 
-def _interrupted(command: str | None) -> None:
-    """The one line for Ctrl-C, then exit 130 (128 + SIGINT, as shells report it)."""
+def _interrupted(command: str | None, args: list[str], real: bool) -> None:
+    """The one line for Ctrl-C, then exit 130 (128 + SIGINT, as shells report it).
+
+    ``real``: the ``unet`` process itself (not :func:`main` called by a program), where a
+    stopped ``train`` ends by ``os._exit``: TensorFlow's threads could otherwise abort the
+    interpreter's shutdown ("terminate called without an active exception", status 134).
+    """
     if command == "serve":  # writes nothing: Ctrl-C is how it is stopped
         typer.echo("interrupted: the server stopped", err=True)
         sys.exit(130)
     hint = _RESUME_HINTS.get(command or "", "run it again")
+    if command == "train":
+        hint = _train_hint(args)
     typer.echo(
         f"interrupted: outputs already finished are kept, the one being written is not; {hint}",
         err=True,
     )
+    if real and command == "train":
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
     sys.exit(130)
+
+
+def _train_hint(args: list[str]) -> str:
+    """How to go on with an interrupted ``unet train``: ``--resume`` naming its run folder,
+    or ``--overwrite`` when no epoch finished (there is nothing to resume)."""
+    from unet_lowered.io import runs
+
+    out = "runs/unet"  # the --out default
+    for k, arg in enumerate(args):
+        if arg in ("--out", "-o") and k + 1 < len(args):
+            out = args[k + 1]
+        elif arg.startswith("--out="):
+            out = arg.split("=", 1)[1]
+    folder = Path(out)
+    if not (folder / runs.LAST_FILE).is_file() and not (folder / "folds").is_dir():
+        return f"no epoch finished, so there is nothing to resume; start it again with --overwrite --out {out}"
+    return f"continue it with `unet train --resume --out {out}`"
 
 
 def _catch_sigint() -> list[bool]:
@@ -1399,7 +1427,7 @@ def main(argv: list[str] | None = None) -> None:
         typer.echo(f"error: {_out_of_memory(command, e)}", err=True)
         sys.exit(1)
     except (KeyboardInterrupt, typer.Abort):
-        _interrupted(command)
+        _interrupted(command, args, argv is None)
     except typer.TyperException as e:  # Click's usage errors (typer's own copy of Click)
         if type(e).__name__ == "NoArgsIsHelpError":  # `unet` alone: the help, as before
             typer.echo(e.format_message(), err=True)
@@ -1413,7 +1441,7 @@ def main(argv: list[str] | None = None) -> None:
         typer.echo(f"error: {_out_of_memory(command, e)}", err=True)
         sys.exit(1)
     if code == 130:  # Click turned a KeyboardInterrupt into its exit status, silently
-        _interrupted(command)
+        _interrupted(command, args, argv is None)
     sys.exit(code if isinstance(code, int) else 0)  # as Click's standalone mode ends
 
 
