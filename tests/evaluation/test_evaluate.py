@@ -253,6 +253,8 @@ def test_cli_evaluate(run: Path, data: Path, tmp_path: Path, capsys: pytest.Capt
     out = capsys.readouterr().out
     assert "dice" in out and "worst by Dice: empty (0.000), half (0.667), exact (1.000)" in out
     assert "hd95 (px) (1 inf)" in out  # the unit, and the empty image left out of its stats
+    # the header is one line of its own (a table title wrapped and centred at 80 columns)
+    assert out.splitlines()[0] == "3 images (all), tile mode, threshold 0.5, no post-processing"
     assert out.splitlines()[-1] == f"wrote {ev / 'per_image.csv'} and {ev / 'summary.json'}"
     assert cli("evaluate", str(run), str(tmp_path / "nodata"), "--out", str(ev)) == 1
     assert "nodata: no such data folder" in capsys.readouterr().err

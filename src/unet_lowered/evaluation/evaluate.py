@@ -431,10 +431,10 @@ def print_summary(summary: dict[str, Any]) -> None:
     from rich.table import Table
 
     n = summary["n_images"]
-    table = Table(
-        title=f"{n} image{'' if n == 1 else 's'} ({summary['split']}), "
-        + settings_words(summary["settings"])
+    header = f"{n} image{'' if n == 1 else 's'} ({summary['split']}), " + settings_words(
+        summary["settings"]
     )
+    table = Table()  # the header above it on a line of its own: a title would wrap and centre
     for column in ("metric", "mean", "median", "std", "min", "max"):
         table.add_column(column, justify="left" if column == "metric" else "right")
     for key, s in summary["metrics"].items():
@@ -445,6 +445,7 @@ def print_summary(summary: dict[str, Any]) -> None:
         name += f" ({s['n_nonfinite']} inf)" if s["n_nonfinite"] else ""
         table.add_row(name, *cells)
     console = Console()
+    console.print(header, soft_wrap=True, markup=False, highlight=False)
     console.print(table)
     worst = ", ".join(f"{w['id']} ({w['dice']:.3f})" for w in summary["worst"])
     console.print(f"worst by Dice: {worst}", soft_wrap=True, markup=False)
