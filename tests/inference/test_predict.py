@@ -731,3 +731,24 @@ def test_a_large_tile_mode_image_shows_its_tiles(
     big = [line for line in lines if line[0] == "tiles of big.png"]
     assert big[-1][1] == big[-1][2] > 2 and [d for _, d, _ in big] == sorted(d for _, d, _ in big)
     assert ("tiles of small.png", 1, 1) in lines
+
+
+def test_a_file_name_that_is_not_utf8_is_predicted_and_listed(tmp_path: Path, run: Path) -> None:
+    """A Latin-1 name (caf\\xe9.png) in a UTF-8 locale: the masks were written, then
+    predictions.csv failed with a 51-line traceback ('surrogates not allowed'), and
+    --resume failed the same way. The table holds the name's own bytes."""
+    import os
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    name = os.fsencode(folder) + b"/caf\xe9.png"
+    try:
+        with open(name, "wb") as f:
+            f.write(cv2.imencode(".png", disk_image(64, 64)[0])[1].tobytes())
+    except OSError:
+        pytest.skip("this file system refuses names that are not UTF-8")
+    report = predict_files(run, [folder], tmp_path / "out", progress=False)
+    assert report.written == [os.fsdecode(b"caf\xe9")]
+    assert os.path.exists(os.fsencode(tmp_path / "out") + b"/caf\xe9.png")
+    table = (tmp_path / "out" / "predictions.csv").read_bytes()
+    assert b"\ncaf\xe9," in table and b"/caf\xe9.png," in table

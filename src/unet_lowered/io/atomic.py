@@ -268,8 +268,13 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` atomically and return the path."""
-    return write_bytes(path, text.encode("utf-8"))
+    """Write ``text`` (UTF-8) to ``path`` atomically and return the path.
+
+    A file name that is not valid UTF-8 (a Latin-1 ``caf\xe9.png``), which Python holds
+    with surrogate escapes, is written back as its original bytes, as the file system
+    gives them (it made ``predictions.csv`` fail with a traceback, and ``--resume`` too).
+    """
+    return write_bytes(path, text.encode("utf-8", "surrogateescape"))
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
