@@ -305,6 +305,48 @@ def test_invalid_size_names_the_nearest_valid_sizes(size, depth, padding, neares
         unet((size, 256 if padding == "same" else 572, 1), depth=depth, padding=padding)
 
 
+def _searched_nearest(size: int, depth: int, padding: str) -> list[int]:
+    """The nearest valid sizes found by walking the sizes one by one (what
+    nearest_valid_sizes did before it computed them; bounded here)."""
+    from unet_lowered.model import _output_size_or_none
+
+    if _output_size_or_none(size, depth, padding):
+        return [size]
+    below = next(
+        (s for s in range(size - 1, 0, -1) if _output_size_or_none(s, depth, padding)), None
+    )
+    above = next(
+        s for s in range(max(size, 1) + 1, 10**5) if _output_size_or_none(s, depth, padding)
+    )
+    return [s for s in (below, above) if s is not None]
+
+
+@pytest.mark.parametrize("padding", ["same", "valid"])
+@pytest.mark.parametrize("depth", [1, 2, 3, 4, 5, 6, 7, 8])
+def test_nearest_valid_sizes_are_those_a_search_finds(depth: int, padding: str) -> None:
+    sizes = [*range(-2, 700), *range(700, 6000, 37), 4092, 4096, 8188, 8192, 8193]
+    for size in sizes:
+        assert nearest_valid_sizes(size, depth, padding) == _searched_nearest(size, depth, padding)
+
+
+def test_nearest_valid_sizes_of_a_deep_network_are_computed_not_searched() -> None:
+    """A config.json with depth 100 hung `unet predict` in a search up to 2**31."""
+    assert nearest_valid_sizes(100, 40, "same") == [2**40]
+    assert nearest_valid_sizes(100, 100, "valid") == [2**100 * 12 - 4]  # bottleneck input 8
+    assert nearest_valid_sizes(2**41 + 1, 40, "same") == [2**41, 2**41 + 2**40]
+    with pytest.raises(UnetError, match="nearest valid sizes are 1099511627776:"):
+        output_size(100, 40)
+
+
+def test_a_network_deeper_than_max_depth_is_refused() -> None:
+    from unet_lowered.training.config import MAX_DEPTH
+
+    with pytest.raises(UnetError, match=f"depth .* must be from 1 to {MAX_DEPTH} .*got 9"):
+        unet((512, 512, 1), depth=MAX_DEPTH + 1)
+    assert MAX_DEPTH == 8
+    unet((256, 256, 1), base_filters=1, depth=MAX_DEPTH)  # the deepest builds
+
+
 @pytest.mark.parametrize(
     ("given", "canonical", "size", "out"),
     [
@@ -353,7 +395,7 @@ def test_valid_input_sizes():
         ({"num_classes": 0}, "num_classes must be an integer >= 1"),
         ({"num_classes": 2.5}, r"num_classes must be an integer >= 1 .*, got 2\.5"),
         ({"num_classes": True}, "num_classes must be an integer >= 1 .*, got True"),
-        ({"depth": 0}, "depth .* must be at least 1"),
+        ({"depth": 0}, "depth .* must be from 1 to 8 .*got 0"),
         ({"dropout": 1.0}, r"dropout must be in \[0, 1\)"),
         ({"base_filters": 32, "width": 0.5}, "give base_filters .* or width .*, not both"),
         ({"width": 0.001}, "width 0.001 gives no filters"),

@@ -18,6 +18,7 @@ from keras import layers
 
 from unet_lowered import options
 from unet_lowered.errors import UnetError
+from unet_lowered.training.config import MAX_DEPTH
 
 PAPER_BASE_FILTERS = 64
 """Filters of the first level in the paper (64-128-256-512-1024); ``width=1.0``."""
@@ -66,7 +67,8 @@ def unet(
         base_filters: Filters of the first level (default 16); doubled per level.
         width: Alternative to ``base_filters``, a fraction of the paper's 64 filters
             (``0.25`` = 16, ``1.0`` = the paper). Give one of the two, not both.
-        depth: Number of 2x2 poolings (the paper: 4).
+        depth: Number of 2x2 poolings (the paper: 4), 1 to
+            :data:`~unet_lowered.training.config.MAX_DEPTH`.
         padding: ``"same"`` (output size = input size; H, W multiples of ``2**depth``) or
             ``"valid"`` (the paper: unpadded convolutions, 572x572 in, 388x388 out).
             Case and spaces are ignored here and in ``upsampling`` (``"SAME"`` is
@@ -259,8 +261,11 @@ def _check_options(
     """
     if len(input_shape) != 3 or input_shape[2] is None or input_shape[2] < 1:
         raise UnetError(f"input_shape must be (H, W, C) with C >= 1, got {tuple(input_shape)}")
-    if depth < 1:
-        raise UnetError(f"depth (the number of poolings) must be at least 1, got {depth}")
+    if not 1 <= depth <= MAX_DEPTH:
+        raise UnetError(
+            f"depth (the number of poolings) must be from 1 to {MAX_DEPTH} (the paper: 4), "
+            f"got {depth}"
+        )
     padding = options.choose(padding, options.PADDINGS, "padding")
     if not 0 <= dropout < 1:
         raise UnetError(f"dropout must be in [0, 1), got {dropout}")
@@ -340,18 +345,35 @@ def nearest_valid_sizes(size: int, depth: int = 4, padding: str = "same") -> lis
     """The valid input sizes just below and just above ``size`` (one if ``size`` is valid).
 
     There may be none below a very small ``size``; the list then holds only the
-    smallest valid size.
+    smallest valid size. Computed, not searched: the valid sizes are
+    :func:`_first_valid_size` plus whole steps of ``2**depth``.
     """
     padding = options.choose(padding, options.PADDINGS, "padding")
     if _output_size_or_none(size, depth, padding):
         return [size]
-    below = next(
-        (s for s in range(size - 1, 0, -1) if _output_size_or_none(s, depth, padding)), None
+    first, step = _first_valid_size(depth, padding), 2**depth
+    if size < first:
+        return [first]
+    below = first + (size - first) // step * step
+    return [below, below + step]
+
+
+def _first_valid_size(depth: int, padding: str) -> int:
+    """The smallest input size the network takes; the others follow every ``2**depth``.
+
+    ``"same"``: ``2**depth``. ``"valid"``: each pooling input is ``2 * s + 4`` for the
+    size ``s`` below it, so the inputs are ``2**depth * (b + 4) - 4`` for bottleneck
+    inputs ``b``; from ``b = 8`` on the expanding path never runs empty, so the first
+    eight ``b`` hold the smallest.
+    """
+    step = 2**depth
+    if padding == "same":
+        return step
+    return next(
+        s
+        for s in (step * (b + 4) - 4 for b in range(1, 9))
+        if _output_size_or_none(s, depth, padding)
     )
-    above = next(
-        s for s in range(max(size, 1) + 1, 2**31) if _output_size_or_none(s, depth, padding)
-    )
-    return [s for s in (below, above) if s is not None]
 
 
 def half_size(size: int, depth: int = 4, padding: str = "same") -> int:

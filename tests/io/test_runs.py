@@ -298,3 +298,93 @@ def test_load_run_errors_say_what_is_missing(tmp_path: Path) -> None:
     assert run.split() == {"train": [], "val": []}
     with pytest.raises(UnetError, match="not a Keras model file, or truncated"):
         run.model()
+
+
+# ---------------------------------------------------------------- hostile run folders
+
+
+@pytest.mark.parametrize(
+    ("config", "match"),
+    [
+        # depth 100 hung `unet predict` (a search for the nearest valid size up to 2**31)
+        ({"depth": 100}, "depth must be at most 8, got 100"),
+        ({"depth": 0}, "depth must be at least 1"),
+        # a model of input (None, None) and image_size 60000: a 14.4 GB resize per image
+        ({"image_size": [60000, 60000]}, "each 1 to 8192 px, got [60000, 60000]"),
+        ({"image_size": [16, 8193]}, "each 1 to 8192 px"),
+        ({"postprocess": {"min_area": "abc"}}, "postprocess.min_area must be a whole number"),
+        ({"postprocess": {"min_area": -5}}, "postprocess.min_area must be a whole number"),
+        ({"postprocess": {"min_area": 2.5}}, "postprocess.min_area must be a whole number"),
+        ({"postprocess": {"keep_largest": -3}}, "postprocess.keep_largest must be"),
+        ({"postprocess": {"keep_largest": "x"}}, "postprocess.keep_largest must be"),
+        ({"postprocess": {"keep_largest": True}}, "postprocess.keep_largest must be"),
+        ({"postprocess": {"tta": "../../etc"}}, "postprocess.tta must be one of lr, ud"),
+        ({"postprocess": {"threshold": float("nan")}}, "postprocess.threshold must be a number"),
+        ({"postprocess": {"threshold": 1.0}}, "above 0 and below 1, got 1.0"),
+        ({"postprocess": {"threshold": "0.5"}}, "postprocess.threshold must be"),
+        ({"postprocess": {"watershed": 5}}, "postprocess.watershed must be a number from 0 to 1"),
+        ({"postprocess": {"fill_holes": "yes"}}, "postprocess.fill_holes must be true or false"),
+        ({"postprocess": [1]}, "postprocess must be an object or null"),
+        ({"mask_stats": {"fraction": "x"}}, "mask_stats.fraction must be [low, high]"),
+        ({"mask_stats": {"objects": 2}}, "mask_stats.fraction must be"),  # from_json needs it
+        ({"mask_stats": {"fraction": [1e308, -1]}}, "mask_stats.fraction must be"),
+        ({"mask_stats": {"fraction": [0.1, 0.2], "objects": "many"}}, "mask_stats.objects must"),
+        ({"mask_stats": {"fraction": [0.1, 0.2], "shape": [[1]]}}, "mask_stats.shape must be"),
+        ({"mask_stats": {"fraction": [0.1, 0.2], "contrast": "y"}}, "mask_stats.contrast must"),
+        ({"mask_stats": {"fraction": [0.1, 0.2], "centre": [0.5]}}, "mask_stats.centre must"),
+        ({"mask_stats": {"fraction": [0.1, 0.2], "val_unsure": -1}}, "mask_stats.val_unsure"),
+        (
+            {"mask_stats": {"fraction": [0.1, 0.2], "classes": {"1": {"fraction": "x"}}}},
+            "mask_stats.classes must map class numbers",  # a one-class run has no classes
+        ),
+    ],
+)
+def test_hostile_config_json_is_refused_in_one_line(
+    tmp_path: Path, config: dict, match: str
+) -> None:
+    run = make_run(tmp_path / "run", bright_model(16), **config)
+    message = refused(load_run, run, match=match)
+    assert message.startswith(f"{run / 'config.json'}: ")
+    assert "re-run `unet train`" in message
+
+
+def test_hostile_class_stats_are_refused(tmp_path: Path) -> None:
+    stats = {"fraction": [0.1, 0.2]}
+    config = {"num_classes": 3, "label_values": [0, 1, 2], "mask_stats": stats}
+    from unet_lowered.training.config import RunConfig
+
+    good = {"image_size": [16, 16], **config}
+    classes = {"1": {**stats, "objects": 1}, "2": {**stats, "objects": None}}
+    assert RunConfig.from_json({**good, "mask_stats": {**stats, "classes": classes}})
+    for bad, match in (
+        ({"1": {"fraction": [0.1, 0.2], "objects": -1}}, "mask_stats.classes.1.objects must"),
+        ({"3": stats}, "class numbers 1 to 2"),
+        ({"1": "x"}, "mask_stats.classes.1 must be an object"),
+    ):
+        values = {**good, "mask_stats": {**stats, "classes": bad}}
+        refused(RunConfig.from_json, values, match=match)
+
+
+def test_the_blocks_a_run_writes_are_accepted() -> None:
+    """What unet train writes (choose_postprocess, training_mask_stats) reads back."""
+    from unet_lowered.evaluation.choose import Choice
+    from unet_lowered.inference.quality import SHAPE_SIDE, MaskStats
+    from unet_lowered.training.config import RunConfig
+
+    chosen = Choice(
+        tta="flips", threshold=0.4, watershed=0.9, keep_largest=2, fill_holes=True, min_area=31
+    )
+    stats = MaskStats(
+        objects=2,
+        fraction=(0.1, 0.25),
+        min_ratio=0.6,
+        small_object=0.07,
+        contrast=(-0.3, 0.5),
+        shape=tuple(tuple(0.5 for _ in range(SHAPE_SIDE)) for _ in range(SHAPE_SIDE)),
+        centre=(0.2, 0.4),
+        larger_left=0.9,
+        val_unsure=2.2,
+    )
+    for block in (chosen.to_json(), Choice().to_json()):
+        values = {"image_size": [16, 16], "postprocess": block, "mask_stats": stats.to_json()}
+        assert RunConfig.from_json(values).postprocess == block

@@ -86,6 +86,10 @@ def test_train_writes_every_artefact(tiny_data: Path, tmp_path: Path) -> None:
     assert steps[1] == f"remove objects under {chosen_area(config)} px"  # the min-area candidate
     assert chosen["keep_largest"] in (None, 2)
     assert metrics["postprocess"] == chosen
+    # what training wrote reads back through the checks of config.json (postprocess,
+    # mask_stats, sizes), unchanged
+    read = config_mod.RunConfig.from_json(config)
+    assert read.postprocess == chosen and read.mask_stats == config["mask_stats"]
     # How sure the network is of its validation masks: the median share of pixels with
     # 0.1 < p < 0.9 against the mask at 0.5, predicted again here from model.keras.
     assert config["mask_stats"]["val_unsure"] == pytest.approx(
@@ -526,6 +530,20 @@ def test_loss_aliases_the_readme_names_are_accepted(given: str, canonical: str) 
     assert config_mod.resolve(None, {"loss": given}).loss == canonical
 
 
+@pytest.mark.parametrize(
+    ("setting", "value", "match"),
+    [
+        ("depth", 9, "depth must be at most 8, got 9"),
+        ("depth", 100, "depth must be at most 8, got 100"),
+        ("image_size", 8193, "image-size must be at most 8192, got 8193"),
+    ],
+)
+def test_depth_and_image_size_have_upper_bounds(setting: str, value: int, match: str) -> None:
+    with pytest.raises(UnetError, match=match):
+        config_mod.resolve(None, {setting: value})
+    assert config_mod.resolve(None, {"depth": 8, "image_size": 8192}).depth == 8
+
+
 def test_a_bad_value_from_the_config_file_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "cfg.yaml"
     path.write_text("loss: dcie\nepochs: 3\n")
@@ -826,6 +844,8 @@ def test_train_records_the_classes_of_a_multi_class_run(tmp_path: Path) -> None:
     assert config["class_names"] == ["background", "disk", "square"]  # from dataset.json
     assert sorted(config["mask_stats"]["classes"]) == ["1", "2"]
     assert [config["mask_stats"]["classes"][c]["objects"] for c in ("1", "2")] == [1, 1]
+    read = config_mod.RunConfig.from_json(config)  # each class's figures pass the checks
+    assert read.mask_stats == config["mask_stats"] and read.postprocess == config["postprocess"]
 
 
 @pytest.mark.parametrize(

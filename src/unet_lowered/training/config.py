@@ -26,6 +26,16 @@ from unet_lowered.errors import SettingError, UnetError
 CONFIG_VERSION = 1
 """Version of ``config.json``; a run written by a newer version is refused, not guessed at."""
 
+MAX_DEPTH = 8
+"""The most poolings a U-Net may have (the paper: 4). At 8 the input is a multiple of
+256 and the bottleneck 256 times the base filters; more is no network this tool trains,
+and a ``config.json`` asking for it is refused rather than searched or built."""
+
+MAX_IMAGE_SIZE = 8192
+"""The largest network input side (``image_size``), in pixels. 8192 x 8192 is 67 MP,
+inside ``--max-pixels``' default of 100 MP, and a multiple of ``2**MAX_DEPTH``; a
+``config.json`` asking for more would make ``unet predict`` resize every image to it."""
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -178,6 +188,9 @@ class TrainConfig:
                 raise SettingError(name, f"{flag} must be a whole number, got {value!r}")
             if value < 1:
                 raise SettingError(name, f"{flag} must be at least 1, got {value}")
+            high = {"image_size": MAX_IMAGE_SIZE, "depth": MAX_DEPTH}.get(name)
+            if high is not None and value > high:
+                raise SettingError(name, f"{flag} must be at most {high}, got {value}")
         for name in ("zoom_out", "frame_crop", "opacity", "lowres", "stamps", "foreground_crops"):
             if not 0.0 <= getattr(cfg, name) <= 1.0:
                 flag = name.replace("_", "-")
@@ -445,9 +458,12 @@ class RunConfig:
         if not (
             isinstance(size, list | tuple)
             and len(size) == 2
-            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in size)
+            and all(_whole(v, 1, MAX_IMAGE_SIZE) for v in size)
         ):
-            raise UnetError(f"{source}: image_size must be [height, width], got {size!r}")
+            raise UnetError(
+                f"{source}: image_size must be [height, width], each 1 to {MAX_IMAGE_SIZE} px, "
+                f"got {_shown(size)}; re-run `unet train`"
+            )
         try:
             settings = from_dict(values).validate()
         except (TypeError, ValueError, AttributeError) as e:
@@ -480,6 +496,12 @@ class RunConfig:
                 raise UnetError(
                     f"{source}: {key} must be text, got {values[key]!r}; re-run `unet train`"
                 )
+        postprocess = _mapping_or_none(values, "postprocess", source)
+        if postprocess is not None:
+            _check_postprocess(postprocess, source)
+        mask_stats = _mapping_or_none(values, "mask_stats", source)
+        if mask_stats is not None:
+            _check_mask_stats(mask_stats, source, num_classes)
         return cls(
             settings=settings,
             image_size=(int(size[0]), int(size[1])),
@@ -492,8 +514,8 @@ class RunConfig:
             backend=values.get("backend"),
             keras_version=values.get("keras_version"),
             unet_lowered_version=values.get("unet_lowered_version"),
-            mask_stats=_mapping_or_none(values, "mask_stats", source),
-            postprocess=_mapping_or_none(values, "postprocess", source),
+            mask_stats=mask_stats,
+            postprocess=postprocess,
             plan=_mapping_or_none(values, "plan", source),
             settings_sources=_mapping_or_none(values, "settings_sources", source),
             distribute_info=_mapping_or_none(values, "distribute_info", source),
@@ -506,6 +528,125 @@ def _mapping_or_none(values: Mapping[str, Any], key: str, source: Any) -> Mappin
     if value is not None and not isinstance(value, Mapping):
         raise UnetError(f"{source}: {key} must be an object or null; re-run `unet train`")
     return value
+
+
+MAX_COUNT = 2**31 - 1
+"""The largest object count or area (pixels) a run's post-processing may name."""
+
+
+def _check_postprocess(block: Mapping[str, Any], source: Any) -> None:
+    """Refuse a ``postprocess`` block whose steps inference could not apply as written
+    (:func:`unet_lowered.inference.predictor.probs_to_mask` reads them); the figures
+    it keeps for the record (``tried``, the validation scores) are not read."""
+    from unet_lowered.options import TTA_SETS
+
+    rules = {
+        "tta": (lambda v: v in TTA_SETS, f"one of {', '.join(TTA_SETS)}, or null"),
+        "threshold": (lambda v: _real(v, 0.0, 1.0, ends=False), "a number above 0 and below 1"),
+        "watershed": (lambda v: _real(v, 0.0, 1.0), "a number from 0 to 1"),
+        "keep_largest": (lambda v: _whole(v, 0, MAX_COUNT), "a whole number, 0 or more"),
+        "fill_holes": (lambda v: isinstance(v, bool), "true or false"),
+        "min_area": (lambda v: _whole(v, 0, MAX_COUNT), "a whole number of pixels, 0 or more"),
+    }
+    for key, (ok, what) in rules.items():
+        value = block.get(key)
+        if value is not None and not ok(value):
+            raise UnetError(
+                f"{source}: postprocess.{key} must be {what}, got {_shown(value)}; remove "
+                "the postprocess block (no post-processing) or re-run `unet train`"
+            )
+
+
+def _check_mask_stats(block: Mapping[str, Any], source: Any, num_classes: int) -> None:
+    """Refuse a ``mask_stats`` block the quality flag could not read
+    (:meth:`unet_lowered.inference.quality.MaskStats.from_json`): the foreground's
+    figures, and each class's under ``classes`` (keys ``"1"`` .. ``"K-1"``)."""
+    _check_stats(block, "mask_stats", source)
+    classes = block.get("classes")
+    if classes is None:
+        return
+    keys = {str(c) for c in range(1, num_classes)}
+    if not isinstance(classes, Mapping) or not set(classes) <= keys:
+        raise UnetError(
+            f"{source}: mask_stats.classes must map class numbers 1 to {num_classes - 1} "
+            "to their figures; remove mask_stats (no quality flag) or re-run `unet train`"
+        )
+    for key, stats in classes.items():
+        if not isinstance(stats, Mapping):
+            raise UnetError(
+                f"{source}: mask_stats.classes.{key} must be an object; remove mask_stats "
+                "(no quality flag) or re-run `unet train`"
+            )
+        _check_stats(stats, f"mask_stats.classes.{key}", source)
+
+
+def _check_stats(stats: Mapping[str, Any], where: str, source: Any) -> None:
+    def pair(low: float, high: float) -> Any:
+        return lambda v: isinstance(v, list) and len(v) == 2 and all(_real(x, low, high) for x in v)
+
+    share, inf = (lambda v: _real(v, 0.0, 1.0)), math.inf
+    rules = {
+        "fraction": (pair(0.0, 1.0), "[low, high], shares from 0 to 1"),
+        "objects": (lambda v: _whole(v, 0, MAX_COUNT), "a whole number, 0 or more"),
+        "min_ratio": (share, "a number from 0 to 1"),
+        "small_object": (share, "a number from 0 to 1"),
+        "contrast": (pair(-inf, inf), "[low, high], two numbers"),
+        "shape": (_shape_grid, "rows of numbers from 0 to 1, as many as each row holds"),
+        "centre": (pair(0.0, 1.0), "[low, high], shares from 0 to 1"),
+        "larger_left": (share, "a number from 0 to 1"),
+        "val_unsure": (lambda v: _real(v, 0.0, inf), "a number, 0 or more"),
+    }
+    for key, (ok, what) in rules.items():
+        value = stats.get(key)
+        if (value is not None or key == "fraction") and not ok(value):
+            raise UnetError(
+                f"{source}: {where}.{key} must be {what}, got {_shown(value)}; remove "
+                "mask_stats (no quality flag) or re-run `unet train`"
+            )
+
+
+def _shape_grid(value: Any) -> bool:
+    """A :func:`~unet_lowered.inference.quality.object_shape` array as JSON: its
+    ``SHAPE_SIDE`` rows of ``SHAPE_SIDE`` numbers in [0, 1]."""
+    from unet_lowered.inference.quality import SHAPE_SIDE
+
+    return (
+        isinstance(value, list)
+        and len(value) == SHAPE_SIDE
+        and all(
+            isinstance(row, list)
+            and len(row) == SHAPE_SIDE
+            and all(_real(v, 0.0, 1.0) for v in row)
+            for row in value
+        )
+    )
+
+
+def _whole(value: Any, low: int, high: int) -> bool:
+    """``value`` is a whole number (not a bool) from ``low`` to ``high``."""
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _real(value: Any, low: float, high: float, ends: bool = True) -> bool:
+    """``value`` is a finite number (not a bool) from ``low`` to ``high`` (``ends``
+    False: strictly between them)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        value = float(value)
+    except OverflowError:  # a whole number too large for a float
+        return False
+    if not math.isfinite(value):
+        return False
+    return low <= value <= high if ends else low < value < high
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    """``repr(value)``, cut to ``limit`` characters (a hostile file may hold megabytes)."""
+    text = repr(value) if not isinstance(value, list | dict) or len(value) < 100 else None
+    if text is None:
+        text = f"a {type(value).__name__} of {len(value)} items"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _one_line(error: Exception) -> str:
