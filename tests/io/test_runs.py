@@ -388,3 +388,66 @@ def test_the_blocks_a_run_writes_are_accepted() -> None:
     for block in (chosen.to_json(), Choice().to_json()):
         values = {"image_size": [16, 16], "postprocess": block, "mask_stats": stats.to_json()}
         assert RunConfig.from_json(values).postprocess == block
+
+
+def _padded_json_member(path: Path, member: str, size: int) -> None:
+    """Rewrite ``member`` of the archive at ``path`` as its JSON followed by spaces up to
+    ``size`` bytes (valid JSON; a few KB compressed)."""
+    with zipfile.ZipFile(path) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    members[member] = members[member] + b" " * (size - len(members[member]))
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+
+
+def test_an_oversized_config_json_inside_a_model_is_refused_before_it_is_read(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A 22 MB model.keras whose config.json held a 600 MB array took 6.5 GB to parse."""
+    path = tmp_path / "model.keras"
+    bright_model(16).save(path)
+    _padded_json_member(path, "config.json", 17_000_000)
+    assert path.stat().st_size < 1_000_000
+    monkeypatch.setattr(json, "loads", lambda *a, **k: pytest.fail("read before the check"))
+    message = refused(load_model, path, match="its config.json unpacks to 17 MB")
+    assert "more than the 16 MB" in message
+
+
+def test_an_oversized_checkpoint_state_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "last.keras"
+    bright_model(16).save(path)
+    runs.add_checkpoint_state(path, {"epoch": 1, "best": 0.5, "best_epoch": 1})
+    assert runs.checkpoint_state(path)["epoch"] == 1
+    _padded_json_member(path, runs.CHECKPOINT_STATE, 17_000_000)
+    refused(runs.checkpoint_state, path, match=f"its {runs.CHECKPOINT_STATE} unpacks to 17 MB")
+
+
+@pytest.mark.parametrize(
+    ("state", "match"),
+    [
+        ([1, 2], "holds a list, not an object"),
+        ({"epoch": "x", "best": 0.5}, "epoch is 'x'"),
+        ({"epoch": -5, "best": 0.5}, "epoch is -5"),
+        ({"epoch": 10**9, "best": 0.5}, "not a whole number from 0 to 100000"),
+        ({"epoch": 2, "best": "abc"}, "best is 'abc'"),
+        ({"epoch": 2}, "best is None"),
+        ({"epoch": 2, "best": float("inf")}, "best is inf"),
+        ({"epoch": 2, "best": 0.5, "best_epoch": 3}, "not an epoch 1 to 2"),
+        ({"epoch": 2, "best": 0.5, "time_used_s": "x"}, "time_used_s is 'x'"),
+        ({"epoch": 2, "best": 0.5, "finished": 1}, "finished is 1"),
+        ({"epoch": 2, "best": 0.5, "plateau": {"wait": "x"}}, "plateau is"),
+    ],
+)
+def test_a_damaged_training_state_is_refused(state, match: str) -> None:
+    message = refused(runs.check_state, state, "RUN/state.json", match=match)
+    assert message.startswith("RUN/state.json: ") and "cannot be resumed" in message
+
+
+def test_the_states_training_writes_are_accepted() -> None:
+    for state in (
+        {"epoch": 0, "best": -1.0, "best_epoch": None},
+        {"epoch": 2, "best": 0.57, "best_epoch": 2, "time_used_s": 14.75, "finished": "all epochs"},
+        {"epoch": 3, "best": 1, "best_epoch": 1, "plateau": {"best": None, "wait": 0}},
+    ):
+        assert runs.check_state(state, "state.json") == state

@@ -429,6 +429,71 @@ def test_resume_without_a_run_is_a_clear_error(tmp_path: Path) -> None:
     assert "nothing to resume" in str(result.exception) or "nothing to resume" in result.output
 
 
+def _resumable_run(data: Path, out: Path, last) -> Path:
+    """A run folder that stopped after epoch 1 of 2, its last.keras ``last`` (a model)."""
+    from unet_lowered.dataset.pairs import load_prepared
+
+    ids = load_prepared(data).ids
+    out.mkdir()
+    values = {"image_size": [32, 32], **TINY, "data": str(data)}
+    config = config_mod.RunConfig.from_json(values)
+    (out / "config.json").write_text(json.dumps(config.to_json()))
+    (out / "split.json").write_text(json.dumps({"train": ids[:-2], "val": ids[-2:]}))
+    (out / "state.json").write_text(json.dumps({"epoch": 1, "best": -1.0, "best_epoch": None}))
+    last.save(out / "last.keras")
+    return out
+
+
+def test_resume_refuses_a_last_keras_with_code_and_runs_none(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    """last.keras was loaded straight by Keras: a Lambda layer gave a traceback (safe mode
+    kept its code from running); it now passes the checks every model file passes."""
+    import keras
+
+    marker = tmp_path / "marker"
+    touch = eval(f"lambda x: (__import__('pathlib').Path({str(marker)!r}).write_text('ran'), x)[1]")
+    inputs = keras.Input((32, 32, 1))
+    model = keras.Model(inputs, keras.layers.Conv2D(1, 1)(keras.layers.Lambda(touch)(inputs)))
+    run = _resumable_run(tiny_data, tmp_path / "run", model)
+    marker.unlink(missing_ok=True)  # building the model ran it once
+    result = CliRunner().invoke(app, ["train", "--resume", "--out", str(run)])
+    assert result.exit_code == 1
+    said = result.output + str(result.exception or "")  # printed, or raised to the runner
+    assert "last.keras: refused: the model holds Python code (a Lambda layer)" in said
+    assert "Traceback" not in result.output
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("state", "inside", "match"),
+    [
+        ([1, 2], False, "state.json: holds a list, not an object"),
+        ({"epoch": "x", "best": -1.0}, False, "state.json: epoch is 'x'"),
+        ({"epoch": -5, "best": -1.0}, False, "state.json: epoch is -5"),
+        ({"epoch": 1, "best": "abc"}, False, "state.json: best is 'abc'"),
+        ({"epoch": 1, "best": "abc"}, True, "last.keras (unet_state.json inside): best is 'abc'"),
+    ],
+)
+def test_resume_refuses_a_damaged_state_in_one_line(
+    tiny_data: Path, tmp_path: Path, state, inside: bool, match: str
+) -> None:
+    from run_fixtures import bright_model
+    from unet_lowered.io import runs
+    from unet_lowered.training.train import train
+
+    run = _resumable_run(tiny_data, tmp_path / "run", bright_model(32))
+    if inside:
+        runs.add_checkpoint_state(run / "last.keras", state)
+    else:
+        (run / "state.json").write_text(json.dumps(state))
+    with pytest.raises(UnetError) as caught:
+        train(None, run, resume=True, verbose=0)
+    message = str(caught.value)
+    assert match in message and "cannot be resumed" in message, message
+    assert type(caught.value) is UnetError
+
+
 def test_empty_masks_warn(tmp_path: Path, capsys) -> None:
     from unet_lowered.io.images import write_png
 

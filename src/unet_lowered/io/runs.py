@@ -19,6 +19,7 @@ architecture again.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import warnings
@@ -113,16 +114,75 @@ def add_checkpoint_state(path: str | os.PathLike, state: dict[str, Any]) -> None
 
 
 def checkpoint_state(path: str | os.PathLike) -> dict[str, Any] | None:
-    """The training state a checkpoint was saved with, or None (none recorded, as in
-    checkpoints of older versions, or the file is unreadable)."""
+    """The training state a checkpoint was saved with, checked (:func:`check_state`), or
+    None (none recorded, as in checkpoints of older versions, or the file is unreadable).
+
+    Raises:
+        UnetError: The recorded state is too large or not a training state.
+    """
+    path = Path(path)
     try:
         with zipfile.ZipFile(path) as archive:
             if CHECKPOINT_STATE not in archive.namelist():
                 return None
+            _check_member_size(path, archive, CHECKPOINT_STATE)
             state = json.loads(archive.read(CHECKPOINT_STATE))
-    except (OSError, zipfile.BadZipFile, ValueError):
+    except UnetError:
+        raise
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError, RuntimeError):
         return None
-    return state if isinstance(state, dict) else None
+    return check_state(state, f"{path} ({CHECKPOINT_STATE} inside)")
+
+
+def check_state(state: Any, source: Any) -> dict[str, Any]:
+    """``state`` (``state.json``, or the state inside a checkpoint) as written by
+    :class:`unet_lowered.training.callbacks.Checkpoint`: ``epoch`` (whole, 0 or more),
+    ``best`` (a number), ``best_epoch`` (1 to ``epoch``, or null), ``time_used_s`` (0
+    or more, or null), ``finished`` (text, or null), ``plateau`` (null, or its ``best``,
+    ``wait`` and ``cooldown_counter``).
+
+    Raises:
+        UnetError: Another shape or value; the message names ``source`` and what to do.
+    """
+
+    def whole(v: Any, low: int = 0, high: float = math.inf) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
+
+    def number(v: Any, low: float = -math.inf) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool) and low <= v < math.inf
+
+    def refuse(what: str) -> UnetError:
+        return UnetError(
+            f"{source}: {what}: not a training state written by `unet train`, so the run "
+            "cannot be resumed; train it again (--overwrite) or into another --out"
+        )
+
+    if not isinstance(state, dict):
+        raise refuse(f"holds a {type(state).__name__}, not an object")
+    epoch = state.get("epoch")
+    if not whole(epoch, 0, MAX_EPOCHS):
+        raise refuse(f"epoch is {_shown(epoch)}, not a whole number from 0 to {MAX_EPOCHS}")
+    if not number(state.get("best")):
+        raise refuse(f"best is {_shown(state.get('best'))}, not a number")
+    if state.get("best_epoch") is not None and not whole(state["best_epoch"], 1, epoch):
+        raise refuse(f"best_epoch is {_shown(state['best_epoch'])}, not an epoch 1 to {epoch}")
+    if state.get("time_used_s") is not None and not number(state["time_used_s"], 0.0):
+        raise refuse(f"time_used_s is {_shown(state['time_used_s'])}, not seconds, 0 or more")
+    if state.get("finished") is not None and not isinstance(state["finished"], str):
+        raise refuse(f"finished is {_shown(state['finished'])}, not text")
+    plateau = state.get("plateau")
+    if plateau is not None and not (
+        isinstance(plateau, dict)
+        and (plateau.get("best") is None or number(plateau["best"]))
+        and whole(plateau.get("wait", 0))
+        and whole(plateau.get("cooldown_counter", 0))
+    ):
+        raise refuse(f"plateau is {_shown(plateau)}, not its best, wait and cooldown_counter")
+    return state
+
+
+MAX_EPOCHS = 100_000
+"""The most epochs a run's state (or a plan) may record; more is a damaged file."""
 
 
 def load_run(path: str | os.PathLike, unfinished: bool = False) -> Run:
@@ -191,11 +251,19 @@ def load_run(path: str | os.PathLike, unfinished: bool = False) -> Run:
 MAX_MODEL_BYTES = 4 * 1024**3
 """A ``.keras`` archive that unpacks to more than this (4 GB) is refused (a zip bomb)."""
 
+MAX_JSON_MEMBER_BYTES = 16_000_000
+"""A JSON member of a ``.keras`` archive (``config.json``, ``metadata.json``, the
+checkpoint's state) larger than this (16 MB) is refused before it is read: parsing
+JSON takes many times its size in memory, and the ``config.json`` of the largest U-Net
+this tool builds is about 130 KB (depth 8, batch norm; 43 KB at depth 4)."""
+
 _OWN_PACKAGE = "unet_lowered>"
 
 
-def load_model(path: str | os.PathLike) -> keras.Model:
-    """Load a ``.keras`` file for inference: no compile, safe mode (no code from the file).
+def load_model(path: str | os.PathLike, compile: bool = False) -> keras.Model:
+    """Load a ``.keras`` file in safe mode (no code from the file); for inference (not
+    compiled), or with ``compile`` its loss, metrics and optimiser state (``unet train
+    --resume``: the package's losses and metrics must be imported).
 
     Before Keras reads it, the archive is checked: a zip whose members are intact
     (CRC), with ``config.json`` and ``model.weights.h5``, and whose configuration
@@ -223,7 +291,7 @@ def load_model(path: str | os.PathLike) -> keras.Model:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return keras.saving.load_model(path, compile=False, safe_mode=True)
+            return keras.saving.load_model(path, compile=compile, safe_mode=True)
     except Exception as e:  # Keras raises ValueError/TypeError/OSError/h5py errors
         raise UnetError(_load_error(path, e)) from None
 
@@ -277,6 +345,8 @@ def _check_archive(path: Path) -> None:
                     f"{path}: unpacks to {total / 1e9:.1f} GB, more than a model of this "
                     "tool can be; refused"
                 )
+            for member in ("config.json", "metadata.json"):
+                _check_member_size(path, archive, member)
             bad = archive.testzip()
             if bad is not None:
                 raise UnetError(
@@ -310,6 +380,18 @@ def _check_archive(path: Path) -> None:
             f"{path}: refused: the model uses {name}, a custom object this tool does not know "
             "(and will not import); use a model written by `unet train`"
         )
+
+
+def _check_member_size(path: Path, archive: zipfile.ZipFile, member: str) -> None:
+    """Refuse ``member`` of ``archive`` (every copy of that name) when it unpacks to more
+    than :data:`MAX_JSON_MEMBER_BYTES`; zipfile never unpacks more than the size declared."""
+    for info in archive.infolist():
+        if info.filename == member and info.file_size > MAX_JSON_MEMBER_BYTES:
+            raise UnetError(
+                f"{path}: its {member} unpacks to {info.file_size / 1e6:.0f} MB, more than "
+                f"the {MAX_JSON_MEMBER_BYTES / 1e6:.0f} MB a model of this tool can hold; "
+                "refused: use a model written by `unet train`"
+            )
 
 
 def _check_keras_version(path: Path, metadata: Any) -> None:
@@ -373,6 +455,11 @@ def _load_error(path: Path, error: Exception) -> str:
         f"{path}: not a loadable Keras model ({type(error).__name__}: {_first_line(error)}); "
         "copy the file again or re-train"
     )
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _first_line(error: BaseException, limit: int = 160) -> str:

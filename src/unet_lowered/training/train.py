@@ -259,7 +259,7 @@ def train(
 
         dp_scope.enter_context(dp.scope())  # model, optimiser and fit on all devices
         if resume:
-            model = keras.saving.load_model(out / runs.LAST_FILE, compile=True, safe_mode=True)
+            model = runs.load_model(out / runs.LAST_FILE, compile=True)  # checked first
         else:
             model = build_model(cfg, dataset.channels, num_classes)
             model.compile(
@@ -387,12 +387,13 @@ def _load_resume(out: Path) -> tuple[RunConfig, dict, dict]:
     for name in (runs.CONFIG_FILE, runs.SPLIT_FILE, runs.STATE_FILE):
         try:
             loaded.append(json.loads((out / name).read_text()))
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise UnetError(f"{out / name}: unreadable ({e}); the run cannot be resumed") from None
     run_cfg = RunConfig.from_json(loaded[0], out / runs.CONFIG_FILE)
     if not run_cfg.data:
         raise UnetError(f"{out / runs.CONFIG_FILE}: no 'data' entry; the run cannot be resumed")
-    return run_cfg, loaded[1], _checkpointed_state(out, loaded[2])
+    written = runs.check_state(loaded[2], out / runs.STATE_FILE)
+    return run_cfg, loaded[1], _checkpointed_state(out, written)
 
 
 def _resume_ending(out: Path, state: dict, cfg: TrainConfig) -> str | None:
