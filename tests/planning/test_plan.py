@@ -102,6 +102,65 @@ def test_plan_file_errors(tiny: Path, tmp_path: Path) -> None:
         plan_mod.read_plan(tmp_path / "new.json")
 
 
+def _edited(plan: dict, edit: str, value) -> dict:
+    """``plan`` with ``edit`` (``"settings.epochs.value"``, ``"time_budget_s"``) set."""
+    plan = json.loads(json.dumps(plan))
+    *keys, last = edit.split(".")
+    node = plan
+    for key in keys:
+        node = node[key]
+    node[last] = value
+    return plan
+
+
+@pytest.mark.parametrize(
+    ("edit", "value", "match"),
+    [
+        # TypeError: string indices must be integers (planned_values)
+        ("settings.batch_size", "four", "settings.batch_size is not a {value, reason} entry"),
+        ("settings.epochs", {"value": 8}, "settings.epochs is not a {value, reason} entry"),
+        ("advice.tta", 3, "advice.tta is not a {value, reason} entry"),
+        ("settings", [1], "not a plan (no settings)"),  # refused before too
+        # a misleading 'out of memory ... lower --batch-size'
+        ("settings.epochs.value", 10**9, "epochs must be at most 100000, got 1000000000"),
+        ("settings.epochs.value", "many", "the planned epochs: epochs must be a whole number"),
+        # a 26.8 GiB allocation
+        (
+            "settings.image_size.value",
+            60000,
+            "the planned image_size: image-size must be at most 8192",
+        ),
+        ("settings.batch_size.value", 0, "the planned batch_size"),
+        ("settings.loss.value", "nonsense", "the planned loss"),
+        ("time_budget_s", "nan", "time_budget_s must be a positive number of seconds, got 'nan'"),
+        ("time_budget_s", float("nan"), "time_budget_s must be a positive number"),
+        ("time_budget_s", -5, "time_budget_s must be a positive number"),
+        ("settings.time_budget.value", "nan", "the planned time_budget"),
+        ("fingerprint.touching_fraction", "x", "fingerprint.touching_fraction must be a share"),
+    ],
+)
+def test_a_damaged_plan_json_is_refused_in_one_line(
+    tiny: Path, tmp_path: Path, edit: str, value, match: str
+) -> None:
+    plan = plan_mod.make_plan(tiny, 600.0, measure=False)
+    plan["settings"]["epochs"] = {"value": 12, "reason": "as if the step was timed"}
+    plan["settings"]["time_budget"] = {"value": 600.0, "reason": "the budget"}
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(plan))
+    assert plan_mod.read_plan(path) == plan  # as written, it reads
+    path.write_text(json.dumps(_edited(plan, edit, value)))
+    with pytest.raises(UnetError) as caught:
+        plan_mod.read_plan(path)
+    message = str(caught.value)
+    assert type(caught.value) is UnetError
+    assert message.startswith(f"{path}: ") and match in message, message
+    assert message.endswith("; run `unet plan DATA` again") and "\n" not in message
+    # `unet train DATA` with such a DATA/plan.json (its signature still matching): refused
+    path.replace(tiny / plan_mod.PLAN_FILE)
+    with pytest.raises(UnetError, match="run `unet plan DATA` again"):
+        plan_mod.resolve_settings(tiny, None, {})
+
+
 def test_a_progressive_plan_times_its_half_size_step_too(tmp_path: Path) -> None:
     # 128-px whole images: progressive resizing is planned, and a 30 s budget (not the
     # cap) sets the epochs, so the 64-px step is measured and recorded beside the step.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import math
 import os
 import time
 from collections.abc import Mapping
@@ -147,7 +148,60 @@ def read_plan(path: str | os.PathLike) -> dict[str, Any]:
             f"{path}: plan version {plan.get('version')!r} is newer than this unet-lowered "
             f"reads ({PLAN_VERSION}); upgrade the package or run `unet plan DATA` again"
         )
+    problem = _plan_problem(plan)
+    if problem:
+        raise UnetError(f"{path}: {problem}; run `unet plan DATA` again")
     return plan
+
+
+MAX_PLANNED_EPOCHS = 100_000
+"""The most epochs a plan may hold (the rules plan tens to a few thousand)."""
+
+
+def _plan_problem(plan: Mapping[str, Any]) -> str | None:
+    """What is wrong with a plan's entries and planned values, or None.
+
+    Every ``settings`` and ``advice`` entry is ``{"value": ..., "reason": text}``; the
+    planned training settings pass :meth:`TrainConfig.validate` together, epochs are at
+    most :data:`MAX_PLANNED_EPOCHS`, and the budget is a positive number of seconds.
+    """
+    for group in ("settings", "advice"):
+        entries = plan.get(group, {})
+        if not isinstance(entries, dict):
+            return f"{group} is not an object of name: {{value, reason}}"
+        for name, entry in entries.items():
+            if not (
+                isinstance(entry, dict)
+                and "value" in entry
+                and isinstance(entry.get("reason"), str)
+            ):
+                return f"{group}.{name} is not a {{value, reason}} entry (got {_shown(entry)})"
+    budget = plan.get("time_budget_s")
+    if budget is not None and not (
+        isinstance(budget, int | float) and not isinstance(budget, bool) and 0 < budget < math.inf
+    ):
+        return f"time_budget_s must be a positive number of seconds, got {_shown(budget)}"
+    planned = planned_values(plan)
+    try:
+        TrainConfig(**planned).validate()
+    except SettingError as e:
+        return f"the planned {e.setting}: {e}"
+    except (TypeError, ValueError) as e:
+        return f"the planned settings: {e}"
+    if planned.get("epochs", 0) > MAX_PLANNED_EPOCHS:
+        return f"epochs must be at most {MAX_PLANNED_EPOCHS}, got {planned['epochs']}"
+    fingerprint = plan.get("fingerprint")
+    touching = fingerprint.get("touching_fraction") if isinstance(fingerprint, dict) else None
+    if touching is not None and not (
+        isinstance(touching, int | float) and not isinstance(touching, bool) and 0 <= touching <= 1
+    ):
+        return f"fingerprint.touching_fraction must be a share from 0 to 1, got {_shown(touching)}"
+    return None
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def planned_values(plan: Mapping[str, Any]) -> dict[str, Any]:
