@@ -55,7 +55,11 @@ def test_a_written_plan_is_used_until_the_data_or_budget_changes(tiny: Path) -> 
     plan_mod.write_plan(plan, tiny / plan_mod.PLAN_FILE)
     cfg, prov = plan_mod.resolve_settings(tiny, None, {"epochs": 1})
     assert cfg.loss == "dice" and prov["sources"]["loss"] == "plan"
-    assert prov["note"] == f"using the plan in {tiny / plan_mod.PLAN_FILE} (budget 600 s)"
+    # --epochs without --time-budget: no budget applies, and the note no longer names one
+    assert cfg.time_budget is None
+    assert prov["note"] == (
+        f"using the plan in {tiny / plan_mod.PLAN_FILE} (the epochs given; no time budget)"
+    )
     cfg, prov = plan_mod.resolve_settings(tiny, None, {"epochs": 1, "time_budget": "5m"})
     assert cfg.loss != "dice" and cfg.time_budget == 300.0  # another budget: planned anew
     assert prov["note"].endswith("was made for a budget of 600 s, not 300 s; planned anew")
@@ -295,6 +299,8 @@ def test_unet_plan_prints_no_tensorflow_start_up_notices(tiny: Path, tmp_path: P
     assert done.returncode == 0, done.stderr
     assert "wrote" in done.stdout
     assert "absl" not in done.stderr and "oneDNN" not in done.stderr, done.stderr
+    # the fingerprint and plan tables are the result: on stdout (they went to stderr)
+    assert "fingerprint" in done.stdout.lower() and "fingerprint" not in done.stderr.lower()
 
 
 def test_train_help_says_which_settings_the_plan_chooses(tiny: Path) -> None:
@@ -316,3 +322,21 @@ def test_train_help_says_which_settings_the_plan_chooses(tiny: Path) -> None:
         assert not re.search(r"\[default: [^p]", helps[name]), (name, helps[name])
     for name, p in CROSS_SITE.items():
         assert f"[default: planned: {p:g} for radiograph-like data, else 0]" in helps[name]
+
+
+def test_the_data_signature_takes_a_file_name_that_is_not_utf8(tiny: Path) -> None:
+    """A Latin-1 name (caf\\xe9.png) made `unet plan` and `unet train` fail in the
+    signature's encode with a traceback."""
+    import os
+
+    from unet_lowered.dataset.pairs import load_prepared
+
+    before = plan_mod.signature(load_prepared(tiny))
+    for sub in ("images", "masks"):
+        source = tiny / "train" / sub / "c000.png"
+        try:
+            os.rename(source, os.fsencode(source.parent) + b"/caf\xe9.png")
+        except OSError:
+            pytest.skip("this file system refuses names that are not UTF-8")
+    after = plan_mod.signature(load_prepared(tiny))
+    assert len(after) == 16 and after != before

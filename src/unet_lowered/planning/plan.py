@@ -39,7 +39,8 @@ def signature(data: PreparedData) -> str:
     for ident in data.ids:
         for path in (data.images[ident], data.masks[ident]):
             st = os.stat(path)
-            h.update(f"{ident}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            line = f"{ident}\0{st.st_size}\0{st.st_mtime_ns}\n"  # a non-UTF-8 name: its bytes
+            h.update(line.encode("utf-8", "surrogateescape"))
     return h.hexdigest()[:16]
 
 
@@ -266,7 +267,13 @@ def resolve_settings(
                 f"{path} was made for a budget of {its_budget:g} s, not {given:g} s; planned anew"
             )
         else:
-            plan, note = candidate, f"using the plan in {path} (budget {its_budget:g} s)"
+            plan = candidate
+            length = (  # --epochs without --time-budget: no budget applies (README)
+                "the epochs given; no time budget"
+                if "epochs" in user and given is None
+                else f"budget {its_budget:g} s"
+            )
+            note = f"using the plan in {path} ({length})"
     from_file = plan is not None
     if plan is None:
         budget_s = given if given is not None else (kept_budget or DEFAULT_BUDGET_S)
