@@ -321,7 +321,9 @@ def test_format_duration() -> None:
     assert [budget.format_duration(s) for s in (600, 90, 5400)] == ["10m", "90s", "1.5h"]
 
 
-def test_time_budget_stops_before_an_epoch_would_pass_it(monkeypatch) -> None:
+def test_time_budget_stops_before_an_epoch_would_pass_it(monkeypatch, capsys) -> None:
+    """Also: a line after each epoch says how much of the budget is left (a log showed
+    only Keras' "Epoch N/41" although the budget would stop it at 28)."""
     clock = [0.0]
     monkeypatch.setattr(callbacks.time, "perf_counter", lambda: clock[0])
     callback = callbacks.TimeBudget(deadline=100.0, margin=1.0)
@@ -335,6 +337,11 @@ def test_time_budget_stops_before_an_epoch_would_pass_it(monkeypatch) -> None:
         if model.stop_training:
             break
     assert callback.stopped_epoch == 3 and clock[0] == 90.0  # a 4th would end at 120
+    assert capsys.readouterr().err.splitlines() == [
+        "time budget: 70 s left after epoch 1, about 2 more epoch(s) of 30 s",
+        "time budget: 40 s left after epoch 2, about 1 more epoch(s) of 30 s",
+        "time budget: stopping after epoch 3 (an epoch takes about 30 s, 10 s are left)",
+    ]
 
 
 def test_time_budget_stops_within_an_epoch_that_would_overrun(monkeypatch) -> None:

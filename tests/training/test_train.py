@@ -942,3 +942,23 @@ def test_the_post_processing_choice_shows_its_progress(tiny_data, tmp_path, monk
     assert "post-processing: predicting validation images" in err
     n_val = len(json.loads((tmp_path / "run" / "split.json").read_text())["val"])
     assert f"{n_val}/{n_val}" in err
+
+
+def test_keras_bar_only_on_a_terminal_that_takes_it(monkeypatch) -> None:
+    """NO_COLOR and TERM=dumb got Keras' bar anyway: colour codes and ~1000 backspaces."""
+    import sys
+
+    from unet_lowered.training import train as train_mod
+
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    monkeypatch.setenv("TERM", "xterm-256color")
+    assert train_mod._plain_terminal()
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert not train_mod._plain_terminal()
+    monkeypatch.delenv("NO_COLOR")
+    monkeypatch.setenv("TERM", "dumb")
+    assert not train_mod._plain_terminal()
+    monkeypatch.setenv("TERM", "xterm")
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: False)
+    assert not train_mod._plain_terminal()

@@ -62,12 +62,21 @@ class TimeBudget(keras.callbacks.Callback):
             return
         if self.model.stop_training:  # stopped by another callback (early stopping, NaN)
             return
+        last = (self.params or {}).get("epochs")
         if now + self.longest * self.margin > self.deadline:
-            last = (self.params or {}).get("epochs")
             if last is None or epoch + 1 < last:
                 self.stopped_epoch = epoch + 1
                 self._note(f"stopping after epoch {epoch + 1}", now)
             self.model.stop_training = self._stopping = True
+        elif last is None or epoch + 1 < last:  # Keras' "Epoch N/M" counts planned epochs
+            left = max(0.0, self.deadline - now)
+            print(
+                f"time budget: {left:.0f} s left after epoch {epoch + 1}, about "
+                f"{int(left // (self.longest * self.margin)) if self.longest else 0} more "
+                f"epoch(s) of {self.longest:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def _note(self, what: str, now: float) -> None:
         took = f"an epoch takes about {self.longest:.0f} s" if self.longest else "the first epoch"

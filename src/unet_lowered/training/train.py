@@ -169,7 +169,7 @@ def train(
     called = (provenance or {}).get("started", time.perf_counter())
     out = Path(out)
     if verbose is None:
-        verbose = 1 if sys.stdout.isatty() else 2
+        verbose = 1 if _plain_terminal() else 2
     ended = None
     if resume:
         run_cfg, split, state = _load_resume(out)
@@ -444,6 +444,14 @@ def _checkpointed_state(out: Path, written: dict) -> dict:
         if best is None or best.get("epoch") != state["epoch"]:  # stopped before the copy
             atomic.copy_file(out / runs.LAST_FILE, out / runs.MODEL_FILE)
     return state
+
+
+def _plain_terminal() -> bool:
+    """Whether Keras' animated progress bar suits stdout: a terminal that takes colour and
+    cursor movement (not ``NO_COLOR``, not ``TERM=dumb``); else one line per epoch."""
+    if not sys.stdout.isatty() or os.environ.get("TERM") == "dumb":
+        return False
+    return not os.environ.get("NO_COLOR")
 
 
 def _run_config(
