@@ -42,6 +42,31 @@ def client(run: Path) -> Iterator[Any]:
         yield c
 
 
+@pytest.fixture
+def app_for(run: Path) -> Iterator[Any]:
+    """``app_for(settings=None, folder=None, **create_app_arguments)``: a TestClient of an
+    app with other settings (``model=``, ``address=``: then the client's Host is that
+    address), of ``run`` or of another run ``folder``."""
+    from fastapi.testclient import TestClient
+
+    from unet_lowered.serve.app import create_app
+
+    opened: list[Any] = []
+
+    def make(settings: Any = None, folder: Path | None = None, **kw: Any) -> Any:
+        base_url = "http://testserver"
+        if kw.get("address"):
+            base_url = f"http://{kw['address'][0]}:{kw['address'][1]}"
+        c = TestClient(create_app(folder or run, settings, **kw), base_url=base_url)
+        c.__enter__()
+        opened.append(c)
+        return c
+
+    yield make
+    for c in opened:
+        c.__exit__(None, None, None)
+
+
 @pytest.fixture(scope="module")
 def format_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """One disk image per format the service reads, each of its own odd size."""

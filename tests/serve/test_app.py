@@ -83,22 +83,6 @@ def two_disks(height: int = 80, width: int = 120) -> np.ndarray:
     return image
 
 
-@pytest.fixture
-def app_for(run: Path) -> Iterator[Any]:
-    """``app_for(settings, model=None)``: a TestClient of an app with other settings."""
-    opened: list[TestClient] = []
-
-    def make(settings: ServeSettings | None = None, model: Any = None) -> TestClient:
-        c = TestClient(create_app(run, settings, model=model))
-        c.__enter__()
-        opened.append(c)
-        return c
-
-    yield make
-    for c in opened:
-        c.__exit__(None, None, None)
-
-
 # ---------------------------------------------------------------- known answers
 
 

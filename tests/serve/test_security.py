@@ -4,7 +4,6 @@ the answers' security headers, the Host and Origin checks, upload file names."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,6 @@ from run_fixtures import chest_picture, chest_stats, dark_model, disk_image, mak
 
 pytest.importorskip("fastapi", reason="the serve extra is not installed: pip install -e '.[serve]'")
 
-from fastapi.testclient import TestClient
 
 from unet_lowered.serve import app as app_mod
 from unet_lowered.serve.app import ServeSettings, create_app
@@ -43,25 +41,6 @@ class CountingModel:
     def predict_on_batch(self, batch: np.ndarray) -> np.ndarray:
         self.passes += batch.shape[0]
         return self.model.predict_on_batch(batch)
-
-
-@pytest.fixture
-def app_for(run: Path) -> Iterator[Any]:
-    """``app_for(settings, run=None, **create_app_arguments)``: a TestClient of an app."""
-    opened: list[TestClient] = []
-
-    def make(settings: ServeSettings | None = None, folder: Path | None = None, **kw) -> Any:
-        base_url = "http://testserver"
-        if kw.get("address"):
-            base_url = f"http://{kw['address'][0]}:{kw['address'][1]}"
-        c = TestClient(create_app(folder or run, settings, **kw), base_url=base_url)
-        c.__enter__()
-        opened.append(c)
-        return c
-
-    yield make
-    for c in opened:
-        c.__exit__(None, None, None)
 
 
 # ---------------------------------------------------------------- the work a request costs

@@ -311,6 +311,32 @@ def network_passes(config: RunConfig, options: PredictOptions, height: int, widt
 # ---------------------------------------------------------------- the service
 
 
+class _Places:
+    """A count of places taken, at most ``limit``; taking never waits (a full count is
+    answered at once, with a 503). Thread-safe."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._taken = 0
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        with self._lock:
+            if self._taken >= self.limit:
+                return False
+            self._taken += 1
+            return True
+
+    def give(self) -> None:
+        with self._lock:
+            self._taken -= 1
+
+    @property
+    def taken(self) -> int:
+        with self._lock:
+            return self._taken
+
+
 class Service:
     """A run loaded once, the worker threads and the admission count.
 
@@ -343,11 +369,8 @@ class Service:
         )
         self.upload_places = settings.uploads or self.capacity + UPLOADS_BEYOND_CAPACITY
         self._executor = ThreadPoolExecutor(settings.workers, thread_name_prefix="unet-serve")
-        self._lock = threading.Lock()
-        self._admitted = 0
-        self._uploads = 0
-
-    # -- admission: at most workers + queue requests at once
+        self._requests = _Places(self.capacity)  # admitted: workers + queue at most
+        self._uploads = _Places(self.upload_places)  # bodies received or held at once
 
     @property
     def capacity(self) -> int:
@@ -355,39 +378,25 @@ class Service:
 
     def admit(self) -> bool:
         """Take a place for one request; False when ``workers + queue`` are taken."""
-        with self._lock:
-            if self._admitted >= self.capacity:
-                return False
-            self._admitted += 1
-            return True
+        return self._requests.take()
 
     def release(self) -> None:
-        with self._lock:
-            self._admitted -= 1
+        self._requests.give()
 
     @property
     def admitted(self) -> int:
-        with self._lock:
-            return self._admitted
-
-    # -- uploads: at most ``upload_places`` bodies received or held at once
+        return self._requests.taken
 
     def start_upload(self) -> bool:
         """Take a place for one upload before its body is read; False when all are taken."""
-        with self._lock:
-            if self._uploads >= self.upload_places:
-                return False
-            self._uploads += 1
-            return True
+        return self._uploads.take()
 
     def end_upload(self) -> None:
-        with self._lock:
-            self._uploads -= 1
+        self._uploads.give()
 
     @property
     def uploads(self) -> int:
-        with self._lock:
-            return self._uploads
+        return self._uploads.taken
 
     async def in_worker(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn(*args)`` on an inference thread, off the event loop."""
