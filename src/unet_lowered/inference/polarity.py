@@ -259,6 +259,18 @@ def turned_look_applies(config: RunConfig, options: PredictOptions) -> bool:
     return stats is not None and stats.objects is not None and stats.shape is not None
 
 
+def most_looks(config: RunConfig, options: PredictOptions) -> int:
+    """The most network looks :func:`second_look` can give one image of this run: the
+    first, the gray scale inverted, each of :data:`TURNS` (and the mirror, for a run
+    whose classes tell the sides apart, with a turned mirror for several classes), and
+    the turns again inverted. What a request can cost (``unet serve``'s work budget)."""
+    invert = second_look_applies(config, options)
+    turn = turned_look_applies(config, options)
+    mirrored = turn and mirror_tells(config)
+    turned = len(TURNS) + (1 if mirrored and config.num_classes > 1 else 0)
+    return 1 + invert + turn * turned + (invert and turn) * turned + mirrored
+
+
 def _flag_stats(config: RunConfig) -> MaskStats | None:
     """The run's foreground statistics, when its masks get a quality flag (multi-class
     runs: when each class's statistics are recorded too); else None."""

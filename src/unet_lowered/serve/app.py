@@ -67,9 +67,8 @@ import unet_lowered
 from unet_lowered.errors import UnetError
 from unet_lowered.inference.overlay import overlay
 from unet_lowered.inference.polarity import (
-    TURNS,
     look_notes,
-    mirror_tells,
+    most_looks,
     predict_seen,
     second_look_applies,
     turned_look_applies,
@@ -300,12 +299,7 @@ def network_passes(config: RunConfig, options: PredictOptions, height: int, widt
         )
     group = tta_group(options, config)
     views = len(tta_transforms(group, square=in_h == in_w)) if group else 1
-    invert = second_look_applies(config, options)
-    turn = turned_look_applies(config, options)
-    mirrored = turn and mirror_tells(config)
-    turned = len(TURNS) + (1 if mirrored and config.num_classes > 1 else 0)
-    looks = 1 + invert + turn * turned + (invert and turn) * turned + mirrored
-    return Work(tiles, views, looks)
+    return Work(tiles, views, most_looks(config, options))
 
 
 # ---------------------------------------------------------------- the service
