@@ -284,3 +284,18 @@ def test_the_table_title_says_the_threshold_and_each_step_applied() -> None:
         "tile mode, TTA dihedral, threshold 0.5, watershed split (merge >= 0.9), "
         "keep 2 largest, fill holes, remove objects under 10 px"
     )
+
+
+def test_a_narrow_terminal_gets_a_line_per_metric_not_cut_numbers(
+    run: Path, data: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch
+) -> None:
+    """At 40 columns the table cut every number to '0.…'."""
+    monkeypatch.setenv("COLUMNS", "40")
+    assert (
+        cli("evaluate", str(run), str(data), "--out", str(tmp_path / "ev"), "--mode", "tile") == 0
+    )
+    lines = capsys.readouterr().out.splitlines()
+    dice = next(line for line in lines if line.startswith("dice: "))
+    assert dice == "dice: mean 0.5556, median 0.6667, std 0.4157, min 0.0000, max 1.0000"
+    assert any(line.startswith("hd95 (px) (1 inf): mean ") for line in lines)
+    assert not any("…" in line for line in lines)

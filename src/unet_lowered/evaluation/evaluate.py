@@ -446,6 +446,19 @@ def print_summary(summary: dict[str, Any]) -> None:
         table.add_row(name, *cells)
     console = Console()
     console.print(header, soft_wrap=True, markup=False, highlight=False)
-    console.print(table)
+    if (
+        console.measure(table, options=console.options.update_width(10_000)).maximum
+        <= console.width
+    ):
+        console.print(table)
+    else:  # too narrow for the table: a line per metric, no number cut to "0.…"
+        for key, s in summary["metrics"].items():
+            cells = ", ".join(
+                f"{c} {'-' if s[c] is None else f'{s[c]:.4f}'}"
+                for c in ("mean", "median", "std", "min", "max")
+            )
+            inf = f" ({s['n_nonfinite']} inf)" if s["n_nonfinite"] else ""
+            unit = " (px)" if key.startswith("hd95") else ""
+            console.print(f"{key}{unit}{inf}: {cells}", soft_wrap=True, markup=False)
     worst = ", ".join(f"{w['id']} ({w['dice']:.3f})" for w in summary["worst"])
     console.print(f"worst by Dice: {worst}", soft_wrap=True, markup=False)

@@ -332,9 +332,9 @@ def plan_table(plan: Mapping[str, Any]) -> Any:
     from rich.table import Table
 
     table = Table(title=f"plan for {plan['data']} (budget {plan['time_budget_s']:g} s)")
-    table.add_column("setting")
-    table.add_column("value")
-    table.add_column("reason")
+    table.add_column("setting", no_wrap=True)  # the flag's name: never cut (the reason wraps)
+    table.add_column("value", overflow="fold")
+    table.add_column("reason", ratio=1)
     for group in ("settings", "advice"):
         for name, entry in plan[group].items():
             shown = entry["value"]
