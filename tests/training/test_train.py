@@ -601,12 +601,16 @@ def test_loss_aliases_the_readme_names_are_accepted(given: str, canonical: str) 
         ("depth", 9, "depth must be at most 8, got 9"),
         ("depth", 100, "depth must be at most 8, got 100"),
         ("image_size", 8193, "image-size must be at most 8192, got 8193"),
+        ("epochs", 10**9, "epochs must be at most 100000, got 1000000000"),
+        ("batch_size", 10**6, "batch-size must be at most 4096, got 1000000"),
+        ("base_filters", 10**6, "base-filters must be at most 1024, got 1000000"),
     ],
 )
 def test_depth_and_image_size_have_upper_bounds(setting: str, value: int, match: str) -> None:
     with pytest.raises(UnetError, match=match):
         config_mod.resolve(None, {setting: value})
-    assert config_mod.resolve(None, {"depth": 8, "image_size": 8192}).depth == 8
+    top = {"depth": 8, "image_size": 8192, "epochs": 100_000, "batch_size": 4096}
+    assert config_mod.resolve(None, {**top, "base_filters": 1024}).depth == 8
 
 
 def test_a_bad_value_from_the_config_file_names_the_file(tmp_path: Path) -> None:

@@ -31,6 +31,13 @@ MAX_DEPTH = 8
 256 and the bottleneck 256 times the base filters; more is no network this tool trains,
 and a ``config.json`` asking for it is refused rather than searched or built."""
 
+MAX_EPOCHS = 100_000
+MAX_BATCH = 4096
+MAX_BASE_FILTERS = 1024
+"""Bounds on epochs, batch size and first-level filters (the paper: 64; this package's
+default 16): far above any real run, so a damaged or hostile config.json or plan.json
+is refused in one line instead of allocating until the machine gives out."""
+
 MAX_IMAGE_SIZE = 8192
 """The largest network input side (``image_size``), in pixels. 8192 x 8192 is 67 MP,
 inside ``--max-pixels``' default of 100 MP, and a multiple of ``2**MAX_DEPTH``; a
@@ -188,7 +195,13 @@ class TrainConfig:
                 raise SettingError(name, f"{flag} must be a whole number, got {value!r}")
             if value < 1:
                 raise SettingError(name, f"{flag} must be at least 1, got {value}")
-            high = {"image_size": MAX_IMAGE_SIZE, "depth": MAX_DEPTH}.get(name)
+            high = {
+                "image_size": MAX_IMAGE_SIZE,
+                "depth": MAX_DEPTH,
+                "epochs": MAX_EPOCHS,
+                "batch_size": MAX_BATCH,
+                "base_filters": MAX_BASE_FILTERS,
+            }.get(name)
             if high is not None and value > high:
                 raise SettingError(name, f"{flag} must be at most {high}, got {value}")
         for name in ("zoom_out", "frame_crop", "opacity", "lowres", "stamps", "foreground_crops"):
