@@ -494,6 +494,19 @@ def test_resume_refuses_a_damaged_state_in_one_line(
     assert type(caught.value) is UnetError
 
 
+def test_resume_refuses_a_damaged_split_in_one_line(tiny_data: Path, tmp_path: Path) -> None:
+    """A split.json of the wrong shape gave a traceback deep in training."""
+    from run_fixtures import bright_model
+    from unet_lowered.training.train import train
+
+    run = _resumable_run(tiny_data, tmp_path / "run", bright_model(32))
+    (run / "split.json").write_text(json.dumps({"train": "abc", "val": [1]}))
+    with pytest.raises(
+        UnetError, match=r'split\.json: expected \{"train": \[ids\], "val": \[ids\]\}'
+    ):
+        train(None, run, resume=True, verbose=0)
+
+
 def test_empty_masks_warn(tmp_path: Path, capsys) -> None:
     from unet_lowered.io.images import write_png
 

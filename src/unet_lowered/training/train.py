@@ -393,7 +393,8 @@ def _load_resume(out: Path) -> tuple[RunConfig, dict, dict]:
     if not run_cfg.data:
         raise UnetError(f"{out / runs.CONFIG_FILE}: no 'data' entry; the run cannot be resumed")
     written = runs.check_state(loaded[2], out / runs.STATE_FILE)
-    return run_cfg, loaded[1], _checkpointed_state(out, written)
+    split = runs.Run(out, run_cfg).split()  # {"train": [ids], "val": [ids]}, checked
+    return run_cfg, split, _checkpointed_state(out, written)
 
 
 def _resume_ending(out: Path, state: dict, cfg: TrainConfig) -> str | None:
