@@ -112,6 +112,35 @@ def predict_files_ray(
         raise UnetError(f"--actors {actors}: give at least 1 actor")
     if address is not None:  # before the job writes its journal into --out
         _check_reachable(address)
+    with contextlib.ExitStack() as session:
+        # A cluster named by --ray-address is joined before the job writes anything into
+        # --out: "auto" with no cluster running is refused with an empty --out (it left
+        # a header-only predictions.csv and a journal). A local instance starts only when
+        # there is work for it.
+        ray = None if address is None else session.enter_context(_ray_session(address))
+        return _predict_on_ray(
+            ray, session, run_dir, inputs, out_dir, options, recursive, save_prob,
+            save_overlay, progress, resume, actors, task_retries, batch_hook,
+        )  # fmt: skip
+
+
+def _predict_on_ray(
+    ray: Any,
+    session: contextlib.ExitStack,
+    run_dir: str | os.PathLike,
+    inputs: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    options: PredictOptions | None,
+    recursive: bool,
+    save_prob: str | None,
+    save_overlay: bool,
+    progress: bool,
+    resume: bool,
+    actors: int | None,
+    task_retries: int,
+    batch_hook: Any,
+) -> PredictReport:
+    """The body of :func:`predict_files_ray`, with Ray joined (``ray``) or not yet."""
     job = open_job(run_dir, inputs, out_dir, options, recursive, save_prob, save_overlay, resume)
     report, rows, journal = job.report, job.rows, job.journal
     batches: list[list[tuple[int, str, str]]] = []
@@ -145,23 +174,24 @@ def predict_files_ray(
         for _ in rows:
             advance()
         if batches:
-            with _ray_session(address) as ray:
-                returned = set()
-                for result in _run_batches(ray, batches, settings, actors, task_retries):
-                    returned.add(result["batch"])
-                    _take(result, report, rows, console, journal)
-                    advance()
-                for b, batch in enumerate(batches):
-                    if b not in returned:  # its actor kept dying: one failed row each
-                        for _k, image_id, path in batch:
-                            died = UnetError(
-                                f"{path}: the Ray actor predicting it died "
-                                f"{task_retries + 1} time(s); run again with --resume "
-                                "to retry it"
-                            )
-                            _fail(report, rows, console, image_id, Path(path), died)
-                            journal.append(rows[-1])
-                            advance()
+            if ray is None:
+                ray = session.enter_context(_ray_session(None))
+            returned = set()
+            for result in _run_batches(ray, batches, settings, actors, task_retries):
+                returned.add(result["batch"])
+                _take(result, report, rows, console, journal)
+                advance()
+            for b, batch in enumerate(batches):
+                if b not in returned:  # its actor kept dying: one failed row each
+                    for _k, image_id, path in batch:
+                        died = UnetError(
+                            f"{path}: the Ray actor predicting it died "
+                            f"{task_retries + 1} time(s); run again with --resume "
+                            "to retry it"
+                        )
+                        _fail(report, rows, console, image_id, Path(path), died)
+                        journal.append(rows[-1])
+                        advance()
     order = job.order
     report.written.sort(key=lambda i: order[i])
     return report
