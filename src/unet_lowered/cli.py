@@ -370,7 +370,8 @@ def train(
         typer.Option(
             help="Training input size (square) [default: planned: the median longer side "
             "of the training images, at most 256, rounded down to a size the network takes "
-            "(a multiple of 16 at depth 4)]."
+            "(a multiple of 16 at depth 4); for crop-planned data the median shorter side, "
+            "at most 256]."
         ),
     ] = None,
     crop: Annotated[
@@ -382,15 +383,21 @@ def train(
         ),
     ] = None,
     clahe: Annotated[
-        bool | None, typer.Option("--clahe/--no-clahe", help="CLAHE first [default: planned].")
+        bool | None,
+        typer.Option(
+            "--clahe/--no-clahe",
+            help="CLAHE first [default: planned: off; the intensity augmentation applies CLAHE "
+            "to 1 image in 4].",
+        ),
     ] = None,
     invert_light: Annotated[
         bool | None,
         typer.Option(
             "--invert-light/--no-invert-light",
             help="Invert images whose background is light (median in the upper half of "
-            "the range), so all show light objects on dark [default: planned: on for data "
-            "that mix both, as fluorescence and brightfield nuclei, else off].",
+            "the range), so all show light objects on dark [default: planned: off; for data "
+            "that mix both, as fluorescence and brightfield nuclei, the plan's reason names "
+            "it, measured and not planned].",
         ),
     ] = None,
     val_fraction: Annotated[
@@ -412,7 +419,8 @@ def train(
         typer.Option(
             help=f"{' | '.join(names.LOSSES)}; aliases "
             + ", ".join(f"{a}={b}" for a, b in names.LOSS_ALIASES.items())
-            + " [default: planned: weighted-bce for touching objects, else bce+dice]."
+            + " [default: planned: bce+dice; where objects touch, the plan's reason names "
+            "weighted-bce, measured and not planned]."
         ),
     ] = None,
     optimizer: Annotated[

@@ -528,8 +528,8 @@ def predict_seen(
     model: Any, batch: Sequence[np.ndarray], config: RunConfig, options: PredictOptions
 ) -> list[Seen]:
     """:func:`~unet_lowered.inference.predictor.predict_images` with the second look:
-    each image's probabilities at its size, whether they come from it inverted, and
-    what its quality flag reads."""
+    each image's probabilities at its size, whether they come from it inverted, turned
+    or mirrored (``.gray_scale``, ``.orientation``), and what its quality flag reads."""
     fields = [imaged_field(image) for image in batch]
     grids = [contrast_grid(image) for image in batch]
     shapes = [image.shape[:2] for image in batch]
