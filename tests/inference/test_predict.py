@@ -139,10 +139,15 @@ def test_auto_tta_adds_the_turns_for_a_run_trained_with_any_rotation() -> None:
     assert resolve_tta("flips", run_config(free)) == "flips"
 
 
-def test_auto_tta_refuses_a_run_trained_without_flips(loaded) -> None:
+def test_auto_tta_refuses_a_run_trained_without_flips(loaded, run: Path, tmp_path: Path) -> None:
     model, config = loaded
     with pytest.raises(UnetError, match=r"the run was trained without flips .* --tta-transforms"):
         predict_image(model, disk_image(20, 20)[0], config, tta=True)
+    # unet predict refuses it before making --out (it left a header-only table and a journal)
+    images.write_png(tmp_path / "in" / "a.png", disk_image(20, 20)[0])
+    with pytest.raises(UnetError, match=r"the run was trained without flips"):
+        predict_files(run, [tmp_path / "in"], tmp_path / "out", PredictOptions(tta=True))
+    assert not (tmp_path / "out").exists()
 
 
 def test_the_runs_tta_choice_applies_by_default_and_flags_override(tmp_path: Path) -> None:

@@ -150,8 +150,10 @@ def for_run(options: PredictOptions, config: RunConfig) -> PredictOptions:
 
     Raises:
         UnetError: ``threshold`` or ``watershed`` for a multi-class run, which takes the
-            most likely class of each pixel: neither would change its mask.
+            most likely class of each pixel: neither would change its mask; ``tta`` on a
+            run trained without flips (:func:`resolve_tta`), before any output is written.
     """
+    tta_group(options, config)
     if config.num_classes > 1:
         for flag, value in (("--threshold", options.threshold), ("--watershed", options.watershed)):
             if value:
