@@ -256,3 +256,13 @@ def test_long_tiff_page_chain_is_not_walked(
         f"{path}: multi-page TIFF with at least {images.FRAMES_COUNTED} frames; "
         "the first frame is used"
     ]
+
+
+def test_a_jpeg_whose_height_comes_later_is_left_to_the_decoder() -> None:
+    """SOF with height 0 (given by a DNL marker after the first scan) is not a size to
+    compare: it would have refused a valid file as '64x0'."""
+    sof = b"\xff\xc0\x00\x0b\x08\x00\x00\x00\x40\x01\x01\x11\x00"  # 8-bit, height 0, width 64
+    stream = b"\xff\xd8" + sof + b"\xff\xda\x00\x08\x01\x01\x00\x00\x3f\x00"
+    assert images._jpeg_sizes(memoryview(stream)) is None
+    sized = stream.replace(b"\x00\x00\x00\x40", b"\x00\x20\x00\x40")  # height 32
+    assert images._jpeg_sizes(memoryview(sized)) == [(64, 32, 1)]

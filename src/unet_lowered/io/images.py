@@ -971,7 +971,8 @@ def _jpeg_sizes(data: memoryview) -> list[tuple[int, int, int]] | object | None:
             return _INCOMPLETE
         if marker in _JPEG_SIZE_MARKERS and length >= 8:
             height, width, components = struct.unpack(">HHB", data[pos + 3 : pos + 8])
-            sizes.append((width, height, components))
+            if height:  # 0: the height comes later, in a DNL marker after the first scan
+                sizes.append((width, height, components))
         elif marker == 0xF8 and length >= 4 and data[pos + 2] == 4:
             n = data[pos + 3]  # LSE ID 4: bytes per value, then height and width
             if n and length >= 4 + 2 * n:
