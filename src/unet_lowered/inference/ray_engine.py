@@ -118,83 +118,65 @@ def predict_files_ray(
         # a header-only predictions.csv and a journal). A local instance starts only when
         # there is work for it.
         ray = None if address is None else session.enter_context(_ray_session(address))
-        return _predict_on_ray(
-            ray, session, run_dir, inputs, out_dir, options, recursive, save_prob,
-            save_overlay, progress, resume, actors, task_retries, batch_hook,
-        )  # fmt: skip
-
-
-def _predict_on_ray(
-    ray: Any,
-    session: contextlib.ExitStack,
-    run_dir: str | os.PathLike,
-    inputs: Sequence[str | os.PathLike],
-    out_dir: str | os.PathLike,
-    options: PredictOptions | None,
-    recursive: bool,
-    save_prob: str | None,
-    save_overlay: bool,
-    progress: bool,
-    resume: bool,
-    actors: int | None,
-    task_retries: int,
-    batch_hook: Any,
-) -> PredictReport:
-    """The body of :func:`predict_files_ray`, with Ray joined (``ray``) or not yet."""
-    job = open_job(run_dir, inputs, out_dir, options, recursive, save_prob, save_overlay, resume)
-    report, rows, journal = job.report, job.rows, job.journal
-    batches: list[list[tuple[int, str, str]]] = []
-    for chunk in _chunks(list(enumerate(zip(job.ids, job.files, strict=True))), job.per_call):
-        todo = []
-        for k, (image_id, path) in chunk:
-            done = journal.done.get(image_id)
-            if (
-                done is not None
-                and done["source"] == str(path)
-                and done["status"] == "ok"
-                and all((job.out_dir / n).is_file() for n in job.outputs[image_id])
-            ):
-                rows.append(done)  # finished before the interruption
-                report.written.append(image_id)
-            else:
-                todo.append((k, image_id, str(path)))
-        if todo:
-            batches.append(todo)
-    settings = {
-        "run_dir": str(job.run.dir),
-        "out_dir": str(job.out_dir),
-        "options": job.options,
-        "save_prob": job.save_prob,
-        "save_overlay": save_overlay,
-        "cwd": os.getcwd(),
-        "hook": batch_hook,
-    }
-    console = stderr_console()
-    with job.finishing(), progress_bar(len(job.files), progress, "predicting", console) as advance:
-        for _ in rows:
-            advance()
-        if batches:
-            if ray is None:
-                ray = session.enter_context(_ray_session(None))
-            returned = set()
-            for result in _run_batches(ray, batches, settings, actors, task_retries):
-                returned.add(result["batch"])
-                _take(result, report, rows, console, journal)
+        job = open_job(
+            run_dir, inputs, out_dir, options, recursive, save_prob, save_overlay, resume
+        )
+        report, rows, journal = job.report, job.rows, job.journal
+        batches: list[list[tuple[int, str, str]]] = []
+        for chunk in _chunks(list(enumerate(zip(job.ids, job.files, strict=True))), job.per_call):
+            todo = []
+            for k, (image_id, path) in chunk:
+                done = journal.done.get(image_id)
+                if (
+                    done is not None
+                    and done["source"] == str(path)
+                    and done["status"] == "ok"
+                    and all((job.out_dir / n).is_file() for n in job.outputs[image_id])
+                ):
+                    rows.append(done)  # finished before the interruption
+                    report.written.append(image_id)
+                else:
+                    todo.append((k, image_id, str(path)))
+            if todo:
+                batches.append(todo)
+        settings = {
+            "run_dir": str(job.run.dir),
+            "out_dir": str(job.out_dir),
+            "options": job.options,
+            "save_prob": job.save_prob,
+            "save_overlay": save_overlay,
+            "cwd": os.getcwd(),
+            "hook": batch_hook,
+        }
+        console = stderr_console()
+        with (
+            job.finishing(),
+            progress_bar(len(job.files), progress, "predicting", console) as advance,
+        ):
+            for _ in rows:
                 advance()
-            for b, batch in enumerate(batches):
-                if b not in returned:  # its actor kept dying: one failed row each
-                    for _k, image_id, path in batch:
-                        died = UnetError(
-                            f"{path}: the Ray actor predicting it died "
-                            f"{task_retries + 1} time(s); run again with --resume "
-                            "to retry it"
-                        )
-                        _fail(report, rows, console, image_id, Path(path), died)
-                        journal.append(rows[-1])
-                        advance()
-    order = job.order
-    report.written.sort(key=lambda i: order[i])
-    return report
+            if batches:
+                if ray is None:
+                    ray = session.enter_context(_ray_session(None))
+                returned = set()
+                for result in _run_batches(ray, batches, settings, actors, task_retries):
+                    returned.add(result["batch"])
+                    _take(result, report, rows, console, journal)
+                    advance()
+                for b, batch in enumerate(batches):
+                    if b not in returned:  # its actor kept dying: one failed row each
+                        for _k, image_id, path in batch:
+                            died = UnetError(
+                                f"{path}: the Ray actor predicting it died "
+                                f"{task_retries + 1} time(s); run again with --resume "
+                                "to retry it"
+                            )
+                            _fail(report, rows, console, image_id, Path(path), died)
+                            journal.append(rows[-1])
+                            advance()
+        order = job.order
+        report.written.sort(key=lambda i: order[i])
+        return report
 
 
 # ---------------------------------------------------------------- the driver side
