@@ -1275,15 +1275,22 @@ def _import_keras_quietly() -> None:
             os.close(saved)
 
 
-def _check_usage(command: str, args: list[str]) -> None:
-    """Parse a command's arguments without running it: a mistyped option or a missing
-    argument raises Click's usage error at once, not after the 5-10 s Keras import.
-    The commands' options have no callbacks, so parsing does nothing else."""
+def _parsed(command: str, args: list[str], resilient: bool = False) -> dict[str, Any]:
+    """A command's parameters parsed from ``args`` without running it (defaults filled
+    in); ``resilient``: no usage error, as Click's own completion parses. The commands'
+    options have no callbacks, so parsing does nothing else."""
     group = typer.main.get_command(app)
     sub = group.get_command(group.context_class(group), command)  # type: ignore[attr-defined]
-    if sub is not None:
-        with sub.make_context(f"unet {command}", list(args)):
-            pass
+    if sub is None:
+        return {}
+    with sub.make_context(f"unet {command}", list(args), resilient_parsing=resilient) as ctx:
+        return dict(ctx.params)
+
+
+def _check_usage(command: str, args: list[str]) -> None:
+    """A mistyped option or a missing argument raises Click's usage error at once, not
+    after the 5-10 s Keras import."""
+    _parsed(command, args)
 
 
 def _keras_json() -> str:
@@ -1367,15 +1374,11 @@ def _train_hint(args: list[str]) -> str:
     """How to go on with an interrupted ``unet train``: ``--resume`` naming its run folder,
     or ``--overwrite`` when no epoch finished (there is nothing to resume)."""
     from unet_lowered.io import runs
+    from unet_lowered.training.folds import is_ensemble
 
-    out = "runs/unet"  # the --out default
-    for k, arg in enumerate(args):
-        if arg in ("--out", "-o") and k + 1 < len(args):
-            out = args[k + 1]
-        elif arg.startswith("--out="):
-            out = arg.split("=", 1)[1]
-    folder = Path(out)
-    if not (folder / runs.LAST_FILE).is_file() and not (folder / "folds").is_dir():
+    out = _parsed("train", args[1:], resilient=True).get("out")
+    folder = Path(out) if out is not None else Path(".")
+    if not (folder / runs.LAST_FILE).is_file() and not is_ensemble(folder):
         return f"no epoch finished, so there is nothing to resume; start it again with --overwrite --out {out}"
     return f"continue it with `unet train --resume --out {out}`"
 
