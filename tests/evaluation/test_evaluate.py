@@ -158,6 +158,27 @@ def test_multi_class_per_class_columns(tmp_path: Path) -> None:
     # class 100: absent and never predicted (Dice 1); class 200: the rectangle, exact (Dice 1)
     assert float(row["dice_100"]) == 1 and float(row["dice_200"]) == 1 and float(row["dice"]) == 1
     assert summary["metrics"]["dice_200"]["mean"] == 1
+    assert "class_names" not in summary  # none given to `unet prepare`
+
+
+def test_the_table_names_the_classes(tmp_path: Path, capsys) -> None:
+    """With ``--class-names``, summary.json maps each ``dice_<value>`` to its class's name
+    and the table shows it beside the column's name (the CSV keeps ``dice_<value>``)."""
+    names = ["background", "lung", "heart"]
+    run_dir = make_run(
+        tmp_path / "mc",
+        bright_model(32, num_classes=3),
+        label_values=[0, 100, 200],
+        class_names=names,
+    )
+    image, rect = rectangle_image()
+    images.write_png(tmp_path / "d" / "images" / "a.png", image)
+    images.write_png(tmp_path / "d" / "masks" / "a.png", rect.astype(np.uint8) * 200)
+    summary = evaluate_run(run_dir, tmp_path / "d", tmp_path / "ev", TILE, progress=True)
+    assert summary["class_names"] == {"dice_100": "lung", "dice_200": "heart"}
+    rows = [line.split()[1:3] for line in capsys.readouterr().out.splitlines() if "dice_" in line]
+    assert rows == [["dice_100", "(lung)"], ["dice_200", "(heart)"]]
+    assert "dice_200" in read_rows(tmp_path / "ev" / "per_image.csv")["a"]
 
 
 def test_multi_class_mean_leaves_out_a_class_absent_from_both() -> None:

@@ -280,6 +280,9 @@ def test_multi_class_pictures_have_a_legend_and_per_class_dice(tmp_path: Path, f
         "lung: class 1 (value 100)",
         "heart: class 2 (value 200)",
     ]
+    evaluate_run(named, data, None, PredictOptions(mode="tile"), progress=False)
+    plots.plot_run(named)
+    assert figures["worst.png"].axes[0].get_title() == "a\nDice 1.000\nlung 1.000, heart 1.000"
 
 
 def test_the_overlay_title_says_the_colour_overlay_draws(tmp_path: Path, figures) -> None:

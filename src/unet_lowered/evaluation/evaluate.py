@@ -22,7 +22,8 @@ Outputs (into ``RUN/eval/`` unless told otherwise), each written atomically:
   ``predictions.csv``;
 * ``summary.json``: per metric ``n, n_nonfinite, mean, median, std, min, max``, the
   5 worst ids by Dice, the ids read inverted and those read turned, the settings used
-  and the folders read.
+  and the folders read; with class names (``unet prepare --class-names``),
+  ``class_names``: ``dice_<value>`` to the class's name, which the table shows beside it.
 """
 
 from __future__ import annotations
@@ -400,6 +401,11 @@ def _summary(
 ) -> dict[str, Any]:
     keys = [k for k in rows[0] if k not in ("id", "gray_scale", "orientation")]
     worst = sorted(rows, key=lambda r: (r["dice"], r["id"]))[:WORST]
+    config = run.config
+    named = {}  # dice_<value> -> the class's name from `unet prepare --class-names`
+    if config.class_names and config.num_classes > 1:
+        values = config.label_values or tuple(range(config.num_classes))
+        named = {f"dice_{values[c]}": config.class_names[c] for c in range(1, config.num_classes)}
     return {
         "run": str(run.dir),
         "data": str(Path(pairs.root).resolve()),  # `unet plot` reads it from anywhere
@@ -408,6 +414,7 @@ def _summary(
         "split": split,
         "n_images": len(rows),
         "metrics": {k: metrics.summarize(r[k] for r in rows) for k in keys},
+        **({"class_names": named} if named else {}),
         "worst": [{"id": r["id"], "dice": r["dice"]} for r in worst],
         "read_inverted": [r["id"] for r in rows if r["gray_scale"] == INVERTED],
         "read_turned": {r["id"]: r["orientation"] for r in rows if r["orientation"] != AS_STORED},
@@ -431,6 +438,15 @@ def print_summary(summary: dict[str, Any]) -> None:
     from rich.table import Table
 
     n = summary["n_images"]
+    named = summary.get("class_names") or {}
+
+    def label(key: str) -> str:  # dice_100 (lung), hd95 (px)
+        return (
+            key
+            + (f" ({named[key]})" if key in named else "")
+            + (" (px)" if key.startswith("hd95") else "")
+        )
+
     header = f"{n} image{'' if n == 1 else 's'} ({summary['split']}), " + settings_words(
         summary["settings"]
     )
@@ -441,8 +457,7 @@ def print_summary(summary: dict[str, Any]) -> None:
         cells = [
             "-" if s[c] is None else f"{s[c]:.4f}" for c in ("mean", "median", "std", "min", "max")
         ]
-        name = key + (" (px)" if key.startswith("hd95") else "")
-        name += f" ({s['n_nonfinite']} inf)" if s["n_nonfinite"] else ""
+        name = label(key) + (f" ({s['n_nonfinite']} inf)" if s["n_nonfinite"] else "")
         table.add_row(name, *cells)
     console = Console()
     console.print(header, soft_wrap=True, markup=False, highlight=False)
@@ -458,7 +473,6 @@ def print_summary(summary: dict[str, Any]) -> None:
                 for c in ("mean", "median", "std", "min", "max")
             )
             inf = f" ({s['n_nonfinite']} inf)" if s["n_nonfinite"] else ""
-            unit = " (px)" if key.startswith("hd95") else ""
-            console.print(f"{key}{unit}{inf}: {cells}", soft_wrap=True, markup=False)
+            console.print(f"{label(key)}{inf}: {cells}", soft_wrap=True, markup=False)
     worst = ", ".join(f"{w['id']} ({w['dice']:.3f})" for w in summary["worst"])
     console.print(f"worst by Dice: {worst}", soft_wrap=True, markup=False)

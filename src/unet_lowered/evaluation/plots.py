@@ -63,7 +63,7 @@ class Case(NamedTuple):
         reading: How the image was read when not as stored (``"read inverted"``,
             ``"read turned 180"``), or empty.
         class_dice: Multi-class runs: the Dice per foreground class, by the class's
-            name (``"class 1"``), or None.
+            name (``unet prepare --class-names``; else ``"class 1"``), or None.
     """
 
     id: str
@@ -426,8 +426,9 @@ def _cases(
         per_class = None
         if row and config.num_classes > 1:  # per_image.csv's dice_<label value>
             values = config.label_values or tuple(range(config.num_classes))
+            named = config.class_names or [f"class {c}" for c in range(config.num_classes)]
             per_class = {
-                f"class {c}": float(row[f"dice_{values[c]}"])
+                named[c]: float(row[f"dice_{values[c]}"])
                 for c in range(1, config.num_classes)
                 if row.get(f"dice_{values[c]}")
             }
