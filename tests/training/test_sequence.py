@@ -18,7 +18,7 @@ from unet_lowered.dataset.pairs import load_prepared
 from unet_lowered.errors import SettingError, UnetError
 from unet_lowered.io.images import write_png
 from unet_lowered.preprocess import standardize
-from unet_lowered.training.augment import AugmentConfig, random_crop
+from unet_lowered.training.augment import AugmentConfig, mirrored_window, random_crop
 from unet_lowered.training.cache import SampleCache
 from unet_lowered.training.config import TrainConfig
 from unet_lowered.training.feed import as_tf_dataset, lowest_priority
@@ -445,13 +445,51 @@ def train_batch(seq: SegmentationSequence, epoch: int, index: int) -> np.ndarray
     return seq[index][0]
 
 
-def test_target_size_crops_the_targets_at_the_centre(tmp_path: Path) -> None:
-    data = load_prepared(make_prepared(tmp_path, ids_of(2), meta={}))
-    cache = SampleCache(data, channels=1, image_size=16)
-    full = SegmentationSequence(cache, data.ids, 2)[0][1]
-    x, y = SegmentationSequence(cache, data.ids, 2, target_size=(8, 10))[0]
-    assert x.shape == (2, 16, 16, 1) and y.shape == (2, 8, 10, 1)
-    np.testing.assert_array_equal(y, full[:, 4:12, 3:13])
+def test_mirrored_window_pairs_a_target_window_with_its_mirrored_context() -> None:
+    """A valid-padding pair from a whole image: the target is a window of the target
+    map, the input the window of the image reflect-padded by the margin whose central
+    part that target is; over many draws every pixel, the corners too, is a target."""
+    image = np.arange(12 * 14, dtype=np.float32).reshape(12, 14, 1)
+    padded = np.pad(image, ((4, 4), (4, 4), (0, 0)), mode="reflect")  # margins of 4 and 4
+    rng = np.random.default_rng(0)
+    covered = np.zeros((12, 14), int)
+    for _ in range(400):
+        x, y = mirrored_window(image, image + 1000, (4, 6), rng)
+        top, left = divmod(int(y[0, 0, 0]) - 1000, 14)
+        assert x.shape == (12, 14, 1) and y.shape == (4, 6, 1)
+        np.testing.assert_array_equal(y, image[top : top + 4, left : left + 6] + 1000)
+        np.testing.assert_array_equal(x, padded[top : top + 12, left : left + 14])
+        np.testing.assert_array_equal(x[4:8, 4:10], y - 1000)  # the target's own pixels
+        covered[top : top + 4, left : left + 6] += 1
+    assert covered.min() > 0 and covered[0, 0] > 0 and covered[-1, -1] > 0
+    assert covered[5, 6] > covered[0, 0]  # the borders about half as often as the middle
+
+
+def test_valid_padding_targets_reach_the_border(tmp_path: Path) -> None:
+    """With a target size (valid padding) the targets are windows of the whole mask,
+    found anywhere in it: foreground only in a 2-px frame at the image's border, which
+    the central 8x10 of a 16x16 input never holds (every target was empty when the
+    target was the centre crop), is a target in some batches, whole images and crops
+    alike."""
+    mask = np.zeros((16, 16), np.uint8)
+    mask[:2], mask[-2:], mask[:, :2], mask[:, -2:] = 255, 255, 255, 255
+    for ident in ("a", "b"):
+        write_png(tmp_path / "d" / "images" / f"{ident}.png", np.full((16, 16), 90, np.uint8))
+        write_png(tmp_path / "d" / "masks" / f"{ident}.png", mask)
+    data = load_prepared(tmp_path / "d")
+    framed = (mask > 0).astype(np.float32)
+    windows = {framed[t : t + 8, c : c + 10].tobytes() for t in range(9) for c in range(7)}
+    for mode in ("resize", "crop"):
+        cache = SampleCache(data, channels=1, image_size=16, input_mode=mode)
+        seq = SegmentationSequence(cache, data.ids, 2, shuffle=True, target_size=(8, 10))
+        found = 0.0
+        for epoch in range(20):
+            seq.set_epoch(epoch)
+            x, y = seq[0]
+            assert x.shape == (2, 16, 16, 1) and y.shape == (2, 8, 10, 1)
+            assert all(t[..., 0].tobytes() in windows for t in y), mode
+            found += float(y.sum())
+        assert found > 0, mode
 
 
 def test_sequence_refuses_bad_arguments(tmp_path: Path) -> None:

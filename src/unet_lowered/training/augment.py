@@ -728,6 +728,7 @@ def random_crop(
     rng: np.random.Generator,
     weight: np.ndarray | None = None,
     foreground: bool = False,
+    target_size: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """A random ``size`` window of image, mask and weight; reflect-padded if smaller.
 
@@ -741,11 +742,23 @@ def random_crop(
             mask, moved inside the image where that pixel is near a border, as
             nnU-Net's foreground oversampling does; a mask without foreground gets a
             uniform window.
+        target_size: A ``valid``-padding network's output size, smaller than ``size``:
+            the arrays are first reflect-padded by the margin (:func:`valid_margins`),
+            as the paper's overlap-tile strategy mirrors the image at its borders, so the
+            central ``target_size`` window, the one supervised, reaches every pixel of
+            the image (its borders included) and the rest is the context the network
+            sees there in prediction.
 
     Returns:
         ``(image, mask, weight)`` of spatial size ``size`` (weight None if not given).
     """
     th, tw = size
+    if target_size is not None:
+        pads = valid_margins(size, target_size)
+        image = np.pad(image, (*pads, (0, 0)), mode="reflect")
+        mask = np.pad(mask, pads, mode="reflect")
+        if weight is not None:
+            weight = np.pad(weight, pads, mode="reflect")
     h, w = mask.shape
     pad_h, pad_w = max(th - h, 0), max(tw - w, 0)
     if pad_h or pad_w:
@@ -769,6 +782,40 @@ def random_crop(
     if weight is not None:
         weight = np.ascontiguousarray(weight[window])
     return image, mask, weight
+
+
+def valid_margins(
+    size: tuple[int, int], target_size: tuple[int, int]
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """``((top, bottom), (left, right))``: the context a ``valid``-padding network of
+    input ``size`` adds around its output ``target_size`` (the output is the input's
+    central window, :func:`center_crop`)."""
+    (h, w), (th, tw) = size, target_size
+    return ((h - th) // 2, h - th - (h - th) // 2), ((w - tw) // 2, w - tw - (w - tw) // 2)
+
+
+def mirrored_window(
+    image: np.ndarray, target: np.ndarray, target_size: tuple[int, int], rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """A ``valid``-padding training pair from a whole ``(H, W, C)`` image and its
+    ``(H, W, K)`` target at the network's input size: a random ``target_size`` window of
+    the target, and the ``(H, W)`` input around it from the image reflect-padded by the
+    margin (the paper's overlap-tile: context beyond the border is mirrored, as
+    prediction mirrors it).
+
+    The window's centre is drawn uniformly over the image and the window moved inside
+    it, so every pixel is a target in some draws, the border ones about half as often
+    as the inner ones. (Centre-cropping the target instead would supervise only the
+    middle: 36x36 of a 220x220 input at depth 4, under 3% of the image.)
+    """
+    (h, w), (th, tw) = image.shape[:2], target_size
+    top = min(max(int(rng.integers(0, h)) - th // 2, 0), h - th)
+    left = min(max(int(rng.integers(0, w)) - tw // 2, 0), w - tw)
+    # In the padded image the input whose central window is target[top:, left:] starts
+    # at (top, left): the padding is the margin the network's output leaves.
+    padded = np.pad(image, (*valid_margins((h, w), (th, tw)), (0, 0)), mode="reflect")
+    x = np.ascontiguousarray(padded[top : top + h, left : left + w])
+    return x, np.ascontiguousarray(target[top : top + th, left : left + tw])
 
 
 def center_crop(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -183,6 +183,7 @@ class SampleCache:
         crop_rng: np.random.Generator | None = None,
         foreground: bool = False,
         crop_size: tuple[int, int] | None = None,
+        target_size: tuple[int, int] | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """One sample as new arrays, ready for augmentation.
 
@@ -194,6 +195,10 @@ class SampleCache:
             foreground: In ``crop`` mode, centre the window on a foreground pixel.
             crop_size: ``(height, width)`` of that window instead of ``image_size`` (the
                 half-size crops of progressive training).
+            target_size: In ``crop`` mode, a ``valid``-padding network's output size for
+                the window: the image is mirrored at its borders by the margin first, so
+                the window's supervised centre reaches the border pixels
+                (:func:`~unet_lowered.training.augment.random_crop`).
 
         Returns:
             image float32 ``(H, W, C)`` in ``[0, 1]``, mask uint8 ``(H, W)`` (0/1 or class
@@ -210,7 +215,7 @@ class SampleCache:
             weight = self._weights.get(ident)
         if crop_rng is not None and self.input_mode == "crop":
             image, mask, weight = random_crop(
-                image, mask, crop_size or self.image_size, crop_rng, weight, foreground
+                image, mask, crop_size or self.image_size, crop_rng, weight, foreground, target_size
             )
         image = image.astype(np.float32) * np.float32(1 / 65535)
         mask = mask.copy()  # never hand out the cached array

@@ -22,7 +22,7 @@ from unet_lowered import preprocess
 from unet_lowered.dataset.pairs import PreparedData
 from unet_lowered.errors import UnetError, listing
 from unet_lowered.model import half_size, output_size
-from unet_lowered.training.augment import AugmentConfig, augment, center_crop
+from unet_lowered.training.augment import AugmentConfig, augment, center_crop, mirrored_window
 from unet_lowered.training.cache import SampleCache, default_weight_fn
 from unet_lowered.training.config import TrainConfig
 
@@ -65,7 +65,12 @@ class SegmentationSequence(keras.utils.PyDataset):
     after augmentation; crops on their whole image's scale, as tiles are predicted. ``y``: float32 ``(B, h, w, 1)`` with 0/1 or class indices, or
     ``(B, h, w, 2)`` = ``[mask, weight]`` when the cache has weight maps. ``(h, w)`` is
     ``target_size`` (the model's output size, smaller than the input with ``valid``
-    padding: the targets are centre-cropped) or the input size.
+    padding) or the input size. With ``valid`` padding the target is the input's central
+    window, and the inputs are mirrored at the image's borders so that every pixel is a
+    target in some samples (the paper's overlap-tile): whole images give a random
+    target window with the input around it
+    (:func:`~unet_lowered.training.augment.mirrored_window`), crops are cut from the
+    image reflect-padded by the margin (:func:`~unet_lowered.training.augment.random_crop`).
 
     Randomness is a pure function of ``(seed, epoch, position in the epoch)``: the
     order is ``default_rng([seed, epoch]).permutation``, and each sample's crop and
@@ -85,7 +90,7 @@ class SegmentationSequence(keras.utils.PyDataset):
     made as usual at the full size, then resized to its smaller size (images by area
     averaging, targets by nearest neighbour, so class indices stay indices); crops are
     cut at the smaller size from the image at native resolution (the objects keep their
-    scale, as in prediction). Targets are then centre-cropped to its target size.
+    scale, as in prediction). Targets then take its target size as above.
 
     Keep ``workers=1`` (the default) for exact reproducibility: on TensorFlow
     :func:`as_tf_dataset` still makes batches ahead on one background thread, and JAX and
@@ -217,22 +222,28 @@ class SegmentationSequence(keras.utils.PyDataset):
         if small is not None and self.epoch >= small.epochs:
             small = None
         centred = crop and self.foreground_crops > 0 and rng.random() < self.foreground_crops
+        target_size = self.target_size  # valid padding: the output, smaller than the input
+        if small is not None:
+            target_size = small.target_size if small.target_size != small.size else None
         image, mask, weight = self.cache.sample(
-            ident, crop_rng=rng, foreground=centred, crop_size=small.size if small else None
+            ident,
+            crop_rng=rng,
+            foreground=centred,
+            crop_size=small.size if small else None,
+            target_size=target_size,  # crops: mirrored at the image's borders by the margin
         )
         window = preprocess.mean_std(image) if crop else None
         if self.augment is not None:
             image, mask, *rest = augment(image, mask, rng, self.augment, weight)
             weight = rest[0] if rest else None
         target = mask[:, :, None] if weight is None else np.stack([mask, weight], axis=-1)
-        target_size = self.target_size
-        if small is not None:
-            if not crop:  # crops are cut at the small size: native resolution kept
-                image = _resized(image, small.size, cv2.INTER_AREA)
-                target = _resized(target, small.size, cv2.INTER_NEAREST)
-            target_size = small.target_size if small.target_size != small.size else None
-        if target_size is not None:
+        if small is not None and not crop:  # crops are cut at the small size (native scale)
+            image = _resized(image, small.size, cv2.INTER_AREA)
+            target = _resized(target, small.size, cv2.INTER_NEAREST)
+        if target_size is not None and crop:
             target = center_crop(target, target_size)
+        elif target_size is not None:  # a whole image: a window of it, mirrored context
+            image, target = mirrored_window(image, target, target_size, rng)
         if window is None:
             return preprocess.standardize(image), target
         return preprocess.standardize_window(image, window, self.cache.image_stats(ident)), target
