@@ -7,9 +7,9 @@ shared by ``unet predict`` and ``unet evaluate`` (:func:`predict_images`):
   ``image_size``; the network's logits become probabilities (sigmoid for one
   class, softmax for several) and are resized back with bilinear interpolation.
   Right for runs trained on resized images (``input_mode: resize``).
-* ``mode="tile"``: the image is standardised at its own size and predicted with
-  the paper's overlap-tile strategy (:func:`unet_lowered.inference.tiling.predict_tiled`),
-  tiles of the training size, mirror padding at the borders, Gaussian blending.
+* ``mode="tile"``: the image is standardised at its own size and predicted in
+  overlapping tiles of the training size (:func:`unet_lowered.inference.tiling.predict_tiled`),
+  Gaussian blending; the paper's mirrored context at the borders for ``valid`` padding.
   Right for runs trained on crops at the native resolution (``input_mode: crop``)
   and for images far larger than the training size.
 * ``"auto"`` (default) picks ``tile`` for crop-trained runs and ``resize`` otherwise.

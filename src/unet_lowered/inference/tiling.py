@@ -1,11 +1,12 @@
 """Overlap-tile prediction: pure functions on arrays.
 
-:func:`predict_tiled` is the paper's overlap-tile strategy (Ronneberger et al.
+:func:`predict_tiled` follows the paper's overlap-tile strategy (Ronneberger et al.
 2015, Fig. 2): an image of any size is covered by tiles of the network's size;
 each output tile sees ``margin`` pixels of context on every side, taken from the
-image or, at the image borders, from its mirror image. Neighbouring tiles
-overlap and are blended with weights that fall off towards the tile edges
-(Gaussian or linear), so the stitched map has no seams.
+image or, at the image borders, from its mirror image. Unlike the paper, whose
+output tiles abut, neighbouring tiles overlap and are blended with weights that fall
+off towards the tile edges (Gaussian or linear), as nnU-Net and MONAI's sliding
+window do, so the stitched map has no seams.
 
 Geometry (per axis, in pixels)::
 

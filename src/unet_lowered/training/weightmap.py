@@ -4,9 +4,10 @@
 
 ``d1``/``d2`` are the distances from pixel ``x`` to the nearest and the
 second-nearest object; objects are the connected components of the mask
-(8-connectivity) unless instance labels are given. As in the paper, the border
-term is added to BACKGROUND pixels only: it makes the thin gaps between nearby
-objects expensive to get wrong, so the network learns to keep objects apart.
+(8-connectivity) unless instance labels are given. The border term is added to
+BACKGROUND pixels only (our reading of the paper's Fig. 3d; its eq. 2 is written for
+every pixel): it makes the thin gaps between nearby objects expensive to get wrong, so
+the network learns to keep objects apart.
 
 ``w_c`` balances the classes by inverse frequency: class ``c`` (each distinct mask
 value) covering ``N_c`` of the ``N`` pixels gets ``N / (K * N_c)`` with ``K`` the number
