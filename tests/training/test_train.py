@@ -979,3 +979,19 @@ def test_keras_bar_only_on_a_terminal_that_takes_it(monkeypatch) -> None:
     monkeypatch.setenv("TERM", "xterm")
     monkeypatch.setattr(sys.stdout, "isatty", lambda: False)
     assert not train_mod._plain_terminal()
+
+
+def test_a_training_too_large_for_the_free_memory_is_warned_of(
+    tiny_data: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """Before the first epoch, one line when the estimate exceeds the free memory (the
+    kernel would kill the process without a word); none when it fits."""
+    from unet_lowered.training import memory
+
+    monkeypatch.setattr(memory, "available_bytes", lambda: 500_000_000)
+    _train(tiny_data, tmp_path / "small", epochs=1)
+    err = capsys.readouterr().err
+    assert "warning: this training needs about 1.0 GB (32x32, batch 4) and 0.5 GB is free" in err
+    monkeypatch.setattr(memory, "available_bytes", lambda: 50_000_000_000)
+    _train(tiny_data, tmp_path / "large", epochs=1)
+    assert "this training needs" not in capsys.readouterr().err

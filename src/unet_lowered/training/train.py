@@ -44,7 +44,7 @@ from unet_lowered.io import atomic, runs
 from unet_lowered.io.images import read_image
 from unet_lowered.io.progress import progress_bar
 from unet_lowered.model import nearest_valid_sizes, output_size, unet
-from unet_lowered.training import distribute
+from unet_lowered.training import distribute, memory
 from unet_lowered.training.callbacks import (
     Checkpoint,
     ImageCounter,
@@ -242,6 +242,17 @@ def train(
             epoch=state["epoch"],
         )
         for message in mask_warnings(dataset, split["train"], loss=cfg.loss):
+            warn(message)
+        needed = memory.training_bytes(
+            size,
+            cfg.batch_size,
+            precision,
+            cfg.base_filters,
+            cfg.batch_norm,
+            0 if train_seq.cache.lazy else train_seq.cache.nbytes,
+        )
+        message = memory.memory_warning(needed, memory.available_bytes(), size, cfg.batch_size)
+        if message and distribute.is_writer(dp):
             warn(message)
 
         run_config = _run_config(cfg, dataset, data, precision, size)
