@@ -190,3 +190,9 @@ def test_split_sizes(n: int, fraction: float, n_val: int) -> None:
 def test_split_refuses_bad_fractions(fraction: float) -> None:
     with pytest.raises(UnetError, match=r"val-fraction must be in \[0, 1\)"):
         split_ids(ids_of(4), fraction, seed=0)
+
+
+def test_split_rounds_the_validation_share_to_the_nearest_count() -> None:
+    """10 ids at 0.18: 1.8 validation images round to 2 (truncating would give 1)."""
+    train, val = split_ids(ids_of(10), 0.18, seed=0)
+    assert (len(train), len(val)) == (8, 2)

@@ -49,7 +49,9 @@ def test_tiny_demo_runs_the_whole_pipeline(tmp_path: Path) -> None:
         assert mask.shape == (64, 64)
         assert set(np.unique(mask)) <= {0, 255}
         assert (predictions / f"{row['id']}_overlay.png").is_file()
-    assert 0.0 <= result["val_dice_training_size"] <= 1.0
+    metrics = json.loads((out / "run" / "metrics.json").read_text())
+    assert result["val_dice_training_size"] == metrics["val_dice"]  # what it reports is the run's
+    assert 0.0 <= metrics["val_dice"] <= 1.0
     assert result["predicted_images"] == 3
     closing = lines[-1]
     assert "Demo finished" in closing

@@ -230,3 +230,15 @@ def test_multi_class_choice_cleans_each_class() -> None:
     assert choice.baseline == pytest.approx(before, abs=1e-6) and choice.dice == 1.0
     with pytest.raises(ValueError, match="multi-class"):
         choose_postprocess([pred], [truth], objects=1, classes=3, thresholds=(0.4,))
+
+
+def test_the_best_of_several_improving_thresholds_is_kept() -> None:
+    """One square at 0.65, one column of it at 0.45 and one at 0.35: thresholds 0.4 and
+    0.3 both beat 0.5, and 0.3, which keeps both columns (Dice 1), is the one kept."""
+    truth = np.zeros((20, 20), bool)
+    truth[5:15, 5:15] = True
+    prob = np.where(truth, 0.65, 0.0).astype(np.float32)
+    prob[5:15, 5] = 0.45
+    prob[5:15, 6] = 0.35
+    choice = choose_postprocess([prob], [truth], objects=None, thresholds=(0.3, 0.4, 0.6))
+    assert choice.threshold == 0.3

@@ -545,3 +545,16 @@ def class_model(classes: int):
     from run_fixtures import bright_model
 
     return bright_model(128, num_classes=classes)
+
+
+def test_polarity_invert_still_reads_an_upside_down_film_upright(run: Path, tmp_path: Path) -> None:
+    """--polarity invert with a film both inverted and stored upside down: the turned
+    views are still tried, on the inverted image."""
+    film, lungs = apex_chest(seed=10)
+    images.write_png(tmp_path / "in" / "f.png", (255 - np.rot90(film, 2)).astype(film.dtype))
+    options = PredictOptions(polarity="invert")
+    predict_files(run, [tmp_path / "in"], tmp_path / "out", options, progress=False)
+    rows, masks = predicted(tmp_path / "out")
+    assert rows["f"]["orientation"] == "turned 180" and rows["f"]["quality"] == "ok"
+    truth = np.rot90(lungs, 2)
+    assert np.count_nonzero(masks["f"] != truth) < 0.05 * truth.size

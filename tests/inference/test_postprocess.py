@@ -331,3 +331,13 @@ def test_merge_pieces_joins_regions_by_their_boundary_probability() -> None:
     assert (merged[2, :4] == 0).all()  # background stays background
     assert len(np.unique(merge_pieces(labels, probs, 0.82))) == 4  # 0 and three regions
     assert len(np.unique(merge_pieces(labels, probs, 0.5))) == 2  # 0 and one region
+
+
+def test_fill_holes_keeps_a_lower_class_inside_the_hole() -> None:
+    """A class-1 island inside a class-2 square is not a hole of class 2 to fill: it
+    keeps its class (the classes are cleaned in increasing order, so a class-3 island,
+    the case above, would hide a fill that overwrote it)."""
+    m = np.zeros((12, 12), np.int32)
+    m[2:10, 2:10] = 2
+    m[5:7, 5:7] = 1
+    np.testing.assert_array_equal(clean_mask(m, holes=True), m)

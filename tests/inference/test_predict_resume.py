@@ -382,3 +382,16 @@ def test_ctrl_c_says_how_far_it_got_and_how_to_finish(setup, tmp_path, monkeypat
         "command with --resume finishes the job\n"
     ) in err
     assert [r["id"] for r in rows_of(out)] == ["img00", "img01", "img02"]
+
+
+def test_resume_redoes_an_input_whose_mask_was_deleted(
+    setup, reference, tmp_path, monkeypatch
+) -> None:
+    """A finished input whose mask is lost before --resume is predicted again, not
+    listed in predictions.csv without its file."""
+    run, inputs = setup
+    out = tmp_path / "out"
+    _interrupt(run, [inputs], out, monkeypatch, after=8)
+    (out / "img01.png").unlink()
+    predict_files(run, [inputs], out, resume=True, **OPTIONS)
+    assert_same_outputs(out, reference)

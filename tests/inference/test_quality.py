@@ -495,3 +495,13 @@ def test_names_a_side() -> None:
     assert names_a_side(centred(0.23, 0.34)) and names_a_side(centred(0.69, 0.80))
     assert not names_a_side(centred(0.45, 0.55))  # across the middle
     assert not names_a_side(MaskStats(objects=2, fraction=(0.1, 0.2), min_ratio=0.5))
+
+
+def test_two_lungs_of_area_ratio_0_6_are_flagged() -> None:
+    """Lungs of 1500 and 900 px (ratio 0.6, under the 0.75 rule): one is missing a
+    large part, flagged even though the run's own masks may differ (min_ratio 1)."""
+    stats = MaskStats(objects=2, fraction=(0.1, 0.5), min_ratio=1.0)
+    m = np.zeros((100, 100), bool)
+    m[20:70, 10:40] = True
+    m[20:50, 60:90] = True
+    assert "differ in size" in str(assess(m, None, stats))

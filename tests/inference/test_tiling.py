@@ -237,3 +237,13 @@ def test_tta_rejects_bad_arguments() -> None:
         tta_predict(np.zeros((8, 8, 1)), plus_one)
     with pytest.raises(ValueError, match="TTA transforms must be one of lr, ud, flips, dihedral"):
         tta_predict(np.zeros((1, 8, 8, 1)), plus_one, "rot")
+
+
+def test_tta_ud_is_an_up_down_flip_not_a_turn() -> None:
+    """A model that adds the column index: averaged over the "ud" group (identity and an
+    up-down flip) the ramp is unchanged; a 180-degree turn or a left-right flip in the
+    group would reverse half of it (a run trained with up-down flips only would be
+    averaged over views it never saw)."""
+    ramp = np.arange(6, dtype=np.float32)[None, None, :, None]
+    y = tta_predict(np.zeros((1, 4, 6, 1), np.float32), lambda b: b + ramp, "ud")
+    np.testing.assert_allclose(y[0, :, :, 0], np.broadcast_to(np.arange(6.0), (4, 6)))

@@ -401,3 +401,16 @@ def test_cross_site_augmentation_only_for_radiograph_like_data() -> None:
         assert all(v.value == 0.0 for v in planned.values()), planned
     settings, _ = rules.plan_settings(fp(), 600.0, None, n_val=10)
     assert settings["zoom_out"].value == 0.3 and settings["stamps"].value == 0.2
+
+
+def test_crops_when_the_largest_images_pass_the_cap_though_the_median_does_not() -> None:
+    """Mostly 256-px images with some of 1024 px and small objects: the large ones would
+    be shrunk fourfold by resizing, so the plan crops (the rule looks at the largest
+    image, not the median)."""
+    sizes = {**_sizes(256, 256), "max_hw": [1024, 1024], "spread": 4.0}
+    plan = rules.input_rule(fp(sizes=sizes, object_area=SMALL_OBJECTS))
+    assert plan["input_mode"].value == "crop"
+
+
+def test_four_objects_per_image_get_keep_largest_4() -> None:
+    assert "keep_largest 4" in rules.postprocess_rule(fp(objects_per_image=4.0)).value

@@ -11,6 +11,8 @@ from typer.testing import CliRunner
 
 from unet_lowered.cli import app
 from unet_lowered.errors import UnetError
+from unet_lowered.evaluation.evaluate import evaluate_run
+from unet_lowered.inference.predictor import PredictOptions
 from unet_lowered.training.folds import ensemble_model, fold_splits
 
 TINY = [
@@ -124,9 +126,13 @@ def test_train_folds_writes_an_ensemble_run_that_predict_uses(
         assert fold.split() == folds[k]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["folds"] == 2 and len(metrics["fold_val_dice"]) == 2
-    assert 0.0 <= metrics["val_dice"] <= 1.0
     config = json.loads((run / "config.json").read_text())
     assert config["postprocess"]["validation_dice_before"] == metrics["val_dice"]
+    # the ensemble's figure is what `unet evaluate` gives its held-out split, unprocessed
+    scored = evaluate_run(
+        run, tiny_data, tmp_path / "ev", PredictOptions(postprocess=False), "val", progress=False
+    )
+    assert scored["metrics"]["dice"]["mean"] == pytest.approx(metrics["val_dice"], abs=1e-6)
 
     # model.keras is the mean of the folds' best models
     ensemble = load_run(run).model()

@@ -139,3 +139,12 @@ def test_non_2d_mask_is_rejected():
 def test_w0_zero_is_class_weights_only():
     mask = two_squares(gap=2)
     assert np.array_equal(W.weight_map(mask, w0=0.0), W.class_weights(mask))
+
+
+def test_objects_touching_at_a_corner_are_one_object() -> None:
+    """Two squares meeting at one corner are one 8-connected object: no second object,
+    so no border term (4-connectivity would add one around the corner)."""
+    m = np.zeros((40, 40), np.uint8)
+    m[10:20, 10:20] = 1
+    m[20:30, 20:30] = 1
+    np.testing.assert_array_equal(W.weight_map(m), W.class_weights(m))
