@@ -167,6 +167,53 @@ def test_uploads_beyond_their_places_get_a_503_before_their_body_is_read(app_for
     assert service.uploads == 0 and service.admitted == 0
 
 
+def test_an_upload_that_stops_sending_is_dropped_and_frees_its_place(app_for, monkeypatch) -> None:
+    """A client that sends part of its body and stops held its upload place for the whole
+    5-minute upload limit (a few such clients held them all); now a pause over
+    ``UPLOAD_IDLE_S`` ends it with a 408 and gives the place back."""
+    monkeypatch.setattr(app_mod, "UPLOAD_IDLE_S", 0.2)
+    app = app_for(ServeSettings(workers=1, queue=0)).app
+    service = app.state.service
+    first = b'--x\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n\x89PNG'
+    parts = [{"type": "http.request", "body": first, "more_body": True}]
+    sent: list[dict] = []
+    places: list[int] = []
+
+    async def receive() -> dict:
+        if parts:
+            return parts.pop(0)
+        places.append(service.uploads)
+        await asyncio.sleep(30)  # the client stopped sending
+        raise AssertionError("not reached")
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/segment",
+        "raw_path": b"/v1/segment",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"testserver"),
+            (b"content-type", b"multipart/form-data; boundary=x"),
+        ],
+        "client": ("127.0.0.1", 5000),
+        "server": ("testserver", 80),
+    }
+    asyncio.run(asyncio.wait_for(app(scope, receive, send), 10))
+    assert places == [1]  # it held an upload place while it stalled
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 408
+    body = b"".join(m.get("body", b"") for m in sent[1:])
+    assert body == b'{"error":"the upload stalled: nothing arrived for 0.2 s; send it again"}'
+    assert service.uploads == 0 and service.admitted == 0
+
+
 # ---------------------------------------------------------------- headers, Host, Origin
 
 CSP = (

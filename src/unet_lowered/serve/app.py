@@ -27,8 +27,9 @@ limit is checked from the header before decoding.
 Requests never hurt the service: bad input gets a 4xx JSON ``{"error": "..."}`` naming
 the problem, a failure inside the model a 500 (logged with its traceback). Inference
 runs on ``workers`` threads, off the event loop; at most ``workers + queue`` requests
-are admitted at once (after their upload has arrived, within 5 minutes: a stalled upload
-holds no place) and the others get a 503 at once. One log line per request: method,
+are admitted at once (after their upload has arrived, within 5 minutes and with no
+pause over 30 s: a stalled upload holds no worker's place, and its upload place only
+that long) and the others get a 503 at once. One log line per request: method,
 path, status, milliseconds (499 for a client that hung up).
 """
 
@@ -105,6 +106,11 @@ UPLOAD_FIELD = "file"
 UPLOAD_TIMEOUT_S = 300.0
 """Seconds a request's body may take to arrive (408 beyond): 64 MiB at about 220 KB/s. It
 holds no worker or queue place meanwhile, so the limit only frees a stalled connection."""
+
+UPLOAD_IDLE_S = 30.0
+"""Seconds an upload may send nothing before it is dropped (408): a client that stops
+sending frees its upload place after this, not after :data:`UPLOAD_TIMEOUT_S` (as a web
+server's body timeout between two reads)."""
 
 FORMATS = ("json", "png", "overlay", "prob")
 """What ``POST /v1/segment`` answers with (``?format=``)."""
@@ -236,6 +242,10 @@ class RequestError(Exception):
 
 class BodyTooLarge(Exception):
     """The request body went over the upload limit while it was being received."""
+
+
+class UploadStalled(Exception):
+    """Nothing of the request body arrived for :data:`UPLOAD_IDLE_S` seconds."""
 
 
 @dataclass(frozen=True)
@@ -866,7 +876,9 @@ class BodyLimit:
 
     A declared ``Content-Length`` over the limit is refused before anything is read;
     a body without one (chunked) is counted as it arrives, and reading past the limit
-    raises :class:`BodyTooLarge` in whoever reads it.
+    raises :class:`BodyTooLarge` in whoever reads it. Until the body's last part has
+    arrived, a wait of over :data:`UPLOAD_IDLE_S` for the next part raises
+    :class:`UploadStalled` the same way.
     """
 
     def __init__(self, app: Any, max_bytes: int, message: str) -> None:
@@ -883,13 +895,19 @@ class BodyLimit:
             await JSONResponse({"error": self.message}, 413)(scope, receive, send)
             return
         received = 0
-        started = False
+        started = body_done = False
 
         async def counted() -> dict:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done
+            if body_done:  # e.g. waiting for a disconnect: no limit on that
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), UPLOAD_IDLE_S)
+            except TimeoutError:
+                raise UploadStalled from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                body_done = not message.get("more_body", False)
                 if received > self.max_bytes:
                     raise BodyTooLarge(self.message)
             return message
@@ -1206,6 +1224,10 @@ async def _read_and_run(
         ) from None
     except BodyTooLarge as e:
         raise RequestError(413, str(e)) from None
+    except UploadStalled:
+        raise RequestError(
+            408, f"the upload stalled: nothing arrived for {UPLOAD_IDLE_S:g} s; send it again"
+        ) from None
     except HTTPException as e:
         raise RequestError(400, f"the multipart body is malformed: {e.detail}") from None
     except OSError as e:  # Starlette spools large parts to the temporary folder
