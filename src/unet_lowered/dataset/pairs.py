@@ -151,12 +151,14 @@ def load_prepared(data_dir: str | os.PathLike) -> PreparedData:
         The pairs, with the split and label map from ``dataset.json`` if present.
 
     Raises:
-        UnetError: No such folder, no image/mask folders, duplicate ids, images
+        UnetError: No such folder (or a file), no image/mask folders, duplicate ids, images
             without masks or masks without images (the message names them), no pairs,
             or a ``dataset.json`` that its reader refuses.
     """
     root = Path(data_dir)
     layouts.put_back_replaced(root)  # after a killed `unet prepare --overwrite`
+    if root.exists() and not root.is_dir():
+        raise UnetError(f"{root}: a file, not a folder; give the data folder `unet prepare` wrote")
     if not root.is_dir():
         raise UnetError(f"{root}: no such data folder; run `unet prepare SRC {root}` first")
     for sub in (root / "train", root):

@@ -212,8 +212,9 @@ def make_ids(files: Sequence[Path]) -> list[str]:
 def _check_out_dir(
     out_dir: Path, inputs: Sequence[str | os.PathLike], files: Sequence[Path]
 ) -> None:
-    """Refuse an output folder that is an input folder, lies inside one, holds inputs, or
-    is a run folder of ``unet train``."""
+    """Refuse an output folder that is a file (or lies under one), is an input folder,
+    lies inside one, holds inputs, or is a run folder of ``unet train``."""
+    atomic.refuse_a_file(out_dir)
     out = out_dir.resolve()
     folders = {Path(p).resolve() for p in inputs if Path(p).is_dir()}
     for folder in folders:

@@ -225,6 +225,22 @@ def check_out_folder(path: str | os.PathLike, option: str = "--out") -> None:
     permission is a one-line error naming ``option``.
     """
     path = Path(path)
+    place = refuse_a_file(path, option)
+    if not os.access(place, os.W_OK | os.X_OK):
+        raise UnetError(
+            f"{option} {path}: cannot create or write the folder ({place} is read-only or "
+            "not writable by you); choose a writable place"
+        )
+
+
+def refuse_a_file(path: str | os.PathLike, option: str = "--out") -> Path:
+    """Refuse a file at ``path`` or in place of one of its parents; return the nearest
+    existing folder (``path`` itself when it exists).
+
+    Raises:
+        UnetError: A file there, naming ``option``.
+    """
+    path = Path(path)
     if path.exists() and not path.is_dir():
         raise UnetError(f"{option} {path}: a file, not a folder; choose another {option}")
     place = path
@@ -234,17 +250,15 @@ def check_out_folder(path: str | os.PathLike, option: str = "--out") -> None:
         raise UnetError(
             f"{option} {path}: {place} is a file, not a folder; choose another {option}"
         )
-    if not os.access(place, os.W_OK | os.X_OK):
-        raise UnetError(
-            f"{option} {path}: cannot create or write the folder ({place} is read-only or "
-            "not writable by you); choose a writable place"
-        )
+    return place
 
 
 def make_out_folder(path: str | os.PathLike, option: str = "--out") -> Path:
-    """Create the output folder ``path`` (and its parents); a read-only or unwritable
-    place is a one-line error naming ``option``."""
+    """Create the output folder ``path`` (and its parents); a file in its place (or in
+    place of a parent), a read-only or unwritable place is a one-line error naming
+    ``option``."""
     path = Path(path)
+    refuse_a_file(path, option)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
