@@ -170,7 +170,8 @@ def test_focal_down_weights_easy_pixels():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"gamma": -1.0}, "gamma must be >= 0"),
+        ({"gamma": -1.0}, "gamma must be a number >= 0, got -1.0"),
+        ({"gamma": None}, "gamma must be a number >= 0, got None"),  # was a TypeError
         ({"alpha": 1.5}, "alpha must be in"),
         ({"alpha": 0.25, "num_classes": 3}, "binary masks only"),
     ],

@@ -205,9 +205,9 @@ def bce_dice_loss(
     return bce_loss(y_true, y_pred, num_classes) + dice_loss(y_true, y_pred, num_classes, smooth)
 
 
-def _check_focal(gamma: float, alpha: float | None, num_classes: int) -> None:
-    if gamma < 0:
-        raise UnetError(f"focal loss gamma must be >= 0, got {gamma}")
+def _check_focal(gamma: float | None, alpha: float | None, num_classes: int) -> None:
+    if gamma is None or gamma < 0:
+        raise UnetError(f"focal loss gamma must be a number >= 0, got {gamma}")
     if alpha is not None:
         if num_classes > 1:
             raise UnetError("focal loss alpha is for binary masks only; use alpha=None")
