@@ -11,7 +11,7 @@ import pytest
 from run_fixtures import bright_model, make_run
 from unet_lowered.cli import main
 from unet_lowered.dataset.pairs import load_prepared
-from unet_lowered.errors import UnetError
+from unet_lowered.errors import SettingError, UnetError
 from unet_lowered.io import atomic
 
 
@@ -85,3 +85,89 @@ def test_unet_predict_into_a_file_says_so_before_loading_the_model(
     code, _, err = run_cli(capsys, "predict", run, tmp_path / "in", "--out", afile)
     assert code == 1
     assert err.strip() == f"error: --out {afile}: a file, not a folder; choose another --out"
+
+
+# --- sizes the network cannot take ---------------------------------------------------------
+
+
+def test_a_named_size_names_its_flag_and_the_sizes_to_use() -> None:
+    from unet_lowered.model import output_size
+
+    with pytest.raises(UnetError) as refused:
+        output_size(100, 4, "same", name="--image-size")
+    assert str(refused.value) == (
+        "--image-size 100 does not fit a depth-4 U-Net with 'same' padding (it needs a "
+        "multiple of 16); use 96 or 112"
+    )
+    with pytest.raises(UnetError) as refused:
+        output_size(256, 9, "same", name="--size")
+    assert str(refused.value).endswith("(it needs a multiple of 512); use 512")
+    with pytest.raises(UnetError) as refused:  # unnamed: the images' size, one valid size
+        output_size(8, 4, "same")
+    assert str(refused.value) == (
+        "input size 8 does not fit a depth-4 U-Net with 'same' padding (it needs a multiple "
+        "of 16); the nearest valid size is 16: resize or crop the images to it"
+    )
+
+
+def test_train_image_size_that_does_not_fit_names_the_flag() -> None:
+    from unet_lowered.training import config
+
+    with pytest.raises(SettingError) as refused:
+        config.resolve(None, {"image_size": 100})
+    assert refused.value.setting == "image_size"
+    assert str(refused.value) == (
+        "--image-size 100 does not fit a depth-4 U-Net with 'same' padding (it needs a "
+        "multiple of 16); use 96 or 112"
+    )
+
+
+def test_a_config_files_image_size_that_does_not_fit_names_the_file(tmp_path: Path) -> None:
+    from unet_lowered.training import config
+
+    settings = tmp_path / "c.yaml"
+    settings.write_text("image-size: 60\n")
+    with pytest.raises(SettingError) as refused:
+        config.resolve(settings, {})
+    assert str(refused.value) == (
+        f"{settings}: --image-size 60 does not fit a depth-4 U-Net with 'same' padding (it "
+        "needs a multiple of 16); use 48 or 64"
+    )
+
+
+def test_model_info_names_the_size_flag(capsys) -> None:
+    code, _, err = run_cli(capsys, "model-info", "--size", "100")
+    assert code == 1
+    assert err.strip() == (
+        "error: --size 100 does not fit a depth-4 U-Net with 'same' padding (it needs a "
+        "multiple of 16); use 96 or 112"
+    )
+
+
+def test_model_info_with_too_deep_a_network_names_the_depth(capsys) -> None:
+    code, _, err = run_cli(capsys, "model-info", "--depth", "9")
+    assert code == 1
+    assert err.strip() == (
+        "error: depth (the number of poolings) must be from 1 to 8 (the paper: 4), got 9"
+    )
+
+
+@pytest.mark.parametrize(
+    ("size", "message"),
+    [
+        (
+            50,
+            "--size 50 does not fit a depth-4 U-Net with 'same' padding (it needs a "
+            "multiple of 16); use 48 or 64",
+        ),
+        (0, "--size must be between 32 and 4096 pixels, got 0"),
+    ],
+)
+def test_demo_refuses_a_bad_size_before_it_makes_data(tmp_path: Path, size, message) -> None:
+    from unet_lowered.demo.pipeline import DemoSettings, run_demo
+
+    lines: list[str] = []
+    with pytest.raises(UnetError) as refused:
+        run_demo(tmp_path / "demo", DemoSettings(size=size), echo=lines.append)
+    assert str(refused.value) == message
+    assert lines == [] and not (tmp_path / "demo").exists()

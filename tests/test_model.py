@@ -299,9 +299,10 @@ def test_output_size(size, depth, padding, out):
     ],
 )
 def test_invalid_size_names_the_nearest_valid_sizes(size, depth, padding, nearest):
-    with pytest.raises(UnetError, match=f"input size {size} .* nearest valid sizes are {nearest}:"):
+    valid = "sizes are" if " or " in nearest else "size is"  # one size: "the nearest ... is"
+    with pytest.raises(UnetError, match=f"input size {size} .* nearest valid {valid} {nearest}:"):
         output_size(size, depth, padding)
-    with pytest.raises(UnetError, match=f"nearest valid sizes are {nearest}:"):
+    with pytest.raises(UnetError, match=f"nearest valid {valid} {nearest}:"):
         unet((size, 256 if padding == "same" else 572, 1), depth=depth, padding=padding)
 
 
@@ -334,7 +335,7 @@ def test_nearest_valid_sizes_of_a_deep_network_are_computed_not_searched() -> No
     assert nearest_valid_sizes(100, 40, "same") == [2**40]
     assert nearest_valid_sizes(100, 100, "valid") == [2**100 * 12 - 4]  # bottleneck input 8
     assert nearest_valid_sizes(2**41 + 1, 40, "same") == [2**41, 2**41 + 2**40]
-    with pytest.raises(UnetError, match="nearest valid sizes are 1099511627776:"):
+    with pytest.raises(UnetError, match="nearest valid size is 1099511627776:"):
         output_size(100, 40)
 
 
@@ -464,5 +465,7 @@ def test_cli_model_info_rejects_a_bad_size(capsys):
         main(["model-info", "--size", "250"])
     assert exit_info.value.code == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: input size 250 ")
-    assert "nearest valid sizes are 240 or 256" in err
+    assert err.strip() == (  # the flag it came from, and the sizes to use instead
+        "error: --size 250 does not fit a depth-4 U-Net with 'same' padding (it needs a "
+        "multiple of 16); use 240 or 256"
+    )

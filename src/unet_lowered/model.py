@@ -293,7 +293,10 @@ def _output_size_or_none(size: int, depth: int, padding: str) -> int | None:
 
 
 def output_size(
-    input_size: int | Sequence[int], depth: int = 4, padding: str = "same"
+    input_size: int | Sequence[int],
+    depth: int = 4,
+    padding: str = "same",
+    name: str | None = None,
 ) -> int | tuple[int, ...]:
     """The output size for an input size: one side, or ``(H, W)``.
 
@@ -301,6 +304,9 @@ def output_size(
         input_size: Input height or width in pixels, or ``(H, W)``.
         depth: Number of poolings.
         padding: ``"same"`` or ``"valid"``.
+        name: The flag or setting the size came from (``"--image-size"``): the message
+            then starts with it and says which sizes to use instead; None: the size is
+            the images' (the message says to resize or crop them).
 
     Returns:
         The output size (an int, or a tuple for a tuple): ``input_size`` with
@@ -308,24 +314,33 @@ def output_size(
 
     Raises:
         UnetError: The network cannot take ``input_size``; the message names the
-            nearest sizes it can take.
+            nearest sizes it can take (and ``name``).
     """
     if not isinstance(input_size, numbers.Integral):
-        return tuple(output_size(int(s), depth, padding) for s in input_size)
+        return tuple(output_size(int(s), depth, padding, name) for s in input_size)
     input_size = int(input_size)
     padding = options.choose(padding, options.PADDINGS, "padding")
     out = _output_size_or_none(input_size, depth, padding)
     if out is None:
-        near = " or ".join(str(s) for s in nearest_valid_sizes(input_size, depth, padding))
+        sizes = nearest_valid_sizes(input_size, depth, padding)
+        near = " or ".join(str(s) for s in sizes)
         why = (
             f"a multiple of {2**depth}"
             if padding == "same"
             else "one whose every pooling input is even"
         )
+        given = f"input size {input_size}" if name is None else f"{name} {input_size}"
+        problem = (
+            f"{given} does not fit a depth-{depth} U-Net with {padding!r} padding (it needs {why})"
+        )
+        if name is not None:
+            raise UnetError(f"{problem}; use {near}")
+        if len(sizes) == 1:
+            raise UnetError(
+                f"{problem}; the nearest valid size is {near}: resize or crop the images to it"
+            )
         raise UnetError(
-            f"input size {input_size} does not fit a depth-{depth} U-Net with {padding!r} "
-            f"padding (it needs {why}); the nearest valid sizes are {near}: "
-            "resize or crop the images to one of them"
+            f"{problem}; the nearest valid sizes are {near}: resize or crop the images to one of them"
         )
     return out
 
@@ -450,6 +465,7 @@ def widths_table(
     padding: str = "same",
     channels: int = 1,
     num_classes: int = 1,
+    size_name: str | None = "--size",
 ) -> str:
     """A Markdown table of parameters and forward GFLOP per image for U-Nets of several widths.
 
@@ -457,14 +473,18 @@ def widths_table(
         widths: Fractions of the paper's width (``1.0`` = 64..1024 filters).
         size: Input height and width in pixels.
         depth, padding, channels, num_classes: As for :func:`unet`.
+        size_name: What a message calls ``size`` (:func:`output_size`'s ``name``): by
+            default ``unet model-info``'s flag.
 
     Returns:
         The table, one row per width, ending with a newline.
 
     Raises:
-        UnetError: ``size`` does not fit the network, or an option is invalid.
+        UnetError: An option is invalid (checked first: a depth out of range is named as
+            such), or ``size`` does not fit the network.
     """
-    out = output_size(size, depth, padding)
+    _check_options((size, size, channels), depth, padding, 0.0, "transpose")
+    out = output_size(size, depth, padding, size_name)
     rows = [
         f"| width | filters | parameters | GFLOP per {size}x{size} image (output {out}x{out}) |",
         "|---|---|---:|---:|",

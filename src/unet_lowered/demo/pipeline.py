@@ -23,13 +23,15 @@ from typing import Any
 
 from unet_lowered.dataset.prepare import prepare
 from unet_lowered.dataset.report import print_report
-from unet_lowered.demo.synth import make_dataset
+from unet_lowered.demo.synth import check_size, make_dataset
 from unet_lowered.errors import UnetError
 from unet_lowered.evaluation.evaluate import evaluate_run
 from unet_lowered.evaluation.plots import plot_run
 from unet_lowered.inference.batch import predict_files
 from unet_lowered.io import atomic
+from unet_lowered.model import output_size
 from unet_lowered.planning.plan import resolve_settings
+from unet_lowered.training.config import TrainConfig
 from unet_lowered.training.train import train
 
 MARKER = ".unet-demo"
@@ -73,12 +75,15 @@ def run_demo(
 
     Raises:
         UnetError: ``out`` exists, is not a demo folder, and ``overwrite`` is false; it
-            cannot be written; fewer than 2 training pairs.
+            cannot be written; fewer than 2 training pairs; a size the synthesiser or the
+            network cannot take (refused before anything is made).
     """
 
     s = settings or DemoSettings()
     if s.count < 2:  # one pair to train on and one to validate on, at the least
         raise UnetError(f"--count must be at least 2 (training and validation), got {s.count}")
+    check_size(s.size)  # and a size training refuses: before the data is made, not after
+    output_size(s.size, TrainConfig().depth, TrainConfig().padding, name="--size")
     out = Path(out)
     _claim(out, overwrite)
     started = time.perf_counter()

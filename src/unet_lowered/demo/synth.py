@@ -124,7 +124,7 @@ def synth_sample(
     Raises:
         UnetError: ``size`` or ``pathology`` is out of range.
     """
-    _check_size(size)
+    check_size(size)
     sample = _Renderer(rng, size).render()
     if pathology is None:
         return sample
@@ -267,7 +267,7 @@ def make_dataset(
             return None
         return str(pathology[int(pick.integers(len(pathology)))])
 
-    _check_size(size)
+    check_size(size)
     out = Path(out)
     if overwrite:
         _refuse_non_synth(out)
@@ -321,7 +321,8 @@ def _refuse_non_synth(out: Path) -> None:
         )
 
 
-def _check_size(size: int) -> None:
+def check_size(size: int) -> None:
+    """Refuse an image side outside :data:`MIN_SIZE` to :data:`MAX_SIZE` (``unet demo --size``)."""
     if not MIN_SIZE <= size <= MAX_SIZE:
         raise UnetError(f"--size must be between {MIN_SIZE} and {MAX_SIZE} pixels, got {size}")
 

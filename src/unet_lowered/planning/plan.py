@@ -296,15 +296,8 @@ def resolve_settings(
         planned.pop("time_budget", None)
     merged = {k: v for k, v in planned.items() if k not in file_values}
     merged.update(flags)
-    try:
+    try:  # a size the network cannot take fails here (validate), not later
         cfg = config_mod.resolve(config_file, merged)
-        if cfg.image_size is not None:  # a size the network cannot take fails here, not later
-            from unet_lowered.model import output_size
-
-            try:
-                output_size(cfg.image_size, cfg.depth, cfg.padding)
-            except UnetError as e:
-                raise SettingError("image_size", str(e)) from None
     except SettingError as e:
         if not from_file or e.setting not in planned or e.setting in user:
             raise

@@ -301,7 +301,13 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
 def resolve(
     config_file: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None
 ) -> TrainConfig:
-    """Defaults, then the config file, then the non-None ``overrides`` (command-line flags)."""
+    """Defaults, then the config file, then the non-None ``overrides`` (command-line flags).
+
+    Raises:
+        UnetError: An unreadable config file or an unknown setting.
+        SettingError: A bad value (one from the file names the file), or an ``image_size``
+            the network cannot take (:func:`check_image_size`).
+    """
     values: dict[str, Any] = {}
     from_file: set[str] = set()
     if config_file is not None:
@@ -318,11 +324,30 @@ def resolve(
     except TypeError as e:
         raise UnetError(f"bad settings: {e}") from None
     try:
-        return cfg.validate()
+        cfg = cfg.validate()
+        check_image_size(cfg)
     except SettingError as e:  # a bad value from the file: name the file to fix
         if e.setting in from_file:
             raise SettingError(e.setting, f"{config_file}: {e}") from None
         raise
+    return cfg
+
+
+def check_image_size(cfg: TrainConfig) -> None:
+    """Refuse, before any work, an ``image_size`` the network of ``cfg`` cannot take.
+
+    Raises:
+        SettingError: ``image_size`` does not fit ``depth`` and ``padding``; the message
+            names ``--image-size`` and the sizes to use instead.
+    """
+    if cfg.image_size is None:
+        return
+    from unet_lowered.model import output_size  # Keras: imported only when a size is set
+
+    try:
+        output_size(cfg.image_size, cfg.depth, cfg.padding, name="--image-size")
+    except UnetError as e:
+        raise SettingError("image_size", str(e)) from None
 
 
 def from_dict(values: Mapping[str, Any]) -> TrainConfig:
