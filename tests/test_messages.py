@@ -4,10 +4,12 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
+from data_fixtures import ids_of, make_prepared
 from run_fixtures import bright_model, make_run
 from unet_lowered.cli import main
 from unet_lowered.dataset.pairs import load_prepared
@@ -171,3 +173,55 @@ def test_demo_refuses_a_bad_size_before_it_makes_data(tmp_path: Path, size, mess
         run_demo(tmp_path / "demo", DemoSettings(size=size), echo=lines.append)
     assert str(refused.value) == message
     assert lines == [] and not (tmp_path / "demo").exists()
+
+
+# --- what the slow steps are doing ---------------------------------------------------------
+
+
+def test_plan_says_what_it_does_on_stderr(tmp_path: Path, capsys) -> None:
+    from unet_lowered.planning import plan as plan_mod
+
+    data = make_prepared(tmp_path, ids_of(6))
+    plan_mod.make_plan(data, 600.0, measure=False)
+    captured = capsys.readouterr()
+    assert captured.err == f"planning {data}: reading 5 training images\n"
+    assert captured.out == ""
+
+
+def test_plan_that_times_a_step_says_so(tmp_path: Path, capsys, monkeypatch) -> None:
+    from unet_lowered.planning import plan as plan_mod
+    from unet_lowered.planning import steptime
+
+    monkeypatch.setattr(
+        steptime, "measure_step_time", lambda *a, **k: {"step_s": 0.01, "augment_s": 0.0}
+    )
+    data = make_prepared(tmp_path, ids_of(6))
+    plan_mod.make_plan(data, 600.0)
+    assert capsys.readouterr().err.splitlines()[0] == (
+        f"planning {data}: reading 5 training images, then timing a training step"
+    )
+
+
+def test_plot_says_what_it_predicts_on_stderr(tmp_path: Path, capsys) -> None:
+    data = make_prepared(tmp_path, ids_of(3), size=(32, 32))
+    run = make_run(tmp_path / "run", bright_model(32), data=str(data))
+    (run / "split.json").write_text(json.dumps({"train": [], "val": ids_of(3)}))
+    (run / "history.csv").write_text("epoch,loss,dice,val_loss,val_dice\n1,0.9,0.5,0.8,0.6\n")
+    code, out, err = run_cli(capsys, "plot", run, "--samples", "2")
+    assert code == 0
+    assert err.splitlines()[0] == (
+        f"plotting {run}: loading the model, predicting 2 validation samples"
+    )
+    assert out.splitlines() == [f"wrote {run / 'curves.png'}", f"wrote {run / 'samples.png'}"]
+
+
+def test_export_says_what_it_does_on_stderr(tmp_path: Path, capsys, monkeypatch) -> None:
+    from unet_lowered.inference import export
+
+    run = make_run(tmp_path / "run", bright_model(32))
+    monkeypatch.setattr(export, "_write", lambda *args, **kwargs: 0.0)  # the slow part
+    export.export_model(run, "onnx")
+    assert capsys.readouterr().err == (
+        f"exporting {run / 'model.keras'} to ONNX {run / 'model.onnx'}, then checking it "
+        "against Keras\n"
+    )

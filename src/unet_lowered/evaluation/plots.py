@@ -39,6 +39,7 @@ from unet_lowered.inference.polarity import AS_STORED, Look
 from unet_lowered.inference.predictor import PredictOptions, for_run
 from unet_lowered.io import atomic, runs
 from unet_lowered.io.images import DEFAULT_MAX_PIXELS, read_image
+from unet_lowered.io.progress import status
 from unet_lowered.training.config import RunConfig
 
 PANEL_INCHES = 3.0
@@ -331,7 +332,8 @@ def plot_run(
         samples: Validation images in ``samples.png``.
         worst: Cases in ``worst.png``.
         note: Called with one line for each figure left out and why (the training
-            data not found where the run recorded it, for instance).
+            data not found where the run recorded it, for instance). What is predicted
+            is said on stderr before the model loads (the slow part).
         eval_dir: The ``unet evaluate`` output folder whose worst cases to draw; None:
             ``RUN/eval`` (``worst.png`` is left out, with a note, when it has none).
 
@@ -356,12 +358,32 @@ def plot_run(
             f"(default {run.dir / 'eval'})"
         )
     written = [plot_curves(run.dir / runs.HISTORY_FILE, run.dir / "curves.png")]
-    model = run.model()
     classes = class_names(run.config)
     trained_on = _pairs(run.config.data)
     val_ids = [i for i in run.split().get("val", []) if trained_on and i in trained_on.images]
-    if val_ids[:samples]:
-        cases = _cases(model, run.config, trained_on, val_ids[:samples], PredictOptions())
+    sample_ids = val_ids[:samples]
+    rows: list[dict[str, str]] = []
+    if per_image.is_file():  # read and checked before the model's seconds
+        rows = _worst_rows(per_image, worst)
+        summary = _read_summary(eval_dir)
+        _refuse_another_runs(eval_dir, summary, run.dir)
+        settings = summary.get("settings") or {}
+        options = evaluated_options(settings, run.config, eval_dir / "summary.json")
+        scored = summary.get("data") or run.config.data  # older summaries name none
+        evaluated = _pairs(scored)  # not the training data when it is gone: other images
+        rows = [r for r in rows if evaluated and r["id"] in evaluated.images]
+    predicted = [
+        _count(len(ids), what)
+        for ids, what in ((sample_ids, "validation sample"), (rows, "worst case"))
+        if ids
+    ]
+    status(
+        f"plotting {run.dir}: loading the model"
+        + (f", predicting {' and '.join(predicted)}" if predicted else "")
+    )
+    model = run.model()
+    if sample_ids:
+        cases = _cases(model, run.config, trained_on, sample_ids, PredictOptions())
         title = "validation samples, as `unet predict` writes their masks"
         written.append(plot_cases(cases, run.dir / "samples.png", title, classes))
     elif samples > 0:
@@ -375,34 +397,30 @@ def plot_run(
             f"samples.png left out: {why}; run `unet plot` where the data is"
             + (f" ({old} is from an earlier plot)" if old.is_file() else "")
         )
-    if per_image.is_file():
-        rows = _worst_rows(per_image, worst)
-        summary = _read_summary(eval_dir)
-        _refuse_another_runs(eval_dir, summary, run.dir)
-        settings = summary.get("settings") or {}
-        options = evaluated_options(settings, run.config, eval_dir / "summary.json")
-        scored = summary.get("data") or run.config.data  # older summaries name none
-        evaluated = _pairs(scored)  # not the training data when it is gone: other images
-        rows = [r for r in rows if evaluated and r["id"] in evaluated.images]
-        if rows:
-            cases = _cases(
-                model,
-                run.config,
-                evaluated,
-                [r["id"] for r in rows],
-                options,
-                {r["id"]: r for r in rows},
-            )
-            title = _worst_title(eval_dir, summary, run.config)
-            written.append(plot_cases(cases, run.dir / "worst.png", title, classes))
-        elif worst > 0:
-            note(
-                f"worst.png left out: the images {eval_dir} scored ({scored}) are not there; "
-                "run `unet plot` where they are"
-            )
+    if rows:
+        cases = _cases(
+            model,
+            run.config,
+            evaluated,
+            [r["id"] for r in rows],
+            options,
+            {r["id"]: r for r in rows},
+        )
+        title = _worst_title(eval_dir, summary, run.config)
+        written.append(plot_cases(cases, run.dir / "worst.png", title, classes))
+    elif per_image.is_file() and worst > 0:
+        note(
+            f"worst.png left out: the images {eval_dir} scored ({scored}) are not there; "
+            "run `unet plot` where they are"
+        )
     elif worst > 0:
         note(f"worst.png left out: no evaluation yet; run `unet evaluate {run.dir} DATA` first")
     return written
+
+
+def _count(n: int, what: str) -> str:
+    """``"1 worst case"``, ``"4 validation samples"``."""
+    return f"{n} {what}" + ("" if n == 1 else "s")
 
 
 def _cases(

@@ -23,9 +23,11 @@ from unet_lowered import options as names
 from unet_lowered.errors import UnetError
 from unet_lowered.inference.journal import remove_stale_temps
 from unet_lowered.io import atomic, runs
+from unet_lowered.io.progress import status
 from unet_lowered.model import valid_input_sizes
 
 FORMATS = names.EXPORT_FORMATS
+_FORMAT_NAMES = {"onnx": "ONNX", "saved_model": "a SavedModel"}
 TOLERANCE = 1e-4
 """Largest allowed ``|exported - keras|``, relative to ``max(1, max |keras|)``."""
 
@@ -45,7 +47,8 @@ def export_model(
     as for :func:`unet_lowered.preprocess.model_input`, with the ``channels``, ``clahe``
     and ``invert_light`` of the run's ``config.json``) and returns logits
     ``(B, h, w, num_classes)``; ``B`` (and ``H``, ``W`` where the model allows any
-    size) are dynamic. A SavedModel serves it as the ``serve`` endpoint.
+    size) are dynamic. A SavedModel serves it as the ``serve`` endpoint. A line on
+    stderr says what is exported where before the conversion's seconds.
 
     Args:
         model_path: A ``.keras`` file, or a run folder written by ``unet train``.
@@ -102,6 +105,11 @@ def export_model(
         ours = keras.ops.convert_to_numpy(model(x, training=False))
         precision_diff = float(np.max(np.abs(ours - _logits(run_model, x))))
     manifest = None if config is None else describe(config, model.input.shape, precision_diff)
+    checked = check and (format != "onnx" or importlib.util.find_spec("onnxruntime") is not None)
+    status(
+        f"exporting {model_file} to {_FORMAT_NAMES[format]} {out}"
+        + (", then checking it against Keras" if checked else "")
+    )
     with atomic.exclusive(out, "exporting to"):  # two exports would race for the rename
         diff = _write(model, x, format, out, overwrite, check, manifest)
     return {

@@ -1,4 +1,5 @@
-"""One progress bar for every long loop (prepare, training's cache, predict, evaluate).
+"""One progress bar for every long loop (prepare, training's cache, predict, evaluate),
+and :func:`status` for a long step without one (planning, plotting, exporting).
 
 A rich bar on stderr, so stdout stays clean for results and pipes. Disabled bars
 cost nothing and print nothing, so callers pass their ``progress`` flag straight in.
@@ -22,6 +23,12 @@ def stderr_console() -> Any:
     from rich.console import Console
 
     return Console(stderr=True)
+
+
+def status(line: str) -> None:
+    """Say on stderr, in one plain line, what a long step that shows no bar is doing
+    (``planning DATA: ...``); stdout stays for the results."""
+    stderr_console().print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 LOG_EVERY_S = 30.0

@@ -21,6 +21,7 @@ from typing import Any
 
 from unet_lowered.dataset.pairs import PreparedData, check_split, load_prepared
 from unet_lowered.errors import SettingError, UnetError
+from unet_lowered.io.progress import status
 from unet_lowered.planning import rules
 from unet_lowered.planning.budget import parse_duration
 from unet_lowered.planning.fingerprint import fingerprint
@@ -61,7 +62,8 @@ def make_plan(
             measured at the user's batch size, for instance).
         measure: Time training steps (False: no epochs planned, the budget callback
             alone keeps training inside the budget).
-        progress: Progress bar for the fingerprint.
+        progress: Progress bar for the fingerprint (a line on stderr says what the
+            planning does in any case).
 
     Returns:
         The plan: ``settings`` and ``advice`` (value and reason each), ``fingerprint``,
@@ -75,6 +77,8 @@ def make_plan(
     split = data.split(fixed.get("val_fraction", base.val_fraction), seed)
     if not fixed.get("overfit_batch"):  # a split training would refuse, refused first
         check_split(split, data.root)
+    timing = ", then timing a training step" if measure else ""
+    status(f"planning {data.root}: reading {len(split['train'])} training images{timing}")
     fp = fingerprint(data, split["train"], seed=seed, progress=progress)
     measured: dict[str, Any] = {}
 
@@ -232,7 +236,8 @@ def resolve_settings(
         config_file: ``--config`` file, or None.
         overrides: Flag values (None: not given).
         plan_file: A plan to use instead of ``DATA/plan.json``.
-        progress: Progress bar for the fingerprint.
+        progress: Progress bar for the fingerprint (a line on stderr says what the
+            planning does in any case).
 
     Returns:
         ``(cfg, provenance)``: the validated settings, and ``{"sources": {setting:
