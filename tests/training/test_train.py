@@ -423,10 +423,29 @@ def test_existing_run_needs_overwrite(tiny_data: Path, tmp_path: Path) -> None:
     assert result.exit_code == 1
 
 
-def test_resume_without_a_run_is_a_clear_error(tmp_path: Path) -> None:
+def test_resume_without_a_run_is_a_clear_error(tiny_data: Path, tmp_path: Path) -> None:
+    """A missing folder, a file and a data folder are not runs (each was "config.json:
+    missing; nothing to resume (the run never finished an epoch)"); a run folder made
+    before its first epoch ended still is one with nothing to resume."""
+    from unet_lowered.training.train import train
+
+    again = "pass the --out folder of the run to resume, or start a new run without --resume"
+    (tmp_path / "afile.txt").write_text("x")
+    for out, words in (
+        (tmp_path / "none", "no such run folder"),
+        (tmp_path / "afile.txt", "a file, not a run folder"),
+        (tiny_data, "not a run folder of `unet train` (no config.json)"),
+    ):
+        with pytest.raises(UnetError) as info:
+            train(None, out, resume=True, verbose=0)
+        assert str(info.value) == f"--out {out}: {words}; {again}"
     result = CliRunner().invoke(app, ["train", "--resume", "--out", str(tmp_path / "none")])
     assert result.exit_code == 1
-    assert "nothing to resume" in str(result.exception) or "nothing to resume" in result.output
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")  # made, then stopped before its first epoch
+    with pytest.raises(UnetError, match="missing; nothing to resume"):
+        train(None, run, resume=True, verbose=0)
 
 
 def _resumable_run(data: Path, out: Path, last) -> Path:

@@ -388,7 +388,16 @@ def _start_run_folder(out: Path, overwrite: bool) -> None:
 
 
 def _load_resume(out: Path) -> tuple[RunConfig, dict, dict]:
-    for name in (runs.CONFIG_FILE, runs.SPLIT_FILE, runs.STATE_FILE, runs.LAST_FILE):
+    again = "pass the --out folder of the run to resume, or start a new run without --resume"
+    if out.exists() and not out.is_dir():
+        raise UnetError(f"--out {out}: a file, not a run folder; {again}")
+    if not out.is_dir():
+        raise UnetError(f"--out {out}: no such run folder; {again}")
+    if not (out / runs.CONFIG_FILE).is_file():  # written when the run folder is made
+        raise UnetError(
+            f"--out {out}: not a run folder of `unet train` (no {runs.CONFIG_FILE}); {again}"
+        )
+    for name in (runs.SPLIT_FILE, runs.STATE_FILE, runs.LAST_FILE):
         if not (out / name).is_file():
             raise UnetError(
                 f"{out / name}: missing; nothing to resume (the run never finished an epoch); "
