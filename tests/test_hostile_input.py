@@ -831,6 +831,7 @@ def test_a_second_command_writing_the_same_folder_is_refused(
         code, err = cli(capfd, "predict", run, images, "--out", out)
         assert code == 1
         the_line(err, rf"^error: {out}: another unet command is predicting into there right now")
+    (tmp_path / "data").mkdir()  # a missing one is refused first, before the Keras import
     with atomic.exclusive(tmp_path / "run2", "training into"):
         code, err = cli(capfd, "train", tmp_path / "data", "--out", tmp_path / "run2")
         assert code == 1

@@ -29,10 +29,12 @@ def run_main(monkeypatch, capsys, args: list[str] | None) -> tuple[int, str]:
     return ended.value.code, capsys.readouterr().err
 
 
-def test_interrupt_during_the_keras_import(monkeypatch, capsys) -> None:
+def test_interrupt_during_the_keras_import(monkeypatch, capsys, tmp_path) -> None:
     def interrupted() -> None:
         raise KeyboardInterrupt
 
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()  # a missing one is refused before the import
     monkeypatch.setattr(cli, "_import_keras_quietly", interrupted)
     code, err = run_main(monkeypatch, capsys, ["train", "data", "--out", "run"])
     assert code == 130
@@ -66,9 +68,12 @@ def test_an_interrupted_training_names_its_run_folder(monkeypatch, capsys, tmp_p
     assert code == 130 and exits == [130] and f"--resume --out {run}`" in err
 
 
-def test_an_interrupt_python_swallowed_still_stops(monkeypatch, capsys) -> None:
+def test_an_interrupt_python_swallowed_still_stops(monkeypatch, capsys, tmp_path) -> None:
     """The handler's flag: a KeyboardInterrupt discarded (as in a gc callback) still ends
     the command before its work starts."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("run", "images"):  # missing ones are refused before the import
+        (tmp_path / name).mkdir()
     handlers = []
     monkeypatch.setattr(signal, "signal", lambda sig, handler: handlers.append(handler))
 

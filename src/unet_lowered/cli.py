@@ -9,7 +9,9 @@ them on one line and exits with status 1.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -28,6 +30,9 @@ from unet_lowered.errors import UnetError
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
 
+_HELP_OPTIONS = ["-h", "--help"]
+
+
 app = typer.Typer(
     name="unet",
     help=(
@@ -38,6 +43,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
+    context_settings={"help_option_names": _HELP_OPTIONS},
 )
 
 
@@ -314,17 +320,12 @@ def plan(
     """Fingerprint the data, time a training step and plan `unet train`; writes plan.json."""
     from rich.console import Console
 
-    from unet_lowered.dataset import dataset_json
     from unet_lowered.io import atomic
     from unet_lowered.planning import plan as plan_mod
     from unet_lowered.planning.budget import parse_duration
 
     budget = plan_mod.DEFAULT_BUDGET_S if time_budget is None else parse_duration(time_budget)
-    if out is None and not (data / dataset_json.FILE).is_file():  # source data stays as it is
-        raise UnetError(
-            f"{data}: not a folder `unet prepare` wrote (no {dataset_json.FILE}); `unet plan` "
-            f"writes nothing into source data: pass --out FILE, or `unet prepare` it first"
-        )
+    _check_plan_data(data, out)
     target = out if out is not None else data / plan_mod.PLAN_FILE
     with atomic.exclusive(target, "planning into"):  # two plans would time each other's steps
         result = plan_mod.make_plan(data, budget, progress=sys.stderr.isatty())
@@ -338,8 +339,74 @@ def plan(
         typer.echo(f"wrote {path}; `unet train {data}` reads only {data / plan_mod.PLAN_FILE}")
 
 
+def _check_plan_data(data: Path, out: Path | None) -> None:
+    """``unet plan``'s DATA: a folder (``load_prepared``'s line), and without --out one
+    that `unet prepare` wrote: source data never gains a file."""
+    from unet_lowered.dataset import dataset_json
+
+    _check_data_folder(data)
+    if out is None and not (data / dataset_json.FILE).is_file():
+        raise UnetError(
+            f"{data}: not a folder `unet prepare` wrote (no {dataset_json.FILE}); `unet plan` "
+            f"writes nothing into source data: pass --out FILE, or `unet prepare` it first"
+        )
+
+
+def _train_overrides(params: dict[str, Any]) -> dict[str, Any]:
+    """The settings `unet train` takes from its flags (None: not given), from its
+    parameters (its ``locals()``, or Click's parse of the command line)."""
+    return {
+        "image_size": params["image_size"],
+        "input_mode": None if params["crop"] is None else ("crop" if params["crop"] else "resize"),
+        "clahe": params["clahe"],
+        "invert_light": params["invert_light"],
+        "val_fraction": params["val_fraction"],
+        "seed": params["seed"],
+        "epochs": params["epochs"],
+        "batch_size": params["batch_size"],
+        "loss": params["loss"],
+        "optimizer": params["optimizer"],
+        "learning_rate": params["learning_rate"],
+        "schedule": params["schedule"],
+        "ema": params["ema"],
+        "patience": params["patience"],
+        "progressive": params["progressive"],
+        "precision": params["precision"],
+        "base_filters": params["base_filters"],
+        "depth": params["depth"],
+        "padding": params["padding"],
+        "batch_norm": params["batch_norm"],
+        "dropout": params["dropout"],
+        "flip_lr": params["flip_lr"],
+        "flip_ud": params["flip_ud"],
+        "rotate": params["rotate"],
+        "scale": params["scale"],
+        "shift": params["shift"],
+        "elastic": params["elastic"],
+        "intensity": params["intensity"],
+        "foreground_crops": params["foreground_crops"],
+        "zoom_out": params["zoom_out"],
+        "frame_crop": params["frame_crop"],
+        "opacity": params["opacity"],
+        "lowres": params["lowres"],
+        "stamps": params["stamps"],
+        "overfit_batch": params["overfit_batch"],
+        "time_budget": params["time_budget"],
+        "distribute": params["distribute"],
+    }
+
+
+def _no_data(ctx: Any) -> None:
+    """`unet train` with neither DATA nor --resume: a usage error, as a missing argument."""
+    ctx.fail(
+        "Missing argument 'data': the folder `unet prepare` wrote (or --resume, to continue "
+        "the run in --out)"
+    )  # raises Click's usage error (exit status 2)
+
+
 @app.command()
 def train(
+    ctx: typer.Context,
     data: Annotated[
         Path | None,
         typer.Argument(
@@ -607,45 +674,7 @@ def train(
     from unet_lowered.training import config as config_mod
     from unet_lowered.training import train as train_mod
 
-    overrides = {
-        "image_size": image_size,
-        "input_mode": None if crop is None else ("crop" if crop else "resize"),
-        "clahe": clahe,
-        "invert_light": invert_light,
-        "val_fraction": val_fraction,
-        "seed": seed,
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "loss": loss,
-        "optimizer": optimizer,
-        "learning_rate": learning_rate,
-        "schedule": schedule,
-        "ema": ema,
-        "patience": patience,
-        "progressive": progressive,
-        "precision": precision,
-        "base_filters": base_filters,
-        "depth": depth,
-        "padding": padding,
-        "batch_norm": batch_norm,
-        "dropout": dropout,
-        "flip_lr": flip_lr,
-        "flip_ud": flip_ud,
-        "rotate": rotate,
-        "scale": scale,
-        "shift": shift,
-        "elastic": elastic,
-        "intensity": intensity,
-        "foreground_crops": foreground_crops,
-        "zoom_out": zoom_out,
-        "frame_crop": frame_crop,
-        "opacity": opacity,
-        "lowres": lowres,
-        "stamps": stamps,
-        "overfit_batch": overfit_batch,
-        "time_budget": time_budget,
-        "distribute": distribute,
-    }
+    overrides = _train_overrides(locals())
     from unet_lowered.training.distribute import Cluster
 
     cluster = Cluster(coordinator, num_processes, process_id)
@@ -678,8 +707,8 @@ def train(
             else:  # DATA: where the run's data is now, if it moved
                 metrics = train_mod.train(data, out, resume=True, cluster=cluster)
         elif data is None:
-            cfg = config_mod.resolve(config, overrides)  # refuses bad settings first
-            raise UnetError("no data folder given; pass the folder written by `unet prepare`")
+            config_mod.resolve(config, overrides)  # refuses bad settings first
+            _no_data(ctx)
         else:
             from unet_lowered.planning.plan import resolve_settings
 
@@ -966,7 +995,7 @@ def predict(
     )
     from unet_lowered.io import atomic
 
-    ray = names.choose(engine, ("local", "ray"), "engine") == "ray"
+    ray = names.choose(engine, _ENGINES, "engine") == "ray"
     given = [f for f, v in (("--ray-address", ray_address), ("--actors", actors)) if v]
     if given and not ray:  # they would be ignored: the user meant the cluster
         verb = "apply" if len(given) > 1 else "applies"
@@ -1275,22 +1304,194 @@ def _import_keras_quietly() -> None:
             os.close(saved)
 
 
-def _parsed(command: str, args: list[str], resilient: bool = False) -> dict[str, Any]:
-    """A command's parameters parsed from ``args`` without running it (defaults filled
-    in); ``resilient``: no usage error, as Click's own completion parses. The commands'
-    options have no callbacks, so parsing does nothing else."""
+def _command(name: str | None) -> Any:
+    """The Click command of ``unet NAME``, or None."""
     group = typer.main.get_command(app)
-    sub = group.get_command(group.context_class(group), command)  # type: ignore[attr-defined]
-    if sub is None:
+    if name is None:
+        return None
+    return group.get_command(group.context_class(group), name)  # type: ignore[attr-defined]
+
+
+def _context(command: str, args: list[str], resilient: bool = False) -> Any:
+    """The command's Click context with ``args`` parsed (defaults filled in), without
+    running it; ``resilient``: no usage error, as Click's own completion parses. The
+    commands' options have no callbacks, so parsing does nothing else."""
+    sub = _command(command)
+    return sub.make_context(
+        f"unet {command}",
+        list(args),
+        resilient_parsing=resilient,
+        help_option_names=_HELP_OPTIONS,
+    )
+
+
+def _parsed(command: str, args: list[str], resilient: bool = False) -> dict[str, Any]:
+    """A command's parameters parsed from ``args`` (see :func:`_context`); {} for no command."""
+    if _command(command) is None:
         return {}
-    with sub.make_context(f"unet {command}", list(args), resilient_parsing=resilient) as ctx:
+    with _context(command, args, resilient) as ctx:
         return dict(ctx.params)
 
 
+_YES_NO = frozenset({"yes", "no", "y", "n", "true", "false", "on", "off", "1", "0"})
+"""Values written after an on/off flag, which takes none (``--flip-lr yes``)."""
+
+
+def _after_flag(sub: Any, args: list[str], taken: Any) -> tuple[str, str, str] | None:
+    """The first value that ``taken(value)`` accepts written right after an on/off flag of
+    command ``sub``: ``(flag, value, what to say)``, or None."""
+    flags = {
+        name: p
+        for p in sub.params
+        if getattr(p, "is_flag", False)
+        for name in (*p.opts, *p.secondary_opts)
+    }
+    for flag, value in itertools.pairwise(args):
+        if flag == "--":
+            return None
+        if flag in flags and taken(value):
+            option = flags[flag]
+            on = next((o for o in option.opts if o.startswith("--")), option.opts[0])
+            off = option.secondary_opts[0] if option.secondary_opts else "leave it out"
+            return flag, value, f"{flag} is an on/off flag and takes no value; write {on} or {off}"
+    return None
+
+
 def _check_usage(command: str, args: list[str]) -> None:
-    """A mistyped option or a missing argument raises Click's usage error at once, not
-    after the 5-10 s Keras import."""
-    _parsed(command, args)
+    """Refuse at once, not after the seconds of the Keras import, what needs no model: a
+    mistyped option or a missing argument (Click's usage errors), a yes/no after an on/off
+    flag, and (:data:`_BEFORE_IMPORT`) a missing input path or an unknown option value,
+    each with the line the command itself gives."""
+    sub = _command(command)
+    if sub is None:
+        return
+
+    def yes_no(value: str) -> bool:  # not a file that happens to be called "yes"
+        return value.lower() in _YES_NO and not os.path.lexists(value)
+
+    found = _after_flag(sub, args, yes_no)
+    if found is not None:  # Click reads it as an argument, or an extra one
+        flag, value, said = found
+        sub.context_class(sub, info_name=f"unet {command}").fail(f"{value!r} after {flag}: {said}")
+    with _context(command, args) as ctx:
+        check = _BEFORE_IMPORT.get(command)
+        if check is not None:
+            check(ctx.params, ctx)
+
+
+# ---------------------------------------------------------------- checks before the import
+# Each gives the line the command (the library) gives later, only sooner: the paths and
+# option values they check need no model. The library's own checks stay where they are.
+
+
+def _check_data_folder(data: Path) -> None:
+    """A DATA that is no folder: ``load_prepared``'s line (it also puts back a folder a
+    killed `unet prepare --overwrite` left aside, and then reads it)."""
+    if not Path(data).is_dir():
+        from unet_lowered.dataset.pairs import load_prepared
+
+        load_prepared(data)
+
+
+def _check_run_exists(run: Path) -> None:
+    """A RUN that does not exist: ``load_run``'s line."""
+    if not Path(run).exists():
+        from unet_lowered.io.runs import load_run
+
+        load_run(run)
+
+
+def _check_choices(params: dict[str, Any], choices: tuple[tuple[str, tuple, str], ...]) -> None:
+    for key, allowed, flag in choices:
+        if params.get(key) is not None:
+            names.choose(params[key], allowed, flag)
+
+
+_PREDICT_CHOICES = (  # in the order PredictOptions.validate checks them
+    ("mode", names.PREDICT_MODES, "mode"),
+    ("tta_transforms", names.TTA_CHOICES, "tta-transforms"),
+    ("polarity", names.POLARITIES, "polarity"),
+    ("orientation", names.ORIENTATIONS, "orientation"),
+)
+
+_ENGINES = ("local", "ray")
+
+
+def _before_train(params: dict[str, Any], ctx: Any) -> None:
+    if params["resume"]:  # refuses flags itself, and reads the run's own settings
+        return
+    from unet_lowered.training import config as config_mod
+
+    config_mod.resolve(params["config"], _train_overrides(params))  # as resolve_settings
+    if params["data"] is None:
+        _no_data(ctx)
+    _check_data_folder(params["data"])
+
+
+def _before_plan(params: dict[str, Any], ctx: Any) -> None:
+    if params["time_budget"] is not None:
+        from unet_lowered.planning.budget import parse_duration
+
+        parse_duration(params["time_budget"])
+    _check_plan_data(params["data"], params["out"])
+
+
+def _before_predict(params: dict[str, Any], ctx: Any) -> None:
+    names.choose(params["engine"], _ENGINES, "engine")
+    _check_choices(params, _PREDICT_CHOICES)
+    if params["save_prob"] is not None:
+        names.choose(params["save_prob"], names.PROB_FORMATS, "save-prob")
+    import glob
+
+    for raw in params["inputs"]:  # as inference.batch.collect_inputs
+        path = Path(raw)
+        if not path.is_file() and not path.is_dir() and not glob.has_magic(str(raw)):
+            raise UnetError(f"{raw}: no such file or folder; check the path")
+    _check_run_exists(params["run"])
+
+
+def _before_evaluate(params: dict[str, Any], ctx: Any) -> None:
+    _check_choices(params, _PREDICT_CHOICES)
+    names.choose(params["split"], names.EVAL_SPLITS, "split")
+    _check_run_exists(params["run"])
+    _check_data_folder(params["data"])
+
+
+def _before_serve(params: dict[str, Any], ctx: Any) -> None:
+    _check_choices(params, _PREDICT_CHOICES)
+    _check_run_exists(params["run"])
+
+
+def _before_plot(params: dict[str, Any], ctx: Any) -> None:
+    _check_run_exists(params["run"])
+
+
+def _before_export(params: dict[str, Any], ctx: Any) -> None:
+    names.choose(params["format"], names.EXPORT_FORMATS, "format")
+    model = Path(params["model"])
+    if not model.is_dir() and model.suffix != ".keras":  # as inference.export
+        raise UnetError(f"{model}: not a .keras file or run folder; pass RUN or RUN/model.keras")
+    if not model.exists():
+        from unet_lowered.io.runs import load_model
+
+        load_model(model)  # its line for a missing file, before it imports Keras
+
+
+def _before_model_info(params: dict[str, Any], ctx: Any) -> None:
+    names.choose(params["padding"], names.PADDINGS, "padding")
+
+
+_BEFORE_IMPORT = {
+    "train": _before_train,
+    "plan": _before_plan,
+    "predict": _before_predict,
+    "evaluate": _before_evaluate,
+    "serve": _before_serve,
+    "plot": _before_plot,
+    "export": _before_export,
+    "model-info": _before_model_info,
+}
+"""The checks :func:`_check_usage` runs before the Keras import, by command."""
 
 
 def _keras_json() -> str:
@@ -1333,8 +1534,7 @@ def _out_of_memory(command: str | None, error: BaseException) -> str:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     what = lines[0][:160] if lines else type(error).__name__
     if type(error).__module__ == "cv2":  # "OpenCV(5.1.0) <file>: error: (-4:Insufficient
-        import re  # memory) Failed to allocate N bytes in function '...'": keep the middle
-
+        # memory) Failed to allocate N bytes in function '...'": keep the middle
         found = re.search(r"Insufficient memory\) (.+?)(?: in function|$)", str(error))
         what = f"OpenCV: {found.group(1)}" if found else what
     advice = {
@@ -1408,6 +1608,22 @@ _STARTED = [float("inf")]
 """``time.perf_counter()`` when :func:`main` began (a time budget counts from it)."""
 
 
+def _usage_line(error: Any, command: str | None, args: list[str]) -> str:
+    """Click's usage error in one line, naming the help of the command it is about (a
+    missing option value has no context in Click: `unet --help` was named)."""
+    text = error.format_message()
+    sub = _command(command)
+    where = getattr(getattr(error, "ctx", None), "command_path", None)
+    if not where or (where == "unet" and sub is not None):
+        where = f"unet {command}" if sub is not None else "unet"
+    extra = re.match(r"Got unexpected extra arguments? ?(?:\(s\))? \((.*)\)$", text)
+    if extra and sub is not None:  # `--strict please`: a value for an on/off flag
+        found = _after_flag(sub, args[1:], lambda value: value in extra.group(1).split())
+        if found is not None:
+            text += f": {found[2]}"
+    return f"{text} (see `{where} --help`)"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; user errors become one line on stderr and exit status 1, Ctrl-C one
     line and exit status 130."""
@@ -1425,9 +1641,10 @@ def main(argv: list[str] | None = None) -> None:
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     hit = _catch_sigint()
     try:
-        if command in _KERAS_COMMANDS and "--help" not in args:
+        if not any(a in _HELP_OPTIONS for a in args):
             _check_usage(command, args[1:])  # a typo is refused before the import's seconds
-            _import_keras_quietly()
+            if command in _KERAS_COMMANDS:
+                _import_keras_quietly()
         if hit[0]:  # pressed during the import, and swallowed there
             raise KeyboardInterrupt
         code = app(args=argv, prog_name="unet", standalone_mode=False)
@@ -1443,8 +1660,7 @@ def main(argv: list[str] | None = None) -> None:
         if type(e).__name__ == "NoArgsIsHelpError":  # `unet` alone: the help, as before
             typer.echo(e.format_message(), err=True)
         else:  # a bad option or argument: one line, as the errors of the commands
-            where = getattr(getattr(e, "ctx", None), "command_path", None) or "unet"
-            typer.echo(f"error: {e.format_message()} (see `{where} --help`)", err=True)
+            typer.echo(f"error: {_usage_line(e, command, args)}", err=True)
         sys.exit(e.exit_code)
     except Exception as e:  # last: only out of memory (TensorFlow's, OpenCV's) is caught here
         if not _is_out_of_memory(e):
