@@ -8,6 +8,7 @@ which reports after each whether ``keras`` (or TensorFlow) was imported.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -251,3 +252,99 @@ def test_dash_h_is_help_everywhere(tmp_path: Path) -> None:
         name = " ".join(a for a in args if a not in ("-h", "data"))
         assert got["code"] == 0 and not got["err"] and not got["heavy"], (args, got)
         assert got["out"].startswith(f"Usage: unet {name}".rstrip() + " ["), (args, got["out"])
+
+
+ORDER = [
+    "check",
+    "prepare",
+    "plan",
+    "train",
+    "evaluate",
+    "predict",
+    "plot",
+    "export",
+    "model-info",
+    "synth",
+    "serve",
+    "demo",
+]
+
+
+def help_text(capsys, monkeypatch, *args: str) -> str:
+    from unet_lowered.cli import main
+
+    monkeypatch.setenv("COLUMNS", "80")
+    with pytest.raises(SystemExit) as done:
+        main([*args, "--help"])
+    assert done.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_the_command_list_is_in_pipeline_order_and_not_cut(capsys, monkeypatch) -> None:
+    """`unet --help` listed the commands in the order of the source file, each summary
+    cut with '...' at 80 columns."""
+    text = help_text(capsys, monkeypatch)
+    listed = text.split("Commands:\n", 1)[1].splitlines()
+    assert [line.split()[0] for line in listed] == ORDER  # one line each: none wraps
+    assert all(re.match(r"^  \S+ +\S", line) for line in listed), listed
+    assert not any(line.rstrip().endswith("...") for line in listed), listed
+    assert all(len(line) <= 78 for line in listed)  # fits 80 columns
+    # the README's tour lists them in the same order
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    tour = readme.split("## A tour of the CLI", 1)[1].split("```", 2)[1]
+    assert [line.split()[1] for line in tour.splitlines() if line.startswith("unet ")] == ORDER
+
+
+EXAMPLES = {
+    "prepare": ["unet prepare data/raw data/prepared"],
+    "check": ["unet check data/raw --strict"],
+    "model-info": ["unet model-info --width 0.25 --width 0.5 --width 1 --size 256"],
+    "predict": ["unet predict runs/lungs scans/ --out masks/ --overlay"],
+    "evaluate": ["unet evaluate runs/lungs data/jsrt --split val"],
+    "serve": [
+        "unet serve runs/lungs                   # then open http://127.0.0.1:8000",
+        "unet serve runs/lungs --keep-largest 2  # overrides the run's choice",
+    ],
+}
+
+
+@pytest.mark.parametrize("command", sorted(EXAMPLES))
+def test_examples_are_whole_lines_of_the_help(command, capsys, monkeypatch) -> None:
+    """Click rewrapped the examples with the prose around them, cutting a command in two
+    (`unet model-info --width 0.25 --width 0.5 --width 1 --size` / `256`)."""
+    text = help_text(capsys, monkeypatch, command)
+    lines = [line.strip() for line in text.splitlines()]
+    for example in EXAMPLES[command]:
+        assert example in lines, text
+    assert all(len(line) < 80 for line in text.splitlines()), text
+
+
+def test_help_describes_batch_norm_and_where_train_reads_a_plan(capsys, monkeypatch) -> None:
+    train = " ".join(help_text(capsys, monkeypatch, "train").split())
+    assert (
+        "--batch-norm / --no-batch-norm Batch normalisation after every 3x3 convolution "
+        "(not in the paper) [default: off]." in train
+    )
+    plan = " ".join(help_text(capsys, monkeypatch, "plan").split())
+    assert (
+        "-o, --out <path> Plan file [default: DATA/plan.json]; `unet train DATA` reads only "
+        "DATA/plan.json: copy the file there to use it." in plan
+    )
+
+
+def test_out_of_memory_advice_names_only_flags_the_command_has() -> None:
+    """evaluate's advice named --max-pixels, which evaluate does not have."""
+    import typer
+
+    from unet_lowered import cli
+
+    assert cli._out_of_memory("evaluate", MemoryError("no room")) == (
+        "out of memory (no room); lower --batch-size"
+    )
+    group = typer.main.get_command(cli.app)
+    for command in ("train", "predict", "evaluate", "serve"):
+        advice = cli._out_of_memory(command, MemoryError("x"))
+        sub = group.get_command(group.context_class(group), command)
+        flags = {o for p in sub.params for o in (*p.opts, *p.secondary_opts)}
+        named = set(re.findall(r"--[a-z][a-z-]*", advice))
+        assert named and named <= flags, (command, named - flags)

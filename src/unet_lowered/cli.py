@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 import unet_lowered
 from unet_lowered import options as names
@@ -30,11 +31,36 @@ from unet_lowered.errors import UnetError
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")
 
+_ORDER = (
+    "check",
+    "prepare",
+    "plan",
+    "train",
+    "evaluate",
+    "predict",
+    "plot",
+    "export",
+    "model-info",
+    "synth",
+    "serve",
+    "demo",
+)
+"""The commands in ``unet --help``: in the order of the pipeline (and the README's tour)."""
+
 _HELP_OPTIONS = ["-h", "--help"]
+
+
+class _Commands(TyperGroup):
+    """The group of commands, listed in :data:`_ORDER`."""
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        listed = super().list_commands(ctx)
+        return sorted(listed, key=lambda n: _ORDER.index(n) if n in _ORDER else len(_ORDER))
 
 
 app = typer.Typer(
     name="unet",
+    cls=_Commands,
     help=(
         "U-Net (Ronneberger et al. 2015) at 25% width on Keras 3: "
         "prepare data, train, evaluate, predict, plot."
@@ -104,7 +130,7 @@ _StrictOpt = Annotated[
 ]
 
 
-@app.command("prepare")
+@app.command("prepare", short_help="Convert a data set into the layout training reads.")
 def prepare_cmd(
     src: Annotated[Path, typer.Argument(help="The data set folder; it is never written to.")],
     dest: Annotated[Path, typer.Argument(help="The output folder (must not lie inside SRC).")],
@@ -142,7 +168,9 @@ def prepare_cmd(
     Montgomery leftMask/ + rightMask/ (merged). Bad pairs are skipped and listed; exit
     status 0 if at least one good pair remains (--strict: 1 on any problem).
 
-    Example: unet prepare data/raw data/prepared
+    \b
+    Example:
+      unet prepare data/raw data/prepared
     """
     from unet_lowered.dataset.prepare import DatasetError, prepare
     from unet_lowered.dataset.report import print_report
@@ -170,7 +198,7 @@ def prepare_cmd(
     print_report(report)
 
 
-@app.command("check")
+@app.command("check", short_help="Validate a data set as prepare would; write nothing.")
 def check_cmd(
     path: Annotated[Path, typer.Argument(help="A source data set or a prepared folder.")],
     layout: _LayoutOpt = "auto",
@@ -186,7 +214,9 @@ def check_cmd(
     Prints the same summary and problem list as prepare. Exit status 0 if at least one
     good pair exists (--strict: only if there is no problem at all), else 1.
 
-    Example: unet check data/raw --strict
+    \b
+    Example:
+      unet check data/raw --strict
     """
     from unet_lowered.dataset.prepare import check
     from unet_lowered.dataset.report import print_report
@@ -211,7 +241,7 @@ def check_cmd(
 # ---------------------------------------------------------------- model: model-info, export
 
 
-@app.command("model-info")
+@app.command("model-info", short_help="Parameters and GFLOP of the U-Net at one or more widths.")
 def model_info(
     width: Annotated[
         list[float] | None,
@@ -228,14 +258,17 @@ def model_info(
     """Print parameters and forward GFLOP per image of the U-Net at one or more widths.
 
     FLOPs are 2 x the multiply-accumulates of the convolutions, counted from the layers.
-    Example: unet model-info --width 0.25 --width 0.5 --width 1 --size 256
+
+    \b
+    Example:
+      unet model-info --width 0.25 --width 0.5 --width 1 --size 256
     """
     from unet_lowered.model import widths_table
 
     typer.echo(widths_table(width or [0.25], size, depth, padding, channels, classes), nl=False)
 
 
-@app.command()
+@app.command("export", short_help="Export a trained model to ONNX or a TensorFlow SavedModel.")
 def export(
     model: Annotated[
         Path, typer.Argument(help="A .keras file or a run folder (uses RUN/model.keras).")
@@ -276,18 +309,20 @@ def export(
         f"wrote {result['path']} ({format}; input {result['input_shape']} float32, "
         f"logits {result['output_shape']}; {checked})"
     )
-    if result["precision_diff"] is not None:
+    if result["precision_diff"] is not None:  # notes: on stderr, as the README says
         typer.echo(
             f"the run computes in {result['manifest']['precision']['trained']}; the export "
             f"in float32: its logits differ from the run's by up to "
             f"{result['precision_diff']:.2g} on the check input, so a few boundary pixels "
-            "may differ from `unet predict`'s masks"
+            "may differ from `unet predict`'s masks",
+            err=True,
         )
     if result["manifest"] is not None:
         where = "metadata_props" if format == "onnx" else "file"
         typer.echo(
             f"preprocessing, threshold and post-processing of `unet predict`: the export's "
-            f"{where} '{'unet_lowered' if format == 'onnx' else 'unet_lowered.json'}'"
+            f"{where} '{'unet_lowered' if format == 'onnx' else 'unet_lowered.json'}'",
+            err=True,
         )
 
 
@@ -303,7 +338,7 @@ _TimeBudget = Annotated[
 ]
 
 
-@app.command()
+@app.command("plan", short_help="Fingerprint the data and plan `unet train` (plan.json).")
 def plan(
     data: Annotated[Path, typer.Argument(help="Prepared folder (from `unet prepare`).")],
     time_budget: Annotated[
@@ -314,7 +349,13 @@ def plan(
         ),
     ] = None,
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Plan file [default: DATA/plan.json].")
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Plan file [default: DATA/plan.json]; `unet train DATA` reads only "
+            "DATA/plan.json: copy the file there to use it.",
+        ),
     ] = None,
 ) -> None:
     """Fingerprint the data, time a training step and plan `unet train`; writes plan.json."""
@@ -404,7 +445,7 @@ def _no_data(ctx: Any) -> None:
     )  # raises Click's usage error (exit status 2)
 
 
-@app.command()
+@app.command("train", short_help="Train the U-Net on a prepared folder into a run folder.")
 def train(
     ctx: typer.Context,
     data: Annotated[
@@ -545,7 +586,12 @@ def train(
         typer.Option(help=f"{' | '.join(names.PADDINGS)} (valid: the paper) [default: same]."),
     ] = None,
     batch_norm: Annotated[
-        bool | None, typer.Option("--batch-norm/--no-batch-norm", help="[default: off].")
+        bool | None,
+        typer.Option(
+            "--batch-norm/--no-batch-norm",
+            help="Batch normalisation after every 3x3 convolution (not in the paper) "
+            "[default: off].",
+        ),
     ] = None,
     dropout: Annotated[
         float | None,
@@ -764,7 +810,7 @@ def train(
     )
 
 
-@app.command()
+@app.command("plot", short_help="Save loss/Dice curves, samples and worst cases as PNG.")
 def plot(
     run: Annotated[Path, typer.Argument(help="Run folder written by `unet train`.")],
     samples: Annotated[int, typer.Option(help="Validation images in samples.png.")] = 4,
@@ -895,7 +941,7 @@ def _predict_options(flags: dict):
     return PredictOptions(**{k: v for k, v in flags.items() if k in names})
 
 
-@app.command()
+@app.command("predict", short_help="Segment images with a trained run; masks at their size.")
 def predict(
     run: Annotated[Path, typer.Argument(help="Run folder written by `unet train`.")],
     inputs: Annotated[
@@ -980,7 +1026,10 @@ def predict(
     A flagged X-ray is tried again with its gray scale inverted (--polarity), then turned
     upside down and on either side (--orientation), then both; predictions.csv says which masks come
     from an inverted image (gray_scale) or a turned one (orientation).
-    Example: unet predict runs/lungs scans/ --out masks/ --overlay
+
+    \b
+    Example:
+      unet predict runs/lungs scans/ --out masks/ --overlay
     """
     from unet_lowered import options as names
     from unet_lowered.inference.batch import exit_status, predict_files
@@ -1021,7 +1070,7 @@ def predict(
         raise typer.Exit(code)
 
 
-@app.command()
+@app.command("evaluate", short_help="Score a run on images with masks (Dice, IoU, HD95).")
 def evaluate(
     run: Annotated[Path, typer.Argument(help="Run folder written by `unet train`.")],
     data: Annotated[
@@ -1055,7 +1104,10 @@ def evaluate(
     --orientation), then compares with the masks: Dice, IoU, precision, recall, HD95
     (pixels), foreground fractions. Both masks empty: Dice 1; exactly one empty: Dice 0 (HD95 infinite,
     left out of the HD95 statistics). Prints mean/median/std and the 5 worst ids.
-    Example: unet evaluate runs/lungs data/jsrt --split val
+
+    \b
+    Example:
+      unet evaluate runs/lungs data/jsrt --split val
     """
     from unet_lowered.evaluation.evaluate import evaluate_run
     from unet_lowered.io import atomic
@@ -1070,7 +1122,7 @@ def evaluate(
 # ---------------------------------------------------------------- synth, demo
 
 
-@app.command()
+@app.command("demo", short_help="The whole pipeline on synthetic chest X-rays, no data needed.")
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Demo folder.")] = Path("runs/demo"),
     count: Annotated[int, typer.Option(help="Synthetic training pairs.")] = 160,
@@ -1094,7 +1146,7 @@ def demo(
         run_demo(out, settings, overwrite=overwrite, echo=typer.echo)
 
 
-@app.command()
+@app.command("synth", short_help="Make synthetic chest X-rays with exact lung masks.")
 def synth(
     out: Annotated[Path, typer.Argument(help="Folder to create (Kaggle layout).")],
     count: Annotated[int, typer.Option(help="Training images, each with a lung mask.")] = 200,
@@ -1155,7 +1207,7 @@ def synth(
 _SERVE_PACKAGES = frozenset({"fastapi", "starlette", "uvicorn", "multipart", "python_multipart"})
 
 
-@app.command()
+@app.command("serve", short_help="Serve a trained run over HTTP: a web page and a JSON API.")
 def serve(
     run: Annotated[Path, typer.Argument(help="Run folder written by `unet train`.")],
     host: Annotated[
@@ -1222,8 +1274,11 @@ def serve(
     chosen post-processing); a request's query (threshold, keep_largest, fill_holes,
     min_area, watershed, postprocess, polarity, orientation, tta, tta_transforms, mode)
     overrides them.
-    Example: unet serve runs/lungs, then open http://127.0.0.1:8000 (the run's chosen
-    post-processing applies; e.g. --keep-largest 2 --fill-holes overrides it)
+
+    \b
+    Examples:
+      unet serve runs/lungs                   # then open http://127.0.0.1:8000
+      unet serve runs/lungs --keep-largest 2  # overrides the run's choice
     """
     try:
         from unet_lowered.serve.app import ServeSettings, serve_run
@@ -1540,7 +1595,7 @@ def _out_of_memory(command: str | None, error: BaseException) -> str:
     advice = {
         "train": "lower --batch-size or --image-size (a --resume run keeps its own)",
         "predict": "lower --batch-size or --max-pixels, or predict fewer images at once",
-        "evaluate": "lower --batch-size or --max-pixels",
+        "evaluate": "lower --batch-size",  # only flags the command has
         "serve": "lower --workers, or send smaller images",
     }.get(command or "", "free memory or use smaller inputs")
     return f"out of memory ({what}); {advice}"

@@ -321,7 +321,9 @@ def test_a_mixed_precision_runs_export_says_how_far_float32_moves_it(tmp_path, c
     with pytest.raises(SystemExit) as exit_info:
         main(["export", str(run), "--format", "saved_model"])
     assert exit_info.value.code == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()  # notes on stderr (README), only the result on stdout
+    assert captured.out.startswith("wrote ") and captured.out.count("\n") == 1
+    out = captured.err
     manifest = json.loads((run / "model_saved_model" / "unet_lowered.json").read_text())
     diff = manifest["precision"]["max_abs_logit_diff_on_check_input"]
     assert manifest["precision"]["trained"] == "mixed_bfloat16" and 0 < diff < 1
