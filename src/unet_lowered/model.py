@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, overload
 
 import keras
 from keras import layers
@@ -292,6 +292,14 @@ def _output_size_or_none(size: int, depth: int, padding: str) -> int | None:
     return size if size >= 1 else None
 
 
+@overload
+def output_size(
+    input_size: int, depth: int = ..., padding: str = ..., name: str | None = ...
+) -> int: ...
+@overload
+def output_size(
+    input_size: Sequence[int], depth: int = ..., padding: str = ..., name: str | None = ...
+) -> tuple[int, ...]: ...
 def output_size(
     input_size: int | Sequence[int],
     depth: int = 4,

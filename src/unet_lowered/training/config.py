@@ -55,6 +55,11 @@ class TrainConfig:
     are not left-right symmetric: the heart sits on the patient's left). Batch 4
     and 45 epochs: twice the updates of batch 8 in the same time (the figures behind
     these choices are in ``benchmarks/RESULTS.md``).
+
+    The annotations are those of a validated config. Before :meth:`validate` (which
+    ``train()`` calls), as in a config file, ``image_size`` may also be ``"auto"`` and
+    ``time_budget`` a duration text (``"10m"``, ``"90s"``, ``"1h"``): ``validate`` turns
+    them into None and seconds.
     """
 
     # data
@@ -133,7 +138,7 @@ class TrainConfig:
             "upsampling": options.choose(self.upsampling, options.UPSAMPLINGS, "upsampling"),
             "distribute": options.choose(self.distribute, options.DISTRIBUTE_MODES, "distribute"),
         }
-        if self.image_size == "auto":  # a config file may spell the default out
+        if self.image_size == "auto":  # type: ignore[comparison-overlap]  # a file's spelling
             canonical["image_size"] = None
         if self.time_budget is not None:  # "10m", "90s", "1h" or seconds
             from unet_lowered.planning.budget import parse_duration
