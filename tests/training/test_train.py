@@ -697,8 +697,28 @@ def test_config_file_then_flags(tmp_path: Path) -> None:
     cfg = config_mod.resolve(path, {"epochs": 3, "seed": None})
     assert (cfg.epochs, cfg.image_size, cfg.loss, cfg.seed) == (3, 128, "dice", 0)
     (tmp_path / "bad.json").write_text('{"epoch": 3}')
-    with pytest.raises(UnetError, match=r"unknown setting 'epoch'; valid settings: .*epochs"):
+    with pytest.raises(
+        UnetError,
+        match=r"unknown setting 'epoch'; did you mean 'epochs'\? valid settings: .*epochs",
+    ):
         config_mod.resolve(tmp_path / "bad.json")
+
+
+def test_config_file_keys_are_the_flags(tmp_path: Path) -> None:
+    """The README says the keys are the flags: --crop/--resize and --lr are keys too
+    (`crop: true` was "unknown setting 'crop'")."""
+    path = tmp_path / "cfg.yaml"
+    for text, mode in (
+        ("crop: true", "crop"),
+        ("crop: false", "resize"),
+        ("resize: true", "resize"),
+    ):
+        path.write_text(f"{text}\nlr: 0.01\n")
+        cfg = config_mod.resolve(path)
+        assert (cfg.input_mode, cfg.learning_rate) == (mode, 0.01)
+    path.write_text("crop: 256\n")
+    with pytest.raises(UnetError, match=r"'crop' is true or false, got 256"):
+        config_mod.resolve(path)
 
 
 @pytest.mark.parametrize(

@@ -295,9 +295,17 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     for key, value in data.items():
         name = str(key).replace("-", "_")
         name = {"lr": "learning_rate"}.get(name, name)  # the flag is --lr
+        if name in ("crop", "resize"):  # the flags --crop/--resize set input_mode
+            if not isinstance(value, bool):
+                raise UnetError(f"{path}: {key!r} is true or false, got {value!r}")
+            name, value = "input_mode", "crop" if value == (name == "crop") else "resize"
         if name not in FIELDS:
+            import difflib
+
+            close = difflib.get_close_matches(name, sorted(FIELDS | {"crop", "lr"}), n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
             raise UnetError(
-                f"{path}: unknown setting {key!r}; valid settings: {', '.join(sorted(FIELDS))}"
+                f"{path}: unknown setting {key!r}; {hint}valid settings: {', '.join(sorted(FIELDS))}"
             )
         out[name] = value
     return out
