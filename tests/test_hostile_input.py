@@ -413,9 +413,9 @@ def test_predict_onto_a_full_disk(run: Path, tmp_path: Path, capfd) -> None:
             "npy",
         )
         assert code == 1
-        the_line(  # the first output that failed, and how to finish the job
+        the_line(  # the first output that failed (n0, or n1 when n0's fitted), and how to go on
             err,
-            r"^error: .*cannot write the outputs of .*n0\.png \((No space left on device|.*disk "
+            r"^error: .*cannot write the outputs of .*n\d\.png \((No space left on device|.*disk "
             r"is full)\); free disk space .* then run again with --resume$",
         )
         assert_complete(small)
