@@ -24,6 +24,12 @@ one table (with the plan chosen) and appends it, with date and machine, to
 
     .venv/bin/python benchmarks/accuracy.py                 # all three (about 35 min)
     .venv/bin/python benchmarks/accuracy.py --datasets jsrt  # only the chest X-rays
+    .venv/bin/python benchmarks/accuracy.py --datasets jsrt --set loss=bce+dice --keep /tmp/acc
+
+``--set KEY=VALUE`` (repeatable) trains with that setting instead of the planned one, as
+``unet train`` takes it (e.g. ``loss=bce+dice``, ``input_mode=resize``); ``--keep
+FOLDER`` keeps the prepared data and the runs there (e.g. for ``robustness.py``)
+instead of in a temporary folder. ``--no-append`` only prints.
 """
 
 from __future__ import annotations
@@ -290,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     text = table(results)
     print(text)
     if not args.no_append:
-        stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
         header = (
             f"\n## Accuracy, {stamp}, {cpu_model()}, {cores()} cores\n\n"
             "Planned settings (`unet train DATA --out RUN"

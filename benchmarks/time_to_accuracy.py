@@ -8,8 +8,9 @@ end of each epoch's validation) against ``val_dice`` is the curve. Printed and a
 to ``benchmarks/RESULTS.md``: per variant the best validation Dice and when it was
 reached, and the seconds each variant needed to reach the target (the first
 variant's best minus 0.002, or ``--target``). The curves go to
-``benchmarks/time_to_accuracy.png``. A second table gives the seconds to several levels
-(the first variant's best minus 0.002, minus 0.001, and the best itself), with ratios.
+``benchmarks/time_to_accuracy.png`` (not with ``--no-append``, which only prints). A
+second table gives the seconds to several levels (the first variant's best minus 0.002,
+minus 0.001, and the best itself), with ratios.
 
     .venv/bin/python benchmarks/time_to_accuracy.py --variants before,default  # ~10 min
     .venv/bin/python benchmarks/time_to_accuracy.py --variants before,progressive-24
@@ -138,13 +139,10 @@ def levels_table(results: list[dict], offsets: tuple[float, ...] = LEVELS) -> st
     best it then barely improves."""
     best = results[0]["best_val_dice"]
     names = [r["variant"] for r in results]
+    header = ["level", *names, *(f"{n} / {names[0]}" for n in names[1:])]
     lines = [
-        "| level | "
-        + " | ".join(names)
-        + " | "
-        + " | ".join(f"{n} / {names[0]}" for n in names[1:])
-        + " |",
-        "|---|" + "---:|" * (2 * len(names) - 1),
+        "| " + " | ".join(header) + " |",
+        "|---|" + "---:|" * (len(header) - 1),
     ]
     for offset in offsets:
         level = round(best + offset, 6)
@@ -190,7 +188,11 @@ def main(argv: list[str] | None = None) -> int:
         "--target", type=float, default=None, help="[default: first's best - 0.002]"
     )
     parser.add_argument("--list", action="store_true", help="print the variants and exit")
-    parser.add_argument("--no-append", action="store_true", help="do not append to RESULTS.md")
+    parser.add_argument(
+        "--no-append",
+        action="store_true",
+        help="only print: neither append to RESULTS.md nor write the curves' PNG",
+    )
     parser.add_argument("--keep", type=Path, default=None, help="keep data and runs here")
     args = parser.parse_args(argv)
     if args.list:
@@ -227,12 +229,12 @@ def main(argv: list[str] | None = None) -> int:
     text += "\n\nPer Dice level (the first epoch reaching it, from each history.csv):\n\n"
     text += levels_table(results)
     print(text)
-    plot(results, target, PLOT)
-    print(f"curves: {PLOT}")
     if not args.no_append:
         from unet_lowered.io import atomic
 
-        stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+        plot(results, target, PLOT)
+        print(f"curves: {PLOT}")
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M")
         header = (
             f"\n## {stamp} UTC: time_to_accuracy.py, JSRT lungs\n\n"
             f"Machine: {cpu_model()}, {cores()} cores; load average (1 min) {load_start:.2f} "
