@@ -443,27 +443,20 @@ def results_table(
     scores: bool | None = None,
 ) -> str:
     """The Markdown section appended to ``benchmarks/RESULTS.md``."""
-    import platform
+    from speed import cores, cpu_model  # benchmarks/speed.py, beside this script
 
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor() or "unknown CPU",
-    )
+    n_cores = cores()
 
     def shown(value: int | None) -> str:
         return "default" if value is None else str(value)
 
     threads = f"cv2 threads {shown(args.cv2_threads)}, TF threads {shown(args.tf_threads)}"
     lines = [
-        f"## {time.strftime('%Y-%m-%d %H:%M')}: predict_pipeline.py, {args.images} images "
+        f"## {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: predict_pipeline.py, {args.images} images "
         f"{args.min_size}-{args.max_size} px ({size_mb:.0f} MB of 16-bit PNG and JPEG), "
         f"median of {args.repeats}",
         "",
-        f"Machine: {cpu}, {os.cpu_count()} cores; untrained default U-Net at {args.tile} px, "
+        f"Machine: {cpu_model()}, {n_cores} cores; untrained default U-Net at {args.tile} px, "
         f"batch {args.batch_size}, {threads}"
         f"{'; the run has lung mask statistics (--lung-stats)' if args.lung_stats else ''}. "
         "Pipeline outputs equal the one-thread run's: "
@@ -478,8 +471,16 @@ def results_table(
         "",
     ]
     if stages:
-        cores = os.cpu_count() or 1
-        loop_s = 1 / summary["loop"]["images_per_s"]
+        loop_s = 1 / summary["loop"]["images_per_s"] if "loop" in summary else None
+        if loop_s is None:
+            ceiling = "(`--variants` without `loop`: no loop to compare the ceiling with.)"
+        else:
+            ceiling = (
+                f"The loop took {1000 * loop_s:.0f} ms of wall time per image. Spread "
+                f"perfectly over {n_cores} cores, `unet predict` could at best be "
+                f"{loop_s / (stages['product_cpu_s'] / n_cores):.2f}x the loop, and the "
+                f"loop's own steps {loop_s / (stages['loop_cpu_s'] / n_cores):.2f}x."
+            )
         lines += [
             "Each step alone, one after another (ms per image; `--stages`; CPU: every "
             "thread of the process):",
@@ -494,11 +495,7 @@ def results_table(
             ),
             "",
             f"CPU per image: `unet predict`'s steps {1000 * stages['product_cpu_s']:.0f} ms, "
-            f"the loop's {1000 * stages['loop_cpu_s']:.0f} ms; the loop took "
-            f"{1000 * loop_s:.0f} ms of wall time per image. Spread perfectly over {cores} "
-            f"cores, `unet predict` could at best be "
-            f"{loop_s / (stages['product_cpu_s'] / cores):.2f}x the loop, and the loop's own "
-            f"steps {loop_s / (stages['loop_cpu_s'] / cores):.2f}x.",
+            f"the loop's {1000 * stages['loop_cpu_s']:.0f} ms. {ceiling}",
             "",
         ]
     return "\n".join(lines)

@@ -18,8 +18,9 @@ Everything runs in ONE process so that the comparison is fair on a shared machin
      autocast: training = forward + BCE+Dice + backward + Adam, inference under
      ``torch.inference_mode``.
 
-2. Matmul throughput of the machine (a large TensorFlow matmul, float32 and bfloat16;
-   PyTorch's for reference) and the fraction of it that training and inference reach,
+2. Matmul throughput of the machine (a large matmul, float32 and bfloat16, in
+   TensorFlow and in PyTorch) and the fraction of the faster of the two (per precision)
+   that training and inference reach,
    from the network's FLOPs counted from its layers (``unet_lowered.model.count_flops``):
    inference = forward FLOPs, training = 3 x forward (forward, gradient of the
    activations, gradient of the weights).
@@ -212,6 +213,28 @@ def cores() -> int:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
+
+
+def git_commit() -> str:
+    """The short commit of the checkout these scripts are in; '-' outside a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "-"
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "-"
+
+
+def machine_line() -> str:
+    """One line to print before a table: the UTC date and time, the CPU model, the cores
+    this process may use and the git commit."""
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return f"{stamp}, {cpu_model()}, {cores()} cores, commit {git_commit()}"
 
 
 def append_section(heading: str, body: str) -> Path:
@@ -672,14 +695,14 @@ def report(
     notes,
 ) -> str:
     """The Markdown section appended to RESULTS.md."""
-    cores = os.cpu_count()
+    n_cores = cores()
     flops = info["flops"]
     bf16_cpu = "avx512_bf16" in cpu_flags() or "amx_bf16" in cpu_flags()
     mode = " --quick" if args.quick else ""
     lines = [
         f"## {started:%Y-%m-%d %H:%M} UTC: speed.py{mode}, {args.size}x{args.size}, batch {args.batch}",
         "",
-        f"Machine: {cpu_model()}, {cores} cores{' (AVX512-BF16)' if bf16_cpu else ''}, "
+        f"Machine: {cpu_model()}, {n_cores} cores{' (AVX512-BF16)' if bf16_cpu else ''}, "
         f"Python {platform.python_version()}, TensorFlow {_version('tensorflow')}, "
         f"Keras {_version('keras')}, PyTorch {info['torch']}. Threads: TensorFlow intra "
         f"{args.tf_intra} / inter {args.tf_inter}, PyTorch {info['torch_threads']}. "
@@ -690,7 +713,7 @@ def report(
         f"{info['params'] / 1e6:.2f} M parameters, {flops / 1e9:.2f} GFLOP forward per image "
         f"(counted from the layers by `count_flops`; training counted as 3x). "
         f"Loss: {info['loss']}, {info.get('optimizer', 'Adam')} (PyTorch: Adam). Median of {args.rounds} interleaved rounds x "
-        f"{args.steps} steps after {args.warmup} warm-up steps (range over rounds in brackets).",
+        f"{args.steps} steps after {args.warmup} warm-up steps (range over rounds in parentheses).",
         "",
         "| configuration | train img/s | infer img/s | train % of matmul | infer % of matmul |",
         "|---|---:|---:|---:|---:|",
@@ -774,11 +797,11 @@ def report(
     )
     if notes:
         lines += ["", *[f"- {n}" for n in notes]]
-    if max(info["load"]) > 0.5 * (cores or 1):
+    if max(info["load"]) > 0.5 * n_cores:
         lines += [
             "",
             f"Note: the machine was shared during this run (load {info['load'][0]:.1f}/"
-            f"{info['load'][1]:.1f} on {cores} cores): absolute figures may be low; the "
+            f"{info['load'][1]:.1f} on {n_cores} cores): absolute figures may be low; the "
             "interleaved ratios are the more reliable numbers.",
         ]
     return "\n".join(lines) + "\n"
