@@ -43,7 +43,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from speed import cores, cpu_model  # benchmarks/speed.py, beside this script
+from speed import cores, cpu_model, machine_line  # benchmarks/speed.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -294,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
             results.append(run_one(name, work, args.epochs, args.time_budget, overrides))
             print(json.dumps(results[-1], indent=1), flush=True)
     text = table(results)
+    print(machine_line())
     print(text)
     if not args.no_append:
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")

@@ -22,7 +22,7 @@ JAX with ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` under
 fresh child process (the device count is fixed when the backend starts), interleaved
 ``--repeats`` times; the clock starts after ``--warmup`` steps (compilation) and
 covers ``--steps`` steps. Prints one JSON line per child, then the median seconds a
-step and the ratio to 1 device per backend. On a CPU the simulated devices share the
+step and its ratio to the 1-device step time per backend (above 1: slower). On a CPU the simulated devices share the
 same cores, so this measures the overhead of splitting the batch, not a speed-up.
 
     .venv/bin/python benchmarks/distributed.py --part predict
@@ -41,6 +41,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from speed import machine_line  # benchmarks/speed.py, beside this script
 
 PREDICT_VARIANTS = ("local", "ray-1", "ray-2")
 
@@ -174,11 +176,12 @@ def train_part(args: argparse.Namespace) -> None:
                     raise SystemExit(f"{variant} failed:\n{done.stderr[-3000:]}")
                 print(line[0], flush=True)
                 results.setdefault(variant, []).append(json.loads(line[0])["s_per_step"])
-    print("\nmedian seconds per training step (global batch split over the devices):")
+    print(f"\n{machine_line()}")
+    print("median seconds per training step (global batch split over the devices):")
     for variant, values in results.items():
         one = statistics.median(results[variant.rsplit("-", 1)[0] + "-1"])
         median = statistics.median(values)
-        print(f"  {variant:20s} {median:8.4f}  {median / one:.2f}x 1 device")
+        print(f"  {variant:20s} {median:8.4f}  {median / one:.2f}x the 1-device step time")
 
 
 def predict_part(args: argparse.Namespace) -> None:
@@ -206,7 +209,8 @@ def predict_part(args: argparse.Namespace) -> None:
                 print(line[0], flush=True)
                 results[variant].append(json.loads(line[0])["images_per_s"])
     local = statistics.median(results["local"]) if results.get("local") else None
-    print("\nmedian images/s (whole call, engine start included):")
+    print(f"\n{machine_line()}")
+    print("median images/s (whole call, engine start included):")
     for variant, values in results.items():
         median = statistics.median(values)
         ratio = f"  {median / local:.2f}x local" if local else ""

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 from accuracy import SOURCES, _chosen  # benchmarks/accuracy.py, beside this script
-from speed import cores, cpu_model
+from speed import machine_line
 
 UNET = [sys.executable, "-m", "unet_lowered"]
 
@@ -153,10 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     first = f"from image {args.start} on (0-based) " if args.start else ""
     flags = f" {args.train_args}" if args.train_args else ""
     print(
-        f"\n{args.dataset}: every {args.every}th image set aside {first}"
+        f"\n{args.dataset}: one image in every {args.every} set aside {first}"
         f"({len(ids)}: {', '.join(_short(i) for i in ids)}); "
-        f"`unet train{flags}` {train_s / 60:.1f} min, chose {chosen}; {cpu_model()}, "
-        f"{cores()} cores\n"
+        f"`unet train{flags}` {train_s / 60:.1f} min, chose {chosen}\n{machine_line()}\n"
     )
     print_table(rows, rand)
     return 0

@@ -13,14 +13,16 @@ switch on, and prints per framework:
 * the summed time of the whole step that oneDNN accounts for.
 
 TensorFlow runs with the threads ``speed.py`` uses (all cores inside an op, its
-default inter-op threads, as ``unet train``), PyTorch with all cores. With TensorFlow
+default inter-op threads, as ``unet train``), PyTorch with all cores; each child first
+fixes glibc's heap thresholds as ``speed.py --malloc tuned`` does (``--malloc default``
+leaves glibc as it is). With TensorFlow
 running independent ops side by side, their primitives' times overlap and can add up
 to more than the step; ``TF_NUM_INTEROP_THREADS=1`` in the environment runs one op at a
 time, so that each primitive's time is its own.
 
 Run by hand on a quiet machine::
 
-    .venv/bin/python benchmarks/onednn_profile.py [--steps 6] [--top 12]
+    .venv/bin/python benchmarks/onednn_profile.py [--steps 6] [--top 12] [--malloc default]
 
 It prints a Markdown report; nothing is written. Requires ``torch==2.13.0`` (the
 ``bench`` extra) for the PyTorch half.
@@ -36,15 +38,25 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from speed import (  # benchmarks/speed.py  # noqa: E402
+    MALLOC_CHOICES,
+    bf16_train_step,
+    machine_line,
+    tune_malloc,
+)
+
 START, END = "=====START", "=====END"
 
 
-def child(which: str, steps: int) -> None:
-    """Run ``steps`` timed training steps of one framework (called in a subprocess)."""
+def child(which: str, steps: int, malloc: str = "tuned") -> None:
+    """Run ``steps`` timed training steps of one framework (called in a subprocess);
+    ``malloc="tuned"``: glibc's thresholds fixed first, as ``speed.py --malloc tuned``."""
     import time
 
-    sys.path.insert(0, str(HERE))
-    from speed import bf16_train_step
+    if malloc == "tuned":
+        tune_malloc()
 
     step = bf16_train_step(which, 8, 256)
     for _ in range(3):
@@ -86,16 +98,27 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=6, help="timed steps per framework")
     parser.add_argument("--top", type=int, default=12, help="groups shown per framework")
+    parser.add_argument(
+        "--malloc",
+        choices=MALLOC_CHOICES,
+        default="tuned",
+        help="tuned: glibc's mmap and trim thresholds fixed at 256 MiB in each child, as "
+        "speed.py does (PyTorch's step depends on them); default: glibc as it is",
+    )
     parser.add_argument("--child", choices=("keras", "torch"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        child(args.child, args.steps)
+        child(args.child, args.steps, args.malloc)
         return 0
     env = {**os.environ, "ONEDNN_VERBOSE": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    print("# oneDNN profile of one bf16 training step (256x256, batch 8, default U-Net)\n")
+    print(
+        "# oneDNN profile of one bf16 training step (256x256, batch 8, default U-Net); "
+        f"heap: `--malloc {args.malloc}`\n\n{machine_line()}\n"
+    )
     for which in ("keras", "torch"):
+        command = [sys.executable, __file__, "--child", which, "--steps", str(args.steps)]
         proc = subprocess.run(
-            [sys.executable, __file__, "--child", which, "--steps", str(args.steps)],
+            [*command, "--malloc", args.malloc],
             capture_output=True,
             text=True,
             env=env,

@@ -47,7 +47,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from speed import MALLOC_CHOICES, bf16_train_step, tune_malloc  # benchmarks/speed.py
+from speed import MALLOC_CHOICES, bf16_train_step, machine_line, tune_malloc  # benchmarks/speed.py
 
 MARK = "=====OPS"
 
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"# Op profile of one bf16 training step ({args.size}x{args.size}, batch "
         f"{args.batch}); medians of {args.rounds} interleaved rounds; heap: "
-        f"`--malloc {args.malloc}`\n"
+        f"`--malloc {args.malloc}`\n\n{machine_line()}\n"
     )
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     results: dict[str, list[dict]] = {"keras": [], "torch": []}

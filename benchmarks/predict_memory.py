@@ -134,6 +134,9 @@ def main() -> int:
             batch_size=args.batch_size,
             max_mb=args.max_mb,
         )
+        from speed import machine_line  # benchmarks/speed.py, beside this script
+
+        print(machine_line())
         print(json.dumps(result))
         ok = result["peak_rss_mb"] <= args.max_mb and not result["failed"]
         return 0 if ok else 1

@@ -35,7 +35,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import append_section  # benchmarks/speed.py, beside this script  # noqa: E402
+from speed import append_section, machine_line  # benchmarks/speed.py, beside this script  # noqa: E402
 
 UNET = [sys.executable, "-m", "unet_lowered"]
 """``unet`` of this interpreter's environment, as ``held_out.py`` runs it."""
@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{k + 1}/{len(VARIANTS)}] {name}", file=sys.stderr, flush=True)
             results.append((name, evaluate(args.run, args.data, flags, Path(scratch) / str(k))))
     text = table(results)
+    print(machine_line())
     print(text)
     if not args.no_append:
         command = shlex.join(["python", "benchmarks/predict_options.py", args.run, args.data])

@@ -82,7 +82,7 @@ from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-from speed import cores, cpu_model  # benchmarks/speed.py, beside this script
+from speed import cores, cpu_model, machine_line  # benchmarks/speed.py, beside this script
 
 if TYPE_CHECKING:
     from unet_lowered.training.config import RunConfig
@@ -617,13 +617,18 @@ def table(rows: dict[str, list[dict[str, float]]]) -> str:
 
 
 def run_settings(config: RunConfig) -> str:
-    """The run's key training settings (input size, epochs, augmentation) in one line."""
+    """The run's key training settings (input size, epochs, progressive resizing,
+    augmentation, the cross-site shifts included) in one line."""
     h, w = config.image_size
     settings = config.settings
-    keys = ("flip_lr", "flip_ud", "rotate", "scale", "shift", "elastic", "intensity")
+    keys = (
+        *("flip_lr", "flip_ud", "rotate", "scale", "shift", "elastic", "intensity"),
+        *("zoom_out", "frame_crop", "opacity", "lowres", "stamps"),  # cross-site shifts
+    )
     augment = ", ".join(f"{k} {getattr(settings, k)}" for k in keys)
     return (
-        f"image_size {h}x{w}, epochs {settings.epochs}, "
+        f"image_size {h}x{w}, epochs {settings.epochs} "
+        f"(progressive {settings.progressive}), "
         f"batch_size {settings.batch_size}, input_mode "
         f"{config.input_mode}, CLAHE preprocessing {config.clahe}; "
         f"augmentation: {augment}"
@@ -672,6 +677,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     seconds = time.perf_counter() - started
     text = table(rows)
+    print(machine_line())
     print(text)
     if not args.no_append:
         old = RESULTS.read_text() if RESULTS.is_file() else "# Benchmark results\n"

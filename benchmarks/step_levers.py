@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         f"on {backend}, {args.policy}{', op determinism on' if args.deterministic else ''} "
         f"(medians of {args.rounds} alternating rounds of "
         f"{args.steps} calls)\n\nfloat32 logits, UpConv2x2 against Conv2DTranspose, largest "
-        f"|difference|: {diff:.3g}\n"
+        f"|difference|: {diff:.3g}\n\n{speed.machine_line()}\n"
     )
     print("| variant | up-convolution | optimizer | train step, ms | inference call, ms |")
     print("|---|---|---|---:|---:|")

@@ -32,7 +32,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import append_section  # benchmarks/speed.py, beside this script  # noqa: E402
+from speed import append_section, machine_line  # benchmarks/speed.py, beside this script  # noqa: E402
 
 COUNT, SIZE, EPOCHS = 240, 128, 10
 
@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         *(f"| {e} | {d:.4f} | {t:.0f} |" for e, d, t in history),
     ]
     text = "\n".join(lines)
+    print(machine_line())
     print(text)
     if not args.no_append:
         path = append_section(
