@@ -13,6 +13,12 @@ half of the images, the choice (``choose_postprocess`` with the thresholds, with
 without the split's merge levels) is made on that half and scored on the other; the mean Rand
 error of the images when held out is printed beside their mean when chosen on.
 
+``--merges 0.8,0.9`` sets the merge levels of the table (default 0.8, 0.85, 0.9, 0.95,
+1) and, given, the candidates of ``--held-out`` (default: the levels ``unet train``
+tries, ``unet_lowered.evaluation.choose.WATERSHED_MERGES``); ``--threshold`` the mask's
+threshold (0.5); ``--split train`` takes the run's training images instead of its
+validation images.
+
     .venv/bin/python benchmarks/watershed_split.py RUN DATA
     .venv/bin/python benchmarks/watershed_split.py RUN DATA --threshold 0.3
     .venv/bin/python benchmarks/watershed_split.py RUN DATA --held-out
@@ -38,8 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threshold", type=float, default=0.5, help="the mask's threshold")
     parser.add_argument(
         "--merges",
-        default=",".join(f"{m:g}" for m in DEFAULT_MERGES),
-        help="comma-separated merge levels (1: cut every neck)",
+        default=None,
+        help="comma-separated merge levels (1: cut every neck) [default: "
+        + ",".join(f"{m:g}" for m in DEFAULT_MERGES)
+        + "; --held-out: the levels unet train tries]",
     )
     parser.add_argument("--split", default="val", choices=("val", "train"))
     parser.add_argument(
@@ -48,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         help="also choose on half of the images and score the other half, every way",
     )
     args = parser.parse_args(argv)
-    merges = [float(m) for m in args.merges.split(",") if m.strip()]
+    given = None if args.merges is None else [float(m) for m in args.merges.split(",") if m.strip()]
+    merges = list(DEFAULT_MERGES) if given is None else given
 
     from unet_lowered.dataset.masks import label_components
     from unet_lowered.dataset.pairs import load_prepared
@@ -93,12 +102,15 @@ def main(argv: list[str] | None = None) -> int:
             f"{statistics.fmean(dices):.4f} | {timing} |"
         )
     if args.held_out:
-        held_out(probs, truths, cells, loaded.config, args.threshold)
+        held_out(probs, truths, cells, loaded.config, args.threshold, given)
     return 0
 
 
-def held_out(probs: list, truths: list, cells: list, config, threshold: float) -> None:
+def held_out(probs: list, truths: list, cells: list, config, threshold: float, merges=None) -> None:
     """Choose on each half of the images, score the other half; print the means.
+
+    The split's candidates are ``merges``, or else the levels ``unet train`` tries
+    (``WATERSHED_MERGES``).
 
     The masks are made as ``unet predict`` makes them with the choice: ``probs_to_mask``
     on ``config`` with the choice as its ``postprocess``, at the chosen threshold or else
@@ -116,12 +128,20 @@ def held_out(probs: list, truths: list, cells: list, config, threshold: float) -
         mask = probs_to_mask(probs[k][..., None], chosen, at)
         return rand_error(cells[k], label_components(mask, 4)[0])
 
+    if merges is None:
+        merges, whose = WATERSHED_MERGES, "unet train's"
+    else:
+        whose = "--merges"
+    levels = ", ".join(f"{m:g}" for m in merges)
     n = len(probs)
     halves = list(itertools.combinations(range(n), n // 2))
-    print(f"\nchosen on {n // 2} of {n} images, scored on the rest ({len(halves)} ways):\n")
+    print(
+        f"\nchosen on {n // 2} of {n} images, scored on the rest ({len(halves)} ways); "
+        f"the split's merge levels: {levels} ({whose}):\n"
+    )
     print("| candidates | mean Rand error, chosen on | held out | choices (split, threshold) |")
     print("|---|---:|---:|---|")
-    for name, merges in (("thresholds", ()), ("thresholds and the split", WATERSHED_MERGES)):
+    for name, candidates in (("thresholds", ()), ("thresholds and the split", merges)):
         inside, outside, made = [], [], []
         for half in halves:
             rest = [k for k in range(n) if k not in half]
@@ -132,7 +152,7 @@ def held_out(probs: list, truths: list, cells: list, config, threshold: float) -
                 score="rand",
                 threshold=threshold,
                 thresholds=THRESHOLDS,
-                merges=merges,
+                merges=candidates,
             )
             inside += [error(choice, k) for k in half]
             outside += [error(choice, k) for k in rest]
