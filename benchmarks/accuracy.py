@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
             results.append(run_one(name, work, args.epochs, args.time_budget, overrides))
             print(json.dumps(results[-1], indent=1), flush=True)
     text = table(results)
-    print(machine_line())
+    print(machine_line() + "\n")
     print(text)
     if not args.no_append:
         stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")

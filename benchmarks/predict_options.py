@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{k + 1}/{len(VARIANTS)}] {name}", file=sys.stderr, flush=True)
             results.append((name, evaluate(args.run, args.data, flags, Path(scratch) / str(k))))
     text = table(results)
-    print(machine_line())
+    print(machine_line() + "\n")
     print(text)
     if not args.no_append:
         command = shlex.join(["python", "benchmarks/predict_options.py", args.run, args.data])

@@ -677,7 +677,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     seconds = time.perf_counter() - started
     text = table(rows)
-    print(machine_line())
+    print(machine_line() + "\n")
     print(text)
     if not args.no_append:
         old = RESULTS.read_text() if RESULTS.is_file() else "# Benchmark results\n"

@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         *(f"| {e} | {d:.4f} | {t:.0f} |" for e, d, t in history),
     ]
     text = "\n".join(lines)
-    print(machine_line())
+    print(machine_line() + "\n")
     print(text)
     if not args.no_append:
         path = append_section(
