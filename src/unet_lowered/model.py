@@ -399,6 +399,22 @@ def _first_valid_size(depth: int, padding: str) -> int:
     )
 
 
+def resize_input_size(size: int, depth: int = 4, padding: str = "same") -> int:
+    """The network input for whole images resized to about ``size``: with ``"same"`` the
+    valid size at or just below it (:func:`nearest_valid_sizes`); with ``"valid"`` the
+    input whose OUTPUT is the largest valid output at or below ``size`` (the smallest
+    when none is), for the image is resized to the output size and mirror-padded to the
+    input (the paper's overlap-tile for a whole image: 224 -> output 212, input 396 at
+    depth 4).
+    """
+    padding = options.choose(padding, options.PADDINGS, "padding")
+    if padding == "same":
+        return nearest_valid_sizes(size, depth, padding)[0]
+    first, step = _first_valid_size(depth, padding), 2**depth
+    smallest = _output_size_or_none(first, depth, padding) or 1
+    return first + max(0, (size - smallest) // step) * step
+
+
 def half_size(size: int, depth: int = 4, padding: str = "same") -> int:
     """Half of ``size``, rounded down to a size the network takes (progressive
     resizing's smaller size; not smaller than ``size`` when nothing valid lies below)."""

@@ -33,6 +33,8 @@ from unet_lowered.inference.predictor import (
     mask_to_png,
     predict_image,
     predict_images,
+    predict_prepared,
+    prepare_images,
     probs_to_mask,
     resolve_mode,
     resolve_tta,
@@ -289,6 +291,37 @@ def test_valid_padding_model(tmp_path: Path, mode: str) -> None:
     image, _ = disk_image(23, 50)
     p = predict_image(r.model(), image, r.config, mode=mode, batch_size=64)
     assert p.shape == (23, 50, 1) and np.isfinite(p).all()
+
+
+def test_a_valid_run_trained_at_its_output_size_predicts_an_image_in_one_pass(
+    tmp_path: Path,
+) -> None:
+    """``resize_to_output`` (valid padding on whole images): the image is resized to the
+    output size (8x8 for a 48-px input at depth 2) and mirror-padded to the input, one
+    network pass; the model here returns its input's centre times 10, so the
+    probabilities are sigmoid(10 x the standardised 8x8 image), at the image's size.
+    A run without the flag (trained before) still resizes to the input and tiles (8x8
+    tiles of 8 px at overlap 0.25)."""
+    import keras
+
+    inputs = keras.Input((48, 48, 1))
+    centre = keras.layers.Cropping2D(20)(inputs)  # 48 -> 8, as the depth-2 valid U-Net
+    model = keras.Model(inputs, keras.layers.Rescaling(10.0)(centre))
+    image, _ = disk_image(23, 50)
+    for flag, size, tiles in ((True, (8, 8), 1), (False, (48, 48), 64)):
+        r = load_run(make_run(tmp_path / str(flag), model, padding="valid", resize_to_output=flag))
+        assert r.config.resize_size == size
+        options = PredictOptions(mode="resize").validate()
+        (x,) = prepare_images([image], r.config, options)
+        assert x.shape == (*size, 1)
+        seen: list[int] = []
+        predict_prepared(
+            model, [x], r.config, options, on_tiles=lambda _, n, seen=seen: seen.append(n)
+        )
+        assert set(seen) == {tiles}
+    expected = cv2.resize(expit(10 * model_input(image, 1, (8, 8))), (50, 23))
+    got = predict_image(model, image, load_run(tmp_path / "True").config, mode="resize")
+    np.testing.assert_allclose(got[..., 0], expected, atol=1e-5)
 
 
 def test_auto_mode_follows_the_run() -> None:

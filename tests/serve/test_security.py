@@ -123,6 +123,21 @@ def test_the_work_budget_setting_is_checked(run: Path) -> None:
             create_app(run, settings, warm_up=False)
 
 
+def test_a_valid_run_trained_at_its_output_size_costs_one_pass_an_image() -> None:
+    """A valid-padding run on whole images (resize_to_output) predicts an image in one
+    pass (resized to the output size, mirror-padded to the input); one trained before
+    resized to the input and tiled it (8x8 tiles of 8 px in a 48-px input at depth 2)."""
+    from run_fixtures import run_config
+    from unet_lowered.inference.predictor import PredictOptions
+
+    options = PredictOptions(mode="resize", tta=False).validate()
+    for flag, tiles in ((True, 1), (False, 64)):
+        config = run_config(
+            {"image_size": [48, 48], "padding": "valid", "depth": 2, "resize_to_output": flag}
+        )
+        assert app_mod.network_passes(config, options, 2000, 3000).tiles == tiles
+
+
 # ---------------------------------------------------------------- uploads at once
 
 

@@ -24,6 +24,7 @@ from unet_lowered.training.config import TrainConfig
 from unet_lowered.training.feed import as_tf_dataset, lowest_priority
 from unet_lowered.training.sequence import (
     EpochSync,
+    Progressive,
     SegmentationSequence,
     augment_config,
     make_sequences,
@@ -463,6 +464,27 @@ def test_mirrored_window_pairs_a_target_window_with_its_mirrored_context() -> No
         covered[top : top + 4, left : left + 6] += 1
     assert covered.min() > 0 and covered[0, 0] > 0 and covered[-1, -1] > 0
     assert covered[5, 6] > covered[0, 0]  # the borders about half as often as the middle
+
+
+def test_whole_images_at_the_output_size_are_mirror_padded_to_the_input(tmp_path: Path) -> None:
+    """``input_size`` (valid padding on whole images, cached at the output size): the
+    target is the whole mask and the input the standardised image reflect-padded to the
+    network's input, as prediction pads it; progressive epochs do the same at half size."""
+    data = load_prepared(make_prepared(tmp_path, ids_of(2), meta={}))
+    cache = SampleCache(data, channels=1, image_size=(8, 10))
+    plain_x, plain_y = SegmentationSequence(cache, data.ids, 2)[0]
+    seq = SegmentationSequence(cache, data.ids, 2, target_size=(8, 10), input_size=(16, 16))
+    x, y = seq[0]
+    assert x.shape == (2, 16, 16, 1) and y.shape == (2, 8, 10, 1)
+    np.testing.assert_array_equal(y, plain_y)
+    np.testing.assert_allclose(x, np.pad(plain_x, ((0, 0), (4, 4), (3, 3), (0, 0)), "reflect"))
+    small = Progressive(1, (12, 12), (4, 6))
+    x, y = SegmentationSequence(
+        cache, data.ids, 2, target_size=(8, 10), input_size=(16, 16), progressive=small
+    )[0]
+    assert x.shape == (2, 12, 12, 1) and y.shape == (2, 4, 6, 1)
+    with pytest.raises(UnetError, match="input_size needs a target_size equal"):
+        SegmentationSequence(cache, data.ids, 2, target_size=(4, 4), input_size=(16, 16))
 
 
 def test_valid_padding_targets_reach_the_border(tmp_path: Path) -> None:

@@ -730,16 +730,33 @@ def test_config_file_keys_are_the_flags(tmp_path: Path) -> None:
         ([(200, 300)], 4, "same", 256),  # the longer side counts
         ([(40, 40)], 4, "same", 32),
         ([(10, 10)], 4, "same", 16),  # below the smallest valid size: the smallest
-        ([(1024, 1024)], 4, "valid", 252),  # largest valid-padding size <= 256
+        ([(1024, 1024)], 4, "valid", 252),  # crops: largest valid-padding size <= 256
     ],
 )
 def test_auto_image_size(sizes, depth, padding, expected) -> None:
     from unet_lowered.model import output_size
     from unet_lowered.training.train import resolve_image_size
 
-    size = resolve_image_size(sizes, depth, padding)
+    size = resolve_image_size(sizes, depth, padding, "crop" if padding == "valid" else "resize")
     assert size == expected
     output_size(size, depth, padding)  # the network takes it
+
+
+@pytest.mark.parametrize(
+    ("side", "expected_in", "expected_out"),
+    [(224, 396, 212), (1024, 428, 244), (10, 188, 4)],  # 1024: capped at 256
+)
+def test_auto_image_size_of_whole_images_with_valid_padding(
+    side, expected_in, expected_out
+) -> None:
+    """Whole images with valid padding are resized to the OUTPUT size and mirror-padded
+    to the input: the output is the largest valid one at or below the images' size (the
+    smallest when none is), the input 184 px larger at depth 4 (572 -> 388 in the paper)."""
+    from unet_lowered.model import output_size
+    from unet_lowered.training.train import resolve_image_size
+
+    size = resolve_image_size([(side, side)], 4, "valid", "resize")
+    assert (size, output_size(size, 4, "valid")) == (expected_in, expected_out)
 
 
 def test_auto_image_size_is_the_default_and_recorded(tiny_data: Path, tmp_path: Path) -> None:
@@ -1034,3 +1051,23 @@ def test_a_training_too_large_for_the_free_memory_is_warned_of(
     monkeypatch.setattr(memory, "available_bytes", lambda: 50_000_000_000)
     _train(tiny_data, tmp_path / "large", epochs=1)
     assert "this training needs" not in capsys.readouterr().err
+
+
+def test_valid_padding_trains_whole_images_at_the_output_size(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    """`unet train --padding valid` on whole 64-px images: auto size 104 (output 64 at
+    depth 2), the run records resize_to_output and predicts a test image in one pass
+    at its own size."""
+    from unet_lowered.inference.predictor import predict_image
+    from unet_lowered.io.images import read_image
+    from unet_lowered.io.runs import load_run
+
+    _train(tiny_data, tmp_path / "run", image_size=None, padding="valid", epochs=1)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["image_size"] == [104, 104] and config["resize_to_output"] is True
+    run = load_run(tmp_path / "run")
+    assert run.config.resize_size == (64, 64)
+    image = read_image(next((tiny_data / "test").iterdir()))
+    probs = predict_image(run.model(), image, run.config)
+    assert probs.shape[:2] == image.shape[:2] and np.isfinite(probs).all()

@@ -143,7 +143,7 @@ def describe(config: Any, input_shape: Any, precision_diff: float | None = None)
     )
 
     options = for_run(PredictOptions(), config)
-    h, w = config.image_size
+    h, w = config.resize_size if options.mode == "resize" else config.image_size
     keep, fill, area = postprocess_steps(options, config)
     one_class = config.num_classes == 1
     resize = options.mode == "resize"
@@ -155,6 +155,12 @@ def describe(config: Any, input_shape: Any, precision_diff: float | None = None)
         + ("inverted when its background is light, " if config.invert_light else "")
         + (size if resize else "kept at its size, ")
         + "then standardised to zero mean and unit variance over all its pixels"
+        + (
+            f", then mirror-padded (numpy 'reflect') to the network's "
+            f"{config.image_size[1]}x{config.image_size[0]} input, whose output is the image"
+            if resize and config.resize_to_output
+            else ""
+        )
     )
     call = (
         f"unet_lowered.preprocess.model_input(image, channels={config.channels}, "

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from unet_lowered.evaluation.choose import BOUNDARY_TOUCHING
-from unet_lowered.model import half_size, nearest_valid_sizes
+from unet_lowered.model import half_size, nearest_valid_sizes, resize_input_size
 from unet_lowered.planning.fingerprint import Fingerprint
 
 RESIZE_CAP = 256
@@ -130,7 +130,7 @@ def input_rule(fp: Fingerprint, depth: int = 4, padding: str = "same") -> dict[s
             ),
         }
     target = min(longer, RESIZE_CAP)
-    size = nearest_valid_sizes(target, depth, padding)[0]
+    size = resize_input_size(target, depth, padding)  # valid padding: output ~ target
     why = (
         f"median image {longer} px: trained whole at its own size"
         if longer <= RESIZE_CAP

@@ -303,7 +303,7 @@ def network_passes(config: RunConfig, options: PredictOptions, height: int, widt
     if mode == "resize" and (th, tw) == (in_h, in_w):
         tiles = 1
     else:
-        h, w = (height, width) if mode == "tile" else (in_h, in_w)
+        h, w = (height, width) if mode == "tile" else config.resize_size
         tiles = len(tile_starts(max(h, th), th, options.overlap)) * len(
             tile_starts(max(w, tw), tw, options.overlap)
         )

@@ -402,6 +402,10 @@ class RunConfig:
         plan: The plan the settings came from (:mod:`unet_lowered.planning.plan`), or None.
         settings_sources: Where each setting came from: ``default``, ``plan``, ``file``
             (``--config``) or ``flag``; None when not recorded.
+        resize_to_output: A ``valid``-padding run on whole images trained at its OUTPUT
+            size: each image resized to it and mirror-padded to the input (the paper's
+            overlap-tile for a whole image), so prediction does the same
+            (:attr:`resize_size`). False for runs trained before (resized to the input).
         distribute_info: The devices and processes a ``--distribute data-parallel`` run
             trained on and how the global batch was split
             (:meth:`unet_lowered.training.distribute.DataParallelPlan.describe`), or None.
@@ -424,6 +428,7 @@ class RunConfig:
     plan: Mapping[str, Any] | None = None
     settings_sources: Mapping[str, str] | None = None
     distribute_info: Mapping[str, Any] | None = None
+    resize_to_output: bool = False
     version: int = CONFIG_VERSION
 
     # The settings that inference reads, by name.
@@ -452,6 +457,18 @@ class RunConfig:
         return int(self.settings.depth)
 
     @property
+    def resize_size(self) -> tuple[int, int]:
+        """``(h, w)`` whole images are resized to in ``resize`` mode: the network input,
+        or the output of a ``resize_to_output`` run (mirror-padded to the input, so one
+        pass predicts the whole image)."""
+        if not self.resize_to_output:
+            return self.image_size
+        from unet_lowered.model import output_size  # Keras: only for such runs
+
+        h, w = output_size(self.image_size, self.depth, self.padding)
+        return h, w
+
+    @property
     def flips(self) -> tuple[bool, bool]:
         """``(left-right, up-down)``: the flips training augmented with."""
         return bool(self.settings.flip_lr), bool(self.settings.flip_ud)
@@ -477,6 +494,7 @@ class RunConfig:
             settings_sources=None if self.settings_sources is None else dict(self.settings_sources),
             plan=None if self.plan is None else dict(self.plan),
             distribute_info=None if self.distribute_info is None else dict(self.distribute_info),
+            resize_to_output=self.resize_to_output,
             config_version=self.version,
         )
         return values
@@ -547,6 +565,12 @@ class RunConfig:
                 raise UnetError(
                     f"{source}: {key} must be text, got {values[key]!r}; re-run `unet train`"
                 )
+        resize_to_output = values.get("resize_to_output", False)
+        if not isinstance(resize_to_output, bool):
+            raise UnetError(
+                f"{source}: resize_to_output must be true or false, got {resize_to_output!r}; "
+                "re-run `unet train`"
+            )
         postprocess = _mapping_or_none(values, "postprocess", source)
         if postprocess is not None:
             _check_postprocess(postprocess, source)
@@ -570,6 +594,7 @@ class RunConfig:
             plan=_mapping_or_none(values, "plan", source),
             settings_sources=_mapping_or_none(values, "settings_sources", source),
             distribute_info=_mapping_or_none(values, "distribute_info", source),
+            resize_to_output=resize_to_output,
             version=version,
         )
 

@@ -22,7 +22,13 @@ from unet_lowered import preprocess
 from unet_lowered.dataset.pairs import PreparedData
 from unet_lowered.errors import UnetError, listing
 from unet_lowered.model import half_size, output_size
-from unet_lowered.training.augment import AugmentConfig, augment, center_crop, mirrored_window
+from unet_lowered.training.augment import (
+    AugmentConfig,
+    augment,
+    center_crop,
+    mirrored_window,
+    valid_margins,
+)
 from unet_lowered.training.cache import SampleCache, default_weight_fn
 from unet_lowered.training.config import TrainConfig
 
@@ -67,9 +73,11 @@ class SegmentationSequence(keras.utils.PyDataset):
     ``target_size`` (the model's output size, smaller than the input with ``valid``
     padding) or the input size. With ``valid`` padding the target is the input's central
     window, and the inputs are mirrored at the image's borders so that every pixel is a
-    target in some samples (the paper's overlap-tile): whole images give a random
-    target window with the input around it
-    (:func:`~unet_lowered.training.augment.mirrored_window`), crops are cut from the
+    target (the paper's overlap-tile): whole images cached at the output size
+    (``input_size`` given, as :func:`make_sequences` does) are mirror-padded to the
+    input and their whole mask is the target; whole images cached at the input size give
+    a random target window with the input around it
+    (:func:`~unet_lowered.training.augment.mirrored_window`); crops are cut from the
     image reflect-padded by the margin (:func:`~unet_lowered.training.augment.random_crop`).
 
     Randomness is a pure function of ``(seed, epoch, position in the epoch)``: the
@@ -114,6 +122,7 @@ class SegmentationSequence(keras.utils.PyDataset):
         drop_remainder: bool = False,
         progressive: Progressive | None = None,
         foreground_crops: float = 0.0,
+        input_size: tuple[int, int] | None = None,
         workers: int = 1,
         use_multiprocessing: bool = False,
         max_queue_size: int = 10,
@@ -135,6 +144,11 @@ class SegmentationSequence(keras.utils.PyDataset):
             foreground_crops: In ``crop`` mode, the probability that a sample's window is
                 centred on a foreground pixel (nnU-Net oversamples a third); 0 draws no
                 random number for it, so batches stay those of a run without it.
+            input_size: ``resize`` mode with ``valid`` padding: the network's input,
+                larger than the cache's whole images, which are at the output size
+                (``target_size``): each standardised image is mirror-padded to it, and
+                its whole mask is the target (the paper's overlap-tile for a whole image;
+                ``RunConfig.resize_to_output``). None: the cache holds the input size.
             workers: Threads (or processes) Keras uses to prepare batches ahead.
             use_multiprocessing: Processes instead of threads.
             max_queue_size: Batches prepared ahead.
@@ -152,11 +166,14 @@ class SegmentationSequence(keras.utils.PyDataset):
         missing = [i for i in ids if i not in cache]
         if missing:
             raise UnetError(f"id(s) not in the cache: {listing(missing)}")
-        h, w = cache.image_size
+        h, w = cache.image_size if input_size is None else input_size
         if target_size is not None:
             th, tw = target_size
             if not (0 < th <= h and 0 < tw <= w):
                 raise UnetError(f"target size {th}x{tw} must fit in the input size {h}x{w}")
+        if input_size is not None and (target_size is None or target_size != cache.image_size):
+            raise UnetError("input_size needs a target_size equal to the cache's image size")
+        self.input_size = None if input_size is None else (int(h), int(w))
         self.cache = cache
         self.ids = list(ids)
         self.batch_size = batch_size
@@ -237,6 +254,13 @@ class SegmentationSequence(keras.utils.PyDataset):
             image, mask, *rest = augment(image, mask, rng, self.augment, weight)
             weight = rest[0] if rest else None
         target = mask[:, :, None] if weight is None else np.stack([mask, weight], axis=-1)
+        if self.input_size is not None:  # a whole image at the output size, mirrored
+            in_size = small.size if small is not None else self.input_size
+            if small is not None:
+                image = _resized(image, small.target_size, cv2.INTER_AREA)
+                target = _resized(target, small.target_size, cv2.INTER_NEAREST)
+            pads = (*valid_margins(in_size, image.shape[:2]), (0, 0))
+            return np.pad(preprocess.standardize(image), pads, mode="reflect"), target
         if small is not None and not crop:  # crops are cut at the small size (native scale)
             image = _resized(image, small.size, cv2.INTER_AREA)
             target = _resized(target, small.size, cv2.INTER_NEAREST)
@@ -314,7 +338,9 @@ def make_sequences(
         cfg: The settings, ``image_size`` resolved (an int); ``weighted-bce`` adds
             weight maps with ``w0`` and ``sigma``.
         augment: Augment the training batches.
-        output_size: Model output ``(h, w)`` when smaller than the input (valid padding).
+        output_size: Model output ``(h, w)`` when smaller than the input (valid padding):
+            crops keep the input size and their centre is the target; whole images
+            (``resize``) are cached at this size and mirror-padded to the input.
         epoch: First epoch to train (``initial_epoch`` when resuming), so a resumed run
             gets the same order and augmentation as an uninterrupted one.
         workers: Batch-preparing threads for Keras.
@@ -329,11 +355,13 @@ def make_sequences(
         raise UnetError("make_sequences needs a resolved image_size, not auto")
     weight_fn = default_weight_fn(cfg.w0, cfg.sigma) if cfg.loss == "weighted-bce" else None
     train_ids, val_ids = list(split["train"]), list(split["val"])
+    mirrored = output_size is not None and cfg.input_mode == "resize"
+    input_size = (cfg.image_size, cfg.image_size) if mirrored else None
     cache = SampleCache(
         data,
         list(dict.fromkeys(train_ids + val_ids)),
         channels=data.channels,
-        image_size=cfg.image_size,
+        image_size=output_size if mirrored else cfg.image_size,
         input_mode=cfg.input_mode,
         clahe=cfg.clahe,
         invert_light=cfg.invert_light,
@@ -355,6 +383,7 @@ def make_sequences(
         if augment
         else None,
         foreground_crops=cfg.foreground_crops if augment else 0.0,
+        input_size=input_size,
         workers=workers,
     )
     # Sparse objects (crops centred on foreground in training): each validation image's
@@ -368,6 +397,7 @@ def make_sequences(
         seed=cfg.seed,
         target_size=output_size,
         foreground_crops=1.0 if cfg.foreground_crops > 0 else 0.0,
+        input_size=input_size,
         workers=workers,
     )
     return train, val
