@@ -414,3 +414,12 @@ def test_crops_when_the_largest_images_pass_the_cap_though_the_median_does_not()
 
 def test_four_objects_per_image_get_keep_largest_4() -> None:
     assert "keep_largest 4" in rules.postprocess_rule(fp(objects_per_image=4.0)).value
+
+
+def test_valid_padding_plans_the_input_whose_output_is_the_images_size() -> None:
+    """Whole 224-px images with valid padding: the input 396, whose output (212) is the
+    largest at or below 224; the images are resized to the output and mirror-padded."""
+    planned = rules.input_rule(fp(), padding="valid")["image_size"]
+    assert planned.value == 396
+    assert "valid-padding output" in planned.reason and "mirror-padded" in planned.reason
+

@@ -147,7 +147,11 @@ def input_rule(fp: Fingerprint, depth: int = 4, padding: str = "same") -> dict[s
         "image_size": Planned(
             size,
             f"{size} px: the median longer side, at most {RESIZE_CAP}, "
-            "rounded down to a size the network takes",
+            "rounded down to a size the network takes"
+            if padding == "same"
+            else f"{size} px: the input whose valid-padding output is the median longer side, "
+            f"at most {RESIZE_CAP}, rounded down to an output the network gives (images "
+            "are resized to the output and mirror-padded to the input)",
         ),
     }
 
