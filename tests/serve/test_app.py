@@ -97,6 +97,7 @@ def test_model_facts(client: TestClient, run: Path) -> None:
     assert facts["num_classes"] == 1 and facts["label_values"] is None
     assert facts["image_size"] == [32, 32] and facts["channels"] == 1
     assert facts["threshold"] == 0.5 and facts["input_mode"] == "resize"
+    assert facts["resize_size"] == facts["image_size"]  # same padding: resized to the input
     assert facts["precision"] == "float32"
     assert facts["validation_dice"] == 0.9123 and facts["validation_iou"] == 0.8391
     assert facts["best_epoch"] == 7

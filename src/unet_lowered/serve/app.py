@@ -434,6 +434,7 @@ class Service:
             "input_mode": c.input_mode,
             "padding": c.padding,
             "depth": c.depth,
+            "resize_size": list(c.resize_size),
             "threshold": c.threshold,
             "precision": c.precision,
             "validation_dice": metrics.get("val_dice"),
