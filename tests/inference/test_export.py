@@ -331,3 +331,17 @@ def test_a_mixed_precision_runs_export_says_how_far_float32_moves_it(tmp_path, c
         f"the run computes in mixed_bfloat16; the export in float32: its logits differ from the run's by up to {diff:.2g}"
         in " ".join(out.split())
     )
+
+
+def test_the_recipe_of_a_valid_run_trained_at_its_output_size_says_to_mirror_pad() -> None:
+    """resize_to_output: resize to the output size (8x8 for 48 in at depth 2), then
+    mirror-pad to the input; a run trained before resizes to the input."""
+    from run_fixtures import run_config
+
+    for flag, size, padded in ((True, "size=(8, 8)", True), (False, "size=(48, 48)", False)):
+        config = run_config(
+            {"image_size": [48, 48], "padding": "valid", "depth": 2, "resize_to_output": flag}
+        )
+        recipe = export.describe(config, (None, 48, 48, 1))["input"]["preprocess"]
+        assert size in recipe
+        assert ("mirror-padded (numpy 'reflect') to the network's 48x48 input" in recipe) is padded
