@@ -422,4 +422,3 @@ def test_valid_padding_plans_the_input_whose_output_is_the_images_size() -> None
     planned = rules.input_rule(fp(), padding="valid")["image_size"]
     assert planned.value == 396
     assert "valid-padding output" in planned.reason and "mirror-padded" in planned.reason
-

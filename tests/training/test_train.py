@@ -1071,3 +1071,35 @@ def test_valid_padding_trains_whole_images_at_the_output_size(
     image = read_image(next((tiny_data / "test").iterdir()))
     probs = predict_image(run.model(), image, run.config)
     assert probs.shape[:2] == image.shape[:2] and np.isfinite(probs).all()
+
+
+def test_half_size_of_a_valid_network_on_whole_images_halves_the_output() -> None:
+    """Progressive resizing of a valid run on whole images halves the OUTPUT (212 ->
+    100, input 284); halving the input (396 -> 188) would leave a 4x4 output."""
+    from unet_lowered.model import half_size, output_size
+    from unet_lowered.training.sequence import progressive_plan
+
+    assert half_size(396, 4, "valid") == 188 and output_size(188, 4, "valid") == 4
+    assert half_size(396, 4, "valid", whole=True) == 284
+    plan = progressive_plan(0.5, 20, 396, 4, "valid", whole=True)
+    assert (plan.epochs, plan.size, plan.target_size) == (10, (284, 284), (100, 100))
+    assert half_size(224, 4, "same", whole=True) == 112  # same padding: unchanged
+
+
+def test_resume_of_a_valid_run_trained_at_its_input_size_is_refused(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    """A valid-padding run on whole images from before resize_to_output cannot go on in
+    the new geometry: refused in one line, not trained half one way, half the other."""
+    from unet_lowered.training.train import train
+
+    run = tmp_path / "run"
+    _train(tiny_data, run, image_size=None, padding="valid", epochs=2)
+    (run / "metrics.json").unlink()
+    state = json.loads((run / "state.json").read_text())
+    (run / "state.json").write_text(json.dumps({**state, "epoch": 1, "finished": None}))
+    config = json.loads((run / "config.json").read_text())
+    del config["resize_to_output"]  # as an earlier version wrote it
+    (run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UnetError, match="a valid-padding run of an earlier version"):
+        train(None, run, resume=True, verbose=0)

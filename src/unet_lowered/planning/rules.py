@@ -643,7 +643,7 @@ def plan_settings(
             and isinstance(size, int)
             and not _capped_anyway(n_train, n_val, batch, step, budget_s, progressive)
         ):
-            half = half_size(size, depth, padding)
+            half = half_size(size, depth, padding, whole=value["input_mode"] == "resize")
             if half < size:
                 half_step = step_time({**value, "batch_size": batch, "image_size": half})
         settings.update(

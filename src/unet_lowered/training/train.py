@@ -182,6 +182,12 @@ def train(
     if resume:
         run_cfg, split, state = _load_resume(out)
         cfg = run_cfg.settings
+        if cfg.padding == "valid" and cfg.input_mode == "resize" and not run_cfg.resize_to_output:
+            raise UnetError(
+                f"{out}: a valid-padding run of an earlier version, trained on images resized "
+                "to the network's input; this version trains such runs at the output size, "
+                "so it cannot go on: start it again (unet train DATA --out RUN --overwrite)"
+            )
         if data is None:
             data = run_cfg.data
             if data is not None and not Path(data).exists():
