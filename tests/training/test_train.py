@@ -1054,16 +1054,19 @@ def test_a_training_too_large_for_the_free_memory_is_warned_of(
 
 
 def test_valid_padding_trains_whole_images_at_the_output_size(
-    tiny_data: Path, tmp_path: Path
+    tiny_data: Path, tmp_path: Path, capsys
 ) -> None:
     """`unet train --padding valid` on whole 64-px images: auto size 104 (output 64 at
-    depth 2), the run records resize_to_output and predicts a test image in one pass
-    at its own size."""
+    depth 2), half size 72 (output 32), the run records resize_to_output and predicts a
+    test image in one pass at its own size."""
     from unet_lowered.inference.predictor import predict_image
     from unet_lowered.io.images import read_image
     from unet_lowered.io.runs import load_run
 
-    _train(tiny_data, tmp_path / "run", image_size=None, padding="valid", epochs=1)
+    run = tmp_path / "run"
+    _train(tiny_data, run, image_size=None, padding="valid", epochs=2, progressive=0.5)
+    out = capsys.readouterr().out
+    assert "epoch 1 trains at half size (72x72, output 32x32, progressive resizing)" in out
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["image_size"] == [104, 104] and config["resize_to_output"] is True
     run = load_run(tmp_path / "run")

@@ -326,13 +326,18 @@ def train(
                 model.input_spec = None
                 if writer and state["epoch"] < half_size_epochs:
                     h, w = size
+                    (sh, sw), (oh, ow) = (
+                        train_seq.progressive.size,
+                        train_seq.progressive.target_size,
+                    )
+                    small = f"{sh}x{sw}" + (f", output {oh}x{ow}" if (oh, ow) != (sh, sw) else "")
                     first = (
                         "epoch 1 trains"
                         if half_size_epochs == 1
                         else f"epochs 1-{half_size_epochs} train"
                     )
                     print(
-                        f"{first} at half size ({h // 2}x{w // 2}, progressive resizing), "
+                        f"{first} at half size ({small}, progressive resizing), "
                         f"not validated; validation starts at epoch {half_size_epochs + 1}, "
                         f"at {h}x{w}",
                         flush=True,
