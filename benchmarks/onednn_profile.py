@@ -41,7 +41,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from speed import (  # benchmarks/speed.py  # noqa: E402
-    MALLOC_CHOICES,
+    add_malloc_option,
     bf16_train_step,
     machine_line,
     tune_malloc,
@@ -98,13 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=6, help="timed steps per framework")
     parser.add_argument("--top", type=int, default=12, help="groups shown per framework")
-    parser.add_argument(
-        "--malloc",
-        choices=MALLOC_CHOICES,
-        default="tuned",
-        help="tuned: glibc's mmap and trim thresholds fixed at 256 MiB in each child, as "
-        "speed.py does (PyTorch's step depends on them); default: glibc as it is",
-    )
+    add_malloc_option(parser)
     parser.add_argument("--child", choices=("keras", "torch"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:

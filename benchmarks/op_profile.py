@@ -47,7 +47,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from speed import MALLOC_CHOICES, bf16_train_step, machine_line, tune_malloc  # benchmarks/speed.py
+from speed import (  # benchmarks/speed.py
+    add_malloc_option,
+    bf16_train_step,
+    machine_line,
+    tune_malloc,
+)
 
 MARK = "=====OPS"
 
@@ -166,13 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=5, help="timed and profiled steps each")
     parser.add_argument("--rounds", type=int, default=3, help="child processes per framework")
     parser.add_argument("--top", type=int, default=12, help="ops listed per framework")
-    parser.add_argument(
-        "--malloc",
-        choices=MALLOC_CHOICES,
-        default="tuned",
-        help="tuned: glibc's mmap and trim thresholds fixed at 256 MiB in each child, as "
-        "speed.py does (PyTorch's step depends on them); default: glibc as it is",
-    )
+    add_malloc_option(parser)
     parser.add_argument("--child", choices=("keras", "torch"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:

@@ -134,6 +134,18 @@ MALLOC_THRESHOLD = 256 * 1024**2
 """Bytes: glibc's mmap and trim thresholds under ``--malloc tuned``."""
 
 
+def add_malloc_option(parser: argparse.ArgumentParser) -> None:
+    """``--malloc tuned|default`` for the profiling scripts, whose children call
+    :func:`tune_malloc` under ``tuned``."""
+    parser.add_argument(
+        "--malloc",
+        choices=MALLOC_CHOICES,
+        default="tuned",
+        help="tuned: glibc's mmap and trim thresholds fixed at 256 MiB in each child, as "
+        "speed.py does (PyTorch's step depends on them); default: glibc as it is",
+    )
+
+
 def tune_malloc(threshold: int = MALLOC_THRESHOLD) -> bool:
     """Fix glibc's mmap threshold and trim threshold at ``threshold`` bytes for this
     process (``mallopt(M_MMAP_THRESHOLD)``, ``mallopt(M_TRIM_THRESHOLD)``): large
