@@ -296,9 +296,9 @@ def prepare_images(
 
     Resize mode: float32 ``(h, w, C)`` at the run's ``image_size`` (a ``valid``-padding
     run trained at its output size: at that size, ``RunConfig.resize_size``, mirror-padded
-    to the input by the tiling); tile mode: at the image's own size. With ``options.polarity == "invert"`` negated: the input of the
-    image with its gray scale inverted. Needs no model, so it can run on another thread
-    than the network.
+    to the input by the tiling); tile mode: at the image's own size. With
+    ``options.polarity == "invert"`` negated: the input of the image with its gray scale
+    inverted. Needs no model, so it can run on another thread than the network.
     """
     size = None if resolve_mode(options.mode, config) == "tile" else config.resize_size
     inputs = [
