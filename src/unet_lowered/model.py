@@ -415,16 +415,17 @@ def resize_input_size(size: int, depth: int = 4, padding: str = "same") -> int:
     return first + max(0, (size - smallest) // step) * step
 
 
-def half_size(size: int, depth: int = 4, padding: str = "same", whole: bool = False) -> int:
+def half_size(size: int, depth: int = 4, padding: str = "same") -> int:
     """Half of ``size``, rounded down to a size the network takes (progressive
     resizing's smaller size; not smaller than ``size`` when nothing valid lies below).
 
-    ``whole`` with ``"valid"`` padding: whole images resized to the output and
-    mirror-padded (:func:`resize_input_size`), so it is the OUTPUT that is halved and
-    the input the one that gives it (396 -> output 212 -> 106 -> input 284, output 100);
-    halving the input instead would leave an output of 4x4.
+    With ``"valid"`` padding it is the OUTPUT that is halved and the input returned the
+    one that gives it (:func:`resize_input_size`; 396 -> output 212 -> 106 -> input 284,
+    output 100), for whole images resized to the output and for crops alike: halving
+    the input instead would leave an output of 4x4.
     """
-    out = _output_size_or_none(size, depth, padding) if whole and padding == "valid" else None
+    padding = options.choose(padding, options.PADDINGS, "padding")
+    out = _output_size_or_none(size, depth, padding) if padding == "valid" else None
     if out is not None:
         return resize_input_size(max(1, out // 2), depth, padding)
     return nearest_valid_sizes(max(1, size // 2), depth, padding)[0]

@@ -422,3 +422,16 @@ def test_valid_padding_plans_the_input_whose_output_is_the_images_size() -> None
     planned = rules.input_rule(fp(), padding="valid")["image_size"]
     assert planned.value == 396
     assert "valid-padding output" in planned.reason and "mirror-padded" in planned.reason
+
+
+def test_valid_padding_plans_crops_whose_output_is_the_patch() -> None:
+    """Crops with valid padding: the patch (256 px) is the crop's OUTPUT, its largest
+    valid value at or below 256 (244), and the input is 184 px larger around it (428);
+    a 256-px input would leave a 68-px output, 7% of the crop a target."""
+    planned = rules.input_rule(
+        fp(sizes=_sizes(512, 512), object_area=SMALL_OBJECTS), padding="valid"
+    )["image_size"]
+    assert planned.value == 428
+    assert "the output, 244 px" in planned.reason
+    same = rules.input_rule(fp(sizes=_sizes(512, 512), object_area=SMALL_OBJECTS))
+    assert "valid padding" not in same["image_size"].reason

@@ -34,10 +34,10 @@ def test_progressive_plan_halves_the_size_for_the_first_share_of_epochs() -> Non
     assert progressive_plan(0.3, 10, 256) == Progressive(3, (128, 128), (128, 128))
     # Half of 200 is 100, not a size the network takes at depth 4: rounded down to 96.
     assert progressive_plan(0.5, 10, 200) == Progressive(5, (96, 96), (96, 96))
-    # Valid padding: the paper's 572 -> half 286 -> the nearest valid size below, and
-    # the targets are that size's (smaller) output.
+    # Valid padding: the paper's 572 has the output 388; its half, 194, is rounded
+    # down to an output the network gives (180), and the input is the one around it.
     plan = progressive_plan(0.5, 10, 572, padding="valid")
-    assert plan.size == (284, 284) and plan.target_size == (100, 100)
+    assert plan.size == (364, 364) and plan.target_size == (180, 180)
     assert progressive_plan(0.0, 40, 224) is None  # off
     assert progressive_plan(0.5, 1, 224) is None  # no whole epoch
     assert progressive_plan(0.5, 10, 16) is None  # nothing smaller the network takes

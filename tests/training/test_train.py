@@ -730,14 +730,14 @@ def test_config_file_keys_are_the_flags(tmp_path: Path) -> None:
         ([(200, 300)], 4, "same", 256),  # the longer side counts
         ([(40, 40)], 4, "same", 32),
         ([(10, 10)], 4, "same", 16),  # below the smallest valid size: the smallest
-        ([(1024, 1024)], 4, "valid", 252),  # crops: largest valid-padding size <= 256
+        ([(1024, 1024)], 4, "valid", 428),  # capped at 256: the output 244 <= 256
     ],
 )
 def test_auto_image_size(sizes, depth, padding, expected) -> None:
     from unet_lowered.model import output_size
     from unet_lowered.training.train import resolve_image_size
 
-    size = resolve_image_size(sizes, depth, padding, "crop" if padding == "valid" else "resize")
+    size = resolve_image_size(sizes, depth, padding)
     assert size == expected
     output_size(size, depth, padding)  # the network takes it
 
@@ -755,7 +755,7 @@ def test_auto_image_size_of_whole_images_with_valid_padding(
     from unet_lowered.model import output_size
     from unet_lowered.training.train import resolve_image_size
 
-    size = resolve_image_size([(side, side)], 4, "valid", "resize")
+    size = resolve_image_size([(side, side)], 4, "valid")
     assert (size, output_size(size, 4, "valid")) == (expected_in, expected_out)
 
 
@@ -1076,17 +1076,20 @@ def test_valid_padding_trains_whole_images_at_the_output_size(
     assert probs.shape[:2] == image.shape[:2] and np.isfinite(probs).all()
 
 
-def test_half_size_of_a_valid_network_on_whole_images_halves_the_output() -> None:
-    """Progressive resizing of a valid run on whole images halves the OUTPUT (212 ->
-    100, input 284); halving the input (396 -> 188) would leave a 4x4 output."""
+def test_half_size_of_a_valid_network_halves_the_output() -> None:
+    """Progressive resizing of a valid run halves the OUTPUT, of whole images (212 ->
+    100, input 284) and of crops (428, output 244 -> 116, input 300); halving the input
+    (396 -> 198 -> 188) would leave a 4x4 output."""
     from unet_lowered.model import half_size, output_size
     from unet_lowered.training.sequence import progressive_plan
 
-    assert half_size(396, 4, "valid") == 188 and output_size(188, 4, "valid") == 4
-    assert half_size(396, 4, "valid", whole=True) == 284
-    plan = progressive_plan(0.5, 20, 396, 4, "valid", whole=True)
+    assert output_size(188, 4, "valid") == 4
+    assert half_size(396, 4, "valid") == 284
+    plan = progressive_plan(0.5, 20, 396, 4, "valid")
     assert (plan.epochs, plan.size, plan.target_size) == (10, (284, 284), (100, 100))
-    assert half_size(224, 4, "same", whole=True) == 112  # same padding: unchanged
+    plan = progressive_plan(0.5, 20, 428, 4, "valid")
+    assert (plan.epochs, plan.size, plan.target_size) == (10, (300, 300), (116, 116))
+    assert half_size(224, 4, "same") == 112  # same padding: the input is the output
 
 
 def test_resume_of_a_valid_run_trained_at_its_input_size_is_refused(

@@ -161,9 +161,7 @@ def _curve_marks(run_dir: Path) -> _Marks:
         from unet_lowered.training.sequence import progressive_plan
 
         s = config.settings
-        plan = progressive_plan(
-            s.progressive, s.epochs, s.image_size, s.depth, s.padding, config.resize_to_output
-        )
+        plan = progressive_plan(s.progressive, s.epochs, s.image_size, s.depth, s.padding)
         half = plan.epochs if plan is not None else 0
     best = None
     for name in (runs.METRICS_FILE, runs.STATE_FILE):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from unet_lowered.evaluation.choose import BOUNDARY_TOUCHING
-from unet_lowered.model import half_size, nearest_valid_sizes, resize_input_size
+from unet_lowered.model import half_size, output_size, resize_input_size
 from unet_lowered.planning.fingerprint import Fingerprint
 
 RESIZE_CAP = 256
@@ -114,7 +114,14 @@ def input_rule(fp: Fingerprint, depth: int = 4, padding: str = "same") -> dict[s
     small = fp.object_area["median_fraction"] < SMALL_OBJECT_FRACTION
     diameter = fp.object_area["median_diameter"]
     if largest > RESIZE_CAP and small:
-        patch = nearest_valid_sizes(min(shorter, PATCH_CAP), depth, padding)[0]
+        # valid padding: the patch is the crop's OUTPUT (its targets), the input larger
+        patch = resize_input_size(min(shorter, PATCH_CAP), depth, padding)
+        context = (
+            ""
+            if padding == "same"
+            else f" (with valid padding the output, {output_size(patch, depth, padding)} px, "
+            "and the input around it)"
+        )
         return {
             "input_mode": Planned(
                 "crop",
@@ -125,8 +132,8 @@ def input_rule(fp: Fingerprint, depth: int = 4, padding: str = "same") -> dict[s
             "image_size": Planned(
                 patch,
                 f"patch {patch} px: the median image's shorter side ({shorter}) capped at "
-                f"{PATCH_CAP} for CPU time, {patch / max(diameter, 1):.0f} object diameters of "
-                "context (smaller images are mirror-padded to it)",
+                f"{PATCH_CAP} for CPU time{context}, {patch / max(diameter, 1):.0f} object "
+                "diameters of context (smaller images are mirror-padded to it)",
             ),
         }
     target = min(longer, RESIZE_CAP)
@@ -643,7 +650,7 @@ def plan_settings(
             and isinstance(size, int)
             and not _capped_anyway(n_train, n_val, batch, step, budget_s, progressive)
         ):
-            half = half_size(size, depth, padding, whole=value["input_mode"] == "resize")
+            half = half_size(size, depth, padding)
             if half < size:
                 half_step = step_time({**value, "batch_size": batch, "image_size": half})
         settings.update(

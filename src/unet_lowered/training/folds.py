@@ -192,7 +192,7 @@ def train_folds(
         parts = fold_splits(split["train"], folds, cfg.seed)
         if cfg.image_size is None:  # one size for every fold, or they cannot be averaged
             auto = train_mod.resolve_image_size(
-                dataset.image_sizes(split["train"]), cfg.depth, cfg.padding, cfg.input_mode
+                dataset.image_sizes(split["train"]), cfg.depth, cfg.padding
             )
             cfg = dataclasses.replace(cfg, image_size=auto)
         if cfg.time_budget:  # the budget is the whole ensemble's: each fold gets its share

@@ -55,17 +55,15 @@ def progressive_plan(
     image_size: int,
     depth: int = 4,
     padding: str = "same",
-    whole: bool = False,
 ) -> Progressive | None:
     """The :class:`Progressive` of ``--progressive fraction``: that share of the epochs
     (rounded down) at half the image size (rounded down to a size the network takes;
-    ``whole``: whole images with ``valid`` padding, half the output size,
-    :func:`unet_lowered.model.half_size`).
+    with ``valid`` padding half the output size, :func:`unet_lowered.model.half_size`).
 
     None when it would change nothing: ``fraction`` 0, no epoch or no smaller valid size.
     """
     n = int(fraction * epochs)
-    half = half_size(image_size, depth, padding, whole)
+    half = half_size(image_size, depth, padding)
     if n < 1 or half >= image_size:
         return None
     return Progressive(n, (half, half), output_size((half, half), depth, padding))
@@ -385,7 +383,7 @@ def make_sequences(
         epoch=epoch,
         target_size=output_size,
         progressive=progressive_plan(
-            cfg.progressive, cfg.epochs, cfg.image_size, cfg.depth, cfg.padding, mirrored
+            cfg.progressive, cfg.epochs, cfg.image_size, cfg.depth, cfg.padding
         )
         if augment
         else None,

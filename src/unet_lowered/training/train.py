@@ -43,7 +43,7 @@ from unet_lowered.inference.quality import MaskStats, class_mask_stats, unsure_s
 from unet_lowered.io import atomic, runs
 from unet_lowered.io.images import read_image
 from unet_lowered.io.progress import progress_bar
-from unet_lowered.model import nearest_valid_sizes, output_size, resize_input_size, unet
+from unet_lowered.model import output_size, resize_input_size, unet
 from unet_lowered.training import distribute, memory
 from unet_lowered.training.callbacks import (
     Checkpoint,
@@ -85,34 +85,31 @@ AUTO_SIZE_CAP = 256
 """``--image-size auto`` trains at the images' own size up to this many pixels a side."""
 
 
-def resolve_image_size(
-    sizes: list[tuple[int, int]], depth: int = 4, padding: str = "same", input_mode: str = "resize"
-) -> int:
+def resolve_image_size(sizes: list[tuple[int, int]], depth: int = 4, padding: str = "same") -> int:
     """The training size ``--image-size auto`` picks for images of these ``(H, W)`` sizes.
 
     The median of the images' longer sides, capped at :data:`AUTO_SIZE_CAP`, rounded
     down to a size the network takes (a multiple of 16 at depth 4 with ``same``
     padding). Small images are thus trained at their own scale, with no resampling;
     large ones are resized to 256, a balance of speed and detail for lung fields
-    (measurements in ``benchmarks/RESULTS.md``). Whole images with ``valid`` padding
-    are resized to the network's OUTPUT size and mirror-padded to its input, so the
-    input returned is larger (:func:`unet_lowered.model.resize_input_size`: 396 for
-    224-px images at depth 4, output 212).
+    (measurements in ``benchmarks/RESULTS.md``). With ``valid`` padding it is the
+    network's OUTPUT that takes that size, so the input returned is larger
+    (:func:`unet_lowered.model.resize_input_size`: 396 for 224-px images at depth 4,
+    output 212): whole images are resized to the output and mirror-padded to the
+    input, and crops are targets of the output size with their context around them
+    (1024-px images: crops of 428 px, output 244).
 
     Args:
         sizes: ``(height, width)`` of the training images (at least one).
         depth: Poolings of the network.
         padding: ``"same"`` or ``"valid"``.
-        input_mode: ``"resize"`` (whole images) or ``"crop"``.
 
     Returns:
         The square input size.
     """
     longer = sorted(max(h, w) for h, w in sizes)
     target = min(longer[len(longer) // 2], AUTO_SIZE_CAP)
-    if input_mode == "resize":
-        return resize_input_size(target, depth, padding)
-    return nearest_valid_sizes(target, depth, padding)[0]
+    return resize_input_size(target, depth, padding)
 
 
 def train(
@@ -242,9 +239,7 @@ def train(
                 split = {"train": first, "val": first}
         check_split(split, data)
         if cfg.image_size is None:
-            auto = resolve_image_size(
-                dataset.image_sizes(split["train"]), cfg.depth, cfg.padding, cfg.input_mode
-            )
+            auto = resolve_image_size(dataset.image_sizes(split["train"]), cfg.depth, cfg.padding)
             cfg = dataclasses.replace(cfg, image_size=auto)
         size = (cfg.image_size, cfg.image_size)
         out_hw = output_size(size, cfg.depth, cfg.padding)
