@@ -432,6 +432,6 @@ def test_valid_padding_plans_crops_whose_output_is_the_patch() -> None:
         fp(sizes=_sizes(512, 512), object_area=SMALL_OBJECTS), padding="valid"
     )["image_size"]
     assert planned.value == 428
-    assert "the output, 244 px" in planned.reason
+    assert planned.reason.startswith("patch 428 px, output 244 px (valid padding)")
     same = rules.input_rule(fp(sizes=_sizes(512, 512), object_area=SMALL_OBJECTS))
     assert "valid padding" not in same["image_size"].reason

@@ -108,6 +108,9 @@ def input_rule(fp: Fingerprint, depth: int = 4, padding: str = "same") -> dict[s
     native resolution, since resizing would thin their gaps and membranes below a
     pixel; larger images of whole organs are resized to the cap (the structure stays
     many pixels wide). Crop-trained runs predict by overlap-tiling (``--mode auto``).
+    With ``valid`` padding the size is the network's output and the input returned is
+    larger (:func:`~unet_lowered.model.resize_input_size`): the whole image or the
+    crop's targets take it, the rest of the input is their context.
     """
     longer, shorter = fp.sizes["median_longer"], min(fp.sizes["median_hw"])
     largest = max(fp.sizes["max_hw"])
@@ -116,11 +119,14 @@ def input_rule(fp: Fingerprint, depth: int = 4, padding: str = "same") -> dict[s
     if largest > RESIZE_CAP and small:
         # valid padding: the patch is the crop's OUTPUT (its targets), the input larger
         patch = resize_input_size(min(shorter, PATCH_CAP), depth, padding)
-        context = (
-            ""
+        size_why = (
+            f"patch {patch} px: the median image's shorter side ({shorter}) capped at "
+            f"{PATCH_CAP} for CPU time"
             if padding == "same"
-            else f" (with valid padding the output, {output_size(patch, depth, padding)} px, "
-            "and the input around it)"
+            else f"patch {patch} px, output {output_size(patch, depth, padding)} px (valid "
+            f"padding): the median image's shorter side ({shorter}) capped at {PATCH_CAP} for "
+            "CPU time is the output, rounded down to one the network gives, and the input "
+            "holds its context"
         )
         return {
             "input_mode": Planned(
@@ -131,9 +137,8 @@ def input_rule(fp: Fingerprint, depth: int = 4, padding: str = "same") -> dict[s
             ),
             "image_size": Planned(
                 patch,
-                f"patch {patch} px: the median image's shorter side ({shorter}) capped at "
-                f"{PATCH_CAP} for CPU time{context}, {patch / max(diameter, 1):.0f} object "
-                "diameters of context (smaller images are mirror-padded to it)",
+                f"{size_why}; {patch / max(diameter, 1):.0f} object diameters of context "
+                "(smaller images are mirror-padded to it)",
             ),
         }
     target = min(longer, RESIZE_CAP)
