@@ -357,8 +357,23 @@ def plan(
             "DATA/plan.json: copy the file there to use it.",
         ),
     ] = None,
+    depth: Annotated[
+        int | None,
+        typer.Option(help="Plan for a network of this many poolings [default: 4]."),
+    ] = None,
+    padding: Annotated[
+        str | None,
+        typer.Option(
+            help=f"Plan for {' | '.join(names.PADDINGS)} padding (valid: the paper; its "
+            "sizes are the output's) [default: same]."
+        ),
+    ] = None,
 ) -> None:
-    """Fingerprint the data, time a training step and plan `unet train`; writes plan.json."""
+    """Fingerprint the data, time a training step and plan `unet train`; writes plan.json.
+
+    A plan holds for the network's depth and padding it was made for: `unet train
+    DATA --padding valid` plans anew unless the plan was made with `--padding valid`.
+    """
     from rich.console import Console
 
     from unet_lowered.io import atomic
@@ -366,10 +381,12 @@ def plan(
     from unet_lowered.planning.budget import parse_duration
 
     budget = plan_mod.DEFAULT_BUDGET_S if time_budget is None else parse_duration(time_budget)
+    _check_plan_network(depth, padding)
     _check_plan_data(data, out)
     target = out if out is not None else data / plan_mod.PLAN_FILE
     with atomic.exclusive(target, "planning into"):  # two plans would time each other's steps
-        result = plan_mod.make_plan(data, budget, progress=sys.stderr.isatty())
+        network = {"depth": depth, "padding": padding}
+        result = plan_mod.make_plan(data, budget, fixed=network, progress=sys.stderr.isatty())
         path = plan_mod.write_plan(result, target)
     console = Console()  # the result: on stdout, as check, prepare and evaluate print theirs
     console.print(plan_mod.fingerprint_table(result))
@@ -1483,7 +1500,17 @@ def _before_train(params: dict[str, Any], ctx: Any) -> None:
     _check_data_folder(params["data"])
 
 
+def _check_plan_network(depth: int | None, padding: str | None) -> None:
+    """`unet plan --depth/--padding`: checked as `unet train` checks them."""
+    network = {k: v for k, v in (("depth", depth), ("padding", padding)) if v is not None}
+    if network:
+        from unet_lowered.training import config as config_mod
+
+        config_mod.resolve(None, network)
+
+
 def _before_plan(params: dict[str, Any], ctx: Any) -> None:
+    _check_plan_network(params["depth"], params["padding"])
     if params["time_budget"] is not None:
         from unet_lowered.planning.budget import parse_duration
 

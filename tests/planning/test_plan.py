@@ -80,6 +80,44 @@ def test_a_written_plan_is_used_until_the_data_or_budget_changes(tiny: Path) -> 
     )
 
 
+def test_a_plan_holds_for_the_network_it_was_made_for(tiny: Path) -> None:
+    """The plan's sizes depend on the network's padding and depth: a same-padding plan
+    (32 px) does not hold for `unet train --padding valid` (input 204 whose output is
+    20 px), which plans anew, and a valid plan is used only with --padding valid."""
+    from unet_lowered.model import output_size
+
+    path = tiny / plan_mod.PLAN_FILE
+    plan = plan_mod.make_plan(tiny, 600.0, measure=False)
+    assert plan["network"] == {"depth": 4, "padding": "same"}
+    plan["settings"]["loss"]["value"] = "dice"  # as if the plan had chosen it
+    plan_mod.write_plan(plan, path)
+    cfg, prov = plan_mod.resolve_settings(tiny, None, {"epochs": 1, "padding": "valid"})
+    assert cfg.loss != "dice" and (cfg.image_size, output_size(cfg.image_size, 4, "valid")) == (
+        204,
+        20,
+    )
+    assert prov["note"] == (
+        f"{path} was made for depth 4 with same padding, not depth 4 with valid padding; "
+        "planned anew for its budget of 600 s"
+    )
+    assert prov["plan"]["network"] == {"depth": 4, "padding": "valid"}
+    valid = plan_mod.make_plan(tiny, 600.0, fixed={"padding": " Valid"}, measure=False)
+    assert valid["network"] == {"depth": 4, "padding": "valid"}
+    valid["settings"]["loss"]["value"] = "dice"
+    plan_mod.write_plan(valid, path)
+    cfg, prov = plan_mod.resolve_settings(tiny, None, {"epochs": 1, "padding": "VALID"})
+    assert cfg.loss == "dice" and prov["note"].startswith(f"using the plan in {path}")
+    cfg, prov = plan_mod.resolve_settings(tiny, None, {"epochs": 1, "depth": 3, "padding": "valid"})
+    assert cfg.loss != "dice" and "not depth 3 with valid padding" in prov["note"]
+    cfg, _ = plan_mod.resolve_settings(tiny, None, {"epochs": 1})  # the default: same
+    assert cfg.loss != "dice" and cfg.image_size == 32
+    del plan["network"]  # a plan from before the key: made for the defaults
+    plan_mod.write_plan(plan, path)
+    cfg, _ = plan_mod.resolve_settings(tiny, None, {"epochs": 1})
+    assert cfg.loss == "dice"
+    path.unlink()
+
+
 def test_a_bad_value_in_plan_json_names_the_file(tiny: Path) -> None:
     plan = plan_mod.make_plan(tiny, 600.0, measure=False)
     plan["settings"]["image_size"]["value"] = 17  # edited by hand
@@ -199,6 +237,29 @@ def test_unet_plan_writes_and_prints(tiny: Path, tmp_path: Path) -> None:
     assert "invert-light" in result.output
     bad = CliRunner().invoke(app, ["plan", str(tiny), "--time-budget", "soon"])
     assert bad.exit_code == 1
+
+
+def test_unet_plan_plans_for_the_padding_and_depth_given(
+    tiny: Path, tmp_path: Path, monkeypatch
+) -> None:
+    from unet_lowered.planning import steptime
+
+    fake = {"step_s": 0.01, "augment_s": 0.0, "batch_size": 4}
+    monkeypatch.setattr(steptime, "measure_step_time", lambda *a, **k: fake)
+    out = tmp_path / "p.json"
+    args = ["plan", str(tiny), "--out", str(out), "--padding", "valid", "--depth", "3"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    plan = json.loads(out.read_text())
+    assert plan["network"] == {"depth": 3, "padding": "valid"}
+    from unet_lowered.model import output_size
+
+    size = plan["settings"]["image_size"]["value"]  # the output is the images' 32 px or less
+    assert output_size(size, 3, "valid") == 28 and size == 116
+    assert "depth 3 with valid padding" in " ".join(result.output.split())
+    bad = CliRunner().invoke(app, ["plan", str(tiny), "--padding", "full"])
+    assert bad.exit_code == 1 and not out.with_name("plan.json").exists()
+    assert str(bad.exception) == "unknown --padding 'full'; use one of: same, valid"
 
 
 def test_unet_plan_writes_into_prepared_folders_only(tiny: Path) -> None:

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from unet_lowered import options
 from unet_lowered.dataset.pairs import PreparedData, check_split, load_prepared
 from unet_lowered.errors import SettingError, UnetError
 from unet_lowered.io.progress import status
@@ -98,17 +99,22 @@ def make_plan(
             measured.update(step)
         return step["step_s"] + step["augment_s"]
 
+    network = {
+        "depth": fixed.get("depth", base.depth),
+        "padding": options.choose(fixed.get("padding", base.padding), options.PADDINGS, "padding"),
+    }
     settings, advice = rules.plan_settings(
         fp,
         budget_s,
         step_time if measure else None,
         n_val=len(split["val"]),
         fixed=fixed,
-        depth=fixed.get("depth", base.depth),
-        padding=fixed.get("padding", base.padding),
+        depth=network["depth"],
+        padding=network["padding"],
     )
     return {
         "version": PLAN_VERSION,
+        "network": network,
         "data": str(Path(data.root).resolve()),
         "signature": signature(data),
         "created": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -209,6 +215,23 @@ def _shown(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _network(plan: Mapping[str, Any]) -> dict[str, Any]:
+    """The network geometry a plan's sizes were chosen for (plans from before the key
+    were made for the defaults)."""
+    base = TrainConfig()
+    made = plan.get("network")
+    made = made if isinstance(made, Mapping) else {}
+    return {"depth": made.get("depth", base.depth), "padding": made.get("padding", base.padding)}
+
+
+def _network_of(cfg: TrainConfig) -> dict[str, Any]:
+    return {"depth": cfg.depth, "padding": cfg.padding}
+
+
+def _described(network: Mapping[str, Any]) -> str:
+    return f"depth {network['depth']} with {network['padding']} padding"
+
+
 def planned_values(plan: Mapping[str, Any]) -> dict[str, Any]:
     """The training settings of a plan, ``{name: value}``."""
     return {k: v["value"] for k, v in plan["settings"].items() if k in config_mod.FIELDS}
@@ -225,7 +248,8 @@ def resolve_settings(
     """The settings of ``unet train DATA``: defaults < plan < config file < flags.
 
     The plan is ``plan_file`` or ``DATA/plan.json`` when it exists, was made for this
-    data (same :func:`signature`) and, when the user gives a time budget, for that
+    data (same :func:`signature`), for the network's depth and padding the settings
+    ask for (its sizes depend on them) and, when the user gives a time budget, for that
     budget (without one, the plan's own budget is used); otherwise it is made now (not
     written into DATA; the run records it). When the config file or a flag
     sets ``epochs`` and nothing sets ``time_budget``, the user chose the length: the
@@ -252,7 +276,7 @@ def resolve_settings(
     started = time.perf_counter()
     file_values = config_mod.read_config_file(config_file) if config_file is not None else {}
     flags = {k: v for k, v in (overrides or {}).items() if v is not None}
-    config_mod.resolve(config_file, flags)  # bad values fail here, named as usual
+    user_cfg = config_mod.resolve(config_file, flags)  # bad values fail here, named as usual
     user = {**file_values, **flags}
     given = None if user.get("time_budget") is None else parse_duration(user["time_budget"])
     dataset = load_prepared(data)
@@ -270,6 +294,12 @@ def resolve_settings(
         elif plan_file is None and given is not None and its_budget != given:
             note = (
                 f"{path} was made for a budget of {its_budget:g} s, not {given:g} s; planned anew"
+            )
+        elif (made := _network(candidate)) != (wanted := _network_of(user_cfg)):
+            kept_budget = its_budget  # sizes and steps differ with the network's geometry
+            note = (
+                f"{path} was made for {_described(made)}, not {_described(wanted)}; planned "
+                f"anew for its budget of {its_budget:g} s"
             )
         else:
             plan = candidate
@@ -329,7 +359,8 @@ def plan_table(plan: Mapping[str, Any]) -> Any:
     """A rich table of the planned values and their reasons."""
     from rich.table import Table
 
-    table = Table(title=f"plan for {plan['data']} (budget {plan['time_budget_s']:g} s)")
+    network = "" if _network(plan) == _network({}) else f", {_described(_network(plan))}"
+    table = Table(title=f"plan for {plan['data']} (budget {plan['time_budget_s']:g} s{network})")
     table.add_column("setting", no_wrap=True)  # the flag's name: never cut (the reason wraps)
     table.add_column("value", overflow="fold")
     table.add_column("reason", ratio=1)
