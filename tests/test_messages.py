@@ -146,6 +146,16 @@ def test_model_info_names_the_size_flag(capsys) -> None:
     )
 
 
+def test_model_info_takes_the_image_size_flag_of_train(capsys) -> None:
+    """`unet train` says --image-size; `unet model-info` takes it for its --size."""
+    args = ("model-info", "--width", "1", "--padding", "valid", "--classes", "2")
+    code, by_train_name, _ = run_cli(capsys, *args, "--image-size", "572")
+    assert code == 0
+    code, by_own_name, _ = run_cli(capsys, *args, "--size", "572")
+    assert code == 0 and by_train_name == by_own_name
+    assert "per 572x572 image (output 388x388)" in by_own_name and "31,030,658" in by_own_name
+
+
 def test_model_info_with_too_deep_a_network_names_the_depth(capsys) -> None:
     code, _, err = run_cli(capsys, "model-info", "--depth", "9")
     assert code == 1

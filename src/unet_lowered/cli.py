@@ -249,7 +249,14 @@ def model_info(
             help="Fraction of the paper's width (1.0 = 64..1024 filters); repeat for more rows."
         ),
     ] = None,
-    size: Annotated[int, typer.Option(help="Input height and width in pixels.")] = 256,
+    size: Annotated[
+        int,
+        typer.Option(
+            "--size",
+            "--image-size",
+            help="Input height and width in pixels (as `unet train --image-size`).",
+        ),
+    ] = 256,
     depth: Annotated[int, typer.Option(help="Number of 2x2 poolings.")] = 4,
     padding: Annotated[str, typer.Option(help="same or valid (the paper).")] = "same",
     channels: Annotated[int, typer.Option(help="Input channels.")] = 1,
