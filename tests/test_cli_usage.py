@@ -327,9 +327,10 @@ def test_help_describes_batch_norm_and_where_train_reads_a_plan(capsys, monkeypa
     )
     plan = " ".join(help_text(capsys, monkeypatch, "plan").split())
     assert (
-        "-o, --out <path> Plan file [default: DATA/plan.json]; `unet train DATA` reads only "
-        "DATA/plan.json: copy the file there to use it." in plan
+        "-o, --out <path> Plan file [default: DATA/plan.json]; `unet train DATA` reads "
+        "DATA/plan.json, `unet train DATA --plan FILE` this one." in plan
     )
+    assert "--plan <path> A plan to use instead of DATA/plan.json" in train
 
 
 def test_out_of_memory_advice_names_only_flags_the_command_has() -> None:

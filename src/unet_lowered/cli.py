@@ -360,8 +360,8 @@ def plan(
         typer.Option(
             "--out",
             "-o",
-            help="Plan file [default: DATA/plan.json]; `unet train DATA` reads only "
-            "DATA/plan.json: copy the file there to use it.",
+            help="Plan file [default: DATA/plan.json]; `unet train DATA` reads "
+            "DATA/plan.json, `unet train DATA --plan FILE` this one.",
         ),
     ] = None,
     depth: Annotated[
@@ -401,7 +401,7 @@ def plan(
     if Path(path).resolve() == (data / plan_mod.PLAN_FILE).resolve():
         typer.echo(f"wrote {path}; `unet train {data}` uses it (flags and --config override it)")
     else:
-        typer.echo(f"wrote {path}; `unet train {data}` reads only {data / plan_mod.PLAN_FILE}")
+        typer.echo(f"wrote {path}; `unet train {data} --plan {path}` uses it")
 
 
 def _check_plan_data(data: Path, out: Path | None) -> None:
@@ -484,6 +484,14 @@ def train(
     ),
     config: Annotated[
         Path | None, typer.Option(help="YAML/JSON file of settings; flags override it.")
+    ] = None,
+    plan_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--plan",
+            help="A plan to use instead of DATA/plan.json (e.g. `unet plan DATA --out FILE`), "
+            "as it is: also one made for other data or another budget.",
+        ),
     ] = None,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue the run in --out from its last epoch.")
@@ -762,6 +770,7 @@ def train(
                 if v is not None
             ]
             given += ["--config"] * (config is not None) + ["--folds"] * bool(folds)
+            given += ["--plan"] * (plan_file is not None)
             given += ["--overwrite"] * overwrite
             if given:
                 raise UnetError(
@@ -794,7 +803,7 @@ def train(
                 mode = config_mod.resolve(config, overrides).distribute
                 check_cluster_mode(mode, Cluster.from_env(cluster))
                 initialize(Cluster.from_env(cluster))  # waits for all: after the folder check
-            cfg, provenance = resolve_settings(data, config, overrides)
+            cfg, provenance = resolve_settings(data, config, overrides, plan_file=plan_file)
             # The budget counts from the command's start, the Keras import included.
             provenance["started"] = min(provenance["started"], _STARTED[0])
             if provenance.get("note"):
@@ -1505,6 +1514,9 @@ def _before_train(params: dict[str, Any], ctx: Any) -> None:
     if params["data"] is None:
         _no_data(ctx)
     _check_data_folder(params["data"])
+    plan = params["plan_file"]
+    if plan is not None and not Path(plan).is_file():  # resolve_settings' line, sooner
+        raise UnetError(f"{plan}: no such plan file; make one with `unet plan DATA --out {plan}`")
 
 
 def _check_plan_network(depth: int | None, padding: str | None) -> None:

@@ -118,6 +118,61 @@ def test_a_plan_holds_for_the_network_it_was_made_for(tiny: Path) -> None:
     path.unlink()
 
 
+def test_a_plan_file_given_is_used_as_it_is(tiny: Path, tmp_path: Path) -> None:
+    """`unet train DATA --plan FILE`: the file's plan, made for other data and another
+    budget too; a missing file or one made for another padding is refused, named."""
+    elsewhere = write_set(tmp_path / "other", 12, lambda k, rng: blobs(k + 50, rng, size=32))
+    plan = plan_mod.make_plan(elsewhere, 120.0, measure=False)
+    plan["settings"]["loss"]["value"] = "dice"
+    path = plan_mod.write_plan(plan, tmp_path / "mine.json")
+    cfg, prov = plan_mod.resolve_settings(tiny, None, {}, plan_file=path)
+    assert cfg.loss == "dice" and cfg.time_budget == 120.0
+    assert prov["note"] == f"using the plan in {path} (budget 120 s)"
+    cfg, _ = plan_mod.resolve_settings(tiny, None, {"time_budget": "5m"}, plan_file=path)
+    assert cfg.loss == "dice"  # another budget given: the file still holds
+    missing = tmp_path / "nope.json"
+    with pytest.raises(UnetError) as refused:
+        plan_mod.resolve_settings(tiny, None, {}, plan_file=missing)
+    assert str(refused.value) == (
+        f"{missing}: no such plan file; make one with `unet plan DATA --out {missing}`"
+    )
+    with pytest.raises(UnetError) as refused:
+        plan_mod.resolve_settings(tiny, None, {"padding": "valid"}, plan_file=path)
+    assert str(refused.value) == (
+        f"{path} was made for depth 4 with same padding, not depth 4 with valid padding (its "
+        f"sizes do not fit): make one with `unet plan {tiny} --depth 4 --padding valid --out "
+        "FILE`, or leave out --plan"
+    )
+
+
+def test_unet_train_with_a_plan_file(tiny: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    from unet_lowered.cli import main
+
+    plan = plan_mod.make_plan(tiny, 600.0, measure=False)
+    plan["settings"]["loss"]["value"] = "dice"
+    path = plan_mod.write_plan(plan, tmp_path / "mine.json")
+    run = tmp_path / "run"
+    result = CliRunner().invoke(
+        app, ["train", str(tiny), "--out", str(run), "--plan", str(path), "--epochs", "1"]
+    )
+    assert result.exit_code == 0, result.output
+    config = json.loads((run / "config.json").read_text())
+    assert config["loss"] == "dice" and config["settings_sources"]["loss"] == "plan"
+    missing = tmp_path / "nope.json"
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as done:  # refused before the import, as the library does
+        main(["train", str(tiny), "--out", str(tmp_path / "r2"), "--plan", str(missing)])
+    assert done.value.code == 1
+    assert capsys.readouterr().err.strip() == (
+        f"error: {missing}: no such plan file; make one with `unet plan DATA --out {missing}`"
+    )
+    with pytest.raises(SystemExit) as done:
+        main(["train", "--out", str(run), "--resume", "--plan", str(path)])
+    assert done.value.code == 1
+    assert "drop --plan" in capsys.readouterr().err
+    assert not (tmp_path / "r2").exists()
+
+
 def test_a_bad_value_in_plan_json_names_the_file(tiny: Path) -> None:
     plan = plan_mod.make_plan(tiny, 600.0, measure=False)
     plan["settings"]["image_size"]["value"] = 17  # edited by hand
@@ -225,9 +280,8 @@ def test_unet_plan_writes_and_prints(tiny: Path, tmp_path: Path) -> None:
     assert all(entry["reason"] for entry in plan["settings"].values())
     assert not (tiny / plan_mod.PLAN_FILE).exists()
     assert "wrote" in result.output and "input-mode" in result.output
-    # Only DATA/plan.json is read by `unet train DATA`: the message says so.
-    assert f"reads only {tiny / plan_mod.PLAN_FILE}" in " ".join(result.output.split())
-    assert "uses it" not in result.output
+    # `unet train DATA` reads only DATA/plan.json: the message gives the --plan to use.
+    assert f"`unet train {tiny} --plan {out}` uses it" in " ".join(result.output.split())
     assert plan["fingerprint"]["polarity"] == {
         "dark_objects": 0,
         "light_objects": 10,  # the training split: 10 of the 12 pairs

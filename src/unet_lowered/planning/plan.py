@@ -215,6 +215,11 @@ def _shown(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def no_plan_file(path: str | os.PathLike) -> str:
+    """The line for a ``--plan`` file that is not there."""
+    return f"{path}: no such plan file; make one with `unet plan DATA --out {path}`"
+
+
 def _network(plan: Mapping[str, Any]) -> dict[str, Any]:
     """The network geometry a plan's sizes were chosen for (plans from before the key
     were made for the defaults)."""
@@ -247,11 +252,12 @@ def resolve_settings(
 ) -> tuple[TrainConfig, dict[str, Any]]:
     """The settings of ``unet train DATA``: defaults < plan < config file < flags.
 
-    The plan is ``plan_file`` or ``DATA/plan.json`` when it exists, was made for this
-    data (same :func:`signature`), for the network's depth and padding the settings
-    ask for (its sizes depend on them) and, when the user gives a time budget, for that
-    budget (without one, the plan's own budget is used); otherwise it is made now (not
-    written into DATA; the run records it). When the config file or a flag
+    The plan is ``DATA/plan.json`` when it exists, was made for this data (same
+    :func:`signature`), for the network's depth and padding the settings ask for (its
+    sizes depend on them) and, when the user gives a time budget, for that budget
+    (without one, the plan's own budget is used); otherwise it is made now (not written
+    into DATA; the run records it). ``plan_file`` (``--plan``) is used as it is, made
+    for other data or another budget too, but not for another depth or padding. When the config file or a flag
     sets ``epochs`` and nothing sets ``time_budget``, the user chose the length: the
     planned budget is dropped.
 
@@ -259,7 +265,7 @@ def resolve_settings(
         data: The prepared folder.
         config_file: ``--config`` file, or None.
         overrides: Flag values (None: not given).
-        plan_file: A plan to use instead of ``DATA/plan.json``.
+        plan_file: A plan to use instead of ``DATA/plan.json``; it must exist.
         progress: Progress bar for the fingerprint (a line on stderr says what the
             planning does in any case).
 
@@ -271,7 +277,8 @@ def resolve_settings(
 
     Raises:
         UnetError: A bad config file, flag or data folder (the messages of
-            :func:`unet_lowered.training.config.resolve` and ``load_prepared``).
+            :func:`unet_lowered.training.config.resolve` and ``load_prepared``); a
+            ``plan_file`` that is missing, bad, or made for another depth or padding.
     """
     started = time.perf_counter()
     file_values = config_mod.read_config_file(config_file) if config_file is not None else {}
@@ -282,6 +289,8 @@ def resolve_settings(
     dataset = load_prepared(data)
     plan, note, kept_budget = None, None, None
     path = Path(plan_file) if plan_file is not None else Path(data) / PLAN_FILE
+    if plan_file is not None and not path.is_file():
+        raise UnetError(no_plan_file(path))
     if path.is_file():
         candidate = read_plan(path)
         its_budget = float(candidate.get("time_budget_s") or DEFAULT_BUDGET_S)
@@ -295,7 +304,13 @@ def resolve_settings(
             note = (
                 f"{path} was made for a budget of {its_budget:g} s, not {given:g} s; planned anew"
             )
-        elif (made := _network(candidate)) != (wanted := _network_of(user_cfg)):
+        elif (made := _network(candidate)) != (wanted := _network_of(user_cfg)) and plan_file:
+            raise UnetError(
+                f"{path} was made for {_described(made)}, not {_described(wanted)} (its sizes "
+                f"do not fit): make one with `unet plan {data} --depth {wanted['depth']} "
+                f"--padding {wanted['padding']} --out FILE`, or leave out --plan"
+            )
+        elif made != wanted:
             kept_budget = its_budget  # sizes and steps differ with the network's geometry
             note = (
                 f"{path} was made for {_described(made)}, not {_described(wanted)}; planned "
