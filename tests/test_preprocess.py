@@ -128,3 +128,38 @@ def test_invert_light_gives_both_polarities_the_same_input(channels: int) -> Non
     np.testing.assert_array_equal(same, want)
     plain = preprocess.model_input(dark, channels, (32, 32))
     np.testing.assert_allclose(plain, -want, atol=1e-5)
+
+
+def test_resize_mask_takes_each_block_s_label_as_the_image_averages_it() -> None:
+    mask = np.zeros((4, 4), np.uint8)
+    mask[:2, :2] = 1  # one whole 2x2 block
+    mask[2, 2] = mask[3, 3] = 1  # half a block: a tie, background
+    mask[0, 2] = mask[0, 3] = mask[1, 3] = 1  # three of four: foreground
+    np.testing.assert_array_equal(preprocess.resize_mask(mask, (2, 2)), [[1, 1], [0, 0]])
+    labels = np.array([[0, 0, 2, 2], [0, 0, 2, 2], [5, 5, 5, 2], [5, 5, 5, 0]], np.uint8)
+    small = preprocess.resize_mask(labels, (2, 2))
+    assert small.dtype == np.uint8
+    np.testing.assert_array_equal(small, [[0, 2], [5, 5]])  # 2 vs 5 tie, 2 of 4: the lower
+    assert preprocess.resize_mask(labels, (4, 4)) is labels  # the size it has: unchanged
+    big = preprocess.resize_mask(np.array([[1, 0], [0, 0]], np.uint8), (4, 4))
+    np.testing.assert_array_equal(big, [[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]])
+
+
+def test_resize_mask_stays_on_its_image() -> None:
+    """A disc resized as a mask and as an image: the centroids agree within 0.05 px on
+    average (nearest neighbour: 0.47 px down and right, 128 -> 116)."""
+    yy, xx = np.mgrid[:128, :128]
+    offsets = []
+    for cy, cx, r in [(50.3, 61.7, 20.0), (70.0, 44.2, 13.5), (63.9, 64.1, 31.0)]:
+        disc = ((yy - cy) ** 2 + (xx - cx) ** 2 < r * r).astype(np.uint8)
+        for size in [(116, 116), (52, 52), (200, 200)]:
+            image = preprocess.resize_image(disc.astype(np.float32)[..., None], size)[..., 0]
+            mask = preprocess.resize_mask(disc, size).astype(np.float32)
+            offsets.append([_centroid(mask) - _centroid(image)])
+    assert np.abs(np.mean(offsets, axis=0)).max() < 0.05
+    assert np.abs(offsets).max() < 0.3
+
+
+def _centroid(a: np.ndarray) -> np.ndarray:
+    yy, xx = np.mgrid[: a.shape[0], : a.shape[1]]
+    return np.array([(yy * a).sum(), (xx * a).sum()]) / a.sum()

@@ -108,12 +108,37 @@ def resize_image(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out.reshape(h, w, -1)
 
 
-def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize a label mask with nearest-neighbour interpolation (labels stay labels)."""
+def resize_mask(
+    mask: np.ndarray, size: tuple[int, int], interpolation: int | None = None
+) -> np.ndarray:
+    """Resize an ``(H, W)`` label mask as its image is resized: labels stay labels, in place.
+
+    Each label's indicator is resized with the image's interpolation (``interpolation``,
+    or as :func:`resize_image` picks it: area averaging when shrinking, bilinear when
+    enlarging) and each pixel takes the label with the largest share (a tie: the lower
+    label). Nearest-neighbour resizing (``cv2.INTER_NEAREST``) samples each output
+    pixel's top-left source pixel, which moves the mask up to half a source pixel down
+    and right against its image (0.5 px at 224 -> 212).
+    """
     h, w = size
     if mask.shape[:2] == (h, w):
         return mask
-    return cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)
+    if interpolation is None:
+        shrink = h * w < mask.shape[0] * mask.shape[1]
+        interpolation = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    labels = np.unique(mask)
+    if labels.size == 1:
+        return np.full((h, w), labels[0], dtype=mask.dtype)
+    best = best_share = None
+    for label in labels:
+        share = cv2.resize((mask == label).astype(np.float32), (w, h), interpolation=interpolation)
+        if best is None:
+            best, best_share = np.full((h, w), label, dtype=mask.dtype), share
+            continue
+        wins = share > best_share
+        best[wins] = label
+        best_share = np.maximum(share, best_share)
+    return best
 
 
 def standardize(x: np.ndarray, eps: float = 1e-6) -> np.ndarray:

@@ -353,6 +353,28 @@ def test_frame_crop_keeps_image_and_mask_aligned() -> None:
         assert inner.any() and np.abs(out[..., 0][inner] - 0.2).max() < 0.05  # 0.6 is far
 
 
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        AugmentConfig(zoom_out_p=1.0, zoom_out=(0.5, 0.5)),
+        AugmentConfig(zoom_out_p=1.0, zoom_out=(0.6, 0.8)),
+        AugmentConfig(frame_crop_p=1.0),
+    ],
+    ids=["zoom-out-half", "zoom-out", "frame-crop"],
+)
+def test_cross_site_shifts_resize_the_mask_where_the_image_goes(cfg: AugmentConfig) -> None:
+    """Lungs 0.8 on 0.4 (the zoom-out's border fill is 0.25 or darker): after the shift
+    the mask is exactly where the image is more lung than not (> 0.6). Nearest-neighbour
+    resizing of the mask put it half a pixel down and right of the image: 66-80 pixels
+    off on these."""
+    _, mask = _lungs()
+    image = np.where(mask[..., None] > 0, 0.8, 0.4).astype(np.float32)
+    for seed in range(5):
+        out, out_mask, _ = cross_site_shifts(image, mask, np.random.default_rng(seed), cfg)
+        lung = out[..., 0] > 0.6
+        assert (out_mask.astype(bool) != lung).sum() <= 1  # a float tie at most
+
+
 @pytest.mark.parametrize("kind", ["effusion", "consolidation"])
 def test_opacity_never_changes_the_mask_and_only_whitens_lungs(kind: str) -> None:
     image, mask = _lungs()

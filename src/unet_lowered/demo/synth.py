@@ -46,6 +46,7 @@ import numpy as np
 from unet_lowered.errors import UnetError
 from unet_lowered.io import atomic, images
 from unet_lowered.io.progress import progress_bar
+from unet_lowered.preprocess import resize_mask
 from unet_lowered.training.augment import paint_opacity
 
 MIN_SIZE = 32
@@ -186,7 +187,8 @@ def reframe(
     image: np.ndarray, mask: np.ndarray, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """Other framing: zoomed out into a black or collimated border, or a crop that cuts
-    off the lung bases. Image and mask move together (the mask by nearest neighbour).
+    off the lung bases. Image and mask move together (the mask resized as the image is,
+    :func:`~unet_lowered.preprocess.resize_mask`).
 
     Returns:
         ``(image, mask)`` of the same size as given.
@@ -197,7 +199,7 @@ def reframe(
         side = round(size * scale)
         top, left = (int(rng.integers(0, size - side + 1)) for _ in range(2))
         small = cv2.resize(image, (side, side), interpolation=cv2.INTER_AREA)
-        small_mask = cv2.resize(mask, (side, side), interpolation=cv2.INTER_NEAREST)
+        small_mask = resize_mask(mask, (side, side), cv2.INTER_AREA)
         background = 0 if rng.uniform() < 0.5 else int(rng.uniform(20, 60))  # collimation
         out = np.full_like(image, background)
         out_mask = np.zeros_like(mask)
@@ -208,7 +210,7 @@ def reframe(
     cut = int(rows.max() - rng.uniform(0.15, 0.35) * (rows.max() - rows.min()))
     crop = max(cut, size // 2)  # keep the top part, bases cut off, stretched back to size
     out = cv2.resize(image[:crop], (size, size), interpolation=cv2.INTER_LINEAR)
-    out_mask = cv2.resize(mask[:crop], (size, size), interpolation=cv2.INTER_NEAREST)
+    out_mask = resize_mask(mask[:crop], (size, size), cv2.INTER_LINEAR)
     return out, out_mask
 
 

@@ -34,6 +34,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from unet_lowered import preprocess
 from unet_lowered.errors import UnetError
 
 _BORDER = cv2.BORDER_REFLECT_101
@@ -291,16 +292,16 @@ def cross_site_shifts(
         top, left = int(rng.integers(0, h - sh + 1)), int(rng.integers(0, w - sw + 1))
         border = 0.0 if rng.random() < 0.5 else float(rng.uniform(0.05, 0.25))  # collimation
         image = _paste(image, (sh, sw), (top, left), border, cv2.INTER_AREA)
-        mask = _paste(mask, (sh, sw), (top, left), 0, cv2.INTER_NEAREST)
+        mask = _paste(mask, (sh, sw), (top, left), 0, cv2.INTER_AREA, labels=True)
         if weight is not None:
-            weight = _paste(weight, (sh, sw), (top, left), 1.0, cv2.INTER_NEAREST)
+            weight = _paste(weight, (sh, sw), (top, left), 1.0, cv2.INTER_AREA)
     if _chance(rng, cfg.frame_crop_p):
         cut = round(h * rng.uniform(0.1, 0.3))
         rows = slice(cut, h) if rng.random() < 0.5 else slice(0, h - cut)  # apices or bases
         image = _stretch(image[rows], (h, w), cv2.INTER_LINEAR)
-        mask = _stretch(mask[rows], (h, w), cv2.INTER_NEAREST)
+        mask = _stretch(mask[rows], (h, w), cv2.INTER_LINEAR, labels=True)
         if weight is not None:
-            weight = _stretch(weight[rows], (h, w), cv2.INTER_NEAREST)
+            weight = _stretch(weight[rows], (h, w), cv2.INTER_LINEAR)
     if _chance(rng, cfg.opacity_p) and mask.any():
         kind = OPACITIES[int(rng.integers(0, len(OPACITIES)))]
         image = paint_opacity(image, mask > 0, rng, kind)
@@ -314,16 +315,28 @@ def cross_site_shifts(
 
 
 def _paste(
-    array: np.ndarray, size: tuple[int, int], at: tuple[int, int], fill: float, interpolation: int
+    array: np.ndarray,
+    size: tuple[int, int],
+    at: tuple[int, int],
+    fill: float,
+    interpolation: int,
+    labels: bool = False,
 ) -> np.ndarray:
     """``array`` shrunk to ``size`` on a canvas of its own shape filled with ``fill``."""
-    small = _stretch(array, size, interpolation)
+    small = _stretch(array, size, interpolation, labels)
     out = np.full_like(array, fill)
     out[at[0] : at[0] + size[0], at[1] : at[1] + size[1]] = small
     return out
 
 
-def _stretch(array: np.ndarray, size: tuple[int, int], interpolation: int) -> np.ndarray:
+def _stretch(
+    array: np.ndarray, size: tuple[int, int], interpolation: int, labels: bool = False
+) -> np.ndarray:
+    """``array`` resized to ``size``; ``labels``: an ``(H, W)`` mask, resized as its image
+    is with ``interpolation`` and kept labels (:func:`~unet_lowered.preprocess.resize_mask`;
+    nearest neighbour would move it against the image)."""
+    if labels:
+        return preprocess.resize_mask(array, size, interpolation)
     out = cv2.resize(array, (size[1], size[0]), interpolation=interpolation)
     return out.reshape(size + array.shape[2:])
 

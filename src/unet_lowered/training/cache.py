@@ -52,8 +52,9 @@ class SampleCache:
     """Every sample decoded once and kept in memory at the working size.
 
     Images pass through :func:`unet_lowered.preprocess.prepare_image` (resized in
-    ``resize`` mode, full size in ``crop`` mode); masks are resized with nearest
-    neighbour. Targets are ``0/1`` for binary data (binarised as ``unet prepare`` does,
+    ``resize`` mode, full size in ``crop`` mode); masks are resized as their images
+    (:func:`unet_lowered.preprocess.resize_mask`: each pixel the label with the largest
+    share, so labels stay labels where the image is). Targets are ``0/1`` for binary data (binarised as ``unet prepare`` does,
     by :func:`unet_lowered.dataset.masks.to_classes`) and class indices ``0..K-1`` for
     ``num_classes = K > 1``.
 

@@ -101,7 +101,8 @@ class SegmentationSequence(keras.utils.PyDataset):
 
     With ``progressive``, the batches of its first epochs are smaller: whole images are
     made as usual at the full size, then resized to its smaller size (images by area
-    averaging, targets by nearest neighbour, so class indices stay indices); crops are
+    averaging, targets by :func:`~unet_lowered.preprocess.resize_mask` with it, so class
+    indices stay indices where the image is; weight maps averaged); crops are
     cut at the smaller size from the image at native resolution (the objects keep their
     scale, as in prediction). Targets then take its target size as above.
 
@@ -263,12 +264,12 @@ class SegmentationSequence(keras.utils.PyDataset):
             in_size = small.size if small is not None else self.input_size
             if small is not None:
                 image = _resized(image, small.target_size, cv2.INTER_AREA)
-                target = _resized(target, small.target_size, cv2.INTER_NEAREST)
+                target = _resized_target(target, small.target_size)
             pads = (*valid_margins(in_size, image.shape[:2]), (0, 0))
             return np.pad(preprocess.standardize(image), pads, mode="reflect"), target
         if small is not None and not crop:  # crops are cut at the small size (native scale)
             image = _resized(image, small.size, cv2.INTER_AREA)
-            target = _resized(target, small.size, cv2.INTER_NEAREST)
+            target = _resized_target(target, small.size)
         if target_size is not None and crop:
             target = center_crop(target, target_size)
         elif target_size is not None:  # a whole image: a window of it, mirrored context
@@ -276,6 +277,17 @@ class SegmentationSequence(keras.utils.PyDataset):
         if window is None:
             return preprocess.standardize(image), target
         return preprocess.standardize_window(image, window, self.cache.image_stats(ident)), target
+
+
+def _resized_target(target: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A ``(H, W, 1 or 2)`` target (mask, and weight map) shrunk to ``size`` as its image
+    is (area averaging): the mask by :func:`~unet_lowered.preprocess.resize_mask`, so it
+    stays where the image is; the weight map averaged."""
+    mask = preprocess.resize_mask(target[:, :, 0], size, cv2.INTER_AREA)
+    if target.shape[2] == 1:
+        return mask[:, :, None]
+    rest = _resized(target[:, :, 1:], size, cv2.INTER_AREA)
+    return np.concatenate([mask[:, :, None].astype(target.dtype), rest], axis=2)
 
 
 def _resized(array: np.ndarray, size: tuple[int, int], interpolation: int) -> np.ndarray:
