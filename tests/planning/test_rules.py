@@ -192,6 +192,22 @@ def test_progressive_resizing_for_whole_images_only() -> None:
     assert rules.progressive_rule("resize", 96).value == 0.0  # half would be 48 px
     crop = rules.progressive_rule("crop", 256)
     assert crop.value == 0.0 and "half-size crops did not help" in crop.reason
+    # the reason names the half size trained: 208 px halves to 96, not 104
+    assert "whole images of 208 px, the first half of the epochs at 96 px" in (
+        rules.progressive_rule("resize", 208).reason
+    )
+
+
+def test_progressive_resizing_with_valid_padding_judges_and_halves_the_output() -> None:
+    """Valid padding trains whole images at the output size: 396 (output 212) halves to
+    output 100 (input 284); 236 (output 52, 64-px images) is too small, though its input
+    passes 128 px."""
+    planned = rules.progressive_rule("resize", 396, 4, "valid")
+    assert planned.value == 0.5
+    assert "whole images of 212 px, the first half of the epochs at 100 px (input 284)" in (
+        planned.reason
+    )
+    assert rules.progressive_rule("resize", 236, 4, "valid").value == 0.0
 
 
 def test_foreground_crops_for_crops_of_sparse_foreground_only() -> None:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from unet_lowered.errors import UnetError
 from unet_lowered.evaluation.choose import BOUNDARY_TOUCHING
 from unet_lowered.model import half_size, output_size, resize_input_size
 from unet_lowered.planning.fingerprint import Fingerprint
@@ -416,7 +417,9 @@ def batch_rule(
     return Planned(batch, why)
 
 
-def progressive_rule(input_mode: str, image_size: int) -> Planned:
+def progressive_rule(
+    input_mode: str, image_size: int, depth: int = 4, padding: str = "same"
+) -> Planned:
     """Progressive resizing for whole images of :data:`MIN_PROGRESSIVE_SIZE` px or more.
 
     The first :data:`PROGRESSIVE` of the epochs train at half the size, at about a third
@@ -426,12 +429,22 @@ def progressive_rule(input_mode: str, image_size: int) -> Planned:
     measurements, ``benchmarks/RESULTS.md``). Not for small images, nor for crops: ``--progressive``
     on a crop-trained run cuts half-size crops at native resolution, and on DSB2018 that
     scored 0.8971 on 20 held-out images against 0.9072 without it (2026-12-04).
+    With ``valid`` padding the images are trained at the network's output size, so it
+    is the output that must be large enough, and that is halved
+    (:func:`~unet_lowered.model.half_size`: input 396, output 212 -> input 284, output 100).
     """
-    if input_mode == "resize" and image_size >= MIN_PROGRESSIVE_SIZE:
+    try:
+        trained = output_size(image_size, depth, padding)  # the images' size in training
+        half = half_size(image_size, depth, padding)
+        half_trained = output_size(half, depth, padding)
+    except UnetError:  # a size the network does not take: refused by the settings' check
+        trained, half, half_trained = image_size, image_size // 2, image_size // 2
+    if input_mode == "resize" and trained >= MIN_PROGRESSIVE_SIZE:
+        at = f"{half_trained} px" if half == half_trained else f"{half_trained} px (input {half})"
         return Planned(
             PROGRESSIVE,
-            f"{PROGRESSIVE:g}: whole images of {image_size} px, the first half of the epochs "
-            f"at {image_size // 2} px (JSRT: within 0.002 of the full-size plan's Dice in 0.49-0.66x the time)",
+            f"{PROGRESSIVE:g}: whole images of {trained} px, the first half of the epochs "
+            f"at {at} (JSRT: within 0.002 of the full-size plan's Dice in 0.49-0.66x the time)",
         )
     why = "half-size crops did not help DSB2018" if input_mode == "crop" else "small images"
     return Planned(0.0, f"off: {why}")
@@ -623,7 +636,9 @@ def plan_settings(
     settings.update(aug)
     settings.update(cross_site_rule(fp, value["input_mode"]))
     settings["loss"] = loss_rule(fp)
-    settings["progressive"] = progressive_rule(value["input_mode"], value["image_size"])
+    settings["progressive"] = progressive_rule(
+        value["input_mode"], value["image_size"], depth, padding
+    )
     settings["foreground_crops"] = foreground_crops_rule(fp, value["input_mode"])
     value = {k: v.value for k, v in settings.items()}
     value.update(fixed)
