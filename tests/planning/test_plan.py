@@ -107,9 +107,18 @@ def test_a_plan_holds_for_the_network_it_was_made_for(tiny: Path) -> None:
     plan_mod.write_plan(valid, path)
     cfg, prov = plan_mod.resolve_settings(tiny, None, {"epochs": 1, "padding": "VALID"})
     assert cfg.loss == "dice" and prov["note"].startswith(f"using the plan in {path}")
-    cfg, prov = plan_mod.resolve_settings(tiny, None, {"epochs": 1, "depth": 3, "padding": "valid"})
-    assert cfg.loss != "dice" and "not depth 3 with valid padding" in prov["note"]
-    cfg, _ = plan_mod.resolve_settings(tiny, None, {"epochs": 1})  # the default: same
+    # Not given, the padding is the plan's: `unet plan --padding valid`, then `unet train`.
+    cfg, prov = plan_mod.resolve_settings(tiny, None, {"epochs": 1})
+    assert (cfg.loss, cfg.padding, cfg.image_size) == ("dice", "valid", 204)
+    assert prov["sources"]["padding"] == "plan" and prov["note"].startswith("using the plan")
+    assert "the network this plan was made for (--padding valid)" in (
+        valid["settings"]["padding"]["reason"]
+    )
+    # Another depth given: planned anew, for it and the plan's padding.
+    cfg, prov = plan_mod.resolve_settings(tiny, None, {"epochs": 1, "depth": 3})
+    assert cfg.loss != "dice" and (cfg.depth, cfg.padding) == (3, "valid")
+    assert "not depth 3 with valid padding; planned anew" in prov["note"]
+    cfg, _ = plan_mod.resolve_settings(tiny, None, {"epochs": 1, "padding": "same"})
     assert cfg.loss != "dice" and cfg.image_size == 32
     del plan["network"]  # a plan from before the key: made for the defaults
     plan_mod.write_plan(plan, path)

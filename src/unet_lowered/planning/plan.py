@@ -112,6 +112,13 @@ def make_plan(
         depth=network["depth"],
         padding=network["padding"],
     )
+    for name, value in network.items():  # the sizes hold for it: `unet train DATA` takes it
+        if value != getattr(base, name):
+            flag = f"--{name} {value}"
+            settings = {
+                name: rules.Planned(value, f"{value}: the network this plan was made for ({flag})"),
+                **settings,
+            }
     return {
         "version": PLAN_VERSION,
         "network": network,
@@ -229,8 +236,12 @@ def _network(plan: Mapping[str, Any]) -> dict[str, Any]:
     return {"depth": made.get("depth", base.depth), "padding": made.get("padding", base.padding)}
 
 
-def _network_of(cfg: TrainConfig) -> dict[str, Any]:
-    return {"depth": cfg.depth, "padding": cfg.padding}
+def _wanted_network(
+    plan: Mapping[str, Any], user: Mapping[str, Any], user_cfg: TrainConfig
+) -> dict[str, Any]:
+    """The network depth and padding ``unet train`` asks for: the user's (a flag or the
+    config file; ``user_cfg`` holds them resolved) where given, else the plan's."""
+    return {k: getattr(user_cfg, k) if k in user else v for k, v in _network(plan).items()}
 
 
 def _described(network: Mapping[str, Any]) -> str:
@@ -253,8 +264,8 @@ def resolve_settings(
     """The settings of ``unet train DATA``: defaults < plan < config file < flags.
 
     The plan is ``DATA/plan.json`` when it exists, was made for this data (same
-    :func:`signature`), for the network's depth and padding the settings ask for (its
-    sizes depend on them) and, when the user gives a time budget, for that budget
+    :func:`signature`), for the network depth and padding a flag or the config file
+    gives (its sizes depend on them; not given, they are the plan's) and, when the user gives a time budget, for that budget
     (without one, the plan's own budget is used); otherwise it is made now (not written
     into DATA; the run records it). ``plan_file`` (``--plan``) is used as it is, made
     for other data or another budget too, but not for another depth or padding. When the config file or a flag
@@ -287,13 +298,15 @@ def resolve_settings(
     user = {**file_values, **flags}
     given = None if user.get("time_budget") is None else parse_duration(user["time_budget"])
     dataset = load_prepared(data)
-    plan, note, kept_budget = None, None, None
+    plan, note, kept_budget, kept_network = None, None, None, {}
     path = Path(plan_file) if plan_file is not None else Path(data) / PLAN_FILE
     if plan_file is not None and not path.is_file():
         raise UnetError(no_plan_file(path))
     if path.is_file():
         candidate = read_plan(path)
         its_budget = float(candidate.get("time_budget_s") or DEFAULT_BUDGET_S)
+        made, wanted = _network(candidate), _wanted_network(candidate, user, user_cfg)
+        kept_network = wanted  # a plan made anew keeps the network, as its budget
         if plan_file is None and candidate.get("signature") != signature(dataset):
             kept_budget = its_budget  # the budget the user chose for this data still holds
             note = (
@@ -304,7 +317,7 @@ def resolve_settings(
             note = (
                 f"{path} was made for a budget of {its_budget:g} s, not {given:g} s; planned anew"
             )
-        elif (made := _network(candidate)) != (wanted := _network_of(user_cfg)) and plan_file:
+        elif made != wanted and plan_file:
             raise UnetError(
                 f"{path} was made for {_described(made)}, not {_described(wanted)} (its sizes "
                 f"do not fit): make one with `unet plan {data} --depth {wanted['depth']} "
@@ -337,7 +350,7 @@ def resolve_settings(
                 f"no plan in {path}; planning for {length} (`unet plan` prints the choices "
                 "and their reasons; the run records them)"
             )
-        fixed = {k: v for k, v in user.items() if k != "time_budget"}
+        fixed = {**kept_network, **{k: v for k, v in user.items() if k != "time_budget"}}
         plan = make_plan(
             dataset, budget_s, fixed=fixed, measure="epochs" not in user, progress=progress
         )
