@@ -6,6 +6,8 @@ they use tiny networks so each backend takes seconds.
 
 from __future__ import annotations
 
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -293,17 +295,37 @@ def test_output_size(size, depth, padding, out):
     [
         (250, 4, "same", "240 or 256"),
         (8, 4, "same", "16"),
-        (570, 4, "valid", "556 or 572"),
-        (574, 4, "valid", "572 or 588"),
-        (100, 4, "valid", "188"),
+        (570, 4, "valid", "556 (output 372) or 572 (output 388)"),
+        (574, 4, "valid", "572 (output 388) or 588 (output 404)"),
+        # 100 is too small for any output, and an output the network gives: name both
+        (100, 4, "valid", "188 (output 4), or 284 for an output of 100"),
     ],
 )
 def test_invalid_size_names_the_nearest_valid_sizes(size, depth, padding, nearest):
-    valid = "sizes are" if " or " in nearest else "size is"  # one size: "the nearest ... is"
+    # one size: "the nearest ... is" (after the sizes, ", or N for an output of M")
+    valid = "sizes are" if " or " in nearest.split(",")[0] else "size is"
+    nearest = re.escape(nearest)
     with pytest.raises(UnetError, match=f"input size {size} .* nearest valid {valid} {nearest}:"):
         output_size(size, depth, padding)
     with pytest.raises(UnetError, match=f"nearest valid {valid} {nearest}:"):
         unet((size, 256 if padding == "same" else 572, 1), depth=depth, padding=padding)
+
+
+def test_a_valid_size_refused_names_why_and_the_input_for_that_output() -> None:
+    """--image-size 244 with valid padding: 244 is an output the network gives (of 428),
+    and the sizes around it would give outputs of 52 and 68; 100 is too small for any."""
+    with pytest.raises(UnetError) as refused:
+        output_size(244, 4, "valid", name="--image-size")
+    assert str(refused.value) == (
+        "--image-size 244 does not fit a depth-4 U-Net with 'valid' padding (it needs one "
+        "whose every pooling input is even); use 236 (output 52) or 252 (output 68), or 428 "
+        "for an output of 244"
+    )
+    with pytest.raises(UnetError, match=r"it needs one large enough for a non-empty output"):
+        output_size(100, 4, "valid")
+    with pytest.raises(UnetError) as refused:
+        output_size(250, 4, "valid")  # not an output the network gives either
+    assert "for an output" not in str(refused.value)
 
 
 def _searched_nearest(size: int, depth: int, padding: str) -> list[int]:

@@ -331,24 +331,36 @@ def output_size(
     out = _output_size_or_none(input_size, depth, padding)
     if out is None:
         sizes = nearest_valid_sizes(input_size, depth, padding)
-        near = " or ".join(str(s) for s in sizes)
-        why = (
-            f"a multiple of {2**depth}"
-            if padding == "same"
-            else "one whose every pooling input is even"
-        )
+        meant = ""
+        if padding == "same":
+            near = " or ".join(str(s) for s in sizes)
+            why = f"a multiple of {2**depth}"
+        else:  # the input is not the size the images get: name the output of each
+            near = " or ".join(
+                f"{s} (output {_output_size_or_none(s, depth, padding)})" for s in sizes
+            )
+            why = (
+                "one whose every pooling input is even"
+                if input_size >= _first_valid_size(depth, padding)
+                else "one large enough for a non-empty output"
+            )
+            around = resize_input_size(input_size, depth, padding)
+            if _output_size_or_none(around, depth, padding) == input_size:  # meant the output?
+                meant = f", or {around} for an output of {input_size}"
         given = f"input size {input_size}" if name is None else f"{name} {input_size}"
         problem = (
             f"{given} does not fit a depth-{depth} U-Net with {padding!r} padding (it needs {why})"
         )
         if name is not None:
-            raise UnetError(f"{problem}; use {near}")
+            raise UnetError(f"{problem}; use {near}{meant}")
         if len(sizes) == 1:
             raise UnetError(
-                f"{problem}; the nearest valid size is {near}: resize or crop the images to it"
+                f"{problem}; the nearest valid size is {near}{meant}: resize or crop the "
+                "images to it"
             )
         raise UnetError(
-            f"{problem}; the nearest valid sizes are {near}: resize or crop the images to one of them"
+            f"{problem}; the nearest valid sizes are {near}{meant}: resize or crop the images "
+            "to one of them"
         )
     return out
 
