@@ -345,3 +345,58 @@ def test_the_recipe_of_a_valid_run_trained_at_its_output_size_says_to_mirror_pad
         recipe = export.describe(config, (None, 48, 48, 1))["input"]["preprocess"]
         assert size in recipe
         assert ("mirror-padded (numpy 'reflect') to the network's 48x48 input" in recipe) is padded
+
+
+@pytest.mark.parametrize(
+    ("input_mode", "resize_to_output", "tiled"),
+    [("crop", False, True), ("resize", False, True), ("resize", True, False)],
+    ids=["crops", "old-resize-run", "resized-to-the-output"],
+)
+def test_the_manifest_of_a_valid_run_names_the_output_tiles_and_their_context(
+    tmp_path, input_mode, resize_to_output, tiled
+):
+    """A valid network's tiles are its OUTPUT (20x20 of a 60x60 input at depth 2) with
+    20 px of context: the manifest said "tiles of 60x60", which predict_tiled refuses
+    for a valid network; an old valid run resized to its input tiles too (it said no
+    tiles); a run resized to its output is one pass. Following it gives predict's
+    probabilities."""
+    from run_fixtures import make_run
+    from unet_lowered.inference.predictor import predict_image
+    from unet_lowered.inference.tiling import predict_tiled
+    from unet_lowered.io.runs import load_run
+    from unet_lowered.preprocess import model_input
+
+    keras.utils.set_random_seed(0)
+    model = unet((60, 60, 1), base_filters=2, depth=2, padding="valid")
+    run = load_run(
+        make_run(
+            tmp_path / "run",
+            model,
+            input_mode=input_mode,
+            padding="valid",
+            resize_to_output=resize_to_output,
+            postprocess={"tta": None},
+        )
+    )
+    chosen = export.describe(run.config, model.input_shape)["predict"]
+    if not tiled:
+        assert chosen["tiles"] is None
+        return
+    assert chosen["tiles"].endswith(
+        "predict_tiled(x, probabilities, tile=(20, 20), overlap=0.25, margin=(20, 20))"
+    )
+    assert "output tiles of 20x20, each with 20x20 px of context" in chosen["tiles"]
+    image = np.random.default_rng(0).integers(0, 255, (50, 70), dtype=np.uint8)
+    size = None if input_mode == "crop" else (60, 60)
+    x = model_input(image, 1, size)
+
+    def probabilities(batch: np.ndarray) -> np.ndarray:
+        return 1 / (1 + np.exp(-np.asarray(model.predict_on_batch(batch))))
+
+    probs = predict_tiled(x, probabilities, tile=(20, 20), overlap=0.25, margin=(20, 20))
+    if size is not None:
+        import cv2
+
+        probs = cv2.resize(probs, (70, 50), interpolation=cv2.INTER_LINEAR)[..., None]
+    expected = predict_image(run.model(), image, run.config)
+    np.testing.assert_allclose(probs[..., 0], expected[..., 0], atol=1e-5)

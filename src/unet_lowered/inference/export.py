@@ -139,6 +139,7 @@ def describe(config: Any, input_shape: Any, precision_diff: float | None = None)
         applied_watershed,
         for_run,
         postprocess_steps,
+        tile_geometry,
         tta_group,
     )
 
@@ -167,9 +168,21 @@ def describe(config: Any, input_shape: Any, precision_diff: float | None = None)
         f"size={(h, w) if resize else None}, clahe={config.clahe}, "
         f"invert_light={config.invert_light})"
     )
+    (oh, ow), (mh, mw) = tile_geometry(config)
+    # unet predict tiles in tile mode, and a valid network's resized image unless it was
+    # resized to the output (one tile then: the mirror padding above)
+    tiled = not resize or ((mh, mw) != (0, 0) and not config.resize_to_output)
+    context = (
+        ""
+        if (mh, mw) == (0, 0)
+        else f", each with {mh}x{mw} px of context around it (the network's "
+        f"{config.image_size[1]}x{config.image_size[0]} input; valid padding)"
+    )
     tiles = (
-        f"overlapping tiles of {w}x{h} (mirror-padded borders, Gaussian blending, overlap "
-        f"{options.overlap:g}): unet_lowered.inference.tiling.predict_tiled"
+        f"overlapping output tiles of {ow}x{oh}{context}, the image mirror-padded at its "
+        f"borders, Gaussian blending, overlap {options.overlap:g}: "
+        f"unet_lowered.inference.tiling.predict_tiled(x, probabilities, tile=({oh}, {ow}), "
+        f"overlap={options.overlap:g}, margin=({mh}, {mw}))"
     )
     return {
         "unet_lowered_version": config.unet_lowered_version,
@@ -187,7 +200,7 @@ def describe(config: Any, input_shape: Any, precision_diff: float | None = None)
         },
         "predict": {
             "mode": options.mode,
-            "tiles": None if resize else tiles,
+            "tiles": tiles if tiled else None,
             "tta": tta_group(options, config),
             "resize_back": "probabilities, bilinear, to the image's size" if resize else None,
             "mask": "probability >= threshold" if one_class else "most likely class (argmax)",

@@ -210,7 +210,7 @@ def tta_group(options: PredictOptions, config: RunConfig) -> str | None:
     return resolve_tta(options.tta_transforms, config) if options.tta_on else None
 
 
-def _geometry(config: RunConfig) -> tuple[tuple[int, int], tuple[int, int]]:
+def tile_geometry(config: RunConfig) -> tuple[tuple[int, int], tuple[int, int]]:
     """``(output_tile, margin)`` for input tiles of the run's ``image_size``.
 
     Same padding: the output tile is the input tile, no margin. Valid padding: the
@@ -332,7 +332,7 @@ def predict_prepared(
     """
     _channels(model, config)
     mode = resolve_mode(options.mode, config)
-    out_tile, margin = _geometry(config)
+    out_tile, margin = tile_geometry(config)
     fn = probability_fn(model, config, tta_group(options, config))
     if mode == "resize" and margin == (0, 0):  # same padding: whole inputs, batch_size a call
         step = options.batch_size
