@@ -156,6 +156,16 @@ def test_model_info_takes_the_image_size_flag_of_train(capsys) -> None:
     assert "per 572x572 image (output 388x388)" in by_own_name and "31,030,658" in by_own_name
 
 
+def test_model_info_with_valid_padding_defaults_to_the_paper_s_tile(capsys) -> None:
+    """Its default 256 does not fit a valid network: `model-info --padding valid` failed
+    with "--size 256 does not fit" though no --size was given."""
+    code, out, err = run_cli(capsys, "model-info", "--padding", "valid")
+    assert code == 0, err
+    assert "per 572x572 image (output 388x388)" in out
+    code, out, _ = run_cli(capsys, "model-info")
+    assert code == 0 and "per 256x256 image" in out
+
+
 def test_model_info_with_too_deep_a_network_names_the_depth(capsys) -> None:
     code, _, err = run_cli(capsys, "model-info", "--depth", "9")
     assert code == 1

@@ -250,13 +250,14 @@ def model_info(
         ),
     ] = None,
     size: Annotated[
-        int,
+        int | None,
         typer.Option(
             "--size",
             "--image-size",
-            help="Input height and width in pixels (as `unet train --image-size`).",
+            help="Input height and width in pixels (as `unet train --image-size`) "
+            "[default: 256; with --padding valid the paper's 572, output 388].",
         ),
-    ] = 256,
+    ] = None,
     depth: Annotated[int, typer.Option(help="Number of 2x2 poolings.")] = 4,
     padding: Annotated[str, typer.Option(help="same or valid (the paper).")] = "same",
     channels: Annotated[int, typer.Option(help="Input channels.")] = 1,
@@ -272,6 +273,8 @@ def model_info(
     """
     from unet_lowered.model import widths_table
 
+    if size is None:
+        size = 572 if names.choose(padding, names.PADDINGS, "padding") == "valid" else 256
     typer.echo(widths_table(width or [0.25], size, depth, padding, channels, classes), nl=False)
 
 
@@ -371,8 +374,9 @@ def plan(
     padding: Annotated[
         str | None,
         typer.Option(
-            help=f"Plan for {' | '.join(names.PADDINGS)} padding (valid: the paper; its "
-            "sizes are the output's) [default: same]."
+            help=f"Plan for {' | '.join(names.PADDINGS)} padding (valid: the paper; the "
+            "planned image size is then the input whose output the images or crops take) "
+            "[default: same]."
         ),
     ] = None,
 ) -> None:
@@ -511,7 +515,8 @@ def train(
             help="Training input size (square) [default: planned: the median longer side "
             "of the training images, at most 256, rounded down to a size the network takes "
             "(a multiple of 16 at depth 4); for crop-planned data the median shorter side, "
-            "at most 256]."
+            "at most 256; with --padding valid that is the OUTPUT, the input larger: 224 px "
+            "-> 396, output 212]."
         ),
     ] = None,
     crop: Annotated[
@@ -836,7 +841,8 @@ def train(
     from unet_lowered.io import runs
     from unet_lowered.training.train import val_dice_where
 
-    where = val_dice_where(runs.load_run(out, unfinished=True).config.input_mode)
+    run_config = runs.load_run(out, unfinished=True).config
+    where = val_dice_where(run_config.input_mode, run_config.padding)
     typer.echo(
         f"best validation Dice {metrics['val_dice']:.4f} ({where}) at epoch "
         f"{metrics['best_epoch']} ({metrics['train_time_s']:.0f} s); run folder: {out}"
