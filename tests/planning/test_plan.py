@@ -111,8 +111,9 @@ def test_a_plan_holds_for_the_network_it_was_made_for(tiny: Path) -> None:
     cfg, prov = plan_mod.resolve_settings(tiny, None, {"epochs": 1})
     assert (cfg.loss, cfg.padding, cfg.image_size) == ("dice", "valid", 204)
     assert prov["sources"]["padding"] == "plan" and prov["note"].startswith("using the plan")
-    assert "the network this plan was made for (--padding valid)" in (
-        valid["settings"]["padding"]["reason"]
+    assert (
+        "the network this plan was made for (--padding valid)"
+        in (valid["settings"]["padding"]["reason"])
     )
     # Another depth given: planned anew, for it and the plan's padding.
     cfg, prov = plan_mod.resolve_settings(tiny, None, {"epochs": 1, "depth": 3})

@@ -435,9 +435,14 @@ def test_four_objects_per_image_get_keep_largest_4() -> None:
 def test_valid_padding_plans_the_input_whose_output_is_the_images_size() -> None:
     """Whole 224-px images with valid padding: the input 396, whose output (212) is the
     largest at or below 224; the images are resized to the output and mirror-padded."""
-    planned = rules.input_rule(fp(), padding="valid")["image_size"]
-    assert planned.value == 396
-    assert "valid-padding output" in planned.reason and "mirror-padded" in planned.reason
+    planned = rules.input_rule(fp(), padding="valid")
+    assert planned["image_size"].value == 396
+    reason = planned["image_size"].reason
+    assert "valid-padding output" in reason and "mirror-padded" in reason
+    assert planned["input_mode"].reason.startswith(
+        "median image 224 px: trained whole resized to 212 px"
+    )
+    assert "trained whole at its own size" in rules.input_rule(fp())["input_mode"].reason
 
 
 def test_valid_padding_plans_crops_whose_output_is_the_patch() -> None:

@@ -987,17 +987,23 @@ def test_train_records_the_classes_of_a_multi_class_run(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("flag", "where"),
-    [("--resize", "at the training size"), ("--crop", "on one fixed window of the crop size")],
+    ("flags", "where"),
+    [
+        (["--resize", "--image-size", "32"], "at the training size"),
+        (["--crop", "--image-size", "32"], "on one fixed window of the crop size"),
+        (["--resize", "--padding", "valid"], "at the network's output size"),
+        (["--crop", "--padding", "valid"], "on the network's output window of one fixed crop"),
+    ],
 )
 def test_the_validation_dice_says_where_it_was_measured(
-    tiny_data: Path, tmp_path: Path, flag: str, where: str
+    tiny_data: Path, tmp_path: Path, flags: list[str], where: str
 ) -> None:
     """A crop-trained run's validation Dice is one window per image, not the whole image
-    at the training size: the last line and metrics.json's note say which."""
+    at the training size, and a valid network's is its output's: the last line and
+    metrics.json's note say which."""
     run = tmp_path / "run"
-    args = ["train", str(tiny_data), "--out", str(run), "--epochs", "1", flag]
-    result = CliRunner().invoke(app, [*args, "--image-size", "32", "--base-filters", "4"])
+    args = ["train", str(tiny_data), "--out", str(run), "--epochs", "1", *flags]
+    result = CliRunner().invoke(app, [*args, "--base-filters", "4"])
     assert result.exit_code == 0, result.output
     assert "best validation Dice" in result.output and f"({where}" in result.output
     note = json.loads((run / "metrics.json").read_text())["val_dice_note"]

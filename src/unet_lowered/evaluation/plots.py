@@ -186,7 +186,7 @@ def _dice_title(marks: _Marks) -> str:
         if config.num_classes == 1
         else "mean per image of the mean over the foreground classes"
     )
-    return f"Dice ({per_image});\nvalidation {val_dice_where(config.input_mode)}"
+    return f"Dice ({per_image});\nvalidation {val_dice_where(config.input_mode, config.padding)}"
 
 
 # ---------------------------------------------------------------- case figures

@@ -144,8 +144,10 @@ def input_rule(fp: Fingerprint, depth: int = 4, padding: str = "same") -> dict[s
         }
     target = min(longer, RESIZE_CAP)
     size = resize_input_size(target, depth, padding)  # valid padding: output ~ target
+    out = output_size(size, depth, padding)
+    own = "at its own size" if out == longer else f"resized to {out} px"
     why = (
-        f"median image {longer} px: trained whole at its own size"
+        f"median image {longer} px: trained whole {own}"
         if longer <= RESIZE_CAP
         else f"whole-organ objects ({fp.object_area['median_fraction']:.1%} of an image) in "
         f"{longer} px images: resized to {RESIZE_CAP}, the structure stays many pixels wide"

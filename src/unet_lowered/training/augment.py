@@ -760,7 +760,10 @@ def random_crop(
             as the paper's overlap-tile strategy mirrors the image at its borders, so the
             central ``target_size`` window, the one supervised, reaches every pixel of
             the image (its borders included) and the rest is the context the network
-            sees there in prediction.
+            sees there in prediction. The window lies uniformly among the positions
+            inside the image, so a border row is a target less often than a central one
+            (a 244-px window on a 512-px slice: the first row in 1 of 269 crops, the
+            middle ones in 244).
 
     Returns:
         ``(image, mask, weight)`` of spatial size ``size`` (weight None if not given).

@@ -356,7 +356,7 @@ def train(
         if not writer:
             return {"process_id": dp.process_id, "writer": False}
         metrics = _final_metrics(out, elapsed, t_images, precision)
-        metrics["val_dice_note"] = val_dice_note(cfg.input_mode)
+        metrics["val_dice_note"] = val_dice_note(cfg.input_mode, cfg.padding)
         if (out / runs.MODEL_FILE).is_file():
             train_samples = (train_seq.cache.sample(i)[:2] for i in split["train"])
             run_config = after_training(out, run_config, dataset, split["val"], train_samples)
@@ -616,16 +616,19 @@ def after_training(
     return run_config
 
 
-def val_dice_where(input_mode: str) -> str:
-    """Where the validation Dice of a run trained in ``input_mode`` is measured."""
+def val_dice_where(input_mode: str, padding: str = "same") -> str:
+    """Where the validation Dice of a run trained in ``input_mode`` is measured (with
+    ``valid`` padding: on the network's output, smaller than its input)."""
     if input_mode == "crop":
+        if padding == "valid":
+            return "on the network's output window of one fixed crop per validation image"
         return "on one fixed window of the crop size per validation image"
-    return "at the training size"
+    return "at the network's output size" if padding == "valid" else "at the training size"
 
 
-def val_dice_note(input_mode: str) -> str:
-    """metrics.json's ``val_dice_note``: what its ``val_dice`` is, by ``input_mode``."""
-    return f"mean per-image Dice on the validation split, {val_dice_where(input_mode)}"
+def val_dice_note(input_mode: str, padding: str = "same") -> str:
+    """metrics.json's ``val_dice_note``: what its ``val_dice`` is."""
+    return f"mean per-image Dice on the validation split, {val_dice_where(input_mode, padding)}"
 
 
 def _final_metrics(
