@@ -1115,3 +1115,24 @@ def test_resume_of_a_valid_run_trained_at_its_input_size_is_refused(
     (run / "config.json").write_text(json.dumps(config))
     with pytest.raises(UnetError, match="a valid-padding run of an earlier version"):
         train(None, run, resume=True, verbose=0)
+
+
+def test_a_tiny_valid_output_on_whole_images_is_warned_of() -> None:
+    """--image-size 188 with valid padding trained 128-px images squeezed to the 4x4
+    output without a word (validation Dice 0.0000 in the audit)."""
+    import dataclasses
+
+    from unet_lowered.training.config import TrainConfig
+    from unet_lowered.training.train import small_output_warning
+
+    cfg = TrainConfig(padding="valid", image_size=188, input_mode="resize")
+    assert small_output_warning(cfg, (4, 4), [(128, 128)]) == (
+        "--image-size 188 with valid padding gives a 4x4 output: whole images are resized "
+        "to it; the size is the network's input (for these images --image-size 300, output "
+        "116, or leave it out)"
+    )
+    assert small_output_warning(dataclasses.replace(cfg, image_size=300), (116, 116), []) is None
+    crop = dataclasses.replace(cfg, input_mode="crop")  # crops keep their scale
+    assert small_output_warning(crop, (4, 4), [(128, 128)]) is None
+    same = TrainConfig(padding="same", image_size=16, input_mode="resize")
+    assert small_output_warning(same, (16, 16), [(128, 128)]) is None

@@ -254,6 +254,9 @@ def train(
         )
         for message in mask_warnings(dataset, split["train"], loss=cfg.loss):
             warn(message)
+        message = small_output_warning(cfg, out_hw, dataset.image_sizes(split["train"]))
+        if message and distribute.is_writer(dp):
+            warn(message)
         needed = memory.training_bytes(
             size,
             cfg.batch_size,
@@ -614,6 +617,27 @@ def after_training(
     run_config = dataclasses.replace(run_config, mask_stats=recorded, postprocess=choice.to_json())
     atomic.write_json(out / runs.CONFIG_FILE, run_config.to_json())
     return run_config
+
+
+SMALL_OUTPUT = 32
+"""A ``valid`` network trained on whole images whose output is under this many pixels a
+side gets a warning: the images are resized to the output."""
+
+
+def small_output_warning(
+    cfg: TrainConfig, out_hw: tuple[int, int], sizes: list[tuple[int, int]]
+) -> str | None:
+    """The warning line for a ``valid`` run on whole images with a tiny output (an
+    ``--image-size`` taken for the output: 188 gives 4x4), or None."""
+    if cfg.padding != "valid" or cfg.input_mode != "resize" or min(out_hw) >= SMALL_OUTPUT:
+        return None
+    auto = resolve_image_size(sizes, cfg.depth, cfg.padding)
+    auto_out = output_size(auto, cfg.depth, cfg.padding)
+    return (
+        f"--image-size {cfg.image_size} with valid padding gives a {out_hw[1]}x{out_hw[0]} "
+        f"output: whole images are resized to it; the size is the network's input (for "
+        f"these images --image-size {auto}, output {auto_out}, or leave it out)"
+    )
 
 
 def val_dice_where(input_mode: str, padding: str = "same") -> str:
