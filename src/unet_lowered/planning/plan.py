@@ -265,12 +265,14 @@ def resolve_settings(
 
     The plan is ``DATA/plan.json`` when it exists, was made for this data (same
     :func:`signature`), for the network depth and padding a flag or the config file
-    gives (its sizes depend on them; not given, they are the plan's) and, when the user gives a time budget, for that budget
-    (without one, the plan's own budget is used); otherwise it is made now (not written
-    into DATA; the run records it). ``plan_file`` (``--plan``) is used as it is, made
-    for other data or another budget too, but not for another depth or padding. When the config file or a flag
-    sets ``epochs`` and nothing sets ``time_budget``, the user chose the length: the
-    planned budget is dropped.
+    gives (its sizes depend on them; not given, they are the plan's) and, when the
+    user gives a time budget, for that budget (without one, the plan's own budget is
+    used); otherwise it is made now (not written into DATA; the run records it), for
+    the old plan's budget and network unless the user gives others. ``plan_file``
+    (``--plan``) is used as it is, made for other data or another budget too, but not
+    for another depth or padding. When the config file or a flag sets ``epochs`` and
+    nothing sets ``time_budget``, the user chose the length: the planned budget is
+    dropped.
 
     Args:
         data: The prepared folder.
