@@ -382,8 +382,9 @@ def plan(
 ) -> None:
     """Fingerprint the data, time a training step and plan `unet train`; writes plan.json.
 
-    A plan holds for the network's depth and padding it was made for: `unet train
-    DATA --padding valid` plans anew unless the plan was made with `--padding valid`.
+    A plan holds for the network depth and padding it was made for: after `unet plan
+    DATA --padding valid`, `unet train DATA` trains that network; `unet train DATA
+    --padding same` (or another --depth) plans anew.
     """
     from rich.console import Console
 
