@@ -232,6 +232,15 @@ def test_curves_mark_every_epoch_the_half_size_ones_and_the_best(tmp_path: Path,
     (tmp_path / "config.json").write_text(json.dumps({**config, "num_classes": 3}))
     plots.plot_curves(tmp_path / "history.csv", tmp_path / "curves.png")
     assert "mean over the foreground classes" in figures["curves.png"].axes[1].get_title()
+    # A valid crop run's note (78 characters on one line ran off the figure) is wrapped.
+    valid = {**config, "image_size": [60, 60], "padding": "valid", "input_mode": "crop"}
+    (tmp_path / "config.json").write_text(json.dumps(valid))
+    plots.plot_curves(tmp_path / "history.csv", tmp_path / "curves.png")
+    title = figures["curves.png"].axes[1].get_title()
+    assert title == (
+        "Dice (mean per image);\nvalidation on the network's output window of one fixed crop\n"
+        "per validation image"
+    )
 
 
 def test_a_bare_history_plots_without_marks(tmp_path: Path, figures) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -174,6 +175,10 @@ def _curve_marks(run_dir: Path) -> _Marks:
     return _Marks(half, best, config)
 
 
+TITLE_WIDTH = 60
+"""Characters a line of a curves panel's title holds (wider lines run off the figure)."""
+
+
 def _dice_title(marks: _Marks) -> str:
     """The Dice panel's title: what the validation Dice is, as training measures it."""
     from unet_lowered.training.train import val_dice_where
@@ -186,7 +191,8 @@ def _dice_title(marks: _Marks) -> str:
         if config.num_classes == 1
         else "mean per image of the mean over the foreground classes"
     )
-    return f"Dice ({per_image});\nvalidation {val_dice_where(config.input_mode, config.padding)}"
+    where = f"validation {val_dice_where(config.input_mode, config.padding)}"
+    return f"Dice ({per_image});\n" + textwrap.fill(where, TITLE_WIDTH)
 
 
 # ---------------------------------------------------------------- case figures
